@@ -1,0 +1,1 @@
+//! Work in progress: see the e2e issue.
