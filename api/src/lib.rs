@@ -4,6 +4,7 @@
 //! - [`config`]: the config stream between the controller and the proxies.
 //! - [`ca`]: the certificate authority's `CreateCertificate`.
 //! - [`nodeagent`]: the node agent -> ztunnel handoff of pod network namespaces.
+//! - [`handoff_wire`]: the SEQPACKET framing of that handoff (one message, one optional fd).
 
 #![allow(clippy::all, clippy::pedantic)]
 
@@ -24,3 +25,5 @@ pub mod nodeagent {
     include!(concat!(env!("OUT_DIR"), "/weft.nodeagent.v1.rs"));
     include!(concat!(env!("OUT_DIR"), "/weft.nodeagent.v1.serde.rs"));
 }
+
+pub mod handoff_wire;
