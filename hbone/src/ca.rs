@@ -410,3 +410,190 @@ fn rcgen_random(out: &mut [u8]) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{PKCS_ECDSA_P256_SHA256, PKCS_ECDSA_P384_SHA384, PKCS_ED25519};
+
+    fn ca() -> CertificateAuthority {
+        CertificateAuthority::generate("cluster.local", DEFAULT_ROOT_TTL).unwrap()
+    }
+
+    fn csr(
+        alg: &'static rcgen::SignatureAlgorithm,
+        edit: impl FnOnce(&mut CertificateParams),
+    ) -> String {
+        let key = KeyPair::generate_for(alg).unwrap();
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params.subject_alt_names = vec![SanType::URI(
+            "spiffe://cluster.local/ns/default/sa/web"
+                .try_into()
+                .unwrap(),
+        )];
+        edit(&mut params);
+        params.serialize_request(&key).unwrap().pem().unwrap()
+    }
+
+    #[test]
+    fn signs_an_svid_exactly_as_designed() {
+        let ca = ca();
+        let id: SpiffeId = "spiffe://cluster.local/ns/default/sa/web".parse().unwrap();
+        let (pem, _key) = generate_csr(&id).unwrap();
+        let request = CertificateRequest::from_pem(&pem).unwrap();
+        assert_eq!(request.identity(), &id);
+        let chain = ca.sign(&request, Duration::from_secs(3600)).unwrap();
+        assert_eq!(chain.len(), 2);
+        assert_eq!(chain[1].trim(), ca.root_pem().trim());
+
+        let der = CertificateDer::from_pem_slice(chain[0].as_bytes()).unwrap();
+        let (_, cert) = X509Certificate::from_der(&der).unwrap();
+        let san = cert.subject_alternative_name().unwrap().unwrap();
+        assert_eq!(
+            san.value.general_names,
+            vec![GeneralName::URI("spiffe://cluster.local/ns/default/sa/web")]
+        );
+        let bc = cert.basic_constraints().unwrap().unwrap();
+        assert!(!bc.value.ca);
+        let ku = cert.key_usage().unwrap().unwrap();
+        assert!(ku.critical, "keyUsage is critical");
+        assert!(ku.value.digital_signature());
+        assert!(!ku.value.key_cert_sign());
+        let eku = cert.extended_key_usage().unwrap().unwrap();
+        assert!(eku.value.server_auth && eku.value.client_auth);
+        assert!(!eku.value.any && !eku.value.code_signing);
+        let lifetime =
+            cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp();
+        assert_eq!(lifetime, 3600 + BACKDATE.as_secs() as i64);
+        // Issued by our root.
+        assert_eq!(
+            cert.issuer(),
+            X509Certificate::from_der(ca.root_der())
+                .unwrap()
+                .1
+                .subject()
+        );
+    }
+
+    #[test]
+    fn refuses_csrs_that_ask_for_anything_else() {
+        type Case = (&'static str, String, fn(&CsrError) -> bool);
+        let cases: Vec<Case> = vec![
+            (
+                "DNS SAN",
+                csr(&PKCS_ECDSA_P256_SHA256, |p| {
+                    p.subject_alt_names =
+                        vec![SanType::DnsName("web.default.svc".try_into().unwrap())]
+                }),
+                |e| matches!(e, CsrError::SanKind(k) if k.contains("DNS")),
+            ),
+            (
+                "two SANs",
+                csr(&PKCS_ECDSA_P256_SHA256, |p| {
+                    p.subject_alt_names.push(SanType::URI(
+                        "spiffe://cluster.local/ns/default/sa/admin"
+                            .try_into()
+                            .unwrap(),
+                    ))
+                }),
+                |e| matches!(e, CsrError::SanCount(2)),
+            ),
+            (
+                "no SAN",
+                csr(&PKCS_ECDSA_P256_SHA256, |p| p.subject_alt_names.clear()),
+                |e| matches!(e, CsrError::SanCount(0)),
+            ),
+            (
+                "not a SPIFFE URI",
+                csr(&PKCS_ECDSA_P256_SHA256, |p| {
+                    p.subject_alt_names =
+                        vec![SanType::URI("https://example.com/x".try_into().unwrap())]
+                }),
+                |e| matches!(e, CsrError::Identity(_)),
+            ),
+            (
+                "a CA",
+                csr(&PKCS_ECDSA_P256_SHA256, |p| {
+                    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained)
+                }),
+                |e| matches!(e, CsrError::AsksForCa),
+            ),
+            (
+                "keyCertSign",
+                csr(&PKCS_ECDSA_P256_SHA256, |p| {
+                    p.key_usages = vec![KeyUsagePurpose::KeyCertSign]
+                }),
+                |e| matches!(e, CsrError::Usage),
+            ),
+            (
+                "code signing",
+                csr(&PKCS_ECDSA_P256_SHA256, |p| {
+                    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::CodeSigning]
+                }),
+                |e| matches!(e, CsrError::Usage),
+            ),
+            ("P-384 key", csr(&PKCS_ECDSA_P384_SHA384, |_| {}), |e| {
+                matches!(e, CsrError::KeyAlgorithm(_))
+            }),
+            ("Ed25519 key", csr(&PKCS_ED25519, |_| {}), |e| {
+                matches!(e, CsrError::KeyAlgorithm(_))
+            }),
+            ("garbage", "hello".into(), |e| matches!(e, CsrError::Pem(_))),
+        ];
+        for (name, pem, expected) in cases {
+            let err = CertificateRequest::from_pem(&pem).expect_err(name);
+            assert!(expected(&err), "{name}: got {err:?}");
+            assert!(!err.to_string().is_empty());
+        }
+    }
+
+    #[test]
+    fn refuses_a_tampered_csr() {
+        let pem = csr(&PKCS_ECDSA_P256_SHA256, |_| {});
+        let mut der = CertificateSigningRequestDer::from_pem_slice(pem.as_bytes())
+            .unwrap()
+            .as_ref()
+            .to_vec();
+        // Flip a byte inside the SAN (the identity asked for).
+        let at = der
+            .windows(3)
+            .position(|w| w == b"web")
+            .expect("identity in DER");
+        der[at] = b'x';
+        let err = CertificateRequest::from_der(&der.into()).unwrap_err();
+        assert_eq!(err, CsrError::Signature);
+    }
+
+    #[test]
+    fn refuses_another_trust_domain_and_bad_lifetimes() {
+        let ca = ca();
+        let other: SpiffeId = "spiffe://other.local/ns/a/sa/b".parse().unwrap();
+        let (pem, _) = generate_csr(&other).unwrap();
+        let request = CertificateRequest::from_pem(&pem).unwrap();
+        assert!(matches!(
+            ca.sign(&request, DEFAULT_SVID_TTL),
+            Err(CaError::TrustDomain { .. })
+        ));
+        let id: SpiffeId = "spiffe://cluster.local/ns/a/sa/b".parse().unwrap();
+        let (pem, _) = generate_csr(&id).unwrap();
+        let request = CertificateRequest::from_pem(&pem).unwrap();
+        assert!(matches!(
+            ca.sign(&request, Duration::from_secs(1)),
+            Err(CaError::Lifetime(_))
+        ));
+    }
+
+    #[test]
+    fn a_stored_root_loads_back() {
+        let ca = ca();
+        let again = CertificateAuthority::from_pem(ca.root_pem(), ca.key_pem()).unwrap();
+        assert_eq!(again.trust_domain(), "cluster.local");
+        let other = CertificateAuthority::generate("cluster.local", DEFAULT_ROOT_TTL).unwrap();
+        assert!(matches!(
+            CertificateAuthority::from_pem(ca.root_pem(), other.key_pem()),
+            Err(CaError::RootKey(_))
+        ));
+        assert!(CertificateAuthority::from_pem("junk", ca.key_pem()).is_err());
+    }
+}

@@ -331,3 +331,54 @@ impl CertificateStore {
         self.inner.read().unwrap_or_else(|e| e.into_inner())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ca::CertificateAuthority;
+
+    #[test]
+    fn renewal_is_at_half_life() {
+        let ca =
+            CertificateAuthority::generate("cluster.local", Duration::from_secs(86400)).unwrap();
+        let id: SpiffeId = "spiffe://cluster.local/ns/a/sa/b".parse().unwrap();
+        let cert = ca.issue(&id, Duration::from_secs(7200)).unwrap();
+        let lifetime = cert.not_after().duration_since(cert.not_before()).unwrap();
+        assert_eq!(cert.renew_at(), cert.not_before() + lifetime / 2);
+        assert!(!cert.needs_renewal(cert.not_before()));
+        assert!(cert.needs_renewal(cert.renew_at()));
+        assert!(!cert.is_expired(cert.renew_at()));
+        assert!(cert.is_expired(cert.not_after()));
+
+        let store = CertificateStore::default();
+        store.insert(cert);
+        assert!(store.due_for_renewal(SystemTime::now()).is_empty());
+        let later = SystemTime::now() + Duration::from_secs(3700);
+        assert_eq!(store.due_for_renewal(later), vec![id.clone()]);
+        assert!(store.get_valid(&id, SystemTime::now()).is_some());
+        assert!(
+            store
+                .get_valid(&id, later + Duration::from_secs(7200))
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn bundle_holds_several_roots_once_each() {
+        let a =
+            CertificateAuthority::generate("cluster.local", Duration::from_secs(86400)).unwrap();
+        let b =
+            CertificateAuthority::generate("cluster.local", Duration::from_secs(86400)).unwrap();
+        let mut bundle = TrustBundle::from_pems("cluster.local", &[a.root_pem()]).unwrap();
+        bundle.add_pem(b.root_pem()).unwrap();
+        bundle.add_pem(a.root_pem()).unwrap();
+        assert_eq!(bundle.roots().len(), 2);
+        bundle.remove_der(a.root_der());
+        assert_eq!(bundle.roots(), std::slice::from_ref(b.root_der()));
+        assert!(TrustBundle::from_pems::<&str>("cluster.local", &[]).is_err());
+        assert!(matches!(
+            bundle.add_pem("nope"),
+            Err(CertError::NoCertificate)
+        ));
+    }
+}

@@ -1,15 +1,37 @@
 //! weft-hbone: the tunnel both of weft's proxies speak.
 //!
+//! Identity and trust:
 //! - [`identity`]: SPIFFE IDs of workloads.
 //! - [`ca`]: the root, CSR validation and X.509-SVID signing (the controller's CA).
 //! - [`certs`]: workload certificates, trust bundles, a store by identity.
 //! - [`tls`]: rustls configs that verify peers by SPIFFE ID.
+//!
+//! The tunnel (HTTP/2 CONNECT over mTLS, DESIGN §4):
+//! - [`pool`]: the client, a pool of connections each carrying many tunnels.
+//! - [`server`]: accepts tunnels and hands them to a handler.
+//! - [`stream`]: one tunnel as a byte stream.
+//! - [`copy`]: the socket <-> tunnel copier.
+//! - [`headers`]: `:authority` and `forwarded` parsing.
+//! - [`settings`], [`error`].
 
 pub mod ca;
 pub mod certs;
+pub mod copy;
+pub mod error;
+pub mod headers;
 pub mod identity;
+pub mod pool;
+pub mod server;
+pub mod settings;
+pub mod stream;
 pub mod tls;
 
 pub use ca::{CertificateAuthority, CertificateRequest, CsrError};
 pub use certs::{CertificateStore, TrustBundle, WorkloadCertificate};
+pub use copy::{ByteCounters, copy_bidirectional};
+pub use error::HboneError;
 pub use identity::SpiffeId;
+pub use pool::{Dialer, DirectDialer, TunnelPool, TunnelTarget};
+pub use server::{HboneServer, InboundTunnel, ServerTls, TunnelHandler};
+pub use settings::{H2Settings, PoolSettings, ServerSettings};
+pub use stream::H2Stream;

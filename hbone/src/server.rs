@@ -1,0 +1,288 @@
+//! The HBONE server: accepts mTLS connections, verifies the client's SPIFFE
+//! identity, and hands each CONNECT to the caller's handler, which accepts it
+//! (200 and a byte stream) or refuses it (a status code).
+//!
+//! Requests that are not a CONNECT to an `IP:port` get 400 on their own
+//! stream; other streams of the same connection carry on.
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use h2::RecvStream;
+use h2::server::SendResponse;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::timeout;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, warn};
+
+use crate::error::HboneError;
+use crate::headers::{AuthorityError, parse_authority, parse_forwarded_for};
+use crate::identity::SpiffeId;
+use crate::settings::ServerSettings;
+use crate::stream::H2Stream;
+use crate::tls;
+
+/// Supplies the server's TLS config per connection, so a certificate that
+/// rotates (or has not arrived yet) is handled by the caller.
+pub trait ServerTls: Send + Sync + 'static {
+    fn server_config(
+        &self,
+    ) -> impl Future<Output = Result<Arc<rustls::ServerConfig>, HboneError>> + Send;
+}
+
+impl ServerTls for Arc<rustls::ServerConfig> {
+    async fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, HboneError> {
+        Ok(self.clone())
+    }
+}
+
+/// Decides what to do with each tunnel.
+pub trait TunnelHandler: Send + Sync + 'static {
+    fn handle(&self, tunnel: InboundTunnel) -> impl Future<Output = ()> + Send;
+}
+
+/// A CONNECT request that passed validation, waiting for an answer.
+pub struct InboundTunnel {
+    /// The client's verified SPIFFE ID (from its certificate, never headers).
+    pub peer_identity: SpiffeId,
+    /// The TCP address of the client (a node's ztunnel or a waypoint).
+    pub peer_addr: SocketAddr,
+    /// Where the client connected to (this server's listening address).
+    pub local_addr: SocketAddr,
+    /// The original destination the tunnel is for.
+    pub authority: SocketAddr,
+    pub headers: HeaderMap,
+    respond: SendResponse<Bytes>,
+    body: RecvStream,
+}
+
+impl std::fmt::Debug for InboundTunnel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InboundTunnel")
+            .field("peer_identity", &self.peer_identity.to_string())
+            .field("peer_addr", &self.peer_addr)
+            .field("authority", &self.authority)
+            .finish_non_exhaustive()
+    }
+}
+
+impl InboundTunnel {
+    /// The original client IP from `forwarded: for=`. Informational: the
+    /// client's identity is `peer_identity`.
+    pub fn client_ip(&self) -> Option<IpAddr> {
+        self.headers
+            .get("forwarded")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_forwarded_for)
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Answers 200 and returns the tunnel's byte stream.
+    pub fn accept(mut self) -> Result<H2Stream, HboneError> {
+        let send = self.respond.send_response(Response::new(()), false)?;
+        Ok(H2Stream::new(send, self.body, None))
+    }
+
+    /// Answers `status` and ends the stream.
+    pub fn refuse(mut self, status: StatusCode) {
+        let mut response = Response::new(());
+        *response.status_mut() = status;
+        if self.respond.send_response(response, true).is_err() {
+            debug!("client went away before the refusal");
+        }
+    }
+}
+
+/// The server. Cloning shares the handler and TLS source.
+pub struct HboneServer<T, H> {
+    tls: Arc<T>,
+    handler: Arc<H>,
+    settings: Arc<ServerSettings>,
+}
+
+impl<T, H> Clone for HboneServer<T, H> {
+    fn clone(&self) -> Self {
+        HboneServer {
+            tls: self.tls.clone(),
+            handler: self.handler.clone(),
+            settings: self.settings.clone(),
+        }
+    }
+}
+
+impl<T: ServerTls, H: TunnelHandler> HboneServer<T, H> {
+    pub fn new(tls: T, handler: H, settings: ServerSettings) -> Self {
+        HboneServer {
+            tls: Arc::new(tls),
+            handler: Arc::new(handler),
+            settings: Arc::new(settings),
+        }
+    }
+
+    /// Accepts connections until `shutdown` fires, then tells every client
+    /// to go away (GOAWAY) and waits for the tunnels in flight to finish.
+    /// Callers bound that wait with their drain deadline.
+    pub async fn serve(&self, listener: TcpListener, shutdown: CancellationToken) {
+        let tracker = TaskTracker::new();
+        loop {
+            let accepted = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                accepted = listener.accept() => accepted,
+            };
+            match accepted {
+                Ok((tcp, _)) => {
+                    let server = self.clone();
+                    let shutdown = shutdown.clone();
+                    tracker.spawn(async move {
+                        if let Err(e) = server.serve_connection(tcp, shutdown).await {
+                            debug!(error = %e, "HBONE connection failed");
+                        }
+                    });
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off briefly
+                    // rather than spinning.
+                    warn!(error = %e, "HBONE accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+        drop(listener);
+        tracker.close();
+        tracker.wait().await;
+    }
+
+    /// Serves one accepted TCP connection until the client closes it, or
+    /// `shutdown` fires and its streams have finished.
+    pub async fn serve_connection(
+        &self,
+        tcp: TcpStream,
+        shutdown: CancellationToken,
+    ) -> Result<(), HboneError> {
+        tcp.set_nodelay(true)?;
+        let peer_addr = tcp.peer_addr()?;
+        let local_addr = tcp.local_addr()?;
+        let settings = &self.settings;
+        let handshake = async {
+            let config = self.tls.server_config().await?;
+            let tls = TlsAcceptor::from(config)
+                .accept(tcp)
+                .await
+                .map_err(|source| HboneError::Tls {
+                    addr: peer_addr,
+                    source,
+                })?;
+            // The verifier already refused anything without a valid SVID.
+            let peer_identity = tls::peer_identity(tls.get_ref().1)
+                .ok_or_else(|| HboneError::NoCertificate(peer_addr.to_string()))?;
+            let connection = server_builder(settings)
+                .handshake::<_, Bytes>(tls)
+                .await
+                .map_err(|source| HboneError::Handshake {
+                    addr: peer_addr,
+                    source,
+                })?;
+            Ok::<_, HboneError>((peer_identity, connection))
+        };
+        let (peer_identity, mut connection) = timeout(settings.handshake_timeout, handshake)
+            .await
+            .map_err(|_| HboneError::Timeout {
+                what: "HBONE handshake",
+                after: settings.handshake_timeout,
+            })??;
+        debug!(peer = %peer_identity, %peer_addr, "HBONE connection accepted");
+
+        let mut draining = false;
+        loop {
+            let next = tokio::select! {
+                next = connection.accept() => next,
+                _ = shutdown.cancelled(), if !draining => {
+                    draining = true;
+                    connection.graceful_shutdown();
+                    continue;
+                }
+            };
+            let Some(request) = next else { break };
+            let (request, respond) = match request {
+                Ok(r) => r,
+                Err(e) if e.is_go_away() || e.is_io() => return Err(e.into()),
+                Err(e) => {
+                    debug!(error = %e, "HBONE stream error");
+                    continue;
+                }
+            };
+            match validate(&request) {
+                Ok(authority) => {
+                    let (parts, body) = request.into_parts();
+                    let tunnel = InboundTunnel {
+                        peer_identity: peer_identity.clone(),
+                        peer_addr,
+                        local_addr,
+                        authority,
+                        headers: parts.headers,
+                        respond,
+                        body,
+                    };
+                    let handler = self.handler.clone();
+                    tokio::spawn(async move { handler.handle(tunnel).await });
+                }
+                Err(reason) => {
+                    debug!(peer = %peer_identity, %reason, "malformed HBONE request");
+                    bad_request(respond, &reason);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn server_builder(settings: &ServerSettings) -> h2::server::Builder {
+    let mut builder = h2::server::Builder::new();
+    builder
+        .initial_window_size(settings.h2.stream_window)
+        .initial_connection_window_size(settings.h2.connection_window)
+        .max_frame_size(settings.h2.max_frame_size)
+        .max_send_buffer_size(settings.h2.max_send_buffer)
+        .max_concurrent_streams(settings.max_concurrent_streams);
+    builder
+}
+
+/// Why a request is not a valid HBONE CONNECT.
+#[derive(Debug, thiserror::Error)]
+enum RequestError {
+    #[error("method {0} is not CONNECT")]
+    Method(Method),
+    #[error(transparent)]
+    Authority(#[from] AuthorityError),
+}
+
+fn validate(request: &Request<RecvStream>) -> Result<SocketAddr, RequestError> {
+    if request.method() != Method::CONNECT {
+        return Err(RequestError::Method(request.method().clone()));
+    }
+    let authority = request
+        .uri()
+        .authority()
+        .map(|a| a.as_str())
+        .unwrap_or_default();
+    Ok(parse_authority(authority)?)
+}
+
+fn bad_request(mut respond: SendResponse<Bytes>, reason: &RequestError) {
+    let mut response = Response::new(());
+    *response.status_mut() = StatusCode::BAD_REQUEST;
+    response
+        .headers_mut()
+        .insert("content-type", http::HeaderValue::from_static("text/plain"));
+    if let Ok(mut body) = respond.send_response(response, false) {
+        let _ = body.send_data(Bytes::from(format!("{reason}\n")), true);
+    }
+}

@@ -1,0 +1,81 @@
+//! Tunables shared by the HBONE client and server.
+
+use std::time::Duration;
+
+/// HTTP/2 settings. The defaults are tuned for throughput (MiB-scale windows
+/// rather than HTTP/2's 64 KiB) and were measured with
+/// `weft-bench hbone-loopback` (docs/benchmarks.md).
+#[derive(Debug, Clone)]
+pub struct H2Settings {
+    /// Per-stream receive window.
+    pub stream_window: u32,
+    /// Per-connection receive window; several streams share it.
+    pub connection_window: u32,
+    /// Largest DATA frame we accept.
+    pub max_frame_size: u32,
+    /// How much a stream may have queued for sending before senders wait.
+    pub max_send_buffer: usize,
+    /// Idle connections are probed with PING this often...
+    pub keepalive_interval: Duration,
+    /// ...and closed if the PONG takes longer than this.
+    pub keepalive_timeout: Duration,
+}
+
+impl Default for H2Settings {
+    fn default() -> Self {
+        H2Settings {
+            stream_window: 4 * 1024 * 1024,
+            connection_window: 16 * 1024 * 1024,
+            max_frame_size: 1024 * 1024,
+            max_send_buffer: 1024 * 1024,
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The client pool's limits.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    /// Streams per HTTP/2 connection before another connection is opened.
+    pub max_streams_per_connection: usize,
+    /// A connection with no streams for this long is closed.
+    pub idle_timeout: Duration,
+    /// TCP connect + TLS + HTTP/2 handshake.
+    pub connect_timeout: Duration,
+    /// From sending CONNECT to the peer's answer.
+    pub response_timeout: Duration,
+    pub h2: H2Settings,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        PoolSettings {
+            max_streams_per_connection: 100,
+            idle_timeout: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(5),
+            response_timeout: Duration::from_secs(10),
+            h2: H2Settings::default(),
+        }
+    }
+}
+
+/// The server's limits.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// Streams a client may have open at once on one connection.
+    pub max_concurrent_streams: u32,
+    /// TLS + HTTP/2 handshake.
+    pub handshake_timeout: Duration,
+    pub h2: H2Settings,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            max_concurrent_streams: 1000,
+            handshake_timeout: Duration::from_secs(10),
+            h2: H2Settings::default(),
+        }
+    }
+}
