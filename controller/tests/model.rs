@@ -1,0 +1,511 @@
+//! The model builder, on typed objects: one test per rule.
+
+use std::sync::Arc;
+
+use serde_json::json;
+use weft_api::config::{Action, HealthStatus, MtlsMode, PolicyScope, ResourceType, TunnelProtocol};
+use weft_controller::model::{self, Model, ModelConfig};
+use weft_controller::registry::{AnyObject, ClusterState, Kind};
+
+/// Builds a state from JSON manifests (the same decoding the registries use).
+fn state(objects: &[serde_json::Value]) -> ClusterState {
+    let mut state = ClusterState {
+        synced: true,
+        ..ClusterState::default()
+    };
+    for o in objects {
+        let kind = Kind::from_type_meta(
+            o["apiVersion"].as_str().expect("apiVersion"),
+            o["kind"].as_str().expect("kind"),
+        )
+        .expect("known kind");
+        AnyObject::from_value(kind, o.clone())
+            .expect("valid object")
+            .insert_into(&mut state);
+    }
+    state
+}
+
+fn build(objects: &[serde_json::Value]) -> Model {
+    model::build(&state(objects), &ModelConfig::default())
+}
+
+fn ns(name: &str, labels: serde_json::Value) -> serde_json::Value {
+    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}})
+}
+
+fn pod(ns: &str, name: &str, ip: &str, labels: serde_json::Value) -> serde_json::Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": ns, "uid": format!("uid-{name}"), "labels": labels},
+        "spec": {"nodeName": "node-a", "serviceAccountName": "sa-".to_string() + name, "containers": [
+            {"name": "app", "ports": [{"name": "http", "containerPort": 8080}]}]},
+        "status": {"podIP": ip}
+    })
+}
+
+fn service(ns: &str, name: &str, ip: &str, labels: serde_json::Value) -> serde_json::Value {
+    json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": ns, "labels": labels},
+        "spec": {"clusterIP": ip, "selector": {"app": name},
+                 "ports": [{"name": "http", "port": 80, "targetPort": "http", "appProtocol": "http"}]}
+    })
+}
+
+fn waypoint(ns: &str, name: &str, waypoint_for: Option<&str>) -> Vec<serde_json::Value> {
+    let mut labels = json!({});
+    if let Some(f) = waypoint_for {
+        labels = json!({"weft.dev/waypoint-for": f});
+    }
+    vec![
+        json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+            "metadata": {"name": name, "namespace": ns, "labels": labels},
+            "spec": {"gatewayClassName": "weft-waypoint",
+                     "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]}
+        }),
+        json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"clusterIP": "10.96.9.9", "ports": [{"name": "mesh", "port": 15008}]}
+        }),
+    ]
+}
+
+#[test]
+fn enrollment_by_namespace_and_pod_label() {
+    let m = build(&[
+        ns("in", json!({"weft.dev/dataplane-mode": "ambient"})),
+        ns("out", json!({})),
+        pod("in", "a", "10.0.0.1", json!({})),
+        pod(
+            "in",
+            "optout",
+            "10.0.0.2",
+            json!({"weft.dev/dataplane-mode": "none"}),
+        ),
+        pod("out", "b", "10.0.0.3", json!({})),
+        pod(
+            "out",
+            "optin",
+            "10.0.0.4",
+            json!({"weft.dev/dataplane-mode": "ambient"}),
+        ),
+    ]);
+    let proto = |uid: &str| m.workloads[uid].protocol;
+    assert_eq!(proto("uid-a"), TunnelProtocol::Hbone as i32);
+    assert_eq!(proto("uid-optout"), TunnelProtocol::None as i32);
+    assert_eq!(proto("uid-b"), TunnelProtocol::None as i32);
+    assert_eq!(proto("uid-optin"), TunnelProtocol::Hbone as i32);
+}
+
+#[test]
+fn workload_identity_node_and_health() {
+    let mut p = pod("in", "a", "10.0.0.1", json!({"app": "web"}));
+    p["status"]["conditions"] = json!([{"type": "Ready", "status": "False"}]);
+    p["status"]["podIPs"] = json!([{"ip": "10.0.0.1"}, {"ip": "fd00::1"}]);
+    let m = build(&[ns("in", json!({"weft.dev/dataplane-mode": "ambient"})), p]);
+    let w = &m.workloads["uid-a"];
+    assert_eq!(w.service_account, "sa-a");
+    assert_eq!(w.trust_domain, "cluster.local");
+    assert_eq!(w.node, "node-a");
+    assert_eq!(w.addresses, vec!["10.0.0.1", "fd00::1"]);
+    assert_eq!(w.status, HealthStatus::Unhealthy as i32);
+    assert_eq!(w.canonical_name, "web");
+}
+
+#[test]
+fn pods_without_ip_or_finished_are_not_workloads() {
+    let mut done = pod("in", "done", "10.0.0.2", json!({}));
+    done["status"]["phase"] = json!("Succeeded");
+    let mut no_ip = pod("in", "pending", "10.0.0.3", json!({}));
+    no_ip["status"] = json!({});
+    let m = build(&[done, no_ip]);
+    assert!(m.workloads.is_empty());
+}
+
+#[test]
+fn waypoint_precedence_pod_over_namespace_and_service_over_namespace() {
+    let mut objects = vec![
+        ns(
+            "in",
+            json!({"weft.dev/dataplane-mode": "ambient", "weft.dev/use-waypoint": "ns-wp"}),
+        ),
+        pod("in", "plain", "10.0.0.1", json!({"app": "plain"})),
+        pod(
+            "in",
+            "own",
+            "10.0.0.2",
+            json!({"weft.dev/use-waypoint": "pod-wp"}),
+        ),
+        pod(
+            "in",
+            "optout",
+            "10.0.0.3",
+            json!({"weft.dev/use-waypoint": "none"}),
+        ),
+        service("in", "plain", "10.96.0.1", json!({})),
+        service(
+            "in",
+            "special",
+            "10.96.0.2",
+            json!({"weft.dev/use-waypoint": "svc-wp"}),
+        ),
+    ];
+    objects.extend(waypoint("in", "ns-wp", Some("all")));
+    objects.extend(waypoint("in", "pod-wp", Some("workload")));
+    objects.extend(waypoint("in", "svc-wp", None));
+    let m = build(&objects);
+    let wp = |uid: &str| m.workloads[uid].waypoint.as_ref().map(|w| w.name.clone());
+    assert_eq!(wp("uid-plain").as_deref(), Some("ns-wp"));
+    assert_eq!(wp("uid-own").as_deref(), Some("pod-wp"));
+    assert_eq!(wp("uid-optout"), None);
+    let swp = |key: &str| m.services[key].waypoint.as_ref().map(|w| w.name.clone());
+    assert_eq!(swp("in/plain").as_deref(), Some("ns-wp"));
+    assert_eq!(swp("in/special").as_deref(), Some("svc-wp"));
+    assert_eq!(
+        swp("in/svc-wp"),
+        None,
+        "a waypoint's own Service is never bound"
+    );
+    let r = m.services["in/special"].waypoint.clone().expect("bound");
+    assert_eq!(r.addresses, vec!["10.96.9.9"]);
+    assert_eq!(r.hbone_port, 15008);
+    assert_eq!(r.identity, "spiffe://cluster.local/ns/in/sa/svc-wp");
+}
+
+#[test]
+fn waypoint_for_limits_what_binds() {
+    let mut objects = vec![
+        ns("in", json!({"weft.dev/dataplane-mode": "ambient"})),
+        pod(
+            "in",
+            "a",
+            "10.0.0.1",
+            json!({"weft.dev/use-waypoint": "svc-only"}),
+        ),
+        pod(
+            "in",
+            "b",
+            "10.0.0.2",
+            json!({"weft.dev/use-waypoint": "off"}),
+        ),
+        service(
+            "in",
+            "s1",
+            "10.96.0.1",
+            json!({"weft.dev/use-waypoint": "wl-only"}),
+        ),
+        service(
+            "in",
+            "s2",
+            "10.96.0.2",
+            json!({"weft.dev/use-waypoint": "svc-only"}),
+        ),
+    ];
+    objects.extend(waypoint("in", "svc-only", None));
+    objects.extend(waypoint("in", "wl-only", Some("workload")));
+    objects.extend(waypoint("in", "off", Some("none")));
+    let m = build(&objects);
+    assert!(
+        m.workloads["uid-a"].waypoint.is_none(),
+        "service waypoint does not take workload traffic"
+    );
+    assert!(m.workloads["uid-b"].waypoint.is_none(), "waypoint-for none");
+    assert!(
+        m.services["in/s1"].waypoint.is_none(),
+        "workload waypoint does not take service traffic"
+    );
+    assert!(m.services["in/s2"].waypoint.is_some());
+}
+
+#[test]
+fn waypoint_in_another_namespace() {
+    let mut objects = vec![
+        ns(
+            "app",
+            json!({"weft.dev/dataplane-mode": "ambient",
+            "weft.dev/use-waypoint": "shared", "weft.dev/use-waypoint-namespace": "infra"}),
+        ),
+        service("app", "web", "10.96.0.1", json!({})),
+    ];
+    objects.extend(waypoint("infra", "shared", None));
+    let m = build(&objects);
+    let r = m.services["app/web"].waypoint.clone().expect("bound");
+    assert_eq!((r.namespace.as_str(), r.name.as_str()), ("infra", "shared"));
+}
+
+#[test]
+fn endpoints_from_slices_and_selector_fallback() {
+    let slice = json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "web-abc", "namespace": "in", "labels": {"kubernetes.io/service-name": "web"}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 9090}],
+        "endpoints": [
+            {"addresses": ["10.0.0.1"], "targetRef": {"kind": "Pod", "name": "web-1", "namespace": "in"},
+             "conditions": {"ready": false}},
+            {"addresses": ["10.0.0.2"]}
+        ]
+    });
+    let m = build(&[
+        pod("in", "web-1", "10.0.0.1", json!({"app": "web"})),
+        pod("in", "web-2", "10.0.0.2", json!({"app": "nope"})),
+        pod("in", "api-1", "10.0.0.3", json!({"app": "api"})),
+        pod("other", "api-x", "10.0.0.4", json!({"app": "api"})),
+        service("in", "web", "10.96.0.1", json!({})),
+        service("in", "api", "10.96.0.2", json!({})),
+        slice,
+    ]);
+    let web = &m.services["in/web"];
+    assert_eq!(web.hostname, "web.in.svc.cluster.local");
+    assert_eq!(web.ports[0].service_port, 80);
+    assert_eq!(web.ports[0].target_port, 0, "named target port");
+    let uids: Vec<_> = web
+        .endpoints
+        .iter()
+        .map(|e| e.workload_uid.as_str())
+        .collect();
+    assert_eq!(
+        uids,
+        vec!["uid-web-1", "uid-web-2"],
+        "the slice, not the selector, decides"
+    );
+    assert_eq!(web.endpoints[0].status, HealthStatus::Unhealthy as i32);
+    assert_eq!(web.endpoints[0].ports.get(&80), Some(&9090));
+    let api = &m.services["in/api"];
+    assert_eq!(
+        api.endpoints.len(),
+        1,
+        "selector fallback stays in the namespace"
+    );
+    assert_eq!(
+        api.endpoints[0].ports.get(&80),
+        Some(&8080),
+        "named port resolved on the pod"
+    );
+}
+
+#[test]
+fn peer_authentication_precedence() {
+    let pa = |ns: &str, name: &str, selector: Option<serde_json::Value>, mode: &str| {
+        let mut spec = json!({"mtls": {"mode": mode}});
+        if let Some(s) = selector {
+            spec["selector"] = json!({"matchLabels": s});
+        }
+        json!({"apiVersion": "security.weft.dev/v1alpha1", "kind": "PeerAuthentication",
+               "metadata": {"name": name, "namespace": ns}, "spec": spec})
+    };
+    let m = build(&[
+        pa("weft-system", "mesh", None, "STRICT"),
+        pa("relaxed", "ns", None, "PERMISSIVE"),
+        pa("relaxed", "one", Some(json!({"app": "secure"})), "STRICT"),
+        pa("inherit", "unset", None, "UNSET"),
+        pod("relaxed", "a", "10.0.0.1", json!({})),
+        pod("relaxed", "b", "10.0.0.2", json!({"app": "secure"})),
+        pod("inherit", "c", "10.0.0.3", json!({})),
+    ]);
+    assert_eq!(m.workloads["uid-a"].mtls_mode, MtlsMode::Permissive as i32);
+    assert_eq!(m.workloads["uid-b"].mtls_mode, MtlsMode::Strict as i32);
+    assert_eq!(
+        m.workloads["uid-c"].mtls_mode,
+        MtlsMode::Strict as i32,
+        "mesh-wide via UNSET"
+    );
+    let m = build(&[pod("x", "d", "10.0.0.4", json!({}))]);
+    assert_eq!(
+        m.workloads["uid-d"].mtls_mode,
+        MtlsMode::Permissive as i32,
+        "default"
+    );
+}
+
+fn policy(ns: &str, name: &str, spec: serde_json::Value) -> serde_json::Value {
+    json!({"apiVersion": "security.weft.dev/v1alpha1", "kind": "AuthorizationPolicy",
+           "metadata": {"name": name, "namespace": ns}, "spec": spec})
+}
+
+#[test]
+fn authorization_scopes_and_selector_binding() {
+    let m = build(&[
+        policy(
+            "weft-system",
+            "mesh",
+            json!({"action": "DENY", "rules": [{"from": [{"source": {"ipBlocks": ["1.2.3.4/32"]}}]}]}),
+        ),
+        policy("in", "ns-wide", json!({"rules": [{}]})),
+        policy(
+            "in",
+            "sel",
+            json!({"selector": {"matchLabels": {"app": "db"}},
+            "rules": [{"from": [{"source": {"principals": ["cluster.local/ns/in/sa/*"]}}],
+                       "to": [{"operation": {"ports": [5432, "5433"]}}]}]}),
+        ),
+        policy(
+            "weft-system",
+            "root-sel",
+            json!({"selector": {"matchLabels": {"app": "db"}}, "action": "AUDIT"}),
+        ),
+        policy(
+            "in",
+            "at-waypoint",
+            json!({"targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "wp"}],
+            "rules": [{"to": [{"operation": {"methods": ["GET"]}}]}]}),
+        ),
+        pod("in", "db", "10.0.0.1", json!({"app": "db"})),
+        pod("other", "db2", "10.0.0.2", json!({"app": "db"})),
+    ]);
+    let scope = |k: &str| m.authorizations[k].scope;
+    assert_eq!(scope("weft-system/mesh"), PolicyScope::Mesh as i32);
+    assert_eq!(scope("in/ns-wide"), PolicyScope::Namespace as i32);
+    assert_eq!(scope("in/sel"), PolicyScope::WorkloadSelector as i32);
+    assert_eq!(scope("in/at-waypoint"), PolicyScope::Waypoint as i32);
+    assert_eq!(
+        m.authorizations["weft-system/mesh"].action,
+        Action::Deny as i32
+    );
+    let target = m.authorizations["in/at-waypoint"]
+        .target
+        .clone()
+        .expect("target");
+    assert_eq!(
+        (
+            target.kind.as_str(),
+            target.namespace.as_str(),
+            target.name.as_str()
+        ),
+        ("Gateway", "in", "wp")
+    );
+    let sel = &m.authorizations["in/sel"];
+    assert_eq!(sel.rules[0].to[0].ports, vec![5432, 5433]);
+    assert!(matches!(
+        sel.rules[0].from[0].principals[0].kind,
+        Some(weft_api::config::string_match::Kind::Prefix(ref p)) if p == "cluster.local/ns/in/sa/"
+    ));
+    assert_eq!(
+        m.workloads["uid-db"].authorization_policies,
+        vec!["in/sel", "weft-system/root-sel"]
+    );
+    assert_eq!(
+        m.workloads["uid-db2"].authorization_policies,
+        vec!["weft-system/root-sel"]
+    );
+    assert!(m.policy_reports["in/sel"].accepted);
+    assert!(!m.policy_reports["in/at-waypoint"].enforced_by_ztunnel);
+}
+
+#[test]
+fn invalid_policies_fail_closed() {
+    let m = build(&[
+        policy(
+            "in",
+            "bad-allow",
+            json!({"rules": [{"to": [{"operation": {"ports": ["http"]}}]}]}),
+        ),
+        policy(
+            "in",
+            "bad-deny",
+            json!({"action": "DENY", "rules": [{"from": [{"source": {"ipBlocks": ["nope"]}}]}]}),
+        ),
+    ]);
+    let allow = &m.authorizations["in/bad-allow"];
+    assert!(allow.rules.is_empty(), "an unreadable ALLOW allows nothing");
+    let deny = &m.authorizations["in/bad-deny"];
+    assert_eq!(
+        deny.rules,
+        vec![weft_api::config::Rule::default()],
+        "an unreadable DENY denies everything"
+    );
+    let report = &m.policy_reports["in/bad-deny"];
+    assert!(!report.accepted);
+    assert!(report.errors[0].contains("ipBlocks"), "{:?}", report.errors);
+}
+
+#[test]
+fn routes_attach_to_services_and_waypoints_only() {
+    let route = |name: &str, parent: serde_json::Value| {
+        json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"name": name, "namespace": "in"},
+            "spec": {"parentRefs": [parent], "rules": [{
+                "matches": [{"path": {"type": "PathPrefix", "value": "/api"}, "method": "GET",
+                             "headers": [{"name": "x-user", "value": "a"}]}],
+                "backendRefs": [{"name": "web-v2", "port": 80, "weight": 90}, {"name": "web-v1", "port": 80}],
+                "timeouts": {"request": "1500ms"},
+                "filters": [{"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [{"name": "x-a", "value": "1"}], "remove": ["x-b"]}}]
+            }]}
+        })
+    };
+    let mut objects = vec![
+        route(
+            "gamma",
+            json!({"group": "", "kind": "Service", "name": "web", "port": 80}),
+        ),
+        route("to-wp", json!({"name": "wp"})),
+        route("elsewhere", json!({"name": "ingress"})),
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+               "metadata": {"name": "ingress", "namespace": "in"},
+               "spec": {"gatewayClassName": "other", "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]}}),
+    ];
+    objects.extend(waypoint("in", "wp", None));
+    let m = build(&objects);
+    assert_eq!(
+        m.routes.keys().collect::<Vec<_>>(),
+        vec!["in/gamma", "in/to-wp"]
+    );
+    let r = &m.routes["in/gamma"];
+    assert_eq!(r.parents[0].kind, "Service");
+    assert_eq!(r.parents[0].port, 80);
+    let rule = &r.rules[0];
+    assert_eq!(rule.matches[0].method, "GET");
+    assert_eq!(rule.backends[0].weight, 90);
+    assert_eq!(rule.backends[1].weight, 1);
+    assert_eq!(rule.backends[1].namespace, "in");
+    assert_eq!(rule.timeout_ms, 1500);
+    assert_eq!(rule.request_header_modifiers.len(), 2);
+}
+
+#[test]
+fn diff_is_minimal() {
+    let base = vec![
+        ns("in", json!({"weft.dev/dataplane-mode": "ambient"})),
+        pod("in", "a", "10.0.0.1", json!({"app": "web"})),
+        pod("in", "b", "10.0.0.2", json!({"app": "web"})),
+        service("in", "web", "10.96.0.1", json!({})),
+    ];
+    let old = build(&base);
+    assert!(Model::diff(&old, &old).is_empty());
+    let mut changed = base.clone();
+    changed[2] = pod("in", "b", "10.0.0.9", json!({"app": "web"}));
+    changed.push(pod("in", "c", "10.0.0.3", json!({"app": "other"})));
+    changed.remove(1);
+    let new = build(&changed);
+    let delta = Model::diff(&old, &new);
+    let summary: Vec<(ResourceType, &str, bool)> = delta
+        .entries
+        .iter()
+        .map(|e| (e.kind, e.key.as_str(), e.resource.is_some()))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (ResourceType::Workload, "uid-b", true),
+            (ResourceType::Workload, "uid-c", true),
+            (ResourceType::Workload, "uid-a", false),
+            (ResourceType::Service, "in/web", true),
+        ]
+    );
+    let (resources, removed) = delta.select(&[ResourceType::Service]);
+    assert_eq!((resources.len(), removed.len()), (1, 0));
+}
+
+#[test]
+fn trust_bundle_is_a_resource() {
+    let config = ModelConfig {
+        roots_pem: vec!["-----BEGIN CERTIFICATE-----\n...".into()],
+        ..ModelConfig::default()
+    };
+    let m = model::build(&Arc::new(ClusterState::default()), &config);
+    assert_eq!(m.trust_bundles["cluster.local"].roots_pem.len(), 1);
+}
