@@ -1,0 +1,306 @@
+//! The node agent: installs weft-cni, watches this node's pods and all
+//! namespaces through the controller's registry (kubernetes or files), keeps
+//! enrolled pods redirected, and hands their namespaces to ztunnel.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use weft_cni::agent::{AgentConfig, NetnsDiscovery, NodeAgent, serve_requests};
+use weft_cni::cni::{DEFAULT_AGENT_SOCKET, DEFAULT_ENROLLMENT_CACHE};
+use weft_cni::enrollment::{AgentRequest, AgentResponse, ask_agent};
+use weft_cni::handoff::{DEFAULT_HANDOFF_SOCKET, HandoffHub, HandoffServer};
+use weft_cni::install::{self, ConfInstaller};
+use weft_cni::redirect::{Backend, DEFAULT_PROBE_SOURCE, Redirector};
+use weft_controller::registry::{ClusterState, Kinds, Registry, RegistryConfig};
+
+#[derive(Parser)]
+#[command(
+    name = "weft-node-agent",
+    version,
+    about = "weft's node agent: CNI install, pod redirection, ztunnel handoff"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the agent.
+    Run(Box<RunArgs>),
+    /// Remove weft-cni from the CNI config and bin dirs, restoring the
+    /// original config.
+    Uninstall(InstallDirs),
+    /// Ask a running agent for its coverage report (JSON); exit 1 on drift.
+    Coverage {
+        /// The agent's request socket.
+        #[arg(long, default_value = DEFAULT_AGENT_SOCKET)]
+        agent_socket: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum RegistryKind {
+    /// The Kubernetes API (in-cluster config or KUBECONFIG).
+    Kubernetes,
+    /// A directory of Kubernetes YAML (local mode, e2e).
+    Files,
+}
+
+#[derive(Args)]
+struct InstallDirs {
+    /// Where the runtime looks for CNI plugin binaries.
+    #[arg(long, env = "WEFT_CNI_BIN_DIR", default_value = "/opt/cni/bin")]
+    cni_bin_dir: PathBuf,
+    /// Where the runtime reads network configs.
+    #[arg(long, env = "WEFT_CNI_CONF_DIR", default_value = "/etc/cni/net.d")]
+    cni_conf_dir: PathBuf,
+    /// Where the agent keeps the original of the config it changed.
+    #[arg(long, env = "WEFT_STATE_DIR", default_value = "/var/lib/weft")]
+    state_dir: PathBuf,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// This node's name (`spec.nodeName` of its pods).
+    #[arg(long, env = "NODE_NAME")]
+    node: String,
+    /// Which registry to watch.
+    #[arg(long, value_enum, default_value = "kubernetes")]
+    registry: RegistryKind,
+    /// The manifest directory of the files registry.
+    #[arg(long, env = "WEFT_MANIFESTS", required_if_eq("registry", "files"))]
+    manifests: Option<PathBuf>,
+    #[command(flatten)]
+    dirs: InstallDirs,
+    /// The weft-cni binary to install (default: `weft-cni` beside this binary).
+    #[arg(long)]
+    plugin_binary: Option<PathBuf>,
+    /// Do not install the plugin (someone else does).
+    #[arg(long)]
+    no_install: bool,
+    /// Remove the plugin from the CNI config on exit. Off by default: while
+    /// the agent restarts, enrolled pods must keep failing closed.
+    #[arg(long)]
+    uninstall_on_exit: bool,
+    /// The request socket the plugin and the CLI use.
+    #[arg(long, default_value = DEFAULT_AGENT_SOCKET)]
+    agent_socket: PathBuf,
+    /// The SEQPACKET socket ztunnel connects to.
+    #[arg(long, default_value = DEFAULT_HANDOFF_SOCKET)]
+    handoff_socket: PathBuf,
+    /// The enrollment cache the plugin falls back on.
+    #[arg(long, default_value = DEFAULT_ENROLLMENT_CACHE)]
+    enrollment_cache: PathBuf,
+    /// How the rules are programmed.
+    #[arg(long, value_enum, default_value = "auto")]
+    backend: Backend,
+    /// The source address of the node's health probes (passes uncaptured).
+    #[arg(long, default_value_t = DEFAULT_PROBE_SOURCE)]
+    probe_source: Ipv4Addr,
+    /// Namespaces the plugin never enrolls nor fails closed for.
+    #[arg(long = "exclude-namespace", default_value = "kube-system")]
+    exclude_namespaces: Vec<String>,
+    /// The plugin's timeout for the agent, in milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    plugin_timeout_ms: u64,
+    /// Where /proc is (pod netns discovery in kubernetes mode).
+    #[arg(long, default_value = "/proc")]
+    proc_root: PathBuf,
+    /// How often to re-check enrolled pods and retry failures, in seconds.
+    #[arg(long, default_value_t = 10)]
+    resync_seconds: u64,
+    /// How long ztunnel may take to ack a handoff message, in seconds.
+    #[arg(long, default_value_t = 30)]
+    ack_timeout_seconds: u64,
+    /// Log as JSON.
+    #[arg(long)]
+    log_json: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Cmd::Run(args) => run(*args).await,
+        Cmd::Uninstall(dirs) => {
+            init_logging(false);
+            uninstall(&dirs)
+        }
+        Cmd::Coverage { agent_socket } => {
+            let response = ask_agent(
+                &agent_socket,
+                &AgentRequest::Coverage,
+                Duration::from_secs(30),
+            )?;
+            let AgentResponse::Coverage(report) = response else {
+                bail!("unexpected answer: {response:?}")
+            };
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            if !report.covered() {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+    }
+}
+
+fn init_logging(json: bool) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn installer(dirs: &InstallDirs, entry: serde_json::Value) -> ConfInstaller {
+    ConfInstaller::new(&dirs.cni_conf_dir, &dirs.state_dir, entry)
+}
+
+fn uninstall(dirs: &InstallDirs) -> anyhow::Result<()> {
+    installer(dirs, serde_json::Value::Null)
+        .uninstall()
+        .context("removing weft-cni from the CNI config")?;
+    install::uninstall_binary(&dirs.cni_bin_dir).context("removing the weft-cni binary")?;
+    tracing::info!("weft-cni uninstalled");
+    Ok(())
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    init_logging(args.log_json);
+    let hub = HandoffHub::new();
+    let agent = NodeAgent::new(
+        AgentConfig {
+            node: args.node.clone(),
+            discovery: match args.registry {
+                RegistryKind::Files => NetnsDiscovery::Annotation,
+                RegistryKind::Kubernetes => NetnsDiscovery::ProcScan(args.proc_root.clone()),
+            },
+            enrollment_cache: Some(args.enrollment_cache.clone()),
+            redirector: Redirector::new(args.backend, args.probe_source),
+        },
+        hub.clone(),
+    );
+    // The cache must exist before the plugin is installed: without it the
+    // plugin fails closed for every pod.
+    agent.publish_cache().await;
+
+    let handoff = HandoffServer::bind(
+        &args.handoff_socket,
+        hub,
+        Duration::from_secs(args.ack_timeout_seconds),
+    )
+    .with_context(|| {
+        format!(
+            "binding the handoff socket {}",
+            args.handoff_socket.display()
+        )
+    })?;
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(async move { handoff.run().await.context("handoff socket") });
+    let (a, socket) = (agent.clone(), args.agent_socket.clone());
+    tasks.spawn(async move {
+        serve_requests(a, &socket)
+            .await
+            .context("agent request socket")
+    });
+
+    // Registry first, install after: the plugin's first requests then meet an
+    // agent that knows the namespaces.
+    let registry_config = RegistryConfig {
+        kinds: Kinds::NODE_AGENT,
+        node: Some(args.node.clone()),
+    };
+    let registry = match args.registry {
+        RegistryKind::Files => {
+            let dir = args
+                .manifests
+                .clone()
+                .context("--manifests is required with --registry files")?;
+            Registry::files(dir, registry_config).await?
+        }
+        RegistryKind::Kubernetes => {
+            let client = kube::Client::try_default()
+                .await
+                .context("building the Kubernetes client")?;
+            Registry::kubernetes(client, registry_config)
+        }
+    };
+    let mut states = registry.subscribe();
+    if let Some(state) = registry.synced().await {
+        sync(&agent, &state).await;
+    }
+
+    let entry = serde_json::json!({
+        "agentSocket": args.agent_socket,
+        "enrollmentCache": args.enrollment_cache,
+        "agentTimeoutMs": args.plugin_timeout_ms,
+        "excludeNamespaces": args.exclude_namespaces,
+    });
+    let conf = installer(&args.dirs, entry);
+    if !args.no_install {
+        let binary = match &args.plugin_binary {
+            Some(p) => p.clone(),
+            None => std::env::current_exe()?.with_file_name(install::PLUGIN_TYPE),
+        };
+        install::install_binary(&binary, &args.dirs.cni_bin_dir)
+            .context("installing the weft-cni binary")?;
+        tasks.spawn(async move {
+            conf.keep_installed(Duration::from_secs(2)).await;
+            Ok(())
+        });
+    }
+    tracing::info!(node = %args.node, "node agent running");
+
+    let mut resync = tokio::time::interval(Duration::from_secs(args.resync_seconds.max(1)));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            changed = states.changed() => {
+                if changed.is_err() {
+                    bail!("the registry stopped");
+                }
+                let state = states.borrow_and_update().clone();
+                if state.synced {
+                    sync(&agent, &state).await;
+                }
+            }
+            _ = resync.tick() => agent.resync().await,
+            Some(done) = tasks.join_next() => {
+                done??;
+                bail!("a server task ended");
+            }
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    tracing::info!("shutting down");
+    if args.uninstall_on_exit && !args.no_install {
+        uninstall(&args.dirs)?;
+    }
+    // Rules stay in place on exit: pods keep their redirection (and keep
+    // failing closed) until an agent is back to manage them.
+    remove_socket(&args.agent_socket);
+    Ok(())
+}
+
+async fn sync(agent: &Arc<NodeAgent>, state: &ClusterState) {
+    agent
+        .sync(
+            state.pods.values().map(|p| p.as_ref()),
+            state.namespaces.values().map(|n| n.as_ref()),
+        )
+        .await;
+}
+
+fn remove_socket(path: &Path) {
+    let _ = std::fs::remove_file(path);
+}
