@@ -7,8 +7,16 @@
 //!   ([`registry::files`]) or from an API server ([`registry::kubernetes`]).
 //! - [`model`]: the pure builder from that state to `weft_api::config`
 //!   resources, and the diff between two models.
+//! - [`pipeline`]: registry changes → debounced model versions.
+//! - [`server`]: the gRPC config stream (and the CA) on :15012.
+//! - [`ca`]: `CreateCertificate`, the blast-radius rule, and the root's storage.
+//! - [`auth`]: who is calling (bootstrap tokens or TokenReview).
 //! - [`crd`]: weft's own resources (AuthorizationPolicy, PeerAuthentication).
 
+pub mod auth;
+pub mod ca;
 pub mod crd;
 pub mod model;
+pub mod pipeline;
 pub mod registry;
+pub mod server;

@@ -10,8 +10,8 @@ pub mod labels;
 mod mtls;
 mod routes;
 mod services;
-mod waypoints;
-mod workloads;
+pub mod waypoints;
+pub mod workloads;
 
 use std::collections::BTreeMap;
 

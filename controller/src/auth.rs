@@ -1,0 +1,242 @@
+//! Who is calling the controller: bootstrap tokens (files mode) or
+//! Kubernetes TokenReview.
+//!
+//! Both the config stream and the CA take `authorization: Bearer <token>`.
+//! The result is a [`Caller`]; the CA then decides which identities that
+//! caller may obtain.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+use kube::api::PostParams;
+use kube::{Api, Client};
+
+/// An authenticated caller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Caller {
+    /// A node's ztunnel. `node` is the node its credential is bound to, when
+    /// the credential says (bootstrap tokens, node-bound ServiceAccount
+    /// tokens); otherwise the node named in the request is taken.
+    Ztunnel {
+        /// The node the credential belongs to.
+        node: Option<String>,
+    },
+    /// Any other ServiceAccount: a waypoint, if a waypoint runs as it.
+    ServiceAccount {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+    },
+    /// Authentication is disabled (tests and benchmarks only).
+    Anonymous,
+}
+
+/// Why a caller was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// No `authorization: Bearer` metadata.
+    #[error("missing bearer token")]
+    Missing,
+    /// The token is not known or not valid.
+    #[error("invalid token")]
+    Invalid,
+    /// The token belongs to an identity that may not call the controller.
+    #[error("{0} may not call the controller")]
+    NotAllowed(String),
+    /// TokenReview failed.
+    #[error("token review failed: {0}")]
+    Review(#[from] kube::Error),
+    /// The token directory could not be read.
+    #[error("cannot read bootstrap tokens from {path}: {source}")]
+    Tokens {
+        /// The directory.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// Authenticates a bearer token.
+pub trait Authenticator: Send + Sync + 'static {
+    /// The caller the token belongs to.
+    fn authenticate<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Caller, AuthError>>;
+}
+
+/// Reads the bearer token from request metadata.
+pub fn bearer_token(metadata: &tonic::metadata::MetadataMap) -> Result<&str, AuthError> {
+    metadata
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or(AuthError::Missing)
+}
+
+/// Authenticates the metadata of a request with `auth`.
+pub async fn authenticate(
+    auth: &dyn Authenticator,
+    metadata: &tonic::metadata::MetadataMap,
+) -> Result<Caller, AuthError> {
+    let token = bearer_token(metadata);
+    match token {
+        Ok(token) => auth.authenticate(token).await,
+        Err(e) => {
+            // Anonymous authenticators accept requests without a token.
+            match auth.authenticate("").await {
+                Ok(Caller::Anonymous) => Ok(Caller::Anonymous),
+                _ => Err(e),
+            }
+        }
+    }
+}
+
+/// Accepts everyone. For tests and the benchmark; never the binary's default.
+pub struct AllowAll;
+
+impl Authenticator for AllowAll {
+    fn authenticate<'a>(&'a self, _token: &'a str) -> BoxFuture<'a, Result<Caller, AuthError>> {
+        Box::pin(async { Ok(Caller::Anonymous) })
+    }
+}
+
+/// Files mode: one token per node and per waypoint, in a directory:
+///
+/// ```text
+/// <dir>/nodes/<node>                          -> the ztunnel of <node>
+/// <dir>/waypoints/<namespace>/<serviceaccount> -> that waypoint
+/// ```
+///
+/// Each file holds the token (surrounding whitespace ignored).
+#[derive(Clone, Debug, Default)]
+pub struct BootstrapTokens {
+    tokens: HashMap<String, Caller>,
+}
+
+impl BootstrapTokens {
+    /// Reads the token directory.
+    pub fn load(dir: &Path) -> Result<BootstrapTokens, AuthError> {
+        let io = |source| AuthError::Tokens {
+            path: dir.display().to_string(),
+            source,
+        };
+        let mut tokens = HashMap::new();
+        let nodes = dir.join("nodes");
+        if nodes.is_dir() {
+            for entry in std::fs::read_dir(&nodes).map_err(io)? {
+                let entry = entry.map_err(io)?;
+                let token = std::fs::read_to_string(entry.path()).map_err(io)?;
+                let node = entry.file_name().to_string_lossy().into_owned();
+                tokens.insert(
+                    token.trim().to_string(),
+                    Caller::Ztunnel { node: Some(node) },
+                );
+            }
+        }
+        let waypoints = dir.join("waypoints");
+        if waypoints.is_dir() {
+            for ns in std::fs::read_dir(&waypoints).map_err(io)? {
+                let ns = ns.map_err(io)?;
+                if !ns.path().is_dir() {
+                    continue;
+                }
+                for sa in std::fs::read_dir(ns.path()).map_err(io)? {
+                    let sa = sa.map_err(io)?;
+                    let token = std::fs::read_to_string(sa.path()).map_err(io)?;
+                    tokens.insert(
+                        token.trim().to_string(),
+                        Caller::ServiceAccount {
+                            namespace: ns.file_name().to_string_lossy().into_owned(),
+                            name: sa.file_name().to_string_lossy().into_owned(),
+                        },
+                    );
+                }
+            }
+        }
+        tokens.remove("");
+        Ok(BootstrapTokens { tokens })
+    }
+
+    /// Adds a token (tests and harnesses).
+    pub fn insert(&mut self, token: impl Into<String>, caller: Caller) {
+        self.tokens.insert(token.into(), caller);
+    }
+}
+
+impl Authenticator for BootstrapTokens {
+    fn authenticate<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Caller, AuthError>> {
+        let caller = self.tokens.get(token).cloned().ok_or(AuthError::Invalid);
+        Box::pin(async move { caller })
+    }
+}
+
+/// Kubernetes: the caller's ServiceAccount token, checked with TokenReview.
+pub struct TokenReviewer {
+    client: Client,
+    /// The ztunnel's ServiceAccount (`namespace`, `name`).
+    ztunnel: (String, String),
+    audiences: Vec<String>,
+}
+
+impl TokenReviewer {
+    /// `ztunnel` is the DaemonSet's ServiceAccount, e.g. `weft-system/ztunnel`.
+    pub fn new(
+        client: Client,
+        ztunnel: (String, String),
+        audiences: Vec<String>,
+    ) -> Arc<TokenReviewer> {
+        Arc::new(TokenReviewer {
+            client,
+            ztunnel,
+            audiences,
+        })
+    }
+}
+
+/// The node a bound ServiceAccount token was issued for.
+const NODE_NAME_EXTRA: &str = "authentication.kubernetes.io/node-name";
+
+impl Authenticator for TokenReviewer {
+    fn authenticate<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Caller, AuthError>> {
+        Box::pin(async move {
+            if token.is_empty() {
+                return Err(AuthError::Missing);
+            }
+            let api: Api<TokenReview> = Api::all(self.client.clone());
+            let review = TokenReview {
+                spec: TokenReviewSpec {
+                    token: token.to_string(),
+                    audiences: (!self.audiences.is_empty()).then(|| self.audiences.clone()),
+                },
+                ..TokenReview::default()
+            };
+            let result = api.create(&PostParams::default(), &review).await?;
+            let status = result.status.unwrap_or_default();
+            if status.authenticated != Some(true) {
+                return Err(AuthError::Invalid);
+            }
+            let user = status.user.unwrap_or_default();
+            let username = user.username.unwrap_or_default();
+            let Some(rest) = username.strip_prefix("system:serviceaccount:") else {
+                return Err(AuthError::NotAllowed(username));
+            };
+            let Some((namespace, name)) = rest.split_once(':') else {
+                return Err(AuthError::NotAllowed(username));
+            };
+            if (namespace, name) == (self.ztunnel.0.as_str(), self.ztunnel.1.as_str()) {
+                let node = user
+                    .extra
+                    .and_then(|e| e.get(NODE_NAME_EXTRA).and_then(|v| v.first().cloned()));
+                return Ok(Caller::Ztunnel { node });
+            }
+            Ok(Caller::ServiceAccount {
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+            })
+        })
+    }
+}

@@ -1,0 +1,156 @@
+//! One subscriber's stream: snapshot, then deltas, one response in flight.
+//!
+//! The controller sends the next response only after the previous one was
+//! ACKed or NACKed, and computes it against what the subscriber last
+//! acknowledged. So a NACKed change is not assumed applied, and a slow
+//! subscriber gets one combined delta instead of a queue of stale ones.
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, watch};
+use tonic::{Status, Streaming};
+use weft_api::config::{ConfigRequest, ConfigResponse, ResourceType, config_request};
+
+use super::subscribers::Subscribers;
+use crate::model::{Delta, Model};
+use crate::pipeline::ModelVersion;
+
+struct Pending {
+    nonce: String,
+    version: u64,
+    model: Arc<Model>,
+}
+
+pub(crate) struct SubscriberStream {
+    pub id: u64,
+    pub types: Vec<ResourceType>,
+    pub models: watch::Receiver<Arc<ModelVersion>>,
+    pub subscribers: Arc<Subscribers>,
+    pub tx: mpsc::Sender<Result<ConfigResponse, Status>>,
+}
+
+impl SubscriberStream {
+    pub(crate) async fn run(mut self, mut requests: Streaming<ConfigRequest>) {
+        let mut acked: Option<(u64, Arc<Model>)> = None;
+        let mut pending: Option<Pending> = None;
+        let mut nacked_version: Option<u64> = None;
+        let mut sent: u64 = 0;
+        loop {
+            if pending.is_none() {
+                let current = self.models.borrow_and_update().clone();
+                let up_to_date = acked.as_ref().is_some_and(|(v, _)| *v == current.version);
+                if current.version > 0 && !up_to_date && nacked_version != Some(current.version) {
+                    match self.respond(&current, acked.as_ref(), &mut sent).await {
+                        Respond::Sent(p) => pending = Some(p),
+                        Respond::NothingForUs => {
+                            acked = Some((current.version, current.model.clone()))
+                        }
+                        Respond::Closed => break,
+                    }
+                }
+            }
+            tokio::select! {
+                request = requests.message() => {
+                    let Ok(Some(request)) = request else { break };
+                    match request.kind {
+                        Some(config_request::Kind::Ack(ack)) => {
+                            if pending.as_ref().is_some_and(|p| p.nonce == ack.nonce) {
+                                let p = pending.take().expect("checked above");
+                                self.subscribers.update(self.id, |i| {
+                                    i.acked_version = p.version;
+                                    i.pending_nonce = None;
+                                });
+                                acked = Some((p.version, p.model));
+                            } else {
+                                tracing::debug!(stream = self.id, nonce = ack.nonce, "ACK for an unknown nonce");
+                            }
+                        }
+                        Some(config_request::Kind::Nack(nack)) => {
+                            if pending.as_ref().is_some_and(|p| p.nonce == nack.nonce) {
+                                let p = pending.take().expect("checked above");
+                                tracing::warn!(stream = self.id, version = p.version, "subscriber rejected config: {}", nack.message);
+                                metrics::counter!("weft_config_nacks_total").increment(1);
+                                self.subscribers.update(self.id, |i| {
+                                    i.nacks += 1;
+                                    i.last_nack = Some(nack.message.clone());
+                                    i.pending_nonce = None;
+                                });
+                                nacked_version = Some(p.version);
+                            }
+                        }
+                        Some(config_request::Kind::Subscribe(_)) | None => {
+                            tracing::debug!(stream = self.id, "ignoring a second Subscribe");
+                        }
+                    }
+                }
+                changed = self.models.changed(), if pending.is_none() => {
+                    if changed.is_err() { break }
+                }
+            }
+        }
+        self.subscribers.remove(self.id);
+    }
+
+    async fn respond(
+        &self,
+        current: &ModelVersion,
+        acked: Option<&(u64, Arc<Model>)>,
+        sent: &mut u64,
+    ) -> Respond {
+        let (full_snapshot, resources, removed) = match acked {
+            None => {
+                let resources = self
+                    .types
+                    .iter()
+                    .flat_map(|t| current.model.resources(*t).into_iter().map(|(_, r)| r))
+                    .collect();
+                (true, resources, Vec::new())
+            }
+            Some((version, model)) => {
+                let own;
+                let delta: &Delta = if *version == current.previous {
+                    &current.delta
+                } else {
+                    own = Model::diff(model, &current.model);
+                    &own
+                };
+                let (resources, removed) = delta.select(&self.types);
+                if resources.is_empty() && removed.is_empty() {
+                    return Respond::NothingForUs;
+                }
+                (false, resources, removed)
+            }
+        };
+        *sent += 1;
+        let nonce = format!("{}-{}", self.id, sent);
+        let response = ConfigResponse {
+            nonce: nonce.clone(),
+            version: current.version,
+            full_snapshot,
+            resources,
+            removed,
+        };
+        if self.tx.send(Ok(response)).await.is_err() {
+            return Respond::Closed;
+        }
+        metrics::counter!("weft_config_pushes_total", "snapshot" => if full_snapshot { "true" } else { "false" })
+            .increment(1);
+        metrics::histogram!("weft_config_push_latency_seconds")
+            .record(current.changed_at.elapsed().as_secs_f64());
+        self.subscribers.update(self.id, |i| {
+            i.responses += 1;
+            i.pending_nonce = Some(nonce.clone());
+        });
+        Respond::Sent(Pending {
+            nonce,
+            version: current.version,
+            model: current.model.clone(),
+        })
+    }
+}
+
+enum Respond {
+    Sent(Pending),
+    NothingForUs,
+    Closed,
+}

@@ -1,0 +1,210 @@
+//! Test support: a controller gRPC server on loopback with TLS, and clients.
+#![allow(dead_code)]
+
+pub mod fake_apiserver;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+use weft_api::config::config_discovery_client::ConfigDiscoveryClient;
+use weft_api::config::{
+    ConfigRequest, ConfigResponse, ProxyInfo, ProxyKind, Subscribe, config_request,
+};
+use weft_controller::auth::Authenticator;
+use weft_controller::ca::CaService;
+use weft_controller::model::ModelConfig;
+use weft_controller::pipeline::{self, Debounce};
+use weft_controller::registry::{AnyObject, ClusterState, Kind};
+use weft_controller::server::subscribers::Subscribers;
+use weft_controller::server::{self, ConfigServer, ServerTls};
+use weft_hbone::CertificateAuthority;
+
+/// A state from JSON manifests.
+pub fn state(objects: &[serde_json::Value]) -> ClusterState {
+    let mut state = ClusterState {
+        synced: true,
+        ..ClusterState::default()
+    };
+    for o in objects {
+        let kind = Kind::from_type_meta(
+            o["apiVersion"].as_str().expect("apiVersion"),
+            o["kind"].as_str().expect("kind"),
+        )
+        .expect("known kind");
+        AnyObject::from_value(kind, o.clone())
+            .expect("valid object")
+            .insert_into(&mut state);
+    }
+    state
+}
+
+pub fn pod(ns: &str, name: &str, node: &str, sa: &str, ip: &str) -> serde_json::Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": ns, "uid": format!("uid-{name}")},
+        "spec": {"nodeName": node, "serviceAccountName": sa, "containers": [{"name": "app"}]},
+        "status": {"podIP": ip}
+    })
+}
+
+/// A running controller server.
+pub struct Harness {
+    pub addr: std::net::SocketAddr,
+    pub states: watch::Sender<Arc<ClusterState>>,
+    pub root_pem: String,
+    pub ca: Arc<CertificateAuthority>,
+    pub subscribers: Arc<Subscribers>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl Harness {
+    pub async fn start(initial: ClusterState, auth: Arc<dyn Authenticator>) -> Harness {
+        let ca = Arc::new(
+            CertificateAuthority::generate("cluster.local", Duration::from_secs(3600))
+                .expect("root"),
+        );
+        let (states, states_rx) = watch::channel(Arc::new(initial));
+        let config = ModelConfig {
+            roots_pem: vec![ca.root_pem().to_string()],
+            ..ModelConfig::default()
+        };
+        let debounce = Debounce {
+            quiet: Duration::from_millis(5),
+            max_delay: Duration::from_millis(20),
+        };
+        let (models, _task) = pipeline::spawn(states_rx.clone(), config, debounce);
+        let config_server = ConfigServer::new(models, auth.clone());
+        let subscribers = config_server.subscribers();
+        let ca_service = CaService::new(ca.clone(), auth, states_rx, Duration::from_secs(3600));
+        let (chain_pem, key_pem) = ca
+            .issue_serving(
+                &["localhost".to_string()],
+                &["127.0.0.1".parse().expect("ip")],
+                Duration::from_secs(3600),
+            )
+            .expect("serving cert");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(server::serve(
+            listener,
+            config_server,
+            Some(ca_service),
+            Some(ServerTls { chain_pem, key_pem }),
+            async {
+                let _ = rx.await;
+            },
+        ));
+        Harness {
+            addr,
+            states,
+            root_pem: ca.root_pem().to_string(),
+            ca,
+            subscribers,
+            shutdown: Some(tx),
+        }
+    }
+
+    pub async fn channel(&self) -> Channel {
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&self.root_pem))
+            .domain_name("localhost");
+        Channel::from_shared(format!("https://{}", self.addr))
+            .expect("uri")
+            .tls_config(tls)
+            .expect("tls")
+            .connect()
+            .await
+            .expect("connect")
+    }
+
+    pub fn set_state(&self, objects: &[serde_json::Value]) {
+        self.states.send_replace(Arc::new(state(objects)));
+    }
+}
+
+/// A config stream client that ACKs or NACKs by hand.
+pub struct Subscriber {
+    pub requests: mpsc::Sender<ConfigRequest>,
+    pub responses: tonic::Streaming<ConfigResponse>,
+}
+
+impl Subscriber {
+    pub async fn connect(
+        channel: Channel,
+        token: Option<&str>,
+        node: &str,
+    ) -> Result<Subscriber, tonic::Status> {
+        let (tx, rx) = mpsc::channel(8);
+        tx.send(ConfigRequest {
+            kind: Some(config_request::Kind::Subscribe(Subscribe {
+                proxy: Some(ProxyInfo {
+                    id: format!("ztunnel~{node}~test"),
+                    kind: ProxyKind::Ztunnel as i32,
+                    node: node.to_string(),
+                    ..ProxyInfo::default()
+                }),
+                types: vec![],
+            })),
+        })
+        .await
+        .expect("queue subscribe");
+        let mut request = tonic::Request::new(ReceiverStream::new(rx));
+        if let Some(token) = token {
+            request.metadata_mut().insert(
+                "authorization",
+                format!("Bearer {token}").parse().expect("header"),
+            );
+        }
+        let mut client = ConfigDiscoveryClient::new(channel).max_decoding_message_size(64 << 20);
+        let responses = client.subscribe(request).await?.into_inner();
+        Ok(Subscriber {
+            requests: tx,
+            responses,
+        })
+    }
+
+    pub async fn next(&mut self) -> ConfigResponse {
+        tokio::time::timeout(Duration::from_secs(10), self.responses.message())
+            .await
+            .expect("a response in time")
+            .expect("stream ok")
+            .expect("stream open")
+    }
+
+    pub async fn ack(&self, r: &ConfigResponse) {
+        self.requests
+            .send(ConfigRequest {
+                kind: Some(config_request::Kind::Ack(weft_api::config::Ack {
+                    nonce: r.nonce.clone(),
+                })),
+            })
+            .await
+            .expect("ack");
+    }
+
+    pub async fn nack(&self, r: &ConfigResponse, message: &str) {
+        self.requests
+            .send(ConfigRequest {
+                kind: Some(config_request::Kind::Nack(weft_api::config::Nack {
+                    nonce: r.nonce.clone(),
+                    message: message.to_string(),
+                })),
+            })
+            .await
+            .expect("nack");
+    }
+}
