@@ -29,7 +29,7 @@ fn removed(r: &ConfigResponse) -> Vec<(i32, String)> {
 #[tokio::test]
 async fn snapshot_then_add_change_remove() {
     let a = pod("shop", "a", "node-a", "web", "10.244.1.1");
-    let h = Harness::start(state(&[a.clone()]), Arc::new(AllowAll)).await;
+    let h = Harness::start(state(std::slice::from_ref(&a)), Arc::new(AllowAll)).await;
     let mut sub = Subscriber::connect(h.channel().await, None, "node-a")
         .await
         .expect("subscribe");
@@ -62,7 +62,7 @@ async fn snapshot_then_add_change_remove() {
     sub.ack(&change).await;
 
     // Remove.
-    h.set_state(&[b2.clone()]);
+    h.set_state(std::slice::from_ref(&b2));
     let remove = sub.next().await;
     assert!(remove.resources.is_empty());
     assert_eq!(
@@ -84,7 +84,7 @@ async fn snapshot_then_add_change_remove() {
 #[tokio::test]
 async fn nack_keeps_old_config_and_next_push_resends() {
     let a = pod("shop", "a", "node-a", "web", "10.244.1.1");
-    let h = Harness::start(state(&[a.clone()]), Arc::new(AllowAll)).await;
+    let h = Harness::start(state(std::slice::from_ref(&a)), Arc::new(AllowAll)).await;
     let mut sub = Subscriber::connect(h.channel().await, None, "node-a")
         .await
         .expect("subscribe");
@@ -112,7 +112,7 @@ async fn nack_keeps_old_config_and_next_push_resends() {
 #[tokio::test]
 async fn reconnect_gets_a_full_snapshot() {
     let a = pod("shop", "a", "node-a", "web", "10.244.1.1");
-    let h = Harness::start(state(&[a.clone()]), Arc::new(AllowAll)).await;
+    let h = Harness::start(state(std::slice::from_ref(&a)), Arc::new(AllowAll)).await;
     let mut sub = Subscriber::connect(h.channel().await, None, "node-a")
         .await
         .expect("subscribe");
