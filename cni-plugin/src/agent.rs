@@ -95,6 +95,8 @@ struct AgentState {
     /// Pod key (uid, or `namespace/name` without one) -> view.
     pods: BTreeMap<String, PodView>,
     enrolled: HashMap<String, Enrolled>,
+    /// The first synced view has been swept for leftover rules.
+    swept: bool,
 }
 
 impl AgentState {
@@ -228,6 +230,42 @@ impl NodeAgent {
         state.pods = next;
         self.store_cache(&state);
         self.converge(&mut state).await;
+        if !state.swept {
+            state.swept = true;
+            self.sweep_leftovers(&state).await;
+        }
+    }
+
+    /// Removes rules left in pods outside the mesh, e.g. by a previous agent
+    /// that stopped before it could unenroll them. Run once, on the first
+    /// registry view: later, the agent itself removes what it installed.
+    async fn sweep_leftovers(&self, state: &AgentState) {
+        for (key, view) in &state.pods {
+            if state.enrolled.contains_key(key) || state.should_enroll(view) {
+                continue;
+            }
+            let Some(ns) = self.find_netns(view).and_then(|p| NetNs::open(p).ok()) else {
+                continue;
+            };
+            let redirector = self.config.redirector.clone();
+            let result = blocking(move || {
+                if redirector.inspect(&ns)?.empty() {
+                    return Ok(false);
+                }
+                redirector.remove(&ns)?;
+                Ok(true)
+            })
+            .await;
+            match result {
+                Ok(true) => {
+                    tracing::info!(pod = %key, "removed leftover redirect rules from a pod outside the mesh")
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(pod = %key, error = %e, "cannot check a pod for leftover rules")
+                }
+            }
+        }
     }
 
     /// Converges again (retries pods whose netns was not found yet, repairs

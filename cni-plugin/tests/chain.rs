@@ -294,14 +294,17 @@ fn captured(
     app: &std::net::TcpListener,
 ) -> bool {
     let _c = connect_from(from, dst, None).expect("connect");
-    if accept_within(trap, WAIT).is_some() {
-        return true;
+    let deadline = std::time::Instant::now() + WAIT;
+    while std::time::Instant::now() < deadline {
+        if trap.accept().is_ok() {
+            return true;
+        }
+        if app.accept().is_ok() {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
-    assert!(
-        accept_within(app, WAIT).is_some(),
-        "connection went nowhere"
-    );
-    false
+    panic!("connection to {dst} went nowhere");
 }
 
 #[test]
@@ -403,6 +406,26 @@ fn enrolling_a_namespace_with_running_pods() {
     bed.rt.block_on(fresh.sync(&[], &[namespace("late", true)]));
     assert!(hub.pod_uids().is_empty());
     assert!(!captured(&nc, dst, &trap, &app));
+
+    // An agent that starts while a pod outside the mesh still has rules (its
+    // predecessor died before unenrolling it) removes them.
+    let redirector = Redirector::new(Backend::Auto, GATEWAY);
+    redirector.apply(&nc).expect("leftover rules");
+    let third = NodeAgent::new(
+        AgentConfig {
+            node: NODE.into(),
+            discovery: NetnsDiscovery::Annotation,
+            enrollment_cache: None,
+            redirector: redirector.clone(),
+        },
+        HandoffHub::new(),
+    );
+    bed.rt
+        .block_on(third.sync(&pods, &[namespace("late", false)]));
+    assert!(
+        redirector.inspect(&nc).expect("inspect").empty(),
+        "leftover rules were not swept"
+    );
 }
 
 #[test]
