@@ -5,7 +5,8 @@
 
 mod common;
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -212,6 +213,37 @@ fn capture_scenario(backend: Backend) {
         "probe traffic was captured"
     );
     assert!(accept_within(&a_in, NOT_EXPECTED).is_none());
+
+    // Source preservation: ztunnel's IP_TRANSPARENT connection from B's IP
+    // (marked 0x539) reaches A's application, which sees B's address, and
+    // the reply comes back to ztunnel's socket (connmark 0x111, table 100)
+    // instead of being routed out to the real B.
+    let mut spoofed = na
+        .run(|| -> std::io::Result<TcpStream> {
+            let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+            sock.set_ip_transparent_v4(true)?;
+            sock.set_mark(ZTUNNEL_MARK)?;
+            sock.bind(&SocketAddr::from((ip_b, 0)).into())?;
+            sock.connect_timeout(&SocketAddr::V4(dst_a).into(), WAIT)?;
+            Ok(sock.into())
+        })
+        .expect("enter netns")
+        .expect("transparent connect from B's address");
+    let mut served =
+        accept_within(&a_app, WAIT).expect("transparent connection did not reach the app");
+    assert_eq!(
+        served.peer_addr().expect("peer").ip(),
+        IpAddr::V4(ip_b),
+        "the app did not see the client's IP"
+    );
+    served.set_nonblocking(false).expect("blocking");
+    served.write_all(b"reply").expect("app reply");
+    spoofed.set_read_timeout(Some(WAIT)).expect("timeout");
+    let mut buf = [0u8; 5];
+    spoofed
+        .read_exact(&mut buf)
+        .expect("the reply did not come back to ztunnel");
+    assert_eq!(&buf, b"reply");
 
     // Coverage: A has rules and listeners but no ztunnel acked it yet.
     let report = bed.rt.block_on(bed.agent.coverage());
