@@ -278,8 +278,26 @@ fn capture_scenario(backend: Backend) {
         .rt
         .block_on(bed.agent.coverage())
         .covered()));
-    // A listener disappears: drift is reported.
+    // CNI CHECK (weft-cni alone, as the chain's last plugin) agrees.
+    let check = || {
+        let mut list = bed.cni.conflist();
+        let weft = list["plugins"]
+            .as_array()
+            .and_then(|p| p.last())
+            .cloned()
+            .expect("weft entry");
+        list["plugins"] = serde_json::json!([weft]);
+        let bins = [Path::new(DEBIAN_CNI_DIR), &bed.cni.bin_dir()];
+        run_chain(&bed.node, &list, &bins, "CHECK", &a, Some(&ra.stdout))
+    };
+    let r = check();
+    assert!(r.ok, "CHECK of a covered pod failed: {}", r.stdout);
+
+    // A listener disappears: drift is reported, and CHECK fails.
     drop(a_hbone);
+    let r = check();
+    assert!(!r.ok, "CHECK passed without ztunnel's 15008 listener");
+    assert_eq!(json(&r.stdout)["code"], 100);
     let report = bed.rt.block_on(bed.agent.coverage());
     let pa = report
         .drift()
