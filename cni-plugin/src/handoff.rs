@@ -10,7 +10,8 @@
 //! `SnapshotSent`, then streams `AddPod`/`DeletePod`. Every message waits for
 //! ztunnel's `Ack` before the next is sent. A reconnecting ztunnel starts
 //! over and gets the snapshot again; two ztunnels (an upgrade) each get
-//! everything.
+//! everything. An `AddPod` for a uid ztunnel already has replaces it (the
+//! pod's sandbox, and so its netns, was re-created).
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
