@@ -1,1 +1,39 @@
-fn main() {}
+//! `weft-bench`: side-by-side benchmarks. Every run measures its own baseline
+//! (plain TCP, no mesh, ...) on the same machine in the same run, and prints
+//! a JSON object with the ratios as its last line.
+
+mod hbone_loopback;
+mod stats;
+
+use clap::{Parser, Subcommand};
+
+// As in the proxies: glibc's malloc returns large freed buffers to the OS
+// and page-faults them back in on the next frame; jemalloc keeps them.
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// HBONE client -> server on loopback vs plain TCP on loopback: bulk
+    /// throughput on one connection and 1 KiB request/response latency.
+    HboneLoopback(hbone_loopback::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let report = match cli.command {
+        Command::HboneLoopback(args) => runtime.block_on(hbone_loopback::run(args))?,
+    };
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}

@@ -133,6 +133,11 @@ impl WorkloadCertificate {
         now >= self.not_after
     }
 
+    /// The private key as PKCS#8 PEM, for writing it to a file.
+    pub fn key_pem(&self) -> String {
+        to_pem("PRIVATE KEY", self.key.secret_der())
+    }
+
     /// PEM of the chain, leaf first (for the admin API and `weftctl certs`).
     pub fn chain_pem(&self) -> Vec<String> {
         self.chain

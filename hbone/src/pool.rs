@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
+use tokio::io::BufReader;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_rustls::TlsConnector;
@@ -265,10 +266,17 @@ impl TunnelPool {
                 .await
                 .map_err(|source| HboneError::Connect { addr, source })?;
             let server_name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
-            let tls = TlsConnector::from(config)
+            let tcp = BufReader::with_capacity(settings.h2.socket_read_buffer, tcp);
+            let mut tls = TlsConnector::from(config)
                 .connect(server_name, tcp)
                 .await
-                .map_err(|source| HboneError::Tls { addr, source })?;
+                .map_err(|e| HboneError::Tls {
+                    addr,
+                    source: tls::explain_handshake_error(e),
+                })?;
+            tls.get_mut()
+                .1
+                .set_buffer_limit(Some(settings.h2.tls_write_buffer));
             if tls.get_ref().1.alpn_protocol() != Some(tls::ALPN_H2) {
                 return Err(HboneError::Alpn { addr });
             }

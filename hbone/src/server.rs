@@ -13,6 +13,7 @@ use bytes::Bytes;
 use h2::RecvStream;
 use h2::server::SendResponse;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
+use tokio::io::BufReader;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
@@ -173,13 +174,18 @@ impl<T: ServerTls, H: TunnelHandler> HboneServer<T, H> {
         let settings = &self.settings;
         let handshake = async {
             let config = self.tls.server_config().await?;
-            let tls = TlsAcceptor::from(config)
-                .accept(tcp)
-                .await
-                .map_err(|source| HboneError::Tls {
-                    addr: peer_addr,
-                    source,
-                })?;
+            let tcp = BufReader::with_capacity(settings.h2.socket_read_buffer, tcp);
+            let mut tls =
+                TlsAcceptor::from(config)
+                    .accept(tcp)
+                    .await
+                    .map_err(|e| HboneError::Tls {
+                        addr: peer_addr,
+                        source: tls::explain_handshake_error(e),
+                    })?;
+            tls.get_mut()
+                .1
+                .set_buffer_limit(Some(settings.h2.tls_write_buffer));
             // The verifier already refused anything without a valid SVID.
             let peer_identity = tls::peer_identity(tls.get_ref().1)
                 .ok_or_else(|| HboneError::NoCertificate(peer_addr.to_string()))?;

@@ -19,6 +19,13 @@ pub struct H2Settings {
     pub keepalive_interval: Duration,
     /// ...and closed if the PONG takes longer than this.
     pub keepalive_timeout: Duration,
+    /// Buffer under TLS for socket reads. rustls reads at most one record
+    /// (and 4 KiB at a time) per call; reading the socket in large chunks
+    /// instead saves most of the syscalls of a bulk transfer.
+    pub socket_read_buffer: usize,
+    /// Encrypted bytes TLS may queue before writing them out, so that one
+    /// `writev` carries many records.
+    pub tls_write_buffer: usize,
 }
 
 impl Default for H2Settings {
@@ -26,10 +33,12 @@ impl Default for H2Settings {
         H2Settings {
             stream_window: 4 * 1024 * 1024,
             connection_window: 16 * 1024 * 1024,
-            max_frame_size: 1024 * 1024,
+            max_frame_size: 256 * 1024,
             max_send_buffer: 1024 * 1024,
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(10),
+            socket_read_buffer: 64 * 1024,
+            tls_write_buffer: 256 * 1024,
         }
     }
 }

@@ -142,6 +142,23 @@ pub fn verify_svid(
     Ok(identity)
 }
 
+/// Rewrites a TLS handshake error so it reads as a sentence: rustls prints
+/// certificate errors with `Debug`, which buries our refusal reasons.
+pub fn explain_handshake_error(err: std::io::Error) -> std::io::Error {
+    let Some(tls) = err.get_ref().and_then(|e| e.downcast_ref::<Error>()) else {
+        return err;
+    };
+    let text = match tls {
+        Error::InvalidCertificate(CertificateError::Other(other)) => {
+            format!("peer certificate refused: {}", other.0)
+        }
+        Error::InvalidCertificate(e) => format!("peer certificate refused: {e:?}"),
+        Error::AlertReceived(alert) => format!("the peer refused our certificate ({alert:?})"),
+        other => other.to_string(),
+    };
+    std::io::Error::new(err.kind(), text)
+}
+
 fn refusal(reason: &str) -> Error {
     Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(
         SvidRefused(reason.to_owned()),
