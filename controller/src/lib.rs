@@ -11,12 +11,19 @@
 //! - [`server`]: the gRPC config stream (and the CA) on :15012.
 //! - [`ca`]: `CreateCertificate`, the blast-radius rule, and the root's storage.
 //! - [`auth`]: who is calling (bootstrap tokens or TokenReview).
+//! - [`writers`]: leader-only writes: waypoint deployer and status.
+//! - [`admin`]: metrics (:15014) and the debug API (127.0.0.1:15000).
 //! - [`crd`]: weft's own resources (AuthorizationPolicy, PeerAuthentication).
+//! - [`app`] and [`options`]: the process and its flags.
 
+pub mod admin;
+pub mod app;
 pub mod auth;
 pub mod ca;
 pub mod crd;
 pub mod model;
+pub mod options;
 pub mod pipeline;
 pub mod registry;
 pub mod server;
+pub mod writers;

@@ -23,6 +23,7 @@ use crate::registry::ClusterState;
 
 pub use authorization::{PolicyReport, compile_policy};
 pub use diff::{Delta, DeltaEntry};
+pub use services::cluster_ips as services_cluster_ips;
 pub use waypoints::{Waypoint, WaypointFor};
 
 /// What the model builder needs besides the cluster objects.

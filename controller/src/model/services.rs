@@ -21,7 +21,7 @@ use super::workloads::{is_addressable, workload_uid};
 use crate::registry::{ClusterState, ObjectKey};
 
 /// A Service spec's cluster IPs (none for headless Services).
-pub(crate) fn cluster_ips(spec: &ServiceSpec) -> Vec<String> {
+pub fn cluster_ips(spec: &ServiceSpec) -> Vec<String> {
     let mut ips: Vec<String> = spec.cluster_ips.clone().unwrap_or_default();
     if let Some(ip) = &spec.cluster_ip
         && !ips.contains(ip)

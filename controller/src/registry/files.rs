@@ -39,8 +39,15 @@ pub(super) async fn start(
     })?;
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        // A closed receiver means the registry is gone; nothing to do.
-        let _ = events_tx.send(event.is_ok());
+        // Reading the files ourselves produces access events; only changes
+        // count. A closed receiver means the registry is gone.
+        let relevant = match &event {
+            Ok(e) => !matches!(e.kind, notify::EventKind::Access(_)),
+            Err(_) => true,
+        };
+        if relevant {
+            let _ = events_tx.send(());
+        }
     })
     .map_err(|source| RegistryError::Watch {
         path: dir.clone(),

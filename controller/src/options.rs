@@ -1,0 +1,117 @@
+//! The controller's flags (every one also readable from the environment).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+
+/// Where the cluster state comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RegistryKind {
+    /// An API server (in-cluster config or kubeconfig).
+    Kubernetes,
+    /// A directory of Kubernetes YAML (`--manifests`).
+    Files,
+}
+
+/// weft's control plane: registry → model → config stream, and the CA.
+#[derive(Clone, Debug, Parser)]
+#[command(name = "weft-controller", version)]
+pub struct Options {
+    /// Where cluster state comes from.
+    #[arg(long, env = "WEFT_REGISTRY", value_enum, default_value = "kubernetes")]
+    pub registry: RegistryKind,
+    /// The manifest directory (files registry).
+    #[arg(long, env = "WEFT_MANIFESTS", required_if_eq("registry", "files"))]
+    pub manifests: Option<PathBuf>,
+    /// gRPC (config stream + CA), TLS.
+    #[arg(long, env = "WEFT_GRPC_ADDR", default_value = "0.0.0.0:15012")]
+    pub grpc_addr: SocketAddr,
+    /// Prometheus metrics.
+    #[arg(long, env = "WEFT_METRICS_ADDR", default_value = "0.0.0.0:15014")]
+    pub metrics_addr: SocketAddr,
+    /// Debug API; keep it on loopback.
+    #[arg(long, env = "WEFT_DEBUG_ADDR", default_value = "127.0.0.1:15000")]
+    pub debug_addr: SocketAddr,
+    /// SPIFFE trust domain.
+    #[arg(long, env = "WEFT_TRUST_DOMAIN", default_value = "cluster.local")]
+    pub trust_domain: String,
+    /// DNS suffix of Services.
+    #[arg(long, env = "WEFT_CLUSTER_DOMAIN", default_value = "cluster.local")]
+    pub cluster_domain: String,
+    /// The namespace of mesh-wide policies, and where the controller runs.
+    #[arg(long, env = "WEFT_ROOT_NAMESPACE", default_value = "weft-system")]
+    pub root_namespace: String,
+    /// Files mode: the directory holding root-cert.pem and root-key.pem
+    /// (created on first start). Proxies verify the gRPC server with
+    /// root-cert.pem.
+    #[arg(long, env = "WEFT_CA_DIR", required_if_eq("registry", "files"))]
+    pub ca_dir: Option<PathBuf>,
+    /// Kubernetes: the Secret (in the root namespace) holding the root.
+    #[arg(long, env = "WEFT_CA_SECRET", default_value = "weft-ca")]
+    pub ca_secret: String,
+    /// Files mode: bootstrap tokens, `<dir>/nodes/<node>` and
+    /// `<dir>/waypoints/<namespace>/<serviceaccount>`.
+    #[arg(
+        long,
+        env = "WEFT_BOOTSTRAP_TOKENS",
+        required_if_eq("registry", "files")
+    )]
+    pub bootstrap_tokens: Option<PathBuf>,
+    /// Kubernetes: the ztunnel DaemonSet's ServiceAccount, `namespace/name`.
+    #[arg(long, env = "WEFT_ZTUNNEL_SA", default_value = "weft-system/ztunnel")]
+    pub ztunnel_service_account: String,
+    /// Kubernetes: audiences the proxies' tokens must carry (empty = the API
+    /// server's default).
+    #[arg(long, env = "WEFT_TOKEN_AUDIENCES", value_delimiter = ',')]
+    pub token_audiences: Vec<String>,
+    /// DNS names on the gRPC serving certificate.
+    #[arg(
+        long,
+        env = "WEFT_SERVING_DNS",
+        value_delimiter = ',',
+        default_value = "weft-controller.weft-system.svc,weft-controller.weft-system.svc.cluster.local,localhost"
+    )]
+    pub serving_dns: Vec<String>,
+    /// IP addresses on the gRPC serving certificate.
+    #[arg(
+        long,
+        env = "WEFT_SERVING_IPS",
+        value_delimiter = ',',
+        default_value = "127.0.0.1"
+    )]
+    pub serving_ips: Vec<IpAddr>,
+    /// Longest (and default) workload certificate lifetime, in seconds.
+    #[arg(long, env = "WEFT_CERT_TTL_SECONDS", default_value_t = 24 * 3600)]
+    pub cert_ttl_seconds: u64,
+    /// Quiet time before a change is pushed, in milliseconds.
+    #[arg(long, env = "WEFT_DEBOUNCE_MS", default_value_t = 20)]
+    pub debounce_ms: u64,
+    /// Kubernetes: elect a leader on a Lease; only the leader deploys
+    /// waypoints and writes status.
+    #[arg(long, env = "WEFT_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_elect: bool,
+    /// The Lease's name (in the root namespace).
+    #[arg(long, env = "WEFT_LEASE_NAME", default_value = "weft-controller")]
+    pub lease_name: String,
+    /// This replica's name in the Lease (default: the host name).
+    #[arg(long, env = "POD_NAME")]
+    pub replica: Option<String>,
+    /// The waypoint proxy image the deployer uses.
+    #[arg(
+        long,
+        env = "WEFT_WAYPOINT_IMAGE",
+        default_value = "ghcr.io/weft-mesh/waypoint:latest"
+    )]
+    pub waypoint_image: String,
+    /// The address proxies use to reach this controller (waypoint env).
+    #[arg(
+        long,
+        env = "WEFT_CONTROLLER_ADDRESS",
+        default_value = "https://weft-controller.weft-system.svc:15012"
+    )]
+    pub controller_address: String,
+    /// Log as JSON.
+    #[arg(long, env = "WEFT_LOG_JSON")]
+    pub log_json: bool,
+}

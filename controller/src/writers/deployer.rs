@@ -1,0 +1,168 @@
+//! The waypoint deployer: for every Gateway of class `weft-waypoint`, a
+//! ServiceAccount, a Deployment and a Service, owned by the Gateway (so they
+//! go when it goes) and written with server-side apply.
+
+use std::collections::BTreeMap;
+
+use gateway_api::gateways::Gateway;
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, PodSpec,
+    PodTemplateSpec, Probe, Service, ServiceAccount, ServicePort, ServiceSpec,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+
+use crate::model::labels::{DATAPLANE_MODE, DATAPLANE_NONE, GATEWAY_NAME, HBONE_PORT};
+use crate::model::waypoints::waypoint_service_account;
+
+/// What the deployer needs besides the Gateway.
+#[derive(Clone, Debug)]
+pub struct DeployerConfig {
+    /// The waypoint image.
+    pub image: String,
+    /// How the waypoint reaches the controller.
+    pub controller_address: String,
+}
+
+/// The three objects of one waypoint.
+pub struct WaypointObjects {
+    /// Its identity.
+    pub service_account: ServiceAccount,
+    /// Its pods.
+    pub deployment: Deployment,
+    /// Its VIP, on the HBONE port.
+    pub service: Service,
+}
+
+fn owner(gw: &Gateway) -> Option<OwnerReference> {
+    gw.controller_owner_ref(&())
+}
+
+fn meta(gw: &Gateway, name: String, labels: &BTreeMap<String, String>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: gw.namespace(),
+        labels: Some(labels.clone()),
+        owner_references: owner(gw).map(|o| vec![o]),
+        ..ObjectMeta::default()
+    }
+}
+
+/// The objects for `gw`. Pure, so tests can check them.
+pub fn waypoint_objects(gw: &Gateway, config: &DeployerConfig) -> WaypointObjects {
+    let name = gw.name_any();
+    let sa = waypoint_service_account(gw);
+    let selector: BTreeMap<String, String> = [(GATEWAY_NAME.to_string(), name.clone())].into();
+    let mut pod_labels = selector.clone();
+    // A waypoint speaks HBONE itself; its traffic is never captured.
+    pod_labels.insert(DATAPLANE_MODE.to_string(), DATAPLANE_NONE.to_string());
+    let env = |name: &str, value: &str| EnvVar {
+        name: name.to_string(),
+        value: Some(value.to_string()),
+        ..EnvVar::default()
+    };
+    let field_env = |name: &str, path: &str| EnvVar {
+        name: name.to_string(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.to_string(),
+                ..ObjectFieldSelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    };
+    let port = |name: &str, port: i32| ContainerPort {
+        name: Some(name.to_string()),
+        container_port: port,
+        protocol: Some("TCP".to_string()),
+        ..ContainerPort::default()
+    };
+    let hbone = i32::try_from(HBONE_PORT).unwrap_or(15008);
+    let deployment = Deployment {
+        metadata: meta(gw, name.clone(), &selector),
+        spec: Some(DeploymentSpec {
+            replicas: Some(1),
+            selector: LabelSelector {
+                match_labels: Some(selector.clone()),
+                ..LabelSelector::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    service_account_name: Some(sa.clone()),
+                    containers: vec![Container {
+                        name: "waypoint".to_string(),
+                        image: Some(config.image.clone()),
+                        env: Some(vec![
+                            env("WEFT_CONTROLLER_ADDRESS", &config.controller_address),
+                            env(
+                                "WEFT_WAYPOINT_NAMESPACE",
+                                &gw.namespace().unwrap_or_default(),
+                            ),
+                            env("WEFT_WAYPOINT_NAME", &name),
+                            field_env("POD_NAME", "metadata.name"),
+                            field_env("NODE_NAME", "spec.nodeName"),
+                        ]),
+                        ports: Some(vec![
+                            port("hbone", hbone),
+                            port("metrics", 15020),
+                            port("health", 15021),
+                        ]),
+                        readiness_probe: Some(Probe {
+                            http_get: Some(HTTPGetAction {
+                                path: Some("/healthz/ready".to_string()),
+                                port: IntOrString::Int(15021),
+                                ..HTTPGetAction::default()
+                            }),
+                            ..Probe::default()
+                        }),
+                        ..Container::default()
+                    }],
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        }),
+        ..Deployment::default()
+    };
+    let service = Service {
+        metadata: meta(gw, name.clone(), &selector),
+        spec: Some(ServiceSpec {
+            selector: Some(selector.clone()),
+            ports: Some(vec![ServicePort {
+                name: Some("mesh".to_string()),
+                port: hbone,
+                target_port: Some(IntOrString::Int(hbone)),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    };
+    WaypointObjects {
+        service_account: ServiceAccount {
+            metadata: meta(gw, sa, &selector),
+            ..ServiceAccount::default()
+        },
+        deployment,
+        service,
+    }
+}
+
+/// Sets `apiVersion`/`kind`, which server-side apply requires in the body.
+pub(crate) fn with_type_meta<K: Resource<DynamicType = ()> + serde::Serialize>(
+    obj: &K,
+) -> serde_json::Value {
+    let mut value = serde_json::to_value(obj).unwrap_or_default();
+    if let Some(map) = value.as_object_mut() {
+        map.insert("apiVersion".into(), K::api_version(&()).into_owned().into());
+        map.insert("kind".into(), K::kind(&()).into_owned().into());
+    }
+    value
+}

@@ -1,0 +1,329 @@
+//! What only the leader writes to the API server: waypoint Deployments,
+//! Gateway / GatewayClass status, AuthorizationPolicy status.
+//!
+//! Every replica serves the config stream and the CA; writers run only while
+//! this replica holds the Lease, so two replicas never fight over an object.
+
+pub mod deployer;
+pub mod status;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gateway_api::gatewayclasses::GatewayClass;
+use gateway_api::gateways::Gateway;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Service, ServiceAccount};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Client, ResourceExt};
+use kube_lease_manager::LeaseManagerBuilder;
+use serde_json::json;
+use tokio::sync::watch;
+
+use crate::crd::AuthorizationPolicy;
+use crate::model::labels::{WAYPOINT_CLASS, WAYPOINT_CONTROLLER};
+use crate::model::waypoints::is_waypoint_gateway;
+use crate::options::Options;
+use crate::pipeline::ModelVersion;
+use crate::registry::{ClusterState, ObjectKey};
+use deployer::{DeployerConfig, waypoint_objects, with_type_meta};
+
+/// The field manager of everything the controller applies.
+pub const FIELD_MANAGER: &str = "weft-controller";
+
+/// Runs the writers while this replica leads (always, without election).
+pub async fn run(
+    client: Client,
+    options: Options,
+    models: watch::Receiver<Arc<ModelVersion>>,
+    states: watch::Receiver<Arc<ClusterState>>,
+) {
+    let mut leading = if options.leader_elect {
+        let identity = options.replica.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| format!("weft-controller-{}", std::process::id()))
+        });
+        let manager = LeaseManagerBuilder::new(client.clone(), options.lease_name.clone())
+            .with_namespace(options.root_namespace.clone())
+            .with_identity(identity)
+            .with_duration(15)
+            .with_grace(5)
+            .build()
+            .await;
+        match manager {
+            Ok(manager) => manager.watch().await.0,
+            Err(e) => {
+                tracing::error!("leader election unavailable, not writing: {e}");
+                return;
+            }
+        }
+    } else {
+        watch::channel(true).1
+    };
+    let deployer = DeployerConfig {
+        image: options.waypoint_image.clone(),
+        controller_address: options.controller_address.clone(),
+    };
+    loop {
+        if !*leading.borrow_and_update() {
+            tracing::info!("not the leader; waiting");
+            if leading.changed().await.is_err() {
+                return;
+            }
+            continue;
+        }
+        tracing::info!("leading: deploying waypoints and writing status");
+        let mut writer = Writer::new(client.clone(), deployer.clone());
+        let mut models = models.clone();
+        let mut states = states.clone();
+        loop {
+            let state = states.borrow_and_update().clone();
+            let model = models.borrow_and_update().clone();
+            writer.reconcile(&state, &model).await;
+            tokio::select! {
+                r = leading.changed() => {
+                    if r.is_err() || !*leading.borrow() { break }
+                }
+                r = states.changed() => if r.is_err() { return },
+                r = models.changed() => if r.is_err() { return },
+                // Retry failed writes and catch drift.
+                _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+            }
+            // Let bursts settle; status writes are not latency-critical.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// Applies desired objects and status, remembering what it wrote so that an
+/// unchanged object is not written again.
+pub struct Writer {
+    client: Client,
+    deployer: DeployerConfig,
+    written: HashMap<String, serde_json::Value>,
+}
+
+impl Writer {
+    /// A writer with an empty memory.
+    pub fn new(client: Client, deployer: DeployerConfig) -> Writer {
+        Writer {
+            client,
+            deployer,
+            written: HashMap::new(),
+        }
+    }
+
+    /// One pass over the cluster state and model.
+    pub async fn reconcile(&mut self, state: &ClusterState, model: &ModelVersion) {
+        if !state.synced {
+            return;
+        }
+        for class in state.gateway_classes.values() {
+            if class.spec.controller_name == WAYPOINT_CONTROLLER {
+                self.gateway_class_status(class).await;
+            }
+        }
+        for (key, gw) in &state.gateways {
+            if is_waypoint_gateway(gw) {
+                self.deploy(gw).await;
+                self.gateway_status(gw, state.services.get(key).map(AsRef::as_ref))
+                    .await;
+            }
+        }
+        if model.version > 0 {
+            for (key, policy) in &state.authorization_policies {
+                if let Some(report) = model.model.policy_reports.get(&key.to_string()) {
+                    self.policy_status(key, policy, report).await;
+                }
+            }
+        }
+    }
+
+    async fn apply_once<K>(
+        &mut self,
+        api: Api<K>,
+        name: &str,
+        body: serde_json::Value,
+        status: bool,
+    ) where
+        K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        let memo = format!("{}/{}/{name}/{status}", K::kind(&()), api.resource_url());
+        if self.written.get(&memo) == Some(&body) {
+            return;
+        }
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        let result = if status {
+            api.patch_status(name, &params, &Patch::Apply(&body)).await
+        } else {
+            api.patch(name, &params, &Patch::Apply(&body)).await
+        };
+        match result {
+            Ok(_) => {
+                self.written.insert(memo, body);
+            }
+            Err(e) => {
+                metrics::counter!("weft_writer_errors_total", "kind" => K::kind(&()).into_owned())
+                    .increment(1);
+                tracing::warn!("apply {} {name}: {e}", K::kind(&()));
+            }
+        }
+    }
+
+    async fn deploy(&mut self, gw: &Gateway) {
+        let ns = gw.namespace().unwrap_or_default();
+        let objects = waypoint_objects(gw, &self.deployer);
+        let sa_name = objects.service_account.name_any();
+        self.apply_once(
+            Api::<ServiceAccount>::namespaced(self.client.clone(), &ns),
+            &sa_name,
+            with_type_meta(&objects.service_account),
+            false,
+        )
+        .await;
+        self.apply_once(
+            Api::<Deployment>::namespaced(self.client.clone(), &ns),
+            &gw.name_any(),
+            with_type_meta(&objects.deployment),
+            false,
+        )
+        .await;
+        self.apply_once(
+            Api::<Service>::namespaced(self.client.clone(), &ns),
+            &gw.name_any(),
+            with_type_meta(&objects.service),
+            false,
+        )
+        .await;
+    }
+
+    async fn gateway_class_status(&mut self, class: &GatewayClass) {
+        let now = Time(k8s_openapi::jiff::Timestamp::now());
+        let accepted = status::condition(
+            "Accepted",
+            true,
+            "Accepted",
+            format!("handled by {WAYPOINT_CONTROLLER} as {WAYPOINT_CLASS}"),
+            class.metadata.generation,
+            now,
+        );
+        let current = class
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.clone())
+            .unwrap_or_default();
+        if status::same_conditions(&current, std::slice::from_ref(&accepted)) {
+            return;
+        }
+        let body = json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+            "metadata": {"name": class.name_any()},
+            "status": {"conditions": [accepted]},
+        });
+        self.apply_once(
+            Api::<GatewayClass>::all(self.client.clone()),
+            &class.name_any(),
+            body,
+            true,
+        )
+        .await;
+    }
+
+    async fn gateway_status(&mut self, gw: &Gateway, service: Option<&Service>) {
+        let now = Time(k8s_openapi::jiff::Timestamp::now());
+        let addresses = status::gateway_addresses(service);
+        let generation = gw.metadata.generation;
+        let conditions = vec![
+            status::condition(
+                "Accepted",
+                true,
+                "Accepted",
+                "waypoint".into(),
+                generation,
+                now.clone(),
+            ),
+            if addresses.is_empty() {
+                status::condition(
+                    "Programmed",
+                    false,
+                    "Pending",
+                    "waiting for the waypoint Service".into(),
+                    generation,
+                    now,
+                )
+            } else {
+                status::condition(
+                    "Programmed",
+                    true,
+                    "Programmed",
+                    "waypoint deployed".into(),
+                    generation,
+                    now,
+                )
+            },
+        ];
+        let current = gw
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.clone())
+            .unwrap_or_default();
+        let current_addresses: Vec<String> = gw
+            .status
+            .as_ref()
+            .and_then(|s| s.addresses.as_ref())
+            .map(|a| a.iter().map(|a| a.value.clone()).collect())
+            .unwrap_or_default();
+        if status::same_conditions(&current, &conditions) && current_addresses == addresses {
+            return;
+        }
+        let body = json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+            "metadata": {"name": gw.name_any(), "namespace": gw.namespace()},
+            "status": {
+                "conditions": conditions,
+                "addresses": addresses.iter().map(|a| json!({"type": "IPAddress", "value": a})).collect::<Vec<_>>(),
+            },
+        });
+        let ns = gw.namespace().unwrap_or_default();
+        self.apply_once(
+            Api::<Gateway>::namespaced(self.client.clone(), &ns),
+            &gw.name_any(),
+            body,
+            true,
+        )
+        .await;
+    }
+
+    async fn policy_status(
+        &mut self,
+        key: &ObjectKey,
+        policy: &AuthorizationPolicy,
+        report: &crate::model::PolicyReport,
+    ) {
+        let now = Time(k8s_openapi::jiff::Timestamp::now());
+        let conditions = status::policy_conditions(report, policy.metadata.generation, now);
+        let current = policy
+            .status
+            .as_ref()
+            .map(|s| s.conditions.clone())
+            .unwrap_or_default();
+        if status::same_conditions(&current, &conditions) {
+            return;
+        }
+        let body = json!({
+            "apiVersion": "security.weft.dev/v1alpha1", "kind": "AuthorizationPolicy",
+            "metadata": {"name": key.name, "namespace": key.namespace},
+            "status": {"conditions": conditions},
+        });
+        self.apply_once(
+            Api::<AuthorizationPolicy>::namespaced(self.client.clone(), &key.namespace),
+            &key.name,
+            body,
+            true,
+        )
+        .await;
+    }
+}
