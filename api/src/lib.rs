@@ -4,22 +4,26 @@
 //! - [`config`]: the config stream between the controller and the proxies.
 //! - [`ca`]: the certificate authority's `CreateCertificate`.
 //! - [`nodeagent`]: the node agent -> ztunnel handoff of pod network namespaces.
+//! - [`authz`]: authorization semantics shared by ztunnel, waypoint and CLI.
 //! - [`handoff_wire`]: the SEQPACKET framing of that handoff (one message, one optional fd).
 
-#![allow(clippy::all, clippy::pedantic)]
+pub mod authz;
 
+#[allow(clippy::all, clippy::pedantic)]
 pub mod config {
     //! `weft.config.v1`: the incremental config stream (see the .proto).
     include!(concat!(env!("OUT_DIR"), "/weft.config.v1.rs"));
     include!(concat!(env!("OUT_DIR"), "/weft.config.v1.serde.rs"));
 }
 
+#[allow(clippy::all, clippy::pedantic)]
 pub mod ca {
     //! `weft.ca.v1`: certificate signing for workload identities.
     include!(concat!(env!("OUT_DIR"), "/weft.ca.v1.rs"));
     include!(concat!(env!("OUT_DIR"), "/weft.ca.v1.serde.rs"));
 }
 
+#[allow(clippy::all, clippy::pedantic)]
 pub mod nodeagent {
     //! `weft.nodeagent.v1`: the SEQPACKET handoff between node agent and ztunnel.
     include!(concat!(env!("OUT_DIR"), "/weft.nodeagent.v1.rs"));
