@@ -5,8 +5,10 @@
 //! - [`ca`]: the certificate authority's `CreateCertificate`.
 //! - [`nodeagent`]: the node agent -> ztunnel handoff of pod network namespaces.
 //! - [`authz`]: authorization semantics shared by ztunnel, waypoint and CLI.
+//! - [`admin`]: the JSON of the proxies' admin API, shared with weftctl.
 //! - [`handoff_wire`]: the SEQPACKET framing of that handoff (one message, one optional fd).
 
+pub mod admin;
 pub mod authz;
 
 #[allow(clippy::all, clippy::pedantic)]
