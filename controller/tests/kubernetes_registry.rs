@@ -1,0 +1,276 @@
+//! The kubernetes registry against an HTTP-level fake API server: objects
+//! appear, change and disappear; bookmarks move the resume point; a 410 after
+//! compaction relists; status patches reach the server.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::fake_apiserver::FakeApiServer;
+use tokio::sync::watch;
+use weft_controller::model::{self, ModelConfig};
+use weft_controller::pipeline::ModelVersion;
+use weft_controller::registry::{ClusterState, Kinds, Registry, RegistryConfig};
+use weft_controller::writers::Writer;
+use weft_controller::writers::deployer::DeployerConfig;
+
+const COLLECTIONS: &[&str] = &[
+    "api/v1/namespaces",
+    "api/v1/pods",
+    "api/v1/services",
+    "apis/discovery.k8s.io/v1/endpointslices",
+    "apis/gateway.networking.k8s.io/v1/gateways",
+    "apis/gateway.networking.k8s.io/v1/gatewayclasses",
+    "apis/security.weft.dev/v1alpha1/authorizationpolicies",
+    "apis/security.weft.dev/v1alpha1/peerauthentications",
+    "api/v1/serviceaccounts",
+    "apis/apps/v1/deployments",
+    // HTTPRoutes and GRPCRoutes are not served: the registry treats them as empty.
+];
+
+fn namespace() -> Value {
+    json!({"apiVersion": "v1", "kind": "Namespace",
+           "metadata": {"name": "shop", "labels": {"weft.dev/dataplane-mode": "ambient"}}})
+}
+
+fn pod(name: &str, node: &str, ip: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": name, "namespace": "shop", "uid": format!("uid-{name}")},
+           "spec": {"nodeName": node, "serviceAccountName": "web", "containers": [{"name": "app"}]},
+           "status": {"podIP": ip}})
+}
+
+async fn wait_for(
+    rx: &mut watch::Receiver<Arc<ClusterState>>,
+    what: &str,
+    f: impl Fn(&ClusterState) -> bool,
+) -> Arc<ClusterState> {
+    match tokio::time::timeout(Duration::from_secs(20), rx.wait_for(|s| f(s))).await {
+        Ok(Ok(state)) => state.clone(),
+        _ => panic!("timed out waiting for: {what}"),
+    }
+}
+
+fn pod_ip(state: &ClusterState, name: &str) -> Option<String> {
+    state
+        .pods
+        .values()
+        .find(|p| p.metadata.name.as_deref() == Some(name))
+        .and_then(|p| p.status.as_ref()?.pod_ip.clone())
+}
+
+#[tokio::test]
+async fn objects_appear_change_disappear_and_410_relists() {
+    let api = FakeApiServer::start(COLLECTIONS).await;
+    api.apply(namespace());
+    api.apply(pod("a", "node-a", "10.244.1.1"));
+    let registry = Registry::kubernetes(api.client(), RegistryConfig::default());
+    let mut rx = registry.subscribe();
+
+    let state = wait_for(&mut rx, "initial sync", |s| s.synced && s.pods.len() == 1).await;
+    let m = model::build(&state, &ModelConfig::default());
+    assert_eq!(m.workloads["uid-a"].addresses, vec!["10.244.1.1"]);
+
+    // Appear.
+    api.apply(pod("b", "node-b", "10.244.2.1"));
+    let state = wait_for(&mut rx, "pod b", |s| s.pods.len() == 2).await;
+    assert_eq!(
+        model::build(&state, &ModelConfig::default())
+            .workloads
+            .len(),
+        2
+    );
+    // Change.
+    api.apply(pod("a", "node-a", "10.244.1.9"));
+    wait_for(&mut rx, "pod a moved", |s| {
+        pod_ip(s, "a").as_deref() == Some("10.244.1.9")
+    })
+    .await;
+    // Disappear.
+    api.delete(&pod("b", "node-b", "10.244.2.1"));
+    wait_for(&mut rx, "pod b gone", |s| s.pods.len() == 1).await;
+
+    // A bookmark moves the resume point: the next watch starts from it.
+    // A change elsewhere first moves the global resource version past the
+    // last pod event, so only the bookmark can tell the pod watcher about it.
+    api.apply(json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "x", "namespace": "shop"},
+                     "spec": {"ports": [{"port": 80}]}}));
+    let last_pod_event = api.resource_version() - 1;
+    api.bookmark();
+    let bookmark_rv = api.resource_version();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    api.drop_watches();
+    assert!(bookmark_rv > last_pod_event);
+    let resumed = format!("resourceVersion={bookmark_rv}");
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while !api
+            .requests()
+            .iter()
+            .any(|r| r.contains("/pods?") && r.contains("watch=true") && r.contains(&resumed))
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("watch resumed from the bookmark");
+
+    // 410: history is compacted while the watch is down; changes made in
+    // the meantime arrive through the relist.
+    api.compact();
+    api.drop_watches();
+    api.apply(pod("c", "node-a", "10.244.1.3"));
+    api.delete(&pod("a", "node-a", "10.244.1.9"));
+    api.compact();
+    let lists_before = api
+        .requests()
+        .iter()
+        .filter(|r| r.starts_with("GET /api/v1/pods?") && !r.contains("watch=true"))
+        .count();
+    let state = wait_for(&mut rx, "relist after 410", |s| {
+        s.pods.len() == 1 && pod_ip(s, "c").is_some()
+    })
+    .await;
+    let lists_after = api
+        .requests()
+        .iter()
+        .filter(|r| r.starts_with("GET /api/v1/pods?") && !r.contains("watch=true"))
+        .count();
+    assert!(lists_after > lists_before, "the watcher relisted");
+    let m = model::build(&state, &ModelConfig::default());
+    assert_eq!(m.workloads.keys().collect::<Vec<_>>(), vec!["uid-c"]);
+}
+
+#[tokio::test]
+async fn node_agent_view_watches_only_its_node() {
+    let api = FakeApiServer::start(COLLECTIONS).await;
+    api.apply(namespace());
+    api.apply(pod("a", "node-a", "10.244.1.1"));
+    api.apply(pod("b", "node-b", "10.244.2.1"));
+    let registry = Registry::kubernetes(
+        api.client(),
+        RegistryConfig {
+            kinds: Kinds::NODE_AGENT,
+            node: Some("node-a".into()),
+        },
+    );
+    let state = tokio::time::timeout(Duration::from_secs(20), registry.synced())
+        .await
+        .expect("synced in time")
+        .expect("registry alive");
+    assert_eq!(state.namespaces.len(), 1);
+    assert_eq!(
+        state
+            .pods
+            .keys()
+            .map(|k| k.name.as_str())
+            .collect::<Vec<_>>(),
+        vec!["a"]
+    );
+    let mut rx = registry.subscribe();
+    api.apply(pod("a2", "node-a", "10.244.1.2"));
+    api.apply(pod("b2", "node-b", "10.244.2.2"));
+    let state = wait_for(&mut rx, "a2", |s| s.pods.len() == 2).await;
+    assert!(pod_ip(&state, "b2").is_none());
+    assert!(
+        !api.requests().iter().any(|r| r.contains("/services")),
+        "the node agent view does not watch Services"
+    );
+}
+
+#[tokio::test]
+async fn leader_writes_waypoints_and_status() {
+    let api = FakeApiServer::start(COLLECTIONS).await;
+    api.apply(namespace());
+    api.apply(json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+        "metadata": {"name": "weft-waypoint"}, "spec": {"controllerName": "weft.dev/waypoint-controller"}}));
+    api.apply(json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+        "metadata": {"name": "wp", "namespace": "shop", "uid": "gw-uid"},
+        "spec": {"gatewayClassName": "weft-waypoint", "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]}}));
+    api.apply(
+        json!({"apiVersion": "security.weft.dev/v1alpha1", "kind": "AuthorizationPolicy",
+        "metadata": {"name": "bad", "namespace": "shop", "generation": 3},
+        "spec": {"rules": [{"to": [{"operation": {"ports": ["http"]}}]}]}}),
+    );
+    let registry = Registry::kubernetes(api.client(), RegistryConfig::default());
+    let state = tokio::time::timeout(Duration::from_secs(20), registry.synced())
+        .await
+        .expect("synced")
+        .expect("alive");
+    let model = model::build(&state, &ModelConfig::default());
+    let version = ModelVersion {
+        version: 1,
+        model: Arc::new(model),
+        ..ModelVersion::initial()
+    };
+    let mut writer = Writer::new(
+        api.client(),
+        DeployerConfig {
+            image: "waypoint:test".into(),
+            controller_address: "https://controller:15012".into(),
+        },
+    );
+    writer.reconcile(&state, &version).await;
+
+    let deployment = api
+        .get("apis/apps/v1/deployments", "shop", "wp")
+        .expect("deployment applied");
+    assert_eq!(
+        deployment["metadata"]["ownerReferences"][0]["uid"],
+        "gw-uid"
+    );
+    assert_eq!(
+        deployment["spec"]["template"]["spec"]["serviceAccountName"],
+        "wp"
+    );
+    assert!(api.get("api/v1/serviceaccounts", "shop", "wp").is_some());
+    assert!(api.get("api/v1/services", "shop", "wp").is_some());
+    let applied = api
+        .requests()
+        .into_iter()
+        .filter(|r| r.starts_with("PATCH"))
+        .collect::<Vec<_>>();
+    assert!(
+        applied
+            .iter()
+            .all(|r| r.contains("fieldManager=weft-controller")),
+        "{applied:?}"
+    );
+
+    let class = api
+        .get(
+            "apis/gateway.networking.k8s.io/v1/gatewayclasses",
+            "",
+            "weft-waypoint",
+        )
+        .expect("class");
+    assert_eq!(class["status"]["conditions"][0]["type"], "Accepted");
+    assert_eq!(class["status"]["conditions"][0]["status"], "True");
+    let gw = api
+        .get("apis/gateway.networking.k8s.io/v1/gateways", "shop", "wp")
+        .expect("gateway");
+    assert_eq!(gw["status"]["conditions"][0]["type"], "Accepted");
+    let policy = api
+        .get(
+            "apis/security.weft.dev/v1alpha1/authorizationpolicies",
+            "shop",
+            "bad",
+        )
+        .expect("policy");
+    let accepted = &policy["status"]["conditions"][0];
+    assert_eq!(accepted["type"], "Accepted");
+    assert_eq!(accepted["status"], "False");
+    assert_eq!(accepted["observedGeneration"], 3);
+    assert!(
+        accepted["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("fail-closed")
+    );
+
+    // Nothing changed: a second pass writes nothing.
+    let patches = api.status_patches().len();
+    writer.reconcile(&state, &version).await;
+    assert_eq!(api.status_patches().len(), patches);
+}
