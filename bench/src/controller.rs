@@ -287,12 +287,12 @@ pub async fn run(args: ControllerBenchArgs) -> anyhow::Result<serde_json::Value>
     let mut change_times = vec![0u64; changes + 1];
     let mut ticker = tokio::time::interval(Duration::from_millis(args.interval_ms.max(1)));
     ticker.tick().await;
-    for generation in 1..=changes {
+    for (generation, changed_at) in change_times.iter_mut().enumerate().skip(1) {
         ticker.tick().await;
         let i = (generation * 7919) % args.pods;
         let mut next = (**states_tx.borrow()).clone();
         insert(&mut next, pod(i, &args, generation as u64))?;
-        change_times[generation] = u64::try_from(arrivals.start.elapsed().as_nanos()).unwrap_or(0);
+        *changed_at = u64::try_from(arrivals.start.elapsed().as_nanos()).unwrap_or(0);
         states_tx.send_replace(Arc::new(next));
     }
     // Let the last change arrive (bounded).
@@ -305,13 +305,18 @@ pub async fn run(args: ControllerBenchArgs) -> anyhow::Result<serde_json::Value>
 
     let mut propagation = Vec::with_capacity(changes);
     let mut incomplete = 0;
-    for generation in 1..=changes {
-        if arrivals.counts[generation].load(Ordering::Relaxed) < args.subscribers {
+    let per_change = arrivals
+        .counts
+        .iter()
+        .zip(&arrivals.last_nanos)
+        .zip(&change_times);
+    for ((count, last), changed_at) in per_change.skip(1) {
+        if count.load(Ordering::Relaxed) < args.subscribers {
             incomplete += 1;
             continue;
         }
-        let last = arrivals.last_nanos[generation].load(Ordering::Relaxed);
-        propagation.push(last.saturating_sub(change_times[generation]) as f64 / 1e6);
+        let last = last.load(Ordering::Relaxed);
+        propagation.push(last.saturating_sub(*changed_at) as f64 / 1e6);
     }
     propagation.sort_by(|a, b| a.total_cmp(b));
     let rss = rss_mib();
