@@ -509,3 +509,69 @@ fn trust_bundle_is_a_resource() {
     let m = model::build(&Arc::new(ClusterState::default()), &config);
     assert_eq!(m.trust_bundles["cluster.local"].roots_pem.len(), 1);
 }
+
+#[test]
+fn l7_rules_enforced_by_ztunnel_are_compiled_to_l4_and_reported() {
+    let m = build(&[
+        policy(
+            "in",
+            "allow-get",
+            json!({"selector": {"matchLabels": {"app": "db"}},
+            "rules": [{"to": [{"operation": {"methods": ["GET"]}}]}, {"to": [{"operation": {"ports": [5432]}}]}]}),
+        ),
+        policy(
+            "in",
+            "deny-admin",
+            json!({"action": "DENY",
+            "rules": [{"to": [{"operation": {"ports": [8080], "paths": ["/admin*"]}}]}]}),
+        ),
+        policy(
+            "in",
+            "at-waypoint",
+            json!({"targetRefs": [{"kind": "Gateway", "name": "wp"}],
+            "rules": [{"to": [{"operation": {"methods": ["GET"]}}]}]}),
+        ),
+    ]);
+    let allow = &m.authorizations["in/allow-get"];
+    assert_eq!(
+        allow.rules.len(),
+        2,
+        "the full form keeps L7 rules for waypoints"
+    );
+    assert_eq!(
+        allow.l4_rules.len(),
+        1,
+        "the ALLOW rule with L7 fields matches nothing at L4"
+    );
+    assert_eq!(allow.l4_rules[0].to[0].ports, vec![5432]);
+    assert_eq!(allow.l4_warnings.len(), 1);
+    let deny = &m.authorizations["in/deny-admin"];
+    assert_eq!(deny.l4_rules.len(), 1, "the DENY rule keeps its L4 part");
+    assert_eq!(deny.l4_rules[0].to[0].ports, vec![8080]);
+    assert_eq!(deny.l4_warnings.len(), 1);
+
+    let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+    );
+    let report = &m.policy_reports["in/deny-admin"];
+    assert!(report.enforced_by_ztunnel);
+    let conditions =
+        weft_controller::writers::status::policy_conditions(report, Some(2), now.clone());
+    let l4 = conditions
+        .iter()
+        .find(|c| c.type_ == "L4Enforcement")
+        .expect("L4Enforcement condition");
+    assert_eq!(
+        (l4.status.as_str(), l4.reason.as_str()),
+        ("False", "L7RulesWithoutWaypoint")
+    );
+    assert!(l4.message.contains("whole connection"), "{}", l4.message);
+
+    let report = &m.policy_reports["in/at-waypoint"];
+    assert!(!report.enforced_by_ztunnel);
+    let conditions = weft_controller::writers::status::policy_conditions(report, Some(1), now);
+    assert!(
+        conditions.iter().all(|c| c.type_ != "L4Enforcement"),
+        "a waypoint enforces it in full"
+    );
+}

@@ -2,13 +2,13 @@
 //! and the L4 form (ztunnel).
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 use serde::Serialize;
+use weft_api::authz;
 use weft_api::config::{
-    self as wire, Action, Authorization, PolicyScope, PolicyTarget, StringMatch, string_match,
+    self as wire, Action, Authorization, PolicyScope, PolicyTarget, StringMatch,
 };
 
 use super::ModelConfig;
@@ -125,10 +125,9 @@ pub fn compile_policy(
             _ => Vec::new(),
         };
     }
-    // TODO(weft_api::authz): l4_rules and l4_warnings come from the shared
-    // `weft_api::authz::compile_l4(action, &rules)` once it lands; until then
-    // the L4 form is empty.
-    let (l4_rules, l4_warnings) = (Vec::new(), Vec::<String>::new());
+    // The L4 form ztunnel enforces, compiled by the code every enforcer
+    // shares, so the controller's warnings and ztunnel's behaviour agree.
+    let (l4_rules, l4_warnings) = authz::compile_l4(action, &rules);
     let authorization = Authorization {
         name: policy.name_any(),
         namespace,
@@ -155,8 +154,8 @@ fn convert_rule(rule: &crate::crd::Rule, error: &mut dyn FnMut(String)) -> wire:
         .map(|f| {
             let s = &f.source;
             for block in s.ip_blocks.iter().chain(&s.not_ip_blocks) {
-                if !valid_ip_block(block) {
-                    error(format!("ipBlocks: {block:?} is not an address or CIDR"));
+                if let Err(e) = authz::parse_ip_block(block) {
+                    error(format!("ipBlocks: {e}"));
                 }
             }
             wire::Source {
@@ -214,24 +213,9 @@ fn ports(values: &[IntOrString], error: &mut dyn FnMut(String)) -> Vec<u32> {
         .collect()
 }
 
-fn valid_ip_block(block: &str) -> bool {
-    block.parse::<IpAddr>().is_ok() || block.parse::<ipnet::IpNet>().is_ok()
-}
-
-/// Istio-style string match: `*` presence, `prefix*`, `*suffix`, else exact.
-pub(crate) fn string_match(value: &str) -> StringMatch {
-    let kind = if value == "*" {
-        string_match::Kind::Presence(true)
-    } else if let Some(prefix) = value.strip_suffix('*') {
-        string_match::Kind::Prefix(prefix.to_string())
-    } else if let Some(suffix) = value.strip_prefix('*') {
-        string_match::Kind::Suffix(suffix.to_string())
-    } else {
-        string_match::Kind::Exact(value.to_string())
-    };
-    StringMatch { kind: Some(kind) }
-}
-
 fn matches(values: &[String]) -> Vec<StringMatch> {
-    values.iter().map(|v| string_match(v)).collect()
+    values
+        .iter()
+        .map(|v| authz::parse_string_match(v))
+        .collect()
 }

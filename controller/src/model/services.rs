@@ -89,6 +89,9 @@ pub(crate) fn build(
                 ports,
                 endpoints,
                 waypoint,
+                // Fields added to the API later keep their defaults until
+                // the builder learns them.
+                ..Service::default()
             },
         );
     }
