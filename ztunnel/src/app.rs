@@ -1,0 +1,219 @@
+//! The process: builds the parts from the options, runs them, and drains on
+//! SIGTERM — stop accepting (listeners close, so a ztunnel bound beside this
+//! one takes new connections), let open connections finish up to the
+//! deadline, then exit.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use tokio::net::{TcpListener, UnixListener};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use weft_hbone::{CertificateAuthority, PoolSettings, ServerSettings, TrustBundle, TunnelPool};
+
+use crate::admin::{self, Admin, LogControl, Readiness};
+use crate::connections::ConnectionRegistry;
+use crate::controller::{ConfigClient, TokenSource};
+use crate::identity::{CaClient, CertManager, GrpcCa, LocalCa};
+use crate::inpod::{Pods, follow_agent};
+use crate::local_config::LocalConfigSource;
+use crate::options::Options;
+use crate::proxy::{Proxy, ProxySettings, TrustState};
+use crate::socket::Netns;
+use crate::state::WorkloadStore;
+
+/// Runs ztunnel until SIGTERM/SIGINT and the drain that follows.
+pub async fn run(options: Options, log: LogControl) -> anyhow::Result<()> {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .context("installing the metrics recorder")?;
+    let shutdown = CancellationToken::new();
+    let drain = CancellationToken::new();
+    let store = WorkloadStore::default();
+
+    // Config source and CA.
+    let (ca, trust, source): (Arc<dyn CaClient>, TrustBundle, String) =
+        match (&options.controller, &options.ca_dir) {
+            (Some(address), _) => {
+                let root = read(options.controller_ca.as_deref(), "--controller-ca")?;
+                let token = TokenSource::new(
+                    options
+                        .token_file
+                        .clone()
+                        .context("--token-file is required with --controller")?,
+                );
+                let channel = crate::controller::channel(address, &root)
+                    .with_context(|| format!("controller address {address}"))?;
+                let client = ConfigClient {
+                    channel: channel.clone(),
+                    token: token.clone(),
+                    node: options.node.clone(),
+                    store: store.clone(),
+                };
+                tokio::spawn(client.run(shutdown.clone()));
+                // Until the config stream brings the bundle, trust the root
+                // the controller itself is verified with.
+                let trust = TrustBundle::from_pems(&options.trust_domain, &[root])?;
+                let ca = GrpcCa::new(channel, token, options.node.clone());
+                (Arc::new(ca), trust, format!("controller {address}"))
+            }
+            (None, Some(dir)) => {
+                let cert = read(Some(&dir.join("root-cert.pem")), "CA root")?;
+                let key = read(Some(&dir.join("root-key.pem")), "CA key")?;
+                let ca = CertificateAuthority::from_pem(&cert, &key)?;
+                if ca.trust_domain() != options.trust_domain {
+                    bail!(
+                        "the CA in {} is for trust domain {:?}, not {:?}",
+                        dir.display(),
+                        ca.trust_domain(),
+                        options.trust_domain
+                    );
+                }
+                let trust = TrustBundle::from_pems(&options.trust_domain, &[cert])?;
+                let ttl = Duration::from_secs(options.cert_ttl_seconds);
+                (Arc::new(LocalCa::new(ca, ttl)), trust, String::new())
+            }
+            (None, None) => bail!("either --controller or --ca-dir is required"),
+        };
+    let source = match &options.config_file {
+        Some(path) => {
+            let local = LocalConfigSource {
+                path: path.clone(),
+                store: store.clone(),
+                poll: Duration::from_millis(500),
+            };
+            local.load_initial()?;
+            tokio::spawn(local.watch(shutdown.clone()));
+            format!("file {}", path.display())
+        }
+        None => source,
+    };
+
+    let pool = TunnelPool::new(PoolSettings::default(), trust.clone());
+    let proxy = Arc::new(Proxy {
+        node: options.node.clone(),
+        home: Netns::current().context("opening the node network namespace")?,
+        store: store.clone(),
+        certs: CertManager::new(ca, Duration::from_secs(options.cert_wait_seconds)),
+        trust: TrustState::new(trust),
+        pool,
+        connections: ConnectionRegistry::default(),
+        lb: Default::default(),
+        settings: ProxySettings::default(),
+        hbone: ServerSettings::default(),
+    });
+    if options.controller.is_some() {
+        tokio::spawn(follow_trust_bundle(
+            proxy.clone(),
+            options.trust_domain.clone(),
+            shutdown.clone(),
+        ));
+    }
+
+    let pods = Pods::new(proxy.clone(), options.trust_domain.clone(), drain.clone());
+    tokio::spawn(follow_agent(
+        options.handoff_socket.clone(),
+        pods.clone(),
+        shutdown.clone(),
+    ));
+
+    let ready = Readiness {
+        proxy: proxy.clone(),
+        pods: Some(pods.clone()),
+        draining: drain.clone(),
+    };
+    let admin = Arc::new(Admin {
+        proxy: proxy.clone(),
+        pods: pods.clone(),
+        source,
+        log,
+        ready: ready.clone(),
+    });
+    let tcp = TcpListener::bind(options.admin_addr)
+        .await
+        .with_context(|| format!("admin address {}", options.admin_addr))?;
+    tokio::spawn(admin::serve_tcp(admin.clone(), tcp, shutdown.clone()));
+    let unix = bind_unix(&options.admin_socket)?;
+    tokio::spawn(admin::serve_unix(admin, unix, shutdown.clone()));
+    let metrics = TcpListener::bind(options.metrics_addr)
+        .await
+        .with_context(|| format!("metrics address {}", options.metrics_addr))?;
+    tokio::spawn(admin::serve_metrics(recorder, metrics, shutdown.clone()));
+    let readiness = TcpListener::bind(options.readiness_addr)
+        .await
+        .with_context(|| format!("readiness address {}", options.readiness_addr))?;
+    tokio::spawn(admin::serve_readiness(ready, readiness, shutdown.clone()));
+    info!(node = %options.node, admin = %options.admin_addr, "ztunnel started");
+
+    wait_for_signal().await?;
+    info!(
+        deadline_s = options.drain_seconds,
+        open = proxy.connections.len(),
+        "draining"
+    );
+    drain.cancel();
+    let deadline = Instant::now() + Duration::from_secs(options.drain_seconds);
+    while !proxy.connections.is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if !proxy.connections.is_empty() {
+        warn!(
+            open = proxy.connections.len(),
+            "drain deadline reached; closing the rest"
+        );
+    }
+    shutdown.cancel();
+    let _ = std::fs::remove_file(&options.admin_socket);
+    info!("ztunnel stopped");
+    Ok(())
+}
+
+fn read(path: Option<&Path>, what: &str) -> anyhow::Result<String> {
+    let path = path.with_context(|| format!("{what}: no path given"))?;
+    std::fs::read_to_string(path).with_context(|| format!("{what}: reading {}", path.display()))
+}
+
+fn bind_unix(path: &Path) -> anyhow::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    // A socket left by a previous run (or by the ztunnel we are replacing,
+    // which removes it only when it exits) is taken over.
+    let _ = std::fs::remove_file(path);
+    UnixListener::bind(path).with_context(|| format!("admin socket {}", path.display()))
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM"),
+        _ = int.recv() => info!("SIGINT"),
+    }
+    Ok(())
+}
+
+/// Keeps the trust bundle (and the pool's) in step with the config stream.
+async fn follow_trust_bundle(proxy: Arc<Proxy>, trust_domain: String, shutdown: CancellationToken) {
+    let mut changes = proxy.store.subscribe();
+    loop {
+        if let Some(bundle) = proxy.store.trust_bundle(&trust_domain) {
+            match TrustBundle::from_pems(&trust_domain, &bundle.roots_pem) {
+                Ok(bundle) => {
+                    if proxy.trust.set(bundle.clone()) {
+                        info!(roots = bundle.roots().len(), "trust bundle updated");
+                        proxy.pool.set_trust_bundle(bundle);
+                    }
+                }
+                Err(e) => warn!(error = %e, "trust bundle from the controller refused"),
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = changes.changed() => if changed.is_err() { return },
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! Live connections: what `/connections` lists, what `/tap` streams, what
+//! the metrics count, and the access log — all from one place, so they agree.
+//!
+//! A handler registers a connection when it is established and holds the
+//! returned [`ConnectionGuard`] while bytes flow; dropping the guard closes
+//! the record (metrics, access log line, tap event). A refused connection is
+//! recorded once with [`ConnectionRegistry::deny`].
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::broadcast;
+use weft_api::admin::{ConnectionInfo, Direction, Peer, TapEvent, TapKind, Transport};
+use weft_hbone::ByteCounters;
+
+/// How many tap events may queue per reader before the oldest are dropped:
+/// a slow `weftctl tap` loses events, it never slows the data path.
+const TAP_BUFFER: usize = 1024;
+
+/// A connection as the handler knows it when it is established.
+#[derive(Debug, Clone)]
+pub struct ConnectionMeta {
+    pub direction: Direction,
+    pub transport: Transport,
+    pub source: Peer,
+    pub destination: Peer,
+    pub waypoint: Option<String>,
+}
+
+struct Live {
+    meta: ConnectionMeta,
+    counters: Arc<ByteCounters>,
+    opened: Instant,
+    opened_at_ms: u64,
+}
+
+#[derive(Clone)]
+pub struct ConnectionRegistry {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    next_id: AtomicU64,
+    live: Mutex<HashMap<u64, Live>>,
+    tap: broadcast::Sender<TapEvent>,
+}
+
+impl Default for ConnectionRegistry {
+    fn default() -> Self {
+        ConnectionRegistry {
+            inner: Arc::new(Inner {
+                next_id: AtomicU64::new(1),
+                live: Mutex::default(),
+                tap: broadcast::channel(TAP_BUFFER).0,
+            }),
+        }
+    }
+}
+
+/// Keeps a connection listed; dropping it records the close.
+pub struct ConnectionGuard {
+    id: u64,
+    registry: ConnectionRegistry,
+    pub counters: Arc<ByteCounters>,
+}
+
+impl ConnectionRegistry {
+    /// Records an established connection.
+    pub fn open(&self, meta: ConnectionMeta) -> ConnectionGuard {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let counters = Arc::new(ByteCounters::default());
+        let live = Live {
+            meta,
+            counters: counters.clone(),
+            opened: Instant::now(),
+            opened_at_ms: unix_ms(),
+        };
+        metrics::counter!("weft_tcp_connections_opened_total", &labels(&live.meta)).increment(1);
+        self.emit(TapKind::Open, info(id, &live), Some("allow".into()));
+        lock(&self.inner.live).insert(id, live);
+        ConnectionGuard {
+            id,
+            registry: self.clone(),
+            counters,
+        }
+    }
+
+    /// Records a connection refused by policy (or for lack of a route).
+    pub fn deny(&self, meta: ConnectionMeta, reason: &str) {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("weft_tcp_connections_denied_total", &labels(&meta)).increment(1);
+        let live = Live {
+            meta,
+            counters: Arc::default(),
+            opened: Instant::now(),
+            opened_at_ms: unix_ms(),
+        };
+        let info = info(id, &live);
+        access_log(&info, "deny", Some(reason));
+        self.emit(TapKind::Deny, info, Some(reason.to_owned()));
+    }
+
+    /// The live connections, oldest first.
+    pub fn snapshot(&self) -> Vec<ConnectionInfo> {
+        let live = lock(&self.inner.live);
+        let mut out: Vec<ConnectionInfo> = live.iter().map(|(id, l)| info(*id, l)).collect();
+        out.sort_by_key(|c| c.id);
+        out
+    }
+
+    pub fn len(&self) -> usize {
+        lock(&self.inner.live).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn subscribe_tap(&self) -> broadcast::Receiver<TapEvent> {
+        self.inner.tap.subscribe()
+    }
+
+    fn close(&self, id: u64) {
+        let Some(live) = lock(&self.inner.live).remove(&id) else {
+            return;
+        };
+        let labels = labels(&live.meta);
+        metrics::counter!("weft_tcp_connections_closed_total", &labels).increment(1);
+        metrics::counter!("weft_tcp_sent_bytes_total", &labels).increment(live.counters.sent());
+        metrics::counter!("weft_tcp_received_bytes_total", &labels)
+            .increment(live.counters.received());
+        let info = info(id, &live);
+        access_log(&info, "allow", None);
+        self.emit(TapKind::Close, info, None);
+    }
+
+    fn emit(&self, kind: TapKind, connection: ConnectionInfo, verdict: Option<String>) {
+        // No receivers is the common case and not an error.
+        let _ = self.inner.tap.send(TapEvent {
+            time_ms: unix_ms(),
+            kind,
+            connection,
+            verdict,
+            request: None,
+            status: None,
+            dropped: 0,
+        });
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.registry.close(self.id);
+    }
+}
+
+fn info(id: u64, live: &Live) -> ConnectionInfo {
+    ConnectionInfo {
+        id,
+        direction: live.meta.direction,
+        transport: live.meta.transport,
+        source: live.meta.source.clone(),
+        destination: live.meta.destination.clone(),
+        waypoint: live.meta.waypoint.clone(),
+        bytes_sent: live.counters.sent(),
+        bytes_received: live.counters.received(),
+        opened_at_ms: live.opened_at_ms,
+        age_ms: live.opened.elapsed().as_millis() as u64,
+    }
+}
+
+/// Metric labels (DESIGN §9). The reporter is the side this ztunnel serves.
+fn labels(meta: &ConnectionMeta) -> Vec<(&'static str, String)> {
+    let split = |p: &Peer| {
+        let (ns, name) = p
+            .workload
+            .as_deref()
+            .and_then(|w| w.split_once('/'))
+            .map(|(n, w)| (n.to_owned(), w.to_owned()))
+            .unwrap_or_else(|| ("unknown".into(), "unknown".into()));
+        (
+            ns,
+            name,
+            p.identity.clone().unwrap_or_else(|| "unknown".into()),
+        )
+    };
+    let (src_ns, src_wl, src_id) = split(&meta.source);
+    let (dst_ns, dst_wl, dst_id) = split(&meta.destination);
+    vec![
+        (
+            "reporter",
+            match meta.direction {
+                Direction::Outbound => "source".into(),
+                Direction::Inbound => "destination".into(),
+            },
+        ),
+        ("source_workload", src_wl),
+        ("source_workload_namespace", src_ns),
+        ("source_principal", src_id),
+        ("destination_workload", dst_wl),
+        ("destination_workload_namespace", dst_ns),
+        ("destination_principal", dst_id),
+        (
+            "connection_security_policy",
+            match meta.transport {
+                Transport::Hbone => "mutual_tls".into(),
+                Transport::Tcp => "none".into(),
+            },
+        ),
+    ]
+}
+
+fn access_log(info: &ConnectionInfo, verdict: &str, reason: Option<&str>) {
+    tracing::info!(
+        target: "access",
+        direction = ?info.direction,
+        transport = ?info.transport,
+        src = %info.source.address,
+        src_workload = info.source.workload.as_deref().unwrap_or("-"),
+        src_identity = info.source.identity.as_deref().unwrap_or("-"),
+        dst = %info.destination.address,
+        dst_workload = info.destination.workload.as_deref().unwrap_or("-"),
+        dst_identity = info.destination.identity.as_deref().unwrap_or("-"),
+        waypoint = info.waypoint.as_deref().unwrap_or("-"),
+        bytes_sent = info.bytes_sent,
+        bytes_received = info.bytes_received,
+        duration_ms = info.age_ms,
+        verdict,
+        reason = reason.unwrap_or("-"),
+        "connection"
+    );
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -1,0 +1,234 @@
+//! The node agent handoff (DESIGN §7), ztunnel's side: connect to the
+//! agent's SEQPACKET socket, say hello, take the snapshot of enrolled pods
+//! (each with its network namespace fd), drop pods that were not in it, then
+//! follow adds and deletes. Every agent message is acknowledged, with an
+//! error text if ztunnel could not act on it.
+//!
+//! A pod's listeners live as long as the pod is enrolled; removing a pod
+//! stops its listeners while its open connections drain.
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use weft_api::handoff_wire;
+use weft_api::nodeagent::{Ack, AddPod, Hello, ZtunnelMessage, agent_message, ztunnel_message};
+use weft_hbone::SpiffeId;
+
+use crate::proxy::{Pod, Proxy, serve_pod};
+use crate::socket::Netns;
+
+struct Enrolled {
+    pod: Arc<Pod>,
+    stop: CancellationToken,
+}
+
+/// The pods handed over by the node agent, and their listeners.
+#[derive(Clone)]
+pub struct Pods {
+    proxy: Arc<Proxy>,
+    trust_domain: String,
+    enrolled: Arc<Mutex<HashMap<String, Enrolled>>>,
+    /// Parent of every pod's stop token: cancelling it closes all listeners.
+    drain: CancellationToken,
+    snapshot_done: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl Pods {
+    pub fn new(proxy: Arc<Proxy>, trust_domain: String, drain: CancellationToken) -> Self {
+        Pods {
+            proxy,
+            trust_domain,
+            enrolled: Arc::default(),
+            drain,
+            snapshot_done: Arc::new(tokio::sync::watch::channel(false).0),
+        }
+    }
+
+    /// Starts serving a pod; replaces it if already known (a re-created
+    /// sandbox brings a new netns).
+    pub fn add(&self, add: AddPod, netns: OwnedFd) -> Result<(), String> {
+        let info = add.pod.ok_or("AddPod without pod")?;
+        let identity = SpiffeId::new(&self.trust_domain, &info.namespace, &info.service_account)
+            .map_err(|e| format!("pod {}/{}: {e}", info.namespace, info.name))?;
+        let addresses = add
+            .addresses
+            .iter()
+            .map(|a| {
+                a.parse::<IpAddr>()
+                    .map_err(|_| format!("address {a:?} is not an IP"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let pod = Arc::new(Pod {
+            uid: info.uid.clone(),
+            namespace: info.namespace,
+            name: info.name,
+            service_account: info.service_account,
+            addresses,
+            identity,
+            netns: Netns::from_fd(netns),
+        });
+        self.remove(&pod.uid);
+        let stop = self.drain.child_token();
+        serve_pod(&self.proxy, &pod, stop.clone())
+            .map_err(|e| format!("listening in {}: {e}", pod.workload_name()))?;
+        self.proxy.certs.want(&pod.identity);
+        info!(pod = %pod.workload_name(), uid = %pod.uid, addresses = ?pod.addresses, "pod enrolled");
+        lock(&self.enrolled).insert(pod.uid.clone(), Enrolled { pod, stop });
+        Ok(())
+    }
+
+    /// Stops serving a pod: its listeners close, its connections drain.
+    pub fn remove(&self, uid: &str) -> bool {
+        let Some(enrolled) = lock(&self.enrolled).remove(uid) else {
+            return false;
+        };
+        enrolled.stop.cancel();
+        self.proxy.certs.release(&enrolled.pod.identity);
+        info!(pod = %enrolled.pod.workload_name(), uid, "pod removed");
+        true
+    }
+
+    /// After a snapshot: drop every pod the agent did not mention.
+    fn retain(&self, keep: &HashSet<String>) {
+        let stale: Vec<String> = lock(&self.enrolled)
+            .keys()
+            .filter(|uid| !keep.contains(*uid))
+            .cloned()
+            .collect();
+        for uid in stale {
+            self.remove(&uid);
+        }
+    }
+
+    pub fn list(&self) -> Vec<Arc<Pod>> {
+        let mut pods: Vec<_> = lock(&self.enrolled)
+            .values()
+            .map(|e| e.pod.clone())
+            .collect();
+        pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        pods
+    }
+
+    pub fn uids(&self) -> Vec<String> {
+        lock(&self.enrolled).keys().cloned().collect()
+    }
+
+    /// True once a snapshot from the agent has been applied.
+    pub fn snapshot_received(&self) -> bool {
+        *self.snapshot_done.borrow()
+    }
+}
+
+/// Follows the node agent at `socket` until `shutdown`, reconnecting with
+/// backoff. Pods stay served while the agent is away.
+pub async fn follow_agent(socket: PathBuf, pods: Pods, shutdown: CancellationToken) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let result = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = session(&socket, &pods) => r,
+        };
+        match result {
+            Ok(()) => info!("node agent closed the handoff; reconnecting"),
+            Err(e) => {
+                warn!(socket = %socket.display(), error = %e, "node agent handoff failed; retrying")
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn session(socket: &std::path::Path, pods: &Pods) -> std::io::Result<()> {
+    let fd = handoff_wire::connect(socket)?;
+    handoff_wire::set_nonblocking(&fd)?;
+    // SAFETY: `fd` is an OwnedFd moved into the AsyncFd, so it stays open
+    // and refers to the same socket for the AsyncFd's whole life.
+    let fd = unsafe { AsyncFd::register(fd) }.map_err(std::io::Error::from)?;
+    send(
+        &fd,
+        ztunnel_message::Kind::Hello(Hello {
+            version: handoff_wire::PROTOCOL_VERSION,
+            known_pod_uids: pods.uids(),
+        }),
+    )
+    .await?;
+    info!("connected to the node agent");
+    let mut in_snapshot = Some(HashSet::new());
+    loop {
+        let received = fd
+            .async_io(Interest::READABLE, |fd| {
+                handoff_wire::recv::<weft_api::nodeagent::AgentMessage>(fd.as_fd())
+            })
+            .await?;
+        let Some((message, netns)) = received else {
+            return Ok(());
+        };
+        let result = match message.kind {
+            Some(agent_message::Kind::Add(add)) => {
+                let uid = add.pod.as_ref().map(|p| p.uid.clone()).unwrap_or_default();
+                if let Some(seen) = in_snapshot.as_mut() {
+                    seen.insert(uid);
+                }
+                match netns {
+                    Some(netns) => pods.add(add, netns),
+                    None => Err("AddPod without a network namespace fd".into()),
+                }
+            }
+            Some(agent_message::Kind::Keep(keep)) => {
+                if let Some(seen) = in_snapshot.as_mut() {
+                    seen.insert(keep.uid.clone());
+                }
+                if pods.uids().contains(&keep.uid) {
+                    Ok(())
+                } else {
+                    Err(format!("KeepPod for unknown pod {}", keep.uid))
+                }
+            }
+            Some(agent_message::Kind::Delete(delete)) => {
+                pods.remove(&delete.uid);
+                Ok(())
+            }
+            Some(agent_message::Kind::SnapshotSent(_)) => {
+                if let Some(seen) = in_snapshot.take() {
+                    pods.retain(&seen);
+                }
+                pods.snapshot_done.send_replace(true);
+                info!(
+                    pods = pods.uids().len(),
+                    "snapshot from the node agent applied"
+                );
+                Ok(())
+            }
+            None => Err("empty message".into()),
+        };
+        let error = result.err().unwrap_or_default();
+        if !error.is_empty() {
+            warn!(%error, "could not act on a node agent message");
+        }
+        send(&fd, ztunnel_message::Kind::Ack(Ack { error })).await?;
+    }
+}
+
+async fn send(fd: &AsyncFd<OwnedFd>, kind: ztunnel_message::Kind) -> std::io::Result<()> {
+    let msg = ZtunnelMessage { kind: Some(kind) };
+    fd.async_io(Interest::WRITABLE, |fd| {
+        handoff_wire::send(fd.as_fd(), &msg, None)
+    })
+    .await
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -1,0 +1,133 @@
+//! Inbound HBONE (15008): a tunnel for a pod on this node, from accept to
+//! close.
+//!
+//! The caller's identity is its verified certificate. If the pod is bound to
+//! a waypoint, only that waypoint may reach it directly (no path around L7
+//! policy). Then L4 authorization (DESIGN §2 semantics, the shared evaluator);
+//! then a connection to the application *from the original client's IP*
+//! (IP_TRANSPARENT), so the application sees the real caller.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use http::StatusCode;
+use tracing::debug;
+use weft_api::admin::{Direction, Peer, Transport};
+use weft_api::authz::{ConnectionAttrs, evaluate_l4};
+use weft_hbone::{InboundTunnel, TunnelHandler, copy_bidirectional};
+
+use super::{Pod, Proxy};
+use crate::connections::ConnectionMeta;
+use crate::socket::ConnectOptions;
+
+pub struct InboundHandler {
+    pub proxy: Arc<Proxy>,
+    pub pod: Arc<Pod>,
+}
+
+impl TunnelHandler for InboundHandler {
+    async fn handle(&self, tunnel: InboundTunnel) {
+        handle(&self.proxy, &self.pod, tunnel).await;
+    }
+}
+
+async fn handle(proxy: &Proxy, pod: &Pod, tunnel: InboundTunnel) {
+    let dst = tunnel.authority;
+    let client_ip = tunnel.client_ip().unwrap_or(tunnel.peer_addr.ip());
+    let peer_identity = tunnel.peer_identity.clone();
+    let source_workload = proxy.store.workload_by_ip(client_ip);
+    let workload = proxy.workload_of(pod);
+    let meta = ConnectionMeta {
+        direction: Direction::Inbound,
+        transport: Transport::Hbone,
+        source: Peer {
+            address: SocketAddr::new(client_ip, 0).to_string(),
+            workload: source_workload
+                .as_ref()
+                .map(|w| format!("{}/{}", w.namespace, w.name)),
+            identity: Some(peer_identity.to_string()),
+        },
+        destination: Peer {
+            address: dst.to_string(),
+            workload: Some(pod.workload_name()),
+            identity: Some(pod.identity.to_string()),
+        },
+        waypoint: workload
+            .waypoint
+            .as_ref()
+            .map(|w| format!("{}/{}", w.namespace, w.name)),
+    };
+
+    if !pod.addresses.contains(&dst.ip()) {
+        proxy
+            .connections
+            .deny(meta, &format!("{dst} is not an address of this pod"));
+        tunnel.refuse(StatusCode::BAD_REQUEST);
+        return;
+    }
+    if let Some(waypoint) = &workload.waypoint
+        && waypoint.identity != peer_identity.to_string()
+    {
+        let reason = format!(
+            "{} is bound to waypoint {}/{}; {peer_identity} may not bypass it",
+            pod.workload_name(),
+            waypoint.namespace,
+            waypoint.name
+        );
+        proxy.connections.deny(meta, &reason);
+        tunnel.refuse(StatusCode::FORBIDDEN);
+        return;
+    }
+    let attrs = ConnectionAttrs {
+        source_principal: Some(peer_identity.to_string()),
+        source_namespace: Some(peer_identity.namespace().to_owned()),
+        source_ip: client_ip,
+        destination_ip: dst.ip(),
+        destination_port: dst.port(),
+    };
+    let policies = proxy.store.policies_for(&workload);
+    let decision = evaluate_l4(policies.iter().map(|p| p.as_ref()), &attrs);
+    for audit in &decision.audited {
+        tracing::info!(target: "access", audit = %audit, src = %peer_identity, dst = %dst, "audit");
+    }
+    if !decision.allowed {
+        proxy.connections.deny(meta, &decision.reason.to_string());
+        tunnel.refuse(StatusCode::UNAUTHORIZED);
+        return;
+    }
+
+    let options = ConnectOptions {
+        transparent_source: transparent_source(client_ip, pod),
+    };
+    let mut app = match proxy.connect_from(pod, dst, options).await {
+        Ok(app) => app,
+        Err(e) => {
+            debug!(%dst, error = %e, "application refused the connection");
+            proxy
+                .connections
+                .deny(meta, &format!("application at {dst}: {e}"));
+            tunnel.refuse(StatusCode::SERVICE_UNAVAILABLE);
+            return;
+        }
+    };
+    let stream = match tunnel.accept() {
+        Ok(stream) => stream,
+        Err(e) => {
+            debug!(error = %e, "client went away before the tunnel opened");
+            return;
+        }
+    };
+    let guard = proxy.connections.open(meta);
+    if let Err(e) = copy_bidirectional(&mut app, stream, &guard.counters).await {
+        debug!(error = %e, "inbound tunnel ended with an error");
+        crate::socket::reset_on_close(&app);
+    }
+}
+
+/// The source address to connect to the application from: the original
+/// client's, unless it is the pod itself (a pod calling its own Service) or
+/// loopback, where the kernel's own choice is right.
+pub(super) fn transparent_source(client_ip: IpAddr, pod: &Pod) -> Option<IpAddr> {
+    (!client_ip.is_loopback() && !client_ip.is_unspecified() && !pod.addresses.contains(&client_ip))
+        .then_some(client_ip)
+}

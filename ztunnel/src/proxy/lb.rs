@@ -1,0 +1,235 @@
+//! Picking a Service endpoint: healthy and not ejected; on the client's node
+//! first when the Service asks for it (`trafficDistribution: PreferClose`);
+//! then the better of two random choices by outstanding connections and
+//! connect latency. Endpoints that refuse or reset are ejected for a while,
+//! longer each time they fail again (passive health checking).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use weft_api::config::Workload;
+
+/// A healthy endpoint of a Service, resolved to the address to reach.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub workload: Arc<Workload>,
+    pub addr: SocketAddr,
+}
+
+#[derive(Debug, Default)]
+struct EndpointStats {
+    outstanding: AtomicUsize,
+    /// Exponentially weighted connect latency, microseconds (0 = unknown).
+    latency_us: AtomicU64,
+    consecutive_failures: AtomicU32,
+    ejected_until: Mutex<Option<Instant>>,
+}
+
+impl EndpointStats {
+    fn ejected(&self, now: Instant) -> bool {
+        lock(&self.ejected_until).is_some_and(|until| now < until)
+    }
+
+    /// Lower is better.
+    fn score(&self) -> u64 {
+        let latency = match self.latency_us.load(Ordering::Relaxed) {
+            0 => 1_000,
+            l => l,
+        };
+        (self.outstanding.load(Ordering::Relaxed) as u64 + 1) * latency
+    }
+}
+
+/// An endpoint's share of one connection: counts as outstanding until
+/// dropped, and takes the connection's outcome.
+#[derive(Debug)]
+pub struct EndpointLoad {
+    stats: Arc<EndpointStats>,
+}
+
+const BASE_EJECTION: Duration = Duration::from_secs(5);
+const MAX_EJECTION: Duration = Duration::from_secs(120);
+
+impl EndpointLoad {
+    pub fn connected(&self, latency: Duration) {
+        let sample = latency.as_micros().max(1) as u64;
+        let old = self.stats.latency_us.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            sample
+        } else {
+            (old * 7 + sample) / 8
+        };
+        self.stats.latency_us.store(new, Ordering::Relaxed);
+        self.stats.consecutive_failures.store(0, Ordering::Relaxed);
+    }
+
+    /// The endpoint refused or reset: take it out of rotation for a while.
+    pub fn failed(&self) {
+        let failures = self
+            .stats
+            .consecutive_failures
+            .fetch_add(1, Ordering::Relaxed);
+        let ejection = BASE_EJECTION
+            .saturating_mul(1 << failures.min(5))
+            .min(MAX_EJECTION);
+        *lock(&self.stats.ejected_until) = Some(Instant::now() + ejection);
+    }
+}
+
+impl Drop for EndpointLoad {
+    fn drop(&mut self) {
+        self.stats.outstanding.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[derive(Default)]
+pub struct LoadBalancer {
+    stats: Mutex<HashMap<SocketAddr, Arc<EndpointStats>>>,
+}
+
+impl LoadBalancer {
+    pub fn pick<'a>(
+        &self,
+        candidates: &'a [Candidate],
+        prefer_node: Option<&str>,
+    ) -> Option<(&'a Candidate, EndpointLoad)> {
+        if candidates.is_empty() {
+            return None;
+        }
+        let now = Instant::now();
+        let stats: Vec<Arc<EndpointStats>> = {
+            let mut map = lock(&self.stats);
+            candidates
+                .iter()
+                .map(|c| map.entry(c.addr).or_default().clone())
+                .collect()
+        };
+        let mut pool: Vec<usize> = (0..candidates.len())
+            .filter(|&i| !stats[i].ejected(now))
+            .collect();
+        if pool.is_empty() {
+            // Every endpoint failed recently; trying one beats refusing.
+            pool = (0..candidates.len()).collect();
+        }
+        if let Some(node) = prefer_node {
+            let local: Vec<usize> = pool
+                .iter()
+                .copied()
+                .filter(|&i| candidates[i].workload.node == node)
+                .collect();
+            if !local.is_empty() {
+                pool = local;
+            }
+        }
+        let chosen = match pool.len() {
+            1 => pool[0],
+            n => {
+                let a = pool[rand::random_range(0..n)];
+                let mut b = pool[rand::random_range(0..n - 1)];
+                if b == a {
+                    b = pool[n - 1];
+                }
+                if stats[b].score() < stats[a].score() {
+                    b
+                } else {
+                    a
+                }
+            }
+        };
+        stats[chosen].outstanding.fetch_add(1, Ordering::Relaxed);
+        Some((
+            &candidates[chosen],
+            EndpointLoad {
+                stats: stats[chosen].clone(),
+            },
+        ))
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn candidate(uid: &str, node: &str, addr: &str) -> Candidate {
+        Candidate {
+            workload: Arc::new(Workload {
+                uid: uid.into(),
+                node: node.into(),
+                ..Default::default()
+            }),
+            addr: addr.parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn spreads_over_all_endpoints_by_default() {
+        let lb = LoadBalancer::default();
+        let cands = vec![
+            candidate("a", "n1", "10.0.1.1:80"),
+            candidate("b", "n2", "10.0.2.1:80"),
+            candidate("c", "n2", "10.0.2.2:80"),
+        ];
+        let mut seen = HashMap::new();
+        // Hold every pick, so outstanding counts steer later picks.
+        let mut held = Vec::new();
+        for _ in 0..300 {
+            let (c, load) = lb.pick(&cands, None).unwrap();
+            *seen.entry(c.workload.uid.clone()).or_insert(0) += 1;
+            held.push(load);
+        }
+        for uid in ["a", "b", "c"] {
+            let n = seen.get(uid).copied().unwrap_or(0);
+            assert!((60..=140).contains(&n), "{uid} got {n} of 300: {seen:?}");
+        }
+    }
+
+    #[test]
+    fn prefers_the_node_when_asked_and_falls_back() {
+        let lb = LoadBalancer::default();
+        let cands = vec![
+            candidate("a", "n1", "10.0.1.1:80"),
+            candidate("b", "n2", "10.0.2.1:80"),
+        ];
+        for _ in 0..50 {
+            assert_eq!(lb.pick(&cands, Some("n1")).unwrap().0.workload.uid, "a");
+        }
+        let (_, load) = lb.pick(&cands, Some("n1")).unwrap();
+        load.failed();
+        // The local endpoint is ejected: traffic goes to the other node.
+        for _ in 0..20 {
+            assert_eq!(lb.pick(&cands, Some("n1")).unwrap().0.workload.uid, "b");
+        }
+    }
+
+    #[test]
+    fn ejected_endpoints_are_skipped_until_all_are_ejected() {
+        let lb = LoadBalancer::default();
+        let cands = vec![
+            candidate("a", "n1", "10.0.1.1:80"),
+            candidate("b", "n1", "10.0.1.2:80"),
+        ];
+        for _ in 0..20 {
+            let (c, load) = lb.pick(&cands, None).unwrap();
+            if c.workload.uid == "a" {
+                load.failed();
+                break;
+            }
+        }
+        for _ in 0..20 {
+            assert_eq!(lb.pick(&cands, None).unwrap().0.workload.uid, "b");
+        }
+        let (_, load) = lb.pick(&cands, None).unwrap();
+        load.failed();
+        assert!(
+            lb.pick(&cands, None).is_some(),
+            "all ejected: still pick one"
+        );
+    }
+}

@@ -1,0 +1,277 @@
+//! The data path. Each enrolled pod gets three listeners inside its network
+//! namespace; one module per hop follows a connection from accept to close:
+//!
+//! - [`outbound`]: 15001, captured outbound TCP → HBONE tunnel or plain TCP;
+//! - [`inbound`]: 15008, HBONE tunnels for the pod → policy → the application;
+//! - [`plaintext`]: 15006, captured inbound plaintext → mTLS mode, policy → the application;
+//! - [`route`] and [`lb`]: where an outbound connection goes.
+
+pub mod inbound;
+pub mod lb;
+pub mod outbound;
+pub mod plaintext;
+pub mod route;
+
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+use weft_api::config::Workload;
+use weft_hbone::{
+    Dialer, HboneError, HboneServer, ServerSettings, ServerTls, SpiffeId, TrustBundle, TunnelPool,
+};
+
+use crate::connections::ConnectionRegistry;
+use crate::identity::CertManager;
+use crate::socket::{self, ConnectOptions, Netns};
+use crate::state::WorkloadStore;
+
+/// Ports inside each pod (DESIGN §3).
+pub const OUTBOUND_PORT: u16 = 15001;
+pub const PLAINTEXT_PORT: u16 = 15006;
+pub const HBONE_PORT: u16 = route::HBONE_PORT;
+
+/// An enrolled pod on this node, as the node agent handed it over.
+#[derive(Debug)]
+pub struct Pod {
+    pub uid: String,
+    pub namespace: String,
+    pub name: String,
+    pub service_account: String,
+    pub addresses: Vec<IpAddr>,
+    pub identity: SpiffeId,
+    pub netns: Netns,
+}
+
+impl Pod {
+    /// `namespace/name`.
+    pub fn workload_name(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+/// The current trust bundle, replaced when the controller rotates roots.
+#[derive(Clone)]
+pub struct TrustState {
+    inner: Arc<RwLock<(u64, Arc<TrustBundle>)>>,
+}
+
+impl TrustState {
+    pub fn new(bundle: TrustBundle) -> Self {
+        TrustState {
+            inner: Arc::new(RwLock::new((1, Arc::new(bundle)))),
+        }
+    }
+
+    pub fn get(&self) -> (u64, Arc<TrustBundle>) {
+        self.inner.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Returns true if the bundle changed.
+    pub fn set(&self, bundle: TrustBundle) -> bool {
+        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        if inner.1.roots() == bundle.roots() {
+            return false;
+        }
+        inner.0 += 1;
+        inner.1 = Arc::new(bundle);
+        true
+    }
+}
+
+/// Timeouts of the data path.
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    /// How long a connection waits for its identity's first certificate.
+    pub cert_wait: Duration,
+    /// TCP connect to an application or a plain destination.
+    pub connect_timeout: Duration,
+}
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        ProxySettings {
+            cert_wait: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What every connection handler shares.
+pub struct Proxy {
+    pub node: String,
+    /// The node's network namespace, where ztunnel itself runs.
+    pub home: Netns,
+    pub store: WorkloadStore,
+    pub certs: CertManager,
+    pub trust: TrustState,
+    pub pool: TunnelPool,
+    pub connections: ConnectionRegistry,
+    pub lb: lb::LoadBalancer,
+    pub settings: ProxySettings,
+    pub hbone: ServerSettings,
+}
+
+impl Proxy {
+    /// The destination workload's config, or a minimal one from what the
+    /// node agent told us, when the config has not caught up with the pod.
+    pub fn workload_of(&self, pod: &Pod) -> Arc<Workload> {
+        self.store.workload(&pod.uid).unwrap_or_else(|| {
+            Arc::new(Workload {
+                uid: pod.uid.clone(),
+                name: pod.name.clone(),
+                namespace: pod.namespace.clone(),
+                service_account: pod.service_account.clone(),
+                trust_domain: pod.identity.trust_domain().to_owned(),
+                node: self.node.clone(),
+                addresses: pod.addresses.iter().map(|a| a.to_string()).collect(),
+                ..Default::default()
+            })
+        })
+    }
+
+    /// Connects from inside `pod` to `dst`, within the connect timeout.
+    pub async fn connect_from(
+        &self,
+        pod: &Pod,
+        dst: std::net::SocketAddr,
+        options: ConnectOptions,
+    ) -> std::io::Result<TcpStream> {
+        tokio::time::timeout(
+            self.settings.connect_timeout,
+            socket::connect_in(&pod.netns, &self.home, dst, options),
+        )
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))?
+    }
+}
+
+/// Dials HBONE connections from inside a pod.
+pub struct PodDialer<'a> {
+    pub proxy: &'a Proxy,
+    pub pod: &'a Pod,
+}
+
+impl Dialer for PodDialer<'_> {
+    fn dial(
+        &self,
+        addr: std::net::SocketAddr,
+    ) -> std::pin::Pin<Box<dyn Future<Output = std::io::Result<TcpStream>> + Send + '_>> {
+        Box::pin(
+            self.proxy
+                .connect_from(self.pod, addr, ConnectOptions::default()),
+        )
+    }
+}
+
+/// Serves the pod's identity on its 15008 listener. The certificate may not
+/// have arrived when the first connection does: the handshake waits for it
+/// (bounded). Configs are cached until the certificate or roots change.
+struct PodTls {
+    proxy: Arc<Proxy>,
+    identity: SpiffeId,
+    cache: Mutex<Option<(String, u64, Arc<rustls::ServerConfig>)>>,
+}
+
+impl ServerTls for PodTls {
+    async fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, HboneError> {
+        let cert = self
+            .proxy
+            .certs
+            .get(&self.identity)
+            .await
+            .map_err(|e| HboneError::NoCertificate(e.to_string()))?;
+        let (trust_version, bundle) = self.proxy.trust.get();
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((serial, version, config)) = cache.as_ref()
+            && serial == cert.serial()
+            && *version == trust_version
+        {
+            return Ok(config.clone());
+        }
+        let config = weft_hbone::tls::server_config(&cert, &bundle)?;
+        *cache = Some((cert.serial().to_owned(), trust_version, config.clone()));
+        Ok(config)
+    }
+}
+
+/// Opens the pod's listeners and serves them until `stop` fires. Returns
+/// once the listeners are bound, so the caller can ACK the node agent.
+pub fn serve_pod(
+    proxy: &Arc<Proxy>,
+    pod: &Arc<Pod>,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    let v6 = pod.addresses.iter().any(IpAddr::is_ipv6);
+    let mut families = vec![false];
+    if v6 {
+        families.push(true);
+    }
+    let mut listeners = Vec::new();
+    for &is_v6 in &families {
+        for port in [OUTBOUND_PORT, PLAINTEXT_PORT, HBONE_PORT] {
+            listeners.push((
+                port,
+                socket::listen_in(&pod.netns, &proxy.home, port, is_v6)?,
+            ));
+        }
+    }
+    for (port, listener) in listeners {
+        let (proxy, pod, stop) = (proxy.clone(), pod.clone(), stop.clone());
+        match port {
+            HBONE_PORT => {
+                let tls = PodTls {
+                    proxy: proxy.clone(),
+                    identity: pod.identity.clone(),
+                    cache: Mutex::new(None),
+                };
+                let handler = inbound::InboundHandler {
+                    proxy: proxy.clone(),
+                    pod: pod.clone(),
+                };
+                let server = HboneServer::new(tls, handler, proxy.hbone.clone());
+                tokio::spawn(async move { server.serve(listener, stop).await });
+            }
+            OUTBOUND_PORT => {
+                tokio::spawn(accept_loop(listener, stop, move |stream| {
+                    outbound::handle(proxy.clone(), pod.clone(), stream)
+                }));
+            }
+            _ => {
+                tokio::spawn(accept_loop(listener, stop, move |stream| {
+                    plaintext::handle(proxy.clone(), pod.clone(), stream)
+                }));
+            }
+        }
+    }
+    debug!(pod = %pod.workload_name(), "listeners up");
+    Ok(())
+}
+
+/// Accepts until `stop`, spawning `handle` per connection. Dropping the
+/// listener on stop hands new connections to a ztunnel bound beside us.
+async fn accept_loop<F, Fut>(listener: TcpListener, stop: CancellationToken, handle: F)
+where
+    F: Fn(TcpStream) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(handle(stream));
+            }
+            Err(e) => {
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! Outbound (15001): a pod's captured TCP connection, from accept to close.
+//!
+//! The original destination comes from `SO_ORIGINAL_DST`; the route decides
+//! between a tunnel (to the destination's ztunnel, or to its waypoint) and
+//! plain TCP from the pod's own namespace. A tunnel the peer refuses resets
+//! the client's socket, so the application sees the refusal.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::net::TcpStream;
+use tracing::debug;
+use weft_api::admin::{Direction, Peer, Transport};
+use weft_hbone::{TunnelTarget, copy_bidirectional};
+
+use super::route::{Route, Tunnel, route};
+use super::{Pod, PodDialer, Proxy};
+use crate::connections::ConnectionMeta;
+use crate::socket::{self, ConnectOptions};
+use crate::state::workload_identity;
+
+pub async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, mut client: TcpStream) {
+    let (Ok(client_addr), Ok(dst)) = (client.peer_addr(), socket::original_dst(&client)) else {
+        debug!(pod = %pod.workload_name(), "outbound connection without an original destination");
+        return;
+    };
+    let source_workload = proxy.workload_of(&pod);
+    let source = Peer {
+        address: client_addr.to_string(),
+        workload: Some(pod.workload_name()),
+        identity: Some(pod.identity.to_string()),
+    };
+    match route(
+        &proxy.store,
+        &proxy.lb,
+        &proxy.node,
+        Some(&source_workload),
+        dst,
+    ) {
+        Route::Passthrough { dst, load } => {
+            let meta = ConnectionMeta {
+                direction: Direction::Outbound,
+                transport: Transport::Tcp,
+                source,
+                destination: destination_peer(&proxy, dst, None),
+                waypoint: None,
+            };
+            let started = Instant::now();
+            let mut upstream = match proxy
+                .connect_from(&pod, dst, ConnectOptions::default())
+                .await
+            {
+                Ok(s) => s,
+                Err(e) => {
+                    if let Some(load) = &load {
+                        load.failed();
+                    }
+                    debug!(%dst, error = %e, "passthrough connect failed");
+                    socket::reset_on_close(&client);
+                    return;
+                }
+            };
+            if let Some(load) = &load {
+                load.connected(started.elapsed());
+            }
+            let guard = proxy.connections.open(meta);
+            super::plaintext::copy_plain(&mut client, &mut upstream, &guard.counters).await;
+        }
+        Route::Direct(tunnel) | Route::Waypoint(tunnel) => {
+            tunnel_out(&proxy, &pod, client, client_addr, source, tunnel).await;
+        }
+        Route::Unreachable { reason } => {
+            let meta = ConnectionMeta {
+                direction: Direction::Outbound,
+                transport: Transport::Tcp,
+                source,
+                destination: destination_peer(&proxy, dst, None),
+                waypoint: None,
+            };
+            proxy.connections.deny(meta, &reason);
+            socket::reset_on_close(&client);
+        }
+    }
+}
+
+async fn tunnel_out(
+    proxy: &Proxy,
+    pod: &Pod,
+    mut client: TcpStream,
+    client_addr: std::net::SocketAddr,
+    source: Peer,
+    tunnel: Tunnel,
+) {
+    let meta = ConnectionMeta {
+        direction: Direction::Outbound,
+        transport: Transport::Hbone,
+        source,
+        destination: Peer {
+            address: tunnel.authority.to_string(),
+            workload: tunnel
+                .workload
+                .as_ref()
+                .map(|w| format!("{}/{}", w.namespace, w.name))
+                .or_else(|| {
+                    tunnel
+                        .service
+                        .as_ref()
+                        .map(|s| format!("{}/{}", s.namespace, s.name))
+                }),
+            identity: Some(tunnel.identity.to_string()),
+        },
+        waypoint: tunnel.waypoint.clone(),
+    };
+    let cert = match proxy.certs.get(&pod.identity).await {
+        Ok(cert) => cert,
+        Err(e) => {
+            proxy.connections.deny(meta, &e.to_string());
+            socket::reset_on_close(&client);
+            return;
+        }
+    };
+    let target = TunnelTarget {
+        hbone_addr: tunnel.hbone_addr,
+        expected_identity: tunnel.identity.clone(),
+        authority: tunnel.authority,
+        client_ip: Some(client_addr.ip()),
+        traceparent: None,
+        baggage: None,
+    };
+    let started = Instant::now();
+    let dialer = PodDialer { proxy, pod };
+    let stream = match proxy.pool.connect(&cert, &target, &dialer).await {
+        Ok(stream) => stream,
+        Err(e) => {
+            if let Some(load) = &tunnel.load
+                && !e.is_refusal()
+            {
+                load.failed();
+            }
+            proxy.connections.deny(meta, &e.to_string());
+            socket::reset_on_close(&client);
+            return;
+        }
+    };
+    if let Some(load) = &tunnel.load {
+        load.connected(started.elapsed());
+    }
+    let guard = proxy.connections.open(meta);
+    if let Err(e) = copy_bidirectional(&mut client, stream, &guard.counters).await {
+        debug!(error = %e, "outbound tunnel ended with an error");
+        socket::reset_on_close(&client);
+    }
+    drop(tunnel.load);
+}
+
+fn destination_peer(proxy: &Proxy, dst: std::net::SocketAddr, identity: Option<String>) -> Peer {
+    let workload = proxy.store.workload_by_ip(dst.ip());
+    Peer {
+        address: dst.to_string(),
+        workload: workload
+            .as_ref()
+            .map(|w| format!("{}/{}", w.namespace, w.name)),
+        identity: identity.or_else(|| {
+            workload
+                .as_ref()
+                .and_then(|w| workload_identity(w).ok())
+                .map(|i| i.to_string())
+        }),
+    }
+}

@@ -1,0 +1,117 @@
+//! Inbound plaintext (15006): a connection to a pod that did not come through
+//! a tunnel — from outside the mesh, or from a pod not enrolled.
+//!
+//! Under STRICT mTLS it is refused (reset). Under PERMISSIVE it is authorized
+//! by what can be known without a certificate — source IP, and the namespace
+//! of the workload owning that IP — and forwarded from the client's own IP.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tracing::debug;
+use weft_api::admin::{Direction, Peer, Transport};
+use weft_api::authz::{ConnectionAttrs, evaluate_l4};
+use weft_api::config::MtlsMode;
+use weft_hbone::ByteCounters;
+
+use super::inbound::transparent_source;
+use super::{Pod, Proxy};
+use crate::connections::ConnectionMeta;
+use crate::socket::{self, ConnectOptions};
+
+pub async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, mut client: TcpStream) {
+    let (Ok(client_addr), Ok(dst)) = (client.peer_addr(), socket::original_dst(&client)) else {
+        return;
+    };
+    let workload = proxy.workload_of(&pod);
+    let source_workload = proxy.store.workload_by_ip(client_addr.ip());
+    let meta = ConnectionMeta {
+        direction: Direction::Inbound,
+        transport: Transport::Tcp,
+        source: Peer {
+            address: client_addr.to_string(),
+            workload: source_workload
+                .as_ref()
+                .map(|w| format!("{}/{}", w.namespace, w.name)),
+            identity: None,
+        },
+        destination: Peer {
+            address: dst.to_string(),
+            workload: Some(pod.workload_name()),
+            identity: Some(pod.identity.to_string()),
+        },
+        waypoint: None,
+    };
+    if workload.mtls_mode == MtlsMode::Strict as i32 {
+        proxy
+            .connections
+            .deny(meta, "plaintext refused: mTLS mode is STRICT");
+        socket::reset_on_close(&client);
+        return;
+    }
+    let attrs = ConnectionAttrs {
+        source_principal: None,
+        source_namespace: source_workload.as_ref().map(|w| w.namespace.clone()),
+        source_ip: client_addr.ip(),
+        destination_ip: dst.ip(),
+        destination_port: dst.port(),
+    };
+    let policies = proxy.store.policies_for(&workload);
+    let decision = evaluate_l4(policies.iter().map(|p| p.as_ref()), &attrs);
+    if !decision.allowed {
+        proxy.connections.deny(meta, &decision.reason.to_string());
+        socket::reset_on_close(&client);
+        return;
+    }
+    let options = ConnectOptions {
+        transparent_source: transparent_source(client_addr.ip(), &pod),
+    };
+    let mut app = match proxy.connect_from(&pod, dst, options).await {
+        Ok(app) => app,
+        Err(e) => {
+            debug!(%dst, error = %e, "application refused the connection");
+            socket::reset_on_close(&client);
+            return;
+        }
+    };
+    let guard = proxy.connections.open(meta);
+    copy_plain(&mut client, &mut app, &guard.counters).await;
+}
+
+/// Copies between two TCP sockets, both directions in one task, with
+/// half-close carried across and live byte counts (`/connections`).
+pub async fn copy_plain(a: &mut TcpStream, b: &mut TcpStream, counters: &ByteCounters) {
+    let (mut a_rd, mut a_wr) = a.split();
+    let (mut b_rd, mut b_wr) = b.split();
+    let result = tokio::try_join!(
+        pipe(&mut a_rd, &mut b_wr, &counters.sent),
+        pipe(&mut b_rd, &mut a_wr, &counters.received),
+    );
+    if let Err(e) = result {
+        debug!(error = %e, "plain connection ended with an error");
+        socket::reset_on_close(a);
+        socket::reset_on_close(b);
+    }
+}
+
+async fn pipe<R, W>(
+    from: &mut R,
+    to: &mut W,
+    counter: &std::sync::atomic::AtomicU64,
+) -> std::io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            return to.shutdown().await;
+        }
+        to.write_all(&buf[..n]).await?;
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,216 @@
+//! Where an outbound connection goes: a typed decision made from the store,
+//! so the outbound handler reads as "decide, then carry out".
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use weft_api::config::{HealthStatus, Service, TunnelProtocol, WaypointRef, Workload};
+use weft_hbone::SpiffeId;
+
+use super::lb::{Candidate, EndpointLoad, LoadBalancer};
+use crate::state::{WorkloadStore, workload_identity};
+
+/// The HBONE port of workloads and waypoints.
+pub const HBONE_PORT: u16 = 15008;
+
+/// An outbound routing decision.
+#[derive(Debug)]
+pub enum Route {
+    /// Not in the mesh (or unknown): plain TCP from the pod.
+    Passthrough {
+        dst: SocketAddr,
+        load: Option<EndpointLoad>,
+    },
+    /// An HBONE-capable workload, reached at `<pod IP>:15008`.
+    Direct(Tunnel),
+    /// Through the waypoint that serves the destination.
+    Waypoint(Tunnel),
+    /// Nothing can take it (a VIP with no endpoints, a port the Service does
+    /// not expose): the client is reset.
+    Unreachable { reason: String },
+}
+
+/// A tunnel to open: where, expecting whom, for which original destination.
+#[derive(Debug)]
+pub struct Tunnel {
+    pub hbone_addr: SocketAddr,
+    pub identity: SpiffeId,
+    /// `:authority`: the pod's `IP:port`, or the VIP's when a waypoint must
+    /// see which Service was asked for.
+    pub authority: SocketAddr,
+    /// The destination workload, when known (metrics, `/connections`).
+    pub workload: Option<Arc<Workload>>,
+    pub service: Option<Arc<Service>>,
+    /// `namespace/name` of the waypoint, if through one.
+    pub waypoint: Option<String>,
+    /// Held while the connection lasts: the endpoint's outstanding count.
+    pub load: Option<EndpointLoad>,
+}
+
+/// Decides the route for a connection from a pod on `node` to `dst`.
+pub fn route(
+    store: &WorkloadStore,
+    lb: &LoadBalancer,
+    node: &str,
+    source: Option<&Workload>,
+    dst: SocketAddr,
+) -> Route {
+    if let Some(service) = store.service_by_vip(dst.ip()) {
+        return route_service(store, lb, node, source, service, dst);
+    }
+    match store.workload_by_ip(dst.ip()) {
+        Some(workload) => route_workload(source, workload, dst, None, None),
+        None => Route::Passthrough { dst, load: None },
+    }
+}
+
+fn route_service(
+    store: &WorkloadStore,
+    lb: &LoadBalancer,
+    node: &str,
+    source: Option<&Workload>,
+    service: Arc<Service>,
+    dst: SocketAddr,
+) -> Route {
+    let svc_port = u32::from(dst.port());
+    let Some(port) = service.ports.iter().find(|p| p.service_port == svc_port) else {
+        return Route::Unreachable {
+            reason: format!(
+                "service {}/{} has no port {}",
+                service.namespace, service.name, svc_port
+            ),
+        };
+    };
+    if let Some(waypoint) = usable_waypoint(service.waypoint.as_ref(), source) {
+        // The waypoint resolves the Service itself: it must see the VIP.
+        return match waypoint_tunnel(waypoint, dst, None, Some(service.clone())) {
+            Some(t) => Route::Waypoint(t),
+            None => unreachable_waypoint(waypoint),
+        };
+    }
+    let candidates: Vec<Candidate> = service
+        .endpoints
+        .iter()
+        .filter(|e| e.status == HealthStatus::Healthy as i32)
+        .filter_map(|e| {
+            let workload = store.workload(&e.workload_uid)?;
+            if workload.status != HealthStatus::Healthy as i32 {
+                return None;
+            }
+            let target = e
+                .ports
+                .get(&svc_port)
+                .copied()
+                .filter(|p| *p != 0)
+                .or((port.target_port != 0).then_some(port.target_port))
+                .unwrap_or(svc_port);
+            let ip = workload
+                .addresses
+                .iter()
+                .find_map(|a| a.parse::<IpAddr>().ok())?;
+            let target = u16::try_from(target).ok()?;
+            Some(Candidate {
+                workload,
+                addr: SocketAddr::new(ip, target),
+            })
+        })
+        .collect();
+    let prefer_node = service.prefer_same_node.then_some(node);
+    let Some((chosen, load)) = lb.pick(&candidates, prefer_node) else {
+        return Route::Unreachable {
+            reason: format!(
+                "service {}/{} has no healthy endpoint",
+                service.namespace, service.name
+            ),
+        };
+    };
+    route_workload(
+        source,
+        chosen.workload.clone(),
+        chosen.addr,
+        Some(service),
+        Some(load),
+    )
+}
+
+fn route_workload(
+    source: Option<&Workload>,
+    workload: Arc<Workload>,
+    dst: SocketAddr,
+    service: Option<Arc<Service>>,
+    load: Option<EndpointLoad>,
+) -> Route {
+    if let Some(waypoint) = usable_waypoint(workload.waypoint.as_ref(), source) {
+        return match waypoint_tunnel(waypoint, dst, Some(workload.clone()), service) {
+            Some(mut t) => {
+                t.load = load;
+                Route::Waypoint(t)
+            }
+            None => unreachable_waypoint(waypoint),
+        };
+    }
+    if workload.protocol != TunnelProtocol::Hbone as i32 {
+        return Route::Passthrough { dst, load };
+    }
+    let Some(identity) = workload_identity(&workload).ok() else {
+        return Route::Unreachable {
+            reason: format!("workload {} has no valid identity", workload.uid),
+        };
+    };
+    Route::Direct(Tunnel {
+        hbone_addr: SocketAddr::new(dst.ip(), HBONE_PORT),
+        identity,
+        authority: dst,
+        workload: Some(workload),
+        service,
+        waypoint: None,
+        load,
+    })
+}
+
+/// A waypoint applies unless the source is that waypoint itself (its own
+/// traffic to the destination must not loop back to it).
+fn usable_waypoint<'a>(
+    waypoint: Option<&'a WaypointRef>,
+    source: Option<&Workload>,
+) -> Option<&'a WaypointRef> {
+    let waypoint = waypoint?;
+    let is_self = source.is_some_and(|s| {
+        s.is_waypoint
+            && workload_identity(s)
+                .map(|id| id.to_string() == waypoint.identity)
+                .unwrap_or(false)
+    });
+    (!is_self).then_some(waypoint)
+}
+
+fn waypoint_tunnel(
+    waypoint: &WaypointRef,
+    authority: SocketAddr,
+    workload: Option<Arc<Workload>>,
+    service: Option<Arc<Service>>,
+) -> Option<Tunnel> {
+    let ip: IpAddr = waypoint.addresses.iter().find_map(|a| a.parse().ok())?;
+    let port = u16::try_from(waypoint.hbone_port)
+        .ok()
+        .filter(|p| *p != 0)
+        .unwrap_or(HBONE_PORT);
+    Some(Tunnel {
+        hbone_addr: SocketAddr::new(ip, port),
+        identity: waypoint.identity.parse().ok()?,
+        authority,
+        workload,
+        service,
+        waypoint: Some(format!("{}/{}", waypoint.namespace, waypoint.name)),
+        load: None,
+    })
+}
+
+fn unreachable_waypoint(waypoint: &WaypointRef) -> Route {
+    Route::Unreachable {
+        reason: format!(
+            "waypoint {}/{} has no usable address or identity",
+            waypoint.namespace, waypoint.name
+        ),
+    }
+}

@@ -1,0 +1,159 @@
+//! Sockets inside pod network namespaces.
+//!
+//! ztunnel lives in the node's network namespace but listens and connects
+//! inside each pod's. A socket belongs to the namespace of the thread that
+//! created it, so creating one is: `setns` into the pod, `socket()`, `setns`
+//! back — synchronously, on the current thread, with nothing else running
+//! on it in between. After that the socket is used from any thread.
+//!
+//! Every socket ztunnel connects from inside a pod carries `SO_MARK 0x539`,
+//! which the pod's redirect rules skip, so ztunnel's own traffic is never
+//! captured again (DESIGN §3).
+
+use std::fs::File;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::{AsFd, OwnedFd};
+
+use nix::sched::{CloneFlags, setns};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+/// The mark on ztunnel's own sockets in pod namespaces.
+pub const ZTUNNEL_MARK: u32 = 0x539;
+/// Accept backlog of the per-pod listeners.
+const BACKLOG: i32 = 1024;
+
+/// A network namespace, held open by its fd.
+#[derive(Debug)]
+pub struct Netns {
+    fd: OwnedFd,
+}
+
+impl Netns {
+    /// The namespace of the calling thread.
+    pub fn current() -> io::Result<Netns> {
+        Ok(Netns {
+            fd: File::open("/proc/thread-self/ns/net")?.into(),
+        })
+    }
+
+    /// A namespace from an fd (e.g. received from the node agent).
+    pub fn from_fd(fd: OwnedFd) -> Netns {
+        Netns { fd }
+    }
+
+    /// Runs `f` on the current thread inside this namespace, then returns to
+    /// `home`. `f` must be short and synchronous.
+    pub fn run<T>(&self, home: &Netns, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+        setns(self.fd.as_fd(), CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
+        let result = f();
+        if let Err(e) = setns(home.fd.as_fd(), CloneFlags::CLONE_NEWNET) {
+            // A runtime thread stranded in a pod's namespace would create
+            // other pods' sockets in the wrong place; nothing is safe after
+            // that.
+            tracing::error!(error = %e, "cannot return to the node network namespace; aborting");
+            std::process::abort();
+        }
+        result
+    }
+
+    /// The namespace's inode, a stable id for logs and comparisons.
+    pub fn inode(&self) -> u64 {
+        nix::sys::stat::fstat(self.fd.as_fd())
+            .map(|s| s.st_ino)
+            .unwrap_or_default()
+    }
+}
+
+/// Binds a listener on `port` (all addresses of the family) inside `netns`
+/// with `SO_REUSEPORT`, so a second ztunnel can bind beside this one during
+/// a restart. Also enables `tcp_migrate_req` there, so connections queued on
+/// a listener that closes move to the other one instead of being reset.
+pub fn listen_in(netns: &Netns, home: &Netns, port: u16, v6: bool) -> io::Result<TcpListener> {
+    let socket = netns.run(home, || {
+        // Best effort: kernels before 5.14 lack it; restarts then rely on the
+        // new listener being up before the old one closes.
+        let _ = std::fs::write("/proc/sys/net/ipv4/tcp_migrate_req", "1");
+        let (domain, addr) = if v6 {
+            (
+                Domain::IPV6,
+                SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port),
+            )
+        } else {
+            (
+                Domain::IPV4,
+                SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port),
+            )
+        };
+        let socket = Socket::new(domain, Type::STREAM.nonblocking(), Some(Protocol::TCP))?;
+        if v6 {
+            socket.set_only_v6(true)?;
+        }
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket.bind(&SockAddr::from(addr))?;
+        socket.listen(BACKLOG)?;
+        Ok(socket)
+    })?;
+    TcpListener::from_std(socket.into())
+}
+
+/// How an outgoing socket is set up.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ConnectOptions {
+    /// Connect from this address (needs `IP_TRANSPARENT` when the address
+    /// is not local: the source-preserving connect to an application).
+    pub transparent_source: Option<IpAddr>,
+}
+
+/// Connects to `dst` from inside `netns`, marked so the pod's rules skip it.
+pub async fn connect_in(
+    netns: &Netns,
+    home: &Netns,
+    dst: SocketAddr,
+    options: ConnectOptions,
+) -> io::Result<TcpStream> {
+    let socket = netns.run(home, || {
+        let domain = Domain::for_address(dst);
+        let socket = Socket::new(domain, Type::STREAM.nonblocking(), Some(Protocol::TCP))?;
+        socket.set_mark(ZTUNNEL_MARK)?;
+        socket.set_tcp_nodelay(true)?;
+        if let Some(source) = options.transparent_source {
+            match source {
+                IpAddr::V4(_) => socket.set_ip_transparent_v4(true)?,
+                IpAddr::V6(_) => socket.set_ip_transparent_v6(true)?,
+            }
+            socket.bind(&SockAddr::from(SocketAddr::new(source, 0)))?;
+        }
+        Ok(socket)
+    })?;
+    let std_stream: std::net::TcpStream = socket.into();
+    TcpSocket::from_std_stream(std_stream).connect(dst).await
+}
+
+/// The destination a redirected connection was originally for.
+pub fn original_dst(stream: &TcpStream) -> io::Result<SocketAddr> {
+    use nix::sys::socket::{getsockopt, sockopt};
+    let local = stream.local_addr()?;
+    if local.is_ipv4() {
+        let sin = getsockopt(stream, sockopt::OriginalDst).map_err(io::Error::from)?;
+        Ok(SocketAddr::new(
+            IpAddr::V4(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))),
+            u16::from_be(sin.sin_port),
+        ))
+    } else {
+        let sin6 = getsockopt(stream, sockopt::Ip6tOriginalDst).map_err(io::Error::from)?;
+        Ok(SocketAddr::new(
+            IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)),
+            u16::from_be(sin6.sin6_port),
+        ))
+    }
+}
+
+/// Makes the kernel answer a later close with RST instead of FIN: the peer
+/// then sees a refusal, not a clean end.
+pub fn reset_on_close(stream: &TcpStream) {
+    let sock = socket2::SockRef::from(stream);
+    let _ = sock.set_linger(Some(std::time::Duration::ZERO));
+}

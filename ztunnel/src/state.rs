@@ -1,0 +1,425 @@
+//! The one state store: workloads, services, policies and trust bundles,
+//! indexed for the lookups the proxy paths make (by uid, by pod IP, by
+//! service VIP). The config source writes it; connection handling only
+//! reads it.
+//!
+//! An update is validated as a whole before anything changes, so a bad
+//! update (NACKed) leaves the last good config in place.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, RwLock};
+
+use tokio::sync::watch;
+use weft_api::config::{Authorization, ResourceType, Service, TrustBundle, Workload, resource};
+use weft_hbone::SpiffeId;
+use weft_hbone::identity::DEFAULT_TRUST_DOMAIN;
+
+/// One batch of changes from a config source.
+#[derive(Debug, Default, Clone)]
+pub struct ConfigUpdate {
+    pub version: u64,
+    /// Everything not in this update is gone.
+    pub full_snapshot: bool,
+    pub resources: Vec<resource::Kind>,
+    pub removed: Vec<(ResourceType, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    #[error("workload {uid:?}: {problem}")]
+    Workload { uid: String, problem: String },
+    #[error("service {key:?}: {problem}")]
+    Service { key: String, problem: String },
+    #[error("authorization policy {key:?}: {problem}")]
+    Policy { key: String, problem: String },
+    #[error("trust bundle {domain:?}: {problem}")]
+    TrustBundle { domain: String, problem: String },
+}
+
+#[derive(Default)]
+struct Inner {
+    workloads: HashMap<String, Arc<Workload>>,
+    by_ip: HashMap<IpAddr, String>,
+    services: HashMap<String, Arc<Service>>,
+    by_vip: HashMap<IpAddr, String>,
+    policies: HashMap<String, Arc<Authorization>>,
+    bundles: HashMap<String, Arc<TrustBundle>>,
+}
+
+/// The store. Cheap to clone; clones share state.
+#[derive(Clone)]
+pub struct WorkloadStore {
+    inner: Arc<RwLock<Inner>>,
+    version: Arc<watch::Sender<u64>>,
+}
+
+impl Default for WorkloadStore {
+    fn default() -> Self {
+        WorkloadStore {
+            inner: Arc::default(),
+            version: Arc::new(watch::channel(0).0),
+        }
+    }
+}
+
+pub fn service_key(s: &Service) -> String {
+    format!("{}/{}", s.namespace, s.name)
+}
+
+pub fn policy_key(p: &Authorization) -> String {
+    format!("{}/{}", p.namespace, p.name)
+}
+
+/// A workload's SPIFFE identity.
+pub fn workload_identity(w: &Workload) -> Result<SpiffeId, weft_hbone::identity::IdentityError> {
+    let td = if w.trust_domain.is_empty() {
+        DEFAULT_TRUST_DOMAIN
+    } else {
+        &w.trust_domain
+    };
+    SpiffeId::new(td, &w.namespace, &w.service_account)
+}
+
+fn parse_ips<'a>(addrs: impl IntoIterator<Item = &'a String>) -> Result<Vec<IpAddr>, String> {
+    addrs
+        .into_iter()
+        .map(|a| a.parse().map_err(|_| format!("address {a:?} is not an IP")))
+        .collect()
+}
+
+fn validate(resource: &resource::Kind) -> Result<(), StoreError> {
+    match resource {
+        resource::Kind::Workload(w) => {
+            let bad = |problem: String| StoreError::Workload {
+                uid: w.uid.clone(),
+                problem,
+            };
+            if w.uid.is_empty() {
+                return Err(bad("empty uid".into()));
+            }
+            parse_ips(&w.addresses).map_err(bad)?;
+            workload_identity(w).map_err(|e| bad(e.to_string()))?;
+            if let Some(wp) = &w.waypoint {
+                parse_ips(&wp.addresses).map_err(bad)?;
+                wp.identity
+                    .parse::<SpiffeId>()
+                    .map_err(|e| bad(format!("waypoint identity: {e}")))?;
+            }
+        }
+        resource::Kind::Service(s) => {
+            let bad = |problem: String| StoreError::Service {
+                key: service_key(s),
+                problem,
+            };
+            if s.name.is_empty() || s.namespace.is_empty() {
+                return Err(bad("empty name or namespace".into()));
+            }
+            parse_ips(&s.vips).map_err(bad)?;
+            for p in &s.ports {
+                if p.service_port == 0 || p.service_port > 65535 || p.target_port > 65535 {
+                    return Err(bad(format!(
+                        "port {} -> {} out of range",
+                        p.service_port, p.target_port
+                    )));
+                }
+            }
+            if let Some(wp) = &s.waypoint {
+                parse_ips(&wp.addresses).map_err(bad)?;
+                wp.identity
+                    .parse::<SpiffeId>()
+                    .map_err(|e| bad(format!("waypoint identity: {e}")))?;
+            }
+        }
+        resource::Kind::Authorization(p) => {
+            if p.name.is_empty() || p.namespace.is_empty() {
+                return Err(StoreError::Policy {
+                    key: policy_key(p),
+                    problem: "empty name or namespace".into(),
+                });
+            }
+        }
+        resource::Kind::TrustBundle(b) => {
+            weft_hbone::TrustBundle::from_pems(&b.trust_domain, &b.roots_pem).map_err(|e| {
+                StoreError::TrustBundle {
+                    domain: b.trust_domain.clone(),
+                    problem: e.to_string(),
+                }
+            })?;
+        }
+        // Routes are the waypoint's business.
+        resource::Kind::Route(_) => {}
+    }
+    Ok(())
+}
+
+impl Inner {
+    fn insert(&mut self, resource: resource::Kind) {
+        match resource {
+            resource::Kind::Workload(w) => {
+                self.remove_workload(&w.uid.clone());
+                for ip in parse_ips(&w.addresses).unwrap_or_default() {
+                    self.by_ip.insert(ip, w.uid.clone());
+                }
+                self.workloads.insert(w.uid.clone(), Arc::new(w));
+            }
+            resource::Kind::Service(s) => {
+                let key = service_key(&s);
+                self.remove_service(&key);
+                for ip in parse_ips(&s.vips).unwrap_or_default() {
+                    self.by_vip.insert(ip, key.clone());
+                }
+                self.services.insert(key, Arc::new(s));
+            }
+            resource::Kind::Authorization(p) => {
+                self.policies.insert(policy_key(&p), Arc::new(p));
+            }
+            resource::Kind::TrustBundle(b) => {
+                self.bundles.insert(b.trust_domain.clone(), Arc::new(b));
+            }
+            resource::Kind::Route(_) => {}
+        }
+    }
+
+    fn remove_workload(&mut self, uid: &str) {
+        if let Some(old) = self.workloads.remove(uid) {
+            for ip in parse_ips(&old.addresses).unwrap_or_default() {
+                // Another workload may have taken the IP over already.
+                if self.by_ip.get(&ip).is_some_and(|u| u == uid) {
+                    self.by_ip.remove(&ip);
+                }
+            }
+        }
+    }
+
+    fn remove_service(&mut self, key: &str) {
+        if let Some(old) = self.services.remove(key) {
+            for ip in parse_ips(&old.vips).unwrap_or_default() {
+                if self.by_vip.get(&ip).is_some_and(|k| k == key) {
+                    self.by_vip.remove(&ip);
+                }
+            }
+        }
+    }
+
+    fn remove(&mut self, kind: ResourceType, key: &str) {
+        match kind {
+            ResourceType::Workload => self.remove_workload(key),
+            ResourceType::Service => self.remove_service(key),
+            ResourceType::Authorization => {
+                self.policies.remove(key);
+            }
+            ResourceType::TrustBundle => {
+                self.bundles.remove(key);
+            }
+            ResourceType::Route | ResourceType::Unspecified => {}
+        }
+    }
+}
+
+impl WorkloadStore {
+    /// Applies an update, or changes nothing and says why.
+    pub fn apply(&self, update: ConfigUpdate) -> Result<(), StoreError> {
+        for r in &update.resources {
+            validate(r)?;
+        }
+        {
+            let mut inner = self.write();
+            if update.full_snapshot {
+                *inner = Inner::default();
+            }
+            for (kind, key) in &update.removed {
+                inner.remove(*kind, key);
+            }
+            for r in update.resources {
+                inner.insert(r);
+            }
+        }
+        self.version.send_replace(update.version);
+        Ok(())
+    }
+
+    pub fn version(&self) -> u64 {
+        *self.version.borrow()
+    }
+
+    /// Notified after every applied update.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.version.subscribe()
+    }
+
+    pub fn workload(&self, uid: &str) -> Option<Arc<Workload>> {
+        self.read().workloads.get(uid).cloned()
+    }
+
+    pub fn workload_by_ip(&self, ip: IpAddr) -> Option<Arc<Workload>> {
+        let inner = self.read();
+        inner
+            .by_ip
+            .get(&ip)
+            .and_then(|uid| inner.workloads.get(uid))
+            .cloned()
+    }
+
+    pub fn service_by_vip(&self, ip: IpAddr) -> Option<Arc<Service>> {
+        let inner = self.read();
+        inner
+            .by_vip
+            .get(&ip)
+            .and_then(|k| inner.services.get(k))
+            .cloned()
+    }
+
+    /// The policies that apply to `workload` at L4.
+    pub fn policies_for(&self, workload: &Workload) -> Vec<Arc<Authorization>> {
+        let mut out: Vec<_> = self
+            .read()
+            .policies
+            .values()
+            .filter(|p| weft_api::authz::applies_to(p, workload))
+            .cloned()
+            .collect();
+        // A stable order makes the deciding rule deterministic.
+        out.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        out
+    }
+
+    pub fn trust_bundle(&self, trust_domain: &str) -> Option<Arc<TrustBundle>> {
+        self.read().bundles.get(trust_domain).cloned()
+    }
+
+    pub fn workloads(&self) -> Vec<Arc<Workload>> {
+        let mut all: Vec<_> = self.read().workloads.values().cloned().collect();
+        all.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        all
+    }
+
+    pub fn services(&self) -> Vec<Arc<Service>> {
+        let mut all: Vec<_> = self.read().services.values().cloned().collect();
+        all.sort_by_key(|s| service_key(s));
+        all
+    }
+
+    pub fn policies(&self) -> Vec<Arc<Authorization>> {
+        let mut all: Vec<_> = self.read().policies.values().cloned().collect();
+        all.sort_by_key(|p| policy_key(p));
+        all
+    }
+
+    pub fn counts(&self) -> (usize, usize, usize) {
+        let inner = self.read();
+        (
+            inner.workloads.len(),
+            inner.services.len(),
+            inner.policies.len(),
+        )
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
+        // Writers validate before mutating and mutate without panicking
+        // paths, so a poisoned lock still holds a consistent store.
+        self.inner.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
+        self.inner.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weft_api::config::WaypointRef;
+
+    fn wl(uid: &str, ip: &str) -> resource::Kind {
+        resource::Kind::Workload(Workload {
+            uid: uid.into(),
+            name: uid.into(),
+            namespace: "ns".into(),
+            service_account: "sa".into(),
+            addresses: vec![ip.into()],
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn indexes_follow_updates() {
+        let store = WorkloadStore::default();
+        store
+            .apply(ConfigUpdate {
+                version: 1,
+                full_snapshot: true,
+                resources: vec![wl("a", "10.0.0.1"), wl("b", "10.0.0.2")],
+                removed: vec![],
+            })
+            .unwrap();
+        assert_eq!(
+            store
+                .workload_by_ip("10.0.0.1".parse().unwrap())
+                .unwrap()
+                .uid,
+            "a"
+        );
+        // `a` moves to a new IP; the old one no longer resolves.
+        store
+            .apply(ConfigUpdate {
+                version: 2,
+                resources: vec![wl("a", "10.0.0.9")],
+                ..Default::default()
+            })
+            .unwrap();
+        assert!(store.workload_by_ip("10.0.0.1".parse().unwrap()).is_none());
+        assert_eq!(
+            store
+                .workload_by_ip("10.0.0.9".parse().unwrap())
+                .unwrap()
+                .uid,
+            "a"
+        );
+        store
+            .apply(ConfigUpdate {
+                version: 3,
+                removed: vec![(ResourceType::Workload, "b".into())],
+                ..Default::default()
+            })
+            .unwrap();
+        assert!(store.workload("b").is_none());
+        assert_eq!(store.version(), 3);
+    }
+
+    #[test]
+    fn a_bad_update_changes_nothing() {
+        let store = WorkloadStore::default();
+        store
+            .apply(ConfigUpdate {
+                version: 1,
+                full_snapshot: true,
+                resources: vec![wl("a", "10.0.0.1")],
+                removed: vec![],
+            })
+            .unwrap();
+        let mut bad = Workload {
+            uid: "c".into(),
+            namespace: "ns".into(),
+            service_account: "sa".into(),
+            addresses: vec!["10.0.0.3".into()],
+            ..Default::default()
+        };
+        bad.waypoint = Some(WaypointRef {
+            identity: "not-spiffe".into(),
+            ..Default::default()
+        });
+        let err = store
+            .apply(ConfigUpdate {
+                version: 2,
+                full_snapshot: true,
+                resources: vec![wl("b", "10.0.0.2"), resource::Kind::Workload(bad)],
+                removed: vec![],
+            })
+            .unwrap_err();
+        assert!(err.to_string().contains("waypoint identity"), "{err}");
+        assert!(store.workload("a").is_some(), "last good config kept");
+        assert!(store.workload("b").is_none());
+        assert_eq!(store.version(), 1);
+    }
+}
