@@ -166,6 +166,7 @@ pub async fn run(
             options.clone(),
             models.clone(),
             states.clone(),
+            ca.root_pem().to_string(),
         ));
     }
     tracing::info!(addr = %options.grpc_addr, "serving config stream and CA");

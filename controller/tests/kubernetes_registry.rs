@@ -27,6 +27,7 @@ const COLLECTIONS: &[&str] = &[
     "apis/security.weft.dev/v1alpha1/peerauthentications",
     "api/v1/serviceaccounts",
     "apis/apps/v1/deployments",
+    "api/v1/configmaps",
     // HTTPRoutes and GRPCRoutes are not served: the registry treats them as empty.
 ];
 
@@ -209,6 +210,8 @@ async fn leader_writes_waypoints_and_status() {
         DeployerConfig {
             image: "waypoint:test".into(),
             controller_address: "https://controller:15012".into(),
+            root_namespace: "weft-system".into(),
+            root_pem: "ROOT".into(),
         },
     );
     writer.reconcile(&state, &version).await;
@@ -225,6 +228,12 @@ async fn leader_writes_waypoints_and_status() {
         "wp"
     );
     assert!(api.get("api/v1/serviceaccounts", "shop", "wp").is_some());
+    for ns in ["weft-system", "shop"] {
+        let root = api
+            .get("api/v1/configmaps", ns, "weft-ca-root")
+            .expect("root ConfigMap");
+        assert_eq!(root["data"]["root-cert.pem"], "ROOT");
+    }
     assert!(api.get("api/v1/services", "shop", "wp").is_some());
     let applied = api
         .requests()

@@ -7,8 +7,9 @@ use std::collections::BTreeMap;
 use gateway_api::gateways::Gateway;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, PodSpec,
-    PodTemplateSpec, Probe, Service, ServiceAccount, ServicePort, ServiceSpec,
+    ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
+    ObjectFieldSelector, PodSpec, PodTemplateSpec, Probe, Service, ServiceAccount, ServicePort,
+    ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -24,7 +25,14 @@ pub struct DeployerConfig {
     pub image: String,
     /// How the waypoint reaches the controller.
     pub controller_address: String,
+    /// Where the controller runs (and the root ConfigMap lives).
+    pub root_namespace: String,
+    /// The CA root, published in the `weft-ca-root` ConfigMap.
+    pub root_pem: String,
 }
+
+/// Where a waypoint finds the root that signs the controller's certificate.
+pub const ROOT_CERT_PATH: &str = "/var/run/weft/ca/root-cert.pem";
 
 /// The three objects of one waypoint.
 pub struct WaypointObjects {
@@ -106,6 +114,7 @@ pub fn waypoint_objects(gw: &Gateway, config: &DeployerConfig) -> WaypointObject
                                 &gw.namespace().unwrap_or_default(),
                             ),
                             env("WEFT_WAYPOINT_NAME", &name),
+                            env("WEFT_CA_ROOT", ROOT_CERT_PATH),
                             field_env("POD_NAME", "metadata.name"),
                             field_env("NODE_NAME", "spec.nodeName"),
                         ]),
@@ -114,6 +123,12 @@ pub fn waypoint_objects(gw: &Gateway, config: &DeployerConfig) -> WaypointObject
                             port("metrics", 15020),
                             port("health", 15021),
                         ]),
+                        volume_mounts: Some(vec![VolumeMount {
+                            name: "ca-root".to_string(),
+                            mount_path: "/var/run/weft/ca".to_string(),
+                            read_only: Some(true),
+                            ..VolumeMount::default()
+                        }]),
                         readiness_probe: Some(Probe {
                             http_get: Some(HTTPGetAction {
                                 path: Some("/healthz/ready".to_string()),
@@ -124,6 +139,14 @@ pub fn waypoint_objects(gw: &Gateway, config: &DeployerConfig) -> WaypointObject
                         }),
                         ..Container::default()
                     }],
+                    volumes: Some(vec![Volume {
+                        name: "ca-root".to_string(),
+                        config_map: Some(ConfigMapVolumeSource {
+                            name: super::ROOT_CONFIG_MAP.to_string(),
+                            ..ConfigMapVolumeSource::default()
+                        }),
+                        ..Volume::default()
+                    }]),
                     ..PodSpec::default()
                 }),
             },

@@ -14,7 +14,7 @@ use std::time::Duration;
 use gateway_api::gatewayclasses::GatewayClass;
 use gateway_api::gateways::Gateway;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
@@ -30,6 +30,10 @@ use crate::pipeline::ModelVersion;
 use crate::registry::{ClusterState, ObjectKey};
 use deployer::{DeployerConfig, waypoint_objects, with_type_meta};
 
+/// The ConfigMap holding the root certificate (key `root-cert.pem`) in the
+/// root namespace and in every namespace with a waypoint.
+pub const ROOT_CONFIG_MAP: &str = "weft-ca-root";
+
 /// The field manager of everything the controller applies.
 pub const FIELD_MANAGER: &str = "weft-controller";
 
@@ -39,6 +43,7 @@ pub async fn run(
     options: Options,
     models: watch::Receiver<Arc<ModelVersion>>,
     states: watch::Receiver<Arc<ClusterState>>,
+    root_pem: String,
 ) {
     let mut leading = if options.leader_elect {
         let identity = options.replica.clone().unwrap_or_else(|| {
@@ -66,6 +71,8 @@ pub async fn run(
     let deployer = DeployerConfig {
         image: options.waypoint_image.clone(),
         controller_address: options.controller_address.clone(),
+        root_namespace: options.root_namespace.clone(),
+        root_pem: root_pem.clone(),
     };
     loop {
         if !*leading.borrow_and_update() {
@@ -120,6 +127,21 @@ impl Writer {
     pub async fn reconcile(&mut self, state: &ClusterState, model: &ModelVersion) {
         if !state.synced {
             return;
+        }
+        // Proxies verify the controller's TLS with the root: ztunnels in the
+        // root namespace, waypoints in their own.
+        let mut root_namespaces: Vec<String> = vec![self.deployer.root_namespace.clone()];
+        root_namespaces.extend(
+            state
+                .gateways
+                .values()
+                .filter(|gw| is_waypoint_gateway(gw))
+                .filter_map(|gw| gw.namespace()),
+        );
+        root_namespaces.sort();
+        root_namespaces.dedup();
+        for ns in root_namespaces {
+            self.root_config_map(&ns).await;
         }
         for class in state.gateway_classes.values() {
             if class.spec.controller_name == WAYPOINT_CONTROLLER {
@@ -195,6 +217,21 @@ impl Writer {
             Api::<Service>::namespaced(self.client.clone(), &ns),
             &gw.name_any(),
             with_type_meta(&objects.service),
+            false,
+        )
+        .await;
+    }
+
+    async fn root_config_map(&mut self, namespace: &str) {
+        let body = json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": ROOT_CONFIG_MAP, "namespace": namespace},
+            "data": {"root-cert.pem": self.deployer.root_pem},
+        });
+        self.apply_once(
+            Api::<ConfigMap>::namespaced(self.client.clone(), namespace),
+            ROOT_CONFIG_MAP,
+            body,
             false,
         )
         .await;

@@ -91,6 +91,7 @@ fn type_of(collection: &str) -> (String, String) {
         "services" => "Service",
         "gateways" => "Gateway",
         "deployments" => "Deployment",
+        "configmaps" => "ConfigMap",
         other => other,
     };
     (api_version.to_string(), kind.to_string())
