@@ -1,0 +1,322 @@
+//! The command line. Every doc comment here is `--help` text.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// See into a weft mesh and drive it.
+///
+/// weftctl talks to a local cluster of the e2e harness (--run-dir, or
+/// WEFT_RUN_DIR) or to a Kubernetes cluster (the current kubeconfig context,
+/// or --kubeconfig / --context). Reads print tables for people and JSON or
+/// YAML for scripts (-o json|yaml).
+///
+/// Exit codes: 0 ok (explain: allowed), 1 unexpected error, 2 bad command
+/// line, 3 a component is unreachable, 4 not found, 5 check found problems,
+/// 6 explain: denied, 7 some nodes could not be read (partial output).
+#[derive(Debug, Parser)]
+#[command(name = "weftctl", version, max_term_width = 100)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, Clone, Args)]
+pub struct GlobalArgs {
+    /// Output format: a table for people, or a document for scripts.
+    #[arg(short, long, global = true, value_enum, default_value = "table")]
+    pub output: Format,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// Seconds to wait for each component (connect and answer).
+    #[arg(long, global = true, default_value_t = 5.0, value_name = "SECONDS")]
+    pub timeout: f64,
+}
+
+impl GlobalArgs {
+    /// The timeout as a duration (at least a millisecond).
+    pub fn timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(self.timeout.max(0.001))
+    }
+}
+
+/// Output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Aligned columns.
+    Table,
+    /// Aligned columns, with more of them.
+    Wide,
+    /// JSON (one document; with --watch, one per line).
+    Json,
+    /// YAML (with --watch, `---`-separated documents).
+    Yaml,
+}
+
+/// Which cluster.
+#[derive(Debug, Clone, Args)]
+pub struct ClusterArgs {
+    /// A local cluster of the e2e harness: its run directory (holds
+    /// state.json, or manifests/ and one directory per node).
+    #[arg(long, global = true, env = "WEFT_RUN_DIR", value_name = "DIR")]
+    pub run_dir: Option<PathBuf>,
+    /// The controller's manifest directory (files registry), when it is not
+    /// the run directory's.
+    #[arg(long, global = true, env = "WEFT_MANIFESTS", value_name = "DIR")]
+    pub manifests: Option<PathBuf>,
+    /// Kubernetes: the kubeconfig file (default: $KUBECONFIG, ~/.kube/config).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubernetes: the kubeconfig context (default: the current one).
+    #[arg(long, global = true, value_name = "NAME")]
+    pub context: Option<String>,
+    /// Kubernetes: where weft runs (ztunnel, node agent, controller).
+    #[arg(long, global = true, default_value = "weft-system", value_name = "NS")]
+    pub system_namespace: String,
+    /// The SPIFFE trust domain (default: the run's, else cluster.local).
+    #[arg(long, global = true, value_name = "DOMAIN")]
+    pub trust_domain: Option<String>,
+    /// Where mesh-wide policies live (default: the run's, else weft-system).
+    #[arg(long, global = true, value_name = "NS")]
+    pub root_namespace: Option<String>,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Live tunnels through each ztunnel: source and destination workload and
+    /// identity, the waypoint they pass, bytes each way, age.
+    Tunnels(ReadArgs),
+    /// The workloads of the mesh (pods): identity, node, addresses, protocol,
+    /// waypoint.
+    Workloads(ModelReadArgs),
+    /// The services: VIPs, ports, endpoints, waypoint.
+    Services(ModelReadArgs),
+    /// Authorization policies, as the proxies enforce them (scope, action, the
+    /// L4 form ztunnel applies and why it differs from the written rules).
+    Policies(ModelReadArgs),
+    /// Certificates each ztunnel holds: identity, serial, expiry, time to
+    /// rotation.
+    Certs(ReadArgs),
+    /// A live stream of connection events (open, close, deny; requests and
+    /// status codes seen by waypoints). Bounded on the proxy side: a slow
+    /// reader loses events (counted), never slows traffic.
+    Tap(TapArgs),
+    /// Would this connection or request be allowed? The verdict, the policy
+    /// and rule that decided it, where it is enforced, and warnings.
+    ///
+    /// The model is built by the controller's own model builder from the
+    /// cluster's objects (plus --with-file), and evaluated by the same code
+    /// ztunnel and waypoints run. Exit code 0 when allowed, 6 when denied.
+    Explain(ExplainArgs),
+    /// Enroll a namespace in the mesh (label weft.dev/dataplane-mode=ambient).
+    /// Running pods are redirected without a restart.
+    Enroll(NamespaceArg),
+    /// Take a namespace out of the mesh (remove weft.dev/dataplane-mode).
+    Unenroll(NamespaceArg),
+    /// Waypoints: L7 proxies for a namespace (Gateways of class weft-waypoint).
+    #[command(subcommand)]
+    Waypoint(WaypointCommand),
+    /// Preflight and health: CNI plugin installed, node agents and ztunnels
+    /// ready, every pod that should be in the mesh redirected, certificates
+    /// not near expiry, controller reachable. Exit code 5 on any problem.
+    Check(CheckArgs),
+    /// Print a shell completion script: `weftctl completion bash > /etc/bash_completion.d/weftctl`.
+    Completion(CompletionArgs),
+}
+
+/// Reads from the ztunnels.
+#[derive(Debug, Clone, Args)]
+pub struct ReadArgs {
+    /// Only this node's ztunnel.
+    #[arg(long, value_name = "NODE")]
+    pub node: Option<String>,
+    /// Only entries that involve this namespace.
+    #[arg(short, long, value_name = "NS")]
+    pub namespace: Option<String>,
+    #[command(flatten)]
+    pub watch: WatchArgs,
+}
+
+/// Reads of the model.
+#[derive(Debug, Clone, Args)]
+pub struct ModelReadArgs {
+    #[command(flatten)]
+    pub read: ReadArgs,
+    /// Where to read: the controller's model, or what each ztunnel holds.
+    #[arg(long = "from", value_enum, default_value = "controller")]
+    pub source: ModelSource,
+}
+
+/// Whose view of the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ModelSource {
+    /// The controller's published model (its debug API).
+    Controller,
+    /// Each ztunnel's config (its admin API); with --node, one node's.
+    Ztunnel,
+}
+
+/// `--watch`.
+#[derive(Debug, Clone, Args)]
+pub struct WatchArgs {
+    /// Re-render every --interval until interrupted.
+    #[arg(short, long)]
+    pub watch: bool,
+    /// Seconds between renders with --watch.
+    #[arg(long, default_value_t = 2.0, value_name = "SECONDS")]
+    pub interval: f64,
+}
+
+/// `tap`.
+#[derive(Debug, Clone, Args)]
+pub struct TapArgs {
+    /// Only events of workloads in this namespace.
+    #[arg(short, long, value_name = "NS")]
+    pub namespace: Option<String>,
+    /// Only connections to this service (`NAME` in --namespace, or `NS/NAME`).
+    #[arg(long, value_name = "SERVICE")]
+    pub to: Option<String>,
+    /// Only this node's ztunnel.
+    #[arg(long, value_name = "NODE")]
+    pub node: Option<String>,
+    /// Stop after this many events.
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
+    /// Stop after this many seconds.
+    #[arg(long, value_name = "SECONDS")]
+    pub duration: Option<f64>,
+}
+
+/// `explain`.
+#[derive(Debug, Clone, Args)]
+pub struct ExplainArgs {
+    /// The client: a pod (`NS/POD`, or `POD` with --namespace), or a service
+    /// account (`NS/SA`, `sa/NS/SA`, or a SPIFFE ID). `pod/NS/POD` forces a
+    /// pod.
+    #[arg(long, value_name = "CLIENT")]
+    pub from: String,
+    /// The destination and port: a service (`SVC:PORT`, `NS/SVC:PORT`, or
+    /// `svc/NS/SVC:PORT`) or a pod (`pod/NS/POD:PORT`, or `NS/POD:PORT` when
+    /// no service has that name).
+    #[arg(long, value_name = "DEST:PORT")]
+    pub to: String,
+    /// Namespace of names given without one.
+    #[arg(short, long, default_value = "default", value_name = "NS")]
+    pub namespace: String,
+    /// HTTP method of the request (waypoints only).
+    #[arg(long, value_name = "METHOD")]
+    pub method: Option<String>,
+    /// HTTP path of the request (waypoints only).
+    #[arg(long, value_name = "PATH")]
+    pub path: Option<String>,
+    /// Host of the request (default: the service's hostname).
+    #[arg(long, value_name = "HOST")]
+    pub host: Option<String>,
+    /// A request header, `NAME=VALUE` (repeatable).
+    #[arg(long = "header", value_name = "NAME=VALUE")]
+    pub headers: Vec<String>,
+    /// Also consider the objects in this YAML file (typically an
+    /// AuthorizationPolicy not applied yet); they replace objects of the same
+    /// kind and name. Repeatable.
+    #[arg(long = "with-file", value_name = "FILE")]
+    pub with_files: Vec<PathBuf>,
+}
+
+/// A namespace argument.
+#[derive(Debug, Clone, Args)]
+pub struct NamespaceArg {
+    /// The namespace.
+    pub namespace: String,
+}
+
+/// `waypoint ...`.
+#[derive(Debug, Subcommand)]
+pub enum WaypointCommand {
+    /// Create or update a waypoint: a Gateway of class weft-waypoint with the
+    /// HBONE listener {name: mesh, port: 15008, protocol: HBONE}.
+    Apply(WaypointApplyArgs),
+    /// List waypoints and whether they are ready.
+    List(WaypointListArgs),
+    /// Delete a waypoint (its Gateway). Namespaces, services and pods that
+    /// name it keep their label and lose their waypoint.
+    Delete(WaypointDeleteArgs),
+}
+
+/// `waypoint apply`.
+#[derive(Debug, Clone, Args)]
+pub struct WaypointApplyArgs {
+    /// The namespace of the waypoint.
+    #[arg(short, long, value_name = "NS")]
+    pub namespace: String,
+    /// The Gateway's name.
+    #[arg(long, default_value = "waypoint")]
+    pub name: String,
+    /// What traffic it serves (label weft.dev/waypoint-for).
+    #[arg(long = "for", value_enum, default_value = "service")]
+    pub serves: WaypointFor,
+    /// Also bind the namespace to it (label weft.dev/use-waypoint=NAME on
+    /// the namespace).
+    #[arg(long)]
+    pub enroll_namespace: bool,
+}
+
+/// `weft.dev/waypoint-for`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum WaypointFor {
+    /// Traffic addressed to a Service.
+    Service,
+    /// Traffic addressed to a pod.
+    Workload,
+    /// Both.
+    All,
+}
+
+impl WaypointFor {
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            WaypointFor::Service => "service",
+            WaypointFor::Workload => "workload",
+            WaypointFor::All => "all",
+        }
+    }
+}
+
+/// `waypoint list`.
+#[derive(Debug, Clone, Args)]
+pub struct WaypointListArgs {
+    /// Only this namespace.
+    #[arg(short, long, value_name = "NS")]
+    pub namespace: Option<String>,
+}
+
+/// `waypoint delete`.
+#[derive(Debug, Clone, Args)]
+pub struct WaypointDeleteArgs {
+    /// The namespace of the waypoint.
+    #[arg(short, long, value_name = "NS")]
+    pub namespace: String,
+    /// The Gateway's name.
+    #[arg(long, default_value = "waypoint")]
+    pub name: String,
+}
+
+/// `check`.
+#[derive(Debug, Clone, Args)]
+pub struct CheckArgs {
+    /// A certificate expiring within this many hours is a problem.
+    #[arg(long, default_value_t = 2.0, value_name = "HOURS")]
+    pub cert_expiry_hours: f64,
+}
+
+/// `completion`.
+#[derive(Debug, Clone, Args)]
+pub struct CompletionArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
