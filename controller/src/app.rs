@@ -123,7 +123,8 @@ pub async fn run(
     };
     let (models, _pipeline) = pipeline::spawn(states.clone(), model_config, debounce);
 
-    let config_server = ConfigServer::new(models.clone(), auth.clone());
+    let config_server = ConfigServer::new(models.clone(), auth.clone())
+        .with_concurrent_snapshots(options.concurrent_snapshots);
     let subscribers = config_server.subscribers();
     let ca_service = CaService::new(
         ca.clone(),

@@ -87,6 +87,10 @@ pub struct Options {
     /// Quiet time before a change is pushed, in milliseconds.
     #[arg(long, env = "WEFT_DEBOUNCE_MS", default_value_t = 20)]
     pub debounce_ms: u64,
+    /// Full snapshots in flight at once (bounds memory when many proxies
+    /// reconnect together).
+    #[arg(long, env = "WEFT_CONCURRENT_SNAPSHOTS", default_value_t = crate::server::DEFAULT_CONCURRENT_SNAPSHOTS)]
+    pub concurrent_snapshots: usize,
     /// Kubernetes: elect a leader on a Lease; only the leader deploys
     /// waypoints and writes status.
     #[arg(long, env = "WEFT_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]

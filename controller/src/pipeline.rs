@@ -109,6 +109,7 @@ pub fn spawn(
                 continue;
             }
             metrics::gauge!("weft_model_resources").set(model.len() as f64);
+            metrics::gauge!("weft_model_bytes").set(model.encoded_len() as f64);
             current = Arc::new(ModelVersion {
                 version: current.version + 1,
                 model: Arc::new(model),

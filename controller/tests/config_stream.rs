@@ -167,3 +167,28 @@ async fn subscribers_must_authenticate_as_their_node() {
         .expect("accepted");
     assert!(ok.next().await.full_snapshot);
 }
+
+#[tokio::test]
+async fn concurrent_snapshots_are_bounded() {
+    let a = pod("shop", "a", "node-a", "web", "10.244.1.1");
+    let h = Harness::start_with(state(std::slice::from_ref(&a)), Arc::new(AllowAll), 1).await;
+    let mut first = Subscriber::connect(h.channel().await, None, "node-a")
+        .await
+        .expect("subscribe");
+    let snap = first.next().await;
+    let mut second = Subscriber::connect(h.channel().await, None, "node-b")
+        .await
+        .expect("subscribe");
+    // The only snapshot slot is held until the first subscriber answers.
+    let early = tokio::time::timeout(
+        std::time::Duration::from_millis(300),
+        second.responses.message(),
+    )
+    .await;
+    assert!(
+        early.is_err(),
+        "second snapshot sent while the first was unanswered"
+    );
+    first.ack(&snap).await;
+    assert!(second.next().await.full_snapshot);
+}

@@ -134,6 +134,36 @@ impl Model {
             + self.trust_bundles.len()
     }
 
+    /// The protobuf size of every resource together: what a full snapshot
+    /// of all types costs on the wire.
+    pub fn encoded_len(&self) -> usize {
+        use prost::Message;
+        self.workloads
+            .values()
+            .map(Message::encoded_len)
+            .sum::<usize>()
+            + self
+                .services
+                .values()
+                .map(Message::encoded_len)
+                .sum::<usize>()
+            + self
+                .authorizations
+                .values()
+                .map(Message::encoded_len)
+                .sum::<usize>()
+            + self
+                .routes
+                .values()
+                .map(Message::encoded_len)
+                .sum::<usize>()
+            + self
+                .trust_bundles
+                .values()
+                .map(Message::encoded_len)
+                .sum::<usize>()
+    }
+
     /// True when the model has no resources.
     pub fn is_empty(&self) -> bool {
         self.len() == 0

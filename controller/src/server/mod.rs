@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use futures::Stream;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 use tonic::{Request, Response, Status, Streaming};
@@ -31,7 +31,11 @@ pub struct ConfigServer {
     subscribers: Arc<Subscribers>,
     auth: Arc<dyn Authenticator>,
     next_stream: AtomicU64,
+    snapshots: Arc<Semaphore>,
 }
+
+/// Full snapshots being built or awaiting their ACK at once, by default.
+pub const DEFAULT_CONCURRENT_SNAPSHOTS: usize = 32;
 
 impl ConfigServer {
     /// Serves the versions published by the pipeline to callers `auth` accepts.
@@ -44,7 +48,15 @@ impl ConfigServer {
             subscribers: Arc::new(Subscribers::default()),
             auth,
             next_stream: AtomicU64::new(1),
+            snapshots: Arc::new(Semaphore::new(DEFAULT_CONCURRENT_SNAPSHOTS)),
         }
+    }
+
+    /// Bounds the full snapshots in flight (built and not yet answered): the
+    /// memory a mass reconnect can take.
+    pub fn with_concurrent_snapshots(mut self, n: usize) -> ConfigServer {
+        self.snapshots = Arc::new(Semaphore::new(n.max(1)));
+        self
     }
 
     /// The connected subscribers (shared with the debug API).
@@ -131,6 +143,7 @@ impl ConfigDiscovery for ConfigServer {
             models: self.models.clone(),
             subscribers: self.subscribers.clone(),
             tx,
+            snapshots: self.snapshots.clone(),
         };
         tokio::spawn(stream.run(requests));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tonic::{Status, Streaming};
 use weft_api::config::{ConfigRequest, ConfigResponse, ResourceType, config_request};
 
@@ -19,6 +19,10 @@ struct Pending {
     nonce: String,
     version: u64,
     model: Arc<Model>,
+    /// Held from building a full snapshot until the proxy answers it, so
+    /// that a thousand proxies reconnecting at once do not hold a thousand
+    /// snapshots in memory at once.
+    _snapshot: Option<OwnedSemaphorePermit>,
 }
 
 pub(crate) struct SubscriberStream {
@@ -27,6 +31,7 @@ pub(crate) struct SubscriberStream {
     pub models: watch::Receiver<Arc<ModelVersion>>,
     pub subscribers: Arc<Subscribers>,
     pub tx: mpsc::Sender<Result<ConfigResponse, Status>>,
+    pub snapshots: Arc<Semaphore>,
 }
 
 impl SubscriberStream {
@@ -97,8 +102,13 @@ impl SubscriberStream {
         acked: Option<&(u64, Arc<Model>)>,
         sent: &mut u64,
     ) -> Respond {
+        let mut permit = None;
         let (full_snapshot, resources, removed) = match acked {
             None => {
+                let Ok(p) = self.snapshots.clone().acquire_owned().await else {
+                    return Respond::Closed;
+                };
+                permit = Some(p);
                 let resources = self
                     .types
                     .iter()
@@ -145,6 +155,7 @@ impl SubscriberStream {
             nonce,
             version: current.version,
             model: current.model.clone(),
+            _snapshot: permit,
         })
     }
 }

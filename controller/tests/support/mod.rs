@@ -72,6 +72,14 @@ impl Drop for Harness {
 
 impl Harness {
     pub async fn start(initial: ClusterState, auth: Arc<dyn Authenticator>) -> Harness {
+        Harness::start_with(initial, auth, server::DEFAULT_CONCURRENT_SNAPSHOTS).await
+    }
+
+    pub async fn start_with(
+        initial: ClusterState,
+        auth: Arc<dyn Authenticator>,
+        concurrent_snapshots: usize,
+    ) -> Harness {
         let ca = Arc::new(
             CertificateAuthority::generate("cluster.local", Duration::from_secs(3600))
                 .expect("root"),
@@ -86,7 +94,8 @@ impl Harness {
             max_delay: Duration::from_millis(20),
         };
         let (models, _task) = pipeline::spawn(states_rx.clone(), config, debounce);
-        let config_server = ConfigServer::new(models, auth.clone());
+        let config_server =
+            ConfigServer::new(models, auth.clone()).with_concurrent_snapshots(concurrent_snapshots);
         let subscribers = config_server.subscribers();
         let ca_service = CaService::new(ca.clone(), auth, states_rx, Duration::from_secs(3600));
         let (chain_pem, key_pem) = ca
