@@ -1,1 +1,47 @@
-//! Work in progress: see the e2e issue.
+//! weft-e2e: a real multi-node weft cluster made of network namespaces —
+//! the project's demo, its end-to-end test bed and its benchmark bed
+//! (DESIGN §8).
+//!
+//! A *node* is a namespace on an underlay bridge, with its own pod bridge and
+//! pod CIDR; a *pod* is a namespace attached by the node's real CNI chain;
+//! the controller, the node agents and ztunnels are the real binaries.
+//!
+//! - [`cluster`]: [`Cluster::up`], pods, Services, policies, disruptions,
+//!   teardown — the API tests and the bench use.
+//! - [`pod`] and [`service`]: what is asked for and the handles returned.
+//! - [`node`] and [`components`]: how each process is started and awaited.
+//! - [`topology`], [`addresses`], [`netns`]: namespaces, links, routes.
+//! - [`cni`]: the CNI chain, invoked as a container runtime does.
+//! - [`manifests`]: the files registry's directory (the "API server").
+//! - [`state`], [`cleanup`], [`signals`], [`names`]: run ids, the state file,
+//!   teardown after a drop, a panic, Ctrl-C or a killed run.
+//! - [`app`]: the sample workload (`weft-e2e-app`) run inside pods.
+//! - [`demo`] and [`narrate`]: the narrated demo (`weft-e2e demo`).
+//! - [`binaries`], [`process`], [`procs`], [`exec`], [`http`]: plumbing.
+
+pub mod addresses;
+pub mod app;
+pub mod binaries;
+pub mod cleanup;
+pub mod cluster;
+pub mod cni;
+pub mod components;
+pub mod error;
+pub mod exec;
+pub mod http;
+pub mod manifests;
+pub mod names;
+pub mod netns;
+pub mod node;
+pub mod pod;
+pub mod process;
+pub mod procs;
+pub mod service;
+pub mod signals;
+pub mod state;
+pub mod topology;
+
+pub use cluster::{Cluster, ClusterConfig, ZtunnelMode};
+pub use error::{Error, Result};
+pub use pod::{Pod, PodSpec};
+pub use service::{Service, ServiceSpec};
