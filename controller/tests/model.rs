@@ -260,6 +260,7 @@ fn endpoints_from_slices_and_selector_fallback() {
     ]);
     let web = &m.services["in/web"];
     assert_eq!(web.hostname, "web.in.svc.cluster.local");
+    assert!(!web.prefer_same_node);
     assert_eq!(web.ports[0].service_port, 80);
     assert_eq!(web.ports[0].target_port, 0, "named target port");
     let uids: Vec<_> = web
@@ -285,6 +286,14 @@ fn endpoints_from_slices_and_selector_fallback() {
         Some(&8080),
         "named port resolved on the pod"
     );
+}
+
+#[test]
+fn traffic_distribution_prefers_the_same_node() {
+    let mut close = service("in", "close", "10.96.0.3", json!({}));
+    close["spec"]["trafficDistribution"] = json!("PreferClose");
+    let m = build(&[close]);
+    assert!(m.services["in/close"].prefer_same_node);
 }
 
 #[test]

@@ -89,9 +89,10 @@ pub(crate) fn build(
                 ports,
                 endpoints,
                 waypoint,
-                // Fields added to the API later keep their defaults until
-                // the builder learns them.
-                ..Service::default()
+                prefer_same_node: matches!(
+                    spec.traffic_distribution.as_deref(),
+                    Some("PreferClose" | "PreferSameNode")
+                ),
             },
         );
     }
