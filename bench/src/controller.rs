@@ -8,7 +8,8 @@
 //! per `interval_ms` for `duration_secs`; a change's propagation time runs
 //! from the registry update to the moment the last subscriber has decoded it.
 //! The last line is JSON with `p50_propagation_ms`, `p99_propagation_ms` and
-//! `rss_mib` (the whole process: server and all subscribers).
+//! `rss_mib` (the whole process: server and all subscribers; each subscriber
+//! keeps a receive buffer the size of the snapshot, `snapshot_bytes`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -281,6 +282,7 @@ pub async fn run(args: ControllerBenchArgs) -> anyhow::Result<serde_json::Value>
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let snapshot_seconds = connect_started.elapsed().as_secs_f64();
+    let snapshot_bytes = models.borrow().model.encoded_len();
     let rss_after_snapshots = rss_mib();
 
     // One pod change per interval, on a pod chosen round-robin.
@@ -332,6 +334,10 @@ pub async fn run(args: ControllerBenchArgs) -> anyhow::Result<serde_json::Value>
         "changes": changes,
         "changes_not_everywhere": incomplete,
         "snapshot_seconds": round(snapshot_seconds),
+        // Each subscriber's gRPC decoder keeps a receive buffer as large as
+        // the largest message it saw (the snapshot), so most of rss_mib is
+        // the subscribers', not the controller's.
+        "snapshot_bytes": snapshot_bytes,
         "rss_mib_after_snapshots": rss_after_snapshots,
         "max_propagation_ms": round(propagation.last().copied().unwrap_or(f64::NAN)),
         "p50_propagation_ms": round(quantile(&propagation, 0.50)),
