@@ -98,8 +98,14 @@ fn request(args: &ExplainArgs, dest: &Destination) -> Result<Request> {
 pub fn add_objects_from_file(state: &mut ClusterState, file: &Path) -> Result<()> {
     let text = std::fs::read_to_string(file)
         .map_err(|e| CliError::NotFound(format!("--with-file {}: {e}", file.display())))?;
-    for (index, document) in serde_yaml::Deserializer::from_str(&text).enumerate() {
-        let where_ = || format!("{} document {index}", file.display());
+    add_objects(state, &file.display().to_string(), &text)
+}
+
+/// Adds every object of a YAML text (several documents) to `state`; `name`
+/// says where the text came from, for errors.
+pub fn add_objects(state: &mut ClusterState, name: &str, text: &str) -> Result<()> {
+    for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let where_ = || format!("{name} document {index}");
         let mut value = serde_json::Value::deserialize(document)
             .map_err(|e| CliError::Usage(format!("{}: not YAML: {e}", where_())))?;
         if value.is_null() {
@@ -179,14 +185,9 @@ fn missing_waypoint_warnings(state: &ClusterState, dest: &Destination) -> Vec<St
         .get(USE_WAYPOINT_NAMESPACE)
         .cloned()
         .unwrap_or_else(|| dest.namespace.clone());
-    let bound = match dest.kind {
-        "service" => dest
-            .service
-            .as_ref()
-            .and_then(|s| s.waypoint.as_ref())
-            .is_some(),
-        _ => dest.endpoints.iter().any(|e| e.workload.waypoint.is_some()),
-    };
+    // Service traffic also passes the endpoint workload's own waypoint.
+    let bound = dest.service.as_ref().is_some_and(|s| s.waypoint.is_some())
+        || dest.endpoints.iter().any(|e| e.workload.waypoint.is_some());
     if bound {
         return out;
     }

@@ -363,7 +363,7 @@ impl<'a> Analysis<'a> {
         if !self.client.in_mesh {
             if waypoint.is_some() {
                 self.warn(format!(
-                    "{} is not in the mesh: its traffic cannot be sent to the waypoint",
+                    "{} is not in the mesh: its traffic cannot be sent to the waypoint, so the waypoint's policies do not apply to it (PeerAuthentication STRICT on the destination refuses such clients)",
                     self.client.description
                 ));
             }
