@@ -25,7 +25,7 @@ use weft_api::config::{
     Ack, ConfigRequest, ProxyInfo, ProxyKind, ResourceType, Subscribe, config_request, resource,
 };
 use weft_controller::auth::AllowAll;
-use weft_controller::model::ModelConfig;
+use weft_controller::model::{self, Model, ModelConfig};
 use weft_controller::pipeline::{self, Debounce};
 use weft_controller::registry::{AnyObject, ClusterState, Kind};
 use weft_controller::server::{self, ConfigServer, ServerTls};
@@ -223,6 +223,12 @@ pub async fn run(args: ControllerBenchArgs) -> anyhow::Result<serde_json::Value>
         insert(&mut state, obj)?;
     }
     let ca = CertificateAuthority::generate("cluster.local", Duration::from_secs(3600))?;
+    // One full build and diff, outside the server, for the report.
+    let build_started = Instant::now();
+    let built = model::build(&state, &ModelConfig::default());
+    let _ = Model::diff(&Model::default(), &built);
+    let model_build_ms = build_started.elapsed().as_secs_f64() * 1000.0;
+    drop(built);
     let (states_tx, states_rx) = watch::channel(Arc::new(state));
     let debounce = Debounce {
         quiet: Duration::from_millis(args.debounce_ms),
@@ -338,6 +344,7 @@ pub async fn run(args: ControllerBenchArgs) -> anyhow::Result<serde_json::Value>
         // the largest message it saw (the snapshot), so most of rss_mib is
         // the subscribers', not the controller's.
         "snapshot_bytes": snapshot_bytes,
+        "model_build_ms": round(model_build_ms),
         "rss_mib_after_snapshots": rss_after_snapshots,
         "max_propagation_ms": round(propagation.last().copied().unwrap_or(f64::NAN)),
         "p50_propagation_ms": round(quantile(&propagation, 0.50)),
