@@ -448,7 +448,10 @@ pub fn policy_table(entries: &[Entry<Authorization>], wide: bool) -> Table {
         let waypoint = p.scope == PolicyScope::Waypoint as i32;
         let status = match &e.report {
             Some(r) if !r.accepted => "not accepted".to_string(),
-            _ if !p.l4_warnings.is_empty() => format!("{} L4 warning(s)", p.l4_warnings.len()),
+            // A waypoint enforces the full rules: the L4 form does not apply.
+            _ if !waypoint && !p.l4_warnings.is_empty() => {
+                format!("{} L4 warning(s)", p.l4_warnings.len())
+            }
             Some(_) => "accepted".into(),
             None => "-".into(),
         };
@@ -474,7 +477,7 @@ pub fn policy_table(entries: &[Entry<Authorization>], wide: bool) -> Table {
                 .report
                 .iter()
                 .flat_map(|r| r.errors.iter().cloned())
-                .chain(p.l4_warnings.iter().cloned())
+                .chain(p.l4_warnings.iter().filter(|_| !waypoint).cloned())
                 .collect();
             row.push(cell(notes.join("; ")));
         }

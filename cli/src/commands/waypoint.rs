@@ -101,7 +101,8 @@ pub struct WaypointStatus {
     pub name: String,
     /// `weft.dev/waypoint-for`.
     pub serves: String,
-    /// Addresses ztunnels send to (Service VIP, status address, or pod IPs).
+    /// Addresses ztunnels send to (Service VIP, status address, else its
+    /// pods' IPs), as the model builder picks them.
     pub addresses: Vec<String>,
     /// Its pods (`ready/total`).
     pub pods_ready: usize,
@@ -121,7 +122,7 @@ pub fn waypoint_statuses(
     config: &weft_controller::model::ModelConfig,
 ) -> Vec<WaypointStatus> {
     let model = weft_controller::model::build(state, config);
-    let mut pods: BTreeMap<ObjectKey, (usize, usize)> = BTreeMap::new();
+    let mut pods: BTreeMap<ObjectKey, (usize, usize, Vec<String>)> = BTreeMap::new();
     for w in model.workloads.values().filter(|w| w.is_waypoint) {
         let gw = state
             .pods
@@ -132,6 +133,7 @@ pub fn waypoint_statuses(
             .entry(ObjectKey::new(w.namespace.clone(), gw))
             .or_default();
         entry.1 += 1;
+        entry.2.extend(w.addresses.iter().cloned());
         if w.status == weft_api::config::HealthStatus::Healthy as i32 {
             entry.0 += 1;
         }
@@ -164,11 +166,11 @@ pub fn waypoint_statuses(
 fn status_of(
     key: &ObjectKey,
     gw: &Gateway,
-    pods: &BTreeMap<ObjectKey, (usize, usize)>,
+    pods: &BTreeMap<ObjectKey, (usize, usize, Vec<String>)>,
     bound: &BTreeMap<(String, String), Vec<String>>,
     state: &ClusterState,
 ) -> WaypointStatus {
-    let (ready_pods, total) = pods.get(key).copied().unwrap_or_default();
+    let (ready_pods, total, pod_ips) = pods.get(key).cloned().unwrap_or_default();
     let mut addresses: Vec<String> = state
         .services
         .get(key)
@@ -182,6 +184,10 @@ fn status_of(
             .and_then(|s| s.addresses.as_ref())
             .map(|a| a.iter().map(|a| a.value.clone()).collect())
             .unwrap_or_default();
+    }
+    if addresses.is_empty() {
+        // No VIP yet: ztunnels send to the waypoint's pods directly.
+        addresses = pod_ips;
     }
     let programmed = gw
         .status
