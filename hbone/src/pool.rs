@@ -174,29 +174,52 @@ impl TunnelPool {
             expected: target.expected_identity.clone(),
         };
         let entry = self.entry(&key);
-        let guard = match self.checkout(&entry) {
-            Some(guard) => guard,
-            None => {
-                let _establishing = entry.establishing.lock().await;
-                match self.checkout(&entry) {
-                    Some(guard) => guard,
-                    None => {
-                        let conn = self.open(source, &key, dialer).await?;
-                        conn.active.fetch_add(1, Ordering::AcqRel);
-                        lock(&entry.conns).push(conn.clone());
-                        self.spawn_idle_reaper(key.clone(), entry.clone(), conn.clone());
-                        StreamGuard { conn }
-                    }
-                }
-            }
-        };
         let settings = &self.inner.settings;
-        timeout(settings.response_timeout, send_connect(guard, target))
-            .await
-            .map_err(|_| HboneError::Timeout {
-                what: "CONNECT response",
-                after: settings.response_timeout,
-            })?
+        // A pooled connection the server is closing (GOAWAY during its
+        // restart, or an idle close racing us) refuses new streams; such a
+        // tunnel was never seen by the server, so it is safe to try once
+        // more on a fresh connection.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let guard = self.guard_for(source, &key, &entry, dialer).await?;
+            let conn = guard.conn.clone();
+            let result = timeout(settings.response_timeout, send_connect(guard, target))
+                .await
+                .map_err(|_| HboneError::Timeout {
+                    what: "CONNECT response",
+                    after: settings.response_timeout,
+                })?;
+            match result {
+                Err(HboneError::Stream(e)) if attempt < 3 && never_reached_server(&e) => {
+                    debug!(conn = conn.id, error = %e, "pooled connection is closing; retrying on a new one");
+                    conn.closed.store(true, Ordering::Release);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// A stream slot on a pooled connection with room, or on a new one.
+    async fn guard_for(
+        &self,
+        source: &Arc<WorkloadCertificate>,
+        key: &PoolKey,
+        entry: &Arc<Entry>,
+        dialer: &dyn Dialer,
+    ) -> Result<StreamGuard, HboneError> {
+        if let Some(guard) = self.checkout(entry) {
+            return Ok(guard);
+        }
+        let _establishing = entry.establishing.lock().await;
+        if let Some(guard) = self.checkout(entry) {
+            return Ok(guard);
+        }
+        let conn = self.open(source, key, dialer).await?;
+        conn.active.fetch_add(1, Ordering::AcqRel);
+        lock(&entry.conns).push(conn.clone());
+        self.spawn_idle_reaper(key.clone(), entry.clone(), conn.clone());
+        Ok(StreamGuard { conn })
     }
 
     /// Connections currently pooled.
@@ -349,6 +372,12 @@ impl TunnelPool {
             debug!(conn = conn.id, "HBONE connection idle, closed");
         });
     }
+}
+
+/// Errors that mean the server never processed our stream: the connection
+/// was going away or already gone.
+fn never_reached_server(e: &h2::Error) -> bool {
+    e.is_go_away() || e.is_io() || e.reason() == Some(h2::Reason::REFUSED_STREAM)
 }
 
 fn client_builder(h2: &H2Settings) -> h2::client::Builder {

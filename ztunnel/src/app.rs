@@ -5,10 +5,10 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
-use tokio::net::{TcpListener, UnixListener};
+use tokio::net::UnixListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use weft_hbone::{CertificateAuthority, PoolSettings, ServerSettings, TrustBundle, TunnelPool};
@@ -21,7 +21,7 @@ use crate::inpod::{Pods, follow_agent};
 use crate::local_config::LocalConfigSource;
 use crate::options::Options;
 use crate::proxy::{Proxy, ProxySettings, TrustState};
-use crate::socket::Netns;
+use crate::socket::{self, Netns};
 use crate::state::WorkloadStore;
 
 /// Runs ztunnel until SIGTERM/SIGINT and the drain that follows.
@@ -103,6 +103,7 @@ pub async fn run(options: Options, log: LogControl) -> anyhow::Result<()> {
         lb: Default::default(),
         settings: ProxySettings::default(),
         hbone: ServerSettings::default(),
+        tasks: tokio_util::task::TaskTracker::new(),
     });
     if options.controller.is_some() {
         tokio::spawn(follow_trust_bundle(
@@ -131,18 +132,15 @@ pub async fn run(options: Options, log: LogControl) -> anyhow::Result<()> {
         log,
         ready: ready.clone(),
     });
-    let tcp = TcpListener::bind(options.admin_addr)
-        .await
+    let tcp = socket::listen_shared(options.admin_addr)
         .with_context(|| format!("admin address {}", options.admin_addr))?;
     tokio::spawn(admin::serve_tcp(admin.clone(), tcp, shutdown.clone()));
-    let unix = bind_unix(&options.admin_socket)?;
+    let (unix, unix_inode) = bind_unix(&options.admin_socket)?;
     tokio::spawn(admin::serve_unix(admin, unix, shutdown.clone()));
-    let metrics = TcpListener::bind(options.metrics_addr)
-        .await
+    let metrics = socket::listen_shared(options.metrics_addr)
         .with_context(|| format!("metrics address {}", options.metrics_addr))?;
     tokio::spawn(admin::serve_metrics(recorder, metrics, shutdown.clone()));
-    let readiness = TcpListener::bind(options.readiness_addr)
-        .await
+    let readiness = socket::listen_shared(options.readiness_addr)
         .with_context(|| format!("readiness address {}", options.readiness_addr))?;
     tokio::spawn(admin::serve_readiness(ready, readiness, shutdown.clone()));
     info!(node = %options.node, admin = %options.admin_addr, "ztunnel started");
@@ -154,18 +152,22 @@ pub async fn run(options: Options, log: LogControl) -> anyhow::Result<()> {
         "draining"
     );
     drain.cancel();
-    let deadline = Instant::now() + Duration::from_secs(options.drain_seconds);
-    while !proxy.connections.is_empty() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    if !proxy.connections.is_empty() {
+    proxy.tasks.close();
+    let deadline = Duration::from_secs(options.drain_seconds);
+    if tokio::time::timeout(deadline, proxy.tasks.wait())
+        .await
+        .is_err()
+    {
         warn!(
             open = proxy.connections.len(),
             "drain deadline reached; closing the rest"
         );
     }
     shutdown.cancel();
-    let _ = std::fs::remove_file(&options.admin_socket);
+    // Only our own socket: a replacement ztunnel may have bound the path since.
+    if inode_of(&options.admin_socket) == Some(unix_inode) {
+        let _ = std::fs::remove_file(&options.admin_socket);
+    }
     info!("ztunnel stopped");
     Ok(())
 }
@@ -175,14 +177,22 @@ fn read(path: Option<&Path>, what: &str) -> anyhow::Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("{what}: reading {}", path.display()))
 }
 
-fn bind_unix(path: &Path) -> anyhow::Result<UnixListener> {
+fn bind_unix(path: &Path) -> anyhow::Result<(UnixListener, u64)> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    // A socket left by a previous run (or by the ztunnel we are replacing,
-    // which removes it only when it exits) is taken over.
+    // A socket left by a previous run, or held by the ztunnel we are
+    // replacing, is taken over: the path now leads to us.
     let _ = std::fs::remove_file(path);
-    UnixListener::bind(path).with_context(|| format!("admin socket {}", path.display()))
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("admin socket {}", path.display()))?;
+    let inode = inode_of(path).context("admin socket vanished after bind")?;
+    Ok((listener, inode))
+}
+
+fn inode_of(path: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| m.ino())
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {

@@ -3,9 +3,7 @@
 use std::sync::Arc;
 
 use clap::Parser;
-use tracing_subscriber::{
-    EnvFilter, Registry, layer::SubscriberExt, reload, util::SubscriberInitExt,
-};
+use tracing_subscriber::{EnvFilter, layer::SubscriberExt, reload, util::SubscriberInitExt};
 use weft_ztunnel::options::{LogFormat, Options};
 
 #[global_allocator]
@@ -24,7 +22,12 @@ fn main() -> anyhow::Result<()> {
                     .with_current_span(false),
             )
             .init(),
-        LogFormat::Text => registry.with(tracing_subscriber::fmt::layer()).init(),
+        LogFormat::Text => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+            )
+            .init(),
     }
     let log: weft_ztunnel::admin::LogControl = Arc::new(move |level: Option<&str>| {
         if let Some(level) = level {
@@ -35,7 +38,6 @@ fn main() -> anyhow::Result<()> {
             .with_current(|f: &EnvFilter| f.to_string())
             .map_err(|e| e.to_string())
     });
-    let _: Option<reload::Handle<EnvFilter, Registry>> = None;
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?

@@ -1,7 +1,7 @@
 //! Picking a Service endpoint: healthy and not ejected; on the client's node
 //! first when the Service asks for it (`trafficDistribution: PreferClose`);
-//! then the better of two random choices by outstanding connections and
-//! connect latency. Endpoints that refuse or reset are ejected for a while,
+//! then the better of two random choices: fewer outstanding connections,
+//! and among equals, not one several times slower to connect than the other. Endpoints that refuse or reset are ejected for a while,
 //! longer each time they fail again (passive health checking).
 
 use std::collections::HashMap;
@@ -33,14 +33,28 @@ impl EndpointStats {
         lock(&self.ejected_until).is_some_and(|until| now < until)
     }
 
-    /// Lower is better.
-    fn score(&self) -> u64 {
-        let latency = match self.latency_us.load(Ordering::Relaxed) {
+    fn latency(&self) -> u64 {
+        match self.latency_us.load(Ordering::Relaxed) {
             0 => 1_000,
             l => l,
-        };
-        (self.outstanding.load(Ordering::Relaxed) as u64 + 1) * latency
+        }
     }
+}
+
+/// Of two endpoints, the one to use: fewer outstanding connections wins;
+/// with equal load, a clearly slower endpoint (several times the other's
+/// connect latency) loses; otherwise the first (random) choice stands, so
+/// endpoints of similar speed share the load evenly.
+fn second_is_better(a: &EndpointStats, b: &EndpointStats) -> bool {
+    const SLOW_FACTOR: u64 = 4;
+    let (oa, ob) = (
+        a.outstanding.load(Ordering::Relaxed),
+        b.outstanding.load(Ordering::Relaxed),
+    );
+    if oa != ob {
+        return ob < oa;
+    }
+    a.latency() > b.latency().saturating_mul(SLOW_FACTOR)
 }
 
 /// An endpoint's share of one connection: counts as outstanding until
@@ -132,7 +146,7 @@ impl LoadBalancer {
                 if b == a {
                     b = pool[n - 1];
                 }
-                if stats[b].score() < stats[a].score() {
+                if second_is_better(&stats[a], &stats[b]) {
                     b
                 } else {
                     a

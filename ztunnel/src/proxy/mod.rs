@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 use weft_api::config::Workload;
 use weft_hbone::{
@@ -113,6 +114,9 @@ pub struct Proxy {
     pub lb: lb::LoadBalancer,
     pub settings: ProxySettings,
     pub hbone: ServerSettings,
+    /// Every connection-handling task, so a drain can wait for the ones
+    /// between accept and their first byte as well as the established ones.
+    pub tasks: TaskTracker,
 }
 
 impl Proxy {
@@ -233,15 +237,21 @@ pub fn serve_pod(
                     pod: pod.clone(),
                 };
                 let server = HboneServer::new(tls, handler, proxy.hbone.clone());
-                tokio::spawn(async move { server.serve(listener, stop).await });
+                // `serve` returns once its connections (and so their
+                // tunnels) have finished after `stop`.
+                proxy
+                    .tasks
+                    .spawn(async move { server.serve(listener, stop).await });
             }
             OUTBOUND_PORT => {
-                tokio::spawn(accept_loop(listener, stop, move |stream| {
+                let tasks = proxy.tasks.clone();
+                tokio::spawn(accept_loop(listener, stop, tasks, move |stream| {
                     outbound::handle(proxy.clone(), pod.clone(), stream)
                 }));
             }
             _ => {
-                tokio::spawn(accept_loop(listener, stop, move |stream| {
+                let tasks = proxy.tasks.clone();
+                tokio::spawn(accept_loop(listener, stop, tasks, move |stream| {
                     plaintext::handle(proxy.clone(), pod.clone(), stream)
                 }));
             }
@@ -253,8 +263,12 @@ pub fn serve_pod(
 
 /// Accepts until `stop`, spawning `handle` per connection. Dropping the
 /// listener on stop hands new connections to a ztunnel bound beside us.
-async fn accept_loop<F, Fut>(listener: TcpListener, stop: CancellationToken, handle: F)
-where
+async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    stop: CancellationToken,
+    tasks: TaskTracker,
+    handle: F,
+) where
     F: Fn(TcpStream) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
@@ -266,7 +280,7 @@ where
         match accepted {
             Ok((stream, _)) => {
                 let _ = stream.set_nodelay(true);
-                tokio::spawn(handle(stream));
+                tasks.spawn(handle(stream));
             }
             Err(e) => {
                 warn!(error = %e, "accept failed");

@@ -1,0 +1,341 @@
+//! ztunnel on real network namespaces: two nodes, pods with the real
+//! redirect rules, the test as node agent over the real handoff socket, and
+//! the real ztunnel binary in local mode.
+//!
+//! Needs root (CI runs as root). Cluster tests take a lock so that only one
+//! cluster runs at a time on the 2-core machines.
+
+mod support;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Mutex;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use support::*;
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn addr(ip: std::net::Ipv4Addr, port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(ip), port)
+}
+
+/// Waits until node's ztunnel shows `needle` in `/policies` (or stops
+/// showing it), i.e. a rewritten local config was reloaded.
+fn wait_for_policies(c: &Cluster, node: usize, present: &str, absent: &str) {
+    wait_until(Duration::from_secs(20), || {
+        let text = c.admin_json(node, "/policies").to_string();
+        (present.is_empty() || text.contains(present))
+            && (absent.is_empty() || !text.contains(absent))
+    })
+    .unwrap_or_else(|_| panic!("node {node} did not reload its policies"));
+}
+
+#[test]
+fn pod_to_pod_across_nodes_is_mtls_only_and_the_server_sees_the_client_ip() {
+    let _one = serial();
+    let mut c = Cluster::new(2);
+    let client = c.add_pod(PodSpec::meshed("shop", "client", "client", 1));
+    let server = c.add_pod(PodSpec::meshed("shop", "server", "server", 2));
+    c.echo_server(server, 8080);
+    c.write_config("");
+    c.start_ztunnel(1);
+    c.start_ztunnel(2);
+
+    let to = addr(c.pod(server).ip, 8080);
+    let secret = "SECRET-PAYLOAD-4b1d";
+    let (result, capture) = capture_underlay(&c, || c.exchange(client, to, secret));
+    let (peer, echo) = result.expect("exchange through the mesh");
+    assert_eq!(echo, secret);
+    assert_eq!(
+        peer,
+        c.pod(client).ip.to_string(),
+        "server sees the real client IP"
+    );
+
+    assert!(!capture.is_empty(), "the capture saw the tunnel");
+    assert!(
+        !capture.contains(secret),
+        "application bytes crossed the underlay in plaintext:\n{capture}"
+    );
+    let server_ip = c.pod(server).ip.to_string();
+    assert!(capture.contains(&format!("{server_ip}.15008")), "{capture}");
+    assert!(
+        !capture.contains(&format!("{server_ip}.8080")),
+        "a direct connection to the application port crossed the underlay:\n{capture}"
+    );
+
+    // Both ztunnels hold their pod's certificate.
+    let certs = c.admin_json(1, "/certs").to_string();
+    assert!(
+        certs.contains("spiffe://cluster.local/ns/shop/sa/client"),
+        "{certs}"
+    );
+    let certs = c.admin_json(2, "/certs").to_string();
+    assert!(
+        certs.contains("spiffe://cluster.local/ns/shop/sa/server"),
+        "{certs}"
+    );
+}
+
+#[test]
+fn deny_resets_the_client_and_allow_with_l7_fields_matches_nothing() {
+    let _one = serial();
+    let mut c = Cluster::new(2);
+    let friend = c.add_pod(PodSpec::meshed("shop", "friend", "friend", 1));
+    let intruder = c.add_pod(PodSpec::meshed("other", "intruder", "intruder", 1));
+    let server = c.add_pod(PodSpec::meshed("shop", "server", "server", 2));
+    c.echo_server(server, 8080);
+    let deny = r#"
+policies:
+  - name: deny-intruder
+    namespace: shop
+    action: ACTION_DENY
+    rules:
+      - from: [{ principals: [{ exact: "cluster.local/ns/other/sa/intruder" }] }]
+"#;
+    c.write_config(deny);
+    c.start_ztunnel(1);
+    c.start_ztunnel(2);
+    let to = addr(c.pod(server).ip, 8080);
+
+    let (_, echo) = c.exchange(friend, to, "hello").expect("friend allowed");
+    assert_eq!(echo, "hello");
+    let err = c
+        .exchange(intruder, to, "hello")
+        .expect_err("intruder denied");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+    let denials = c.admin_json(2, "/connections");
+    assert!(denials["connections"].as_array().is_some());
+
+    // An ALLOW policy whose only rule needs L7 (GET) cannot match at L4: it
+    // must deny everything rather than let everything through.
+    let allow_get = r#"
+policies:
+  - name: allow-get
+    namespace: shop
+    action: ACTION_ALLOW
+    rules:
+      - to: [{ methods: [GET] }]
+"#;
+    c.write_config(allow_get);
+    wait_for_policies(&c, 2, "allow-get", "deny-intruder");
+    let policies = c.admin_json(2, "/policies").to_string();
+    assert!(
+        policies.contains("matches nothing"),
+        "the L4 form says why: {policies}"
+    );
+    let err = c
+        .exchange(friend, to, "hello")
+        .expect_err("L7-only ALLOW denies at L4");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+}
+
+#[test]
+fn strict_refuses_plaintext_and_permissive_accepts_it() {
+    let _one = serial();
+    let mut c = Cluster::new(2);
+    let outsider = c.add_pod(PodSpec::plain("legacy", "outsider", 1));
+    let server = c.add_pod(PodSpec::meshed("shop", "server", "server", 2));
+    c.echo_server(server, 8080);
+    c.write_config("");
+    c.start_ztunnel(1);
+    c.start_ztunnel(2);
+    let to = addr(c.pod(server).ip, 8080);
+
+    let (peer, echo) = c
+        .exchange(outsider, to, "plain")
+        .expect("PERMISSIVE accepts plaintext");
+    assert_eq!(echo, "plain");
+    assert_eq!(
+        peer,
+        c.pod(outsider).ip.to_string(),
+        "server sees the real client IP"
+    );
+
+    let server_uid = c.pod(server).uid.clone();
+    c.write_config_with("", |p| {
+        if p.uid == server_uid {
+            "mtlsMode: MTLS_MODE_STRICT".into()
+        } else {
+            String::new()
+        }
+    });
+    wait_until(Duration::from_secs(20), || {
+        c.admin_json(2, "/workloads")
+            .to_string()
+            .contains("MTLS_MODE_STRICT")
+    })
+    .expect("STRICT reloaded");
+    let err = c
+        .exchange(outsider, to, "plain")
+        .expect_err("STRICT refuses plaintext");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+}
+
+#[test]
+fn a_destination_outside_the_mesh_is_reached_in_plain_tcp() {
+    let _one = serial();
+    let mut c = Cluster::new(2);
+    let client = c.add_pod(PodSpec::meshed("shop", "client", "client", 1));
+    let legacy = c.add_pod(PodSpec::plain("legacy", "db", 2));
+    c.echo_server(legacy, 5432);
+    // The legacy pod is not in the config at all: an unknown destination.
+    c.write_config("");
+    c.start_ztunnel(1);
+    c.start_ztunnel(2);
+    let (peer, echo) = c
+        .exchange(client, addr(c.pod(legacy).ip, 5432), "select 1")
+        .expect("passthrough");
+    assert_eq!(echo, "select 1");
+    assert_eq!(peer, c.pod(client).ip.to_string());
+}
+
+#[test]
+fn a_vip_spreads_connections_over_endpoints_on_both_nodes() {
+    let _one = serial();
+    let mut c = Cluster::new(2);
+    let client = c.add_pod(PodSpec::meshed("shop", "client", "client", 1));
+    let web1 = c.add_pod(PodSpec::meshed("shop", "web-1", "web", 1));
+    let web2 = c.add_pod(PodSpec::meshed("shop", "web-2", "web", 2));
+    let hits1 = c.echo_server(web1, 8080);
+    let hits2 = c.echo_server(web2, 8080);
+    let (uid1, uid2) = (c.pod(web1).uid.clone(), c.pod(web2).uid.clone());
+    let service = |prefer: bool| {
+        format!(
+            r#"
+services:
+  - name: web
+    namespace: shop
+    vips: ["10.96.0.10"]
+    ports: [{{ servicePort: 80, targetPort: 8080 }}]
+    preferSameNode: {prefer}
+    endpoints:
+      - {{ workloadUid: {}, ports: {{ "80": 8080 }} }}
+      - {{ workloadUid: {}, ports: {{ "80": 8080 }} }}
+"#,
+            uid1, uid2
+        )
+    };
+    let spread = service(false);
+    c.write_config(&spread);
+    c.start_ztunnel(1);
+    c.start_ztunnel(2);
+    let vip: SocketAddr = "10.96.0.10:80".parse().unwrap();
+    for i in 0..40 {
+        let (_, echo) = c.exchange(client, vip, &format!("n{i}")).expect("via VIP");
+        assert_eq!(echo, format!("n{i}"));
+    }
+    let (a, b) = (hits1.load(Ordering::SeqCst), hits2.load(Ordering::SeqCst));
+    assert_eq!(a + b, 40);
+    assert!(
+        a >= 5 && b >= 5,
+        "connections were not spread: node 1 {a}, node 2 {b}"
+    );
+
+    // With PreferClose, the client's own node serves while it is healthy.
+    let prefer = service(true);
+    c.write_config(&prefer);
+    wait_until(Duration::from_secs(20), || {
+        c.admin_json(1, "/services")
+            .to_string()
+            .contains("preferSameNode")
+    })
+    .expect("reloaded");
+    let before2 = hits2.load(Ordering::SeqCst);
+    for i in 0..10 {
+        c.exchange(client, vip, &format!("p{i}")).expect("via VIP");
+    }
+    assert_eq!(
+        hits2.load(Ordering::SeqCst),
+        before2,
+        "PreferClose stayed on node 1"
+    );
+}
+
+#[test]
+fn restarting_ztunnel_under_load_fails_no_new_connection() {
+    let _one = serial();
+    let mut c = Cluster::new(2);
+    let client = c.add_pod(PodSpec::meshed("shop", "client", "client", 1));
+    let server = c.add_pod(PodSpec::meshed("shop", "server", "server", 2));
+    c.echo_server(server, 8080);
+    c.write_config("");
+    c.start_ztunnel(1);
+    c.start_ztunnel(2);
+    let load = c.start_load(client, addr(c.pod(server).ip, 8080));
+    wait_until(Duration::from_secs(10), || {
+        load.ok.load(Ordering::SeqCst) > 20
+    })
+    .expect("load runs");
+
+    // The client side's ztunnel, then the server side's: a new one beside
+    // the old (SO_REUSEPORT), then the old one drains and exits.
+    for node in [1, 2] {
+        c.start_ztunnel(node);
+        let before = load.ok.load(Ordering::SeqCst);
+        c.stop_oldest_ztunnel(node);
+        wait_until(Duration::from_secs(10), || {
+            load.ok.load(Ordering::SeqCst) > before + 20
+        })
+        .expect("load continues after the restart");
+    }
+    let ok = load.ok.load(Ordering::SeqCst);
+    let errors = load.finish();
+    assert!(
+        errors.is_empty(),
+        "{} of {} connections failed: {errors:?}",
+        errors.len(),
+        ok + errors.len()
+    );
+    assert!(ok > 60);
+}
+
+#[test]
+fn a_pod_removed_by_the_agent_loses_its_listeners() {
+    let _one = serial();
+    let mut c = Cluster::new(1);
+    let a = c.add_pod(PodSpec::meshed("shop", "a", "a", 1));
+    let b = c.add_pod(PodSpec::meshed("shop", "b", "b", 1));
+    c.write_config("");
+    c.start_ztunnel(1);
+    let listening = |c: &Cluster, idx: usize| -> Vec<u16> {
+        c.in_pod(idx, || {
+            let table = std::fs::read_to_string("/proc/thread-self/net/tcp").unwrap_or_default();
+            let mut ports: Vec<u16> = table
+                .lines()
+                .skip(1)
+                .filter_map(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    (f.get(3) == Some(&"0A"))
+                        .then(|| f.get(1)?.rsplit(':').next())
+                        .flatten()
+                        .and_then(|p| u16::from_str_radix(p, 16).ok())
+                })
+                .collect();
+            ports.sort_unstable();
+            ports.dedup();
+            ports
+        })
+    };
+    wait_until(Duration::from_secs(10), || {
+        listening(&c, b) == vec![15001, 15006, 15008]
+    })
+    .expect("pod b served");
+    c.remove_from_mesh(b);
+    wait_until(Duration::from_secs(10), || listening(&c, b).is_empty())
+        .unwrap_or_else(|_| panic!("pod b still has listeners: {:?}", listening(&c, b)));
+    assert_eq!(
+        listening(&c, a),
+        vec![15001, 15006, 15008],
+        "pod a untouched"
+    );
+    let dump = c.admin_json(1, "/config_dump");
+    let pods = dump["pods"].to_string();
+    assert!(!pods.contains(&c.pod(b).uid), "{pods}");
+    assert!(pods.contains(&c.pod(a).uid), "{pods}");
+}
