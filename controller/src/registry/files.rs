@@ -130,6 +130,7 @@ pub fn load_dir(dir: &Path, config: &RegistryConfig) -> ClusterState {
     for bad in &state.invalid {
         tracing::warn!("skipped invalid object: {bad}");
     }
+    metrics::gauge!("weft_registry_invalid_objects").set(state.invalid.len() as f64);
     state
 }
 
