@@ -85,7 +85,11 @@ pub(crate) fn is_addressable(pod: &Pod) -> bool {
         .and_then(|s| s.phase.as_deref())
         .is_some_and(|p| p == "Succeeded" || p == "Failed");
     let deleting = pod.metadata.deletion_timestamp.is_some();
-    !host_network && !finished && !deleting && !pod_ips(pod).is_empty()
+    let has_ip = pod.status.as_ref().is_some_and(|s| {
+        s.pod_ip.as_deref().is_some_and(|ip| !ip.is_empty())
+            || s.pod_ips.as_ref().is_some_and(|ips| !ips.is_empty())
+    });
+    !host_network && !finished && !deleting && has_ip
 }
 
 fn health(pod: &Pod) -> HealthStatus {
@@ -130,7 +134,9 @@ pub(crate) fn build(
     peer_auth: &MtlsIndex<'_>,
     policies: &CompiledPolicies,
 ) -> BTreeMap<String, Workload> {
-    let mut out = BTreeMap::new();
+    // Collected first and turned into a map at once: a sorted bulk build
+    // moves each (large) Workload far less than one insert at a time.
+    let mut out = Vec::with_capacity(state.pods.len());
     for pod in state.pods.values() {
         if !is_addressable(pod) {
             continue;
@@ -181,7 +187,7 @@ pub(crate) fn build(
             canonical_name: canonical_name(pod),
             is_waypoint,
         };
-        out.insert(workload.uid.clone(), workload);
+        out.push((workload.uid.clone(), workload));
     }
-    out
+    out.into_iter().collect()
 }
