@@ -69,6 +69,33 @@ fn pod_to_pod_across_nodes_is_mtls_only_and_the_server_sees_the_client_ip() {
         "a direct connection to the application port crossed the underlay:\n{capture}"
     );
 
+    // Metrics and readiness on the node.
+    let (status, metrics) = c.node_http(1, 15020, "/metrics").expect("metrics");
+    assert_eq!(status, 200);
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("weft_tcp_connections_opened_total")
+                && l.contains("reporter=\"source\"")
+                && l.contains(
+                    "destination_principal=\"spiffe://cluster.local/ns/shop/sa/server\""
+                )),
+        "{metrics}"
+    );
+    let (status, metrics) = c.node_http(2, 15020, "/metrics").expect("metrics");
+    assert_eq!(status, 200);
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("weft_tcp_received_bytes_total")
+                && l.contains("reporter=\"destination\"")),
+        "{metrics}"
+    );
+    assert_eq!(
+        c.node_http(2, 15021, "/healthz/ready").map(|r| r.0),
+        Some(200)
+    );
+
     // Both ztunnels hold their pod's certificate.
     let certs = c.admin_json(1, "/certs").to_string();
     assert!(

@@ -433,6 +433,27 @@ impl Cluster {
         serde_json::from_str(&body).expect("admin JSON")
     }
 
+    /// A plain HTTP/1.0 GET to 127.0.0.1:`port` inside node's namespace
+    /// (metrics, readiness); (status, body).
+    pub fn node_http(&self, node: usize, port: u16, path: &str) -> Option<(u16, String)> {
+        let netns = format!("/var/run/netns/{}", self.nodes[node - 1].netns);
+        let path = path.to_owned();
+        std::thread::spawn(move || {
+            let ns = std::fs::File::open(&netns).ok()?;
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).ok()?;
+            let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+            s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+                .ok()?;
+            let mut response = String::new();
+            s.read_to_string(&mut response).ok()?;
+            let status = response.split_whitespace().nth(1)?.parse().ok()?;
+            Some((status, response.split_once("\r\n\r\n")?.1.to_owned()))
+        })
+        .join()
+        .ok()
+        .flatten()
+    }
+
     /// Runs `f` on a thread inside pod `idx`'s network namespace.
     pub fn in_pod<R: Send + 'static>(
         &self,
