@@ -597,3 +597,39 @@ mod tests {
         assert!(CertificateAuthority::from_pem("junk", ca.key_pem()).is_err());
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    //! Hostile input: arbitrary bytes and mangled requests never panic the
+    //! CA's parser; they are refused with a reason.
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn arbitrary_der_is_refused_not_panicked(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let _ = CertificateRequest::from_der(&bytes.into());
+        }
+
+        #[test]
+        fn arbitrary_pem_is_refused_not_panicked(text in ".{0,512}") {
+            let _ = CertificateRequest::from_pem(&text);
+            let pem = format!("-----BEGIN CERTIFICATE REQUEST-----\n{text}\n-----END CERTIFICATE REQUEST-----\n");
+            let _ = CertificateRequest::from_pem(&pem);
+        }
+
+        #[test]
+        fn mangled_valid_requests_never_panic(at in 0usize..400, byte in any::<u8>()) {
+            let id: SpiffeId = "spiffe://cluster.local/ns/a/sa/b".parse().unwrap();
+            let (pem, _) = generate_csr(&id).unwrap();
+            let der = CertificateSigningRequestDer::from_pem_slice(pem.as_bytes()).unwrap();
+            let mut bytes = der.as_ref().to_vec();
+            let i = at % bytes.len();
+            bytes[i] = byte;
+            if let Ok(request) = CertificateRequest::from_der(&bytes.into()) {
+                // Whatever still parses must still be exactly one SPIFFE ID.
+                prop_assert_eq!(request.identity().trust_domain(), "cluster.local");
+            }
+        }
+    }
+}

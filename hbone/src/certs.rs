@@ -387,3 +387,21 @@ mod tests {
         ));
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn certificate_and_bundle_parsers_never_panic(text in ".{0,512}", bytes in proptest::collection::vec(any::<u8>(), 0..1024)) {
+            let _ = WorkloadCertificate::from_pem(&[text.clone()], &text);
+            let _ = TrustBundle::from_pems("cluster.local", &[text]);
+            let _ = WorkloadCertificate::from_der(
+                vec![CertificateDer::from(bytes.clone())],
+                PrivateKeyDer::Pkcs8(bytes.into()),
+            );
+        }
+    }
+}

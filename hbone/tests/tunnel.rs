@@ -413,3 +413,58 @@ async fn malformed_connect_gets_400_and_other_streams_keep_working() {
     good_send.send_data(msg.clone(), false).unwrap();
     assert_eq!(good_body.data().await.unwrap().unwrap(), msg);
 }
+
+#[tokio::test]
+async fn garbage_frames_close_only_their_own_connection() {
+    let ca = TestCa::new();
+    let (client_id, server_id) = (id("a", "client"), id("b", "server"));
+    let server = start_server(&ca.issue(&server_id), &ca.bundle, Echo(Arc::default())).await;
+    let pool = pool(&ca);
+    let cert = ca.issue(&client_id);
+    let mut good = pool
+        .connect(&cert, &target(server.addr, &server_id), &DirectDialer)
+        .await
+        .unwrap();
+
+    // Several mTLS connections that then speak nonsense instead of HTTP/2,
+    // or a valid preface followed by malformed frames.
+    let config = weft_hbone::tls::client_config(&cert, &ca.bundle, &server_id).unwrap();
+    let payloads: Vec<Vec<u8>> = vec![
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        (0..4096u32).map(|i| (i * 7919 % 251) as u8).collect(),
+        [
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".as_slice(),
+            // A HEADERS frame claiming 16 MiB of payload on stream 0.
+            &[0xff, 0xff, 0xff, 0x01, 0x04, 0, 0, 0, 0],
+        ]
+        .concat(),
+        [
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".as_slice(),
+            // SETTINGS with a length that is not a multiple of 6.
+            &[0, 0, 5, 0x04, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5],
+        ]
+        .concat(),
+    ];
+    for payload in payloads {
+        let tcp = TcpStream::connect(server.addr).await.unwrap();
+        let mut tls = tokio_rustls::TlsConnector::from(config.clone())
+            .connect(
+                rustls::pki_types::ServerName::IpAddress(server.addr.ip().into()),
+                tcp,
+            )
+            .await
+            .unwrap();
+        let _ = tls.write_all(&payload).await;
+        let mut sink = Vec::new();
+        // The server closes this connection (GOAWAY or EOF), bounded.
+        let closed =
+            tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut sink)).await;
+        assert!(closed.is_ok(), "server kept a garbage connection open");
+    }
+
+    // The good tunnel on its own connection is untouched.
+    good.write_all(b"still fine").await.unwrap();
+    let mut back = [0u8; 10];
+    good.read_exact(&mut back).await.unwrap();
+    assert_eq!(&back, b"still fine");
+}

@@ -199,3 +199,18 @@ mod tests {
         assert!(err.to_string().contains("nonsense"), "{err}");
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn any_text_is_parsed_or_refused_never_panicked(text in "(workloads|services|policies|uid|addresses|:|\\[|\\]|\\{|\\}|-| |\n|[a-z0-9.]){0,200}") {
+            if let Ok(update) = parse(&text, 1) {
+                let _ = WorkloadStore::default().apply(update);
+            }
+        }
+    }
+}
