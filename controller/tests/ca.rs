@@ -192,3 +192,22 @@ async fn bad_csrs_are_refused_with_a_reason() {
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(err.message().contains("trust domain"), "{}", err.message());
 }
+
+#[tokio::test]
+async fn before_the_registry_syncs_callers_are_told_to_retry() {
+    let mut tokens = BootstrapTokens::default();
+    tokens.insert(
+        "node-a-token",
+        Caller::Ztunnel {
+            node: Some("node-a".into()),
+        },
+    );
+    let mut unsynced = state(&[pod("shop", "web-1", "node-a", "web", "10.244.1.5")]);
+    unsynced.synced = false;
+    let h = Harness::start(unsynced, Arc::new(tokens)).await;
+    let (web, _) = csr("shop", "web");
+    let err = ask(&h, Some("node-a-token"), "node-a", web)
+        .await
+        .expect_err("not yet");
+    assert_eq!(err.code(), tonic::Code::Unavailable);
+}

@@ -123,6 +123,13 @@ impl CaRpc for CaService {
             refuse("bad_csr");
             Status::invalid_argument(format!("bad CSR: {e}"))
         })?;
+        if !self.states.borrow().synced {
+            // Not knowing the pods yet is not a refusal: the caller retries.
+            refuse("unavailable");
+            return Err(Status::unavailable(
+                "the controller has not read the cluster yet",
+            ));
+        }
         let identity = csr.identity().clone();
         if identity.trust_domain() != self.ca.trust_domain() {
             refuse("bad_csr");
