@@ -396,7 +396,7 @@ mod fuzz {
     proptest! {
         #[test]
         fn certificate_and_bundle_parsers_never_panic(text in ".{0,512}", bytes in proptest::collection::vec(any::<u8>(), 0..1024)) {
-            let _ = WorkloadCertificate::from_pem(&[text.clone()], &text);
+            let _ = WorkloadCertificate::from_pem(std::slice::from_ref(&text), &text);
             let _ = TrustBundle::from_pems("cluster.local", &[text]);
             let _ = WorkloadCertificate::from_der(
                 vec![CertificateDer::from(bytes.clone())],
