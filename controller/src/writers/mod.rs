@@ -38,6 +38,8 @@ pub const ROOT_CONFIG_MAP: &str = "weft-ca-root";
 pub const FIELD_MANAGER: &str = "weft-controller";
 
 /// Runs the writers while this replica leads (always, without election).
+/// If the Lease cannot be reached, the replica does not write and tries the
+/// election again later; serving is unaffected.
 pub async fn run(
     client: Client,
     options: Options,
@@ -45,35 +47,50 @@ pub async fn run(
     states: watch::Receiver<Arc<ClusterState>>,
     root_pem: String,
 ) {
-    let mut leading = if options.leader_elect {
-        let identity = options.replica.clone().unwrap_or_else(|| {
-            std::fs::read_to_string("/etc/hostname")
-                .map(|h| h.trim().to_string())
-                .unwrap_or_else(|_| format!("weft-controller-{}", std::process::id()))
-        });
+    let deployer = DeployerConfig {
+        image: options.waypoint_image.clone(),
+        controller_address: options.controller_address.clone(),
+        root_namespace: options.root_namespace.clone(),
+        root_pem,
+    };
+    if !options.leader_elect {
+        let (_always, leading) = watch::channel(true);
+        lead_while(leading, &client, &deployer, &models, &states).await;
+        return;
+    }
+    let identity = options.replica.clone().unwrap_or_else(|| {
+        std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| format!("weft-controller-{}", std::process::id()))
+    });
+    loop {
         let manager = LeaseManagerBuilder::new(client.clone(), options.lease_name.clone())
             .with_namespace(options.root_namespace.clone())
-            .with_identity(identity)
+            .with_identity(identity.clone())
             .with_duration(15)
             .with_grace(5)
             .build()
             .await;
         match manager {
-            Ok(manager) => manager.watch().await.0,
-            Err(e) => {
-                tracing::error!("leader election unavailable, not writing: {e}");
-                return;
+            Ok(manager) => {
+                let (leading, _task) = manager.watch().await;
+                lead_while(leading, &client, &deployer, &models, &states).await;
+                tracing::warn!("leader election stopped; retrying");
             }
+            Err(e) => tracing::error!("leader election unavailable, not writing: {e}"),
         }
-    } else {
-        watch::channel(true).1
-    };
-    let deployer = DeployerConfig {
-        image: options.waypoint_image.clone(),
-        controller_address: options.controller_address.clone(),
-        root_namespace: options.root_namespace.clone(),
-        root_pem: root_pem.clone(),
-    };
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    }
+}
+
+/// Writes while `leading` says so; returns when the election ends.
+async fn lead_while(
+    mut leading: watch::Receiver<bool>,
+    client: &Client,
+    deployer: &DeployerConfig,
+    models: &watch::Receiver<Arc<ModelVersion>>,
+    states: &watch::Receiver<Arc<ClusterState>>,
+) {
     loop {
         if !*leading.borrow_and_update() {
             tracing::info!("not the leader; waiting");
@@ -92,7 +109,8 @@ pub async fn run(
             writer.reconcile(&state, &model).await;
             tokio::select! {
                 r = leading.changed() => {
-                    if r.is_err() || !*leading.borrow() { break }
+                    if r.is_err() { return }
+                    if !*leading.borrow() { break }
                 }
                 r = states.changed() => if r.is_err() { return },
                 r = models.changed() => if r.is_err() { return },
