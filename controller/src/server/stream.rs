@@ -19,11 +19,16 @@ struct Pending {
     nonce: String,
     version: u64,
     model: Arc<Model>,
-    /// Held from building a full snapshot until the proxy answers it, so
-    /// that a thousand proxies reconnecting at once do not hold a thousand
-    /// snapshots in memory at once.
-    _snapshot: Option<OwnedSemaphorePermit>,
+    /// Held from building a full snapshot until the proxy answers it (or
+    /// [`SNAPSHOT_ANSWER_TIMEOUT`] passes), so that a thousand proxies
+    /// reconnecting at once do not hold a thousand snapshots in memory at
+    /// once, and a proxy that never answers cannot hold a slot forever.
+    snapshot: Option<OwnedSemaphorePermit>,
+    sent_at: tokio::time::Instant,
 }
+
+/// How long a snapshot slot waits for the proxy's answer.
+const SNAPSHOT_ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 pub(crate) struct SubscriberStream {
     pub id: u64,
@@ -54,7 +59,19 @@ impl SubscriberStream {
                     }
                 }
             }
+            let holds_slot = pending.as_ref().is_some_and(|p| p.snapshot.is_some());
+            let slot_deadline = pending
+                .as_ref()
+                .map_or_else(tokio::time::Instant::now, |p| {
+                    p.sent_at + SNAPSHOT_ANSWER_TIMEOUT
+                });
             tokio::select! {
+                _ = tokio::time::sleep_until(slot_deadline), if holds_slot => {
+                    tracing::warn!(stream = self.id, "no answer to the snapshot; releasing its slot");
+                    if let Some(p) = pending.as_mut() {
+                        p.snapshot = None;
+                    }
+                }
                 request = requests.message() => {
                     let Ok(Some(request)) = request else { break };
                     match request.kind {
@@ -155,7 +172,8 @@ impl SubscriberStream {
             nonce,
             version: current.version,
             model: current.model.clone(),
-            _snapshot: permit,
+            snapshot: permit,
+            sent_at: tokio::time::Instant::now(),
         })
     }
 }
