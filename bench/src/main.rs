@@ -4,6 +4,7 @@
 
 mod hbone_loopback;
 mod stats;
+mod store_memory;
 
 use clap::{Parser, Subcommand};
 
@@ -24,6 +25,12 @@ enum Command {
     /// HBONE client -> server on loopback vs plain TCP on loopback: bulk
     /// throughput on one connection and 1 KiB request/response latency.
     HboneLoopback(hbone_loopback::Args),
+    /// ztunnel's state store: allocated bytes per known workload.
+    StoreMemory {
+        /// Workloads to load (plus one Service per 10).
+        #[arg(long, default_value_t = 100_000)]
+        workloads: u32,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -33,6 +40,7 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     let report = match cli.command {
         Command::HboneLoopback(args) => runtime.block_on(hbone_loopback::run(args))?,
+        Command::StoreMemory { workloads } => store_memory::measure(workloads)?,
     };
     println!("{}", serde_json::to_string(&report)?);
     Ok(())

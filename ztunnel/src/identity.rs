@@ -96,6 +96,8 @@ impl CaClient for GrpcCa {
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum CertWaitError {
+    #[error("no pod on this node has identity {0}")]
+    NotLocal(String),
     #[error("no certificate for {identity} after {waited:?}: {reason}")]
     Timeout {
         identity: String,
@@ -144,16 +146,7 @@ impl CertManager {
     /// A pod with `identity` arrived: make sure its certificate is fetched.
     pub fn want(&self, identity: &SpiffeId) {
         let mut entries = lock(&self.entries);
-        self.entry(&mut entries, identity).refs += 1;
-    }
-
-    /// The entry for `identity`, created (and its fetcher started) if new.
-    fn entry<'a>(
-        &self,
-        entries: &'a mut HashMap<SpiffeId, Entry>,
-        identity: &SpiffeId,
-    ) -> &'a mut Entry {
-        entries.entry(identity.clone()).or_insert_with(|| {
+        let entry = entries.entry(identity.clone()).or_insert_with(|| {
             let entry = Entry {
                 refs: 0,
                 cert: watch::channel(None).0,
@@ -162,7 +155,8 @@ impl CertManager {
             };
             self.spawn_fetcher(identity.clone(), &entry);
             entry
-        })
+        });
+        entry.refs += 1;
     }
 
     /// A pod with `identity` left; the last one stops renewal.
@@ -179,7 +173,11 @@ impl CertManager {
     }
 
     /// The current certificate for `identity`, waiting (bounded) for the
-    /// first one. Asking for an identity nobody wanted yet starts fetching it.
+    /// first one. Only identities of pods on this node (see [`Self::want`])
+    /// are fetched: an identity no local pod has any more is refused rather
+    /// than fetched again, or a connection racing a pod's removal (or a pod
+    /// handed over again with another service account) would keep asking
+    /// the CA for it forever.
     pub async fn get(
         &self,
         identity: &SpiffeId,
@@ -188,8 +186,10 @@ impl CertManager {
             return Ok(cert);
         }
         let (mut rx, last_error) = {
-            let mut entries = lock(&self.entries);
-            let entry = self.entry(&mut entries, identity);
+            let entries = lock(&self.entries);
+            let Some(entry) = entries.get(identity) else {
+                return Err(CertWaitError::NotLocal(identity.to_string()));
+            };
             (entry.cert.subscribe(), entry.last_error.clone())
         };
         let wait = rx.wait_for(|c| c.as_ref().is_some_and(|c| !c.is_expired(SystemTime::now())));
@@ -341,8 +341,20 @@ mod tests {
     async fn waiting_is_bounded_and_says_why() {
         let manager = CertManager::new(flaky(usize::MAX), Duration::from_millis(300));
         let id: SpiffeId = "spiffe://cluster.local/ns/a/sa/b".parse().unwrap();
+        manager.want(&id);
         let err = manager.get(&id).await.unwrap_err();
         assert!(err.to_string().contains("unavailable"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn identities_of_no_local_pod_are_not_fetched() {
+        let ca = flaky(0);
+        let manager = CertManager::new(ca.clone(), Duration::from_secs(5));
+        let gone: SpiffeId = "spiffe://cluster.local/ns/a/sa/default".parse().unwrap();
+        let err = manager.get(&gone).await.unwrap_err();
+        assert!(matches!(err, CertWaitError::NotLocal(_)), "{err}");
+        assert_eq!(ca.calls.load(Ordering::SeqCst), 0);
+        assert!(manager.status().is_empty());
     }
 
     #[tokio::test]

@@ -6,7 +6,7 @@
 //! An update is validated as a whole before anything changes, so a bad
 //! update (NACKed) leaves the last good config in place.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
 
@@ -37,12 +37,40 @@ pub enum StoreError {
     TrustBundle { domain: String, problem: String },
 }
 
+/// A workload in the set keyed by its own uid, so the key is not stored a
+/// second time.
+#[derive(Clone)]
+struct ByUid(Arc<Workload>);
+
+impl std::borrow::Borrow<str> for ByUid {
+    fn borrow(&self) -> &str {
+        &self.0.uid
+    }
+}
+
+impl std::hash::Hash for ByUid {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // Must hash exactly as `str` does, for lookups by `&str`.
+        self.0.uid.as_str().hash(state);
+    }
+}
+
+impl PartialEq for ByUid {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.uid == other.0.uid
+    }
+}
+
+impl Eq for ByUid {}
+
 #[derive(Default)]
 struct Inner {
-    workloads: HashMap<String, Arc<Workload>>,
-    by_ip: HashMap<IpAddr, String>,
+    workloads: HashSet<ByUid>,
+    // Indexes hold the Arc, not another copy of the key: at 100k workloads
+    // a second uid string per entry is a tenth of the budget.
+    by_ip: HashMap<IpAddr, Arc<Workload>>,
     services: HashMap<String, Arc<Service>>,
-    by_vip: HashMap<IpAddr, String>,
+    by_vip: HashMap<IpAddr, Arc<Service>>,
     policies: HashMap<String, Arc<Authorization>>,
     bundles: HashMap<String, Arc<TrustBundle>>,
 }
@@ -158,18 +186,20 @@ impl Inner {
         match resource {
             resource::Kind::Workload(w) => {
                 self.remove_workload(&w.uid.clone());
+                let w = Arc::new(w);
                 for ip in parse_ips(&w.addresses).unwrap_or_default() {
-                    self.by_ip.insert(ip, w.uid.clone());
+                    self.by_ip.insert(ip, w.clone());
                 }
-                self.workloads.insert(w.uid.clone(), Arc::new(w));
+                self.workloads.insert(ByUid(w));
             }
             resource::Kind::Service(s) => {
                 let key = service_key(&s);
                 self.remove_service(&key);
+                let s = Arc::new(s);
                 for ip in parse_ips(&s.vips).unwrap_or_default() {
-                    self.by_vip.insert(ip, key.clone());
+                    self.by_vip.insert(ip, s.clone());
                 }
-                self.services.insert(key, Arc::new(s));
+                self.services.insert(key, s);
             }
             resource::Kind::Authorization(p) => {
                 self.policies.insert(policy_key(&p), Arc::new(p));
@@ -182,10 +212,10 @@ impl Inner {
     }
 
     fn remove_workload(&mut self, uid: &str) {
-        if let Some(old) = self.workloads.remove(uid) {
+        if let Some(ByUid(old)) = self.workloads.take(uid) {
             for ip in parse_ips(&old.addresses).unwrap_or_default() {
                 // Another workload may have taken the IP over already.
-                if self.by_ip.get(&ip).is_some_and(|u| u == uid) {
+                if self.by_ip.get(&ip).is_some_and(|w| w.uid == uid) {
                     self.by_ip.remove(&ip);
                 }
             }
@@ -195,7 +225,7 @@ impl Inner {
     fn remove_service(&mut self, key: &str) {
         if let Some(old) = self.services.remove(key) {
             for ip in parse_ips(&old.vips).unwrap_or_default() {
-                if self.by_vip.get(&ip).is_some_and(|k| k == key) {
+                if self.by_vip.get(&ip).is_some_and(|s| service_key(s) == key) {
                     self.by_vip.remove(&ip);
                 }
             }
@@ -249,25 +279,15 @@ impl WorkloadStore {
     }
 
     pub fn workload(&self, uid: &str) -> Option<Arc<Workload>> {
-        self.read().workloads.get(uid).cloned()
+        self.read().workloads.get(uid).map(|w| w.0.clone())
     }
 
     pub fn workload_by_ip(&self, ip: IpAddr) -> Option<Arc<Workload>> {
-        let inner = self.read();
-        inner
-            .by_ip
-            .get(&ip)
-            .and_then(|uid| inner.workloads.get(uid))
-            .cloned()
+        self.read().by_ip.get(&ip).cloned()
     }
 
     pub fn service_by_vip(&self, ip: IpAddr) -> Option<Arc<Service>> {
-        let inner = self.read();
-        inner
-            .by_vip
-            .get(&ip)
-            .and_then(|k| inner.services.get(k))
-            .cloned()
+        self.read().by_vip.get(&ip).cloned()
     }
 
     /// The policies that apply to `workload` at L4.
@@ -289,7 +309,7 @@ impl WorkloadStore {
     }
 
     pub fn workloads(&self) -> Vec<Arc<Workload>> {
-        let mut all: Vec<_> = self.read().workloads.values().cloned().collect();
+        let mut all: Vec<_> = self.read().workloads.iter().map(|w| w.0.clone()).collect();
         all.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         all
     }
