@@ -119,16 +119,16 @@ async fn objects_appear_change_disappear_and_410_relists() {
 
     // 410: history is compacted while the watch is down; changes made in
     // the meantime arrive through the relist.
-    api.compact();
-    api.drop_watches();
-    api.apply(pod("c", "node-a", "10.244.1.3"));
-    api.delete(&pod("a", "node-a", "10.244.1.9"));
-    api.compact();
     let lists_before = api
         .requests()
         .iter()
         .filter(|r| r.starts_with("GET /api/v1/pods?") && !r.contains("watch=true"))
         .count();
+    api.compact();
+    api.drop_watches();
+    api.apply(pod("c", "node-a", "10.244.1.3"));
+    api.delete(&pod("a", "node-a", "10.244.1.9"));
+    api.compact();
     let state = wait_for(&mut rx, "relist after 410", |s| {
         s.pods.len() == 1 && pod_ip(s, "c").is_some()
     })

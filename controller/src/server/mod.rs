@@ -12,6 +12,7 @@ use futures::Stream;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_util::sync::CancellationToken;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 use tonic::{Request, Response, Status, Streaming};
 use weft_api::ca::certificate_authority_server::CertificateAuthorityServer;
@@ -32,6 +33,9 @@ pub struct ConfigServer {
     auth: Arc<dyn Authenticator>,
     next_stream: AtomicU64,
     snapshots: Arc<Semaphore>,
+    /// Cancelled when the server shuts down: streams end so that graceful
+    /// shutdown does not wait for proxies that never hang up.
+    shutdown: CancellationToken,
 }
 
 /// Full snapshots being built or awaiting their ACK at once, by default.
@@ -49,6 +53,7 @@ impl ConfigServer {
             auth,
             next_stream: AtomicU64::new(1),
             snapshots: Arc::new(Semaphore::new(DEFAULT_CONCURRENT_SNAPSHOTS)),
+            shutdown: CancellationToken::new(),
         }
     }
 
@@ -144,6 +149,7 @@ impl ConfigDiscovery for ConfigServer {
             subscribers: self.subscribers.clone(),
             tx,
             snapshots: self.snapshots.clone(),
+            shutdown: self.shutdown.clone(),
         };
         tokio::spawn(stream.run(requests));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -177,6 +183,11 @@ pub async fn serve(
         let identity = Identity::from_pem(tls.chain_pem.concat(), tls.key_pem);
         builder = builder.tls_config(ServerTlsConfig::new().identity(identity))?;
     }
+    let streams = config.shutdown.clone();
+    let shutdown = async move {
+        shutdown.await;
+        streams.cancel();
+    };
     let router = builder
         .add_service(ConfigDiscoveryServer::new(config))
         .add_optional_service(ca.map(CertificateAuthorityServer::new));

@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
 use weft_api::config::{ConfigRequest, ConfigResponse, ResourceType, config_request};
 
@@ -37,6 +38,7 @@ pub(crate) struct SubscriberStream {
     pub subscribers: Arc<Subscribers>,
     pub tx: mpsc::Sender<Result<ConfigResponse, Status>>,
     pub snapshots: Arc<Semaphore>,
+    pub shutdown: CancellationToken,
 }
 
 impl SubscriberStream {
@@ -50,7 +52,11 @@ impl SubscriberStream {
                 let current = self.models.borrow_and_update().clone();
                 let up_to_date = acked.as_ref().is_some_and(|(v, _)| *v == current.version);
                 if current.version > 0 && !up_to_date && nacked_version != Some(current.version) {
-                    match self.respond(&current, acked.as_ref(), &mut sent).await {
+                    let responded = tokio::select! {
+                        r = self.respond(&current, acked.as_ref(), &mut sent) => r,
+                        _ = self.shutdown.cancelled() => Respond::Closed,
+                    };
+                    match responded {
                         Respond::Sent(p) => pending = Some(p),
                         Respond::NothingForUs => {
                             acked = Some((current.version, current.model.clone()))
@@ -66,6 +72,7 @@ impl SubscriberStream {
                     p.sent_at + SNAPSHOT_ANSWER_TIMEOUT
                 });
             tokio::select! {
+                _ = self.shutdown.cancelled() => break,
                 _ = tokio::time::sleep_until(slot_deadline), if holds_slot => {
                     tracing::warn!(stream = self.id, "no answer to the snapshot; releasing its slot");
                     if let Some(p) = pending.as_mut() {
