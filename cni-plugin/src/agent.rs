@@ -86,6 +86,11 @@ struct Enrolled {
     /// Kept open so rules can be removed even after the runtime deleted the
     /// namespace's bind mount.
     netns: NetNs,
+    /// The service account and addresses ztunnel was given: a pod enrolled
+    /// at CNI ADD before the registry showed it was handed over with the
+    /// `default` service account, and must be handed over again once its
+    /// real one is known.
+    handed_over: (String, Vec<String>),
 }
 
 #[derive(Default)]
@@ -379,7 +384,26 @@ impl NodeAgent {
             return Ok(());
         };
         let redirector = self.config.redirector.clone();
-        if let Some(enrolled) = state.enrolled.get(key) {
+        if let Some(enrolled) = state.enrolled.get_mut(key) {
+            let now = (view.service_account.clone(), view.ips.clone());
+            if enrolled.handed_over != now {
+                // An AddPod for a uid ztunnel has replaces it.
+                self.hub.add(HandoffPod {
+                    identity: PodIdentity {
+                        uid: view.uid.clone(),
+                        name: view.name.clone(),
+                        namespace: view.namespace.clone(),
+                        service_account: view.service_account.clone(),
+                    },
+                    addresses: view.ips.clone(),
+                    netns: enrolled
+                        .netns
+                        .try_clone()
+                        .map_err(|e| EnrollError::Task(e.to_string()))?,
+                });
+                tracing::info!(pod = %view.pod_ref(), service_account = %view.service_account, "pod handed over again with its updated identity");
+                enrolled.handed_over = now;
+            }
             let ns = enrolled
                 .netns
                 .try_clone()
@@ -420,6 +444,7 @@ impl NodeAgent {
             Enrolled {
                 netns_path: path,
                 netns: ns,
+                handed_over: (view.service_account.clone(), view.ips.clone()),
             },
         );
         Ok(())
