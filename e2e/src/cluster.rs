@@ -21,10 +21,12 @@ use std::time::Duration;
 
 use crate::addresses::{self, CONTROLLER_IP, MAX_NODES};
 use crate::binaries::{self, Binaries};
+use crate::capture::Capture;
 use crate::cleanup::{self, Report};
 use crate::cni::{self, CniCommand, CniPod};
-use crate::components::controller::Controller;
+use crate::components::controller::{self, Controller};
 use crate::components::node_agent::{self, NodeLayout};
+use crate::components::ztunnel;
 use crate::error::{Error, Result};
 use crate::exec;
 use crate::manifests::{self, DATAPLANE_MODE, Manifests, PodObject};
@@ -35,7 +37,7 @@ use crate::pod::{ECHO_HTTP_PORT, ECHO_TCP_PORT, Pod, PodInner, PodSpec};
 use crate::process::{self, ManagedProcess};
 use crate::service::{Service, ServiceSpec};
 use crate::signals;
-use crate::state::{PodRecord, ProcessRecord, RunState, ServiceRecord};
+use crate::state::{ControllerRecord, PodRecord, ProcessRecord, RunState, ServiceRecord};
 use crate::topology;
 
 /// Where progress messages go.
@@ -111,7 +113,7 @@ pub struct Cluster {
     namespaces: BTreeMap<String, BTreeMap<String, String>>,
     ztunnel: bool,
     done: bool,
-    _underlay: Netns,
+    underlay: Netns,
 }
 
 /// Checks what a cluster needs before touching anything.
@@ -230,7 +232,7 @@ impl Cluster {
                     namespaces: BTreeMap::new(),
                     ztunnel: parts.ztunnel,
                     done: false,
-                    _underlay: parts.underlay,
+                    underlay: parts.underlay,
                 })
             }
             Err(e) => {
@@ -259,11 +261,17 @@ impl Cluster {
         topology::build_underlay(&underlay)?;
 
         let manifests = Manifests::create(&dir.join("manifests"))?;
+        state.manifests = Some(manifests.dir().to_path_buf());
+        state.trust_domain = Some("cluster.local".into());
 
         progress(&format!(
             "controller: namespace on the underlay at {CONTROLLER_IP}"
         ));
         let ctl_ns = create_netns(state, "ctl")?;
+        state.controller = Some(ControllerRecord {
+            admin_address: format!("127.0.0.1:{}", controller::DEBUG_PORT),
+            netns: ctl_ns.path(),
+        });
         topology::attach(&underlay, &ctl_ns, "ctl", CONTROLLER_IP)?;
         let mut controller = Controller::new(
             ctl_ns,
@@ -775,6 +783,125 @@ impl Cluster {
             pod.redirect_rules()
                 .is_ok_and(|r| if present { r.present() } else { r.absent() })
         })
+    }
+
+    /// GET `path` (`/workloads`, `/connections`, `/certs`, `/policies`...)
+    /// from node `index`'s ztunnel admin API, as JSON.
+    pub fn ztunnel_admin(&self, index: usize, path: &str) -> Result<serde_json::Value> {
+        let node = self.node(index)?;
+        let response = ztunnel::admin(node.layout(), path)?;
+        if response.status != 200 {
+            return Err(Error::Invalid(format!(
+                "{} ztunnel {path} answered {}: {}",
+                node.name(),
+                response.status,
+                response.body.trim()
+            )));
+        }
+        response.json()
+    }
+
+    /// Waits until every ztunnel's admin `path` satisfies `check`.
+    pub fn wait_for_ztunnels(
+        &self,
+        what: &str,
+        path: &str,
+        limit: Duration,
+        mut check: impl FnMut(&serde_json::Value) -> bool,
+    ) -> Result<()> {
+        if !self.ztunnel {
+            return Err(Error::Invalid("this cluster runs no ztunnel".into()));
+        }
+        process::wait_until(&format!("every ztunnel: {what}"), limit, || {
+            (1..=self.nodes.len()).all(|i| self.ztunnel_admin(i, path).is_ok_and(|v| check(&v)))
+        })
+    }
+
+    /// Waits until `pod` is fully in the mesh: its redirect rules are in
+    /// place, ztunnel listens inside it (15001, 15006, 15008), its node's
+    /// ztunnel holds its certificate, and every ztunnel knows it as an HBONE
+    /// workload (so no client treats it as outside the mesh).
+    pub fn wait_in_mesh(&self, pod: &Pod, limit: Duration) -> Result<()> {
+        self.wait_redirected(pod, true, limit)?;
+        if !self.ztunnel {
+            return Ok(());
+        }
+        process::wait_until(
+            &format!("ztunnel listening in pod {}", pod.key()),
+            limit,
+            || {
+                pod.netns()
+                    .listening_tcp_ports()
+                    .is_ok_and(|p| [15001, 15006, 15008].iter().all(|port| p.contains(port)))
+            },
+        )?;
+        let uid = pod.uid().to_string();
+        self.wait_for_ztunnels(
+            &format!("{} is an HBONE workload", pod.key()),
+            "/workloads",
+            limit,
+            |v| {
+                v["workloads"].as_array().is_some_and(|ws| {
+                    ws.iter().any(|w| {
+                        w["uid"] == uid.as_str() && w["protocol"] == "TUNNEL_PROTOCOL_HBONE"
+                    })
+                })
+            },
+        )?;
+        let identity = format!(
+            "spiffe://cluster.local/ns/{}/sa/{}",
+            pod.namespace(),
+            pod.service_account()
+        );
+        let index = self
+            .nodes
+            .iter()
+            .position(|n| n.name() == pod.node())
+            .map(|i| i + 1)
+            .ok_or_else(|| Error::Invalid(format!("no node {}", pod.node())))?;
+        process::wait_until(
+            &format!("{} holds a certificate for {identity}", pod.node()),
+            limit,
+            || {
+                self.ztunnel_admin(index, "/certs").is_ok_and(|v| {
+                    v["certificates"].as_array().is_some_and(|cs| {
+                        cs.iter()
+                            .any(|c| c["identity"] == identity.as_str() && c["state"] == "valid")
+                    })
+                })
+            },
+        )
+    }
+
+    /// Waits until every ztunnel knows `pod` (mesh or not) by its IP.
+    pub fn wait_known(&self, pod: &Pod, limit: Duration) -> Result<()> {
+        let ip = pod.ip().to_string();
+        self.wait_for_ztunnels(
+            &format!("{} is known", pod.key()),
+            "/workloads",
+            limit,
+            |v| {
+                v["workloads"].as_array().is_some_and(|ws| {
+                    ws.iter().any(|w| {
+                        w["addresses"]
+                            .as_array()
+                            .is_some_and(|a| a.iter().any(|x| x == ip.as_str()))
+                    })
+                })
+            },
+        )
+    }
+
+    /// Starts a packet capture of everything nodes send each other over
+    /// the underlay (see [`Capture`]); files `<run>/<name>-<node>.pcap`.
+    pub fn capture(&self, name: &str) -> Result<Capture> {
+        let ports: Vec<String> = self.nodes.iter().map(|n| n.name().to_string()).collect();
+        Capture::start(&self.underlay, self.dir(), name, &ports)
+    }
+
+    /// The underlay's namespace.
+    pub fn underlay(&self) -> &Netns {
+        &self.underlay
     }
 
     /// Node `index`'s agent coverage report, and whether it reports no drift.

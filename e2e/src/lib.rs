@@ -11,26 +11,31 @@
 //! - [`pod`] and [`service`]: what is asked for and the handles returned.
 //! - [`node`] and [`components`]: how each process is started and awaited.
 //! - [`topology`], [`addresses`], [`netns`]: namespaces, links, routes.
+//! - [`capture`]: tcpdump on the underlay, read back as text.
 //! - [`cni`]: the CNI chain, invoked as a container runtime does.
 //! - [`manifests`]: the files registry's directory (the "API server").
 //! - [`state`], [`cleanup`], [`signals`], [`names`]: run ids, the state file,
 //!   teardown after a drop, a panic, Ctrl-C or a killed run.
 //! - [`app`]: the sample workload (`weft-e2e-app`) run inside pods.
 //! - [`demo`] and [`narrate`]: the narrated demo (`weft-e2e demo`).
+//! - [`summary`]: what `weft-e2e status` and `up` print.
 //! - [`binaries`], [`process`], [`procs`], [`exec`], [`http`]: plumbing.
 
 pub mod addresses;
 pub mod app;
 pub mod binaries;
+pub mod capture;
 pub mod cleanup;
 pub mod cluster;
 pub mod cni;
 pub mod components;
+pub mod demo;
 pub mod error;
 pub mod exec;
 pub mod http;
 pub mod manifests;
 pub mod names;
+pub mod narrate;
 pub mod netns;
 pub mod node;
 pub mod pod;
@@ -39,6 +44,7 @@ pub mod procs;
 pub mod service;
 pub mod signals;
 pub mod state;
+pub mod summary;
 pub mod topology;
 
 pub use cluster::{Cluster, ClusterConfig, ZtunnelMode};

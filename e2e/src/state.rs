@@ -62,6 +62,16 @@ pub struct ServiceRecord {
     pub vip: String,
 }
 
+/// How to reach the controller's debug API (read by `weftctl --run-dir`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ControllerRecord {
+    /// The debug API's address inside `netns`.
+    pub admin_address: String,
+    /// The controller's netns path.
+    pub netns: PathBuf,
+}
+
 /// Everything a run created.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RunState {
@@ -82,6 +92,15 @@ pub struct RunState {
     pub pods: Vec<PodRecord>,
     /// The Services.
     pub services: Vec<ServiceRecord>,
+    /// The controller's manifest directory (the files registry).
+    #[serde(default)]
+    pub manifests: Option<PathBuf>,
+    /// The controller's debug API.
+    #[serde(default)]
+    pub controller: Option<ControllerRecord>,
+    /// The SPIFFE trust domain.
+    #[serde(default)]
+    pub trust_domain: Option<String>,
 }
 
 impl RunState {
@@ -102,6 +121,9 @@ impl RunState {
             processes: Vec::new(),
             pods: Vec::new(),
             services: Vec::new(),
+            manifests: None,
+            controller: None,
+            trust_domain: None,
         }
     }
 
