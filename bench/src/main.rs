@@ -2,6 +2,7 @@
 //! (plain TCP, no mesh, ...) on the same machine in the same run, and prints
 //! a JSON object with the ratios as its last line.
 
+mod controller;
 mod hbone_loopback;
 mod stats;
 mod store_memory;
@@ -25,6 +26,9 @@ enum Command {
     /// HBONE client -> server on loopback vs plain TCP on loopback: bulk
     /// throughput on one connection and 1 KiB request/response latency.
     HboneLoopback(hbone_loopback::Args),
+    /// The controller: propagation of pod changes to 1k subscribers over
+    /// real gRPC (10k pods, 1k services).
+    Controller(controller::ControllerBenchArgs),
     /// ztunnel's state store: allocated bytes per known workload.
     StoreMemory {
         /// Workloads to load (plus one Service per 10).
@@ -41,6 +45,7 @@ fn main() -> anyhow::Result<()> {
     let report = match cli.command {
         Command::HboneLoopback(args) => runtime.block_on(hbone_loopback::run(args))?,
         Command::StoreMemory { workloads } => store_memory::measure(workloads)?,
+        Command::Controller(args) => runtime.block_on(controller::run(args))?,
     };
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
