@@ -117,6 +117,32 @@ pub fn applies_to(policy: &Authorization, workload: &Workload) -> bool {
     }
 }
 
+/// Whether a waypoint-scoped policy applies at the waypoint
+/// `waypoint_namespace/waypoint_name` to traffic for `service` (namespace,
+/// name), when the traffic is addressed to a Service. A policy targeting the
+/// Gateway applies to everything the waypoint carries; one targeting a
+/// Service applies to that Service's traffic only.
+pub fn applies_at_waypoint(
+    policy: &Authorization,
+    waypoint_namespace: &str,
+    waypoint_name: &str,
+    service: Option<(&str, &str)>,
+) -> bool {
+    if policy.scope != PolicyScope::Waypoint as i32 {
+        return false;
+    }
+    let Some(target) = &policy.target else {
+        return false;
+    };
+    match target.kind.as_str() {
+        "Gateway" => target.namespace == waypoint_namespace && target.name == waypoint_name,
+        "Service" => {
+            service.is_some_and(|(ns, name)| target.namespace == ns && target.name == name)
+        }
+        _ => false,
+    }
+}
+
 /// `namespace/name`, the key policies go by in the config stream.
 pub fn policy_key(policy: &Authorization) -> String {
     format!("{}/{}", policy.namespace, policy.name)

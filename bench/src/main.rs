@@ -4,6 +4,8 @@
 
 mod controller;
 mod hbone_loopback;
+mod l4;
+mod loadgen;
 mod stats;
 mod store_memory;
 
@@ -29,6 +31,15 @@ enum Command {
     /// The controller: propagation of pod changes to 1k subscribers over
     /// real gRPC (10k pods, 1k services).
     Controller(controller::ControllerBenchArgs),
+    /// Pod to pod across two nodes, without the mesh and through ztunnel
+    /// (HBONE): throughput, request/response latency, connection rate, RSS.
+    L4(l4::Args),
+    /// The load generator's server (run inside a pod by `l4`).
+    #[command(hide = true)]
+    LoadServer,
+    /// The load generator's client (run inside a pod by `l4`).
+    #[command(hide = true)]
+    LoadClient(loadgen::ClientArgs),
     /// ztunnel's state store: allocated bytes per known workload.
     StoreMemory {
         /// Workloads to load (plus one Service per 10).
@@ -46,6 +57,12 @@ fn main() -> anyhow::Result<()> {
         Command::HboneLoopback(args) => runtime.block_on(hbone_loopback::run(args))?,
         Command::StoreMemory { workloads } => store_memory::measure(workloads)?,
         Command::Controller(args) => runtime.block_on(controller::run(args))?,
+        Command::L4(args) => l4::run(args)?,
+        Command::LoadServer => {
+            runtime.block_on(loadgen::server())?;
+            return Ok(());
+        }
+        Command::LoadClient(args) => runtime.block_on(loadgen::client(args))?,
     };
     println!("{}", serde_json::to_string(&report)?);
     Ok(())

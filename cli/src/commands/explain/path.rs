@@ -249,15 +249,8 @@ fn refused(enforcer: String, layer: &'static str, sees: String, reason: String) 
 
 /// Whether a waypoint-scoped policy applies at `waypoint` for `dest`.
 fn applies_at_waypoint(p: &Authorization, waypoint: &WaypointRef, dest: &Destination) -> bool {
-    if p.scope != PolicyScope::Waypoint as i32 {
-        return false;
-    }
-    let Some(t) = &p.target else { return false };
-    match t.kind.as_str() {
-        "Gateway" => t.namespace == waypoint.namespace && t.name == waypoint.name,
-        "Service" => dest.kind == "service" && t.namespace == dest.namespace && t.name == dest.name,
-        _ => false,
-    }
+    let service = (dest.kind == "service").then_some((dest.namespace.as_str(), dest.name.as_str()));
+    weft_api::authz::applies_at_waypoint(p, &waypoint.namespace, &waypoint.name, service)
 }
 
 /// The waypoint's running instances (its pods in the model).

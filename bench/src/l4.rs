@@ -1,0 +1,183 @@
+//! `l4`: pod → pod across two namespace "nodes", without the mesh and through
+//! it (pod → ztunnel → HBONE → ztunnel → pod), in the same cluster and run.
+//!
+//! The cluster is the e2e harness's (DESIGN §8): real CNI chain, node agents,
+//! controller and ztunnels. One namespace is enrolled, one is not; each has a
+//! client pod on node 1 and a server pod on node 2 running this binary's load
+//! generator. Rounds alternate between the two paths; the median of each is
+//! reported. Last line: JSON with `throughput_ratio`, `conn_rate_ratio`
+//! (mesh / no mesh), `p50_added_us`, `p99_added_us` and `rss_mib`.
+
+use std::process::{Child, Stdio};
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+use weft_e2e::{Cluster, ClusterConfig, Pod, PodSpec, ZtunnelMode};
+
+use crate::stats::{median, round2};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct Args {
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// Rounds per path (alternating); medians are reported.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Requests per second of the request/response test.
+    #[arg(long, default_value_t = 2000)]
+    rate: u32,
+    /// Parallel connections of the connection-rate test.
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+}
+
+/// The load server, killed when the bench ends.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_server(pod: &Pod) -> anyhow::Result<Server> {
+    let exe = std::env::current_exe()?;
+    let mut child = pod
+        .command(&exe.to_string_lossy())
+        .arg("load-server")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting the load server")?;
+    let mut ready = String::new();
+    use std::io::BufRead;
+    let stdout = child.stdout.take().context("server stdout")?;
+    std::io::BufReader::new(stdout).read_line(&mut ready)?;
+    if ready.trim() != "ready" {
+        bail!("load server did not start: {ready:?}");
+    }
+    Ok(Server(child))
+}
+
+fn run_client(client: &Pod, server: &Pod, mode: &str, args: &Args) -> anyhow::Result<Value> {
+    let exe = std::env::current_exe()?;
+    let out = client
+        .command(&exe.to_string_lossy())
+        .args(["load-client", "--mode", mode, "--server"])
+        .arg(server.ip().to_string())
+        .args(["--seconds", &args.seconds.to_string()])
+        .args(["--rate", &args.rate.to_string()])
+        .args(["--concurrency", &args.concurrency.to_string()])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running the load client")?;
+    if !out.status.success() {
+        bail!("load client ({mode}) failed: {}", String::from_utf8_lossy(&out.stdout));
+    }
+    let line = String::from_utf8_lossy(&out.stdout);
+    let last = line.lines().last().context("no output from the load client")?;
+    Ok(serde_json::from_str(last)?)
+}
+
+fn ztunnel_rss_mib(cluster: &Cluster) -> Vec<f64> {
+    cluster
+        .state()
+        .processes
+        .iter()
+        .filter(|p| p.name.ends_with("ztunnel"))
+        .filter_map(|p| {
+            let status = std::fs::read_to_string(format!("/proc/{}/status", p.pid)).ok()?;
+            let kb: f64 = status
+                .lines()
+                .find(|l| l.starts_with("VmRSS:"))?
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            Some(kb / 1024.0)
+        })
+        .collect()
+}
+
+pub fn run(args: Args) -> anyhow::Result<Value> {
+    let mut cluster = Cluster::up(ClusterConfig {
+        nodes: 2,
+        ztunnel: ZtunnelMode::On,
+        ..ClusterConfig::default()
+    })?;
+    cluster.add_namespace("mesh", true)?;
+    cluster.add_namespace("plain", false)?;
+    let mesh_server = cluster.add_pod(PodSpec::new("mesh", "server").on_node(2))?;
+    let mesh_client = cluster.add_pod(PodSpec::new("mesh", "client").on_node(1))?;
+    let plain_server = cluster.add_pod(PodSpec::new("plain", "server").on_node(2))?;
+    let plain_client = cluster.add_pod(PodSpec::new("plain", "client").on_node(1))?;
+    let idle_rss = ztunnel_rss_mib(&cluster);
+    eprintln!("ztunnel RSS, idle with pods: {idle_rss:?} MiB");
+    let _servers = [start_server(&mesh_server)?, start_server(&plain_server)?];
+    // Let the certificates and first HBONE connections settle.
+    let warmup = Args {
+        seconds: 1.0,
+        ..args.clone()
+    };
+    run_client(&mesh_client, &mesh_server, "conn", &warmup)?;
+
+    let mut results: std::collections::BTreeMap<&str, Vec<Value>> = Default::default();
+    for round in 0..args.rounds {
+        for mode in ["bulk", "rr", "conn"] {
+            for (path, client, server) in [
+                ("plain", &plain_client, &plain_server),
+                ("mesh", &mesh_client, &mesh_server),
+            ] {
+                let r = run_client(client, server, mode, &args)?;
+                eprintln!("round {} {mode} {path}: {r}", round + 1);
+                results
+                    .entry(match (mode, path) {
+                        ("bulk", "plain") => "bulk_plain",
+                        ("bulk", _) => "bulk_mesh",
+                        ("rr", "plain") => "rr_plain",
+                        ("rr", _) => "rr_mesh",
+                        ("conn", "plain") => "conn_plain",
+                        _ => "conn_mesh",
+                    })
+                    .or_default()
+                    .push(r);
+            }
+        }
+    }
+    let med = |key: &str, field: &str| {
+        median(
+            results
+                .get(key)
+                .map(|v| v.iter().filter_map(|r| r[field].as_f64()).collect())
+                .unwrap_or_default(),
+        )
+    };
+    let loaded_rss = ztunnel_rss_mib(&cluster);
+    let rss = loaded_rss.iter().copied().fold(0.0, f64::max);
+    let report = json!({
+        "bench": "l4",
+        "plain_gbps": round2(med("bulk_plain", "gbps")),
+        "mesh_gbps": round2(med("bulk_mesh", "gbps")),
+        "throughput_ratio": round2(med("bulk_mesh", "gbps") / med("bulk_plain", "gbps")),
+        "plain_conns_per_sec": round2(med("conn_plain", "conns_per_sec")),
+        "mesh_conns_per_sec": round2(med("conn_mesh", "conns_per_sec")),
+        "conn_rate_ratio": round2(med("conn_mesh", "conns_per_sec") / med("conn_plain", "conns_per_sec")),
+        "plain_p50_us": round2(med("rr_plain", "p50_us")),
+        "plain_p99_us": round2(med("rr_plain", "p99_us")),
+        "mesh_p50_us": round2(med("rr_mesh", "p50_us")),
+        "mesh_p99_us": round2(med("rr_mesh", "p99_us")),
+        "p50_added_us": round2(med("rr_mesh", "p50_us") - med("rr_plain", "p50_us")),
+        "p99_added_us": round2(med("rr_mesh", "p99_us") - med("rr_plain", "p99_us")),
+        "rss_mib": round2(rss),
+        "idle_rss_mib": round2(idle_rss.iter().copied().fold(0.0, f64::max)),
+        "rate": args.rate,
+        "seconds": args.seconds,
+        "rounds": args.rounds,
+    });
+    drop(_servers);
+    let _ = cluster.teardown();
+    Ok(report)
+}
+
