@@ -24,6 +24,7 @@ pub struct Node {
     layout: NodeLayout,
     agent: Option<ManagedProcess>,
     ztunnel: Option<ManagedProcess>,
+    ztunnel_instances: u32,
 }
 
 impl Node {
@@ -45,6 +46,7 @@ impl Node {
             layout,
             agent: None,
             ztunnel: None,
+            ztunnel_instances: 0,
         })
     }
 
@@ -146,23 +148,26 @@ impl Node {
         let token = controller.token_file(&self.name);
         let root = controller.root_cert();
         let url = controller.url();
+        let instance = self.ztunnel_instances;
+        self.ztunnel_instances += 1;
         let cmd = ztunnel::command(
             &self.netns,
             &ZtunnelLaunch {
                 node: &self.name,
                 layout: &self.layout,
                 binary: &binary,
+                instance,
                 controller_url: &url,
                 controller_ca: &root,
                 token_file: &token,
             },
         );
-        let mut process = ManagedProcess::spawn(
-            &format!("{}/ztunnel", self.name),
-            cmd,
-            &self.layout.ztunnel_log(),
-        )?;
-        ztunnel::wait_ready(&mut process, &self.netns)?;
+        let name = match instance {
+            0 => format!("{}/ztunnel", self.name),
+            n => format!("{}/ztunnel-{n}", self.name),
+        };
+        let mut process = ManagedProcess::spawn(&name, cmd, &self.layout.ztunnel_log(instance))?;
+        ztunnel::wait_ready(&mut process, &self.layout, instance)?;
         Ok(process)
     }
 

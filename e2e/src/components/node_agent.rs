@@ -57,13 +57,23 @@ impl NodeLayout {
     pub fn agent_log(&self) -> PathBuf {
         self.dir.join("node-agent.log")
     }
-    /// ztunnel's log.
-    pub fn ztunnel_log(&self) -> PathBuf {
-        self.dir.join("ztunnel.log")
+    /// The log of the node's `instance`th ztunnel (0: the first; restarts
+    /// start new instances beside the old ones).
+    pub fn ztunnel_log(&self, instance: u32) -> PathBuf {
+        match instance {
+            0 => self.dir.join("ztunnel.log"),
+            n => self.dir.join(format!("ztunnel-{n}.log")),
+        }
     }
-    /// ztunnel's admin API socket (reachable from outside the node's netns).
+    /// The admin API socket of the current ztunnel (reachable from outside
+    /// the node's netns): a symlink to the current instance's socket.
     pub fn ztunnel_admin_socket(&self) -> PathBuf {
         self.dir.join("ztunnel-admin.sock")
+    }
+    /// The admin API socket of ztunnel `instance` itself: while two run
+    /// side by side, only this says which one answers.
+    pub fn ztunnel_instance_socket(&self, instance: u32) -> PathBuf {
+        self.dir.join(format!("ztunnel-admin-{instance}.sock"))
     }
     /// Where the CNI chain finds plugins: Debian's, then weft's.
     pub fn cni_path(&self) -> Vec<PathBuf> {

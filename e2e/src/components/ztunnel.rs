@@ -33,6 +33,9 @@ pub struct ZtunnelLaunch<'a> {
     pub layout: &'a NodeLayout,
     /// The ztunnel binary.
     pub binary: &'a Path,
+    /// Which instance of the node's ztunnel this is (0, then one more per
+    /// restart).
+    pub instance: u32,
     /// The controller's URL.
     pub controller_url: &'a str,
     /// The controller's root certificate.
@@ -49,7 +52,7 @@ pub fn command(node: &Netns, launch: &ZtunnelLaunch<'_>) -> Command {
         .arg("--handoff-socket")
         .arg(l.handoff_socket())
         .arg("--admin-socket")
-        .arg(l.ztunnel_admin_socket())
+        .arg(l.ztunnel_instance_socket(launch.instance))
         .args([
             "--admin-addr",
             &format!("127.0.0.1:{ADMIN_PORT}"),
@@ -73,11 +76,20 @@ pub fn command(node: &Netns, launch: &ZtunnelLaunch<'_>) -> Command {
     cmd
 }
 
-/// Waits until ztunnel answers 200 on `/healthz/ready`.
-pub fn wait_ready(process: &mut ManagedProcess, node: &Netns) -> Result<()> {
+/// Waits until this instance says it is ready on its own admin socket (the
+/// readiness port is shared with an instance still running beside it, so
+/// it could answer for the old one), then points the node's stable admin
+/// socket name at it.
+pub fn wait_ready(process: &mut ManagedProcess, layout: &NodeLayout, instance: u32) -> Result<()> {
+    let socket = layout.ztunnel_instance_socket(instance);
     process.wait_ready("ready on /healthz/ready", READY_TIMEOUT, || {
-        readiness(node).is_ok_and(|r| r.status == 200)
-    })
+        http::get_unix(&socket, "/healthz/ready").is_ok_and(|r| r.status == 200)
+    })?;
+    let link = layout.ztunnel_admin_socket();
+    let tmp = layout.dir.join(".ztunnel-admin.sock.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(&socket, &tmp).map_err(crate::error::Error::io(&tmp))?;
+    std::fs::rename(&tmp, &link).map_err(crate::error::Error::io(&link))
 }
 
 /// GET `/healthz/ready` on the readiness port.
