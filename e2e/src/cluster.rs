@@ -141,6 +141,15 @@ pub fn preflight() -> Result<()> {
     Ok(())
 }
 
+/// How long a node agent may take to see a change in the manifests.
+const AGENT_SYNC: Duration = Duration::from_secs(10);
+
+/// A node agent's enrollment cache (what it knows of namespace and pod
+/// labels), if readable.
+fn enrollment_cache(path: &Path) -> Option<serde_json::Value> {
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+}
+
 /// Records a namespace in the state before creating it, so a crash between
 /// the two still leaves teardown a name to remove.
 fn create_netns(state: &mut RunState, role: &str) -> Result<Netns> {
@@ -434,12 +443,31 @@ impl Cluster {
         self.write_namespace(name, labels)
     }
 
+    /// Writes the Namespace and returns once every node agent has seen it
+    /// (its enrollment cache says whether the namespace is ambient): in a
+    /// real cluster a namespace exists long before its pods, so the pods
+    /// created next are decided at their CNI ADD, not later.
     fn write_namespace(&mut self, name: &str, labels: BTreeMap<String, String>) -> Result<()> {
         self.manifests.write(
             &manifests::namespace_stem(name),
             &[manifests::namespace(name, &labels)],
         )?;
+        let ambient = labels.get(DATAPLANE_MODE).is_some_and(|v| v == "ambient");
         self.namespaces.insert(name.to_string(), labels);
+        for node in &self.nodes {
+            let cache = node.layout().enrollment_cache();
+            process::wait_until(
+                &format!("{}'s agent seeing namespace {name}", node.name()),
+                AGENT_SYNC,
+                || {
+                    enrollment_cache(&cache).is_some_and(|c| {
+                        c["ambientNamespaces"]
+                            .as_array()
+                            .is_some_and(|a| a.iter().any(|n| n == name) == ambient)
+                    })
+                },
+            )?;
+        }
         Ok(())
     }
 
@@ -507,6 +535,19 @@ impl Cluster {
             pod
         };
         self.manifests.write(&stem, &[object(None)])?;
+        if let Some(mode) = spec.labels.get(DATAPLANE_MODE) {
+            // As for namespaces: the pod object exists before its sandbox,
+            // so the agent knows the pod's own label at its CNI ADD.
+            let cache = layout.enrollment_cache();
+            process::wait_until(
+                &format!("{node_name}'s agent seeing pod {key}"),
+                AGENT_SYNC,
+                || {
+                    enrollment_cache(&cache)
+                        .is_some_and(|c| c["podModes"][key.as_str()] == mode.as_str())
+                },
+            )?;
+        }
 
         let netns = create_netns(&mut self.state, &netns_role)?;
         let cni_pod = CniPod {
@@ -567,6 +608,7 @@ impl Cluster {
             node: node_name,
             ip: ip.to_string(),
             netns: pod.netns().name().to_string(),
+            echo_server: spec.echo_server,
         });
         self.state.save()?;
         self.pods.push(pod.clone());

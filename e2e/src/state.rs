@@ -49,6 +49,9 @@ pub struct PodRecord {
     pub ip: String,
     /// Its network namespace.
     pub netns: String,
+    /// Whether it runs the sample echo server (TCP 9000, HTTP 8080).
+    #[serde(default)]
+    pub echo_server: bool,
 }
 
 /// A Service of the run.

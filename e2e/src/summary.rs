@@ -88,15 +88,41 @@ pub fn how_to_reach(state: &RunState, bins: &Binaries) -> String {
         state.run_id,
         state.dir.display()
     );
-    if let Some(pod) = state.pods.first() {
+    if !state.pods.is_empty() {
+        let _ = writeln!(out, "Pods:");
+        for p in &state.pods {
+            let _ = writeln!(
+                out,
+                "  {:<20} {:<7} {:<12} netns {}{}",
+                format!("{}/{}", p.namespace, p.name),
+                p.node,
+                p.ip,
+                p.netns,
+                if p.echo_server {
+                    "  (echo server: tcp 9000, http 8080)"
+                } else {
+                    ""
+                }
+            );
+        }
+        let from = &state.pods[0];
+        let to = state.pods.iter().find(|p| p.echo_server).unwrap_or(from);
         let _ = writeln!(out, "Run something inside a pod:");
         let _ = writeln!(
             out,
-            "  ip netns exec {} {} tcp <ip>:9000",
-            pod.netns,
-            app.display()
+            "  ip netns exec {} {} tcp {}:9000 --message hi",
+            from.netns,
+            app.display(),
+            to.ip
         );
-        let _ = writeln!(out, "  ip netns exec {} bash", pod.netns);
+        let _ = writeln!(
+            out,
+            "  ip netns exec {} {} http http://{}:8080/",
+            from.netns,
+            app.display(),
+            to.ip
+        );
+        let _ = writeln!(out, "  ip netns exec {} bash", from.netns);
     }
     let _ = writeln!(
         out,

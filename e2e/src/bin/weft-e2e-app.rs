@@ -10,7 +10,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use weft_e2e::app::{client, echo, load};
 
@@ -83,6 +83,12 @@ enum Cmd {
     },
 }
 
+/// A failed exchange: one line on stderr (tests and the demo show it), exit 1.
+fn fail(message: &str) -> ! {
+    eprintln!("{message}");
+    std::process::exit(1)
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -105,7 +111,7 @@ fn main() -> anyhow::Result<()> {
                     println!("{}", serde_json::to_string(&reply)?);
                     Ok(())
                 }
-                Err(e) => bail!("{addr}: {e}"),
+                Err(e) => fail(&format!("{addr}: {e}")),
             },
             Cmd::Http {
                 url,
@@ -136,7 +142,7 @@ fn main() -> anyhow::Result<()> {
                         print!("{body}");
                         Ok(())
                     }
-                    Err(e) => bail!("{url}: {e}"),
+                    Err(e) => fail(&format!("{url}: {e}")),
                 }
             }
             Cmd::Load {
