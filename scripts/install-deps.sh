@@ -10,6 +10,7 @@ packages=(
   containernetworking-plugins  # the real CNI chain: bridge + host-local
   tcpdump                      # captures proving only mTLS crosses the underlay
   procps                       # ps/pkill for teardown checks
+  haproxy                      # the L7 baseline of the waypoint benchmark
 )
 
 missing=()

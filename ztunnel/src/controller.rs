@@ -66,14 +66,41 @@ pub struct ConfigClient {
 const MIN_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(15);
 
+/// What ztunnel subscribes to: everything but routes, for its node.
+pub fn ztunnel_subscription(node: &str) -> Subscribe {
+    Subscribe {
+        proxy: Some(ProxyInfo {
+            id: format!("ztunnel~{node}~{}", std::process::id()),
+            kind: ProxyKind::Ztunnel as i32,
+            node: node.to_owned(),
+            namespace: String::new(),
+            name: String::new(),
+        }),
+        types: vec![
+            ResourceType::Workload as i32,
+            ResourceType::Service as i32,
+            ResourceType::Authorization as i32,
+            ResourceType::TrustBundle as i32,
+        ],
+    }
+}
+
 impl ConfigClient {
+    /// Follows the stream as this node's ztunnel.
     pub async fn run(self, shutdown: CancellationToken) {
+        let subscription = ztunnel_subscription(&self.node);
+        self.run_as(subscription, shutdown).await
+    }
+
+    /// Follows the stream with another subscription (a waypoint's: its
+    /// Gateway, and routes too), into the same store.
+    pub async fn run_as(self, subscription: Subscribe, shutdown: CancellationToken) {
         let mut backoff = MIN_BACKOFF;
         loop {
             let started = std::time::Instant::now();
             let result = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                r = self.follow() => r,
+                r = self.follow(&subscription) => r,
             };
             match result {
                 Ok(()) => info!("config stream ended; reconnecting"),
@@ -93,24 +120,10 @@ impl ConfigClient {
         }
     }
 
-    async fn follow(&self) -> Result<(), String> {
+    async fn follow(&self, subscription: &Subscribe) -> Result<(), String> {
         let (tx, rx) = tokio::sync::mpsc::channel::<ConfigRequest>(16);
         let subscribe = ConfigRequest {
-            kind: Some(config_request::Kind::Subscribe(Subscribe {
-                proxy: Some(ProxyInfo {
-                    id: format!("ztunnel~{}~{}", self.node, std::process::id()),
-                    kind: ProxyKind::Ztunnel as i32,
-                    node: self.node.clone(),
-                    namespace: String::new(),
-                    name: String::new(),
-                }),
-                types: vec![
-                    ResourceType::Workload as i32,
-                    ResourceType::Service as i32,
-                    ResourceType::Authorization as i32,
-                    ResourceType::TrustBundle as i32,
-                ],
-            })),
+            kind: Some(config_request::Kind::Subscribe(subscription.clone())),
         };
         tx.send(subscribe).await.map_err(|e| e.to_string())?;
         let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));

@@ -28,6 +28,7 @@
 //!
 //! Policies are written in their full form; ztunnel compiles the L4 form
 //! itself (the same `compile_l4` the controller uses) when `l4Rules` is absent.
+//! A waypoint's file may also hold `routes:` (`weft.config.v1.Route`).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -35,7 +36,7 @@ use std::time::{Duration, SystemTime};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
-use weft_api::config::{Authorization, Service, Workload, resource};
+use weft_api::config::{Authorization, Route, Service, Workload, resource};
 
 use crate::state::{ConfigUpdate, WorkloadStore};
 
@@ -48,6 +49,8 @@ struct LocalConfig {
     services: Vec<Service>,
     #[serde(default)]
     policies: Vec<Authorization>,
+    #[serde(default)]
+    routes: Vec<Route>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +106,7 @@ fn parse(text: &str, version: u64) -> Result<ConfigUpdate, serde_yaml::Error> {
         }
         resources.push(resource::Kind::Authorization(policy));
     }
+    resources.extend(config.routes.into_iter().map(resource::Kind::Route));
     Ok(ConfigUpdate {
         version,
         full_snapshot: true,

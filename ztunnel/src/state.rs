@@ -1,7 +1,7 @@
-//! The one state store: workloads, services, policies and trust bundles,
-//! indexed for the lookups the proxy paths make (by uid, by pod IP, by
-//! service VIP). The config source writes it; connection handling only
-//! reads it.
+//! The one state store: workloads, services, policies, trust bundles (and,
+//! for waypoints, L7 routes), indexed for the lookups the proxy paths make
+//! (by uid, by pod IP, by service VIP). The config source writes it;
+//! connection handling only reads it.
 //!
 //! An update is validated as a whole before anything changes, so a bad
 //! update (NACKed) leaves the last good config in place.
@@ -11,7 +11,9 @@ use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
 
 use tokio::sync::watch;
-use weft_api::config::{Authorization, ResourceType, Service, TrustBundle, Workload, resource};
+use weft_api::config::{
+    Authorization, ResourceType, Route, Service, TrustBundle, Workload, resource,
+};
 use weft_hbone::SpiffeId;
 use weft_hbone::identity::DEFAULT_TRUST_DOMAIN;
 
@@ -35,6 +37,8 @@ pub enum StoreError {
     Policy { key: String, problem: String },
     #[error("trust bundle {domain:?}: {problem}")]
     TrustBundle { domain: String, problem: String },
+    #[error("route {key:?}: {problem}")]
+    Route { key: String, problem: String },
 }
 
 /// A workload in the set keyed by its own uid, so the key is not stored a
@@ -73,6 +77,8 @@ struct Inner {
     by_vip: HashMap<IpAddr, Arc<Service>>,
     policies: HashMap<String, Arc<Authorization>>,
     bundles: HashMap<String, Arc<TrustBundle>>,
+    // Only a waypoint subscribes to routes; ztunnel's stays empty.
+    routes: HashMap<String, Arc<Route>>,
 }
 
 /// The store. Cheap to clone; clones share state.
@@ -97,6 +103,10 @@ pub fn service_key(s: &Service) -> String {
 
 pub fn policy_key(p: &Authorization) -> String {
     format!("{}/{}", p.namespace, p.name)
+}
+
+pub fn route_key(r: &Route) -> String {
+    format!("{}/{}", r.namespace, r.name)
 }
 
 /// A workload's SPIFFE identity.
@@ -175,8 +185,14 @@ fn validate(resource: &resource::Kind) -> Result<(), StoreError> {
                 }
             })?;
         }
-        // Routes are the waypoint's business.
-        resource::Kind::Route(_) => {}
+        resource::Kind::Route(r) => {
+            if r.name.is_empty() || r.namespace.is_empty() {
+                return Err(StoreError::Route {
+                    key: route_key(r),
+                    problem: "empty name or namespace".into(),
+                });
+            }
+        }
     }
     Ok(())
 }
@@ -207,7 +223,9 @@ impl Inner {
             resource::Kind::TrustBundle(b) => {
                 self.bundles.insert(b.trust_domain.clone(), Arc::new(b));
             }
-            resource::Kind::Route(_) => {}
+            resource::Kind::Route(r) => {
+                self.routes.insert(route_key(&r), Arc::new(r));
+            }
         }
     }
 
@@ -242,7 +260,10 @@ impl Inner {
             ResourceType::TrustBundle => {
                 self.bundles.remove(key);
             }
-            ResourceType::Route | ResourceType::Unspecified => {}
+            ResourceType::Route => {
+                self.routes.remove(key);
+            }
+            ResourceType::Unspecified => {}
         }
     }
 }
@@ -286,6 +307,11 @@ impl WorkloadStore {
         self.read().by_ip.get(&ip).cloned()
     }
 
+    /// A Service by `namespace/name`.
+    pub fn service(&self, key: &str) -> Option<Arc<Service>> {
+        self.read().services.get(key).cloned()
+    }
+
     pub fn service_by_vip(&self, ip: IpAddr) -> Option<Arc<Service>> {
         self.read().by_vip.get(&ip).cloned()
     }
@@ -323,6 +349,13 @@ impl WorkloadStore {
     pub fn policies(&self) -> Vec<Arc<Authorization>> {
         let mut all: Vec<_> = self.read().policies.values().cloned().collect();
         all.sort_by_key(|p| policy_key(p));
+        all
+    }
+
+    /// HTTPRoutes and GRPCRoutes (a waypoint's subscription only).
+    pub fn routes(&self) -> Vec<Arc<Route>> {
+        let mut all: Vec<_> = self.read().routes.values().cloned().collect();
+        all.sort_by_key(|r| route_key(r));
         all
     }
 
@@ -405,6 +438,44 @@ mod tests {
             .unwrap();
         assert!(store.workload("b").is_none());
         assert_eq!(store.version(), 3);
+    }
+
+    #[test]
+    fn routes_are_kept_for_a_waypoint() {
+        let store = WorkloadStore::default();
+        let route = |name: &str| {
+            resource::Kind::Route(Route {
+                name: name.into(),
+                namespace: "ns".into(),
+                ..Default::default()
+            })
+        };
+        store
+            .apply(ConfigUpdate {
+                version: 1,
+                full_snapshot: true,
+                resources: vec![route("b"), route("a")],
+                removed: vec![],
+            })
+            .unwrap();
+        let names: Vec<_> = store.routes().iter().map(|r| r.name.clone()).collect();
+        assert_eq!(names, ["a", "b"]);
+        store
+            .apply(ConfigUpdate {
+                version: 2,
+                removed: vec![(ResourceType::Route, "ns/a".into())],
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(store.routes().len(), 1);
+        let err = store
+            .apply(ConfigUpdate {
+                version: 3,
+                resources: vec![route("")],
+                ..Default::default()
+            })
+            .unwrap_err();
+        assert!(err.to_string().contains("route"), "{err}");
     }
 
     #[test]

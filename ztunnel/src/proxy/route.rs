@@ -4,7 +4,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use weft_api::config::{HealthStatus, Service, TunnelProtocol, WaypointRef, Workload};
+use weft_api::config::{HealthStatus, Service, ServicePort, TunnelProtocol, WaypointRef, Workload};
 use weft_hbone::SpiffeId;
 
 use super::lb::{Candidate, EndpointLoad, LoadBalancer};
@@ -88,7 +88,35 @@ fn route_service(
             None => unreachable_waypoint(waypoint),
         };
     }
-    let candidates: Vec<Candidate> = service
+    let candidates = service_candidates(store, &service, port);
+    let prefer_node = service.prefer_same_node.then_some(node);
+    let Some((chosen, load)) = lb.pick(&candidates, prefer_node) else {
+        return Route::Unreachable {
+            reason: format!(
+                "service {}/{} has no healthy endpoint",
+                service.namespace, service.name
+            ),
+        };
+    };
+    route_workload(
+        source,
+        chosen.workload.clone(),
+        chosen.addr,
+        Some(service),
+        Some(load),
+    )
+}
+
+/// The healthy endpoints of `service` for its `port`, each resolved to the
+/// workload and the `pod IP:target port` to reach. Shared with the
+/// waypoint, which picks endpoints the same way.
+pub fn service_candidates(
+    store: &WorkloadStore,
+    service: &Service,
+    port: &ServicePort,
+) -> Vec<Candidate> {
+    let svc_port = port.service_port;
+    service
         .endpoints
         .iter()
         .filter(|e| e.status == HealthStatus::Healthy as i32)
@@ -114,23 +142,7 @@ fn route_service(
                 addr: SocketAddr::new(ip, target),
             })
         })
-        .collect();
-    let prefer_node = service.prefer_same_node.then_some(node);
-    let Some((chosen, load)) = lb.pick(&candidates, prefer_node) else {
-        return Route::Unreachable {
-            reason: format!(
-                "service {}/{} has no healthy endpoint",
-                service.namespace, service.name
-            ),
-        };
-    };
-    route_workload(
-        source,
-        chosen.workload.clone(),
-        chosen.addr,
-        Some(service),
-        Some(load),
-    )
+        .collect()
 }
 
 fn route_workload(

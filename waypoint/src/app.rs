@@ -1,0 +1,403 @@
+//! The waypoint as a whole: [`Waypoint`] (the library's top object, which
+//! tests run on loopback) and [`run`] (the process: flags → config source,
+//! CA, listeners; SIGTERM → drain).
+//!
+//! Drain: readiness turns 503 and HTTP connections finish their request in
+//! flight and close; the HBONE listener closes and clients get GOAWAY; open
+//! tunnels (TCP copies, long requests) get up to `--drain-seconds`.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+use weft_api::config::{ProxyInfo, ProxyKind, ResourceType, Subscribe};
+use weft_hbone::{
+    CertificateAuthority, HboneServer, PoolSettings, ServerSettings, SpiffeId, TrustBundle,
+    TunnelPool,
+};
+use weft_ztunnel::admin::LogControl;
+use weft_ztunnel::controller::{ConfigClient, TokenSource};
+use weft_ztunnel::identity::{CaClient, CertManager, GrpcCa, LocalCa};
+use weft_ztunnel::local_config::LocalConfigSource;
+use weft_ztunnel::proxy::TrustState;
+use weft_ztunnel::socket::listen_shared;
+use weft_ztunnel::state::WorkloadStore;
+
+use crate::admin::{self, Admin};
+use crate::destination::WaypointName;
+use crate::inbound::InboundHandler;
+use crate::observe::Observer;
+use crate::options::Options;
+use crate::proxy::{Proxy, ProxySettings};
+use crate::snapshot::ConfigView;
+use crate::tls::WaypointTls;
+use crate::upstream::Connector;
+use crate::upstream::pool::{HttpPool, HttpPoolSettings};
+
+/// What a waypoint is and how it behaves.
+#[derive(Debug, Clone)]
+pub struct WaypointSettings {
+    pub name: WaypointName,
+    /// Its own identity (its service account's SPIFFE ID).
+    pub identity: SpiffeId,
+    pub proxy: ProxySettings,
+    /// The inbound HBONE server.
+    pub hbone: ServerSettings,
+    /// The upstream HBONE client.
+    pub tunnels: PoolSettings,
+    pub http_pool: HttpPoolSettings,
+    /// One log line per request (target `access`).
+    pub access_log: bool,
+}
+
+impl WaypointSettings {
+    pub fn new(name: WaypointName, identity: SpiffeId) -> WaypointSettings {
+        WaypointSettings {
+            name,
+            identity,
+            proxy: ProxySettings::default(),
+            hbone: ServerSettings::default(),
+            tunnels: PoolSettings::default(),
+            http_pool: HttpPoolSettings::default(),
+            access_log: true,
+        }
+    }
+}
+
+/// A running waypoint's parts.
+pub struct Waypoint {
+    pub proxy: Arc<Proxy>,
+    pub certs: CertManager,
+    pub trust: TrustState,
+    pub tunnels: TunnelPool,
+    pub identity: SpiffeId,
+    hbone: ServerSettings,
+}
+
+impl Waypoint {
+    /// Builds the waypoint and starts fetching its certificate.
+    pub fn new(
+        settings: WaypointSettings,
+        store: WorkloadStore,
+        ca: Arc<dyn CaClient>,
+        trust: TrustBundle,
+    ) -> Arc<Waypoint> {
+        let certs = CertManager::new(ca, Duration::from_secs(10));
+        certs.want(&settings.identity);
+        let tunnels = TunnelPool::new(settings.tunnels.clone(), trust.clone());
+        let connector = Connector {
+            tunnels: tunnels.clone(),
+            certs: certs.clone(),
+            identity: settings.identity.clone(),
+            connect_timeout: settings.tunnels.connect_timeout,
+        };
+        let proxy = Arc::new(Proxy {
+            observer: Observer::new(settings.name.key(), settings.access_log),
+            config: ConfigView::new(store, settings.name.clone()),
+            me: settings.name,
+            http: HttpPool::new(connector, settings.http_pool),
+            lb: Default::default(),
+            settings: settings.proxy,
+            drain: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        });
+        Arc::new(Waypoint {
+            proxy,
+            certs,
+            trust: TrustState::new(trust),
+            tunnels,
+            identity: settings.identity,
+            hbone: settings.hbone,
+        })
+    }
+
+    /// Serves HBONE on `listener` until `stop`, then sends GOAWAY and waits
+    /// for the HBONE connections to end (bound the wait with a drain
+    /// deadline).
+    pub async fn serve(self: &Arc<Self>, listener: TcpListener, stop: CancellationToken) {
+        let tls = WaypointTls::new(
+            self.certs.clone(),
+            self.identity.clone(),
+            self.trust.clone(),
+        );
+        let handler = InboundHandler {
+            proxy: self.proxy.clone(),
+        };
+        HboneServer::new(tls, handler, self.hbone.clone())
+            .serve(listener, stop)
+            .await;
+    }
+
+    /// Background upkeep until `shutdown`: idle upstream connections are
+    /// closed, and the trust bundle follows the config stream's.
+    pub fn spawn_upkeep(self: &Arc<Self>, trust_domain: String, shutdown: CancellationToken) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut changes = this.proxy.config.store.subscribe();
+            let mut sweep = tokio::time::interval(Duration::from_secs(30));
+            loop {
+                this.follow_trust_bundle(&trust_domain);
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = sweep.tick() => this.proxy.http.sweep(),
+                    changed = changes.changed() => if changed.is_err() { return },
+                }
+            }
+        });
+    }
+
+    fn follow_trust_bundle(&self, trust_domain: &str) {
+        let Some(bundle) = self.proxy.config.store.trust_bundle(trust_domain) else {
+            return;
+        };
+        match TrustBundle::from_pems(trust_domain, &bundle.roots_pem) {
+            Ok(bundle) => {
+                if self.trust.set(bundle.clone()) {
+                    info!(roots = bundle.roots().len(), "trust bundle updated");
+                    self.tunnels.set_trust_bundle(bundle);
+                }
+            }
+            Err(e) => warn!(error = %e, "trust bundle from the controller refused"),
+        }
+    }
+
+    /// Why the waypoint cannot take traffic yet, if it cannot.
+    pub fn readiness(&self) -> Result<(), String> {
+        if self.proxy.drain.is_cancelled() {
+            return Err("draining".into());
+        }
+        if self.proxy.config.store.version() == 0 {
+            return Err("no config received yet".into());
+        }
+        let has_cert = self
+            .certs
+            .status()
+            .iter()
+            .any(|s| s.identity == self.identity && s.cert.is_some());
+        if !has_cert {
+            return Err(format!("no certificate for {} yet", self.identity));
+        }
+        Ok(())
+    }
+
+    /// Starts a drain: not ready any more, HTTP connections close after
+    /// their request in flight.
+    pub fn start_drain(&self) {
+        self.proxy.drain.cancel();
+    }
+
+    /// Waits for every tunnel handler, up to `deadline`. True if all ended.
+    pub async fn wait_drained(&self, deadline: Duration) -> bool {
+        self.proxy.tasks.close();
+        tokio::time::timeout(deadline, self.proxy.tasks.wait())
+            .await
+            .is_ok()
+    }
+}
+
+/// The process: runs until SIGTERM/SIGINT and the drain that follows.
+pub async fn run(options: Options, log: LogControl) -> anyhow::Result<()> {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full("weft_request_duration_seconds".into()),
+            &[
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0, 30.0,
+            ],
+        )
+        .context("histogram buckets")?
+        .install_recorder()
+        .context("installing the metrics recorder")?;
+    let shutdown = CancellationToken::new();
+    let store = WorkloadStore::default();
+    let name = WaypointName {
+        namespace: options.namespace.clone(),
+        name: options.name.clone(),
+    };
+    let service_account = options
+        .service_account
+        .clone()
+        .unwrap_or_else(|| options.name.clone());
+    let identity = SpiffeId::new(&options.trust_domain, &options.namespace, &service_account)
+        .context("the waypoint's identity")?;
+
+    let (ca, trust, source): (Arc<dyn CaClient>, TrustBundle, String) =
+        match (&options.controller, &options.ca_dir) {
+            (Some(address), _) => {
+                let root = read(options.controller_ca.as_deref(), "--controller-ca")?;
+                let token = TokenSource::new(options.token_file.clone());
+                let channel = weft_ztunnel::controller::channel(address, &root)
+                    .with_context(|| format!("controller address {address}"))?;
+                if options.config_file.is_none() {
+                    let client = ConfigClient {
+                        channel: channel.clone(),
+                        token: token.clone(),
+                        node: options.node.clone(),
+                        store: store.clone(),
+                    };
+                    tokio::spawn(client.run_as(subscription(&options), shutdown.clone()));
+                }
+                // Until the config stream brings the bundle, trust the root
+                // the controller itself is verified with.
+                let trust = TrustBundle::from_pems(&options.trust_domain, &[root])?;
+                let ca = GrpcCa::new(channel, token, options.node.clone());
+                (Arc::new(ca), trust, format!("controller {address}"))
+            }
+            (None, Some(dir)) => {
+                let cert = read(Some(&dir.join("root-cert.pem")), "CA root")?;
+                let key = read(Some(&dir.join("root-key.pem")), "CA key")?;
+                let ca = CertificateAuthority::from_pem(&cert, &key)?;
+                if ca.trust_domain() != options.trust_domain {
+                    bail!(
+                        "the CA in {} is for trust domain {:?}, not {:?}",
+                        dir.display(),
+                        ca.trust_domain(),
+                        options.trust_domain
+                    );
+                }
+                let trust = TrustBundle::from_pems(&options.trust_domain, &[cert])?;
+                let ttl = Duration::from_secs(options.cert_ttl_seconds);
+                (Arc::new(LocalCa::new(ca, ttl)), trust, String::new())
+            }
+            (None, None) => bail!("either --controller or --ca-dir is required"),
+        };
+    let source = match &options.config_file {
+        Some(path) => {
+            let local = LocalConfigSource {
+                path: path.clone(),
+                store: store.clone(),
+                poll: Duration::from_millis(500),
+            };
+            local.load_initial()?;
+            tokio::spawn(local.watch(shutdown.clone()));
+            format!("file {}", path.display())
+        }
+        None => source,
+    };
+
+    let mut settings = WaypointSettings::new(name.clone(), identity);
+    settings.access_log = !options.no_access_log;
+    settings.proxy.upstream_hbone_port = options.upstream_hbone_port;
+    settings.proxy.sniff_timeout = Duration::from_millis(options.sniff_timeout_ms);
+    let waypoint = Waypoint::new(settings, store, ca, trust);
+    waypoint.spawn_upkeep(options.trust_domain.clone(), shutdown.clone());
+
+    let admin = Arc::new(Admin {
+        waypoint: waypoint.clone(),
+        source,
+        log,
+    });
+    let tcp = listen_shared(options.admin_addr)
+        .with_context(|| format!("admin address {}", options.admin_addr))?;
+    tokio::spawn(admin::serve_tcp(admin.clone(), tcp, shutdown.clone()));
+    if let Some(path) = &options.admin_socket {
+        let unix = bind_unix(path)?;
+        tokio::spawn(admin::serve_unix(admin.clone(), unix, shutdown.clone()));
+    }
+    let metrics = listen_shared(options.metrics_addr)
+        .with_context(|| format!("metrics address {}", options.metrics_addr))?;
+    tokio::spawn(weft_ztunnel::admin::serve_metrics(
+        recorder,
+        metrics,
+        shutdown.clone(),
+    ));
+    let readiness = listen_shared(options.readiness_addr)
+        .with_context(|| format!("readiness address {}", options.readiness_addr))?;
+    tokio::spawn(admin::serve_readiness(
+        waypoint.clone(),
+        readiness,
+        shutdown.clone(),
+    ));
+    let hbone = listen_shared(options.hbone_addr)
+        .with_context(|| format!("HBONE address {}", options.hbone_addr))?;
+    let stop_accepting = CancellationToken::new();
+    let server = {
+        let waypoint = waypoint.clone();
+        let stop = stop_accepting.clone();
+        tokio::spawn(async move { waypoint.serve(hbone, stop).await })
+    };
+    info!(waypoint = %name, identity = %waypoint.identity, hbone = %options.hbone_addr, "waypoint started");
+
+    wait_for_signal().await?;
+    let deadline = Duration::from_secs(options.drain_seconds);
+    info!(
+        deadline_s = options.drain_seconds,
+        open = waypoint.proxy.observer.tunnel_count(),
+        "draining"
+    );
+    waypoint.start_drain();
+    stop_accepting.cancel();
+    let drained = tokio::time::timeout(deadline, async {
+        let _ = server.await;
+        waypoint.wait_drained(deadline).await
+    })
+    .await;
+    if !matches!(drained, Ok(true)) {
+        warn!(
+            open = waypoint.proxy.observer.tunnel_count(),
+            "drain deadline reached; closing the rest"
+        );
+    }
+    shutdown.cancel();
+    if let Some(path) = &options.admin_socket {
+        let _ = std::fs::remove_file(path);
+    }
+    info!("waypoint stopped");
+    Ok(())
+}
+
+/// What a waypoint subscribes to: everything, routes included, as its
+/// Gateway.
+fn subscription(options: &Options) -> Subscribe {
+    Subscribe {
+        proxy: Some(ProxyInfo {
+            id: format!(
+                "waypoint~{}~{}~{}",
+                options.namespace,
+                options.pod_name.as_deref().unwrap_or(&options.name),
+                std::process::id()
+            ),
+            kind: ProxyKind::Waypoint as i32,
+            node: options.node.clone(),
+            namespace: options.namespace.clone(),
+            name: options.name.clone(),
+        }),
+        types: vec![
+            ResourceType::Workload as i32,
+            ResourceType::Service as i32,
+            ResourceType::Authorization as i32,
+            ResourceType::TrustBundle as i32,
+            ResourceType::Route as i32,
+        ],
+    }
+}
+
+fn read(path: Option<&Path>, what: &str) -> anyhow::Result<String> {
+    let path = path.with_context(|| format!("{what}: no path given"))?;
+    std::fs::read_to_string(path).with_context(|| format!("{what}: reading {}", path.display()))
+}
+
+fn bind_unix(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    // A socket left by a previous run is taken over.
+    let _ = std::fs::remove_file(path);
+    tokio::net::UnixListener::bind(path).with_context(|| format!("admin socket {}", path.display()))
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM"),
+        _ = int.recv() => info!("SIGINT"),
+    }
+    Ok(())
+}

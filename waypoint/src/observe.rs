@@ -1,0 +1,378 @@
+//! Every request recorded once — metrics, the access log line, the `/tap`
+//! event — from one place, so they agree; and the live tunnels `/connections`
+//! lists.
+//!
+//! Metrics (DESIGN §9): `weft_requests_total` and the
+//! `weft_request_duration_seconds` histogram, labelled by source and
+//! destination workload, namespace and principal, destination service and
+//! response code, `reporter="waypoint"`. TCP-mode tunnels count
+//! `weft_tcp_connections_opened_total`/`closed`, bytes, and denials.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use http::{Method, StatusCode};
+use tokio::sync::broadcast;
+use weft_api::admin::{ConnectionInfo, Direction, Peer, TapEvent, TapKind, Transport};
+use weft_api::config::Workload;
+use weft_ztunnel::state::workload_identity;
+
+use crate::policy::Client;
+use crate::sniff::Counters;
+
+/// A slow `/tap` reader loses events past this many; it never slows requests.
+const TAP_BUFFER: usize = 1024;
+
+/// Which way a tunnel's bytes are handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Http,
+    Tcp,
+}
+
+struct LiveTunnel {
+    source: Peer,
+    destination: Peer,
+    mode: Mode,
+    counters: Arc<Counters>,
+    opened: Instant,
+    opened_at_ms: u64,
+}
+
+/// The recorder. Shared by every tunnel.
+pub struct Observer {
+    waypoint: String,
+    access_log: bool,
+    next_id: AtomicU64,
+    tunnels: Mutex<HashMap<u64, LiveTunnel>>,
+    tap: broadcast::Sender<TapEvent>,
+}
+
+/// Keeps a tunnel listed until dropped.
+pub struct TunnelGuard {
+    pub id: u64,
+    observer: Arc<Observer>,
+}
+
+impl Drop for TunnelGuard {
+    fn drop(&mut self) {
+        self.observer.close_tunnel(self.id);
+    }
+}
+
+/// One request, as it ended.
+#[derive(Debug)]
+pub struct RequestRecord<'a> {
+    pub tunnel: u64,
+    pub client: &'a Client,
+    pub method: &'a Method,
+    /// Normalized path, without the query (queries may carry secrets).
+    pub path: &'a str,
+    /// What the client addressed (VIP:port or pod IP:port).
+    pub authority: SocketAddr,
+    /// `namespace/name` of the Service addressed, if any.
+    pub service: Option<&'a str>,
+    /// The endpoint that answered (or was tried last).
+    pub endpoint: Option<(&'a Workload, SocketAddr)>,
+    /// `namespace/name` of the route and rule index, if one matched.
+    pub route: Option<(&'a str, usize)>,
+    pub status: StatusCode,
+    pub duration: Duration,
+    pub attempts: u32,
+    /// `allow`, or why the request was refused.
+    pub verdict: &'a str,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+fn split_workload(w: Option<&Workload>) -> (String, String) {
+    match w {
+        Some(w) => (w.namespace.clone(), w.name.clone()),
+        None => ("unknown".into(), "unknown".into()),
+    }
+}
+
+impl Observer {
+    pub fn new(waypoint: String, access_log: bool) -> Arc<Observer> {
+        Arc::new(Observer {
+            waypoint,
+            access_log,
+            next_id: AtomicU64::new(1),
+            tunnels: Mutex::default(),
+            tap: broadcast::channel(TAP_BUFFER).0,
+        })
+    }
+
+    /// Lists a tunnel until the guard drops.
+    pub fn open_tunnel(
+        self: &Arc<Self>,
+        client: &Client,
+        destination: Peer,
+        mode: Mode,
+        counters: Arc<Counters>,
+    ) -> TunnelGuard {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let live = LiveTunnel {
+            source: client.peer(),
+            destination,
+            mode,
+            counters,
+            opened: Instant::now(),
+            opened_at_ms: unix_ms(),
+        };
+        if mode == Mode::Tcp {
+            metrics::counter!("weft_tcp_connections_opened_total", &self.tcp_labels(&live))
+                .increment(1);
+            self.emit(
+                TapKind::Open,
+                self.info(id, &live),
+                Some("allow".into()),
+                None,
+                None,
+            );
+        }
+        lock(&self.tunnels).insert(id, live);
+        TunnelGuard {
+            id,
+            observer: self.clone(),
+        }
+    }
+
+    fn close_tunnel(&self, id: u64) {
+        let Some(live) = lock(&self.tunnels).remove(&id) else {
+            return;
+        };
+        if live.mode == Mode::Tcp {
+            let labels = self.tcp_labels(&live);
+            metrics::counter!("weft_tcp_connections_closed_total", &labels).increment(1);
+            metrics::counter!("weft_tcp_received_bytes_total", &labels)
+                .increment(live.counters.received.load(Ordering::Relaxed));
+            metrics::counter!("weft_tcp_sent_bytes_total", &labels)
+                .increment(live.counters.sent.load(Ordering::Relaxed));
+            let info = self.info(id, &live);
+            if self.access_log {
+                tracing::info!(
+                    target: "access",
+                    mode = "tcp",
+                    src = %info.source.address,
+                    src_identity = info.source.identity.as_deref().unwrap_or("-"),
+                    dst = %info.destination.address,
+                    dst_workload = info.destination.workload.as_deref().unwrap_or("-"),
+                    bytes_received = info.bytes_sent,
+                    bytes_sent = info.bytes_received,
+                    duration_ms = info.age_ms,
+                    "connection"
+                );
+            }
+            self.emit(TapKind::Close, info, None, None, None);
+        }
+    }
+
+    /// A tunnel refused before or after it opened (policy, no destination).
+    pub fn deny_tunnel(&self, client: &Client, destination: Peer, reason: &str) {
+        let live = LiveTunnel {
+            source: client.peer(),
+            destination,
+            mode: Mode::Tcp,
+            counters: Arc::default(),
+            opened: Instant::now(),
+            opened_at_ms: unix_ms(),
+        };
+        metrics::counter!("weft_tcp_connections_denied_total", &self.tcp_labels(&live))
+            .increment(1);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let info = self.info(id, &live);
+        if self.access_log {
+            tracing::info!(
+                target: "access",
+                src = %info.source.address,
+                src_identity = info.source.identity.as_deref().unwrap_or("-"),
+                dst = %info.destination.address,
+                verdict = "deny",
+                reason,
+                "connection"
+            );
+        }
+        self.emit(TapKind::Deny, info, Some(reason.to_owned()), None, None);
+    }
+
+    /// Records one request: metrics, access log, tap.
+    pub fn request(&self, r: &RequestRecord<'_>) {
+        let (src_ns, src_wl) = split_workload(r.client.workload.as_deref());
+        let (dst_ns, dst_wl) = split_workload(r.endpoint.map(|(w, _)| w));
+        let dst_principal = r
+            .endpoint
+            .and_then(|(w, _)| workload_identity(w).ok())
+            .map(|id| id.to_string());
+        let code = r.status.as_u16().to_string();
+        let labels = [
+            ("reporter", "waypoint".to_owned()),
+            ("source_workload", src_wl),
+            ("source_workload_namespace", src_ns),
+            ("source_principal", r.client.principal.clone()),
+            ("destination_workload", dst_wl),
+            ("destination_workload_namespace", dst_ns),
+            (
+                "destination_principal",
+                dst_principal.clone().unwrap_or_else(|| "unknown".into()),
+            ),
+            (
+                "destination_service",
+                r.service.unwrap_or("unknown").to_owned(),
+            ),
+            ("response_code", code),
+        ];
+        metrics::counter!("weft_requests_total", &labels).increment(1);
+        metrics::histogram!("weft_request_duration_seconds", &labels)
+            .record(r.duration.as_secs_f64());
+
+        let upstream = r.endpoint.map(|(_, a)| a.to_string());
+        if self.access_log {
+            tracing::info!(
+                target: "access",
+                method = %r.method,
+                path = r.path,
+                status = r.status.as_u16(),
+                duration_ms = r.duration.as_secs_f64() * 1000.0,
+                src = %r.client.ip,
+                src_identity = %r.client.principal,
+                authority = %r.authority,
+                service = r.service.unwrap_or("-"),
+                route = %r.route.map(|(n, i)| format!("{n}#{i}")).unwrap_or_else(|| "-".into()),
+                upstream = upstream.as_deref().unwrap_or("-"),
+                dst_workload = %r.endpoint.map(|(w, _)| format!("{}/{}", w.namespace, w.name)).unwrap_or_else(|| "-".into()),
+                attempts = r.attempts,
+                verdict = r.verdict,
+                "request"
+            );
+        }
+        if self.tap.receiver_count() > 0 {
+            let now = unix_ms();
+            let info = ConnectionInfo {
+                id: r.tunnel,
+                direction: Direction::Inbound,
+                transport: Transport::Hbone,
+                source: r.client.peer(),
+                destination: Peer {
+                    address: upstream.unwrap_or_else(|| r.authority.to_string()),
+                    workload: r
+                        .endpoint
+                        .map(|(w, _)| format!("{}/{}", w.namespace, w.name))
+                        .or_else(|| r.service.map(str::to_owned)),
+                    identity: dst_principal,
+                },
+                waypoint: Some(self.waypoint.clone()),
+                bytes_sent: 0,
+                bytes_received: 0,
+                opened_at_ms: now.saturating_sub(r.duration.as_millis() as u64),
+                age_ms: r.duration.as_millis() as u64,
+            };
+            self.emit(
+                TapKind::Request,
+                info,
+                Some(r.verdict.to_owned()),
+                Some(format!("{} {}", r.method, r.path)),
+                Some(r.status.as_u16()),
+            );
+        }
+    }
+
+    /// The live tunnels, oldest first.
+    pub fn tunnels(&self) -> Vec<ConnectionInfo> {
+        let live = lock(&self.tunnels);
+        let mut out: Vec<ConnectionInfo> = live.iter().map(|(id, l)| self.info(*id, l)).collect();
+        out.sort_by_key(|c| c.id);
+        out
+    }
+
+    pub fn tunnel_count(&self) -> usize {
+        lock(&self.tunnels).len()
+    }
+
+    pub fn subscribe_tap(&self) -> broadcast::Receiver<TapEvent> {
+        self.tap.subscribe()
+    }
+
+    fn info(&self, id: u64, live: &LiveTunnel) -> ConnectionInfo {
+        ConnectionInfo {
+            id,
+            direction: Direction::Inbound,
+            transport: Transport::Hbone,
+            source: live.source.clone(),
+            destination: live.destination.clone(),
+            waypoint: Some(self.waypoint.clone()),
+            // Named from the client's side, as ztunnel does: sent = towards
+            // the destination.
+            bytes_sent: live.counters.received.load(Ordering::Relaxed),
+            bytes_received: live.counters.sent.load(Ordering::Relaxed),
+            opened_at_ms: live.opened_at_ms,
+            age_ms: live.opened.elapsed().as_millis() as u64,
+        }
+    }
+
+    fn tcp_labels(&self, live: &LiveTunnel) -> Vec<(&'static str, String)> {
+        let split = |p: &Peer| {
+            p.workload
+                .as_deref()
+                .and_then(|w| w.split_once('/'))
+                .map(|(n, w)| (n.to_owned(), w.to_owned()))
+                .unwrap_or_else(|| ("unknown".into(), "unknown".into()))
+        };
+        let (src_ns, src_wl) = split(&live.source);
+        let (dst_ns, dst_wl) = split(&live.destination);
+        vec![
+            ("reporter", "waypoint".into()),
+            ("source_workload", src_wl),
+            ("source_workload_namespace", src_ns),
+            (
+                "source_principal",
+                live.source
+                    .identity
+                    .clone()
+                    .unwrap_or_else(|| "unknown".into()),
+            ),
+            ("destination_workload", dst_wl),
+            ("destination_workload_namespace", dst_ns),
+            (
+                "destination_principal",
+                live.destination
+                    .identity
+                    .clone()
+                    .unwrap_or_else(|| "unknown".into()),
+            ),
+            ("connection_security_policy", "mutual_tls".into()),
+        ]
+    }
+
+    fn emit(
+        &self,
+        kind: TapKind,
+        connection: ConnectionInfo,
+        verdict: Option<String>,
+        request: Option<String>,
+        status: Option<u16>,
+    ) {
+        // No reader is the common case, not an error.
+        let _ = self.tap.send(TapEvent {
+            time_ms: unix_ms(),
+            kind,
+            connection,
+            verdict,
+            request,
+            status,
+            dropped: 0,
+        });
+    }
+}

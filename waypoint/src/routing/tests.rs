@@ -1,0 +1,367 @@
+use super::*;
+use weft_api::config::{BackendRef, QueryParamMatch, RouteParent};
+
+fn wp() -> WaypointName {
+    WaypointName {
+        namespace: "shop".into(),
+        name: "waypoint".into(),
+    }
+}
+
+fn backend(name: &str, weight: u32) -> BackendRef {
+    BackendRef {
+        namespace: "shop".into(),
+        name: name.into(),
+        port: 80,
+        weight,
+    }
+}
+
+fn prefix(p: &str) -> RouteMatch {
+    RouteMatch {
+        path: Some(PathMatch {
+            kind: Some(path_match::Kind::Prefix(p.into())),
+        }),
+        ..Default::default()
+    }
+}
+
+fn exact(p: &str) -> RouteMatch {
+    RouteMatch {
+        path: Some(PathMatch {
+            kind: Some(path_match::Kind::Exact(p.into())),
+        }),
+        ..Default::default()
+    }
+}
+
+fn route(name: &str, parent_kind: &str, parent: &str, rules: Vec<RouteRule>) -> Arc<Route> {
+    Arc::new(Route {
+        name: name.into(),
+        namespace: "shop".into(),
+        kind: RouteKind::Http as i32,
+        parents: vec![RouteParent {
+            kind: parent_kind.into(),
+            namespace: "shop".into(),
+            name: parent.into(),
+            port: 0,
+        }],
+        hostnames: vec![],
+        rules,
+    })
+}
+
+fn rule(matches: Vec<RouteMatch>, to: &str) -> RouteRule {
+    RouteRule {
+        matches,
+        backends: vec![backend(to, 1)],
+        ..Default::default()
+    }
+}
+
+struct Req {
+    method: Method,
+    path: String,
+    query: Option<String>,
+    headers: HeaderMap,
+    host: String,
+}
+
+impl Req {
+    fn get(path: &str) -> Req {
+        let (path, query) = match path.split_once('?') {
+            Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
+            None => (path.to_owned(), None),
+        };
+        Req {
+            method: Method::GET,
+            path,
+            query,
+            headers: HeaderMap::new(),
+            host: "reviews.shop.svc.cluster.local".into(),
+        }
+    }
+
+    fn header(mut self, k: &'static str, v: &'static str) -> Req {
+        self.headers.append(k, HeaderValue::from_static(v));
+        self
+    }
+
+    fn view(&self) -> RequestView<'_> {
+        RequestView {
+            method: &self.method,
+            path: &self.path,
+            query: self.query.as_deref(),
+            headers: &self.headers,
+            host: &self.host,
+        }
+    }
+}
+
+fn target(table: &RouteTable, req: &Req) -> Option<String> {
+    let rule = table.find(&req.view(), 80, false)?;
+    match rule.choose(|_| 0) {
+        BackendChoice::Backend(b) => Some(b.name.clone()),
+        other => Some(format!("{other:?}")),
+    }
+}
+
+#[test]
+fn most_specific_match_wins() {
+    let routes = vec![route(
+        "r",
+        "Service",
+        "reviews",
+        vec![
+            rule(vec![prefix("/")], "root"),
+            rule(vec![prefix("/api")], "api"),
+            rule(vec![prefix("/api/v2")], "v2"),
+            rule(vec![exact("/api/v2/health")], "health"),
+            rule(
+                vec![RouteMatch {
+                    method: "POST".into(),
+                    ..prefix("/api")
+                }],
+                "api-post",
+            ),
+        ],
+    )];
+    let (routes, warnings) = Routes::build(&routes, &wp());
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let t = routes.for_service("shop", "reviews").unwrap();
+    assert_eq!(target(t, &Req::get("/")).unwrap(), "root");
+    assert_eq!(
+        target(t, &Req::get("/apix")).unwrap(),
+        "root",
+        "prefix is per path element"
+    );
+    assert_eq!(target(t, &Req::get("/api")).unwrap(), "api");
+    assert_eq!(target(t, &Req::get("/api/v1")).unwrap(), "api");
+    assert_eq!(target(t, &Req::get("/api/v2/x")).unwrap(), "v2");
+    assert_eq!(target(t, &Req::get("/api/v2/health")).unwrap(), "health");
+    let mut post = Req::get("/api/x");
+    post.method = Method::POST;
+    assert_eq!(target(t, &post).unwrap(), "api-post");
+}
+
+#[test]
+fn headers_and_query_match() {
+    let with_header = RouteMatch {
+        headers: vec![HeaderMatch {
+            name: "X-Version".into(),
+            kind: Some(header_match::Kind::Exact("v2".into())),
+        }],
+        ..Default::default()
+    };
+    let with_regex = RouteMatch {
+        headers: vec![HeaderMatch {
+            name: "user".into(),
+            kind: Some(header_match::Kind::Regex("(alice|bob)".into())),
+        }],
+        ..Default::default()
+    };
+    let with_query = RouteMatch {
+        query_params: vec![QueryParamMatch {
+            name: "canary".into(),
+            exact: "1".into(),
+        }],
+        ..Default::default()
+    };
+    let routes = vec![route(
+        "r",
+        "Service",
+        "reviews",
+        vec![
+            rule(vec![], "v1"),
+            rule(vec![with_header], "v2"),
+            rule(vec![with_regex], "friends"),
+            rule(vec![with_query], "canary"),
+        ],
+    )];
+    let (routes, _) = Routes::build(&routes, &wp());
+    let t = routes.for_service("shop", "reviews").unwrap();
+    assert_eq!(target(t, &Req::get("/")).unwrap(), "v1");
+    assert_eq!(
+        target(t, &Req::get("/").header("x-version", "v2")).unwrap(),
+        "v2"
+    );
+    assert_eq!(
+        target(t, &Req::get("/").header("x-version", "v3")).unwrap(),
+        "v1"
+    );
+    assert_eq!(
+        target(t, &Req::get("/").header("user", "alice")).unwrap(),
+        "friends"
+    );
+    assert_eq!(
+        target(t, &Req::get("/").header("user", "alicex")).unwrap(),
+        "v1",
+        "regex matches the whole value"
+    );
+    assert_eq!(target(t, &Req::get("/?a=b&canary=1")).unwrap(), "canary");
+    assert_eq!(target(t, &Req::get("/?canary=2")).unwrap(), "v1");
+}
+
+#[test]
+fn weights_split_and_zero_weights_are_unavailable() {
+    let r = RouteRule {
+        backends: vec![backend("a", 1), backend("b", 3), backend("off", 0)],
+        ..Default::default()
+    };
+    let (routes, _) = Routes::build(&[route("r", "Service", "reviews", vec![r])], &wp());
+    let rule = routes
+        .for_service("shop", "reviews")
+        .unwrap()
+        .find(&Req::get("/").view(), 80, false)
+        .unwrap()
+        .clone();
+    let picks: Vec<String> = (0..4)
+        .map(|i| {
+            match rule.choose(|total| {
+                assert_eq!(total, 4);
+                i
+            }) {
+                BackendChoice::Backend(b) => b.name.clone(),
+                other => panic!("{other:?}"),
+            }
+        })
+        .collect();
+    assert_eq!(picks, ["a", "b", "b", "b"]);
+
+    let zero = Rule {
+        route: "r".into(),
+        index: 0,
+        backends: vec![Backend {
+            namespace: "shop".into(),
+            name: "x".into(),
+            port: 0,
+            weight: 0,
+        }],
+        timeout: None,
+        retry: None,
+        header_ops: vec![],
+        direct_status: None,
+    };
+    assert_eq!(zero.choose(|_| 0), BackendChoice::Unavailable);
+}
+
+#[test]
+fn gateway_routes_filter_by_host_and_other_gateways_are_ignored() {
+    let mut mine = (*route("mine", "Gateway", "waypoint", vec![rule(vec![], "x")])).clone();
+    mine.hostnames = vec!["*.example.com".into()];
+    let theirs = route("theirs", "Gateway", "other", vec![rule(vec![], "y")]);
+    let (routes, _) = Routes::build(&[Arc::new(mine), theirs], &wp());
+    let t = routes.gateway();
+    let mut req = Req::get("/");
+    req.host = "api.example.com:8080".into();
+    assert!(t.find(&req.view(), 80, true).is_some());
+    req.host = "example.com".into();
+    assert!(t.find(&req.view(), 80, true).is_none());
+    assert!(routes.for_service("shop", "other").is_none());
+}
+
+#[test]
+fn parent_port_limits_a_route() {
+    let mut r = (*route("r", "Service", "reviews", vec![rule(vec![], "x")])).clone();
+    r.parents[0].port = 9080;
+    let (routes, _) = Routes::build(&[Arc::new(r)], &wp());
+    let t = routes.for_service("shop", "reviews").unwrap();
+    assert!(t.find(&Req::get("/").view(), 9080, false).is_some());
+    assert!(t.find(&Req::get("/").view(), 80, false).is_none());
+    assert!(t.is_empty_for(80));
+}
+
+#[test]
+fn grpc_methods_match_the_path() {
+    let mut r = (*route(
+        "g",
+        "Service",
+        "reviews",
+        vec![
+            rule(
+                vec![RouteMatch {
+                    grpc_service: "pkg.Reviews".into(),
+                    ..Default::default()
+                }],
+                "svc",
+            ),
+            rule(
+                vec![RouteMatch {
+                    grpc_service: "pkg.Reviews".into(),
+                    grpc_method: "Get".into(),
+                    ..Default::default()
+                }],
+                "get",
+            ),
+        ],
+    ))
+    .clone();
+    r.kind = RouteKind::Grpc as i32;
+    let (routes, _) = Routes::build(&[Arc::new(r)], &wp());
+    let t = routes.for_service("shop", "reviews").unwrap();
+    assert_eq!(target(t, &Req::get("/pkg.Reviews/Get")).unwrap(), "get");
+    assert_eq!(target(t, &Req::get("/pkg.Reviews/List")).unwrap(), "svc");
+    assert!(
+        t.find(&Req::get("/pkg.Other/Get").view(), 80, false)
+            .is_none()
+    );
+}
+
+#[test]
+fn bad_regexes_match_nothing_and_say_so() {
+    let bad = RouteMatch {
+        path: Some(PathMatch {
+            kind: Some(path_match::Kind::Regex("(".into())),
+        }),
+        ..Default::default()
+    };
+    let (routes, warnings) = Routes::build(
+        &[route("r", "Service", "reviews", vec![rule(vec![bad], "x")])],
+        &wp(),
+    );
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    let t = routes.for_service("shop", "reviews").unwrap();
+    assert!(t.find(&Req::get("/").view(), 80, false).is_none());
+}
+
+#[test]
+fn header_modifiers() {
+    let r = RouteRule {
+        request_header_modifiers: vec![
+            weft_api::config::HeaderModifier {
+                name: "X-Set".into(),
+                value: "1".into(),
+                op: "SET".into(),
+            },
+            weft_api::config::HeaderModifier {
+                name: "x-add".into(),
+                value: "2".into(),
+                op: "ADD".into(),
+            },
+            weft_api::config::HeaderModifier {
+                name: "x-gone".into(),
+                value: String::new(),
+                op: "REMOVE".into(),
+            },
+        ],
+        ..Default::default()
+    };
+    let (routes, _) = Routes::build(&[route("r", "Service", "reviews", vec![r])], &wp());
+    let rule = routes
+        .for_service("shop", "reviews")
+        .unwrap()
+        .find(&Req::get("/").view(), 80, false)
+        .unwrap()
+        .clone();
+    let mut headers = HeaderMap::new();
+    headers.insert("x-set", HeaderValue::from_static("0"));
+    headers.insert("x-add", HeaderValue::from_static("1"));
+    headers.insert("x-gone", HeaderValue::from_static("1"));
+    for op in &rule.header_ops {
+        op.apply(&mut headers);
+    }
+    assert_eq!(headers.get("x-set").unwrap(), "1");
+    assert_eq!(headers.get_all("x-add").iter().count(), 2);
+    assert!(headers.get("x-gone").is_none());
+    assert_eq!(rule.choose(|_| 0), BackendChoice::Destination);
+}

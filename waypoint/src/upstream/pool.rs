@@ -1,0 +1,384 @@
+//! HTTP connections to endpoints, pooled per endpoint: idle HTTP/1.1
+//! connections wait to be reused; one HTTP/2 connection per endpoint carries
+//! every request. The streams underneath are HBONE tunnels from the shared
+//! `TunnelPool` (themselves multiplexed over pooled mTLS connections) or TCP.
+//!
+//! An HTTP/1.1 connection goes back to the pool when its response body has
+//! been read to the end; one whose body is dropped half-read is closed. A
+//! pooled connection the endpoint closed while idle gives the request back
+//! unsent, and the request takes another connection.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{Either, Full};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tracing::debug;
+
+use super::{ConnectError, Connector, Transport};
+
+/// What the waypoint sends upstream: the client's body as it streams in, or
+/// a buffered copy that can be sent again on a retry.
+pub type RequestBody = Either<Incoming, Full<Bytes>>;
+
+/// Identifies a pool of connections: one endpoint, one way of reaching it,
+/// one HTTP version.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    pub addr: std::net::SocketAddr,
+    pub transport: Transport,
+    pub http2: bool,
+}
+
+/// Limits of the pool.
+#[derive(Debug, Clone)]
+pub struct HttpPoolSettings {
+    /// Idle HTTP/1.1 connections kept per endpoint.
+    pub max_idle_per_endpoint: usize,
+    /// An idle connection older than this is closed.
+    pub idle_timeout: Duration,
+}
+
+impl Default for HttpPoolSettings {
+    fn default() -> Self {
+        HttpPoolSettings {
+            max_idle_per_endpoint: 256,
+            idle_timeout: Duration::from_secs(90),
+        }
+    }
+}
+
+/// Why a request got no response.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// The endpoint could not be reached: the request was never sent.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// The connection failed while the request was in flight (or before
+    /// the response head).
+    #[error("upstream HTTP: {0}")]
+    Http(#[from] hyper::Error),
+}
+
+/// A failed send, with the request when it was never sent (so it can be
+/// sent elsewhere, body and all).
+#[derive(Debug)]
+pub struct Failed {
+    pub error: SendError,
+    pub unsent: Option<Request<RequestBody>>,
+}
+
+impl Failed {
+    fn unsent(error: impl Into<SendError>, request: Request<RequestBody>) -> Failed {
+        Failed {
+            error: error.into(),
+            unsent: Some(request),
+        }
+    }
+
+    fn sent(error: impl Into<SendError>) -> Failed {
+        Failed {
+            error: error.into(),
+            unsent: None,
+        }
+    }
+}
+
+struct Idle {
+    sender: http1::SendRequest<RequestBody>,
+    since: Instant,
+}
+
+struct Inner {
+    connector: Connector,
+    settings: HttpPoolSettings,
+    http1: Mutex<HashMap<PoolKey, Vec<Idle>>>,
+    http2: Mutex<HashMap<PoolKey, http2::SendRequest<RequestBody>>>,
+}
+
+/// The pool. Cheap to clone.
+#[derive(Clone)]
+pub struct HttpPool {
+    inner: Arc<Inner>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Each critical section is a single push, pop or insert.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl HttpPool {
+    pub fn new(connector: Connector, settings: HttpPoolSettings) -> HttpPool {
+        HttpPool {
+            inner: Arc::new(Inner {
+                connector,
+                settings,
+                http1: Mutex::default(),
+                http2: Mutex::default(),
+            }),
+        }
+    }
+
+    /// The connector underneath (TCP mode uses it directly).
+    pub fn connector(&self) -> &Connector {
+        &self.inner.connector
+    }
+
+    /// Sends `request` to the endpoint of `key`.
+    pub async fn send(
+        &self,
+        key: &PoolKey,
+        request: Request<RequestBody>,
+    ) -> Result<Response<PooledBody>, Failed> {
+        if key.http2 {
+            self.send_http2(key, request).await
+        } else {
+            self.send_http1(key, request).await
+        }
+    }
+
+    async fn send_http1(
+        &self,
+        key: &PoolKey,
+        mut request: Request<RequestBody>,
+    ) -> Result<Response<PooledBody>, Failed> {
+        while let Some(mut sender) = self.checkout(key).await {
+            match sender.try_send_request(request).await {
+                Ok(response) => return Ok(self.pooled(key, sender, response)),
+                Err(mut e) => match e.take_message() {
+                    // The connection closed while idle; the request was not
+                    // sent. Try the next one.
+                    Some(unsent) => request = unsent,
+                    None => return Err(Failed::sent(e.into_error())),
+                },
+            }
+        }
+        let io = match self.connect(key).await {
+            Ok(io) => io,
+            Err(e) => return Err(Failed::unsent(e, request)),
+        };
+        let (mut sender, connection) = match http1::Builder::new()
+            .handshake::<_, RequestBody>(TokioIo::new(io))
+            .await
+        {
+            Ok(pair) => pair,
+            Err(e) => return Err(Failed::unsent(e, request)),
+        };
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                debug!(error = %e, "upstream HTTP/1.1 connection ended");
+            }
+        });
+        match sender.try_send_request(request).await {
+            Ok(response) => Ok(self.pooled(key, sender, response)),
+            Err(mut e) => Err(Failed {
+                unsent: e.take_message(),
+                error: e.into_error().into(),
+            }),
+        }
+    }
+
+    async fn send_http2(
+        &self,
+        key: &PoolKey,
+        request: Request<RequestBody>,
+    ) -> Result<Response<PooledBody>, Failed> {
+        let existing = lock(&self.inner.http2)
+            .get(key)
+            .filter(|s| !s.is_closed())
+            .cloned();
+        let mut sender = match existing {
+            Some(sender) => sender,
+            None => {
+                let io = match self.connect(key).await {
+                    Ok(io) => io,
+                    Err(e) => return Err(Failed::unsent(e, request)),
+                };
+                let handshake = http2::Builder::new(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .initial_stream_window_size(1024 * 1024)
+                    .initial_connection_window_size(4 * 1024 * 1024)
+                    .keep_alive_interval(Duration::from_secs(30))
+                    .handshake::<_, RequestBody>(TokioIo::new(io))
+                    .await;
+                let (sender, connection) = match handshake {
+                    Ok(pair) => pair,
+                    Err(e) => return Err(Failed::unsent(e, request)),
+                };
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        debug!(error = %e, "upstream HTTP/2 connection ended");
+                    }
+                });
+                // Two requests racing to a new endpoint may both connect; the
+                // later one is kept, the other serves its request and idles out.
+                lock(&self.inner.http2).insert(key.clone(), sender.clone());
+                sender
+            }
+        };
+        match sender.try_send_request(request).await {
+            Ok(response) => Ok(response.map(|body| PooledBody {
+                body,
+                checkin: None,
+            })),
+            Err(mut e) => Err(Failed {
+                unsent: e.take_message(),
+                error: e.into_error().into(),
+            }),
+        }
+    }
+
+    async fn connect(&self, key: &PoolKey) -> Result<super::UpstreamIo, ConnectError> {
+        self.inner.connector.connect(key.addr, &key.transport).await
+    }
+
+    /// An idle HTTP/1.1 connection to the endpoint, ready for a request.
+    async fn checkout(&self, key: &PoolKey) -> Option<http1::SendRequest<RequestBody>> {
+        loop {
+            let idle = {
+                let mut pool = lock(&self.inner.http1);
+                let list = pool.get_mut(key)?;
+                let idle = list.pop();
+                if list.is_empty() {
+                    pool.remove(key);
+                }
+                idle?
+            };
+            if idle.since.elapsed() > self.inner.settings.idle_timeout || idle.sender.is_closed() {
+                continue;
+            }
+            let mut sender = idle.sender;
+            // A connection is checked in when its response body ends; its
+            // task may not yet have noticed. It will within moments, unless
+            // the connection broke.
+            match tokio::time::timeout(Duration::from_secs(1), sender.ready()).await {
+                Ok(Ok(())) => return Some(sender),
+                _ => continue,
+            }
+        }
+    }
+
+    fn pooled(
+        &self,
+        key: &PoolKey,
+        sender: http1::SendRequest<RequestBody>,
+        response: Response<Incoming>,
+    ) -> Response<PooledBody> {
+        let mut checkin = Some(Checkin {
+            pool: Arc::downgrade(&self.inner),
+            key: key.clone(),
+            sender,
+        });
+        if response.body().is_end_stream()
+            && let Some(c) = checkin.take()
+        {
+            c.put_back();
+        }
+        response.map(|body| PooledBody { body, checkin })
+    }
+
+    /// Closes idle connections past the idle timeout and forgets closed
+    /// HTTP/2 connections; run periodically.
+    pub fn sweep(&self) {
+        let timeout = self.inner.settings.idle_timeout;
+        lock(&self.inner.http1).retain(|_, list| {
+            list.retain(|i| i.since.elapsed() <= timeout && !i.sender.is_closed());
+            !list.is_empty()
+        });
+        lock(&self.inner.http2).retain(|_, s| !s.is_closed());
+    }
+
+    /// Idle HTTP/1.1 connections and live HTTP/2 connections, per endpoint.
+    pub fn stats(&self) -> Vec<(PoolKey, usize)> {
+        let mut out: Vec<(PoolKey, usize)> = lock(&self.inner.http1)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.len()))
+            .collect();
+        out.extend(lock(&self.inner.http2).keys().map(|k| (k.clone(), 1)));
+        out
+    }
+}
+
+struct Checkin {
+    pool: Weak<Inner>,
+    key: PoolKey,
+    sender: http1::SendRequest<RequestBody>,
+}
+
+impl Checkin {
+    fn put_back(self) {
+        let Some(pool) = self.pool.upgrade() else {
+            return;
+        };
+        if self.sender.is_closed() {
+            return;
+        }
+        let mut idle = lock(&pool.http1);
+        let list = idle.entry(self.key).or_default();
+        if list.len() < pool.settings.max_idle_per_endpoint {
+            list.push(Idle {
+                sender: self.sender,
+                since: Instant::now(),
+            });
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body from upstream; at its end the HTTP/1.1 connection
+    /// it came on goes back to the pool.
+    pub struct PooledBody {
+        #[pin]
+        body: Incoming,
+        checkin: Option<Checkin>,
+    }
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let mut this = self.project();
+        let frame = ready!(this.body.as_mut().poll_frame(cx));
+        match &frame {
+            None => {
+                if let Some(c) = this.checkin.take() {
+                    c.put_back();
+                }
+            }
+            Some(Err(_)) => {
+                // A broken body: the connection is not reusable.
+                this.checkin.take();
+            }
+            // A server that knows the length stops polling at the last
+            // byte, so the end is noticed here rather than at `None`.
+            Some(Ok(_)) => {
+                if this.body.is_end_stream()
+                    && let Some(c) = this.checkin.take()
+                {
+                    c.put_back();
+                }
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
