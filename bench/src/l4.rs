@@ -25,7 +25,7 @@ pub struct Args {
     #[arg(long, default_value_t = 3)]
     rounds: usize,
     /// Requests per second of the request/response test.
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = 1000)]
     rate: u32,
     /// Parallel connections of the connection-rate test.
     #[arg(long, default_value_t = 4)]

@@ -32,7 +32,7 @@ pub struct ClientArgs {
     #[arg(long, default_value_t = 5.0)]
     seconds: f64,
     /// `rr`: requests per second, sent on a fixed schedule.
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = 1000)]
     rate: u32,
     /// `conn`: connections opened in parallel.
     #[arg(long, default_value_t = 4)]
@@ -114,14 +114,22 @@ async fn bulk(server: std::net::IpAddr, duration: Duration) -> anyhow::Result<se
 
 /// Requests leave on a fixed schedule; latency counts from the scheduled
 /// time, so a stall delays (and is charged to) every request behind it.
+/// Runs on its own thread with blocking sockets: an async timer's
+/// millisecond granularity would dwarf the microseconds being measured, so
+/// the thread sleeps until just before each send and spins the rest.
 async fn rr(server: std::net::IpAddr, duration: Duration, rate: u32) -> anyhow::Result<serde_json::Value> {
-    let mut s = TcpStream::connect((server, RR_PORT)).await?;
+    tokio::task::spawn_blocking(move || rr_blocking(server, duration, rate)).await?
+}
+
+fn rr_blocking(server: std::net::IpAddr, duration: Duration, rate: u32) -> anyhow::Result<serde_json::Value> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect((server, RR_PORT))?;
     s.set_nodelay(true)?;
     let request = [0x42u8; MSG];
     let mut response = [0u8; MSG];
     for _ in 0..100 {
-        s.write_all(&request).await?;
-        s.read_exact(&mut response).await?;
+        s.write_all(&request)?;
+        s.read_exact(&mut response)?;
     }
     let interval = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
     let total = (duration.as_secs_f64() * f64::from(rate)) as usize;
@@ -129,9 +137,16 @@ async fn rr(server: std::net::IpAddr, duration: Duration, rate: u32) -> anyhow::
     let start = Instant::now();
     for i in 0..total {
         let due = start + interval * i as u32;
-        tokio::time::sleep_until(due.into()).await;
-        s.write_all(&request).await?;
-        s.read_exact(&mut response).await?;
+        if let Some(wait) = due.checked_duration_since(Instant::now())
+            && wait > Duration::from_micros(200)
+        {
+            std::thread::sleep(wait - Duration::from_micros(150));
+        }
+        while Instant::now() < due {
+            std::hint::spin_loop();
+        }
+        s.write_all(&request)?;
+        s.read_exact(&mut response)?;
         latencies.push(due.elapsed());
     }
     Ok(json!({

@@ -8,6 +8,7 @@ mod l4;
 mod loadgen;
 mod stats;
 mod store_memory;
+mod waypoint;
 
 use clap::{Parser, Subcommand};
 
@@ -40,6 +41,8 @@ enum Command {
     /// The load generator's client (run inside a pod by `l4`).
     #[command(hide = true)]
     LoadClient(loadgen::ClientArgs),
+    /// The waypoint vs HAProxy: requests/s and p99 with an L7 policy on.
+    Waypoint(waypoint::Args),
     /// ztunnel's state store: allocated bytes per known workload.
     StoreMemory {
         /// Workloads to load (plus one Service per 10).
@@ -58,6 +61,7 @@ fn main() -> anyhow::Result<()> {
         Command::StoreMemory { workloads } => store_memory::measure(workloads)?,
         Command::Controller(args) => runtime.block_on(controller::run(args))?,
         Command::L4(args) => l4::run(args)?,
+        Command::Waypoint(args) => runtime.block_on(waypoint::run(args))?,
         Command::LoadServer => {
             runtime.block_on(loadgen::server())?;
             return Ok(());
