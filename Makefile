@@ -10,9 +10,12 @@ deps:
 build: deps
 	$(CARGO) build --release --workspace --bins --examples
 
-## demo: set everything up and run the demo
+## demo: set everything up and run the demo: a two-node mesh in network
+## namespaces, real traffic, the tunnels as weftctl shows them (DEMO_ARGS=--keep
+## leaves the cluster up; `weft-e2e down` removes it)
 demo: deps
-	$(CARGO) run --release -p weft-hbone --example loopback_demo
+	$(CARGO) build --release --workspace --bins
+	$(CARGO) run --release -q -p weft-e2e --bin weft-e2e -- demo $(DEMO_ARGS)
 
 ## test: every test of the workspace, plus format and lint checks
 test: deps lint unit
