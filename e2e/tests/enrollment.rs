@@ -73,6 +73,14 @@ fn enrolled_pods_get_redirect_rules_and_others_do_not() {
         let (report, covered) = c.coverage(node).expect("coverage");
         assert!(covered, "node {node}: {report:#}");
     }
+
+    // A running pod opts out with its own label, and back in without it.
+    c.label_pod(&member, DATAPLANE_MODE, Some("none"))
+        .expect("label");
+    c.wait_redirected(&member, false, CONVERGE)
+        .expect("opted out live");
+    c.label_pod(&member, DATAPLANE_MODE, None).expect("unlabel");
+    c.wait_in_mesh(&member, CONVERGE).expect("back in the mesh");
 }
 
 #[test]
