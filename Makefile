@@ -26,8 +26,10 @@ lint:
 
 # Doctests are left out: every example that matters is a test, and rustdoc
 # trips over several builds of one crate in a shared target directory.
+# The e2e tests use the binaries this build just made (WEFT_E2E_NO_BUILD),
+# rather than running cargo again from inside a test.
 unit:
-	$(CARGO) test --workspace --all-targets --no-fail-fast
+	WEFT_E2E_NO_BUILD=1 $(CARGO) test --workspace --all-targets --no-fail-fast
 
 clean:
 	$(CARGO) clean

@@ -168,6 +168,21 @@ impl TunnelPool {
         target: &TunnelTarget,
         dialer: &dyn Dialer,
     ) -> Result<H2Stream, HboneError> {
+        self.connect_timed(source, target, dialer)
+            .await
+            .map(|(stream, _)| stream)
+    }
+
+    /// As [`TunnelPool::connect`], also returning how long the CONNECT
+    /// exchange itself took (the peer's answer, which includes its connect to
+    /// the destination) — not the time to set up a new pooled connection,
+    /// which says nothing about the destination.
+    pub async fn connect_timed(
+        &self,
+        source: &Arc<WorkloadCertificate>,
+        target: &TunnelTarget,
+        dialer: &dyn Dialer,
+    ) -> Result<(H2Stream, Duration), HboneError> {
         let key = PoolKey {
             source: source.identity().clone(),
             hbone_addr: target.hbone_addr,
@@ -184,6 +199,7 @@ impl TunnelPool {
             attempt += 1;
             let guard = self.guard_for(source, &key, &entry, dialer).await?;
             let conn = guard.conn.clone();
+            let started = Instant::now();
             let result = timeout(settings.response_timeout, send_connect(guard, target))
                 .await
                 .map_err(|_| HboneError::Timeout {
@@ -195,7 +211,7 @@ impl TunnelPool {
                     debug!(conn = conn.id, error = %e, "pooled connection is closing; retrying on a new one");
                     conn.closed.store(true, Ordering::Release);
                 }
-                other => return other,
+                other => return other.map(|stream| (stream, started.elapsed())),
             }
         }
     }

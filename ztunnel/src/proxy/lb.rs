@@ -41,12 +41,12 @@ impl EndpointStats {
     }
 }
 
-/// Of two endpoints, the one to use: fewer outstanding connections wins;
-/// with equal load, a clearly slower endpoint (several times the other's
-/// connect latency) loses; otherwise the first (random) choice stands, so
-/// endpoints of similar speed share the load evenly.
+/// Of two endpoints, whether to use the second: fewer outstanding
+/// connections wins; with equal load, a random pick weighted by inverse
+/// connect latency — a faster endpoint gets proportionally more, a slower
+/// one still gets some, so its estimate keeps being refreshed and a single
+/// slow sample cannot shut an endpoint out.
 fn second_is_better(a: &EndpointStats, b: &EndpointStats) -> bool {
-    const SLOW_FACTOR: u64 = 4;
     let (oa, ob) = (
         a.outstanding.load(Ordering::Relaxed),
         b.outstanding.load(Ordering::Relaxed),
@@ -54,7 +54,9 @@ fn second_is_better(a: &EndpointStats, b: &EndpointStats) -> bool {
     if oa != ob {
         return ob < oa;
     }
-    a.latency() > b.latency().saturating_mul(SLOW_FACTOR)
+    let (la, lb) = (a.latency() as f64, b.latency() as f64);
+    // P(b) = (1/lb) / (1/la + 1/lb) = la / (la + lb)
+    rand::random::<f64>() < la / (la + lb)
 }
 
 /// An endpoint's share of one connection: counts as outstanding until
@@ -71,10 +73,12 @@ impl EndpointLoad {
     pub fn connected(&self, latency: Duration) {
         let sample = latency.as_micros().max(1) as u64;
         let old = self.stats.latency_us.load(Ordering::Relaxed);
+        // Weight 1/4: a stale or unlucky sample is mostly forgotten after a
+        // handful of connections.
         let new = if old == 0 {
             sample
         } else {
-            (old * 7 + sample) / 8
+            (old * 3 + sample) / 4
         };
         self.stats.latency_us.store(new, Ordering::Relaxed);
         self.stats.consecutive_failures.store(0, Ordering::Relaxed);
@@ -220,6 +224,39 @@ mod tests {
         for _ in 0..20 {
             assert_eq!(lb.pick(&cands, Some("n1")).unwrap().0.workload.uid, "b");
         }
+    }
+
+    #[test]
+    fn a_slow_first_sample_does_not_shut_an_endpoint_out() {
+        let lb = LoadBalancer::default();
+        let cands = vec![
+            candidate("a", "n1", "10.0.1.1:80"),
+            candidate("b", "n2", "10.0.2.1:80"),
+        ];
+        // `b`'s first connect was slow (say, a cold path); `a` is fast.
+        let mut slow_once = true;
+        while slow_once {
+            let (c, load) = lb.pick(&cands, None).unwrap();
+            let latency = if c.workload.uid == "b" {
+                slow_once = false;
+                5_000
+            } else {
+                100
+            };
+            load.connected(Duration::from_micros(latency));
+        }
+        let mut b = 0;
+        for _ in 0..400 {
+            let (c, load) = lb.pick(&cands, None).unwrap();
+            if c.workload.uid == "b" {
+                b += 1;
+                // Now it answers as fast as `a`.
+                load.connected(Duration::from_micros(100));
+            } else {
+                load.connected(Duration::from_micros(100));
+            }
+        }
+        assert!(b > 60, "b recovered only {b} of 400 picks");
     }
 
     #[test]

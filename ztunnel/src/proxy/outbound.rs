@@ -127,10 +127,9 @@ async fn tunnel_out(
         traceparent: None,
         baggage: None,
     };
-    let started = Instant::now();
     let dialer = PodDialer { proxy, pod };
-    let stream = match proxy.pool.connect(&cert, &target, &dialer).await {
-        Ok(stream) => stream,
+    let (stream, latency) = match proxy.pool.connect_timed(&cert, &target, &dialer).await {
+        Ok(connected) => connected,
         Err(e) => {
             if let Some(load) = &tunnel.load
                 && !e.is_refusal()
@@ -143,7 +142,7 @@ async fn tunnel_out(
         }
     };
     if let Some(load) = &tunnel.load {
-        load.connected(started.elapsed());
+        load.connected(latency);
     }
     let guard = proxy.connections.open(meta);
     if let Err(e) = copy_bidirectional(&mut client, stream, &guard.counters).await {
