@@ -30,6 +30,12 @@ pub struct Args {
     /// Parallel connections of the connection-rate test.
     #[arg(long, default_value_t = 4)]
     concurrency: usize,
+    /// Only these modes (bulk, rr, conn), e.g. to profile one.
+    #[arg(long, value_delimiter = ',', default_value = "bulk,rr,conn")]
+    modes: Vec<String>,
+    /// Only the mesh path (for profiling ztunnel).
+    #[arg(long)]
+    mesh_only: bool,
 }
 
 /// The load server, killed when the bench ends.
@@ -74,10 +80,16 @@ fn run_client(client: &Pod, server: &Pod, mode: &str, args: &Args) -> anyhow::Re
         .output()
         .context("running the load client")?;
     if !out.status.success() {
-        bail!("load client ({mode}) failed: {}", String::from_utf8_lossy(&out.stdout));
+        bail!(
+            "load client ({mode}) failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
     }
     let line = String::from_utf8_lossy(&out.stdout);
-    let last = line.lines().last().context("no output from the load client")?;
+    let last = line
+        .lines()
+        .last()
+        .context("no output from the load client")?;
     Ok(serde_json::from_str(last)?)
 }
 
@@ -125,11 +137,14 @@ pub fn run(args: Args) -> anyhow::Result<Value> {
 
     let mut results: std::collections::BTreeMap<&str, Vec<Value>> = Default::default();
     for round in 0..args.rounds {
-        for mode in ["bulk", "rr", "conn"] {
+        for mode in args.modes.iter().map(String::as_str) {
             for (path, client, server) in [
                 ("plain", &plain_client, &plain_server),
                 ("mesh", &mesh_client, &mesh_server),
             ] {
+                if args.mesh_only && path == "plain" {
+                    continue;
+                }
                 let r = run_client(client, server, mode, &args)?;
                 eprintln!("round {} {mode} {path}: {r}", round + 1);
                 results
@@ -180,4 +195,3 @@ pub fn run(args: Args) -> anyhow::Result<Value> {
     let _ = cluster.teardown();
     Ok(report)
 }
-

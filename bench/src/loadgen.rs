@@ -117,11 +117,19 @@ async fn bulk(server: std::net::IpAddr, duration: Duration) -> anyhow::Result<se
 /// Runs on its own thread with blocking sockets: an async timer's
 /// millisecond granularity would dwarf the microseconds being measured, so
 /// the thread sleeps until just before each send and spins the rest.
-async fn rr(server: std::net::IpAddr, duration: Duration, rate: u32) -> anyhow::Result<serde_json::Value> {
+async fn rr(
+    server: std::net::IpAddr,
+    duration: Duration,
+    rate: u32,
+) -> anyhow::Result<serde_json::Value> {
     tokio::task::spawn_blocking(move || rr_blocking(server, duration, rate)).await?
 }
 
-fn rr_blocking(server: std::net::IpAddr, duration: Duration, rate: u32) -> anyhow::Result<serde_json::Value> {
+fn rr_blocking(
+    server: std::net::IpAddr,
+    duration: Duration,
+    rate: u32,
+) -> anyhow::Result<serde_json::Value> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect((server, RR_PORT))?;
     s.set_nodelay(true)?;
@@ -156,7 +164,11 @@ fn rr_blocking(server: std::net::IpAddr, duration: Duration, rate: u32) -> anyho
     }))
 }
 
-async fn conn(server: std::net::IpAddr, duration: Duration, concurrency: usize) -> anyhow::Result<serde_json::Value> {
+async fn conn(
+    server: std::net::IpAddr,
+    duration: Duration,
+    concurrency: usize,
+) -> anyhow::Result<serde_json::Value> {
     let start = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..concurrency.max(1) {

@@ -36,7 +36,7 @@ use anyhow::{Context, bail};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
 use weft_hbone::{
@@ -75,7 +75,7 @@ const TD: &str = "cluster.local";
 const VIP: &str = "127.77.0.1:80";
 
 /// A child process killed when dropped.
-struct Process(Child, &'static str);
+struct Process(Child);
 
 impl Drop for Process {
     fn drop(&mut self) {
@@ -200,7 +200,7 @@ fn start_backend(runtime: &tokio::runtime::Runtime) -> anyhow::Result<SocketAddr
 }
 
 struct Waypoint {
-    _process: Process,
+    process: Process,
     addr: SocketAddr,
 }
 
@@ -219,11 +219,16 @@ async fn start_waypoint(setup: &Setup, bin: &Path) -> anyhow::Result<Waypoint> {
         .args(["--readiness-addr", &readiness.to_string()])
         .args(["--no-access-log", "--log", "warn"])
         .env_remove("RUST_LOG")
+        .envs(
+            std::env::var("WAYPOINT_THREADS")
+                .ok()
+                .map(|t| ("TOKIO_WORKER_THREADS", t)),
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
         .with_context(|| format!("starting {}", bin.display()))?;
-    let process = Process(child, "waypoint");
+    let process = Process(child);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if http_status(readiness, "/healthz/ready").await == Some(200) {
@@ -235,13 +240,13 @@ async fn start_waypoint(setup: &Setup, bin: &Path) -> anyhow::Result<Waypoint> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Ok(Waypoint {
-        _process: process,
+        process,
         addr: hbone,
     })
 }
 
 struct Haproxy {
-    _process: Process,
+    process: Process,
     plain: SocketAddr,
     tls: SocketAddr,
 }
@@ -252,7 +257,7 @@ fn start_haproxy(setup: &Setup, bin: &Path, backend: SocketAddr) -> anyhow::Resu
     let dir = &setup.dir;
     let config = format!(
         r#"global
-    maxconn 20000
+    maxconn 4000
     ssl-default-bind-options ssl-min-ver TLSv1.3
 
 defaults
@@ -302,7 +307,7 @@ backend backend
         .stderr(Stdio::inherit())
         .spawn()
         .context("starting haproxy")?;
-    let process = Process(child, "haproxy");
+    let process = Process(child);
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(plain).is_err() || std::net::TcpStream::connect(tls).is_err()
     {
@@ -312,10 +317,22 @@ backend backend
         std::thread::sleep(Duration::from_millis(50));
     }
     Ok(Haproxy {
-        _process: process,
+        process,
         plain,
         tls,
     })
+}
+
+/// CPU time a process has used (user + system), from /proc.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    // USER_HZ is 100 on every Linux this runs on.
+    Some((utime + stime) / 100.0)
 }
 
 /// GET `path` over plain HTTP/1.1, the status if any.
@@ -450,22 +467,26 @@ struct Figures {
     rps: Vec<f64>,
     p50: Vec<f64>,
     p99: Vec<f64>,
+    /// The proxy's CPU time per request, microseconds.
+    cpu_us: Vec<f64>,
 }
 
 impl Figures {
-    fn add(&mut self, rps: f64, mut lat: Latencies) -> (f64, f64) {
+    fn add(&mut self, rps: f64, mut lat: Latencies, cpu_us: f64) -> (f64, f64) {
         let (p50, p99) = (lat.quantile_us(0.50), lat.quantile_us(0.99));
         self.rps.push(rps);
         self.p50.push(p50);
         self.p99.push(p99);
+        self.cpu_us.push(cpu_us);
         (p50, p99)
     }
 
-    fn medians(&self) -> (f64, f64, f64) {
+    fn medians(&self) -> (f64, f64, f64, f64) {
         (
             median(self.rps.clone()),
             median(self.p50.clone()),
             median(self.p99.clone()),
+            median(self.cpu_us.clone()),
         )
     }
 }
@@ -473,25 +494,33 @@ impl Figures {
 pub async fn run(args: Args) -> anyhow::Result<Value> {
     let dir = std::env::temp_dir().join(format!("weft-bench-waypoint-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let result = run_in(&args, &dir).await;
-    let _ = std::fs::remove_dir_all(&dir);
-    result
-}
-
-async fn run_in(args: &Args, dir: &Path) -> anyhow::Result<Value> {
+    // The backend gets its own thread, as it would be its own process.
     let backend_runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("bench-backend")
         .enable_all()
         .build()?;
-    let backend = start_backend(&backend_runtime)?;
+    let result = run_in(&args, &dir, &backend_runtime).await;
+    backend_runtime.shutdown_background();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+async fn run_in(
+    args: &Args,
+    dir: &Path,
+    backend_runtime: &tokio::runtime::Runtime,
+) -> anyhow::Result<Value> {
+    let backend = start_backend(backend_runtime)?;
     let setup = setup(dir, backend)?;
     let waypoint = start_waypoint(&setup, &waypoint_binary(args)?).await?;
     let haproxy = start_haproxy(&setup, &args.haproxy_bin, backend)?;
 
-    let mut haproxy_tls = (*tls::client_config(&setup.client, &setup.bundle, &setup.haproxy_id)?)
-        .clone();
+    let mut haproxy_tls =
+        (*tls::client_config(&setup.client, &setup.bundle, &setup.haproxy_id)?).clone();
     haproxy_tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let waypoint_pid = waypoint.process.0.id();
+    let haproxy_pid = haproxy.process.0.id();
     let targets = [
         (
             "waypoint",
@@ -508,10 +537,13 @@ async fn run_in(args: &Args, dir: &Path) -> anyhow::Result<Value> {
                 },
             },
         ),
-        ("haproxy-tls", Target::Tls {
-            addr: haproxy.tls,
-            config: Arc::new(haproxy_tls),
-        }),
+        (
+            "haproxy-tls",
+            Target::Tls {
+                addr: haproxy.tls,
+                config: Arc::new(haproxy_tls),
+            },
+        ),
         ("haproxy", Target::Plain(haproxy.plain)),
     ];
     let targets: Vec<_> = targets
@@ -532,12 +564,20 @@ async fn run_in(args: &Args, dir: &Path) -> anyhow::Result<Value> {
     let mut figures: Vec<Figures> = targets.iter().map(|_| Figures::default()).collect();
     for round in 0..args.rounds {
         for ((name, target), fig) in targets.iter().zip(&mut figures) {
+            let pid = if *name == "waypoint" {
+                waypoint_pid
+            } else {
+                haproxy_pid
+            };
+            let cpu_before = cpu_seconds(pid).unwrap_or(f64::NAN);
             let (rps, lat) = measure(target, args.connections, duration)
                 .await
                 .with_context(|| format!("measuring {name}"))?;
-            let (p50, p99) = fig.add(rps, lat);
+            let cpu = cpu_seconds(pid).unwrap_or(f64::NAN) - cpu_before;
+            let cpu_us = cpu * 1e6 / (rps * duration.as_secs_f64());
+            let (p50, p99) = fig.add(rps, lat, cpu_us);
             eprintln!(
-                "round {}/{}: {name:<11} {rps:>9.0} req/s  p50 {p50:>7.1} us  p99 {p99:>7.1} us",
+                "round {}/{}: {name:<11} {rps:>9.0} req/s  p50 {p50:>7.1} us  p99 {p99:>7.1} us  proxy CPU {cpu_us:>5.1} us/req",
                 round + 1,
                 args.rounds
             );
@@ -545,7 +585,6 @@ async fn run_in(args: &Args, dir: &Path) -> anyhow::Result<Value> {
     }
     drop(haproxy);
     drop(waypoint);
-    backend_runtime.shutdown_background();
 
     let mut out = json!({
         "bench": "waypoint",
@@ -555,9 +594,10 @@ async fn run_in(args: &Args, dir: &Path) -> anyhow::Result<Value> {
     });
     let mut by_name = std::collections::HashMap::new();
     for ((name, _), fig) in targets.iter().zip(&figures) {
-        let (rps, p50, p99) = fig.medians();
+        let (rps, p50, p99, cpu_us) = fig.medians();
         let key = name.replace('-', "_");
         out[format!("{key}_rps")] = json!(rps.round());
+        out[format!("{key}_cpu_us_per_request")] = json!(round2(cpu_us));
         out[format!("{key}_p50_us")] = json!(round2(p50));
         out[format!("{key}_p99_us")] = json!(round2(p99));
         by_name.insert(*name, (rps, p99));

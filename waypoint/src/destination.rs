@@ -46,7 +46,8 @@ pub enum Destination {
     /// waypoint picks the endpoint.
     Service {
         service: Arc<Service>,
-        port: ServicePort,
+        /// Index of the port asked for in `service.ports`.
+        port: usize,
         vip: SocketAddr,
     },
     /// Addressed to a pod.
@@ -75,22 +76,30 @@ impl Destination {
         }
     }
 
+    /// The Service port asked for, when addressed to a Service.
+    pub fn service_port(&self) -> Option<&ServicePort> {
+        match self {
+            Destination::Service { service, port, .. } => service.ports.get(*port),
+            Destination::Workload { .. } => None,
+        }
+    }
+
     /// What the destination port says it speaks.
     pub fn declared(&self) -> Declared {
-        match self {
-            Destination::Service { port, .. } => sniff::declared(&port.app_protocol),
-            Destination::Workload { .. } => Declared::Unknown,
+        match self.service_port() {
+            Some(port) => sniff::declared(&port.app_protocol),
+            None => Declared::Unknown,
         }
     }
 
     /// True if the port asks for HTTP/2 to the application.
     pub fn wants_h2(&self) -> bool {
-        match self {
-            Destination::Service { port, .. } => matches!(
+        match self.service_port() {
+            Some(port) => matches!(
                 port.app_protocol.to_ascii_lowercase().as_str(),
                 "http2" | "h2c" | "grpc" | "kubernetes.io/h2c"
             ),
-            Destination::Workload { .. } => false,
+            None => false,
         }
     }
 
@@ -144,8 +153,7 @@ pub fn resolve(
         let port = service
             .ports
             .iter()
-            .find(|p| p.service_port == u32::from(authority.port()))
-            .cloned()
+            .position(|p| p.service_port == u32::from(authority.port()))
             .ok_or_else(|| Unroutable::NoPort {
                 service: format!("{}/{}", service.namespace, service.name),
                 port: authority.port(),

@@ -147,6 +147,7 @@ async fn handle(proxy: Arc<Proxy>, tunnel: InboundTunnel) {
         id: guard.id,
         client,
         authority,
+        metrics: Default::default(),
     });
     serve_http(proxy, context, io, protocol == Protocol::Http2).await;
 }

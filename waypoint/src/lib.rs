@@ -30,6 +30,7 @@ pub mod policy;
 pub mod proxy;
 pub mod request;
 pub mod routing;
+pub mod service_map;
 pub mod snapshot;
 pub mod sniff;
 pub mod tcp;

@@ -63,10 +63,38 @@ impl Drop for TunnelGuard {
     }
 }
 
+/// Metric handles of a tunnel's requests, by destination and code: the
+/// source is the same for every request of a tunnel, so after its first
+/// requests recording costs two atomic adds instead of building and
+/// hashing nine labels.
+#[derive(Default)]
+pub struct TunnelMetrics {
+    entries: Mutex<Vec<MetricEntry>>,
+}
+
+impl std::fmt::Debug for TunnelMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TunnelMetrics").finish_non_exhaustive()
+    }
+}
+
+struct MetricEntry {
+    destination: Option<String>,
+    service: Option<String>,
+    code: u16,
+    requests: metrics::Counter,
+    duration: metrics::Histogram,
+}
+
+/// Distinct label sets cached per tunnel; past this, handles are looked up
+/// each time (a tunnel fanning out to very many endpoints).
+const TUNNEL_METRICS_CAP: usize = 32;
+
 /// One request, as it ended.
 #[derive(Debug)]
 pub struct RequestRecord<'a> {
     pub tunnel: u64,
+    pub metrics: &'a TunnelMetrics,
     pub client: &'a Client,
     pub method: &'a Method,
     /// Normalized path, without the query (queries may carry secrets).
@@ -102,6 +130,33 @@ fn split_workload(w: Option<&Workload>) -> (String, String) {
         Some(w) => (w.namespace.clone(), w.name.clone()),
         None => ("unknown".into(), "unknown".into()),
     }
+}
+
+/// Metric labels of a request (DESIGN §9).
+fn request_labels(r: &RequestRecord<'_>) -> [(&'static str, String); 9] {
+    let (src_ns, src_wl) = split_workload(r.client.workload.as_deref());
+    let (dst_ns, dst_wl) = split_workload(r.endpoint.map(|(w, _)| w));
+    let dst_principal = r
+        .endpoint
+        .and_then(|(w, _)| workload_identity(w).ok())
+        .map(|id| id.to_string());
+    [
+        ("reporter", "waypoint".to_owned()),
+        ("source_workload", src_wl),
+        ("source_workload_namespace", src_ns),
+        ("source_principal", r.client.principal.clone()),
+        ("destination_workload", dst_wl),
+        ("destination_workload_namespace", dst_ns),
+        (
+            "destination_principal",
+            dst_principal.unwrap_or_else(|| "unknown".into()),
+        ),
+        (
+            "destination_service",
+            r.service.unwrap_or("unknown").to_owned(),
+        ),
+        ("response_code", r.status.as_u16().to_string()),
+    ]
 }
 
 impl Observer {
@@ -210,33 +265,39 @@ impl Observer {
 
     /// Records one request: metrics, access log, tap.
     pub fn request(&self, r: &RequestRecord<'_>) {
-        let (src_ns, src_wl) = split_workload(r.client.workload.as_deref());
-        let (dst_ns, dst_wl) = split_workload(r.endpoint.map(|(w, _)| w));
-        let dst_principal = r
-            .endpoint
-            .and_then(|(w, _)| workload_identity(w).ok())
-            .map(|id| id.to_string());
-        let code = r.status.as_u16().to_string();
-        let labels = [
-            ("reporter", "waypoint".to_owned()),
-            ("source_workload", src_wl),
-            ("source_workload_namespace", src_ns),
-            ("source_principal", r.client.principal.clone()),
-            ("destination_workload", dst_wl),
-            ("destination_workload_namespace", dst_ns),
-            (
-                "destination_principal",
-                dst_principal.clone().unwrap_or_else(|| "unknown".into()),
-            ),
-            (
-                "destination_service",
-                r.service.unwrap_or("unknown").to_owned(),
-            ),
-            ("response_code", code),
-        ];
-        metrics::counter!("weft_requests_total", &labels).increment(1);
-        metrics::histogram!("weft_request_duration_seconds", &labels)
-            .record(r.duration.as_secs_f64());
+        let seconds = r.duration.as_secs_f64();
+        let code = r.status.as_u16();
+        let destination = r.endpoint.map(|(w, _)| w.uid.as_str());
+        {
+            let mut entries = lock(&r.metrics.entries);
+            let hit = entries.iter().find(|e| {
+                e.code == code
+                    && e.destination.as_deref() == destination
+                    && e.service.as_deref() == r.service
+            });
+            match hit {
+                Some(e) => {
+                    e.requests.increment(1);
+                    e.duration.record(seconds);
+                }
+                None => {
+                    let labels = request_labels(r);
+                    let requests = metrics::counter!("weft_requests_total", &labels);
+                    let duration = metrics::histogram!("weft_request_duration_seconds", &labels);
+                    requests.increment(1);
+                    duration.record(seconds);
+                    if entries.len() < TUNNEL_METRICS_CAP {
+                        entries.push(MetricEntry {
+                            destination: destination.map(str::to_owned),
+                            service: r.service.map(str::to_owned),
+                            code,
+                            requests,
+                            duration,
+                        });
+                    }
+                }
+            }
+        }
 
         let upstream = r.endpoint.map(|(_, a)| a.to_string());
         if self.access_log {
@@ -259,6 +320,10 @@ impl Observer {
             );
         }
         if self.tap.receiver_count() > 0 {
+            let dst_principal = r
+                .endpoint
+                .and_then(|(w, _)| workload_identity(w).ok())
+                .map(|id| id.to_string());
             let now = unix_ms();
             let info = ConnectionInfo {
                 id: r.tunnel,

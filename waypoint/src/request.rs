@@ -25,10 +25,10 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::{Body, Incoming};
 use weft_api::authz::RequestAttrs;
-use weft_api::config::{Service, ServicePort, Workload};
+use weft_api::config::{Service, Workload};
 
 use crate::destination::{self, Destination};
-use crate::observe::RequestRecord;
+use crate::observe::{RequestRecord, TunnelMetrics};
 use crate::path;
 use crate::policy::{self, Client};
 use crate::proxy::Proxy;
@@ -47,13 +47,15 @@ pub struct TunnelContext {
     pub client: Client,
     /// The tunnel's `:authority`.
     pub authority: SocketAddr,
+    pub metrics: TunnelMetrics,
 }
 
 /// Where a request is going after routing.
 enum Target {
     Service {
         service: Arc<Service>,
-        port: ServicePort,
+        /// Index into `service.ports`.
+        port: usize,
     },
     Workload {
         workload: Arc<Workload>,
@@ -90,6 +92,7 @@ pub async fn handle(
     let response = serve(&proxy, &tunnel, request, &mut trace, started).await;
     proxy.observer.request(&RequestRecord {
         tunnel: tunnel.id,
+        metrics: &tunnel.metrics,
         client: &tunnel.client,
         method: &method,
         path: &trace.path,
@@ -164,12 +167,10 @@ async fn serve(
     let host = request_host(&parts, tunnel.authority);
 
     // Policies at this waypoint, before anything else happens.
-    let mut attrs: Option<RequestAttrs> = None;
+    let mut attrs = LazyAttrs::default();
     let waypoint_policies = snapshot.waypoint_policies(dest.service());
     if !waypoint_policies.is_empty() {
-        let attrs = attrs.get_or_insert_with(|| {
-            policy::request_attrs(&parts.method, &path, &host, &parts.headers, true)
-        });
+        let attrs = attrs.get(&waypoint_policies, &parts, &path, &host);
         let conn = tunnel.client.connection(tunnel.authority);
         let decision = policy::authorize_request(&waypoint_policies, &conn, attrs);
         if !decision.allowed {
@@ -379,7 +380,7 @@ fn choose_target(
     let to_destination = || match dest {
         Destination::Service { service, port, .. } => Target::Service {
             service: service.clone(),
-            port: port.clone(),
+            port: *port,
         },
         Destination::Workload { workload, addr } => Target::Workload {
             workload: workload.clone(),
@@ -408,8 +409,7 @@ fn choose_target(
             let port = service
                 .ports
                 .iter()
-                .find(|p| p.service_port == port_number)
-                .cloned()
+                .position(|p| p.service_port == port_number)
                 .ok_or_else(|| format!("backend service {key} has no port {port_number}"))?;
             Ok(Target::Service { service, port })
         }
@@ -437,6 +437,10 @@ impl Forward<'_> {
             }
             Target::Service { service, port } => {
                 let store = &self.proxy.config.store;
+                let port = service
+                    .ports
+                    .get(*port)
+                    .ok_or_else(|| "service port vanished".to_owned())?;
                 let candidates = self.snapshot.candidates(store, service, port);
                 let (chosen, load) = self.proxy.lb.pick(&candidates, None).ok_or_else(|| {
                     format!(
@@ -457,26 +461,14 @@ impl Forward<'_> {
     }
 
     /// The destination workload's own policies, with the real client.
-    fn authorize_endpoint(
-        &self,
-        endpoint: &Endpoint,
-        attrs: &mut Option<RequestAttrs>,
-    ) -> Result<(), String> {
+    fn authorize_endpoint(&self, endpoint: &Endpoint, attrs: &mut LazyAttrs) -> Result<(), String> {
         let policies = self
             .snapshot
             .workload_policies(&self.proxy.config.store, &endpoint.workload);
         if policies.is_empty() {
             return Ok(());
         }
-        let attrs = attrs.get_or_insert_with(|| {
-            policy::request_attrs(
-                &self.parts.method,
-                self.path,
-                self.host,
-                &self.parts.headers,
-                true,
-            )
-        });
+        let attrs = attrs.get(&policies, self.parts, self.path, self.host);
         let conn = self.tunnel.client.connection(endpoint.addr);
         let decision = policy::authorize_request(&policies, &conn, attrs);
         if decision.allowed {
@@ -519,6 +511,37 @@ impl Forward<'_> {
         *request.version_mut() = version;
         *request.headers_mut() = headers;
         Ok(request)
+    }
+}
+
+/// What the evaluator knows of the request, built on first use; headers
+/// are copied only for policies that read them.
+#[derive(Default)]
+struct LazyAttrs {
+    attrs: Option<RequestAttrs>,
+    with_headers: bool,
+}
+
+impl LazyAttrs {
+    fn get(
+        &mut self,
+        policies: &[Arc<weft_api::config::Authorization>],
+        parts: &Parts,
+        path: &str,
+        host: &str,
+    ) -> &RequestAttrs {
+        let need_headers = policy::reads_headers(policies);
+        if self.attrs.is_none() || (need_headers && !self.with_headers) {
+            self.with_headers = need_headers;
+            self.attrs = Some(policy::request_attrs(
+                &parts.method,
+                path,
+                host,
+                &parts.headers,
+                need_headers,
+            ));
+        }
+        self.attrs.get_or_insert_with(RequestAttrs::default)
     }
 }
 

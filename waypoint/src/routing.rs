@@ -17,7 +17,6 @@
 //! go to the route first by `namespace/name`, then to the rule and match
 //! written first. Regexes match the whole value.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +27,7 @@ use weft_api::config::{
 };
 
 use crate::destination::WaypointName;
+use crate::service_map::ServiceMap;
 
 /// What routing looks at in a request.
 #[derive(Debug, Clone, Copy)]
@@ -257,7 +257,7 @@ impl RouteTable {
 /// All route tables of this waypoint.
 #[derive(Debug, Default)]
 pub struct Routes {
-    services: HashMap<(String, String), RouteTable>,
+    services: ServiceMap<RouteTable>,
     gateway: RouteTable,
 }
 
@@ -279,10 +279,7 @@ impl Routes {
                 .collect();
             for parent in &route.parents {
                 let table = match parent.kind.as_str() {
-                    "Service" => out
-                        .services
-                        .entry((parent.namespace.clone(), parent.name.clone()))
-                        .or_default(),
+                    "Service" => out.services.entry(&parent.namespace, &parent.name),
                     "Gateway"
                         if parent.namespace == waypoint.namespace
                             && parent.name == waypoint.name =>
@@ -320,7 +317,7 @@ impl Routes {
     /// Routes attached to the Service `namespace/name`.
     pub fn for_service(&self, namespace: &str, name: &str) -> Option<&RouteTable> {
         self.services
-            .get(&(namespace.to_owned(), name.to_owned()))
+            .get(namespace, name)
             .filter(|t| !t.entries.is_empty())
     }
 

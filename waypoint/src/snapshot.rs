@@ -5,7 +5,7 @@
 //! the request path never scans the whole config.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use arc_swap::ArcSwap;
 use tracing::warn;
@@ -17,12 +17,13 @@ use weft_ztunnel::state::WorkloadStore;
 
 use crate::destination::WaypointName;
 use crate::routing::Routes;
+use crate::service_map::ServiceMap;
 
 /// Policies in `namespace/name` order, as evaluated.
 pub type PolicySet = Arc<[Arc<Authorization>]>;
 
-/// A Service port: namespace, name, port.
-type ServicePortKey = (String, String, u32);
+/// Endpoints by service port.
+type EndpointsByPort = HashMap<u32, Arc<[Candidate]>>;
 
 /// One config version, compiled.
 pub struct Snapshot {
@@ -33,16 +34,16 @@ pub struct Snapshot {
     /// Policies targeting this waypoint's Gateway.
     gateway_policies: PolicySet,
     /// Gateway policies plus those targeting the Service, per Service.
-    service_policies: HashMap<(String, String), PolicySet>,
-    workload_policies: Mutex<HashMap<String, PolicySet>>,
-    candidates: Mutex<HashMap<ServicePortKey, Arc<[Candidate]>>>,
+    service_policies: ServiceMap<PolicySet>,
+    workload_policies: RwLock<HashMap<String, PolicySet>>,
+    candidates: RwLock<ServiceMap<EndpointsByPort>>,
 }
 
 impl Snapshot {
     fn build(store: &WorkloadStore, me: &WaypointName) -> Snapshot {
         let version = store.version();
         let mut gateway = Vec::new();
-        let mut by_service: HashMap<(String, String), Vec<Arc<Authorization>>> = HashMap::new();
+        let mut by_service: ServiceMap<Vec<Arc<Authorization>>> = ServiceMap::default();
         // `policies()` is in namespace/name order; the sets keep it.
         for policy in store.policies() {
             if applies_at_waypoint(&policy, &me.namespace, &me.name, None) {
@@ -56,20 +57,17 @@ impl Snapshot {
                 )
             {
                 by_service
-                    .entry((target.namespace.clone(), target.name.clone()))
-                    .or_default()
+                    .entry(&target.namespace, &target.name)
                     .push(policy);
             }
         }
-        let service_policies = by_service
-            .into_iter()
-            .map(|(service, specific)| {
-                let mut set: Vec<Arc<Authorization>> =
-                    gateway.iter().cloned().chain(specific).collect();
-                set.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-                (service, set.into())
-            })
-            .collect();
+        let mut service_policies = ServiceMap::default();
+        for ((ns, name), specific) in by_service.into_entries() {
+            let mut set: Vec<Arc<Authorization>> =
+                gateway.iter().cloned().chain(specific).collect();
+            set.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+            *service_policies.entry(&ns, &name) = set.into();
+        }
         let (routes, warnings) = Routes::build(&store.routes(), me);
         for w in &warnings {
             warn!(version, "{w}");
@@ -80,8 +78,8 @@ impl Snapshot {
             warnings,
             gateway_policies: gateway.into(),
             service_policies,
-            workload_policies: Mutex::default(),
-            candidates: Mutex::default(),
+            workload_policies: RwLock::default(),
+            candidates: RwLock::default(),
         }
     }
 
@@ -89,22 +87,19 @@ impl Snapshot {
     /// to a workload, when `None`).
     pub fn waypoint_policies(&self, service: Option<(&str, &str)>) -> PolicySet {
         service
-            .and_then(|(ns, name)| {
-                self.service_policies
-                    .get(&(ns.to_owned(), name.to_owned()))
-                    .cloned()
-            })
+            .and_then(|(ns, name)| self.service_policies.get(ns, name).cloned())
             .unwrap_or_else(|| self.gateway_policies.clone())
     }
 
     /// The policies of the workload itself (mesh, namespace, selector), in
     /// full form: the waypoint enforces them with the real client's identity.
     pub fn workload_policies(&self, store: &WorkloadStore, workload: &Workload) -> PolicySet {
-        let mut cache = lock(&self.workload_policies);
-        cache
-            .entry(workload.uid.clone())
-            .or_insert_with(|| store.policies_for(workload).into())
-            .clone()
+        if let Some(set) = read(&self.workload_policies).get(&workload.uid) {
+            return set.clone();
+        }
+        let set: PolicySet = store.policies_for(workload).into();
+        write(&self.workload_policies).insert(workload.uid.clone(), set.clone());
+        set
     }
 
     /// The healthy endpoints of `service` for `port`.
@@ -114,22 +109,31 @@ impl Snapshot {
         service: &Service,
         port: &ServicePort,
     ) -> Arc<[Candidate]> {
-        let key = (
-            service.namespace.clone(),
-            service.name.clone(),
-            port.service_port,
-        );
-        let mut cache = lock(&self.candidates);
-        cache
-            .entry(key)
-            .or_insert_with(|| service_candidates(store, service, port).into())
-            .clone()
+        let cached = read(&self.candidates)
+            .get(&service.namespace, &service.name)
+            .and_then(|ports| ports.get(&port.service_port).cloned());
+        if let Some(candidates) = cached {
+            return candidates;
+        }
+        let candidates: Arc<[Candidate]> = service_candidates(store, service, port).into();
+        write(&self.candidates)
+            .entry(&service.namespace, &service.name)
+            .insert(port.service_port, candidates.clone());
+        candidates
     }
 }
 
+// Caches only: a panic elsewhere cannot leave them inconsistent.
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Caches only: a panic elsewhere cannot leave them inconsistent.
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The store and its current compiled view, rebuilt on first use after the

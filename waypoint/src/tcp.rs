@@ -53,6 +53,10 @@ pub fn authorize(proxy: &Proxy, client: &Client, dest: &Destination) -> Result<E
             Endpoint::new(workload.clone(), *addr, &proxy.me, hbone_port, None)
         }
         Destination::Service { service, port, .. } => {
+            let port = service
+                .ports
+                .get(*port)
+                .ok_or_else(|| unavailable("service port vanished".into()))?;
             let candidates = snapshot.candidates(store, service, port);
             let (chosen, load) = proxy.lb.pick(&candidates, None).ok_or_else(|| {
                 unavailable(format!(

@@ -366,3 +366,90 @@ fn a_pod_removed_by_the_agent_loses_its_listeners() {
     assert!(!pods.contains(&c.pod(b).uid), "{pods}");
     assert!(pods.contains(&c.pod(a).uid), "{pods}");
 }
+
+/// Opens an HBONE tunnel from inside pod `from` as `identity` (the test holds
+/// the CA, so it can be anyone) to `to`; returns the status or the error.
+fn hbone_as(
+    c: &Cluster,
+    from: usize,
+    identity: &str,
+    hbone: SocketAddr,
+    to: SocketAddr,
+    expect: &str,
+) -> Result<(), String> {
+    let id: weft_hbone::SpiffeId = identity.parse().unwrap();
+    let cert = std::sync::Arc::new(c.ca.issue(&id, Duration::from_secs(600)).unwrap());
+    let bundle = weft_hbone::TrustBundle::from_pems("cluster.local", &[c.ca.root_pem()]).unwrap();
+    let expected: weft_hbone::SpiffeId = expect.parse().unwrap();
+    c.in_pod(from, move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let pool = weft_hbone::TunnelPool::new(weft_hbone::PoolSettings::default(), bundle);
+            let target = weft_hbone::TunnelTarget {
+                hbone_addr: hbone,
+                expected_identity: expected,
+                authority: to,
+                client_ip: None,
+                traceparent: None,
+                baggage: None,
+            };
+            pool.connect(&cert, &target, &weft_hbone::DirectDialer)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+    })
+}
+
+#[test]
+fn a_pod_bound_to_a_waypoint_is_reachable_only_from_the_waypoint() {
+    let _one = serial();
+    let mut c = Cluster::new(2);
+    // Without redirect rules: the test's own HBONE client must not be
+    // captured by a ztunnel.
+    let client = c.add_pod(PodSpec::plain("shop", "client", 1));
+    let server = c.add_pod(PodSpec::meshed("shop", "server", "server", 2));
+    c.echo_server(server, 8080);
+    let server_uid = c.pod(server).uid.clone();
+    // The waypoint's address does not matter here: the test speaks HBONE to
+    // the server pod directly, as a bypass would.
+    c.write_config_with("", |p| {
+        if p.uid == server_uid {
+            r#"waypoint: { namespace: shop, name: waypoint, addresses: ["10.96.0.99"], hbonePort: 15008, identity: "spiffe://cluster.local/ns/shop/sa/waypoint" }"#.into()
+        } else {
+            String::new()
+        }
+    });
+    c.start_ztunnel(2);
+    let hbone = addr(c.pod(server).ip, 15008);
+    let app = addr(c.pod(server).ip, 8080);
+    let server_id = "spiffe://cluster.local/ns/shop/sa/server";
+
+    let err = hbone_as(
+        &c,
+        client,
+        "spiffe://cluster.local/ns/shop/sa/client",
+        hbone,
+        app,
+        server_id,
+    )
+    .expect_err("a direct tunnel around the waypoint");
+    assert!(err.contains("403"), "{err}");
+    hbone_as(
+        &c,
+        client,
+        "spiffe://cluster.local/ns/shop/sa/waypoint",
+        hbone,
+        app,
+        server_id,
+    )
+    .expect("the waypoint itself gets through");
+    let log = c.log(2);
+    assert!(
+        log.contains("may not bypass"),
+        "the denial is logged with its reason"
+    );
+}

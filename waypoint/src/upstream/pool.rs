@@ -3,10 +3,13 @@
 //! every request. The streams underneath are HBONE tunnels from the shared
 //! `TunnelPool` (themselves multiplexed over pooled mTLS connections) or TCP.
 //!
-//! An HTTP/1.1 connection goes back to the pool when its response body has
-//! been read to the end; one whose body is dropped half-read is closed. A
-//! pooled connection the endpoint closed while idle gives the request back
-//! unsent, and the request takes another connection.
+//! An HTTP/1.1 connection has no task of its own: the request using it
+//! drives its I/O (while sending, then from the response body as the client
+//! reads it), which saves a task hand-off in each direction per request.
+//! It goes back to the pool when its response body has been read to the
+//! end; one whose body is dropped half-read is closed. A pooled connection
+//! the endpoint closed while idle is noticed when it is taken, and the
+//! request takes another one.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -22,7 +25,7 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tracing::debug;
 
-use super::{ConnectError, Connector, Transport};
+use super::{ConnectError, Connector, Transport, UpstreamIo};
 
 /// What the waypoint sends upstream: the client's body as it streams in, or
 /// a buffered copy that can be sent again on a retry.
@@ -91,8 +94,26 @@ impl Failed {
     }
 }
 
-struct Idle {
+/// An HTTP/1.1 connection: the request side and the I/O driver.
+struct Http1Conn {
     sender: http1::SendRequest<RequestBody>,
+    conn: http1::Connection<TokioIo<UpstreamIo>, RequestBody>,
+}
+
+impl Http1Conn {
+    /// Runs the connection's I/O as far as it goes now. `Ready` means the
+    /// connection ended (closed by the endpoint, or broken).
+    fn drive(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        Pin::new(&mut self.conn).poll(cx).map(|result| {
+            if let Err(e) = result {
+                debug!(error = %e, "upstream HTTP/1.1 connection ended");
+            }
+        })
+    }
+}
+
+struct Idle {
+    conn: Http1Conn,
     since: Instant,
 }
 
@@ -149,40 +170,46 @@ impl HttpPool {
         key: &PoolKey,
         mut request: Request<RequestBody>,
     ) -> Result<Response<PooledBody>, Failed> {
-        while let Some(mut sender) = self.checkout(key).await {
-            match sender.try_send_request(request).await {
-                Ok(response) => return Ok(self.pooled(key, sender, response)),
+        loop {
+            let mut conn = match self.checkout(key).await {
+                Some(conn) => conn,
+                None => match self.connect_http1(key).await {
+                    Ok(conn) => conn,
+                    Err(e) => return Err(Failed::unsent(e, request)),
+                },
+            };
+            let mut sending = std::pin::pin!(conn.sender.try_send_request(request));
+            let mut ended = false;
+            // Drive the connection while the request goes out and the
+            // response head comes back.
+            let result = std::future::poll_fn(|cx| {
+                if !ended && conn.drive(cx).is_ready() {
+                    ended = true;
+                }
+                sending.as_mut().poll(cx)
+            })
+            .await;
+            match result {
+                Ok(response) => {
+                    let conn = (!ended).then_some(conn);
+                    return Ok(self.pooled(key, conn, response));
+                }
                 Err(mut e) => match e.take_message() {
                     // The connection closed while idle; the request was not
-                    // sent. Try the next one.
+                    // sent. Try another.
                     Some(unsent) => request = unsent,
                     None => return Err(Failed::sent(e.into_error())),
                 },
             }
         }
-        let io = match self.connect(key).await {
-            Ok(io) => io,
-            Err(e) => return Err(Failed::unsent(e, request)),
-        };
-        let (mut sender, connection) = match http1::Builder::new()
+    }
+
+    async fn connect_http1(&self, key: &PoolKey) -> Result<Http1Conn, SendError> {
+        let io = self.connect(key).await?;
+        let (sender, conn) = http1::Builder::new()
             .handshake::<_, RequestBody>(TokioIo::new(io))
-            .await
-        {
-            Ok(pair) => pair,
-            Err(e) => return Err(Failed::unsent(e, request)),
-        };
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                debug!(error = %e, "upstream HTTP/1.1 connection ended");
-            }
-        });
-        match sender.try_send_request(request).await {
-            Ok(response) => Ok(self.pooled(key, sender, response)),
-            Err(mut e) => Err(Failed {
-                unsent: e.take_message(),
-                error: e.into_error().into(),
-            }),
-        }
+            .await?;
+        Ok(Http1Conn { sender, conn })
     }
 
     async fn send_http2(
@@ -235,12 +262,12 @@ impl HttpPool {
         }
     }
 
-    async fn connect(&self, key: &PoolKey) -> Result<super::UpstreamIo, ConnectError> {
+    async fn connect(&self, key: &PoolKey) -> Result<UpstreamIo, ConnectError> {
         self.inner.connector.connect(key.addr, &key.transport).await
     }
 
     /// An idle HTTP/1.1 connection to the endpoint, ready for a request.
-    async fn checkout(&self, key: &PoolKey) -> Option<http1::SendRequest<RequestBody>> {
+    async fn checkout(&self, key: &PoolKey) -> Option<Http1Conn> {
         loop {
             let idle = {
                 let mut pool = lock(&self.inner.http1);
@@ -251,16 +278,21 @@ impl HttpPool {
                 }
                 idle?
             };
-            if idle.since.elapsed() > self.inner.settings.idle_timeout || idle.sender.is_closed() {
+            if idle.since.elapsed() > self.inner.settings.idle_timeout {
                 continue;
             }
-            let mut sender = idle.sender;
-            // A connection is checked in when its response body ends; its
-            // task may not yet have noticed. It will within moments, unless
-            // the connection broke.
-            match tokio::time::timeout(Duration::from_secs(1), sender.ready()).await {
-                Ok(Ok(())) => return Some(sender),
-                _ => continue,
+            let mut conn = idle.conn;
+            // Let the connection settle: notice an endpoint that closed it
+            // while idle, or finish the previous exchange. It is ready at
+            // once unless it broke.
+            let settled = std::future::poll_fn(|cx| {
+                if conn.drive(cx).is_ready() {
+                    return Poll::Ready(false);
+                }
+                conn.sender.poll_ready(cx).map(|r| r.is_ok())
+            });
+            if let Ok(true) = tokio::time::timeout(Duration::from_secs(1), settled).await {
+                return Some(conn);
             }
         }
     }
@@ -268,13 +300,13 @@ impl HttpPool {
     fn pooled(
         &self,
         key: &PoolKey,
-        sender: http1::SendRequest<RequestBody>,
+        conn: Option<Http1Conn>,
         response: Response<Incoming>,
     ) -> Response<PooledBody> {
-        let mut checkin = Some(Checkin {
+        let mut checkin = conn.map(|conn| Checkin {
             pool: Arc::downgrade(&self.inner),
             key: key.clone(),
-            sender,
+            conn,
         });
         if response.body().is_end_stream()
             && let Some(c) = checkin.take()
@@ -289,7 +321,7 @@ impl HttpPool {
     pub fn sweep(&self) {
         let timeout = self.inner.settings.idle_timeout;
         lock(&self.inner.http1).retain(|_, list| {
-            list.retain(|i| i.since.elapsed() <= timeout && !i.sender.is_closed());
+            list.retain(|i| i.since.elapsed() <= timeout);
             !list.is_empty()
         });
         lock(&self.inner.http2).retain(|_, s| !s.is_closed());
@@ -309,7 +341,7 @@ impl HttpPool {
 struct Checkin {
     pool: Weak<Inner>,
     key: PoolKey,
-    sender: http1::SendRequest<RequestBody>,
+    conn: Http1Conn,
 }
 
 impl Checkin {
@@ -317,14 +349,14 @@ impl Checkin {
         let Some(pool) = self.pool.upgrade() else {
             return;
         };
-        if self.sender.is_closed() {
+        if self.conn.sender.is_closed() {
             return;
         }
         let mut idle = lock(&pool.http1);
         let list = idle.entry(self.key).or_default();
         if list.len() < pool.settings.max_idle_per_endpoint {
             list.push(Idle {
-                sender: self.sender,
+                conn: self.conn,
                 since: Instant::now(),
             });
         }
@@ -332,8 +364,9 @@ impl Checkin {
 }
 
 pin_project_lite::pin_project! {
-    /// A response body from upstream; at its end the HTTP/1.1 connection
-    /// it came on goes back to the pool.
+    /// A response body from upstream. Over HTTP/1.1 it drives its
+    /// connection as it is read, and at its end the connection goes back to
+    /// the pool.
     pub struct PooledBody {
         #[pin]
         body: Incoming,
@@ -350,6 +383,12 @@ impl Body for PooledBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let mut this = self.project();
+        if let Some(c) = this.checkin.as_mut()
+            && c.conn.drive(cx).is_ready()
+        {
+            // Ended: whatever the body still has is buffered in it.
+            this.checkin.take();
+        }
         let frame = ready!(this.body.as_mut().poll_frame(cx));
         match &frame {
             None => {
