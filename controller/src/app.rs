@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::admin::{self, DebugState};
-use crate::auth::{Authenticator, BootstrapTokens, TokenReviewer};
+use crate::auth::{Authenticator, TokenDirectory, TokenReviewer};
 use crate::ca::{CaService, root};
 use crate::model::ModelConfig;
 use crate::options::{Options, RegistryKind};
@@ -77,7 +77,7 @@ pub async fn run(
                 &options.trust_domain,
             )?;
             let tokens =
-                BootstrapTokens::load(&required(&options.bootstrap_tokens, "--bootstrap-tokens")?)?;
+                TokenDirectory::open(&required(&options.bootstrap_tokens, "--bootstrap-tokens")?)?;
             (registry, ca, Arc::new(tokens), None)
         }
         RegistryKind::Kubernetes => {

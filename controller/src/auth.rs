@@ -174,6 +174,49 @@ impl Authenticator for BootstrapTokens {
     }
 }
 
+/// Files mode's authenticator: the bootstrap token directory (see
+/// [`BootstrapTokens`]), read again at every call, so a token written or
+/// removed while the controller runs counts at once — a local harness
+/// creates a waypoint's token when it starts the waypoint, long after the
+/// controller. Calls are rare (a subscription, a certificate every few
+/// hours per proxy) and the directory small. If the directory cannot be
+/// read, the last set read is used.
+#[derive(Debug)]
+pub struct TokenDirectory {
+    dir: std::path::PathBuf,
+    last: std::sync::RwLock<BootstrapTokens>,
+}
+
+impl TokenDirectory {
+    /// Reads `dir` (it must be readable at start).
+    pub fn open(dir: &Path) -> Result<TokenDirectory, AuthError> {
+        Ok(TokenDirectory {
+            dir: dir.to_path_buf(),
+            last: std::sync::RwLock::new(BootstrapTokens::load(dir)?),
+        })
+    }
+
+    /// The tokens as the directory has them now.
+    fn current(&self) -> BootstrapTokens {
+        match BootstrapTokens::load(&self.dir) {
+            Ok(tokens) => {
+                *self.last.write().unwrap_or_else(|p| p.into_inner()) = tokens.clone();
+                tokens
+            }
+            Err(e) => {
+                tracing::warn!("bootstrap tokens: {e}; using the last set read");
+                self.last.read().unwrap_or_else(|p| p.into_inner()).clone()
+            }
+        }
+    }
+}
+
+impl Authenticator for TokenDirectory {
+    fn authenticate<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Caller, AuthError>> {
+        Box::pin(async move { self.current().authenticate(token).await })
+    }
+}
+
 /// Kubernetes: the caller's ServiceAccount token, checked with TokenReview.
 pub struct TokenReviewer {
     client: Client,
@@ -238,5 +281,45 @@ impl Authenticator for TokenReviewer {
                 name: name.to_string(),
             })
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_token_written_or_removed_while_running_counts_at_once() {
+        let dir = tempfile::tempdir().expect("dir");
+        std::fs::create_dir_all(dir.path().join("nodes")).expect("nodes");
+        std::fs::write(dir.path().join("nodes/node-1"), "node-token\n").expect("node token");
+        let auth = TokenDirectory::open(dir.path()).expect("open");
+        assert_eq!(
+            auth.authenticate("node-token").await.expect("node"),
+            Caller::Ztunnel {
+                node: Some("node-1".into())
+            }
+        );
+        assert!(auth.authenticate("wp-token").await.is_err());
+
+        // A waypoint started after the controller gets its token then.
+        let wp = dir.path().join("waypoints/shop");
+        std::fs::create_dir_all(&wp).expect("waypoint dir");
+        std::fs::write(wp.join("shop-waypoint"), "wp-token").expect("wp token");
+        assert_eq!(
+            auth.authenticate("wp-token").await.expect("waypoint"),
+            Caller::ServiceAccount {
+                namespace: "shop".into(),
+                name: "shop-waypoint".into()
+            }
+        );
+
+        // Stopped: its token no longer works.
+        std::fs::remove_file(wp.join("shop-waypoint")).expect("remove");
+        assert!(matches!(
+            auth.authenticate("wp-token").await,
+            Err(AuthError::Invalid)
+        ));
+        assert!(auth.authenticate("node-token").await.is_ok());
     }
 }
