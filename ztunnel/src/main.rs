@@ -38,7 +38,11 @@ fn main() -> anyhow::Result<()> {
             .with_current(|f: &EnvFilter| f.to_string())
             .map_err(|e| e.to_string())
     });
-    tokio::runtime::Builder::new_multi_thread()
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = options.worker_threads {
+        runtime.worker_threads(threads.get());
+    }
+    runtime
         .enable_all()
         .build()?
         .block_on(weft_ztunnel::app::run(options, log))

@@ -81,6 +81,11 @@ pub struct Options {
     /// On SIGTERM, how long open connections may take to finish, in seconds.
     #[arg(long, env = "WEFT_DRAIN_SECONDS", default_value_t = 30)]
     pub drain_seconds: u64,
+    /// Threads that run the proxy (default: one per CPU). Fewer threads mean
+    /// fewer cross-thread wake-ups per byte when ztunnel shares a few cores
+    /// with the workloads it serves; docs/benchmarks.md has the measurements.
+    #[arg(long, env = "WEFT_WORKER_THREADS")]
+    pub worker_threads: Option<std::num::NonZeroUsize>,
     /// How long a connection waits for its pod's first certificate, in seconds.
     #[arg(long, default_value_t = 10)]
     pub cert_wait_seconds: u64,
