@@ -219,6 +219,12 @@ pub struct ExplainArgs {
     /// A request header, `NAME=VALUE` (repeatable).
     #[arg(long = "header", value_name = "NAME=VALUE")]
     pub headers: Vec<String>,
+    /// What the client speaks, as a waypoint tells: `http` (requests, L7
+    /// policy) or `tcp` (a byte stream: the policies' L4 form). Default: the
+    /// Service port's `appProtocol`; HTTP when it declares none (the waypoint
+    /// then tells by the first bytes).
+    #[arg(long, value_enum, value_name = "PROTOCOL")]
+    pub protocol: Option<AppProtocol>,
     /// Also consider the objects in this YAML file (typically an
     /// AuthorizationPolicy not applied yet); they replace objects of the same
     /// kind and name. Repeatable.
@@ -262,6 +268,16 @@ pub struct WaypointApplyArgs {
     /// the namespace).
     #[arg(long)]
     pub enroll_namespace: bool,
+}
+
+/// What a connection carries, as a waypoint classifies it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AppProtocol {
+    /// HTTP requests: the waypoint applies policy per request (L7).
+    Http,
+    /// Anything else: the waypoint applies the policies' L4 form.
+    Tcp,
 }
 
 /// `weft.dev/waypoint-for`.

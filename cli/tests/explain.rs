@@ -5,7 +5,7 @@
 
 use weft_controller::model::ModelConfig;
 use weft_controller::registry::ClusterState;
-use weftctl::args::ExplainArgs;
+use weftctl::args::{AppProtocol, ExplainArgs};
 use weftctl::commands::explain::path::{Explanation, Verdict};
 use weftctl::commands::explain::{add_objects, explain};
 
@@ -29,6 +29,7 @@ fn args(from: &str, to: &str) -> ExplainArgs {
         path: None,
         host: None,
         headers: Vec::new(),
+        protocol: None,
         with_files: Vec::new(),
     }
 }
@@ -40,6 +41,7 @@ struct Case {
     method: Option<&'static str>,
     path: Option<&'static str>,
     headers: &'static [&'static str],
+    protocol: Option<AppProtocol>,
     verdict: Verdict,
     /// The enforcers of the first path, in order.
     enforcers: &'static [&'static str],
@@ -65,6 +67,7 @@ const fn case(
         method: None,
         path: None,
         headers: &[],
+        protocol: None,
         verdict,
         enforcers,
         decided_by,
@@ -80,6 +83,10 @@ impl Case {
     }
     const fn headers(mut self, headers: &'static [&'static str]) -> Case {
         self.headers = headers;
+        self
+    }
+    const fn protocol(mut self, protocol: AppProtocol) -> Case {
+        self.protocol = Some(protocol);
         self
     }
     const fn warns(mut self, warning: &'static str) -> Case {
@@ -225,7 +232,7 @@ fn cases() -> Vec<Case> {
             "client",
             "wp/api:80",
             Allowed,
-            &[WP, Z2],
+            &[WP, WP, Z2],
             Some("wp/get-only rule 0"),
         )
         .request("GET", "/api/items"),
@@ -252,7 +259,7 @@ fn cases() -> Vec<Case> {
             "mesh/other",
             "wp/api:80",
             Allowed,
-            &[WP, Z2],
+            &[WP, WP, Z2],
             Some("wp/get-only rule 0"),
         )
         .request("GET", "/api/items"),
@@ -290,11 +297,30 @@ fn cases() -> Vec<Case> {
             "client",
             "wp/api2:80",
             Denied,
-            &[WP, Z2],
+            &[WP, WP, Z2],
             None,
         )
         .request("GET", "/api/x")
         .warns("sees the waypoint's identity"),
+        case(
+            "the waypoint applies the destination's own policies to the client",
+            "mesh/other",
+            "wp/api2:80",
+            Denied,
+            &[WP, WP],
+            None,
+        )
+        .request("GET", "/api/x"),
+        case(
+            "TCP through the waypoint: a DENY rule with L7 fields refuses the connection",
+            "client",
+            "wp/api:80",
+            Denied,
+            &[WP],
+            Some("wp/deny-admin-header rule 0"),
+        )
+        .protocol(AppProtocol::Tcp)
+        .warns("(enforced by waypoint wp/waypoint)"),
         case(
             "pod addressed bypasses a Service waypoint",
             "client",
@@ -318,7 +344,7 @@ fn cases() -> Vec<Case> {
             "client",
             "wl/backend:80",
             Allowed,
-            &["waypoint wl/wl-waypoint", Z2],
+            &["waypoint wl/wl-waypoint", "waypoint wl/wl-waypoint", Z2],
             None,
         ),
         case(
@@ -375,6 +401,7 @@ fn run(c: &Case, state: &ClusterState) -> Explanation {
     a.method = c.method.map(str::to_owned);
     a.path = c.path.map(str::to_owned);
     a.headers = c.headers.iter().map(|h| h.to_string()).collect();
+    a.protocol = c.protocol;
     explain(state, &ModelConfig::default(), &a)
         .unwrap_or_else(|e| panic!("{}: explain failed: {e}", c.name))
 }
@@ -483,10 +510,17 @@ fn json_is_a_stable_document() {
     assert_eq!(v["verdict"], "allowed");
     assert_eq!(v["paths"][0]["hops"][0]["enforcer"], "waypoint wp/waypoint");
     assert_eq!(v["paths"][0]["hops"][0]["layer"], "L7");
+    // The waypoint again (the destination's own policies, to the client),
+    // then the destination's ztunnel, which sees the waypoint.
     assert_eq!(
         v["paths"][0]["hops"][1]["sees"],
+        "spiffe://cluster.local/ns/mesh/sa/client"
+    );
+    assert_eq!(
+        v["paths"][0]["hops"][2]["sees"],
         "spiffe://cluster.local/ns/wp/sa/waypoint"
     );
+    assert_eq!(v["request"]["protocol"], "http");
     assert_eq!(v["request"]["method"], "GET");
     assert_eq!(
         v["from"]["identity"],

@@ -25,7 +25,7 @@ use weft_controller::registry::{AnyObject, ClusterState, Kind, ObjectKey};
 
 use self::path::{Analysis, Explanation, Request, Verdict};
 use self::target::Destination;
-use crate::args::{ExplainArgs, Format, GlobalArgs};
+use crate::args::{AppProtocol, ExplainArgs, Format, GlobalArgs};
 use crate::cluster::Cluster;
 use crate::exit::{CliError, Outcome, Result};
 use crate::output;
@@ -83,13 +83,27 @@ fn request(args: &ExplainArgs, dest: &Destination) -> Result<Request> {
                 .ok_or_else(|| CliError::Usage(format!("--header {h:?}: write NAME=VALUE")))
         })
         .collect::<Result<Vec<_>>>()?;
+    let declared = dest.app_protocol.as_deref().and_then(declared_protocol);
     Ok(Request {
+        protocol: args.protocol.or(declared).unwrap_or(AppProtocol::Http),
+        protocol_guessed: args.protocol.is_none() && declared.is_none(),
         method: args.method.clone().unwrap_or_else(|| "GET".into()),
         path: args.path.clone().unwrap_or_else(|| "/".into()),
         host: args.host.clone().unwrap_or_else(|| dest.host.clone()),
         headers,
         assumed: args.method.is_none() && args.path.is_none(),
     })
+}
+
+/// What a port's `appProtocol` says it speaks, as the waypoint reads it;
+/// `None` when it says nothing (the waypoint sniffs).
+fn declared_protocol(app_protocol: &str) -> Option<AppProtocol> {
+    match app_protocol.trim().to_ascii_lowercase().as_str() {
+        "" => None,
+        "http" | "http2" | "h2c" | "grpc" | "grpc-web" | "kubernetes.io/h2c"
+        | "kubernetes.io/ws" | "ws" => Some(AppProtocol::Http),
+        _ => Some(AppProtocol::Tcp),
+    }
 }
 
 /// Adds every object of a YAML file to `state`, replacing objects of the same

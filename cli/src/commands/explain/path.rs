@@ -12,8 +12,10 @@
 //!   applies L4 policy to the client's identity;
 //! - with a waypoint on the path (the Service's, else the destination
 //!   workload's), the waypoint applies the policies that target it (its
-//!   Gateway, or the Service) at L7 to the client's identity, then tunnels to
-//!   the destination's ztunnel, which applies L4 policy to the *waypoint's*
+//!   Gateway, or the Service) to the client's identity, then the destination
+//!   workload's own policies, also to the client's identity (both at L7 for
+//!   HTTP, in their L4 form for other traffic); then it tunnels to the
+//!   destination's ztunnel, which applies L4 policy to the *waypoint's*
 //!   identity;
 //! - a destination outside the mesh is reached in plain TCP: nothing applies
 //!   policy to it.
@@ -29,6 +31,7 @@ use weft_api::config::{
 use weft_controller::model::Model;
 
 use super::target::{Client, Destination, Endpoint, first_ip};
+use crate::args::AppProtocol;
 use crate::commands::identity_namespace;
 
 /// The overall answer.
@@ -57,10 +60,16 @@ pub struct RuleView {
     pub rule: usize,
 }
 
-/// What the proxies are told the request is (L7 hops only).
+/// What the proxies are told the request is (waypoint hops only).
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Request {
+    /// HTTP (the waypoint applies policy per request) or TCP (the policies'
+    /// L4 form).
+    pub protocol: AppProtocol,
+    /// The port declares no `appProtocol` and `--protocol` was not given:
+    /// HTTP is assumed (the waypoint tells by the first bytes).
+    pub protocol_guessed: bool,
     /// HTTP method.
     pub method: String,
     /// Path.
@@ -331,6 +340,9 @@ impl<'a> Analysis<'a> {
                     .into(),
             );
         }
+        if self.waypoint_on_some_path {
+            self.warn_waypoint_protocol();
+        }
         self.warn_unenforced_waypoint_policies();
         Explanation {
             from: self.client.clone(),
@@ -370,8 +382,12 @@ impl<'a> Analysis<'a> {
         } else if let Some(wref) = waypoint {
             self.waypoint_on_some_path = true;
             let (hop, instance) = self.waypoint_hop(&wref);
-            let passed = hop.allowed;
+            let mut passed = hop.allowed;
             hops.push(hop);
+            if passed && let Some(hop) = self.waypoint_endpoint_hop(&wref, endpoint, endpoint_ip) {
+                passed = hop.allowed;
+                hops.push(hop);
+            }
             if passed {
                 let (identity, ip) = instance.unwrap_or_default();
                 if in_mesh(w) {
@@ -431,11 +447,18 @@ impl<'a> Analysis<'a> {
             .collect()
     }
 
-    fn note_policies(&mut self, enforcer: &str, policies: &[&Authorization]) {
+    /// What the L4 form of these policies loses (rules with L7 fields).
+    fn note_l4_form(&mut self, enforcer: &str, policies: &[&Authorization]) {
         for p in policies {
             for w in &p.l4_warnings {
                 self.warn(format!("policy {} (enforced by {enforcer}): {w}", key(p)));
             }
+        }
+    }
+
+    fn note_policies(&mut self, enforcer: &str, policies: &[&Authorization]) {
+        self.note_l4_form(enforcer, policies);
+        for p in policies {
             if let Some(report) = self.model.policy_reports.get(&key(p))
                 && !report.accepted
             {
@@ -486,7 +509,7 @@ impl<'a> Analysis<'a> {
             for p in &policies {
                 if uses_source_identity(p) {
                     self.warn(format!(
-                        "policy {} is enforced by {enforcer} after waypoint {}/{}: it sees the waypoint's identity ({}), not {}'s ({}); to authorize clients, attach the policy to the waypoint (targetRefs)",
+                        "policy {} is enforced by {enforcer} after waypoint {}/{}: it sees the waypoint's identity ({}), not {}'s ({}); the waypoint applies it to the client as well, so it must admit both: to authorize clients, attach it to the waypoint (targetRefs) instead",
                         key(p),
                         wref.namespace,
                         wref.name,
@@ -608,16 +631,88 @@ impl<'a> Analysis<'a> {
                 .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
             destination_port: self.dest.port,
         };
-        let request = RequestAttrs {
-            method: self.request.method.clone(),
-            path: self.request.path.clone(),
-            host: self.request.host.clone(),
-            headers: self.request.headers.clone(),
-        };
-        let decision = authz::evaluate_l7(policies.iter().copied(), &conn, &request);
-        let hop = hop_from(enforcer, "L7", identity, &policies, &decision, self.model);
+        if self.request.protocol == AppProtocol::Tcp {
+            self.note_l4_form(&enforcer, &policies);
+        }
+        let (layer, decision) = self.at_waypoint(&policies, &conn);
+        let hop = hop_from(enforcer, layer, identity, &policies, &decision, self.model);
         let instance = healthy.first().map(|w| (spiffe(w), first_ip(w)));
         (hop, instance)
+    }
+
+    /// The waypoint again, once it has picked the endpoint: the destination
+    /// workload's own policies (mesh, namespace, selector) with the real
+    /// client, where the destination's ztunnel will see only the waypoint.
+    /// No hop when none applies (the waypoint skips the check then too).
+    fn waypoint_endpoint_hop(
+        &mut self,
+        wref: &WaypointRef,
+        endpoint: &Endpoint,
+        endpoint_ip: IpAddr,
+    ) -> Option<Hop> {
+        let policies = self.ztunnel_policies(&endpoint.workload);
+        if policies.is_empty() {
+            return None;
+        }
+        let conn = ConnectionAttrs {
+            source_principal: self.client.identity.clone(),
+            source_namespace: Some(self.client.namespace.clone()),
+            source_ip: self.client_ip(),
+            destination_ip: endpoint_ip,
+            destination_port: endpoint.port,
+        };
+        let enforcer = format!("waypoint {}/{}", wref.namespace, wref.name);
+        if self.request.protocol == AppProtocol::Tcp {
+            self.note_policies(&enforcer, &policies);
+        }
+        let (layer, decision) = self.at_waypoint(&policies, &conn);
+        let mut hop = hop_from(
+            enforcer,
+            layer,
+            self.client.identity.clone().unwrap_or_default(),
+            &policies,
+            &decision,
+            self.model,
+        );
+        hop.reason = format!("the destination's own policies: {}", hop.reason);
+        Some(hop)
+    }
+
+    /// A waypoint's decision: per request for HTTP, the policies' L4 form
+    /// for anything else (an ALLOW rule with L7 fields matches nothing, a
+    /// DENY rule with L7 fields refuses the connection).
+    fn at_waypoint(
+        &self,
+        policies: &[&Authorization],
+        conn: &ConnectionAttrs,
+    ) -> (&'static str, Decision) {
+        match self.request.protocol {
+            AppProtocol::Http => {
+                let request = RequestAttrs {
+                    method: self.request.method.clone(),
+                    path: self.request.path.clone(),
+                    host: self.request.host.clone(),
+                    headers: self.request.headers.clone(),
+                };
+                let decision = authz::evaluate_l7(policies.iter().copied(), conn, &request);
+                ("L7", decision)
+            }
+            AppProtocol::Tcp => ("L4", authz::evaluate_l4(policies.iter().copied(), conn)),
+        }
+    }
+
+    /// What the waypoint takes the connection for, when it matters.
+    fn warn_waypoint_protocol(&mut self) {
+        match self.request.protocol {
+            AppProtocol::Tcp if self.l7_given => self.warn(
+                "--method/--path/--header are not seen: the waypoint treats this connection as TCP (the port's appProtocol, or --protocol tcp) and applies the policies' L4 form".into(),
+            ),
+            AppProtocol::Http if self.request.protocol_guessed => self.warn(format!(
+                "{} declares no appProtocol: the waypoint tells HTTP from the first bytes; this explains an HTTP request (--protocol tcp explains a client that does not speak HTTP)",
+                self.dest.description
+            )),
+            _ => {}
+        }
     }
 
     /// Policies that target this Service for a waypoint, when no waypoint

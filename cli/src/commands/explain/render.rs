@@ -3,6 +3,7 @@
 use std::fmt::Write;
 
 use super::path::{Explanation, Hop, Verdict};
+use crate::args::AppProtocol;
 
 fn hop_line(out: &mut String, n: usize, hop: &Hop, wide: bool) {
     let mark = if hop.allowed { "pass" } else { "STOP" };
@@ -55,13 +56,19 @@ pub fn text(e: &Explanation, wide: bool) -> String {
     }
     let _ = writeln!(out, "TO       {to}");
     if let Some(r) = &e.request {
-        let mut line = format!("{} {} host {}", r.method, r.path, r.host);
-        for (k, v) in &r.headers {
-            let _ = write!(line, " {k}={v}");
-        }
-        if r.assumed {
-            line.push_str(" (assumed; give --method/--path)");
-        }
+        let line = match r.protocol {
+            AppProtocol::Tcp => "TCP (not HTTP: waypoints apply the policies' L4 form)".into(),
+            AppProtocol::Http => {
+                let mut line = format!("{} {} host {}", r.method, r.path, r.host);
+                for (k, v) in &r.headers {
+                    let _ = write!(line, " {k}={v}");
+                }
+                if r.assumed {
+                    line.push_str(" (assumed; give --method/--path)");
+                }
+                line
+            }
+        };
         let _ = writeln!(out, "REQUEST  {line}");
     }
     let verdict = match e.verdict {

@@ -55,6 +55,9 @@ pub struct Destination {
     pub host: String,
     /// The Service's first VIP, when it has one.
     pub vip: Option<IpAddr>,
+    /// The Service port's `appProtocol` (a pod port declares none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app_protocol: Option<String>,
     /// The workloads it may land on.
     #[serde(skip)]
     pub endpoints: Vec<Endpoint>,
@@ -232,6 +235,7 @@ fn service_destination(
         port,
         host: svc.hostname.clone(),
         vip: svc.vips.iter().find_map(|v| v.parse().ok()),
+        app_protocol: Some(service_port.app_protocol.clone()).filter(|p| !p.is_empty()),
         endpoints,
         service: Some(svc.clone()),
     }))
@@ -255,6 +259,7 @@ fn pod_destination(
         port,
         host: first_ip(w).map(|ip| ip.to_string()).unwrap_or_default(),
         vip: None,
+        app_protocol: None,
         endpoints: vec![Endpoint {
             workload: w.clone(),
             port,
