@@ -66,6 +66,11 @@ pub async fn run(
         v.clone()
             .ok_or_else(|| RunError::Config(format!("{flag} is required with --registry files")))
     };
+    if options.lease_grace_seconds >= options.lease_duration_seconds {
+        return Err(RunError::Config(
+            "--lease-grace-seconds must be less than --lease-duration-seconds".into(),
+        ));
+    }
     let (registry, ca, auth, client): (Registry, _, Arc<dyn Authenticator>, _) = match options
         .registry
     {

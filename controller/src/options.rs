@@ -98,6 +98,16 @@ pub struct Options {
     /// The Lease's name (in the root namespace).
     #[arg(long, env = "WEFT_LEASE_NAME", default_value = "weft-controller")]
     pub lease_name: String,
+    /// How long the Lease holds without renewal, in seconds: a replica that
+    /// stops renewing (it crashed) is replaced after at most this long.
+    #[arg(long, env = "WEFT_LEASE_DURATION_SECONDS", default_value_t = 15,
+          value_parser = clap::value_parser!(u64).range(2..))]
+    pub lease_duration_seconds: u64,
+    /// The leader renews this long before the Lease would expire, in
+    /// seconds (tolerated clock skew); less than the duration.
+    #[arg(long, env = "WEFT_LEASE_GRACE_SECONDS", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub lease_grace_seconds: u64,
     /// This replica's name in the Lease (default: the host name).
     #[arg(long, env = "POD_NAME")]
     pub replica: Option<String>,

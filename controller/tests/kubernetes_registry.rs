@@ -9,32 +9,13 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::fake_apiserver::FakeApiServer;
+use support::{CONTROLLER_COLLECTIONS as COLLECTIONS, ambient_namespace as namespace};
 use tokio::sync::watch;
 use weft_controller::model::{self, ModelConfig};
 use weft_controller::pipeline::ModelVersion;
 use weft_controller::registry::{ClusterState, Kinds, Registry, RegistryConfig};
 use weft_controller::writers::Writer;
 use weft_controller::writers::deployer::DeployerConfig;
-
-const COLLECTIONS: &[&str] = &[
-    "api/v1/namespaces",
-    "api/v1/pods",
-    "api/v1/services",
-    "apis/discovery.k8s.io/v1/endpointslices",
-    "apis/gateway.networking.k8s.io/v1/gateways",
-    "apis/gateway.networking.k8s.io/v1/gatewayclasses",
-    "apis/security.weft.dev/v1alpha1/authorizationpolicies",
-    "apis/security.weft.dev/v1alpha1/peerauthentications",
-    "api/v1/serviceaccounts",
-    "apis/apps/v1/deployments",
-    "api/v1/configmaps",
-    // HTTPRoutes and GRPCRoutes are not served: the registry treats them as empty.
-];
-
-fn namespace() -> Value {
-    json!({"apiVersion": "v1", "kind": "Namespace",
-           "metadata": {"name": "shop", "labels": {"weft.dev/dataplane-mode": "ambient"}}})
-}
 
 fn pod(name: &str, node: &str, ip: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "Pod",
@@ -184,11 +165,8 @@ async fn node_agent_view_watches_only_its_node() {
 async fn leader_writes_waypoints_and_status() {
     let api = FakeApiServer::start(COLLECTIONS).await;
     api.apply(namespace());
-    api.apply(json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
-        "metadata": {"name": "weft-waypoint"}, "spec": {"controllerName": "weft.dev/waypoint-controller"}}));
-    api.apply(json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
-        "metadata": {"name": "wp", "namespace": "shop", "uid": "gw-uid"},
-        "spec": {"gatewayClassName": "weft-waypoint", "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]}}));
+    api.apply(support::waypoint_class());
+    api.apply(support::waypoint_gateway("wp"));
     api.apply(
         json!({"apiVersion": "security.weft.dev/v1alpha1", "kind": "AuthorizationPolicy",
         "metadata": {"name": "bad", "namespace": "shop", "generation": 3},
@@ -221,7 +199,7 @@ async fn leader_writes_waypoints_and_status() {
         .expect("deployment applied");
     assert_eq!(
         deployment["metadata"]["ownerReferences"][0]["uid"],
-        "gw-uid"
+        "wp-uid"
     );
     assert_eq!(
         deployment["spec"]["template"]["spec"]["serviceAccountName"],

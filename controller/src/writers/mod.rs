@@ -67,8 +67,8 @@ pub async fn run(
         let manager = LeaseManagerBuilder::new(client.clone(), options.lease_name.clone())
             .with_namespace(options.root_namespace.clone())
             .with_identity(identity.clone())
-            .with_duration(15)
-            .with_grace(5)
+            .with_duration(options.lease_duration_seconds)
+            .with_grace(options.lease_grace_seconds)
             .build()
             .await;
         match manager {

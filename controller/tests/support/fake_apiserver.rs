@@ -1,8 +1,17 @@
 //! An HTTP-level fake Kubernetes API server: list and watch with resource
-//! versions, bookmarks, `410 Gone` after compaction, and server-side-apply
-//! PATCH of objects and their status. kube-rs's real client and watcher talk
-//! to it over loopback, so the registry is tested through the same code paths
-//! it uses against a real API server.
+//! versions, bookmarks, `410 Gone` after compaction; GET, create (POST),
+//! replace (PUT), merge / strategic merge PATCH and server-side apply of
+//! objects and their status, with optimistic concurrency (a stale
+//! `metadata.resourceVersion` gets `409 Conflict`) and field ownership (an
+//! apply without `force` that changes another manager's field gets `409`).
+//! kube-rs's real client, watcher and kube-lease-manager talk to it over
+//! loopback, so the registry, the writers and leader election are tested
+//! through the same code paths they use against a real API server.
+//!
+//! Every request is logged with its `User-Agent`; give each replica its own
+//! client ([`FakeApiServer::config_as`]) to tell their requests apart.
+
+mod fields;
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
@@ -30,8 +39,10 @@ struct Store {
     objects: HashMap<String, BTreeMap<(String, String), Value>>,
     /// collection -> events (rv, type, object)
     log: HashMap<String, Vec<(u64, &'static str, Value)>>,
-    /// Every request, as "METHOD path?query".
-    requests: Vec<String>,
+    /// Every request, as (user agent, "METHOD path?query").
+    requests: Vec<(String, String)>,
+    /// (collection, namespace, name) -> who owns which field.
+    owners: HashMap<(String, String, String), fields::Owners>,
     /// Bodies of status patches, as "collection/ns/name".
     status_patches: Vec<(String, Value)>,
     /// Collections that exist (others answer 404).
@@ -92,6 +103,7 @@ fn type_of(collection: &str) -> (String, String) {
         "gateways" => "Gateway",
         "deployments" => "Deployment",
         "configmaps" => "ConfigMap",
+        "leases" => "Lease",
         other => other,
     };
     (api_version.to_string(), kind.to_string())
@@ -105,6 +117,47 @@ fn key_of(obj: &Value) -> (String, String) {
             .to_string(),
         obj["metadata"]["name"].as_str().unwrap_or("").to_string(),
     )
+}
+
+impl Store {
+    fn object(&self, collection: &str, key: &(String, String)) -> Option<&Value> {
+        self.objects.get(collection).and_then(|m| m.get(key))
+    }
+
+    fn owners(&mut self, collection: &str, key: &(String, String)) -> &mut fields::Owners {
+        self.owners
+            .entry((collection.to_string(), key.0.clone(), key.1.clone()))
+            .or_default()
+    }
+
+    /// Stores `obj` (keyed by its metadata) at a new resource version, logs
+    /// and broadcasts the event; returns the stored object.
+    fn commit(
+        &mut self,
+        events: &broadcast::Sender<(String, Value)>,
+        collection: &str,
+        mut obj: Value,
+    ) -> Value {
+        self.rv += 1;
+        let rv = self.rv;
+        obj["metadata"]["resourceVersion"] = json!(rv.to_string());
+        let existed = self
+            .objects
+            .entry(collection.to_string())
+            .or_default()
+            .insert(key_of(&obj), obj.clone())
+            .is_some();
+        let kind = if existed { "MODIFIED" } else { "ADDED" };
+        self.log
+            .entry(collection.to_string())
+            .or_default()
+            .push((rv, kind, obj.clone()));
+        let _ = events.send((
+            collection.to_string(),
+            json!({"type": kind, "object": obj.clone()}),
+        ));
+        obj
+    }
 }
 
 impl FakeApiServer {
@@ -152,33 +205,29 @@ impl FakeApiServer {
 
     /// A kube client for this server.
     pub fn client(&self) -> kube::Client {
-        let config = kube::Config::new(format!("http://{}", self.addr).parse().expect("uri"));
-        kube::Client::try_from(config).expect("client")
+        kube::Client::try_from(self.config_as("")).expect("client")
+    }
+
+    /// A client config for this server whose requests carry `User-Agent:
+    /// agent` (see [`FakeApiServer::requests_from`]). Building a client from
+    /// it needs a Tokio runtime, so a replica can build its own on its own.
+    pub fn config_as(&self, agent: &str) -> kube::Config {
+        let mut config = kube::Config::new(format!("http://{}", self.addr).parse().expect("uri"));
+        if !agent.is_empty() {
+            config
+                .headers
+                .push((http::header::USER_AGENT, agent.parse().expect("user agent")));
+        }
+        config
     }
 
     /// Creates or replaces an object (an ADDED or MODIFIED event).
-    pub fn apply(&self, mut obj: Value) {
+    pub fn apply(&self, obj: Value) {
         let collection = collection_of(&obj);
-        let mut store = self.store.lock().expect("lock");
-        store.rv += 1;
-        let rv = store.rv;
-        obj["metadata"]["resourceVersion"] = json!(rv.to_string());
-        let key = key_of(&obj);
-        let existed = store
-            .objects
-            .entry(collection.clone())
-            .or_default()
-            .insert(key, obj.clone())
-            .is_some();
-        let kind = if existed { "MODIFIED" } else { "ADDED" };
-        store
-            .log
-            .entry(collection.clone())
-            .or_default()
-            .push((rv, kind, obj.clone()));
-        let _ = self
-            .events
-            .send((collection, json!({"type": kind, "object": obj})));
+        self.store
+            .lock()
+            .expect("lock")
+            .commit(&self.events, &collection, obj);
     }
 
     /// Deletes an object (a DELETED event).
@@ -192,6 +241,8 @@ impl FakeApiServer {
         else {
             return;
         };
+        let (namespace, name) = key_of(obj);
+        store.owners.remove(&(collection.clone(), namespace, name));
         store.rv += 1;
         let rv = store.rv;
         old["metadata"]["resourceVersion"] = json!(rv.to_string());
@@ -235,9 +286,21 @@ impl FakeApiServer {
         self.store.lock().expect("lock").rv
     }
 
-    /// Every request so far.
+    /// Every request so far, as "METHOD path?query".
     pub fn requests(&self) -> Vec<String> {
-        self.store.lock().expect("lock").requests.clone()
+        let store = self.store.lock().expect("lock");
+        store.requests.iter().map(|(_, r)| r.clone()).collect()
+    }
+
+    /// The requests sent with `User-Agent: agent`.
+    pub fn requests_from(&self, agent: &str) -> Vec<String> {
+        let store = self.store.lock().expect("lock");
+        store
+            .requests
+            .iter()
+            .filter(|(a, _)| a == agent)
+            .map(|(_, r)| r.clone())
+            .collect()
     }
 
     /// The stored object, if any.
@@ -321,11 +384,20 @@ impl Ctx {
                     .collect()
             })
             .unwrap_or_default();
+        let header = |name: http::header::HeaderName| {
+            req.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string()
+        };
+        let agent = header(http::header::USER_AGENT);
+        let content_type = header(http::header::CONTENT_TYPE);
         self.store
             .lock()
             .expect("lock")
             .requests
-            .push(format!("{} {}", req.method(), req.uri()));
+            .push((agent.clone(), format!("{} {}", req.method(), req.uri())));
         let Some(target) = parse_path(&path) else {
             return full(
                 StatusCode::NOT_FOUND,
@@ -348,34 +420,35 @@ impl Ctx {
                 ),
             );
         }
-        match (req.method().clone(), &target.name) {
+        // As a real API server does, an unnamed writer is known by its agent.
+        let writer = Writer {
+            manager: query.get("fieldManager").cloned().unwrap_or(agent),
+            force: query.get("force").map(String::as_str) == Some("true"),
+        };
+        match (req.method().clone(), target.name.clone()) {
             (Method::GET, None) if query.get("watch").map(String::as_str) == Some("true") => {
                 self.watch(&target.collection, &query)
             }
             (Method::GET, None) => self.list(&target.collection, &query),
             (Method::GET, Some(name)) => {
                 let store = self.store.lock().expect("lock");
-                match store
-                    .objects
-                    .get(&target.collection)
-                    .and_then(|m| m.get(&(target.namespace.clone(), name.clone())))
-                {
+                match store.object(&target.collection, &(target.namespace.clone(), name)) {
                     Some(obj) => full(StatusCode::OK, obj.clone()),
                     None => full(StatusCode::NOT_FOUND, status(404, "NotFound", "not found")),
                 }
             }
-            (Method::PATCH, Some(name)) => {
-                let Ok(body) = req.into_body().collect().await else {
-                    return full(StatusCode::BAD_REQUEST, status(400, "BadRequest", "body"));
-                };
-                let Ok(patch) = serde_json::from_slice::<Value>(&body.to_bytes()) else {
-                    return full(
-                        StatusCode::BAD_REQUEST,
-                        status(400, "BadRequest", "not JSON"),
-                    );
-                };
-                self.patch(&target, name, patch)
-            }
+            (Method::POST, None) => match json_body(req).await {
+                Ok(obj) => self.create(&target, &writer, obj),
+                Err(refused) => refused,
+            },
+            (Method::PUT, Some(name)) => match json_body(req).await {
+                Ok(obj) => self.replace(&target, &name, &writer, obj),
+                Err(refused) => refused,
+            },
+            (Method::PATCH, Some(name)) => match json_body(req).await {
+                Ok(patch) => self.patch(&target, &name, &content_type, &writer, patch),
+                Err(refused) => refused,
+            },
             _ => full(
                 StatusCode::METHOD_NOT_ALLOWED,
                 status(405, "MethodNotAllowed", ""),
@@ -442,6 +515,8 @@ impl Ctx {
             }
             loop {
                 tokio::select! {
+                    // A dropped watch delivers nothing sent after the drop.
+                    biased;
                     _ = generation.changed() => return,
                     event = live.recv() => {
                         let Ok((c, event)) = event else { return };
@@ -460,63 +535,178 @@ impl Ctx {
         Response::new(BodyExt::boxed(StreamBody::new(stream)))
     }
 
-    fn patch(&self, target: &Target, name: &str, patch: Value) -> Response<Body> {
+    /// POST: a new object; `409 AlreadyExists` if it is there.
+    fn create(&self, target: &Target, writer: &Writer, mut obj: Value) -> Response<Body> {
+        if !target.namespace.is_empty() {
+            obj["metadata"]["namespace"] = json!(target.namespace);
+        }
+        let key = key_of(&obj);
         let mut store = self.store.lock().expect("lock");
-        store.rv += 1;
-        let rv = store.rv;
+        if store.object(&target.collection, &key).is_some() {
+            return full(
+                StatusCode::CONFLICT,
+                status(409, "AlreadyExists", &format!("{} already exists", key.1)),
+            );
+        }
+        fields::update(
+            store.owners(&target.collection, &key),
+            &writer.manager,
+            &Value::Null,
+            &obj,
+        );
+        full(
+            StatusCode::CREATED,
+            store.commit(&self.events, &target.collection, obj),
+        )
+    }
+
+    /// PUT: replaces the object (keeping its status), if `obj` carries no
+    /// resource version or the current one.
+    fn replace(
+        &self,
+        target: &Target,
+        name: &str,
+        writer: &Writer,
+        mut obj: Value,
+    ) -> Response<Body> {
         let key = (target.namespace.clone(), name.to_string());
-        let existing = store
-            .objects
-            .get(&target.collection)
-            .and_then(|m| m.get(&key))
-            .cloned();
-        let status_patch = target.subresource.as_deref() == Some("status");
-        let mut obj = match (existing, status_patch) {
-            (Some(mut obj), true) => {
-                obj["status"] = patch["status"].clone();
-                obj
-            }
-            (None, true) => {
-                return full(StatusCode::NOT_FOUND, status(404, "NotFound", "not found"));
-            }
-            (Some(old), false) => {
-                let mut obj = patch.clone();
-                obj["status"] = old["status"].clone();
-                obj
-            }
-            (None, false) => patch.clone(),
+        let mut store = self.store.lock().expect("lock");
+        let Some(current) = store.object(&target.collection, &key).cloned() else {
+            return full(StatusCode::NOT_FOUND, status(404, "NotFound", "not found"));
         };
-        if status_patch {
+        if let Some(refused) = stale(&current, &obj) {
+            return refused;
+        }
+        identify(&mut obj, &key);
+        if obj.get("status").is_none() && current.get("status").is_some() {
+            obj["status"] = current["status"].clone();
+        }
+        fields::update(
+            store.owners(&target.collection, &key),
+            &writer.manager,
+            &current,
+            &obj,
+        );
+        full(
+            StatusCode::OK,
+            store.commit(&self.events, &target.collection, obj),
+        )
+    }
+
+    /// PATCH of an object (server-side apply, merge or strategic merge
+    /// patch) or of its status (the `status` of the body replaces it).
+    fn patch(
+        &self,
+        target: &Target,
+        name: &str,
+        content_type: &str,
+        writer: &Writer,
+        patch: Value,
+    ) -> Response<Body> {
+        let key = (target.namespace.clone(), name.to_string());
+        let mut store = self.store.lock().expect("lock");
+        let existing = store.object(&target.collection, &key).cloned();
+        if let Some(refused) = existing.as_ref().and_then(|current| stale(current, &patch)) {
+            return refused;
+        }
+        let obj = if target.subresource.as_deref() == Some("status") {
+            let Some(mut obj) = existing else {
+                return full(StatusCode::NOT_FOUND, status(404, "NotFound", "not found"));
+            };
+            obj["status"] = patch["status"].clone();
             store.status_patches.push((
                 format!("{}/{}/{}", target.collection, target.namespace, name),
                 patch,
             ));
-        }
-        obj["metadata"]["resourceVersion"] = json!(rv.to_string());
-        let kind = if store
-            .objects
-            .get(&target.collection)
-            .is_some_and(|m| m.contains_key(&key))
+            obj
+        } else if content_type.starts_with("application/apply-patch") {
+            let mut obj = existing.unwrap_or_else(|| json!({}));
+            let owners = store.owners(&target.collection, &key);
+            let conflicts = fields::apply_conflicts(&obj, owners, &writer.manager, &patch);
+            if !conflicts.is_empty() && !writer.force {
+                let message = conflicts
+                    .iter()
+                    .map(|(field, owner)| format!("conflict with {owner:?}: {field}"))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                return full(
+                    StatusCode::CONFLICT,
+                    status(409, "Conflict", &format!("Apply failed: {message}")),
+                );
+            }
+            fields::apply(&mut obj, owners, &writer.manager, &patch);
+            obj
+        } else if content_type.starts_with("application/merge-patch")
+            || content_type.starts_with("application/strategic-merge-patch")
         {
-            "MODIFIED"
+            let Some(mut obj) = existing else {
+                return full(StatusCode::NOT_FOUND, status(404, "NotFound", "not found"));
+            };
+            let before = obj.clone();
+            fields::merge(&mut obj, &patch);
+            fields::update(
+                store.owners(&target.collection, &key),
+                &writer.manager,
+                &before,
+                &obj,
+            );
+            obj
         } else {
-            "ADDED"
+            return full(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                status(415, "UnsupportedMediaType", content_type),
+            );
         };
-        store
-            .objects
-            .entry(target.collection.clone())
-            .or_default()
-            .insert(key, obj.clone());
-        store
-            .log
-            .entry(target.collection.clone())
-            .or_default()
-            .push((rv, kind, obj.clone()));
-        let _ = self.events.send((
-            target.collection.clone(),
-            json!({"type": kind, "object": obj}),
+        let mut obj = obj;
+        identify(&mut obj, &key);
+        full(
+            StatusCode::OK,
+            store.commit(&self.events, &target.collection, obj),
+        )
+    }
+}
+
+/// Who writes, as the request says: field manager and `force`.
+struct Writer {
+    manager: String,
+    force: bool,
+}
+
+async fn json_body(req: Request<Incoming>) -> Result<Value, Response<Body>> {
+    let Ok(body) = req.into_body().collect().await else {
+        return Err(full(
+            StatusCode::BAD_REQUEST,
+            status(400, "BadRequest", "body"),
         ));
-        full(StatusCode::OK, obj)
+    };
+    serde_json::from_slice(&body.to_bytes()).map_err(|_| {
+        full(
+            StatusCode::BAD_REQUEST,
+            status(400, "BadRequest", "not JSON"),
+        )
+    })
+}
+
+/// `409 Conflict` if `sent` carries a resource version other than `current`'s.
+fn stale(current: &Value, sent: &Value) -> Option<Response<Body>> {
+    let sent = sent["metadata"]["resourceVersion"].as_str()?;
+    (Some(sent) != current["metadata"]["resourceVersion"].as_str()).then(|| {
+        full(
+            StatusCode::CONFLICT,
+            status(
+                409,
+                "Conflict",
+                "the object has been modified; please apply your changes to the latest version and try again",
+            ),
+        )
+    })
+}
+
+/// Names the object after the request path (a patch body need not).
+fn identify(obj: &mut Value, (namespace, name): &(String, String)) {
+    obj["metadata"]["name"] = json!(name);
+    if !namespace.is_empty() {
+        obj["metadata"]["namespace"] = json!(namespace);
     }
 }
 

@@ -24,6 +24,43 @@ use weft_controller::server::subscribers::Subscribers;
 use weft_controller::server::{self, ConfigServer, ServerTls};
 use weft_hbone::CertificateAuthority;
 
+/// What the fake API server serves for a controller: every kind the
+/// registry watches except HTTPRoutes and GRPCRoutes (so a missing API is
+/// exercised), what the writers write, and Leases.
+pub const CONTROLLER_COLLECTIONS: &[&str] = &[
+    "api/v1/namespaces",
+    "api/v1/pods",
+    "api/v1/services",
+    "apis/discovery.k8s.io/v1/endpointslices",
+    "apis/gateway.networking.k8s.io/v1/gateways",
+    "apis/gateway.networking.k8s.io/v1/gatewayclasses",
+    "apis/security.weft.dev/v1alpha1/authorizationpolicies",
+    "apis/security.weft.dev/v1alpha1/peerauthentications",
+    "api/v1/serviceaccounts",
+    "apis/apps/v1/deployments",
+    "api/v1/configmaps",
+    "apis/coordination.k8s.io/v1/leases",
+];
+
+/// The namespace `shop`, enrolled in ambient mode.
+pub fn ambient_namespace() -> serde_json::Value {
+    json!({"apiVersion": "v1", "kind": "Namespace",
+           "metadata": {"name": "shop", "labels": {"weft.dev/dataplane-mode": "ambient"}}})
+}
+
+/// The `weft-waypoint` GatewayClass.
+pub fn waypoint_class() -> serde_json::Value {
+    json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+        "metadata": {"name": "weft-waypoint"}, "spec": {"controllerName": "weft.dev/waypoint-controller"}})
+}
+
+/// A waypoint Gateway `shop/<name>` with uid `<name>-uid`.
+pub fn waypoint_gateway(name: &str) -> serde_json::Value {
+    json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+        "metadata": {"name": name, "namespace": "shop", "uid": format!("{name}-uid")},
+        "spec": {"gatewayClassName": "weft-waypoint", "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]}})
+}
+
 /// A state from JSON manifests.
 pub fn state(objects: &[serde_json::Value]) -> ClusterState {
     let mut state = ClusterState {
