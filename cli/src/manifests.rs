@@ -5,7 +5,10 @@
 //! Only the document that changes is re-serialized; the other documents of
 //! its file keep their bytes (comments, order, formatting). Files are replaced
 //! by rename, so the registry, which reloads on every change, never reads half
-//! a file. New objects go to `<dir>/weftctl/<kind>.<namespace>.<name>.yaml`.
+//! a file. New objects go to `<dir>/weftctl.<kind>.<namespace>.<name>.yaml`:
+//! at the top of the directory, where readers that do not descend into
+//! subdirectories (`kubectl apply -f DIR`, the e2e harness's deployer) find
+//! them too.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -14,8 +17,8 @@ use serde_json::Value;
 
 use crate::exit::{CliError, Result};
 
-/// Where new objects are written, under the manifest directory.
-pub const OWN_SUBDIR: &str = "weftctl";
+/// The prefix of the files new objects are written to.
+pub const OWN_PREFIX: &str = "weftctl.";
 
 /// Identifies one object.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -62,9 +65,9 @@ impl ObjectRef {
     fn file_name(&self) -> String {
         let kind = self.kind.to_ascii_lowercase();
         if self.namespace.is_empty() {
-            format!("{kind}.{}.yaml", self.name)
+            format!("{OWN_PREFIX}{kind}.{}.yaml", self.name)
         } else {
-            format!("{kind}.{}.{}.yaml", self.namespace, self.name)
+            format!("{OWN_PREFIX}{kind}.{}.{}.yaml", self.namespace, self.name)
         }
     }
 }
@@ -236,10 +239,7 @@ impl ManifestDir {
             write_atomically(&file, join_documents(&chunks).as_bytes())?;
             return Ok(file);
         }
-        let dir = self.root.join(OWN_SUBDIR);
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| CliError::other(format!("cannot create {}: {e}", dir.display())))?;
-        let file = dir.join(object.file_name());
+        let file = self.root.join(object.file_name());
         write_atomically(&file, to_yaml(value)?.as_bytes())?;
         Ok(file)
     }
@@ -342,7 +342,7 @@ mod tests {
         let gw = ObjectRef::namespaced("Gateway", "ns", "waypoint");
         let value = serde_json::json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway", "metadata": {"name": "waypoint", "namespace": "ns"}});
         let file = m.put(&gw, &value).expect("put");
-        assert!(file.starts_with(dir.path().join(OWN_SUBDIR)));
+        assert_eq!(file, dir.path().join("weftctl.gateway.ns.waypoint.yaml"));
         assert_eq!(m.get(&gw).expect("get"), Some(value.clone()));
         // A second put replaces in place.
         assert_eq!(m.put(&gw, &value).expect("put"), file);
@@ -350,9 +350,7 @@ mod tests {
         assert!(!file.exists());
         assert!(!m.delete(&gw).expect("delete"));
         // No temporary file is left behind.
-        let leftovers: Vec<_> = std::fs::read_dir(dir.path().join(OWN_SUBDIR))
-            .expect("dir")
-            .collect();
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path()).expect("dir").collect();
         assert!(leftovers.is_empty());
     }
 }
