@@ -1,6 +1,6 @@
 //! Finding (and, from a source checkout, building) the binaries a cluster
 //! runs: the controller, the node agent and its CNI plugin, ztunnel, the
-//! sample workload.
+//! waypoint, the sample workload.
 //!
 //! They are looked for beside the running executable (for a test binary in
 //! `target/<profile>/deps/`, in `target/<profile>/`), or in
@@ -23,6 +23,8 @@ pub const NODE_AGENT: &str = "weft-node-agent";
 pub const CNI_PLUGIN: &str = "weft-cni";
 /// The node proxy.
 pub const ZTUNNEL: &str = "ztunnel";
+/// The L7 proxy, run for each Gateway of class `weft-waypoint`.
+pub const WAYPOINT: &str = "waypoint";
 /// The CLI.
 pub const WEFTCTL: &str = "weftctl";
 /// The sample workload of this crate.
@@ -31,7 +33,7 @@ pub const APP: &str = "weft-e2e-app";
 /// The packages whose binaries every cluster needs.
 const REQUIRED_PACKAGES: &[&str] = &["weft-controller", "weft-cni", "weft-e2e"];
 /// Packages whose binaries are used when they build (they are being written).
-const OPTIONAL_PACKAGES: &[&str] = &["weft-ztunnel", "weftctl"];
+const OPTIONAL_PACKAGES: &[&str] = &["weft-ztunnel", "weft-waypoint", "weftctl"];
 
 /// A directory of weft binaries.
 #[derive(Clone, Debug)]

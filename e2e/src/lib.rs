@@ -8,7 +8,8 @@
 //!
 //! - [`cluster`]: [`Cluster::up`], pods, Services, policies, disruptions,
 //!   teardown — the API tests and the bench use.
-//! - [`pod`] and [`service`]: what is asked for and the handles returned.
+//! - [`pod`], [`service`] and [`waypoint`]: what is asked for and the
+//!   handles returned.
 //! - [`node`] and [`components`]: how each process is started and awaited.
 //! - [`topology`], [`addresses`], [`netns`]: namespaces, links, routes.
 //! - [`capture`]: tcpdump on the underlay, read back as text.
@@ -46,8 +47,10 @@ pub mod signals;
 pub mod state;
 pub mod summary;
 pub mod topology;
+pub mod waypoint;
 
 pub use cluster::{Cluster, ClusterConfig, ZtunnelMode};
 pub use error::{Error, Result};
 pub use pod::{Pod, PodSpec};
 pub use service::{Service, ServiceSpec};
+pub use waypoint::{Waypoint, WaypointFor, WaypointSpec};

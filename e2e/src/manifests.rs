@@ -13,6 +13,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::error::{Error, Result};
@@ -21,6 +22,15 @@ use crate::error::{Error, Result};
 pub const DATAPLANE_MODE: &str = "weft.dev/dataplane-mode";
 /// The annotation carrying a pod's netns path in local mode.
 pub const NETNS_ANNOTATION: &str = "weft.dev/netns";
+
+/// The class of the Gateways that are weft waypoints (DESIGN §2).
+pub const WAYPOINT_CLASS: &str = "weft-waypoint";
+/// The label binding a namespace, Service or pod to a waypoint.
+pub const USE_WAYPOINT: &str = "weft.dev/use-waypoint";
+/// The label on a waypoint's Gateway saying what it serves.
+pub const WAYPOINT_FOR: &str = "weft.dev/waypoint-for";
+/// The label the deployer puts on a waypoint's pods.
+pub const GATEWAY_NAME: &str = "gateway.networking.k8s.io/gateway-name";
 
 /// The manifest directory.
 #[derive(Clone, Debug)]
@@ -90,6 +100,84 @@ impl Manifests {
             Err(e) => Err(Error::io(path)(e)),
         }
     }
+}
+
+impl Manifests {
+    /// Every document of every `*.yaml` file, whoever wrote it (the harness,
+    /// `weftctl` in local mode, a user). Files that do not parse are
+    /// skipped, as the controller skips them.
+    pub fn documents(&self) -> Result<Vec<Value>> {
+        let mut docs = Vec::new();
+        let entries = std::fs::read_dir(&self.dir).map_err(Error::io(&self.dir))?;
+        let mut paths: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.extension().is_some_and(|e| e == "yaml" || e == "yml")
+                    && !p
+                        .file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+            })
+            .collect();
+        paths.sort();
+        for path in paths {
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                continue;
+            };
+            for doc in serde_yaml::Deserializer::from_str(&text) {
+                // After a syntax error the rest of the file is unreadable
+                // (and the iterator may not end).
+                let Ok(value) = Value::deserialize(doc) else {
+                    break;
+                };
+                if value.is_object() {
+                    docs.push(value);
+                }
+            }
+        }
+        Ok(docs)
+    }
+
+    /// The waypoint Gateways (class [`WAYPOINT_CLASS`]) in the directory,
+    /// as `(namespace, name)`, sorted.
+    pub fn waypoint_gateways(&self) -> Result<Vec<(String, String)>> {
+        let mut found: Vec<(String, String)> = self
+            .documents()?
+            .iter()
+            .filter(|d| d["kind"] == "Gateway" && d["spec"]["gatewayClassName"] == WAYPOINT_CLASS)
+            .filter_map(|d| {
+                let name = d["metadata"]["name"].as_str()?;
+                let namespace = d["metadata"]["namespace"].as_str().unwrap_or("default");
+                Some((namespace.to_string(), name.to_string()))
+            })
+            .collect();
+        found.sort();
+        found.dedup();
+        Ok(found)
+    }
+}
+
+/// The file stem of a Gateway object.
+pub fn gateway_stem(namespace: &str, name: &str) -> String {
+    format!("gateway-{namespace}-{name}")
+}
+
+/// A waypoint: a Gateway of class [`WAYPOINT_CLASS`] with the HBONE
+/// listener, serving `waypoint_for` (`service`, `workload`, `all`).
+pub fn waypoint_gateway(namespace: &str, name: &str, waypoint_for: &str) -> Value {
+    json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "Gateway",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {WAYPOINT_FOR: waypoint_for},
+        },
+        "spec": {
+            "gatewayClassName": WAYPOINT_CLASS,
+            "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}],
+        },
+    })
 }
 
 /// The file stem of a Namespace object.
@@ -248,6 +336,36 @@ mod tests {
         assert_eq!(names, vec!["namespace-mesh.yaml".to_string()]);
         m.remove(&namespace_stem("mesh")).expect("remove");
         m.remove(&namespace_stem("mesh")).expect("remove twice");
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn finds_waypoint_gateways_whoever_wrote_them() {
+        let dir = std::env::temp_dir().join(format!("weft-e2e-gateways-{}", std::process::id()));
+        let m = Manifests::create(&dir).expect("dir");
+        m.write(
+            &gateway_stem("shop", "wp"),
+            &[waypoint_gateway("shop", "wp", "service")],
+        )
+        .expect("write");
+        // As weftctl or a user might: several documents, another class, a
+        // broken file.
+        m.write_text(
+            "user",
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n\
+             metadata: {name: ingress, namespace: web}\nspec: {gatewayClassName: other}\n---\n\
+             apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n\
+             metadata: {name: api-wp, namespace: api}\nspec: {gatewayClassName: weft-waypoint}\n",
+        )
+        .expect("write");
+        m.write_text("broken", "kind: [").expect("write");
+        assert_eq!(
+            m.waypoint_gateways().expect("read"),
+            vec![
+                ("api".to_string(), "api-wp".to_string()),
+                ("shop".to_string(), "wp".to_string())
+            ]
+        );
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 }

@@ -65,6 +65,29 @@ pub struct ServiceRecord {
     pub vip: String,
 }
 
+/// A waypoint of the run (the harness plays deployer and kubelet for each
+/// Gateway of class `weft-waypoint`). `weftctl --run-dir` reads these.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WaypointRecord {
+    /// The Gateway's namespace.
+    pub namespace: String,
+    /// The Gateway's name.
+    pub name: String,
+    /// Its pod's name (in the Gateway's namespace).
+    pub pod: String,
+    /// Its node.
+    pub node: String,
+    /// Its pod's IP (where ztunnels send HBONE).
+    pub ip: String,
+    /// Its SPIFFE identity.
+    pub identity: String,
+    /// Its admin API's unix socket.
+    pub admin_socket: PathBuf,
+    /// Its bootstrap token file (removed when it stops).
+    pub token_file: PathBuf,
+}
+
 /// How to reach the controller's debug API (read by `weftctl --run-dir`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -95,6 +118,9 @@ pub struct RunState {
     pub pods: Vec<PodRecord>,
     /// The Services.
     pub services: Vec<ServiceRecord>,
+    /// The waypoints running.
+    #[serde(default)]
+    pub waypoints: Vec<WaypointRecord>,
     /// The controller's manifest directory (the files registry).
     #[serde(default)]
     pub manifests: Option<PathBuf>,
@@ -124,6 +150,7 @@ impl RunState {
             processes: Vec::new(),
             pods: Vec::new(),
             services: Vec::new(),
+            waypoints: Vec::new(),
             manifests: None,
             controller: None,
             trust_domain: None,

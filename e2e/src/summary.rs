@@ -73,6 +73,19 @@ pub fn status(run: &FoundRun) -> String {
             );
         }
     }
+    if !s.waypoints.is_empty() {
+        let _ = writeln!(out, "  waypoints:");
+        for w in &s.waypoints {
+            let _ = writeln!(
+                out,
+                "    {:<24} {:<8} {:<12} admin {}",
+                format!("{}/{}", w.namespace, w.name),
+                w.node,
+                w.ip,
+                w.admin_socket.display()
+            );
+        }
+    }
     let netns: Vec<&String> = s.netns.iter().filter(|n| Netns::exists(n)).collect();
     let _ = writeln!(out, "  network namespaces: {}", netns.len());
     out
@@ -137,10 +150,22 @@ pub fn how_to_reach(state: &RunState, bins: &Binaries) -> String {
             state.dir.display()
         );
     }
+    for w in &state.waypoints {
+        let _ = writeln!(
+            out,
+            "Waypoint {}/{} at {}:15008 ({}):
+  curl -s --unix-socket {} localhost/config_dump",
+            w.namespace,
+            w.name,
+            w.ip,
+            w.identity,
+            w.admin_socket.display()
+        );
+    }
     if let Some(manifests) = &state.manifests {
         let _ = writeln!(
             out,
-            "Apply Kubernetes YAML (policies, Services): copy it into {}",
+            "Apply Kubernetes YAML (policies, Services, HTTPRoutes): copy it into {}",
             manifests.display()
         );
     }

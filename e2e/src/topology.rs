@@ -89,3 +89,18 @@ pub fn build_node(node: &Netns, index: usize, count: usize) -> Result<()> {
     }
     Ok(())
 }
+
+/// Gives `member` (on the underlay, not a node) a route to node `index`'s
+/// pods via that node, so it can answer pods that call it.
+pub fn route_pods(member: &Netns, index: usize) -> Result<()> {
+    member.ip(&[
+        "route",
+        "add",
+        &addresses::pod_cidr(index),
+        "via",
+        &addresses::node_ip(index).to_string(),
+        "dev",
+        UPLINK,
+    ])?;
+    Ok(())
+}

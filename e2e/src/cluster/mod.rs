@@ -16,7 +16,8 @@
 //!
 //! Here: bring-up, what the cluster is, teardown. The rest of `Cluster`'s
 //! methods, by concern: [`objects`] (namespaces, Services, applied YAML),
-//! [`pods`], [`mesh`] (waiting for and looking at the mesh), [`disruption`]
+//! [`pods`], [`waypoints`] (the harness as the waypoints' deployer),
+//! [`mesh`] (waiting for and looking at the mesh), [`disruption`]
 //! (controller and ztunnel restarts).
 
 use std::collections::BTreeMap;
@@ -47,6 +48,7 @@ pub mod disruption;
 pub mod mesh;
 pub mod objects;
 pub mod pods;
+pub mod waypoints;
 
 /// Where progress messages go.
 pub type Progress = Arc<dyn Fn(&str) + Send + Sync>;
@@ -118,6 +120,9 @@ pub struct Cluster {
     pod_labels: BTreeMap<String, BTreeMap<String, String>>,
     apps: Vec<(String, ManagedProcess)>,
     services: Vec<Service>,
+    waypoints: Vec<waypoints::RunningWaypoint>,
+    /// Where [`Cluster::apply_waypoint`] asked a waypoint to run.
+    waypoint_nodes: BTreeMap<(String, String), usize>,
     namespaces: BTreeMap<String, BTreeMap<String, String>>,
     ztunnel: bool,
     done: bool,
@@ -246,6 +251,8 @@ impl Cluster {
                     pod_labels: BTreeMap::new(),
                     apps: Vec::new(),
                     services: Vec::new(),
+                    waypoints: Vec::new(),
+                    waypoint_nodes: BTreeMap::new(),
                     namespaces: BTreeMap::new(),
                     ztunnel: parts.ztunnel,
                     done: false,
@@ -313,6 +320,9 @@ impl Cluster {
                 dir: dir.join("nodes").join(&name),
             };
             nodes.push(Node::new(index, ns, layout)?);
+            // Pods reach the controller (waypoints subscribe from their
+            // pods): its replies go back through the pods' node.
+            topology::route_pods(controller.netns(), index)?;
             controller.create_token(&name)?;
             state.nodes.push(name);
         }
@@ -436,6 +446,9 @@ impl Cluster {
         for (_, p) in self.apps.drain(..) {
             p.detach();
         }
+        for w in self.waypoints.drain(..) {
+            w.process.detach();
+        }
         for node in &mut self.nodes {
             node.detach_all();
         }
@@ -461,6 +474,7 @@ impl Cluster {
         for (_, mut p) in self.apps.drain(..) {
             p.stop(Duration::from_secs(2));
         }
+        self.stop_waypoint_processes();
         for node in &mut self.nodes {
             node.stop_all();
         }
@@ -481,6 +495,9 @@ impl Cluster {
         }
         for node in &self.nodes {
             tails.extend(node.log_tails(40));
+        }
+        for w in &self.waypoints {
+            tails.push((w.process.name().to_string(), w.process.log_tail(40)));
         }
         for (name, p) in &self.apps {
             tails.push((name.clone(), p.log_tail(10)));

@@ -1,7 +1,8 @@
 //! The controller: `weft-controller --registry files` in the `ctl`
 //! namespace on the underlay, watching the run's manifest directory, with
-//! its root CA in `<run>/controller/ca` (created at first start) and one
-//! bootstrap token per node in `<run>/controller/tokens/nodes/<node>`.
+//! its root CA in `<run>/controller/ca` (created at first start), one
+//! bootstrap token per node in `<run>/controller/tokens/nodes/<node>` and
+//! one per waypoint in `<run>/controller/tokens/waypoints/<ns>/<sa>`.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -78,15 +79,43 @@ impl Controller {
         self.dir.join("tokens/nodes").join(node)
     }
 
-    /// Creates `node`'s bootstrap token (read by the controller at start).
+    /// Creates `node`'s bootstrap token.
     pub fn create_token(&self, node: &str) -> Result<PathBuf> {
+        self.write_token(&self.token_file(node))
+    }
+
+    /// The bootstrap token file of the waypoint running as service account
+    /// `namespace/service_account`.
+    pub fn waypoint_token_file(&self, namespace: &str, service_account: &str) -> PathBuf {
+        self.dir
+            .join("tokens/waypoints")
+            .join(namespace)
+            .join(service_account)
+    }
+
+    /// Creates the bootstrap token of the waypoint running as
+    /// `namespace/service_account` (the controller reads the token directory
+    /// at every call, so this works while it runs).
+    pub fn create_waypoint_token(&self, namespace: &str, service_account: &str) -> Result<PathBuf> {
+        let path = self.waypoint_token_file(namespace, service_account);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
+        }
+        self.write_token(&path)
+    }
+
+    /// A fresh random token in `path`, written whole: a temporary file in
+    /// the directory's root (which the controller does not read as tokens),
+    /// then a rename.
+    fn write_token(&self, path: &Path) -> Result<PathBuf> {
         use rand::Rng;
         let token: String = (0..32)
             .map(|_| format!("{:x}", rand::rng().random_range(0..16u8)))
             .collect();
-        let path = self.token_file(node);
-        std::fs::write(&path, token).map_err(Error::io(&path))?;
-        Ok(path)
+        let tmp = self.dir.join("tokens/.token.tmp");
+        std::fs::write(&tmp, token).map_err(Error::io(&tmp))?;
+        std::fs::rename(&tmp, path).map_err(Error::io(path))?;
+        Ok(path.to_path_buf())
     }
 
     /// Its log file.
@@ -124,12 +153,9 @@ impl Controller {
                 &format!("127.0.0.1:{DEBUG_PORT}"),
                 "--serving-ips",
                 &format!("{CONTROLLER_IP},127.0.0.1"),
-            ])
-            .env(
-                "RUST_LOG",
-                std::env::var("WEFT_E2E_LOG").unwrap_or_else(|_| "info".into()),
-            );
+            ]);
         self.starts += 1;
+        super::log_env(&mut cmd);
         let mut process = ManagedProcess::spawn("controller", cmd, &self.log())?;
         let netns = &self.netns;
         process.wait_ready("ready on /healthz/ready", READY_TIMEOUT, || {

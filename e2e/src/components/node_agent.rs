@@ -141,13 +141,8 @@ pub fn command(node: &Netns, launch: &AgentLaunch<'_>) -> Command {
             launch.backend,
             "--resync-seconds",
             "2",
-        ])
-        .env(
-            "RUST_LOG",
-            std::env::var("WEFT_E2E_LOG").unwrap_or_else(|_| "info".into()),
-        )
-        // Plain log files, without terminal colours.
-        .env("NO_COLOR", "1");
+        ]);
+    super::log_env(&mut cmd);
     cmd
 }
 

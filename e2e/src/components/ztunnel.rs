@@ -66,13 +66,8 @@ pub fn command(node: &Netns, launch: &ZtunnelLaunch<'_>) -> Command {
         .arg("--controller-ca")
         .arg(launch.controller_ca)
         .arg("--token-file")
-        .arg(launch.token_file)
-        .env(
-            "RUST_LOG",
-            std::env::var("WEFT_E2E_LOG").unwrap_or_else(|_| "info".into()),
-        )
-        // Plain log files, without terminal colours.
-        .env("NO_COLOR", "1");
+        .arg(launch.token_file);
+    super::log_env(&mut cmd);
     cmd
 }
 
