@@ -14,9 +14,12 @@ use crate::cluster::{Cluster, ClusterConfig, ZtunnelMode};
 use crate::cni;
 use crate::error::{Error, Result};
 use crate::exec;
+use crate::manifests::{self, USE_WAYPOINT};
 use crate::narrate::Narrator;
 use crate::pod::{Pod, PodSpec};
+use crate::service::ServiceSpec;
 use crate::summary;
+use crate::waypoint::WaypointSpec;
 
 /// How long the mesh may take to converge after a change.
 const CONVERGE: Duration = Duration::from_secs(20);
@@ -227,6 +230,8 @@ pub fn run(keep: bool) -> Result<()> {
         "policy removed: allowed again",
     );
 
+    l7_step(&mut c, &mut demo, &client)?;
+
     n.section("STRICT mTLS");
     let plaintext = outsider.tcp_echo_result(server.echo_tcp(), "plaintext")?;
     demo.check(
@@ -256,6 +261,85 @@ pub fn run(keep: bool) -> Result<()> {
     c.unapply("strict")?;
 
     finish(c, &n, demo.failed, keep)
+}
+
+/// A waypoint for `shop/server`'s Service and an L7 AuthorizationPolicy
+/// at it: GET allowed, POST refused with 403, as real HTTP from
+/// `shop/client` on the other node.
+fn l7_step(c: &mut Cluster, demo: &mut Demo, client: &Pod) -> Result<()> {
+    let n = demo.n.clone();
+    n.section("An L7 rule: GET allowed, POST refused");
+    if !c.binaries().has(binaries::WAYPOINT) {
+        n.say("The waypoint is not built, so there is no L7 proxy to show: skipping this step.");
+        return Ok(());
+    }
+    n.say(
+        "A waypoint is a Gateway of class weft-waypoint; Kubernetes would get a Deployment from the\n\
+         controller, here the harness starts the real `waypoint` in a pod of its own. The Service\n\
+         shop/server is bound to it by the label weft.dev/use-waypoint, so ztunnel sends the\n\
+         Service's traffic there, and the waypoint sees each HTTP request.",
+    );
+    const WAYPOINT: &str = "shop-waypoint";
+    let gateway = serde_yaml::to_string(&manifests::waypoint_gateway("shop", WAYPOINT, "service"))
+        .unwrap_or_default();
+    n.command("kubectl apply -f waypoint.yaml", &gateway);
+    let wp = c.apply_waypoint(WaypointSpec::new("shop", WAYPOINT).on_node(2))?;
+    n.show(&format!(
+        "waypoint shop/{WAYPOINT}: pod {} at {}, identity {}",
+        wp.pod().key(),
+        wp.hbone(),
+        wp.identity()
+    ));
+    let svc = c.add_service(
+        ServiceSpec::new("shop", "server")
+            .select("app", "server")
+            .label(USE_WAYPOINT, WAYPOINT)
+            .http_port("http", 80, 8080),
+    )?;
+    let written = c
+        .manifests()
+        .read(&manifests::service_stem("shop", "server"))?
+        .and_then(|v| serde_yaml::to_string(&v).ok())
+        .unwrap_or_default();
+    n.command(
+        "kubectl apply -f server-service.yaml   # the cluster IP as the API server allocated it",
+        &written,
+    );
+    c.wait_service_bound(&svc, &wp, CONVERGE)?;
+    let policy = "apiVersion: security.weft.dev/v1alpha1\nkind: AuthorizationPolicy\n\
+                  metadata: {name: get-only, namespace: shop}\nspec:\n  targetRefs: [{group: \"\", kind: Service, name: server}]\n  action: ALLOW\n  rules:\n  - to:\n    - operation: {methods: [GET]}\n";
+    n.command("kubectl apply -f get-only.yaml", policy);
+    c.apply("get-only", policy)?;
+    c.wait_for_waypoint(&wp, "get-only in force", "/policies", CONVERGE, |v| {
+        v.to_string().contains("get-only")
+    })?;
+    let Some(addr) = svc.addr("http") else {
+        return Err(Error::Invalid("shop/server has no port".into()));
+    };
+    let url = format!("http://{addr}/orders");
+    let status_of = |method: &str| -> Result<u16> {
+        let (status, body) = client.http(method, &url, &[])?;
+        let body = serde_json::from_str::<serde_json::Value>(body.trim())
+            .ok()
+            .and_then(|v| serde_json::to_string_pretty(&v).ok())
+            .unwrap_or(body);
+        n.command(
+            &format!(
+                "ip netns exec {} weft-e2e-app http {url} --method {method}",
+                client.netns().name()
+            ),
+            &format!("HTTP {status}\n{}", trim_lines(&body, 14)),
+        );
+        Ok(status)
+    };
+    let get = status_of("GET")?;
+    let post = status_of("POST")?;
+    demo.check(get == 200, "GET /orders is allowed: 200 from shop/server");
+    demo.check(post == 403, "POST /orders is refused by the waypoint: 403");
+    if let Some(line) = last_line_with(wp.log(), "status=403") {
+        n.show(&format!("waypoint access log: {line}"));
+    }
+    Ok(())
 }
 
 fn ignore_without_ztunnel(c: &Cluster, e: Error) -> Result<()> {

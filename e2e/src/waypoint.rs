@@ -84,6 +84,7 @@ pub struct Waypoint {
     pub(crate) identity: String,
     pub(crate) pod: Pod,
     pub(crate) admin_socket: PathBuf,
+    pub(crate) log: PathBuf,
 }
 
 impl Waypoint {
@@ -125,6 +126,11 @@ impl Waypoint {
     /// Its admin API's unix socket.
     pub fn admin_socket(&self) -> &Path {
         &self.admin_socket
+    }
+
+    /// Its log file (one access-log line per request).
+    pub fn log(&self) -> &Path {
+        &self.log
     }
 
     /// GET `path` (`/config_dump`, `/services`, `/routes`, `/policies`,

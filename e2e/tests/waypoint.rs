@@ -354,3 +354,55 @@ fn a_workload_bound_to_a_waypoint_cannot_be_reached_around_it() {
     }
     hbone_as(&c, &outsider, wp.identity(), &server).expect("the waypoint's identity gets through");
 }
+
+#[test]
+fn waypoints_follow_the_gateways_in_the_manifests() {
+    let _one = serial();
+    let mut c = mesh_cluster();
+    c.add_namespace("shop", true).expect("namespace");
+    // Written as a user (or `weftctl waypoint apply`) would, not by the
+    // harness's own helper.
+    c.apply(
+        "my-gateway",
+        r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: shop-waypoint, namespace: shop}
+spec:
+  gatewayClassName: weft-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+"#,
+    )
+    .expect("apply");
+    let running = c.reconcile_waypoints().expect("reconcile");
+    assert_eq!(running.len(), 1);
+    let wp = &running[0];
+    assert_eq!(wp.key(), "shop/shop-waypoint");
+    let pod = wp.pod().clone();
+    assert_eq!(
+        pod.labels().get("gateway.networking.k8s.io/gateway-name"),
+        Some(&"shop-waypoint".to_string())
+    );
+    assert_eq!(pod.service_account(), "shop-waypoint");
+    let token = c.controller().waypoint_token_file("shop", "shop-waypoint");
+    assert!(token.is_file());
+    // Its certificate came from the controller's CA, for its own identity.
+    let certs = wp.admin("/certs").expect("certs").to_string();
+    assert!(certs.contains(wp.identity()), "{certs}");
+    // The controller's model has the waypoint at its pod's address.
+    let ip = wp.ip().to_string();
+    c.wait_for_model("the waypoint at its pod IP", CONVERGE, |m| {
+        m.to_string().contains(&ip)
+    })
+    .expect("model");
+    assert_eq!(c.state().waypoints.len(), 1);
+    // Idempotent.
+    assert_eq!(c.reconcile_waypoints().expect("again").len(), 1);
+    assert!(c.pods().iter().filter(|p| p.key() == pod.key()).count() == 1);
+
+    c.unapply("my-gateway").expect("unapply");
+    assert!(c.reconcile_waypoints().expect("reconcile").is_empty());
+    assert!(c.pod("shop", pod.name()).is_none(), "its pod is gone");
+    assert!(!token.exists(), "its token is gone");
+    assert!(c.state().waypoints.is_empty());
+}

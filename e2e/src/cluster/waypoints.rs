@@ -280,6 +280,7 @@ impl Cluster {
                 identity,
                 pod,
                 admin_socket: admin_socket.clone(),
+                log,
             },
             process,
             token,
