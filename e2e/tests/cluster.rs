@@ -165,9 +165,15 @@ fn the_example_manifests_are_accepted_by_the_controller() {
     let model = cluster
         .wait_for_model("the examples", Duration::from_secs(10), |m| {
             let text = m.to_string();
-            ["deny-client", "allow-shop-tcp", "10.96.1.10"]
-                .iter()
-                .all(|needle| text.contains(needle))
+            [
+                "deny-client",
+                "allow-shop-tcp",
+                "10.96.1.10",
+                "web-routes",
+                "read-only",
+            ]
+            .iter()
+            .all(|needle| text.contains(needle))
         })
         .expect("model");
     let registry = cluster
