@@ -405,4 +405,21 @@ spec:
     assert!(c.pod("shop", pod.name()).is_none(), "its pod is gone");
     assert!(!token.exists(), "its token is gone");
     assert!(c.state().waypoints.is_empty());
+
+    // A running waypoint goes with the cluster's teardown.
+    let wp = c
+        .apply_waypoint(WaypointSpec::new("shop", "second"))
+        .expect("waypoint");
+    let pid = c.state().processes.last().map(|p| p.pid).expect("recorded");
+    let recorded = c.state().processes.clone();
+    let (id, dir) = (c.run_id().clone(), c.dir().to_path_buf());
+    let report = c.teardown();
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let left = weft_e2e::cleanup::leftovers(&id, &dir, &recorded);
+    assert!(left.is_empty(), "{left:?}");
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "waypoint {} (pid {pid}) stopped",
+        wp.key()
+    );
 }
