@@ -222,7 +222,6 @@ fn weftctl_on_a_real_cluster() {
     check_flags_removed_rules(&c, &dir, &pods.server);
 
     let (api, svc, waypoint) = waypoint_apply_serves_traffic(&mut c, &dir, &pods.client);
-    forget_gateway_macs(&[&pods.client, &pods.other]);
     tap_shows_requests(&dir, &pods.client, &svc);
     let mut table = ExplainTable::default();
     waypoint_cases(&mut table, &pods, &api, &svc);
@@ -794,23 +793,6 @@ spec:
   - from: [{source: {principals: [cluster.local/ns/shop/sa/other]}}]
     to: [{operation: {paths: ["/private/*"]}}]
 "#;
-
-/// Workaround for the harness: a node's pod bridge (`cni0`) is created
-/// without an address of its own, so Linux gives it the lowest MAC of its
-/// ports, which changes when a pod with a lower one joins (here: the
-/// waypoint's pod). Pods keep sending to the old MAC until their neighbour
-/// entry for the gateway expires, and the bridge drops those frames: new
-/// connections through the gateway time out for tens of seconds. Flushing
-/// the clients' neighbour caches makes them ask again. (The fix belongs in
-/// the harness: give `cni0` a fixed MAC when it is created.)
-fn forget_gateway_macs(pods: &[&Pod]) {
-    for pod in pods {
-        let out = pod
-            .exec("ip", &["neigh", "flush", "dev", "eth0"])
-            .expect("ip neigh");
-        assert!(out.status.success(), "{out:?}");
-    }
-}
 
 /// `weftctl waypoint apply`, then the harness runs the Gateway it wrote;
 /// a Service bound to it by label gets its traffic, and a request through

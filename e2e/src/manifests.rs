@@ -108,17 +108,26 @@ impl Manifests {
     /// skipped, as the controller skips them.
     pub fn documents(&self) -> Result<Vec<Value>> {
         let mut docs = Vec::new();
-        let entries = std::fs::read_dir(&self.dir).map_err(Error::io(&self.dir))?;
-        let mut paths: Vec<PathBuf> = entries
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| {
-                p.extension().is_some_and(|e| e == "yaml" || e == "yml")
-                    && !p
-                        .file_name()
-                        .is_some_and(|n| n.to_string_lossy().starts_with('.'))
-            })
-            .collect();
+        // Subdirectories too, as the controller's files registry reads them,
+        // so the harness and the controller agree on what exists.
+        let mut paths = Vec::new();
+        let mut dirs = vec![self.dir.clone()];
+        while let Some(dir) = dirs.pop() {
+            let entries = std::fs::read_dir(&dir).map_err(Error::io(&dir))?;
+            for path in entries.flatten().map(|e| e.path()) {
+                if path
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+                {
+                    continue;
+                }
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+                    paths.push(path);
+                }
+            }
+        }
         paths.sort();
         for path in paths {
             let Ok(text) = std::fs::read_to_string(&path) else {

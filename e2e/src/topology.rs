@@ -65,8 +65,12 @@ pub fn attach(underlay: &Netns, member: &Netns, port: &str, ip: Ipv4Addr) -> Res
 /// other node's pod CIDR via that node's underlay address.
 pub fn build_node(node: &Netns, index: usize, count: usize) -> Result<()> {
     // The CNI bridge plugin would create the bridge at the first pod; making
-    // it here gives the node its pod network before any pod exists.
-    node.ip(&["link", "add", POD_BRIDGE, "type", "bridge"])?;
+    // it here gives the node its pod network before any pod exists. Its MAC
+    // is set, not inherited: a bridge without one takes the lowest MAC of its
+    // ports, so a pod joining later could change the gateway's MAC under the
+    // pods already attached and strand their frames until ARP expires.
+    let mac = format!("02:77:65:66:{:02x}:01", index % 256);
+    node.ip(&["link", "add", POD_BRIDGE, "address", &mac, "type", "bridge"])?;
     node.ip(&[
         "addr",
         "add",
