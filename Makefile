@@ -12,10 +12,11 @@ build: deps
 
 ## demo: set everything up and run the demo: a two-node mesh in network
 ## namespaces, real traffic, the tunnels as weftctl shows them (DEMO_ARGS=--keep
-## leaves the cluster up; `weft-e2e down` removes it)
+## leaves the cluster up; `weft-e2e down` removes it). The demo uses the
+## binaries just built (a per-package rebuild would resolve features anew).
 demo: deps
 	$(CARGO) build --release --workspace --bins
-	$(CARGO) run --release -q -p weft-e2e --bin weft-e2e -- demo $(DEMO_ARGS)
+	WEFT_E2E_NO_BUILD=1 $(CARGO) run --release -q -p weft-e2e --bin weft-e2e -- demo $(DEMO_ARGS)
 
 ## test: every test of the workspace, plus format and lint checks
 test: deps lint unit
