@@ -12,33 +12,21 @@
 //! | `GET /logging`, `POST /logging?level=...` | `LoggingResponse` |
 //! | `GET /healthz/ready` | 200 `ready` or 503 with the reason |
 
-use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-use bytes::Bytes;
-use futures::StreamExt;
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full, StreamBody};
-use hyper::body::{Frame, Incoming};
-use hyper_util::rt::TokioIo;
+use ::http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
 use serde::Serialize;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
-use tokio_stream::wrappers::BroadcastStream;
-use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
 use weft_api::admin::{
-    CertInfo, CertState, CertsResponse, ConfigDump, ConnectionsResponse, LoggingResponse,
-    PooledConnection, TapEvent,
+    CertInfo, CertState, CertsResponse, ConfigDump, ConnectionsResponse, PooledConnection,
 };
 use weft_ztunnel::admin::LogControl;
+use weft_ztunnel::admin::http::{self, Body, full, json, query_param};
 
 use crate::app::Waypoint;
-
-type Body = BoxBody<Bytes, Infallible>;
 
 /// Everything the admin endpoints read.
 pub struct Admin {
@@ -59,33 +47,6 @@ struct WaypointConfigDump {
     routes: serde_json::Value,
     /// Route parts that could not be compiled (they match nothing).
     warnings: Vec<String>,
-}
-
-fn full(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
-    let mut response = Response::new(Full::new(body.into()).boxed());
-    *response.status_mut() = status;
-    if let Ok(v) = http::HeaderValue::from_str(content_type) {
-        response.headers_mut().insert(http::header::CONTENT_TYPE, v);
-    }
-    response
-}
-
-fn json<T: Serialize>(value: &T) -> Response<Body> {
-    match serde_json::to_vec_pretty(value) {
-        Ok(body) => full(StatusCode::OK, "application/json", body),
-        Err(e) => full(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "text/plain",
-            e.to_string(),
-        ),
-    }
-}
-
-fn query_param(req: &Request<Incoming>, name: &str) -> Option<String> {
-    req.uri().query()?.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (k == name).then(|| v.replace("%2F", "/").replace("%2f", "/"))
-    })
 }
 
 fn rfc3339(t: SystemTime) -> Option<String> {
@@ -118,10 +79,12 @@ impl Admin {
             }
             (&Method::GET, "/certs") => json(&self.certs()),
             (&Method::GET, "/connections") => json(&self.connections()),
-            (&Method::GET, "/tap") => self.tap(&req),
-            (&Method::GET, "/logging") => self.logging(None),
-            (&Method::POST, "/logging") => self.logging(query_param(&req, "level").as_deref()),
-            (&Method::GET, "/healthz/ready") => ready_response(&self.waypoint),
+            (&Method::GET, "/tap") => http::tap(&req, self.waypoint.proxy.observer.subscribe_tap()),
+            (&Method::GET, "/logging") => http::logging(&self.log, None),
+            (&Method::POST, "/logging") => {
+                http::logging(&self.log, query_param(&req, "level").as_deref())
+            }
+            (&Method::GET, "/healthz/ready") => http::readiness(self.waypoint.readiness()),
             (_, "/") => full(
                 StatusCode::OK,
                 "text/plain",
@@ -206,131 +169,16 @@ impl Admin {
                 .collect(),
         }
     }
-
-    /// Newline-delimited JSON events until the client goes away. A reader
-    /// that falls behind loses events (counted in `dropped`).
-    fn tap(&self, req: &Request<Incoming>) -> Response<Body> {
-        let namespace = query_param(req, "namespace");
-        let workload = query_param(req, "workload");
-        let matches = move |e: &TapEvent| {
-            let peers = [&e.connection.source, &e.connection.destination];
-            peers.iter().any(|p| {
-                let w = p.workload.as_deref().unwrap_or("");
-                let (ns, name) = w.split_once('/').unwrap_or(("", w));
-                namespace.as_deref().is_none_or(|n| n == ns)
-                    && workload.as_deref().is_none_or(|x| x == name || x == w)
-            })
-        };
-        let mut dropped = 0u64;
-        let stream = BroadcastStream::new(self.waypoint.proxy.observer.subscribe_tap()).filter_map(
-            move |item| {
-                let out = match item {
-                    Ok(mut event) if matches(&event) => {
-                        event.dropped = std::mem::take(&mut dropped);
-                        serde_json::to_vec(&event).ok().map(|mut line| {
-                            line.push(b'\n');
-                            Ok::<_, Infallible>(Frame::data(Bytes::from(line)))
-                        })
-                    }
-                    Ok(_) => None,
-                    Err(BroadcastStreamRecvError::Lagged(n)) => {
-                        dropped += n;
-                        None
-                    }
-                };
-                futures::future::ready(out)
-            },
-        );
-        let mut response = Response::new(BodyExt::boxed(StreamBody::new(stream)));
-        response.headers_mut().insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("application/x-ndjson"),
-        );
-        response
-    }
-
-    fn logging(&self, level: Option<&str>) -> Response<Body> {
-        match (self.log)(level) {
-            Ok(filter) => json(&LoggingResponse { filter }),
-            Err(e) => full(StatusCode::BAD_REQUEST, "text/plain", format!("{e}\n")),
-        }
-    }
-}
-
-fn ready_response(waypoint: &Waypoint) -> Response<Body> {
-    match waypoint.readiness() {
-        Ok(()) => full(StatusCode::OK, "text/plain", "ready\n"),
-        Err(reason) => full(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "text/plain",
-            format!("{reason}\n"),
-        ),
-    }
-}
-
-/// Serves `handler` on every connection `accept` yields, until `shutdown`.
-async fn serve<IO, A, F, Fut>(mut accept: A, handler: F, shutdown: CancellationToken)
-where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    A: FnMut() -> futures::future::BoxFuture<'static, std::io::Result<IO>>,
-    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Response<Body>> + Send + 'static,
-{
-    loop {
-        let io = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            io = accept() => io,
-        };
-        let io = match io {
-            Ok(io) => io,
-            Err(e) => {
-                warn!(error = %e, "admin accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let handler = handler.clone();
-        let service = hyper::service::service_fn(move |req| {
-            let handler = handler.clone();
-            async move { Ok::<_, Infallible>(handler(req).await) }
-        });
-        tokio::spawn(async move {
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(io), service)
-                .await
-            {
-                debug!(error = %e, "admin connection ended");
-            }
-        });
-    }
 }
 
 /// Serves the admin API on a TCP listener.
 pub async fn serve_tcp(admin: Arc<Admin>, listener: TcpListener, shutdown: CancellationToken) {
-    let listener = Arc::new(listener);
-    serve(
-        move || {
-            let l = listener.clone();
-            Box::pin(async move { l.accept().await.map(|(s, _)| s) })
-        },
-        move |req| admin.clone().handle(req),
-        shutdown,
-    )
-    .await;
+    http::serve_tcp(listener, move |req| admin.clone().handle(req), shutdown).await;
 }
 
 /// Serves the admin API on a unix socket.
 pub async fn serve_unix(admin: Arc<Admin>, listener: UnixListener, shutdown: CancellationToken) {
-    let listener = Arc::new(listener);
-    serve(
-        move || {
-            let l = listener.clone();
-            Box::pin(async move { l.accept().await.map(|(s, _)| s) })
-        },
-        move |req| admin.clone().handle(req),
-        shutdown,
-    )
-    .await;
+    http::serve_unix(listener, move |req| admin.clone().handle(req), shutdown).await;
 }
 
 /// `/healthz/ready` for the kubelet.
@@ -339,17 +187,9 @@ pub async fn serve_readiness(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) {
-    let listener = Arc::new(listener);
-    serve(
-        move || {
-            let l = listener.clone();
-            Box::pin(async move { l.accept().await.map(|(s, _)| s) })
-        },
-        move |_req| {
-            let response = ready_response(&waypoint);
-            async move { response }
-        },
-        shutdown,
-    )
-    .await;
+    let check = move |_req| {
+        let response = http::readiness(waypoint.readiness());
+        async move { response }
+    };
+    http::serve_tcp(listener, check, shutdown).await;
 }

@@ -16,14 +16,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 use weft_api::config::{ProxyInfo, ProxyKind, ResourceType, Subscribe};
-use weft_hbone::{
-    CertificateAuthority, HboneServer, PoolSettings, ServerSettings, SpiffeId, TrustBundle,
-    TunnelPool,
-};
+use weft_hbone::{HboneServer, PoolSettings, ServerSettings, SpiffeId, TrustBundle, TunnelPool};
 use weft_ztunnel::admin::LogControl;
+use weft_ztunnel::bootstrap::{follow_config_file, local_ca, read};
 use weft_ztunnel::controller::{ConfigClient, TokenSource};
-use weft_ztunnel::identity::{CaClient, CertManager, GrpcCa, LocalCa};
-use weft_ztunnel::local_config::LocalConfigSource;
+use weft_ztunnel::identity::{CaClient, CertManager, GrpcCa};
 use weft_ztunnel::proxy::TrustState;
 use weft_ztunnel::socket::listen_shared;
 use weft_ztunnel::state::WorkloadStore;
@@ -249,34 +246,14 @@ pub async fn run(options: Options, log: LogControl) -> anyhow::Result<()> {
                 (Arc::new(ca), trust, format!("controller {address}"))
             }
             (None, Some(dir)) => {
-                let cert = read(Some(&dir.join("root-cert.pem")), "CA root")?;
-                let key = read(Some(&dir.join("root-key.pem")), "CA key")?;
-                let ca = CertificateAuthority::from_pem(&cert, &key)?;
-                if ca.trust_domain() != options.trust_domain {
-                    bail!(
-                        "the CA in {} is for trust domain {:?}, not {:?}",
-                        dir.display(),
-                        ca.trust_domain(),
-                        options.trust_domain
-                    );
-                }
-                let trust = TrustBundle::from_pems(&options.trust_domain, &[cert])?;
                 let ttl = Duration::from_secs(options.cert_ttl_seconds);
-                (Arc::new(LocalCa::new(ca, ttl)), trust, String::new())
+                let (ca, trust) = local_ca(dir, &options.trust_domain, ttl)?;
+                (Arc::new(ca), trust, String::new())
             }
             (None, None) => bail!("either --controller or --ca-dir is required"),
         };
     let source = match &options.config_file {
-        Some(path) => {
-            let local = LocalConfigSource {
-                path: path.clone(),
-                store: store.clone(),
-                poll: Duration::from_millis(500),
-            };
-            local.load_initial()?;
-            tokio::spawn(local.watch(shutdown.clone()));
-            format!("file {}", path.display())
-        }
+        Some(path) => follow_config_file(path, &store, &shutdown)?,
         None => source,
     };
 
@@ -375,11 +352,6 @@ fn subscription(options: &Options) -> Subscribe {
             ResourceType::Route as i32,
         ],
     }
-}
-
-fn read(path: Option<&Path>, what: &str) -> anyhow::Result<String> {
-    let path = path.with_context(|| format!("{what}: no path given"))?;
-    std::fs::read_to_string(path).with_context(|| format!("{what}: reading {}", path.display()))
 }
 
 fn bind_unix(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {

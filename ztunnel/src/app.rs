@@ -11,14 +11,14 @@ use anyhow::{Context, bail};
 use tokio::net::UnixListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
-use weft_hbone::{CertificateAuthority, PoolSettings, ServerSettings, TrustBundle, TunnelPool};
+use weft_hbone::{PoolSettings, ServerSettings, TrustBundle, TunnelPool};
 
 use crate::admin::{self, Admin, LogControl, Readiness};
+use crate::bootstrap::{follow_config_file, local_ca, read};
 use crate::connections::ConnectionRegistry;
 use crate::controller::{ConfigClient, TokenSource};
-use crate::identity::{CaClient, CertManager, GrpcCa, LocalCa};
+use crate::identity::{CaClient, CertManager, GrpcCa};
 use crate::inpod::{Pods, follow_agent};
-use crate::local_config::LocalConfigSource;
 use crate::options::Options;
 use crate::proxy::{Proxy, ProxySettings, TrustState};
 use crate::socket::{self, Netns};
@@ -60,34 +60,14 @@ pub async fn run(options: Options, log: LogControl) -> anyhow::Result<()> {
                 (Arc::new(ca), trust, format!("controller {address}"))
             }
             (None, Some(dir)) => {
-                let cert = read(Some(&dir.join("root-cert.pem")), "CA root")?;
-                let key = read(Some(&dir.join("root-key.pem")), "CA key")?;
-                let ca = CertificateAuthority::from_pem(&cert, &key)?;
-                if ca.trust_domain() != options.trust_domain {
-                    bail!(
-                        "the CA in {} is for trust domain {:?}, not {:?}",
-                        dir.display(),
-                        ca.trust_domain(),
-                        options.trust_domain
-                    );
-                }
-                let trust = TrustBundle::from_pems(&options.trust_domain, &[cert])?;
                 let ttl = Duration::from_secs(options.cert_ttl_seconds);
-                (Arc::new(LocalCa::new(ca, ttl)), trust, String::new())
+                let (ca, trust) = local_ca(dir, &options.trust_domain, ttl)?;
+                (Arc::new(ca), trust, String::new())
             }
             (None, None) => bail!("either --controller or --ca-dir is required"),
         };
     let source = match &options.config_file {
-        Some(path) => {
-            let local = LocalConfigSource {
-                path: path.clone(),
-                store: store.clone(),
-                poll: Duration::from_millis(500),
-            };
-            local.load_initial()?;
-            tokio::spawn(local.watch(shutdown.clone()));
-            format!("file {}", path.display())
-        }
+        Some(path) => follow_config_file(path, &store, &shutdown)?,
         None => source,
     };
 
@@ -170,11 +150,6 @@ pub async fn run(options: Options, log: LogControl) -> anyhow::Result<()> {
     }
     info!("ztunnel stopped");
     Ok(())
-}
-
-fn read(path: Option<&Path>, what: &str) -> anyhow::Result<String> {
-    let path = path.with_context(|| format!("{what}: no path given"))?;
-    std::fs::read_to_string(path).with_context(|| format!("{what}: reading {}", path.display()))
 }
 
 fn bind_unix(path: &Path) -> anyhow::Result<(UnixListener, u64)> {

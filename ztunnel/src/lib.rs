@@ -10,15 +10,19 @@
 //! ([`controller`]) or a local file ([`local_config`]), and certificates
 //! from [`identity`]. Every connection is recorded once ([`connections`])
 //! for metrics, the access log, `/connections` and `/tap` ([`admin`]).
-//! [`app`] wires it together and drains on SIGTERM; [`options`] are its flags.
+//! [`app`] wires it together and drains on SIGTERM; [`options`] are its flags;
+//! [`logging`] sets up the process log and [`bootstrap`] holds start-up
+//! steps (both shared with the waypoint).
 
 pub mod admin;
 pub mod app;
+pub mod bootstrap;
 pub mod connections;
 pub mod controller;
 pub mod identity;
 pub mod inpod;
 pub mod local_config;
+pub mod logging;
 pub mod options;
 pub mod proxy;
 pub mod socket;
