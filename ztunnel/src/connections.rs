@@ -18,6 +18,10 @@ use weft_hbone::ByteCounters;
 /// How many tap events may queue per reader before the oldest are dropped:
 /// a slow `weftctl tap` loses events, it never slows the data path.
 const TAP_BUFFER: usize = 1024;
+/// Label sets whose counters are kept resolved. Past this the cache starts
+/// over (the recorder keeps every series; only the shortcut is lost), so
+/// churning workload names cannot grow it without bound.
+const COUNTER_CACHE_LIMIT: usize = 4096;
 
 /// A connection as the handler knows it when it is established.
 #[derive(Debug, Clone)]
@@ -32,8 +36,55 @@ pub struct ConnectionMeta {
 struct Live {
     meta: ConnectionMeta,
     counters: Arc<ByteCounters>,
+    metrics: Arc<SeriesCounters>,
     opened: Instant,
     opened_at_ms: u64,
+}
+
+/// The counters of one label set, resolved once: looking a series up in the
+/// recorder builds and hashes its eight labels, which is a measurable part
+/// of a short connection's cost.
+struct SeriesCounters {
+    opened: metrics::Counter,
+    closed: metrics::Counter,
+    sent: metrics::Counter,
+    received: metrics::Counter,
+}
+
+impl SeriesCounters {
+    fn new(meta: &ConnectionMeta) -> Self {
+        let labels = labels(meta);
+        SeriesCounters {
+            opened: metrics::counter!("weft_tcp_connections_opened_total", &labels),
+            closed: metrics::counter!("weft_tcp_connections_closed_total", &labels),
+            sent: metrics::counter!("weft_tcp_sent_bytes_total", &labels),
+            received: metrics::counter!("weft_tcp_received_bytes_total", &labels),
+        }
+    }
+}
+
+/// What the labels of a connection's series are made of.
+#[derive(PartialEq, Eq, Hash)]
+struct SeriesKey {
+    direction: Direction,
+    transport: Transport,
+    source_workload: Option<String>,
+    source_identity: Option<String>,
+    destination_workload: Option<String>,
+    destination_identity: Option<String>,
+}
+
+impl SeriesKey {
+    fn of(meta: &ConnectionMeta) -> Self {
+        SeriesKey {
+            direction: meta.direction,
+            transport: meta.transport,
+            source_workload: meta.source.workload.clone(),
+            source_identity: meta.source.identity.clone(),
+            destination_workload: meta.destination.workload.clone(),
+            destination_identity: meta.destination.identity.clone(),
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -44,6 +95,7 @@ pub struct ConnectionRegistry {
 struct Inner {
     next_id: AtomicU64,
     live: Mutex<HashMap<u64, Live>>,
+    series: Mutex<HashMap<SeriesKey, Arc<SeriesCounters>>>,
     tap: broadcast::Sender<TapEvent>,
 }
 
@@ -53,6 +105,7 @@ impl Default for ConnectionRegistry {
             inner: Arc::new(Inner {
                 next_id: AtomicU64::new(1),
                 live: Mutex::default(),
+                series: Mutex::default(),
                 tap: broadcast::channel(TAP_BUFFER).0,
             }),
         }
@@ -72,13 +125,14 @@ impl ConnectionRegistry {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let counters = Arc::new(ByteCounters::default());
         let live = Live {
+            metrics: self.series(&meta),
             meta,
             counters: counters.clone(),
             opened: Instant::now(),
             opened_at_ms: unix_ms(),
         };
-        metrics::counter!("weft_tcp_connections_opened_total", &labels(&live.meta)).increment(1);
-        self.emit(TapKind::Open, info(id, &live), Some("allow".into()));
+        live.metrics.opened.increment(1);
+        self.emit(TapKind::Open, || info(id, &live), Some("allow".into()));
         lock(&self.inner.live).insert(id, live);
         ConnectionGuard {
             id,
@@ -90,8 +144,10 @@ impl ConnectionRegistry {
     /// Records a connection refused by policy (or for lack of a route).
     pub fn deny(&self, meta: ConnectionMeta, reason: &str) {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        // Denials are rare next to connections: no cached handle.
         metrics::counter!("weft_tcp_connections_denied_total", &labels(&meta)).increment(1);
         let live = Live {
+            metrics: self.series(&meta),
             meta,
             counters: Arc::default(),
             opened: Instant::now(),
@@ -99,7 +155,22 @@ impl ConnectionRegistry {
         };
         let info = info(id, &live);
         access_log(&info, "deny", Some(reason));
-        self.emit(TapKind::Deny, info, Some(reason.to_owned()));
+        self.emit(TapKind::Deny, || info, Some(reason.to_owned()));
+    }
+
+    /// The counters for `meta`'s label set, resolved at most once per set.
+    fn series(&self, meta: &ConnectionMeta) -> Arc<SeriesCounters> {
+        let key = SeriesKey::of(meta);
+        let mut series = lock(&self.inner.series);
+        if let Some(counters) = series.get(&key) {
+            return counters.clone();
+        }
+        if series.len() >= COUNTER_CACHE_LIMIT {
+            series.clear();
+        }
+        let counters = Arc::new(SeriesCounters::new(meta));
+        series.insert(key, counters.clone());
+        counters
     }
 
     /// The live connections, oldest first.
@@ -126,22 +197,29 @@ impl ConnectionRegistry {
         let Some(live) = lock(&self.inner.live).remove(&id) else {
             return;
         };
-        let labels = labels(&live.meta);
-        metrics::counter!("weft_tcp_connections_closed_total", &labels).increment(1);
-        metrics::counter!("weft_tcp_sent_bytes_total", &labels).increment(live.counters.sent());
-        metrics::counter!("weft_tcp_received_bytes_total", &labels)
-            .increment(live.counters.received());
+        live.metrics.closed.increment(1);
+        live.metrics.sent.increment(live.counters.sent());
+        live.metrics.received.increment(live.counters.received());
         let info = info(id, &live);
         access_log(&info, "allow", None);
-        self.emit(TapKind::Close, info, None);
+        self.emit(TapKind::Close, || info, None);
     }
 
-    fn emit(&self, kind: TapKind, connection: ConnectionInfo, verdict: Option<String>) {
-        // No receivers is the common case and not an error.
+    /// Sends a tap event if anyone is watching; the event is only built then.
+    fn emit(
+        &self,
+        kind: TapKind,
+        connection: impl FnOnce() -> ConnectionInfo,
+        verdict: Option<String>,
+    ) {
+        if self.inner.tap.receiver_count() == 0 {
+            return;
+        }
+        // A receiver that went away since the check is not an error.
         let _ = self.inner.tap.send(TapEvent {
             time_ms: unix_ms(),
             kind,
-            connection,
+            connection: connection(),
             verdict,
             request: None,
             status: None,

@@ -9,11 +9,8 @@ static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 fn main() -> anyhow::Result<()> {
     let options = Options::parse();
     let log = weft_ztunnel::logging::init(options.log_format, &options.log);
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(threads) = options.worker_threads {
-        runtime.worker_threads(threads.get());
-    }
-    runtime
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(options.worker_threads())
         .enable_all()
         .build()?
         .block_on(weft_ztunnel::app::run(options, log))

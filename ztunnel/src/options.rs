@@ -81,9 +81,10 @@ pub struct Options {
     /// On SIGTERM, how long open connections may take to finish, in seconds.
     #[arg(long, env = "WEFT_DRAIN_SECONDS", default_value_t = 30)]
     pub drain_seconds: u64,
-    /// Threads that run the proxy (default: one per CPU). Fewer threads mean
-    /// fewer cross-thread wake-ups per byte when ztunnel shares a few cores
-    /// with the workloads it serves; docs/benchmarks.md has the measurements.
+    /// Threads that run the proxy (default: half the CPUs ztunnel may run
+    /// on, at least one). ztunnel shares the node's cores with the workloads
+    /// it serves; each thread beyond what the load needs costs cross-thread
+    /// wake-ups on every connection (docs/benchmarks.md, `l4`).
     #[arg(long, env = "WEFT_WORKER_THREADS")]
     pub worker_threads: Option<std::num::NonZeroUsize>,
     /// How long a connection waits for its pod's first certificate, in seconds.
@@ -96,4 +97,18 @@ pub struct Options {
     /// Log filter (tracing syntax); `RUST_LOG` works too.
     #[arg(long, env = "WEFT_LOG", default_value = "info")]
     pub log: String,
+}
+
+impl Options {
+    /// `--worker-threads`, or half the CPUs this process may run on (its
+    /// affinity mask and cgroup quota, as the standard library reads them),
+    /// at least one.
+    pub fn worker_threads(&self) -> usize {
+        self.worker_threads.map(|n| n.get()).unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get() / 2)
+                .unwrap_or(1)
+                .max(1)
+        })
+    }
 }

@@ -92,6 +92,9 @@ pub fn listen_in(netns: &Netns, home: &Netns, port: u16, v6: bool) -> io::Result
         }
         socket.set_reuse_address(true)?;
         socket.set_reuse_port(true)?;
+        // Accepted sockets inherit it: one `setsockopt` per listener instead
+        // of one per connection.
+        socket.set_tcp_nodelay(true)?;
         socket.bind(&SockAddr::from(addr))?;
         socket.listen(BACKLOG)?;
         Ok(socket)
@@ -148,11 +151,12 @@ pub async fn connect_in(
     TcpSocket::from_std_stream(std_stream).connect(dst).await
 }
 
-/// The destination a redirected connection was originally for.
-pub fn original_dst(stream: &TcpStream) -> io::Result<SocketAddr> {
+/// The destination a redirected connection was originally for. `peer` is
+/// the address `accept` returned: its family is the socket's, which saves a
+/// `getsockname` per connection.
+pub fn original_dst(stream: &TcpStream, peer: SocketAddr) -> io::Result<SocketAddr> {
     use nix::sys::socket::{getsockopt, sockopt};
-    let local = stream.local_addr()?;
-    if local.is_ipv4() {
+    if peer.is_ipv4() {
         let sin = getsockopt(stream, sockopt::OriginalDst).map_err(io::Error::from)?;
         Ok(SocketAddr::new(
             IpAddr::V4(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))),

@@ -245,14 +245,14 @@ pub fn serve_pod(
             }
             OUTBOUND_PORT => {
                 let tasks = proxy.tasks.clone();
-                tokio::spawn(accept_loop(listener, stop, tasks, move |stream| {
-                    outbound::handle(proxy.clone(), pod.clone(), stream)
+                tokio::spawn(accept_loop(listener, stop, tasks, move |stream, peer| {
+                    outbound::handle(proxy.clone(), pod.clone(), stream, peer)
                 }));
             }
             _ => {
                 let tasks = proxy.tasks.clone();
-                tokio::spawn(accept_loop(listener, stop, tasks, move |stream| {
-                    plaintext::handle(proxy.clone(), pod.clone(), stream)
+                tokio::spawn(accept_loop(listener, stop, tasks, move |stream, peer| {
+                    plaintext::handle(proxy.clone(), pod.clone(), stream, peer)
                 }));
             }
         }
@@ -269,7 +269,7 @@ async fn accept_loop<F, Fut>(
     tasks: TaskTracker,
     handle: F,
 ) where
-    F: Fn(TcpStream) -> Fut,
+    F: Fn(TcpStream, std::net::SocketAddr) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     loop {
@@ -278,9 +278,8 @@ async fn accept_loop<F, Fut>(
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((stream, _)) => {
-                let _ = stream.set_nodelay(true);
-                tasks.spawn(handle(stream));
+            Ok((stream, peer)) => {
+                tasks.spawn(handle(stream, peer));
             }
             Err(e) => {
                 warn!(error = %e, "accept failed");

@@ -19,8 +19,13 @@ use crate::connections::ConnectionMeta;
 use crate::socket::{self, ConnectOptions};
 use crate::state::workload_identity;
 
-pub async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, mut client: TcpStream) {
-    let (Ok(client_addr), Ok(dst)) = (client.peer_addr(), socket::original_dst(&client)) else {
+pub async fn handle(
+    proxy: Arc<Proxy>,
+    pod: Arc<Pod>,
+    mut client: TcpStream,
+    client_addr: std::net::SocketAddr,
+) {
+    let Ok(dst) = socket::original_dst(&client, client_addr) else {
         debug!(pod = %pod.workload_name(), "outbound connection without an original destination");
         return;
     };

@@ -21,8 +21,13 @@ use super::{Pod, Proxy};
 use crate::connections::ConnectionMeta;
 use crate::socket::{self, ConnectOptions};
 
-pub async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, mut client: TcpStream) {
-    let (Ok(client_addr), Ok(dst)) = (client.peer_addr(), socket::original_dst(&client)) else {
+pub async fn handle(
+    proxy: Arc<Proxy>,
+    pod: Arc<Pod>,
+    mut client: TcpStream,
+    client_addr: std::net::SocketAddr,
+) {
+    let Ok(dst) = socket::original_dst(&client, client_addr) else {
         return;
     };
     let workload = proxy.workload_of(&pod);
