@@ -12,6 +12,7 @@ use std::process::{Child, Stdio};
 
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
+use weft_e2e::binaries::{self, Binaries};
 use weft_e2e::{Cluster, ClusterConfig, Pod, PodSpec, ZtunnelMode};
 
 use crate::stats::{median, round2};
@@ -36,6 +37,11 @@ pub struct Args {
     /// Only the mesh path (for profiling ztunnel).
     #[arg(long)]
     mesh_only: bool,
+    /// The cargo profile ztunnel is built with. `dist` (fat LTO, one codegen
+    /// unit) is how it ships, so its figures are the ones that count;
+    /// `release` reuses the build the rest of the cluster runs.
+    #[arg(long, default_value = "dist")]
+    ztunnel_profile: String,
 }
 
 /// The load server, killed when the bench ends.
@@ -114,9 +120,25 @@ fn ztunnel_rss_mib(cluster: &Cluster) -> Vec<f64> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<Value> {
+    let progress = |line: &str| eprintln!("[weft-bench] {line}");
+    let bins = Binaries::locate()?;
+    bins.build(&progress)?;
+    let bins = if args.ztunnel_profile == "release" {
+        bins
+    } else {
+        bins.with_profile_build(
+            "weft-ztunnel",
+            binaries::ZTUNNEL,
+            &args.ztunnel_profile,
+            &progress,
+        )?
+    };
+    eprintln!("ztunnel: {}", bins.path(binaries::ZTUNNEL).display());
     let mut cluster = Cluster::up(ClusterConfig {
         nodes: 2,
         ztunnel: ZtunnelMode::On,
+        build: false,
+        binaries: Some(bins),
         ..ClusterConfig::default()
     })?;
     cluster.add_namespace("mesh", true)?;
@@ -173,6 +195,7 @@ pub fn run(args: Args) -> anyhow::Result<Value> {
     let rss = loaded_rss.iter().copied().fold(0.0, f64::max);
     let report = json!({
         "bench": "l4",
+        "ztunnel_profile": args.ztunnel_profile,
         "plain_gbps": round2(med("bulk_plain", "gbps")),
         "mesh_gbps": round2(med("bulk_mesh", "gbps")),
         "throughput_ratio": round2(med("bulk_mesh", "gbps") / med("bulk_plain", "gbps")),

@@ -39,13 +39,15 @@ const OPTIONAL_PACKAGES: &[&str] = &["weft-ztunnel", "weft-waypoint", "weftctl"]
 #[derive(Clone, Debug)]
 pub struct Binaries {
     dir: PathBuf,
+    /// Binaries taken from elsewhere than `dir`.
+    overrides: Vec<(String, PathBuf)>,
 }
 
 impl Binaries {
     /// `WEFT_E2E_BIN_DIR`, or the directory of the running executable.
     pub fn locate() -> Result<Binaries> {
         if let Some(dir) = std::env::var_os("WEFT_E2E_BIN_DIR") {
-            return Ok(Binaries { dir: dir.into() });
+            return Ok(Binaries::in_dir(dir));
         }
         let exe = std::env::current_exe().map_err(Error::io("/proc/self/exe"))?;
         let mut dir = exe
@@ -55,12 +57,23 @@ impl Binaries {
         if dir.file_name().is_some_and(|n| n == "deps") {
             dir.pop();
         }
-        Ok(Binaries { dir })
+        Ok(Binaries::in_dir(dir))
     }
 
     /// A specific directory.
     pub fn in_dir(dir: impl Into<PathBuf>) -> Binaries {
-        Binaries { dir: dir.into() }
+        Binaries {
+            dir: dir.into(),
+            overrides: Vec::new(),
+        }
+    }
+
+    /// Runs binary `name` from `path` instead of from the directory (the
+    /// benchmarks measure ztunnel as it ships, built with `--profile dist`).
+    pub fn with_binary(mut self, name: &str, path: impl Into<PathBuf>) -> Binaries {
+        self.overrides.retain(|(n, _)| n != name);
+        self.overrides.push((name.to_owned(), path.into()));
+        self
     }
 
     /// The directory.
@@ -70,7 +83,11 @@ impl Binaries {
 
     /// The path of binary `name` (it may not exist).
     pub fn path(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
+        self.overrides
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, p)| p.clone())
+            .unwrap_or_else(|| self.dir.join(name))
     }
 
     /// True when binary `name` exists.
@@ -139,17 +156,40 @@ impl Binaries {
     }
 
     fn cargo_build(&self, workspace: &Path, packages: &[&str]) -> Result<()> {
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.current_dir(workspace)
-            .args(["build", "--quiet", "--bins"]);
-        for p in packages {
-            cmd.args(["-p", p]);
+        cargo_build(workspace, packages, self.profile_flag().as_deref())
+    }
+
+    /// Builds `package` with cargo profile `profile` into the sibling
+    /// directory of this one and runs binary `name` from there. From a
+    /// source checkout only: with `WEFT_E2E_BIN_DIR` or `WEFT_E2E_NO_BUILD`
+    /// set, the directory's own binary is kept.
+    pub fn with_profile_build(
+        self,
+        package: &str,
+        name: &str,
+        profile: &str,
+        progress: &dyn Fn(&str),
+    ) -> Result<Binaries> {
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        if std::env::var_os("WEFT_E2E_NO_BUILD").is_some()
+            || std::env::var_os("WEFT_E2E_BIN_DIR").is_some()
+            || !workspace.join("Cargo.toml").is_file()
+        {
+            return Ok(self);
         }
-        if let Some(flag) = self.profile_flag() {
-            cmd.args(flag.split(' '));
-        }
-        exec::run(&mut cmd).map(|_| ())
+        let Some(target) = self.dir.parent() else {
+            return Ok(self);
+        };
+        progress(&format!(
+            "building {package} with --profile {profile} (a few minutes the first time)"
+        ));
+        cargo_build(
+            &workspace,
+            &[package],
+            Some(&format!("--profile {profile}")),
+        )?;
+        let path = target.join(profile).join(name);
+        Ok(self.with_binary(name, path))
     }
 
     /// The cargo flag selecting this directory's profile (`target/debug` is
@@ -161,6 +201,20 @@ impl Binaries {
             other => Some(format!("--profile {other}")),
         }
     }
+}
+
+fn cargo_build(workspace: &Path, packages: &[&str], profile_flag: Option<&str>) -> Result<()> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(workspace)
+        .args(["build", "--quiet", "--bins"]);
+    for p in packages {
+        cmd.args(["-p", p]);
+    }
+    if let Some(flag) = profile_flag {
+        cmd.args(flag.split(' '));
+    }
+    exec::run(&mut cmd).map(|_| ())
 }
 
 fn first_lines(text: &str, n: usize) -> String {
