@@ -166,15 +166,17 @@ pub async fn run(
         });
         tokio::spawn(admin::serve_metrics(listener, handle));
     }
-    if let Some(client) = client {
+    let writers_stop = tokio_util::sync::CancellationToken::new();
+    let writers = client.map(|client| {
         tokio::spawn(writers::run(
             client,
             options.clone(),
             models.clone(),
             states.clone(),
             ca.root_pem().to_string(),
-        ));
-    }
+            writers_stop.clone(),
+        ))
+    });
     tracing::info!(addr = %options.grpc_addr, "serving config stream and CA");
     server::serve(
         grpc,
@@ -184,6 +186,11 @@ pub async fn run(
         shutdown,
     )
     .await?;
+    // Stop writing and hand the Lease over before exiting.
+    writers_stop.cancel();
+    if let Some(writers) = writers {
+        let _ = writers.await;
+    }
     drop(registry);
     Ok(())
 }

@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use support::fake_apiserver::FakeApiServer;
 use support::{CONTROLLER_COLLECTIONS, ambient_namespace, waypoint_class, waypoint_gateway};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use weft_controller::model::ModelConfig;
 use weft_controller::options::Options;
 use weft_controller::pipeline::{self, Debounce};
@@ -31,6 +32,9 @@ enum Stop {
     /// Its runtime is dropped, as in a crash: nothing is released, so the
     /// other replica waits for the Lease to expire.
     Crash,
+    /// A graceful exit (SIGTERM): the writers are told to stop and awaited,
+    /// as `app::run` does, then the runtime is dropped.
+    Shutdown,
 }
 
 /// One controller replica on its own thread and runtime, as if in its own
@@ -73,10 +77,25 @@ impl Replica {
                 };
                 let (models, _pipeline) =
                     pipeline::spawn(states.clone(), ModelConfig::default(), debounce);
-                let writers =
-                    tokio::spawn(writers::run(client, options, models, states, "ROOT".into()));
-                while let Some(Stop::Writers) = stops.recv().await {
-                    writers.abort();
+                let stop_writers = CancellationToken::new();
+                let mut writers = tokio::spawn(writers::run(
+                    client,
+                    options,
+                    models,
+                    states,
+                    "ROOT".into(),
+                    stop_writers.clone(),
+                ));
+                loop {
+                    match stops.recv().await {
+                        Some(Stop::Writers) => writers.abort(),
+                        Some(Stop::Shutdown) => {
+                            stop_writers.cancel();
+                            let _ = (&mut writers).await;
+                            break;
+                        }
+                        Some(Stop::Crash) | None => break,
+                    }
                 }
                 drop(registry);
             });
@@ -92,6 +111,16 @@ impl Replica {
     fn stop(&mut self, how: Stop) {
         if let Some(stop) = &self.stop {
             let _ = stop.send(how);
+        }
+    }
+
+    /// Waits until the replica's thread (its "process") has ended.
+    async fn exited(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            tokio::task::spawn_blocking(move || thread.join())
+                .await
+                .expect("join task")
+                .expect("replica thread");
         }
     }
 }
@@ -208,6 +237,27 @@ async fn after_a_crash_the_follower_takes_over_once_the_lease_expires() {
 #[tokio::test]
 async fn a_leader_that_stops_writing_releases_the_lease_to_the_follower() {
     take_over(Stop::Writers).await;
+}
+
+#[tokio::test]
+async fn a_leader_shutting_down_releases_the_lease_before_it_exits() {
+    let api = FakeApiServer::start(CONTROLLER_COLLECTIONS).await;
+    let (mut leader, follower) = elect(&api).await;
+
+    leader.stop(Stop::Shutdown);
+    leader.exited().await;
+    // The release is part of exiting: no waiting for the Lease to expire.
+    assert_ne!(holder(&api).as_deref(), Some(leader.name));
+    eventually("the follower takes the Lease", || {
+        (holder(&api).as_deref() == Some(follower.name)).then_some(())
+    })
+    .await;
+    api.apply(waypoint_gateway("wp2"));
+    eventually("the new leader deploys the new waypoint", || {
+        api.get(DEPLOYMENTS, "shop", "wp2")
+    })
+    .await;
+    assert!(!wrote_deployment(&api, leader.name, "wp2"));
 }
 
 /// `result` is an API error with this code and reason.

@@ -21,6 +21,7 @@ use kube::{Api, Client, ResourceExt};
 use kube_lease_manager::LeaseManagerBuilder;
 use serde_json::json;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::crd::AuthorizationPolicy;
 use crate::model::labels::{WAYPOINT_CLASS, WAYPOINT_CONTROLLER};
@@ -37,15 +38,22 @@ pub const ROOT_CONFIG_MAP: &str = "weft-ca-root";
 /// The field manager of everything the controller applies.
 pub const FIELD_MANAGER: &str = "weft-controller";
 
-/// Runs the writers while this replica leads (always, without election).
-/// If the Lease cannot be reached, the replica does not write and tries the
-/// election again later; serving is unaffected.
+/// How long a stopping replica waits for its Lease release to reach the API
+/// server before it exits anyway (the follower then waits for expiry).
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Runs the writers while this replica leads (always, without election),
+/// until `stop` fires. If the Lease cannot be reached, the replica does not
+/// write and tries the election again later; serving is unaffected. A
+/// stopping leader releases the Lease before returning, so the next replica
+/// takes over at once instead of after the lease duration.
 pub async fn run(
     client: Client,
     options: Options,
     models: watch::Receiver<Arc<ModelVersion>>,
     states: watch::Receiver<Arc<ClusterState>>,
     root_pem: String,
+    stop: CancellationToken,
 ) {
     let deployer = DeployerConfig {
         image: options.waypoint_image.clone(),
@@ -55,7 +63,10 @@ pub async fn run(
     };
     if !options.leader_elect {
         let (_always, leading) = watch::channel(true);
-        lead_while(leading, &client, &deployer, &models, &states).await;
+        tokio::select! {
+            _ = lead_while(leading, &client, &deployer, &models, &states) => {}
+            _ = stop.cancelled() => {}
+        }
         return;
     }
     let identity = options.replica.clone().unwrap_or_else(|| {
@@ -73,13 +84,33 @@ pub async fn run(
             .await;
         match manager {
             Ok(manager) => {
-                let (leading, _task) = manager.watch().await;
-                lead_while(leading, &client, &deployer, &models, &states).await;
-                tracing::warn!("leader election stopped; retrying");
+                let (leading, election) = manager.watch().await;
+                tokio::select! {
+                    _ = lead_while(leading, &client, &deployer, &models, &states) => {
+                        tracing::warn!("leader election stopped; retrying");
+                    }
+                    _ = stop.cancelled() => {
+                        // `leading` is gone with the writers' future: the
+                        // election task sees nobody listening, releases the
+                        // Lease if it holds it, and ends.
+                        match tokio::time::timeout(RELEASE_TIMEOUT, election).await {
+                            Ok(Ok(Ok(_))) => tracing::info!("left the leader election"),
+                            Ok(Ok(Err(e))) => tracing::warn!("releasing the Lease failed: {e}"),
+                            Ok(Err(e)) => tracing::warn!("leader election task failed: {e}"),
+                            Err(_) => tracing::warn!(
+                                "the Lease release did not finish in {RELEASE_TIMEOUT:?}; the next leader waits for it to expire"
+                            ),
+                        }
+                        return;
+                    }
+                }
             }
             Err(e) => tracing::error!("leader election unavailable, not writing: {e}"),
         }
-        tokio::time::sleep(Duration::from_secs(10)).await;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+            _ = stop.cancelled() => return,
+        }
     }
 }
 
