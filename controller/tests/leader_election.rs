@@ -260,6 +260,36 @@ async fn a_leader_shutting_down_releases_the_lease_before_it_exits() {
     assert!(!wrote_deployment(&api, leader.name, "wp2"));
 }
 
+#[tokio::test]
+async fn a_leader_that_cannot_renew_stops_writing_before_another_takes_over() {
+    let api = FakeApiServer::start(CONTROLLER_COLLECTIONS).await;
+    let (leader, follower) = elect(&api).await;
+
+    // The leader's renewals now fail with a server error (not a conflict):
+    // its election keeps saying "leader" while retrying.
+    api.fail_writes_from(leader.name, LEASES);
+    eventually("the follower takes the expired Lease", || {
+        (holder(&api).as_deref() == Some(follower.name)).then_some(())
+    })
+    .await;
+    api.apply(waypoint_gateway("wp2"));
+    eventually("the new leader deploys the new waypoint", || {
+        api.get(DEPLOYMENTS, "shop", "wp2")
+    })
+    .await;
+    // The old leader watches the same Gateways and, unfenced, writes wp2 as
+    // soon as the new leader does; a second of grace makes the absence of
+    // its write meaningful.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!wrote_deployment(&api, leader.name, "wp2"));
+    assert!(
+        api.requests_from(leader.name)
+            .iter()
+            .any(|r| r.starts_with("GET") && r.contains("/leases/")),
+        "the old leader checks the Lease before writing"
+    );
+}
+
 /// `result` is an API error with this code and reason.
 fn assert_refused<T: std::fmt::Debug>(result: kube::Result<T>, code: u16, reason: &str) {
     match result {

@@ -14,8 +14,10 @@ use std::time::Duration;
 use gateway_api::gatewayclasses::GatewayClass;
 use gateway_api::gateways::Gateway;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use kube_lease_manager::LeaseManagerBuilder;
@@ -64,7 +66,7 @@ pub async fn run(
     if !options.leader_elect {
         let (_always, leading) = watch::channel(true);
         tokio::select! {
-            _ = lead_while(leading, &client, &deployer, &models, &states) => {}
+            _ = lead_while(leading, None, &client, &deployer, &models, &states) => {}
             _ = stop.cancelled() => {}
         }
         return;
@@ -74,6 +76,12 @@ pub async fn run(
             .map(|h| h.trim().to_string())
             .unwrap_or_else(|_| format!("weft-controller-{}", std::process::id()))
     });
+    let fence = Fence {
+        leases: Api::namespaced(client.clone(), &options.root_namespace),
+        name: options.lease_name.clone(),
+        identity: identity.clone(),
+        duration: Duration::from_secs(options.lease_duration_seconds),
+    };
     loop {
         let manager = LeaseManagerBuilder::new(client.clone(), options.lease_name.clone())
             .with_namespace(options.root_namespace.clone())
@@ -86,7 +94,7 @@ pub async fn run(
             Ok(manager) => {
                 let (leading, election) = manager.watch().await;
                 tokio::select! {
-                    _ = lead_while(leading, &client, &deployer, &models, &states) => {
+                    _ = lead_while(leading, Some(&fence), &client, &deployer, &models, &states) => {
                         tracing::warn!("leader election stopped; retrying");
                     }
                     _ = stop.cancelled() => {
@@ -114,9 +122,53 @@ pub async fn run(
     }
 }
 
-/// Writes while `leading` says so; returns when the election ends.
+/// The check a leader makes before each round of writes. The election says
+/// "leader" until a renewal is refused by a conflict; a renewal that fails
+/// otherwise (a 500, a timeout) leaves it saying so while the Lease runs out
+/// and another replica takes it. Writing only while the Lease itself shows
+/// this replica with an unexpired renewal keeps two replicas from writing at
+/// once.
+struct Fence {
+    leases: Api<Lease>,
+    name: String,
+    identity: String,
+    duration: Duration,
+}
+
+impl Fence {
+    async fn holds(&self) -> Result<(), String> {
+        let lease = self
+            .leases
+            .get(&self.name)
+            .await
+            .map_err(|e| format!("cannot read the Lease: {e}"))?;
+        let spec = lease.spec.unwrap_or_default();
+        if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
+            return Err(format!(
+                "the Lease is held by {}",
+                spec.holder_identity.as_deref().unwrap_or("nobody")
+            ));
+        }
+        let renewed = spec
+            .renew_time
+            .map(|t| t.0)
+            .ok_or("the Lease has no renewal time")?;
+        let expires = jiff::SignedDuration::try_from(self.duration)
+            .ok()
+            .and_then(|d| renewed.checked_add(d).ok())
+            .ok_or("the Lease duration is out of range")?;
+        if expires <= jiff::Timestamp::now() {
+            return Err(format!("the Lease expired at {expires} without renewal"));
+        }
+        Ok(())
+    }
+}
+
+/// Writes while `leading` says so (and `fence`, if any, confirms it);
+/// returns when the election ends.
 async fn lead_while(
     mut leading: watch::Receiver<bool>,
+    fence: Option<&Fence>,
     client: &Client,
     deployer: &DeployerConfig,
     models: &watch::Receiver<Arc<ModelVersion>>,
@@ -137,7 +189,13 @@ async fn lead_while(
         loop {
             let state = states.borrow_and_update().clone();
             let model = models.borrow_and_update().clone();
-            writer.reconcile(&state, &model).await;
+            match fence.map(Fence::holds) {
+                Some(check) => match check.await {
+                    Ok(()) => writer.reconcile(&state, &model).await,
+                    Err(why) => tracing::warn!("not writing: {why}"),
+                },
+                None => writer.reconcile(&state, &model).await,
+            }
             tokio::select! {
                 r = leading.changed() => {
                     if r.is_err() { return }

@@ -45,6 +45,9 @@ struct Store {
     owners: HashMap<(String, String, String), fields::Owners>,
     /// Bodies of status patches, as "collection/ns/name".
     status_patches: Vec<(String, Value)>,
+    /// (user agent, collection) whose writes answer 500, as an API server
+    /// having trouble with one client's requests.
+    failing_writes: Vec<(String, String)>,
     /// Collections that exist (others answer 404).
     served: Vec<String>,
 }
@@ -201,6 +204,16 @@ impl FakeApiServer {
             generation,
             task,
         }
+    }
+
+    /// From now on, writes by user agent `agent` to `collection` fail with
+    /// 500 (reads still work).
+    pub fn fail_writes_from(&self, agent: &str, collection: &str) {
+        self.store
+            .lock()
+            .expect("lock")
+            .failing_writes
+            .push((agent.to_string(), collection.to_string()));
     }
 
     /// A kube client for this server.
@@ -418,6 +431,20 @@ impl Ctx {
                     "NotFound",
                     "the server could not find the requested resource",
                 ),
+            );
+        }
+        let failing = req.method() != Method::GET
+            && self
+                .store
+                .lock()
+                .expect("lock")
+                .failing_writes
+                .iter()
+                .any(|(a, c)| *a == agent && *c == target.collection);
+        if failing {
+            return full(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                status(500, "InternalError", "injected failure"),
             );
         }
         // As a real API server does, an unnamed writer is known by its agent.
