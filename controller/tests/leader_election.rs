@@ -215,18 +215,23 @@ async fn take_over(how: Stop) {
     let (mut leader, follower) = elect(&api).await;
 
     leader.stop(how);
-    api.apply(waypoint_gateway("wp2"));
+    follower_takes_over(&api, &follower).await;
+    assert!(!wrote_deployment(&api, leader.name, "wp2"));
+}
+
+/// The follower takes the Lease, and then deploys a Gateway created after that.
+async fn follower_takes_over(api: &FakeApiServer, follower: &Replica) {
     eventually("the follower takes the Lease", || {
-        (holder(&api).as_deref() == Some(follower.name)).then_some(())
+        (holder(api).as_deref() == Some(follower.name)).then_some(())
     })
     .await;
+    api.apply(waypoint_gateway("wp2"));
     eventually("the new leader deploys the new waypoint", || {
         api.get(DEPLOYMENTS, "shop", "wp2")
     })
     .await;
-    assert!(wrote_deployment(&api, follower.name, "wp2"));
-    assert!(!wrote_deployment(&api, leader.name, "wp2"));
-    assert_eq!(lease(&api).expect("lease")["spec"]["leaseTransitions"], 2);
+    assert!(wrote_deployment(api, follower.name, "wp2"));
+    assert_eq!(lease(api).expect("lease")["spec"]["leaseTransitions"], 2);
 }
 
 #[tokio::test]
@@ -248,15 +253,7 @@ async fn a_leader_shutting_down_releases_the_lease_before_it_exits() {
     leader.exited().await;
     // The release is part of exiting: no waiting for the Lease to expire.
     assert_ne!(holder(&api).as_deref(), Some(leader.name));
-    eventually("the follower takes the Lease", || {
-        (holder(&api).as_deref() == Some(follower.name)).then_some(())
-    })
-    .await;
-    api.apply(waypoint_gateway("wp2"));
-    eventually("the new leader deploys the new waypoint", || {
-        api.get(DEPLOYMENTS, "shop", "wp2")
-    })
-    .await;
+    follower_takes_over(&api, &follower).await;
     assert!(!wrote_deployment(&api, leader.name, "wp2"));
 }
 
@@ -268,15 +265,7 @@ async fn a_leader_that_cannot_renew_stops_writing_before_another_takes_over() {
     // The leader's renewals now fail with a server error (not a conflict):
     // its election keeps saying "leader" while retrying.
     api.fail_writes_from(leader.name, LEASES);
-    eventually("the follower takes the expired Lease", || {
-        (holder(&api).as_deref() == Some(follower.name)).then_some(())
-    })
-    .await;
-    api.apply(waypoint_gateway("wp2"));
-    eventually("the new leader deploys the new waypoint", || {
-        api.get(DEPLOYMENTS, "shop", "wp2")
-    })
-    .await;
+    follower_takes_over(&api, &follower).await;
     // The old leader watches the same Gateways and, unfenced, writes wp2 as
     // soon as the new leader does; a second of grace makes the absence of
     // its write meaningful.
