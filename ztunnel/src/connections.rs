@@ -321,3 +321,90 @@ fn unix_ms() -> u64 {
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+#[cfg(test)]
+mod tests {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    use super::*;
+
+    fn meta(source: &str, destination: &str) -> ConnectionMeta {
+        let peer = |workload: &str| Peer {
+            address: "10.0.0.1:1234".into(),
+            workload: Some(workload.into()),
+            identity: Some(format!("spiffe://cluster.local/ns/{workload}")),
+        };
+        ConnectionMeta {
+            direction: Direction::Outbound,
+            transport: Transport::Hbone,
+            source: peer(source),
+            destination: peer(destination),
+            waypoint: None,
+        }
+    }
+
+    /// (metric name, source workload label) -> counter value.
+    fn counters(recorder: &DebuggingRecorder) -> HashMap<(String, String), u64> {
+        recorder
+            .snapshotter()
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .filter_map(|(key, _, _, value)| {
+                let DebugValue::Counter(n) = value else {
+                    return None;
+                };
+                let key = key.key();
+                let source = key
+                    .labels()
+                    .find(|l| l.key() == "source_workload")
+                    .map(|l| l.value().to_owned())?;
+                Some(((key.name().to_owned(), source), n))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn each_label_set_counts_its_own_connections_and_bytes() {
+        let recorder = DebuggingRecorder::new();
+        let registry = ConnectionRegistry::default();
+        metrics::with_local_recorder(&recorder, || {
+            for sent in [10, 20] {
+                let guard = registry.open(meta("shop/a", "shop/b"));
+                guard.counters.sent.fetch_add(sent, Ordering::Relaxed);
+            }
+            let guard = registry.open(meta("shop/c", "shop/b"));
+            guard.counters.received.fetch_add(5, Ordering::Relaxed);
+        });
+        let got = counters(&recorder);
+        let value = |name: &str, source: &str| got.get(&(name.to_owned(), source.to_owned()));
+        assert_eq!(value("weft_tcp_connections_opened_total", "a"), Some(&2));
+        assert_eq!(value("weft_tcp_connections_closed_total", "a"), Some(&2));
+        assert_eq!(value("weft_tcp_sent_bytes_total", "a"), Some(&30));
+        assert_eq!(value("weft_tcp_connections_opened_total", "c"), Some(&1));
+        assert_eq!(value("weft_tcp_received_bytes_total", "c"), Some(&5));
+        assert_eq!(value("weft_tcp_sent_bytes_total", "c"), Some(&0));
+        assert!(registry.is_empty());
+    }
+
+    #[test]
+    fn a_watcher_sees_opens_closes_and_denials() {
+        let registry = ConnectionRegistry::default();
+        // Nobody watching: nothing is queued for anyone.
+        drop(registry.open(meta("shop/a", "shop/b")));
+        let mut tap = registry.subscribe_tap();
+        drop(registry.open(meta("shop/a", "shop/b")));
+        registry.deny(meta("shop/c", "shop/b"), "policy");
+        let kinds: Vec<_> = std::iter::from_fn(|| tap.try_recv().ok())
+            .map(|e| (e.kind, e.connection.source.workload.unwrap_or_default()))
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (TapKind::Open, "shop/a".to_owned()),
+                (TapKind::Close, "shop/a".to_owned()),
+                (TapKind::Deny, "shop/c".to_owned()),
+            ]
+        );
+    }
+}

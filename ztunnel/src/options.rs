@@ -112,3 +112,33 @@ impl Options {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::Options;
+
+    fn parse(extra: &[&str]) -> Options {
+        let base = [
+            "ztunnel",
+            "--node",
+            "node-1",
+            "--config-file",
+            "/dev/null",
+            "--ca-dir",
+            "/tmp",
+        ];
+        Options::try_parse_from(base.iter().chain(extra)).expect("flags parse")
+    }
+
+    #[test]
+    fn worker_threads_are_the_flag_or_half_the_cpus_and_never_zero() {
+        assert_eq!(parse(&["--worker-threads", "3"]).worker_threads(), 3);
+        if std::env::var_os("WEFT_WORKER_THREADS").is_none() {
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            assert_eq!(parse(&[]).worker_threads(), (cpus / 2).max(1));
+        }
+        assert!(Options::try_parse_from(["ztunnel", "--worker-threads", "0"]).is_err());
+    }
+}
