@@ -121,11 +121,7 @@ impl Binaries {
     /// per process.
     pub fn build(&self, progress: &dyn Fn(&str)) -> Result<()> {
         static BUILT: Mutex<Option<Vec<String>>> = Mutex::new(None);
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let can_build = std::env::var_os("WEFT_E2E_NO_BUILD").is_none()
-            && std::env::var_os("WEFT_E2E_BIN_DIR").is_none()
-            && workspace.join("Cargo.toml").is_file();
-        if can_build {
+        if let Some(workspace) = buildable_workspace() {
             let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
             let notes = built.get_or_insert_with(|| {
                 let mut notes = Vec::new();
@@ -170,14 +166,7 @@ impl Binaries {
         profile: &str,
         progress: &dyn Fn(&str),
     ) -> Result<Binaries> {
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        if std::env::var_os("WEFT_E2E_NO_BUILD").is_some()
-            || std::env::var_os("WEFT_E2E_BIN_DIR").is_some()
-            || !workspace.join("Cargo.toml").is_file()
-        {
-            return Ok(self);
-        }
-        let Some(target) = self.dir.parent() else {
+        let (Some(workspace), Some(target)) = (buildable_workspace(), self.dir.parent()) else {
             return Ok(self);
         };
         progress(&format!(
@@ -201,6 +190,16 @@ impl Binaries {
             other => Some(format!("--profile {other}")),
         }
     }
+}
+
+/// The source checkout this crate was built in, when binaries may be built
+/// from it: not with `WEFT_E2E_NO_BUILD` or `WEFT_E2E_BIN_DIR` set.
+fn buildable_workspace() -> Option<PathBuf> {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    (std::env::var_os("WEFT_E2E_NO_BUILD").is_none()
+        && std::env::var_os("WEFT_E2E_BIN_DIR").is_none()
+        && workspace.join("Cargo.toml").is_file())
+    .then_some(workspace)
 }
 
 fn cargo_build(workspace: &Path, packages: &[&str], profile_flag: Option<&str>) -> Result<()> {

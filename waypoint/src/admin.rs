@@ -18,13 +18,11 @@ use std::time::SystemTime;
 use ::http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde::Serialize;
-use tokio::net::{TcpListener, UnixListener};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use weft_api::admin::{
-    CertInfo, CertState, CertsResponse, ConfigDump, ConnectionsResponse, PooledConnection,
-};
+use weft_api::admin::{CertsResponse, ConfigDump, ConnectionsResponse, PooledConnection};
 use weft_ztunnel::admin::LogControl;
-use weft_ztunnel::admin::http::{self, Body, full, json, query_param};
+use weft_ztunnel::admin::http::{self, Body, full, json, query_param, to_json};
 
 use crate::app::Waypoint;
 
@@ -47,16 +45,6 @@ struct WaypointConfigDump {
     routes: serde_json::Value,
     /// Route parts that could not be compiled (they match nothing).
     warnings: Vec<String>,
-}
-
-fn rfc3339(t: SystemTime) -> Option<String> {
-    time::OffsetDateTime::from(t)
-        .format(&time::format_description::well_known::Rfc3339)
-        .ok()
-}
-
-fn to_json<T: Serialize>(items: &[Arc<T>]) -> serde_json::Value {
-    serde_json::to_value(items.iter().map(AsRef::as_ref).collect::<Vec<_>>()).unwrap_or_default()
 }
 
 impl Admin {
@@ -128,23 +116,7 @@ impl Admin {
                 .certs
                 .status()
                 .into_iter()
-                .map(|s| {
-                    let state = match &s.cert {
-                        None => CertState::Pending,
-                        Some(c) if c.is_expired(now) => CertState::Expired,
-                        Some(_) => CertState::Valid,
-                    };
-                    CertInfo {
-                        identity: s.identity.to_string(),
-                        state,
-                        serial: s.cert.as_ref().map(|c| c.serial().to_owned()),
-                        not_before: s.cert.as_ref().and_then(|c| rfc3339(c.not_before())),
-                        not_after: s.cert.as_ref().and_then(|c| rfc3339(c.not_after())),
-                        renew_at: s.cert.as_ref().and_then(|c| rfc3339(c.renew_at())),
-                        chain_pem: s.cert.as_ref().map(|c| c.chain_pem()).unwrap_or_default(),
-                        last_error: s.last_error,
-                    }
-                })
+                .map(|s| http::cert_info(s, now))
                 .collect(),
         }
     }
@@ -171,14 +143,9 @@ impl Admin {
     }
 }
 
-/// Serves the admin API on a TCP listener.
-pub async fn serve_tcp(admin: Arc<Admin>, listener: TcpListener, shutdown: CancellationToken) {
-    http::serve_tcp(listener, move |req| admin.clone().handle(req), shutdown).await;
-}
-
-/// Serves the admin API on a unix socket.
-pub async fn serve_unix(admin: Arc<Admin>, listener: UnixListener, shutdown: CancellationToken) {
-    http::serve_unix(listener, move |req| admin.clone().handle(req), shutdown).await;
+/// Serves the admin API on a TCP listener or a unix socket.
+pub async fn serve(admin: Arc<Admin>, listener: impl http::Listener, shutdown: CancellationToken) {
+    http::serve(listener, move |req| admin.clone().handle(req), shutdown).await;
 }
 
 /// `/healthz/ready` for the kubelet.
@@ -191,5 +158,5 @@ pub async fn serve_readiness(
         let response = http::readiness(waypoint.readiness());
         async move { response }
     };
-    http::serve_tcp(listener, check, shutdown).await;
+    http::serve(listener, check, shutdown).await;
 }

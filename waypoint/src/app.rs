@@ -271,10 +271,10 @@ pub async fn run(options: Options, log: LogControl) -> anyhow::Result<()> {
     });
     let tcp = listen_shared(options.admin_addr)
         .with_context(|| format!("admin address {}", options.admin_addr))?;
-    tokio::spawn(admin::serve_tcp(admin.clone(), tcp, shutdown.clone()));
+    tokio::spawn(admin::serve(admin.clone(), tcp, shutdown.clone()));
     if let Some(path) = &options.admin_socket {
         let unix = bind_unix(path)?;
-        tokio::spawn(admin::serve_unix(admin.clone(), unix, shutdown.clone()));
+        tokio::spawn(admin::serve(admin.clone(), unix, shutdown.clone()));
     }
     let metrics = listen_shared(options.metrics_addr)
         .with_context(|| format!("metrics address {}", options.metrics_addr))?;

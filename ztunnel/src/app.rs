@@ -114,9 +114,9 @@ pub async fn run(options: Options, log: LogControl) -> anyhow::Result<()> {
     });
     let tcp = socket::listen_shared(options.admin_addr)
         .with_context(|| format!("admin address {}", options.admin_addr))?;
-    tokio::spawn(admin::serve_tcp(admin.clone(), tcp, shutdown.clone()));
+    tokio::spawn(admin::serve(admin.clone(), tcp, shutdown.clone()));
     let (unix, unix_inode) = bind_unix(&options.admin_socket)?;
-    tokio::spawn(admin::serve_unix(admin, unix, shutdown.clone()));
+    tokio::spawn(admin::serve(admin, unix, shutdown.clone()));
     let metrics = socket::listen_shared(options.metrics_addr)
         .with_context(|| format!("metrics address {}", options.metrics_addr))?;
     tokio::spawn(admin::serve_metrics(recorder, metrics, shutdown.clone()));

@@ -7,6 +7,7 @@
 //! recorded once with [`ConnectionRegistry::deny`].
 
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -64,7 +65,6 @@ impl SeriesCounters {
 }
 
 /// What the labels of a connection's series are made of.
-#[derive(PartialEq, Eq, Hash)]
 struct SeriesKey {
     direction: Direction,
     transport: Transport,
@@ -85,6 +85,31 @@ impl SeriesKey {
             destination_identity: meta.destination.identity.clone(),
         }
     }
+
+    /// The cache index of `meta`'s label set, computed from borrowed fields
+    /// so that a lookup allocates nothing.
+    fn hash_of(meta: &ConnectionMeta) -> u64 {
+        let mut hasher = std::hash::DefaultHasher::new();
+        (
+            meta.direction,
+            meta.transport,
+            &meta.source.workload,
+            &meta.source.identity,
+            &meta.destination.workload,
+            &meta.destination.identity,
+        )
+            .hash(&mut hasher);
+        hasher.finish()
+    }
+
+    fn matches(&self, meta: &ConnectionMeta) -> bool {
+        self.direction == meta.direction
+            && self.transport == meta.transport
+            && self.source_workload == meta.source.workload
+            && self.source_identity == meta.source.identity
+            && self.destination_workload == meta.destination.workload
+            && self.destination_identity == meta.destination.identity
+    }
 }
 
 #[derive(Clone)]
@@ -95,7 +120,8 @@ pub struct ConnectionRegistry {
 struct Inner {
     next_id: AtomicU64,
     live: Mutex<HashMap<u64, Live>>,
-    series: Mutex<HashMap<SeriesKey, Arc<SeriesCounters>>>,
+    /// Resolved counters by [`SeriesKey::hash_of`].
+    series: Mutex<HashMap<u64, (SeriesKey, Arc<SeriesCounters>)>>,
     tap: broadcast::Sender<TapEvent>,
 }
 
@@ -160,16 +186,20 @@ impl ConnectionRegistry {
 
     /// The counters for `meta`'s label set, resolved at most once per set.
     fn series(&self, meta: &ConnectionMeta) -> Arc<SeriesCounters> {
-        let key = SeriesKey::of(meta);
+        let hash = SeriesKey::hash_of(meta);
         let mut series = lock(&self.inner.series);
-        if let Some(counters) = series.get(&key) {
+        if let Some((key, counters)) = series.get(&hash)
+            && key.matches(meta)
+        {
             return counters.clone();
         }
         if series.len() >= COUNTER_CACHE_LIMIT {
             series.clear();
         }
+        // A hash collision replaces the other set's entry: it is only a
+        // shortcut, the recorder still holds both series.
         let counters = Arc::new(SeriesCounters::new(meta));
-        series.insert(key, counters.clone());
+        series.insert(hash, (SeriesKey::of(meta), counters.clone()));
         counters
     }
 

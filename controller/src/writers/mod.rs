@@ -189,12 +189,13 @@ async fn lead_while(
         loop {
             let state = states.borrow_and_update().clone();
             let model = models.borrow_and_update().clone();
-            match fence.map(Fence::holds) {
-                Some(check) => match check.await {
-                    Ok(()) => writer.reconcile(&state, &model).await,
-                    Err(why) => tracing::warn!("not writing: {why}"),
-                },
-                None => writer.reconcile(&state, &model).await,
+            let holds = match fence {
+                Some(fence) => fence.holds().await,
+                None => Ok(()),
+            };
+            match holds {
+                Ok(()) => writer.reconcile(&state, &model).await,
+                Err(why) => tracing::warn!("not writing: {why}"),
             }
             tokio::select! {
                 r = leading.changed() => {

@@ -3,8 +3,7 @@
 //! accept loops on TCP and unix listeners.
 
 use std::convert::Infallible;
-use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -21,9 +20,10 @@ use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
-use weft_api::admin::{LoggingResponse, TapEvent};
+use weft_api::admin::{CertInfo, CertState, LoggingResponse, TapEvent};
 
 use super::LogControl;
+use crate::identity::CertStatus;
 
 pub type Body = BoxBody<Bytes, Infallible>;
 
@@ -45,6 +45,36 @@ pub fn json<T: Serialize>(value: &T) -> Response<Body> {
             e.to_string(),
         ),
     }
+}
+
+/// A list of shared config objects as JSON (null if it cannot be encoded).
+pub fn to_json<T: Serialize>(items: &[std::sync::Arc<T>]) -> serde_json::Value {
+    serde_json::to_value(items.iter().map(AsRef::as_ref).collect::<Vec<_>>()).unwrap_or_default()
+}
+
+/// `/certs`: what a proxy holds for one identity, as of `now`.
+pub fn cert_info(status: CertStatus, now: SystemTime) -> CertInfo {
+    let cert = status.cert.as_ref();
+    CertInfo {
+        identity: status.identity.to_string(),
+        state: match cert {
+            None => CertState::Pending,
+            Some(c) if c.is_expired(now) => CertState::Expired,
+            Some(_) => CertState::Valid,
+        },
+        serial: cert.map(|c| c.serial().to_owned()),
+        not_before: cert.and_then(|c| rfc3339(c.not_before())),
+        not_after: cert.and_then(|c| rfc3339(c.not_after())),
+        renew_at: cert.and_then(|c| rfc3339(c.renew_at())),
+        chain_pem: cert.map(|c| c.chain_pem()).unwrap_or_default(),
+        last_error: status.last_error,
+    }
+}
+
+fn rfc3339(t: SystemTime) -> Option<String> {
+    time::OffsetDateTime::from(t)
+        .format(&time::format_description::well_known::Rfc3339)
+        .ok()
 }
 
 pub fn query_param(req: &Request<Incoming>, name: &str) -> Option<String> {
@@ -115,18 +145,37 @@ pub fn readiness(check: Result<(), String>) -> Response<Body> {
     }
 }
 
-/// Serves `handler` on every connection `accept` yields, until `shutdown`.
-async fn serve<IO, A, F, Fut>(mut accept: A, handler: F, shutdown: CancellationToken)
+/// A listener the admin accept loop can take connections from.
+pub trait Listener: Send + 'static {
+    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    fn accept_io(&self) -> impl Future<Output = std::io::Result<Self::Io>> + Send;
+}
+
+impl Listener for TcpListener {
+    type Io = tokio::net::TcpStream;
+    async fn accept_io(&self) -> std::io::Result<Self::Io> {
+        self.accept().await.map(|(s, _)| s)
+    }
+}
+
+impl Listener for UnixListener {
+    type Io = tokio::net::UnixStream;
+    async fn accept_io(&self) -> std::io::Result<Self::Io> {
+        self.accept().await.map(|(s, _)| s)
+    }
+}
+
+/// Serves `handler` on every connection `listener` accepts, until `shutdown`.
+pub async fn serve<L, F, Fut>(listener: L, handler: F, shutdown: CancellationToken)
 where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    A: FnMut() -> futures::future::BoxFuture<'static, std::io::Result<IO>>,
+    L: Listener,
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
     loop {
         let io = tokio::select! {
             _ = shutdown.cancelled() => return,
-            io = accept() => io,
+            io = listener.accept_io() => io,
         };
         let io = match io {
             Ok(io) => io,
@@ -150,32 +199,4 @@ where
             }
         });
     }
-}
-
-/// Serves `handler` on a TCP listener until `shutdown`.
-pub async fn serve_tcp<F, Fut>(listener: TcpListener, handler: F, shutdown: CancellationToken)
-where
-    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Response<Body>> + Send + 'static,
-{
-    let listener = Arc::new(listener);
-    let accept = move || -> futures::future::BoxFuture<'static, _> {
-        let l = listener.clone();
-        Box::pin(async move { l.accept().await.map(|(s, _)| s) })
-    };
-    serve(accept, handler, shutdown).await;
-}
-
-/// Serves `handler` on a unix socket until `shutdown`.
-pub async fn serve_unix<F, Fut>(listener: UnixListener, handler: F, shutdown: CancellationToken)
-where
-    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Response<Body>> + Send + 'static,
-{
-    let listener = Arc::new(listener);
-    let accept = move || -> futures::future::BoxFuture<'static, _> {
-        let l = listener.clone();
-        Box::pin(async move { l.accept().await.map(|(s, _)| s) })
-    };
-    serve(accept, handler, shutdown).await;
 }

@@ -11,15 +11,13 @@ use std::time::SystemTime;
 use ::http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::net::{TcpListener, UnixListener};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use weft_api::admin::{
-    CertInfo, CertState, CertsResponse, ConfigDump, ConnectionsResponse, PodInfo, PooledConnection,
-};
+use weft_api::admin::{CertsResponse, ConfigDump, ConnectionsResponse, PodInfo, PooledConnection};
 
 use crate::inpod::Pods;
 use crate::proxy::Proxy;
-use http::{Body, full, json, query_param};
+use http::{Body, full, json, query_param, to_json};
 
 /// Reads and changes the log filter at run time.
 pub type LogControl = Arc<dyn Fn(Option<&str>) -> Result<String, String> + Send + Sync>;
@@ -56,12 +54,6 @@ impl Readiness {
         }
         Ok(())
     }
-}
-
-fn rfc3339(t: SystemTime) -> String {
-    time::OffsetDateTime::from(t)
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
 }
 
 impl Admin {
@@ -129,29 +121,12 @@ impl Admin {
                 .certs
                 .status()
                 .into_iter()
-                .map(|s| {
-                    let state = match &s.cert {
-                        None => CertState::Pending,
-                        Some(c) if c.is_expired(now) => CertState::Expired,
-                        Some(_) => CertState::Valid,
-                    };
-                    CertInfo {
-                        identity: s.identity.to_string(),
-                        state,
-                        serial: s.cert.as_ref().map(|c| c.serial().to_owned()),
-                        not_before: s.cert.as_ref().map(|c| rfc3339(c.not_before())),
-                        not_after: s.cert.as_ref().map(|c| rfc3339(c.not_after())),
-                        renew_at: s.cert.as_ref().map(|c| rfc3339(c.renew_at())),
-                        chain_pem: s.cert.as_ref().map(|c| c.chain_pem()).unwrap_or_default(),
-                        last_error: s.last_error,
-                    }
-                })
+                .map(|s| http::cert_info(s, now))
                 .collect(),
         }
     }
 
     fn config_dump(&self) -> ConfigDump {
-        let to_value = |v: serde_json::Result<serde_json::Value>| v.unwrap_or_default();
         let store = &self.proxy.store;
         ConfigDump {
             node: self.proxy.node.clone(),
@@ -169,39 +144,16 @@ impl Admin {
                     listening: true,
                 })
                 .collect(),
-            workloads: to_value(serde_json::to_value(
-                store
-                    .workloads()
-                    .iter()
-                    .map(|w| w.as_ref())
-                    .collect::<Vec<_>>(),
-            )),
-            services: to_value(serde_json::to_value(
-                store
-                    .services()
-                    .iter()
-                    .map(|s| s.as_ref())
-                    .collect::<Vec<_>>(),
-            )),
-            policies: to_value(serde_json::to_value(
-                store
-                    .policies()
-                    .iter()
-                    .map(|p| p.as_ref())
-                    .collect::<Vec<_>>(),
-            )),
+            workloads: to_json(&store.workloads()),
+            services: to_json(&store.services()),
+            policies: to_json(&store.policies()),
         }
     }
 }
 
-/// Serves the admin API on a TCP listener.
-pub async fn serve_tcp(admin: Arc<Admin>, listener: TcpListener, shutdown: CancellationToken) {
-    http::serve_tcp(listener, move |req| admin.clone().handle(req), shutdown).await;
-}
-
-/// Serves the admin API on a unix socket.
-pub async fn serve_unix(admin: Arc<Admin>, listener: UnixListener, shutdown: CancellationToken) {
-    http::serve_unix(listener, move |req| admin.clone().handle(req), shutdown).await;
+/// Serves the admin API on a TCP listener or a unix socket.
+pub async fn serve(admin: Arc<Admin>, listener: impl http::Listener, shutdown: CancellationToken) {
+    http::serve(listener, move |req| admin.clone().handle(req), shutdown).await;
 }
 
 /// Prometheus text on any path (conventionally `/metrics`).
@@ -214,7 +166,7 @@ pub async fn serve_metrics(
         let body = handle.render();
         async move { full(StatusCode::OK, "text/plain; version=0.0.4", body) }
     };
-    http::serve_tcp(listener, render, shutdown).await;
+    http::serve(listener, render, shutdown).await;
 }
 
 /// `/healthz/ready` for the kubelet.
@@ -223,5 +175,5 @@ pub async fn serve_readiness(ready: Readiness, listener: TcpListener, shutdown: 
         let response = http::readiness(ready.check());
         async move { response }
     };
-    http::serve_tcp(listener, check, shutdown).await;
+    http::serve(listener, check, shutdown).await;
 }

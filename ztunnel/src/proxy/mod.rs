@@ -12,7 +12,7 @@ pub mod outbound;
 pub mod plaintext;
 pub mod route;
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -245,14 +245,14 @@ pub fn serve_pod(
             }
             OUTBOUND_PORT => {
                 let tasks = proxy.tasks.clone();
-                tokio::spawn(accept_loop(listener, stop, tasks, move |stream, peer| {
-                    outbound::handle(proxy.clone(), pod.clone(), stream, peer)
+                tokio::spawn(accept_loop(listener, pod.clone(), stop, tasks, move |c| {
+                    outbound::handle(proxy.clone(), pod.clone(), c)
                 }));
             }
             _ => {
                 let tasks = proxy.tasks.clone();
-                tokio::spawn(accept_loop(listener, stop, tasks, move |stream, peer| {
-                    plaintext::handle(proxy.clone(), pod.clone(), stream, peer)
+                tokio::spawn(accept_loop(listener, pod.clone(), stop, tasks, move |c| {
+                    plaintext::handle(proxy.clone(), pod.clone(), c)
                 }));
             }
         }
@@ -261,15 +261,26 @@ pub fn serve_pod(
     Ok(())
 }
 
-/// Accepts until `stop`, spawning `handle` per connection. Dropping the
-/// listener on stop hands new connections to a ztunnel bound beside us.
+/// A connection the pod's redirect rules sent to one of its listeners.
+pub struct Captured {
+    pub client: TcpStream,
+    /// The peer, as `accept` returned it.
+    pub client_addr: SocketAddr,
+    /// Where the connection was going before it was redirected.
+    pub dst: SocketAddr,
+}
+
+/// Accepts until `stop`, spawning `handle` per captured connection.
+/// Dropping the listener on stop hands new connections to a ztunnel bound
+/// beside us.
 async fn accept_loop<F, Fut>(
     listener: TcpListener,
+    pod: Arc<Pod>,
     stop: CancellationToken,
     tasks: TaskTracker,
     handle: F,
 ) where
-    F: Fn(TcpStream, std::net::SocketAddr) -> Fut,
+    F: Fn(Captured) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     loop {
@@ -278,9 +289,18 @@ async fn accept_loop<F, Fut>(
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((stream, peer)) => {
-                tasks.spawn(handle(stream, peer));
-            }
+            Ok((client, client_addr)) => match socket::original_dst(&client, client_addr) {
+                Ok(dst) => {
+                    tasks.spawn(handle(Captured {
+                        client,
+                        client_addr,
+                        dst,
+                    }));
+                }
+                Err(e) => {
+                    debug!(pod = %pod.workload_name(), error = %e, "connection without an original destination");
+                }
+            },
             Err(e) => {
                 warn!(error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;

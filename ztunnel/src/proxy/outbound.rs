@@ -14,21 +14,17 @@ use weft_api::admin::{Direction, Peer, Transport};
 use weft_hbone::{TunnelTarget, copy_bidirectional};
 
 use super::route::{Route, Tunnel, route};
-use super::{Pod, PodDialer, Proxy};
+use super::{Captured, Pod, PodDialer, Proxy};
 use crate::connections::ConnectionMeta;
 use crate::socket::{self, ConnectOptions};
 use crate::state::workload_identity;
 
-pub async fn handle(
-    proxy: Arc<Proxy>,
-    pod: Arc<Pod>,
-    mut client: TcpStream,
-    client_addr: std::net::SocketAddr,
-) {
-    let Ok(dst) = socket::original_dst(&client, client_addr) else {
-        debug!(pod = %pod.workload_name(), "outbound connection without an original destination");
-        return;
-    };
+pub async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, captured: Captured) {
+    let Captured {
+        mut client,
+        client_addr,
+        dst,
+    } = captured;
     let source_workload = proxy.workload_of(&pod);
     let source = Peer {
         address: client_addr.to_string(),

@@ -17,19 +17,16 @@ use weft_api::config::MtlsMode;
 use weft_hbone::ByteCounters;
 
 use super::inbound::transparent_source;
-use super::{Pod, Proxy};
+use super::{Captured, Pod, Proxy};
 use crate::connections::ConnectionMeta;
 use crate::socket::{self, ConnectOptions};
 
-pub async fn handle(
-    proxy: Arc<Proxy>,
-    pod: Arc<Pod>,
-    mut client: TcpStream,
-    client_addr: std::net::SocketAddr,
-) {
-    let Ok(dst) = socket::original_dst(&client, client_addr) else {
-        return;
-    };
+pub async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, captured: Captured) {
+    let Captured {
+        mut client,
+        client_addr,
+        dst,
+    } = captured;
     let workload = proxy.workload_of(&pod);
     let source_workload = proxy.store.workload_by_ip(client_addr.ip());
     let meta = ConnectionMeta {
