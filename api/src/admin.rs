@@ -1,4 +1,4 @@
-//! The JSON of the proxies' admin API (DESIGN §9), shared by ztunnel (which
+//! The JSON of the proxies' admin API (docs/design.md §9), shared by ztunnel (which
 //! serves it) and weftctl (which reads it), so the two cannot drift.
 //!
 //! Endpoints on `127.0.0.1:15000` and on the admin unix socket:

@@ -1,7 +1,7 @@
 //! Authorization semantics, shared by every enforcer (ztunnel at L4, the
 //! waypoint at L7) and by `weftctl explain`, so they cannot disagree.
 //!
-//! The model (DESIGN §2): DENY policies first; then, if any ALLOW policy
+//! The model (docs/design.md §2): DENY policies first; then, if any ALLOW policy
 //! applies to the workload, at least one ALLOW rule must match; AUDIT rules
 //! only record. A rule matches when one of its `from` matches (or it has
 //! none), one of its `to` matches (or it has none), and all its `when` hold.

@@ -1,7 +1,7 @@
 //! `l4`: pod → pod across two namespace "nodes", without the mesh and through
 //! it (pod → ztunnel → HBONE → ztunnel → pod), in the same cluster and run.
 //!
-//! The cluster is the e2e harness's (DESIGN §8): real CNI chain, node agents,
+//! The cluster is the e2e harness's (docs/design.md §8): real CNI chain, node agents,
 //! controller and ztunnels. One namespace is enrolled, one is not; each has a
 //! client pod on node 1 and a server pod on node 2 running this binary's load
 //! generator. Rounds alternate between the two paths; the median of each is

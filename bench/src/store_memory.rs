@@ -1,7 +1,7 @@
 //! What ztunnel's state costs per known workload: build a config of N
 //! workloads (and a Service per 10), apply it to the same `WorkloadStore`
 //! ztunnel uses, and read jemalloc's allocated-bytes counter before and
-//! after. Target (DESIGN §10): ≤ 1 KiB per workload at 100k workloads.
+//! after. Target (docs/design.md §10): ≤ 1 KiB per workload at 100k workloads.
 
 use weft_api::config::{
     Endpoint, HealthStatus, Service, ServicePort, TunnelProtocol, Workload, resource,

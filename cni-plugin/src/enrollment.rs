@@ -1,6 +1,6 @@
 //! Who is in the mesh, and how the plugin and the agent talk about it.
 //!
-//! - [`decide`]: the one enrollment rule (DESIGN §2), from pod and namespace
+//! - [`decide`]: the one enrollment rule (docs/design.md §2), from pod and namespace
 //!   labels.
 //! - [`AgentRequest`] / [`AgentResponse`]: the plugin -> agent protocol, one
 //!   JSON request per connection on a unix stream socket (the client writes

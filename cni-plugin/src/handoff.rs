@@ -1,4 +1,4 @@
-//! The agent's side of the ztunnel handoff (DESIGN §7): a SEQPACKET server
+//! The agent's side of the ztunnel handoff (docs/design.md §7): a SEQPACKET server
 //! that gives each connected ztunnel the node's enrolled pods.
 //!
 //! [`HandoffHub`] is the source of truth of what ztunnel should have: the

@@ -1,4 +1,4 @@
-//! weft-cni: the chained CNI plugin and the node agent (DESIGN §7).
+//! weft-cni: the chained CNI plugin and the node agent (docs/design.md §7).
 //!
 //! The plugin (`weft-cni` binary):
 //! - [`cni`]: CNI spec 1.0 types: the `CNI_*` environment, the config and

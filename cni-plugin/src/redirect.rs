@@ -1,4 +1,4 @@
-//! The redirect rules of DESIGN §7, installed inside a pod's network
+//! The redirect rules of docs/design.md §7, installed inside a pod's network
 //! namespace.
 //!
 //! - Outbound TCP that is not ztunnel's own (mark `0x539/0xfff`), not to
@@ -6,6 +6,12 @@
 //!   probe source → `REDIRECT :15001`.
 //! - Inbound TCP not to 15008, not marked, not from the node's probe source
 //!   and not arriving on `lo` → `REDIRECT :15006`.
+//! - ztunnel's capture ports (15001, 15006) accept only connections the
+//!   rules above redirected there (conntrack status DNAT); anything sent to
+//!   them directly — from outside, or the pod dialling its own
+//!   `127.0.0.1:15001` — is reset. ztunnel's own marked connections are
+//!   never redirected, so they cannot reach its listeners either: the rules
+//!   cannot feed ztunnel its own traffic (security finding: a proxy loop).
 //! - Source preservation: ztunnel connects to the application from the
 //!   original client's IP (`IP_TRANSPARENT`, mark 0x539). Such packets get
 //!   connmark 0x111 on the way in; the application's replies get the mark
@@ -28,7 +34,7 @@ use std::process::{Command, Stdio};
 
 use crate::netns::NetNs;
 
-/// The mark on every socket ztunnel opens in a pod netns (DESIGN §3).
+/// The mark on every socket ztunnel opens in a pod netns (docs/design.md §3).
 pub const ZTUNNEL_MARK: u32 = 0x539;
 /// The connmark of connections ztunnel opened from a spoofed client IP.
 pub const CONNMARK: u32 = 0x111;
@@ -48,6 +54,17 @@ pub const DEFAULT_PROBE_SOURCE: Ipv4Addr = Ipv4Addr::new(169, 254, 7, 127);
 const NFT_TABLE: &str = "weft";
 const IPT_PRERT: &str = "WEFT_PRERT";
 const IPT_OUTPUT: &str = "WEFT_OUTPUT";
+const IPT_INPUT: &str = "WEFT_INPUT";
+
+/// Every jump from a built-in chain to one of weft's iptables chains:
+/// (table, built-in chain, weft chain).
+const IPT_JUMPS: [(&str, &str, &str); 5] = [
+    ("mangle", "PREROUTING", IPT_PRERT),
+    ("mangle", "OUTPUT", IPT_OUTPUT),
+    ("nat", "PREROUTING", IPT_PRERT),
+    ("nat", "OUTPUT", IPT_OUTPUT),
+    ("filter", "INPUT", IPT_INPUT),
+];
 
 /// Which tool programs the rules.
 #[derive(
@@ -150,27 +167,28 @@ impl Redirector {
         let flush = format!("table inet {NFT_TABLE} {{}}\ndelete table inet {NFT_TABLE}\n");
         ignore_missing(run(ns.command("nft").args(["-f", "-"]), Some(&flush)))?;
         if tool_works(ns, "iptables", &["-t", "nat", "-S", "OUTPUT"]) {
-            for table in ["nat", "mangle"] {
-                for (builtin, chain) in [("PREROUTING", IPT_PRERT), ("OUTPUT", IPT_OUTPUT)] {
-                    while ipt_ok(ns, &["-t", table, "-C", builtin, "-j", chain]) {
-                        run(
-                            ns.command("iptables")
-                                .args(["-w", "-t", table, "-D", builtin, "-j", chain]),
-                            None,
-                        )??;
-                    }
-                    if ipt_ok(ns, &["-t", table, "-S", chain]) {
-                        run(
-                            ns.command("iptables")
-                                .args(["-w", "-t", table, "-F", chain]),
-                            None,
-                        )??;
-                        run(
-                            ns.command("iptables")
-                                .args(["-w", "-t", table, "-X", chain]),
-                            None,
-                        )??;
-                    }
+            for (table, builtin, chain) in IPT_JUMPS {
+                while ipt_ok(ns, &["-t", table, "-C", builtin, "-j", chain]) {
+                    run(
+                        ns.command("iptables")
+                            .args(["-w", "-t", table, "-D", builtin, "-j", chain]),
+                        None,
+                    )??;
+                }
+            }
+            // A chain can be deleted only once nothing jumps to it.
+            for (table, _, chain) in IPT_JUMPS {
+                if ipt_ok(ns, &["-t", table, "-S", chain]) {
+                    run(
+                        ns.command("iptables")
+                            .args(["-w", "-t", table, "-F", chain]),
+                        None,
+                    )??;
+                    run(
+                        ns.command("iptables")
+                            .args(["-w", "-t", table, "-X", chain]),
+                        None,
+                    )??;
                 }
             }
         }
@@ -221,6 +239,10 @@ table inet {NFT_TABLE} {{
 		type route hook output priority mangle; policy accept;
 		ct mark & 0x{MARK_MASK:08x} == 0x{CONNMARK:08x} meta mark set ct mark
 	}}
+	chain input_filter {{
+		type filter hook input priority filter; policy accept;
+		tcp dport {{ {OUTBOUND_PORT}, {INBOUND_PORT} }} ct status & dnat == 0 reject with tcp reset
+	}}
 	chain prerouting_nat {{
 		type nat hook prerouting priority dstnat; policy accept;
 		meta l4proto != tcp accept
@@ -262,7 +284,11 @@ table inet {NFT_TABLE} {{
                 .collect::<String>()
         };
         format!(
-            "*mangle
+            "*filter
+:{IPT_INPUT} - [0:0]
+-A {IPT_INPUT} -p tcp -m multiport --dports {OUTBOUND_PORT},{INBOUND_PORT} -m conntrack ! --ctstate DNAT -j REJECT --reject-with tcp-reset
+{filter_jumps}COMMIT
+*mangle
 :{IPT_PRERT} - [0:0]
 :{IPT_OUTPUT} - [0:0]
 -A {IPT_PRERT} -m mark --mark {mark} -j CONNMARK --set-xmark {connmark}
@@ -286,20 +312,19 @@ table inet {NFT_TABLE} {{
 -A {IPT_OUTPUT} -p tcp -j REDIRECT --to-ports {OUTBOUND_PORT}
 {nat_jumps}COMMIT
 ",
+            filter_jumps = jumps("filter"),
             mangle_jumps = jumps("mangle"),
             nat_jumps = jumps("nat"),
         )
     }
 
     fn apply_iptables(&self, ns: &NetNs) -> Result<(), RedirectError> {
-        let mut missing = Vec::new();
-        for table in ["mangle", "nat"] {
-            for (builtin, chain) in [("PREROUTING", IPT_PRERT), ("OUTPUT", IPT_OUTPUT)] {
-                if !ipt_ok(ns, &["-t", table, "-C", builtin, "-j", chain]) {
-                    missing.push((table, builtin, chain));
-                }
-            }
-        }
+        let missing: Vec<_> = IPT_JUMPS
+            .into_iter()
+            .filter(|(table, builtin, chain)| {
+                !ipt_ok(ns, &["-t", table, "-C", builtin, "-j", chain])
+            })
+            .collect();
         let rules = self.iptables_ruleset(&missing);
         run(
             ns.command("iptables-restore").args(["-w", "--noflush"]),
@@ -456,6 +481,7 @@ mod tests {
             "0x00000539",
             "0x00000111",
             "169.254.7.127",
+            "tcp dport { 15001, 15006 } ct status & dnat == 0 reject with tcp reset",
         ] {
             assert!(nft.contains(needle), "{needle} missing from\n{nft}");
         }
@@ -463,5 +489,8 @@ mod tests {
         assert!(ipt.contains("-A OUTPUT -j WEFT_OUTPUT\nCOMMIT"));
         assert!(!ipt.contains("-A PREROUTING"));
         assert!(ipt.contains("--to-ports 15001") && ipt.contains("--to-ports 15006"));
+        assert!(ipt.contains(
+            "--dports 15001,15006 -m conntrack ! --ctstate DNAT -j REJECT --reject-with tcp-reset"
+        ));
     }
 }

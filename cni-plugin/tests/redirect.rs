@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::*;
 use weft_cni::redirect::{Backend, DEFAULT_PROBE_SOURCE, Redirector};
 
@@ -86,4 +88,60 @@ fn auto_prefers_nftables() {
     let r = Redirector::new(Backend::Auto, DEFAULT_PROBE_SOURCE);
     assert_eq!(r.apply(&ns.open()).expect("apply"), Backend::Nftables);
     r.remove(&ns.open()).expect("remove");
+}
+
+/// The capture ports take only what the rules redirected: a connection made
+/// straight to 15001 or 15006 (the pod dialling its own loopback, or a
+/// marked socket as ztunnel's are) is reset, so nothing can make ztunnel
+/// accept its own traffic again. A redirected connection still arrives.
+fn capture_ports_take_only_redirected_connections(backend: Backend) {
+    require_root_and_tools();
+    let ns = NamedNetns::new("wr");
+    // An interface with an address and a route, so outbound traffic leaves
+    // through something that is not `lo` and gets redirected.
+    ns.exec(&[
+        "ip", "link", "add", "d0", "type", "veth", "peer", "name", "d1",
+    ]);
+    ns.exec(&["ip", "addr", "add", "10.77.0.1/24", "dev", "d0"]);
+    ns.exec(&["ip", "link", "set", "d0", "up"]);
+    ns.exec(&["ip", "link", "set", "d1", "up"]);
+    let netns = ns.open();
+    Redirector::new(backend, DEFAULT_PROBE_SOURCE)
+        .apply(&netns)
+        .expect("apply");
+    let outbound = listen_in(&netns, 15001);
+    let inbound = listen_in(&netns, 15006);
+
+    let redirected = connect_from(&netns, "10.77.0.9:80".parse().expect("addr"), None)
+        .expect("a redirected connection reaches 15001");
+    let accepted = accept_within(&outbound, Duration::from_secs(5)).expect("accepted on 15001");
+    assert_eq!(original_dst(&accepted).to_string(), "10.77.0.9:80");
+    drop((redirected, accepted));
+
+    for (dst, mark) in [
+        ("127.0.0.1:15001", None),
+        ("127.0.0.1:15006", None),
+        ("10.77.0.1:15001", None),
+        ("10.77.0.1:15006", None),
+        ("10.77.0.1:15001", Some(0x539)),
+        ("127.0.0.1:15006", Some(0x539)),
+    ] {
+        let result = connect_from(&netns, dst.parse().expect("addr"), mark);
+        assert!(
+            matches!(&result, Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused),
+            "{backend:?}: a direct connection to {dst} (mark {mark:?}) was not reset: {result:?}"
+        );
+    }
+    assert!(accept_within(&outbound, Duration::from_millis(200)).is_none());
+    assert!(accept_within(&inbound, Duration::from_millis(200)).is_none());
+}
+
+#[test]
+fn nftables_capture_ports_take_only_redirected_connections() {
+    capture_ports_take_only_redirected_connections(Backend::Nftables);
+}
+
+#[test]
+fn iptables_capture_ports_take_only_redirected_connections() {
+    capture_ports_take_only_redirected_connections(Backend::Iptables);
 }

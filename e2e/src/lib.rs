@@ -1,6 +1,6 @@
 //! weft-e2e: a real multi-node weft cluster made of network namespaces —
 //! the project's demo, its end-to-end test bed and its benchmark bed
-//! (DESIGN §8).
+//! (docs/design.md §8).
 //!
 //! A *node* is a namespace on an underlay bridge, with its own pod bridge and
 //! pod CIDR; a *pod* is a namespace attached by the node's real CNI chain;

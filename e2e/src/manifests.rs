@@ -18,12 +18,12 @@ use serde_json::{Value, json};
 
 use crate::error::{Error, Result};
 
-/// The label that enrolls a namespace or pod (DESIGN §2).
+/// The label that enrolls a namespace or pod (docs/design.md §2).
 pub const DATAPLANE_MODE: &str = "weft.dev/dataplane-mode";
 /// The annotation carrying a pod's netns path in local mode.
 pub const NETNS_ANNOTATION: &str = "weft.dev/netns";
 
-/// The class of the Gateways that are weft waypoints (DESIGN §2).
+/// The class of the Gateways that are weft waypoints (docs/design.md §2).
 pub const WAYPOINT_CLASS: &str = "weft-waypoint";
 /// The label binding a namespace, Service or pod to a waypoint.
 pub const USE_WAYPOINT: &str = "weft.dev/use-waypoint";

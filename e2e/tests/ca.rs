@@ -1,4 +1,4 @@
-//! The blast-radius guarantee of DESIGN §5, against the real controller
+//! The blast-radius guarantee of docs/design.md §5, against the real controller
 //! over the underlay: a node's credential obtains certificates only for
 //! identities of pods on that node. The test speaks the CA's gRPC API from
 //! inside node 1's namespace with node 1's bootstrap token, as node 1's

@@ -1,5 +1,5 @@
 //! Certificate authority primitives: a root (ECDSA P-256), CSR validation, and
-//! signing X.509-SVIDs exactly as DESIGN §5 says: one URI SAN, `cA=false`,
+//! signing X.509-SVIDs exactly as docs/design.md §5 says: one URI SAN, `cA=false`,
 //! keyUsage digitalSignature (critical), EKU serverAuth + clientAuth.
 //!
 //! The CA decides what goes into a certificate; the CSR only contributes its

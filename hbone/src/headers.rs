@@ -44,8 +44,10 @@ pub fn forwarded_for(ip: IpAddr) -> String {
     }
 }
 
-/// The first `for=` address of a `forwarded` header, if it is an IP address
-/// (obfuscated identifiers and `unknown` are ignored).
+/// The first `for=` address of a `forwarded` header, if it is an IP address,
+/// with or without a port (`for=10.0.0.1`, `for="10.0.0.1:41234"` as
+/// Istio's ztunnel sends it, `for="[fd00::1]:41234"`); obfuscated
+/// identifiers and `unknown` are ignored.
 pub fn parse_forwarded_for(value: &str) -> Option<IpAddr> {
     value
         .split([',', ';'])
@@ -59,7 +61,9 @@ pub fn parse_forwarded_for(value: &str) -> Option<IpAddr> {
                 .strip_prefix('[')
                 .and_then(|v| v.split_once(']').map(|(ip, _)| ip))
                 .unwrap_or(val);
-            val.parse().ok()
+            val.parse::<IpAddr>()
+                .ok()
+                .or_else(|| val.parse::<SocketAddr>().ok().map(|a| a.ip()))
         })
 }
 
@@ -109,6 +113,15 @@ mod tests {
             Some("192.0.2.60".parse().unwrap())
         );
         assert_eq!(parse_forwarded_for("for=unknown"), None);
+        // Istio's form: quoted, with the client's port.
+        assert_eq!(
+            parse_forwarded_for("for=\"10.244.1.7:41234\""),
+            Some("10.244.1.7".parse().unwrap())
+        );
+        assert_eq!(
+            parse_forwarded_for("for=\"[fd00::7]:41234\""),
+            Some("fd00::7".parse().unwrap())
+        );
         assert_eq!(
             parse_forwarded_for("for=_hidden, for=10.0.0.9"),
             Some("10.0.0.9".parse().unwrap())

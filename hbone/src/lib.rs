@@ -6,21 +6,25 @@
 //! - [`certs`]: workload certificates, trust bundles, a store by identity.
 //! - [`tls`]: rustls configs that verify peers by SPIFFE ID.
 //!
-//! The tunnel (HTTP/2 CONNECT over mTLS, DESIGN §4):
+//! The tunnel (HTTP/2 CONNECT over mTLS, docs/design.md §4):
 //! - [`pool`]: the client, a pool of connections each carrying many tunnels.
 //! - [`server`]: accepts tunnels and hands them to a handler.
 //! - [`stream`]: one tunnel as a byte stream.
 //! - [`copy`]: the socket <-> tunnel copier.
 //! - [`headers`]: `:authority` and `forwarded` parsing.
+//! - [`handshake_gate`] and [`read_buffer`]: what an unauthenticated
+//!   connection may cost the server.
 //! - [`settings`], [`error`].
 
 pub mod ca;
 pub mod certs;
 pub mod copy;
 pub mod error;
+pub mod handshake_gate;
 pub mod headers;
 pub mod identity;
 pub mod pool;
+pub mod read_buffer;
 pub mod server;
 pub mod settings;
 pub mod stream;
@@ -30,6 +34,7 @@ pub use ca::{CertificateAuthority, CertificateRequest, CsrError};
 pub use certs::{CertificateStore, TrustBundle, WorkloadCertificate};
 pub use copy::{ByteCounters, copy_bidirectional};
 pub use error::HboneError;
+pub use handshake_gate::{GateRefusal, HandshakeGate};
 pub use identity::SpiffeId;
 pub use pool::{Dialer, DirectDialer, TunnelPool, TunnelTarget};
 pub use server::{HboneServer, InboundTunnel, ServerTls, TunnelHandler};

@@ -1,7 +1,7 @@
 //! The HBONE client: a pool of mTLS HTTP/2 connections, each carrying many
 //! CONNECT tunnels.
 //!
-//! Pool key (DESIGN §4): source identity, destination `IP:port`, expected
+//! Pool key (docs/design.md §4): source identity, destination `IP:port`, expected
 //! destination identity. A connection carries at most
 //! `max_streams_per_connection` tunnels; past that a new connection is opened
 //! beside it. A connection with no tunnels for `idle_timeout` is closed.

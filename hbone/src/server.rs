@@ -13,7 +13,6 @@ use bytes::Bytes;
 use h2::RecvStream;
 use h2::server::SendResponse;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
-use tokio::io::BufReader;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
@@ -24,6 +23,7 @@ use tracing::{debug, warn};
 use crate::error::HboneError;
 use crate::headers::{AuthorityError, parse_authority, parse_forwarded_for};
 use crate::identity::SpiffeId;
+use crate::read_buffer::ReadBuffer;
 use crate::settings::ServerSettings;
 use crate::stream::H2Stream;
 use crate::tls;
@@ -168,27 +168,35 @@ impl<T: ServerTls, H: TunnelHandler> HboneServer<T, H> {
         tcp: TcpStream,
         shutdown: CancellationToken,
     ) -> Result<(), HboneError> {
-        tcp.set_nodelay(true)?;
         let peer_addr = tcp.peer_addr()?;
-        let local_addr = tcp.local_addr()?;
         let settings = &self.settings;
+        // Counted from accept until the peer's certificate is verified;
+        // over the bound, the connection is closed before any TLS work.
+        let admitted = settings
+            .handshakes
+            .enter(peer_addr.ip())
+            .map_err(|refusal| {
+                HboneError::Io(std::io::Error::other(format!("{peer_addr}: {refusal}")))
+            })?;
+        tcp.set_nodelay(true)?;
+        let local_addr = tcp.local_addr()?;
+        // Waiting for our own certificate is not the peer's time.
+        let config = self.tls.server_config().await?;
         let handshake = async {
-            let config = self.tls.server_config().await?;
-            let tcp = BufReader::with_capacity(settings.h2.socket_read_buffer, tcp);
-            let mut tls =
-                TlsAcceptor::from(config)
-                    .accept(tcp)
-                    .await
-                    .map_err(|e| HboneError::Tls {
-                        addr: peer_addr,
-                        source: tls::explain_handshake_error(e),
-                    })?;
-            tls.get_mut()
-                .1
-                .set_buffer_limit(Some(settings.h2.tls_write_buffer));
+            let mut tls = TlsAcceptor::from(config)
+                .accept(ReadBuffer::new(tcp))
+                .await
+                .map_err(|e| HboneError::Tls {
+                    addr: peer_addr,
+                    source: tls::explain_handshake_error(e),
+                })?;
             // The verifier already refused anything without a valid SVID.
             let peer_identity = tls::peer_identity(tls.get_ref().1)
                 .ok_or_else(|| HboneError::NoCertificate(peer_addr.to_string()))?;
+            // Authenticated: now it is worth the buffers.
+            let (io, session) = tls.get_mut();
+            io.grow(settings.h2.socket_read_buffer);
+            session.set_buffer_limit(Some(settings.h2.tls_write_buffer));
             let connection = server_builder(settings)
                 .handshake::<_, Bytes>(tls)
                 .await
@@ -204,6 +212,7 @@ impl<T: ServerTls, H: TunnelHandler> HboneServer<T, H> {
                 what: "HBONE handshake",
                 after: settings.handshake_timeout,
             })??;
+        drop(admitted);
         debug!(peer = %peer_identity, %peer_addr, "HBONE connection accepted");
 
         let mut draining = false;
@@ -257,7 +266,8 @@ fn server_builder(settings: &ServerSettings) -> h2::server::Builder {
         .initial_connection_window_size(settings.h2.connection_window)
         .max_frame_size(settings.h2.max_frame_size)
         .max_send_buffer_size(settings.h2.max_send_buffer)
-        .max_concurrent_streams(settings.max_concurrent_streams);
+        .max_concurrent_streams(settings.max_concurrent_streams)
+        .max_header_list_size(settings.max_header_list_size);
     builder
 }
 

@@ -1,6 +1,9 @@
 //! Tunables shared by the HBONE client and server.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use crate::handshake_gate::HandshakeGate;
 
 /// HTTP/2 settings. The defaults are tuned for throughput (MiB-scale windows
 /// rather than HTTP/2's 64 KiB) and were measured with
@@ -72,18 +75,35 @@ impl Default for PoolSettings {
 /// The server's limits.
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
-    /// Streams a client may have open at once on one connection.
+    /// Streams a client may have open at once on one connection. weft's
+    /// pool opens another connection past 100.
     pub max_concurrent_streams: u32,
-    /// TLS + HTTP/2 handshake.
+    /// The request headers of one CONNECT, in bytes (HPACK-decoded). A
+    /// CONNECT needs under 1 KiB; the default leaves room for baggage.
+    pub max_header_list_size: u32,
+    /// TLS + HTTP/2 handshake, from the moment the server has its
+    /// certificate: the time an unauthenticated peer may hold a connection.
     pub handshake_timeout: Duration,
+    /// Handshakes in progress, in all and per source address. Clones share
+    /// it, so every pod of a ztunnel counts against one bound.
+    pub handshakes: Arc<HandshakeGate>,
     pub h2: H2Settings,
 }
+
+/// Handshakes in progress at once on one proxy, and from one address.
+pub const DEFAULT_MAX_HANDSHAKES: usize = 1024;
+pub const DEFAULT_MAX_HANDSHAKES_PER_SOURCE: usize = 64;
 
 impl Default for ServerSettings {
     fn default() -> Self {
         ServerSettings {
-            max_concurrent_streams: 1000,
-            handshake_timeout: Duration::from_secs(10),
+            max_concurrent_streams: 128,
+            max_header_list_size: 16 * 1024,
+            handshake_timeout: Duration::from_secs(4),
+            handshakes: HandshakeGate::new(
+                DEFAULT_MAX_HANDSHAKES,
+                DEFAULT_MAX_HANDSHAKES_PER_SOURCE,
+            ),
             h2: H2Settings::default(),
         }
     }

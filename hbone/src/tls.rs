@@ -26,7 +26,7 @@ use crate::identity::SpiffeId;
 pub const ALPN_H2: &[u8] = b"h2";
 
 /// The crypto provider weft uses everywhere: ring, restricted to the TLS 1.3
-/// AES-GCM suites (DESIGN §4).
+/// AES-GCM suites (docs/design.md §4).
 pub fn provider() -> Arc<CryptoProvider> {
     use rustls::crypto::ring::{cipher_suite, default_provider};
     Arc::new(CryptoProvider {

@@ -468,3 +468,79 @@ async fn garbage_frames_close_only_their_own_connection() {
     good.read_exact(&mut back).await.unwrap();
     assert_eq!(&back, b"still fine");
 }
+
+/// A TCP connection from `source` that never starts its TLS handshake.
+async fn silent_connection(source: &str, server: std::net::SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(format!("{source}:0").parse().expect("source"))
+        .expect("bind source");
+    socket.connect(server).await.expect("connect")
+}
+
+/// True if the server closes (or resets) `stream` within `limit`.
+async fn closed_within(stream: &mut TcpStream, limit: Duration) -> bool {
+    let mut buf = [0u8; 64];
+    matches!(
+        tokio::time::timeout(limit, stream.read(&mut buf)).await,
+        Ok(Ok(0)) | Ok(Err(_))
+    )
+}
+
+/// Security finding 4: unauthenticated handshakes were uncapped and held
+/// for 10 s with a 64 KiB buffer each. Now one source gets a bounded share,
+/// the others are still served, and a silent peer is gone after the
+/// (short) pre-authentication deadline.
+#[tokio::test]
+async fn silent_handshakes_are_bounded_per_source_and_in_time() {
+    let ca = TestCa::new();
+    let (client_id, server_id) = (id("a", "client"), id("b", "server"));
+    let settings = weft_hbone::ServerSettings {
+        handshake_timeout: Duration::from_millis(500),
+        handshakes: weft_hbone::HandshakeGate::new(100, 4),
+        ..weft_hbone::ServerSettings::default()
+    };
+    let gate = settings.handshakes.clone();
+    let seen = Arc::new(Seen::default());
+    let server = start_server_with(&ca.issue(&server_id), &ca.bundle, Echo(seen), settings).await;
+
+    let mut silent = Vec::new();
+    for _ in 0..4 {
+        silent.push(silent_connection("127.0.0.2", server.addr).await);
+    }
+    for _ in 0..100 {
+        if gate.in_progress() == 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(gate.in_progress(), 4, "the silent connections are counted");
+    let mut fifth = silent_connection("127.0.0.2", server.addr).await;
+    assert!(
+        closed_within(&mut fifth, Duration::from_millis(300)).await,
+        "a connection over the source's share was not closed at once"
+    );
+
+    // Another source is served while that one is at its cap.
+    let pool = pool(&ca);
+    let mut tunnel = pool
+        .connect(
+            &ca.issue(&client_id),
+            &target(server.addr, &server_id),
+            &DirectDialer,
+        )
+        .await
+        .expect("a real client gets its tunnel");
+    tunnel.write_all(b"ping").await.expect("write");
+    let mut echo = [0u8; 4];
+    tunnel.read_exact(&mut echo).await.expect("echo");
+    assert_eq!(&echo, b"ping");
+
+    for s in &mut silent {
+        assert!(
+            closed_within(s, Duration::from_secs(3)).await,
+            "a silent connection outlived the handshake deadline"
+        );
+    }
+    assert_eq!(gate.in_progress(), 0);
+}

@@ -1,4 +1,4 @@
-//! The admin API (DESIGN §9; JSON shapes in `weft_api::admin`, as ztunnel
+//! The admin API (docs/design.md §9; JSON shapes in `weft_api::admin`, as ztunnel
 //! serves them) on 127.0.0.1:15000 and optionally a unix socket, and
 //! readiness on 15021. Metrics (15020) are ztunnel's exporter endpoint.
 //!

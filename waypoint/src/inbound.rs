@@ -47,8 +47,15 @@ pub fn destination_peer(dest: &Destination) -> Peer {
 }
 
 async fn handle(proxy: Arc<Proxy>, tunnel: InboundTunnel) {
-    let client_ip = tunnel.client_ip().unwrap_or(tunnel.peer_addr.ip());
     let store = &proxy.config.store;
+    // The same rule as ztunnel's inbound: `forwarded: for=` only from a
+    // waypoint, so a client cannot choose the address `ipBlocks` sees.
+    let client_ip = weft_ztunnel::proxy::admission::client_address(
+        tunnel.peer_addr.ip(),
+        &tunnel.peer_identity,
+        store.workload_by_ip(tunnel.peer_addr.ip()).as_deref(),
+        tunnel.client_ip(),
+    );
     let client = Client::new(
         tunnel.peer_identity.clone(),
         client_ip,

@@ -2,7 +2,7 @@
 //! event — from one place, so they agree; and the live tunnels `/connections`
 //! lists.
 //!
-//! Metrics (DESIGN §9): `weft_requests_total` and the
+//! Metrics (docs/design.md §9): `weft_requests_total` and the
 //! `weft_request_duration_seconds` histogram, labelled by source and
 //! destination workload, namespace and principal, destination service and
 //! response code, `reporter="waypoint"`. TCP-mode tunnels count
@@ -132,7 +132,7 @@ fn split_workload(w: Option<&Workload>) -> (String, String) {
     }
 }
 
-/// Metric labels of a request (DESIGN §9).
+/// Metric labels of a request (docs/design.md §9).
 fn request_labels(r: &RequestRecord<'_>) -> [(&'static str, String); 9] {
     let (src_ns, src_wl) = split_workload(r.client.workload.as_deref());
     let (dst_ns, dst_wl) = split_workload(r.endpoint.map(|(w, _)| w));

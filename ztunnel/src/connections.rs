@@ -123,6 +123,71 @@ struct Inner {
     /// Resolved counters by [`SeriesKey::hash_of`].
     series: Mutex<HashMap<u64, (SeriesKey, Arc<SeriesCounters>)>>,
     tap: broadcast::Sender<TapEvent>,
+    deny_lines: DenyLogLimiter,
+}
+
+/// Deny lines per (source address, reason) per second before the rest are
+/// only counted: a client repeating a refused connection must not be able
+/// to fill the node's disk through our log.
+const DENY_LINES_PER_SECOND: u32 = 5;
+/// Keys remembered; past this the limiter starts over.
+const DENY_KEYS_LIMIT: usize = 4096;
+
+/// Rate-limits access-log lines of refused connections per (source address
+/// without its port, reason): a fixed one-second window per key.
+#[derive(Default)]
+struct DenyLogLimiter {
+    windows: Mutex<HashMap<u64, DenyWindow>>,
+}
+
+struct DenyWindow {
+    started: Instant,
+    logged: u32,
+    suppressed: u64,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum DenyLine {
+    /// Log it; `suppressed` lines of the key's previous window were not.
+    Log {
+        suppressed: u64,
+    },
+    Suppress,
+}
+
+impl DenyLogLimiter {
+    fn admit(&self, source: &str, reason: &str) -> DenyLine {
+        let host = source
+            .parse::<std::net::SocketAddr>()
+            .map(|a| a.ip().to_string())
+            .unwrap_or_else(|_| source.to_owned());
+        let mut hasher = std::hash::DefaultHasher::new();
+        (host, reason).hash(&mut hasher);
+        let key = hasher.finish();
+        let now = Instant::now();
+        let mut windows = lock(&self.windows);
+        if windows.len() >= DENY_KEYS_LIMIT && !windows.contains_key(&key) {
+            windows.clear();
+        }
+        let window = windows.entry(key).or_insert(DenyWindow {
+            started: now,
+            logged: 0,
+            suppressed: 0,
+        });
+        if now.duration_since(window.started) >= std::time::Duration::from_secs(1) {
+            let suppressed = std::mem::take(&mut window.suppressed);
+            window.started = now;
+            window.logged = 1;
+            return DenyLine::Log { suppressed };
+        }
+        if window.logged < DENY_LINES_PER_SECOND {
+            window.logged += 1;
+            DenyLine::Log { suppressed: 0 }
+        } else {
+            window.suppressed += 1;
+            DenyLine::Suppress
+        }
+    }
 }
 
 impl Default for ConnectionRegistry {
@@ -133,6 +198,7 @@ impl Default for ConnectionRegistry {
                 live: Mutex::default(),
                 series: Mutex::default(),
                 tap: broadcast::channel(TAP_BUFFER).0,
+                deny_lines: DenyLogLimiter::default(),
             }),
         }
     }
@@ -180,7 +246,23 @@ impl ConnectionRegistry {
             opened_at_ms: unix_ms(),
         };
         let info = info(id, &live);
-        access_log(&info, "deny", Some(reason));
+        match self.inner.deny_lines.admit(&info.source.address, reason) {
+            DenyLine::Log { suppressed } => {
+                if suppressed > 0 {
+                    tracing::info!(
+                        target: "access",
+                        src = %info.source.address,
+                        reason,
+                        suppressed,
+                        "similar denials not logged in the last second"
+                    );
+                }
+                access_log(&info, "deny", Some(reason));
+            }
+            DenyLine::Suppress => {
+                metrics::counter!("weft_access_log_suppressed_total").increment(1);
+            }
+        }
         self.emit(TapKind::Deny, || info, Some(reason.to_owned()));
     }
 
@@ -279,7 +361,7 @@ fn info(id: u64, live: &Live) -> ConnectionInfo {
     }
 }
 
-/// Metric labels (DESIGN §9). The reporter is the side this ztunnel serves.
+/// Metric labels (docs/design.md §9). The reporter is the side this ztunnel serves.
 fn labels(meta: &ConnectionMeta) -> Vec<(&'static str, String)> {
     let split = |p: &Peer| {
         let (ns, name) = p
@@ -415,6 +497,25 @@ mod tests {
         assert_eq!(value("weft_tcp_received_bytes_total", "c"), Some(&5));
         assert_eq!(value("weft_tcp_sent_bytes_total", "c"), Some(&0));
         assert!(registry.is_empty());
+    }
+
+    /// Security finding 10: one log line per refused connection let any
+    /// client fill the log. Lines are limited per (source, reason); other
+    /// sources and other reasons keep theirs.
+    #[test]
+    fn deny_lines_are_limited_per_source_and_reason() {
+        let limiter = DenyLogLimiter::default();
+        let logged = |src: &str, reason: &str, n: usize| {
+            (0..n)
+                .filter(|_| limiter.admit(src, reason) != DenyLine::Suppress)
+                .count()
+        };
+        let cap = DENY_LINES_PER_SECOND as usize;
+        assert_eq!(logged("10.0.0.1:1000", "policy", 1000), cap);
+        // Another port of the same host is the same source.
+        assert_eq!(logged("10.0.0.1:2000", "policy", 10), 0);
+        assert_eq!(logged("10.0.0.1:1000", "no route", 10), cap);
+        assert_eq!(logged("10.0.0.2:1000", "policy", 10), cap);
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The node agent handoff (DESIGN §7), ztunnel's side: connect to the
+//! The node agent handoff (docs/design.md §7), ztunnel's side: connect to the
 //! agent's SEQPACKET socket, say hello, take the snapshot of enrolled pods
 //! (each with its network namespace fd), drop pods that were not in it, then
 //! follow adds and deletes. Every agent message is acknowledged, with an

@@ -8,7 +8,7 @@
 //!
 //! Every socket ztunnel connects from inside a pod carries `SO_MARK 0x539`,
 //! which the pod's redirect rules skip, so ztunnel's own traffic is never
-//! captured again (DESIGN §3).
+//! captured again (docs/design.md §3).
 
 use std::fs::File;
 use std::io;

@@ -453,3 +453,112 @@ fn a_pod_bound_to_a_waypoint_is_reachable_only_from_the_waypoint() {
         "the denial is logged with its reason"
     );
 }
+
+/// Security finding 1: a connection whose destination is one of ztunnel's
+/// own listeners (or loopback) made ztunnel connect there again, hop after
+/// hop, until the node's proxy ran out of files. Every path refuses it now,
+/// and the rules reset what reaches the capture ports directly.
+#[test]
+fn no_connection_makes_ztunnel_connect_to_its_own_listeners() {
+    let _one = serial();
+    let mut c = Cluster::new(2);
+    // No redirect rules on the outsider: its HBONE client is not captured.
+    let outsider = c.add_pod(PodSpec::plain("legacy", "outsider", 1));
+    let client = c.add_pod(PodSpec::meshed("shop", "client", "client", 2));
+    let server = c.add_pod(PodSpec::meshed("shop", "server", "server", 2));
+    c.echo_server(server, 8080);
+    c.write_config(""); // PERMISSIVE: plaintext from outside is served
+    c.start_ztunnel(2);
+    let before = c.ztunnel_open_files(2);
+    let server_ip = c.pod(server).ip;
+    let client_ip = c.pod(client).ip;
+
+    // Plaintext from outside the mesh to the pod's capture ports.
+    for port in [15001, 15006] {
+        c.exchange(outsider, addr(server_ip, port), "loop?")
+            .expect_err("plaintext to ztunnel's own port");
+    }
+    // A meshed pod dialling ztunnel's listeners in its own namespace.
+    for to in [
+        addr(std::net::Ipv4Addr::LOCALHOST, 15001),
+        addr(std::net::Ipv4Addr::LOCALHOST, 15006),
+        addr(client_ip, 15001),
+        addr(client_ip, 15006),
+    ] {
+        c.exchange(client, to, "loop?")
+            .expect_err("a pod dialling ztunnel's own listener");
+    }
+    // An authenticated peer asking for a tunnel to ztunnel's own ports.
+    for port in [15001, 15006, 15008] {
+        let err = hbone_as(
+            &c,
+            outsider,
+            "spiffe://cluster.local/ns/shop/sa/peer",
+            addr(server_ip, 15008),
+            addr(server_ip, port),
+            "spiffe://cluster.local/ns/shop/sa/server",
+        )
+        .expect_err("CONNECT to ztunnel's own port");
+        assert!(err.contains("400"), "CONNECT to :{port}: {err}");
+    }
+
+    let after = c.ztunnel_open_files(2);
+    assert!(
+        after <= before + 16,
+        "ztunnel went from {before} to {after} open files"
+    );
+    assert!(
+        c.log(2).contains("ztunnel's own listener"),
+        "the refusals are logged with their reason"
+    );
+    // The pod's real traffic is untouched.
+    let (_, echo) = c
+        .exchange(client, addr(server_ip, 8080), "still fine")
+        .expect("normal traffic");
+    assert_eq!(echo, "still fine");
+}
+
+/// Security finding 7: a pod handed over before its config arrived was
+/// served as an open (PERMISSIVE, no waypoint, no policy) pod, and ztunnel
+/// said it was ready. Now its inbound is refused and readiness names it.
+#[test]
+fn a_pod_without_config_is_refused_and_ztunnel_not_ready_until_it_arrives() {
+    let _one = serial();
+    let mut c = Cluster::new(2);
+    let outsider = c.add_pod(PodSpec::plain("legacy", "outsider", 1));
+    let server = c.add_pod(PodSpec::meshed("shop", "server", "server", 2));
+    c.echo_server(server, 8080);
+    c.write_config("");
+    c.start_ztunnel(2);
+    // Handed over by the node agent; the config does not know it yet.
+    let late = c.add_pod(PodSpec::meshed("shop", "late", "late", 2));
+    c.echo_server(late, 8080);
+    let socket = c.node(2).admin_socket.clone();
+    wait_until(Duration::from_secs(20), || {
+        admin_get(&socket, "/healthz/ready")
+            .is_some_and(|(status, body)| status == 503 && body.contains("shop/late"))
+    })
+    .expect("not ready while a pod has no config");
+    let to = addr(c.pod(late).ip, 8080);
+    c.exchange(outsider, to, "plain")
+        .expect_err("plaintext to a pod without config");
+    let err = hbone_as(
+        &c,
+        outsider,
+        "spiffe://cluster.local/ns/shop/sa/peer",
+        addr(c.pod(late).ip, 15008),
+        to,
+        "spiffe://cluster.local/ns/shop/sa/late",
+    )
+    .expect_err("a tunnel to a pod without config");
+    assert!(err.contains("503"), "{err}");
+    assert!(c.log(2).contains("no config for shop/late yet"));
+
+    c.write_config("");
+    wait_until(Duration::from_secs(20), || {
+        admin_get(&socket, "/healthz/ready").is_some_and(|(status, _)| status == 200)
+    })
+    .expect("ready once the config knows the pod");
+    let (_, echo) = c.exchange(outsider, to, "plain").expect("served now");
+    assert_eq!(echo, "plain");
+}

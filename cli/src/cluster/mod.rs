@@ -30,7 +30,7 @@ use crate::args::GlobalArgs;
 use crate::exit::{CliError, Result};
 use crate::manifests::{ManifestDir, ObjectRef};
 
-/// The admin port of ztunnel, waypoints and the controller (DESIGN §3).
+/// The admin port of ztunnel, waypoints and the controller (docs/design.md §3).
 pub const ADMIN_PORT: u16 = 15000;
 
 /// A cluster weftctl can reach.

@@ -1,5 +1,5 @@
 //! `weftctl waypoint apply|list|delete`: waypoints are Gateways of class
-//! `weft-waypoint` with the HBONE listener (DESIGN §2); the controller
+//! `weft-waypoint` with the HBONE listener (docs/design.md §2); the controller
 //! deploys them (Kubernetes) or the e2e harness starts them (local runs).
 
 use std::collections::BTreeMap;

@@ -15,7 +15,7 @@ use crate::netns::Netns;
 use crate::process::ManagedProcess;
 
 /// Admin API (127.0.0.1, and a unix socket), metrics and readiness: the
-/// same ports as ztunnel's (DESIGN §3), in the waypoint's own pod.
+/// same ports as ztunnel's (docs/design.md §3), in the waypoint's own pod.
 pub use super::ztunnel::{ADMIN_PORT, METRICS_PORT, READINESS_PORT};
 
 /// Inbound HBONE.

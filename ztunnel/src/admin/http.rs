@@ -3,6 +3,7 @@
 //! accept loops on TCP and unix listeners.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -11,11 +12,11 @@ use http::{Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::broadcast;
+use tokio::sync::{Semaphore, broadcast};
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_util::sync::CancellationToken;
@@ -165,13 +166,51 @@ impl Listener for UnixListener {
     }
 }
 
-/// Serves `handler` on every connection `listener` accepts, until `shutdown`.
+/// What one admin, metrics or readiness server holds at most. Their clients
+/// are a CLI, a scraper and the kubelet: a few connections each. Anything
+/// beyond is a client that opens connections and never finishes a request,
+/// which must not cost the proxy memory or file descriptors.
+#[derive(Clone, Copy, Debug)]
+pub struct ServeLimits {
+    /// Open connections; one more is closed at once.
+    pub max_connections: usize,
+    /// A request's headers must arrive within this, and an idle kept-alive
+    /// connection is closed after it.
+    pub header_read_timeout: Duration,
+}
+
+impl Default for ServeLimits {
+    fn default() -> Self {
+        ServeLimits {
+            max_connections: 128,
+            header_read_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Serves `handler` on every connection `listener` accepts, until `shutdown`,
+/// within the default [`ServeLimits`].
 pub async fn serve<L, F, Fut>(listener: L, handler: F, shutdown: CancellationToken)
 where
     L: Listener,
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
+    serve_with(listener, handler, shutdown, ServeLimits::default()).await
+}
+
+/// [`serve`] within `limits`.
+pub async fn serve_with<L, F, Fut>(
+    listener: L,
+    handler: F,
+    shutdown: CancellationToken,
+    limits: ServeLimits,
+) where
+    L: Listener,
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
     loop {
         let io = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -185,18 +224,105 @@ where
                 continue;
             }
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            metrics::counter!("weft_admin_connections_refused_total").increment(1);
+            debug!("admin connection refused: too many open");
+            drop(io);
+            continue;
+        };
         let handler = handler.clone();
         let service = hyper::service::service_fn(move |req| {
             let handler = handler.clone();
             async move { Ok::<_, Infallible>(handler(req).await) }
         });
         tokio::spawn(async move {
+            let _slot = slot;
+            // hyper enforces the header timeout only with a timer.
             if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout)
                 .serve_connection(TokioIo::new(io), service)
                 .await
             {
                 debug!(error = %e, "admin connection ended");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    use super::*;
+
+    /// Reads until the server closes; how long that took, or `None` if it
+    /// stayed open past `limit`.
+    async fn closed_within(stream: &mut TcpStream, limit: Duration) -> Option<Duration> {
+        let start = Instant::now();
+        let mut buf = [0u8; 1024];
+        loop {
+            match tokio::time::timeout_at((start + limit).into(), stream.read(&mut buf)).await {
+                Err(_) => return None,
+                Ok(Ok(0)) | Ok(Err(_)) => return Some(start.elapsed()),
+                Ok(Ok(_)) => continue,
+            }
+        }
+    }
+
+    async fn get(addr: std::net::SocketAddr) -> std::io::Result<String> {
+        let mut s = TcpStream::connect(addr).await?;
+        s.write_all(b"GET /x HTTP/1.0\r\n\r\n").await?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await?;
+        Ok(out)
+    }
+
+    /// Security finding 2: half-sent requests stayed open forever and
+    /// their number had no bound.
+    #[tokio::test]
+    async fn slow_and_surplus_connections_are_closed() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let limits = ServeLimits {
+            max_connections: 4,
+            header_read_timeout: Duration::from_millis(300),
+        };
+        let shutdown = CancellationToken::new();
+        let handler = |_req| async { full(StatusCode::OK, "text/plain", "ok") };
+        tokio::spawn(serve_with(listener, handler, shutdown.clone(), limits));
+
+        let mut slow = Vec::new();
+        for _ in 0..limits.max_connections {
+            let mut s = TcpStream::connect(addr).await.expect("connect");
+            s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+                .await
+                .expect("half a request");
+            slow.push(s);
+        }
+        // The slots are taken: one more is closed at once, without a reply.
+        let mut surplus = TcpStream::connect(addr).await.expect("connect");
+        let took = closed_within(&mut surplus, Duration::from_secs(2)).await;
+        assert!(took.is_some(), "a connection over the cap stayed open");
+        // The half-sent requests are closed after the header timeout...
+        for s in &mut slow {
+            let took = closed_within(s, Duration::from_secs(3)).await;
+            assert!(took.is_some(), "a half-sent request stayed open");
+        }
+        // ...which frees their slots for real clients.
+        let reply = get(addr).await.expect("a request after the flood");
+        assert!(reply.starts_with("HTTP/1.0 200"), "{reply}");
+
+        // An idle kept-alive connection does not hold a slot for ever.
+        let mut idle = TcpStream::connect(addr).await.expect("connect");
+        idle.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("request");
+        let took = closed_within(&mut idle, Duration::from_secs(3)).await;
+        assert!(took.is_some(), "an idle keep-alive connection stayed open");
+        shutdown.cancel();
     }
 }

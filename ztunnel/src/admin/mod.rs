@@ -1,4 +1,4 @@
-//! The admin API (DESIGN §9; JSON shapes in `weft_api::admin`), served on
+//! The admin API (docs/design.md §9; JSON shapes in `weft_api::admin`), served on
 //! 127.0.0.1:15000 and on a unix socket — so a CLI outside the node's network
 //! namespace can reach it — plus Prometheus metrics (15020) and readiness
 //! (15021).
@@ -47,10 +47,20 @@ impl Readiness {
         if self.proxy.store.version() == 0 {
             return Err("no config received yet".into());
         }
-        if let Some(pods) = &self.pods
-            && !pods.snapshot_received()
-        {
-            return Err("no pod snapshot from the node agent yet".into());
+        if let Some(pods) = &self.pods {
+            if !pods.snapshot_received() {
+                return Err("no pod snapshot from the node agent yet".into());
+            }
+            // Inbound to such a pod is refused until its config arrives.
+            let waiting: Vec<String> = pods
+                .list()
+                .iter()
+                .filter(|p| self.proxy.store.workload(&p.uid).is_none())
+                .map(|p| p.workload_name())
+                .collect();
+            if !waiting.is_empty() {
+                return Err(format!("no config yet for pods {}", waiting.join(", ")));
+            }
         }
         Ok(())
     }

@@ -3,7 +3,7 @@
 //!
 //! The caller's identity is its verified certificate. If the pod is bound to
 //! a waypoint, only that waypoint may reach it directly (no path around L7
-//! policy). Then L4 authorization (DESIGN §2 semantics, the shared evaluator);
+//! policy). Then L4 authorization (docs/design.md §2 semantics, the shared evaluator);
 //! then a connection to the application *from the original client's IP*
 //! (IP_TRANSPARENT), so the application sees the real caller.
 
@@ -16,6 +16,7 @@ use weft_api::admin::{Direction, Peer, Transport};
 use weft_api::authz::{ConnectionAttrs, evaluate_l4};
 use weft_hbone::{InboundTunnel, TunnelHandler, copy_bidirectional};
 
+use super::admission::{Path, check_destination, client_address};
 use super::{Pod, Proxy};
 use crate::connections::ConnectionMeta;
 use crate::socket::ConnectOptions;
@@ -33,10 +34,16 @@ impl TunnelHandler for InboundHandler {
 
 async fn handle(proxy: &Proxy, pod: &Pod, tunnel: InboundTunnel) {
     let dst = tunnel.authority;
-    let client_ip = tunnel.client_ip().unwrap_or(tunnel.peer_addr.ip());
     let peer_identity = tunnel.peer_identity.clone();
+    let client_ip = client_address(
+        tunnel.peer_addr.ip(),
+        &peer_identity,
+        proxy.store.workload_by_ip(tunnel.peer_addr.ip()).as_deref(),
+        tunnel.client_ip(),
+    );
     let source_workload = proxy.store.workload_by_ip(client_ip);
-    let workload = proxy.workload_of(pod);
+    let known = proxy.store.workload(&pod.uid);
+    let workload = known.clone().unwrap_or_else(|| proxy.workload_of(pod));
     let meta = ConnectionMeta {
         direction: Direction::Inbound,
         transport: Transport::Hbone,
@@ -58,11 +65,16 @@ async fn handle(proxy: &Proxy, pod: &Pod, tunnel: InboundTunnel) {
             .map(|w| format!("{}/{}", w.namespace, w.name)),
     };
 
-    if !pod.addresses.contains(&dst.ip()) {
-        proxy
-            .connections
-            .deny(meta, &format!("{dst} is not an address of this pod"));
+    if let Err(refused) = check_destination(Path::Hbone, dst, &pod.addresses) {
+        proxy.connections.deny(meta, &refused.to_string());
         tunnel.refuse(StatusCode::BAD_REQUEST);
+        return;
+    }
+    // Without its config, the pod's mTLS mode, waypoint and policies are
+    // unknown: refuse rather than serve it as an open pod.
+    if known.is_none() {
+        proxy.connections.deny(meta, &no_config(pod));
+        tunnel.refuse(StatusCode::SERVICE_UNAVAILABLE);
         return;
     }
     if let Some(waypoint) = &workload.waypoint
@@ -122,6 +134,14 @@ async fn handle(proxy: &Proxy, pod: &Pod, tunnel: InboundTunnel) {
         debug!(error = %e, "inbound tunnel ended with an error");
         crate::socket::reset_on_close(&app);
     }
+}
+
+/// The refusal of inbound traffic to a pod whose config has not arrived.
+pub(super) fn no_config(pod: &Pod) -> String {
+    format!(
+        "no config for {} yet: its mTLS mode, waypoint and policies are unknown",
+        pod.workload_name()
+    )
 }
 
 /// The source address to connect to the application from: the original

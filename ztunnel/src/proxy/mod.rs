@@ -4,8 +4,10 @@
 //! - [`outbound`]: 15001, captured outbound TCP → HBONE tunnel or plain TCP;
 //! - [`inbound`]: 15008, HBONE tunnels for the pod → policy → the application;
 //! - [`plaintext`]: 15006, captured inbound plaintext → mTLS mode, policy → the application;
-//! - [`route`] and [`lb`]: where an outbound connection goes.
+//! - [`route`] and [`lb`]: where an outbound connection goes;
+//! - [`admission`]: destinations no path connects to (ztunnel's own listeners, loopback).
 
+pub mod admission;
 pub mod inbound;
 pub mod lb;
 pub mod outbound;
@@ -30,7 +32,7 @@ use crate::identity::CertManager;
 use crate::socket::{self, ConnectOptions, Netns};
 use crate::state::WorkloadStore;
 
-/// Ports inside each pod (DESIGN §3).
+/// Ports inside each pod (docs/design.md §3).
 pub const OUTBOUND_PORT: u16 = 15001;
 pub const PLAINTEXT_PORT: u16 = 15006;
 pub const HBONE_PORT: u16 = route::HBONE_PORT;

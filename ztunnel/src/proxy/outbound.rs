@@ -5,6 +5,7 @@
 //! plain TCP from the pod's own namespace. A tunnel the peer refuses resets
 //! the client's socket, so the application sees the refusal.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -13,6 +14,7 @@ use tracing::debug;
 use weft_api::admin::{Direction, Peer, Transport};
 use weft_hbone::{TunnelTarget, copy_bidirectional};
 
+use super::admission::{Path, check_destination};
 use super::route::{Route, Tunnel, route};
 use super::{Captured, Pod, PodDialer, Proxy};
 use crate::connections::ConnectionMeta;
@@ -31,6 +33,9 @@ pub async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, captured: Captured) {
         workload: Some(pod.workload_name()),
         identity: Some(pod.identity.to_string()),
     };
+    if let Err(refused) = check_destination(Path::Outbound, dst, &pod.addresses) {
+        return refuse(&proxy, source, dst, &refused.to_string(), &client);
+    }
     match route(
         &proxy.store,
         &proxy.lb,
@@ -39,6 +44,11 @@ pub async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, captured: Captured) {
         dst,
     ) {
         Route::Passthrough { dst, load } => {
+            // A Service may resolve to an endpoint the original destination
+            // was not: check what is really connected to.
+            if let Err(refused) = check_destination(Path::Outbound, dst, &pod.addresses) {
+                return refuse(&proxy, source, dst, &refused.to_string(), &client);
+            }
             let meta = ConnectionMeta {
                 direction: Direction::Outbound,
                 transport: Transport::Tcp,
@@ -70,18 +80,21 @@ pub async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, captured: Captured) {
         Route::Direct(tunnel) | Route::Waypoint(tunnel) => {
             tunnel_out(&proxy, &pod, client, client_addr, source, tunnel).await;
         }
-        Route::Unreachable { reason } => {
-            let meta = ConnectionMeta {
-                direction: Direction::Outbound,
-                transport: Transport::Tcp,
-                source,
-                destination: destination_peer(&proxy, dst, None),
-                waypoint: None,
-            };
-            proxy.connections.deny(meta, &reason);
-            socket::reset_on_close(&client);
-        }
+        Route::Unreachable { reason } => refuse(&proxy, source, dst, &reason, &client),
     }
+}
+
+/// Records a refused outbound connection and resets the client.
+fn refuse(proxy: &Proxy, source: Peer, dst: SocketAddr, reason: &str, client: &TcpStream) {
+    let meta = ConnectionMeta {
+        direction: Direction::Outbound,
+        transport: Transport::Tcp,
+        source,
+        destination: destination_peer(proxy, dst, None),
+        waypoint: None,
+    };
+    proxy.connections.deny(meta, reason);
+    socket::reset_on_close(client);
 }
 
 async fn tunnel_out(

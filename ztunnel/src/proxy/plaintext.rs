@@ -16,7 +16,8 @@ use weft_api::authz::{ConnectionAttrs, evaluate_l4};
 use weft_api::config::MtlsMode;
 use weft_hbone::ByteCounters;
 
-use super::inbound::transparent_source;
+use super::admission::{Path, check_destination};
+use super::inbound::{no_config, transparent_source};
 use super::{Captured, Pod, Proxy};
 use crate::connections::ConnectionMeta;
 use crate::socket::{self, ConnectOptions};
@@ -27,7 +28,8 @@ pub async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, captured: Captured) {
         client_addr,
         dst,
     } = captured;
-    let workload = proxy.workload_of(&pod);
+    let known = proxy.store.workload(&pod.uid);
+    let workload = known.clone().unwrap_or_else(|| proxy.workload_of(&pod));
     let source_workload = proxy.store.workload_by_ip(client_addr.ip());
     let meta = ConnectionMeta {
         direction: Direction::Inbound,
@@ -46,6 +48,16 @@ pub async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, captured: Captured) {
         },
         waypoint: None,
     };
+    if let Err(refused) = check_destination(Path::Plaintext, dst, &pod.addresses) {
+        proxy.connections.deny(meta, &refused.to_string());
+        socket::reset_on_close(&client);
+        return;
+    }
+    if known.is_none() {
+        proxy.connections.deny(meta, &no_config(&pod));
+        socket::reset_on_close(&client);
+        return;
+    }
     if workload.mtls_mode == MtlsMode::Strict as i32 {
         proxy
             .connections

@@ -421,6 +421,17 @@ impl Cluster {
         assert!(status.success(), "ztunnel exited with {status}");
     }
 
+    /// File descriptors the newest ztunnel of `node` holds open now.
+    pub fn ztunnel_open_files(&self, node: usize) -> usize {
+        let child = self.nodes[node - 1]
+            .ztunnels
+            .last()
+            .expect("a ztunnel runs");
+        std::fs::read_dir(format!("/proc/{}/fd", child.id()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
     pub fn log(&self, node: usize) -> String {
         std::fs::read_to_string(&self.nodes[node - 1].log).unwrap_or_default()
     }
