@@ -91,6 +91,7 @@ pub fn send<M: Message>(
 
 /// Receives one datagram and decodes it as `M`, with the fd it carried.
 /// `Ok(None)`: the peer closed the connection.
+#[allow(unsafe_code)]
 pub fn recv<M: Message + Default>(
     sock: BorrowedFd<'_>,
 ) -> io::Result<Option<(M, Option<OwnedFd>)>> {
@@ -164,6 +165,7 @@ pub fn listen(path: &Path) -> io::Result<OwnedFd> {
 
 /// Accepts one connection on a socket made by [`listen`]; the new fd is
 /// close-on-exec and blocking (even if the listener is non-blocking).
+#[allow(unsafe_code)]
 pub fn accept(listener: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     let raw =
         socket::accept4(listener.as_raw_fd(), SockFlag::SOCK_CLOEXEC).map_err(io::Error::from)?;

@@ -290,6 +290,7 @@ pub async fn serve_connection(
     }
 }
 
+#[allow(unsafe_code)]
 fn register(fd: OwnedFd, interest: Interest) -> io::Result<AsyncFd<OwnedFd>> {
     // SAFETY: an OwnedFd is open until dropped and always reports the same
     // fd, and the AsyncFd owns it for its whole life.

@@ -124,6 +124,7 @@ impl NetNs {
     }
 
     /// A command that runs inside this namespace.
+    #[allow(unsafe_code)]
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut cmd = Command::new(program);
         let raw = self.fd.as_raw_fd();

@@ -13,7 +13,7 @@ use crate::model::ModelConfig;
 use crate::options::{Options, RegistryKind};
 use crate::pipeline::{self, Debounce};
 use crate::registry::{Registry, RegistryConfig};
-use crate::server::{self, ConfigServer, ServerTls};
+use crate::server::{self, ConfigServer, ConnectionLimits, ServerTls, incoming};
 use crate::writers;
 
 /// Why the controller stopped.
@@ -47,13 +47,50 @@ pub enum RunError {
     Serving(#[from] weft_hbone::ca::CaError),
     /// The gRPC server failed.
     #[error("grpc server: {0}")]
-    Grpc(#[from] tonic::transport::Error),
+    Grpc(#[from] server::ServeError),
 }
 
 async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, RunError> {
     TcpListener::bind(addr)
         .await
         .map_err(|source| RunError::Bind { addr, source })
+}
+
+/// The audiences a proxy's token must carry; an empty flag value means the
+/// API server's default audience.
+pub fn token_audiences(options: &Options) -> Vec<String> {
+    options
+        .token_audiences
+        .iter()
+        .map(|a| a.trim())
+        .filter(|a| !a.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// The gRPC port's connection limits from the flags, lowered to fit the
+/// open-file limit (a cap above it would not stop descriptor exhaustion).
+fn connection_limits(options: &Options) -> ConnectionLimits {
+    let asked = ConnectionLimits {
+        handshake_timeout: Duration::from_secs(options.tls_handshake_timeout_seconds),
+        max_pending_handshakes: options.max_pending_handshakes,
+        max_pending_handshakes_per_source: options.max_pending_handshakes_per_source,
+        max_connections: options.max_connections,
+    };
+    let Some(open_files) = incoming::open_file_limit() else {
+        return asked;
+    };
+    let fitted = asked.fit_to_file_limit(open_files);
+    if fitted != asked {
+        tracing::warn!(
+            open_files,
+            max_connections = fitted.max_connections,
+            max_pending_handshakes = fitted.max_pending_handshakes,
+            "lowered the gRPC connection caps to fit the open-file limit; raise the limit \
+             (ulimit -n) to serve more proxies"
+        );
+    }
+    fitted
 }
 
 /// Runs the controller until `shutdown` resolves.
@@ -104,7 +141,7 @@ pub async fn run(
             let reviewer = TokenReviewer::new(
                 client.clone(),
                 (ns.to_string(), name.to_string()),
-                options.token_audiences.clone(),
+                token_audiences(&options),
             );
             (
                 registry,
@@ -129,7 +166,9 @@ pub async fn run(
     let (models, _pipeline) = pipeline::spawn(states.clone(), model_config, debounce);
 
     let config_server = ConfigServer::new(models.clone(), auth.clone())
-        .with_concurrent_snapshots(options.concurrent_snapshots);
+        .with_concurrent_snapshots(options.concurrent_snapshots)
+        .with_caller_limits(options.max_streams_per_caller, options.snapshots_per_caller)
+        .with_cluster_state(states.clone());
     let subscribers = config_server.subscribers();
     let ca_service = CaService::new(
         ca.clone(),
@@ -178,11 +217,12 @@ pub async fn run(
         ))
     });
     tracing::info!(addr = %options.grpc_addr, "serving config stream and CA");
-    server::serve(
+    server::serve_with(
         grpc,
         config_server,
         Some(ca_service),
         Some(ServerTls { chain_pem, key_pem }),
+        connection_limits(&options),
         shutdown,
     )
     .await?;
@@ -193,4 +233,25 @@ pub async fn run(
     }
     drop(registry);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::auth::CONTROLLER_AUDIENCE;
+
+    #[test]
+    fn tokens_must_be_for_weft_by_default() {
+        let parse = |extra: &[&str]| {
+            let mut args = vec!["weft-controller"];
+            args.extend_from_slice(extra);
+            token_audiences(&Options::parse_from(args))
+        };
+        assert_eq!(parse(&[]), vec![CONTROLLER_AUDIENCE.to_string()]);
+        assert_eq!(parse(&["--token-audiences", "a,b"]), vec!["a", "b"]);
+        // Spelled out: the API server's default audience.
+        assert!(parse(&["--token-audiences", ""]).is_empty());
+    }
 }

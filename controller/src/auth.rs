@@ -14,6 +14,14 @@ use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use kube::api::PostParams;
 use kube::{Api, Client};
 
+/// The audience weft's proxies request for the token they show the
+/// controller (a projected ServiceAccount token), and the one the controller
+/// requires by default. A token for the API server's default audience — the
+/// one every pod gets automounted — is not enough: an attacker who steals an
+/// application's token cannot use it here, and a weft token is no use
+/// against the API server.
+pub const CONTROLLER_AUDIENCE: &str = "weft.dev/controller";
+
 /// An authenticated caller.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Caller {
@@ -47,6 +55,11 @@ pub enum AuthError {
     /// The token belongs to an identity that may not call the controller.
     #[error("{0} may not call the controller")]
     NotAllowed(String),
+    /// The token is not valid, or not for the controller's audience.
+    #[error(
+        "invalid token, or not one for audience {0} (proxies need a projected ServiceAccount token with that audience)"
+    )]
+    Audience(String),
     /// TokenReview failed.
     #[error("token review failed: {0}")]
     Review(#[from] kube::Error),
@@ -259,8 +272,23 @@ impl Authenticator for TokenReviewer {
             };
             let result = api.create(&PostParams::default(), &review).await?;
             let status = result.status.unwrap_or_default();
-            if status.authenticated != Some(true) {
-                return Err(AuthError::Invalid);
+            // An API server that ignores `spec.audiences` would accept a
+            // token of any audience; it must say which of ours it checked.
+            let for_us = self.audiences.is_empty()
+                || status
+                    .audiences
+                    .as_ref()
+                    .is_some_and(|a| a.iter().any(|a| self.audiences.contains(a)));
+            if status.authenticated != Some(true) || !for_us {
+                tracing::debug!(
+                    error = status.error.as_deref().unwrap_or(""),
+                    "token review refused a token"
+                );
+                return Err(if self.audiences.is_empty() {
+                    AuthError::Invalid
+                } else {
+                    AuthError::Audience(self.audiences.join(","))
+                });
             }
             let user = status.user.unwrap_or_default();
             let username = user.username.unwrap_or_default();

@@ -61,9 +61,18 @@ pub struct Options {
     /// Kubernetes: the ztunnel DaemonSet's ServiceAccount, `namespace/name`.
     #[arg(long, env = "WEFT_ZTUNNEL_SA", default_value = "weft-system/ztunnel")]
     pub ztunnel_service_account: String,
-    /// Kubernetes: audiences the proxies' tokens must carry (empty = the API
-    /// server's default).
-    #[arg(long, env = "WEFT_TOKEN_AUDIENCES", value_delimiter = ',')]
+    /// Kubernetes: audiences the proxies' tokens must carry (one is
+    /// enough). The default is weft's own, which the waypoints the deployer
+    /// creates request; the ztunnel DaemonSet must mount a projected
+    /// ServiceAccount token with it. An empty value accepts the API server's
+    /// default audience, i.e. every pod's automounted token (not
+    /// recommended).
+    #[arg(
+        long,
+        env = "WEFT_TOKEN_AUDIENCES",
+        value_delimiter = ',',
+        default_value = crate::auth::CONTROLLER_AUDIENCE
+    )]
     pub token_audiences: Vec<String>,
     /// DNS names on the gRPC serving certificate.
     #[arg(
@@ -91,6 +100,35 @@ pub struct Options {
     /// reconnect together).
     #[arg(long, env = "WEFT_CONCURRENT_SNAPSHOTS", default_value_t = crate::server::DEFAULT_CONCURRENT_SNAPSHOTS)]
     pub concurrent_snapshots: usize,
+    /// Full snapshots one caller (a node's ztunnel, a waypoint's
+    /// ServiceAccount) may have in flight at once, so that one caller cannot
+    /// take every slot of --concurrent-snapshots and stall new proxies.
+    #[arg(long, env = "WEFT_SNAPSHOTS_PER_CALLER", default_value_t = crate::server::DEFAULT_SNAPSHOTS_PER_CALLER)]
+    pub snapshots_per_caller: usize,
+    /// Config streams one caller may have open at once; the next is refused
+    /// with RESOURCE_EXHAUSTED. Every replica of a waypoint counts against
+    /// its ServiceAccount: raise this above a waypoint's replica count.
+    #[arg(long, env = "WEFT_MAX_STREAMS_PER_CALLER", default_value_t = crate::server::DEFAULT_STREAMS_PER_CALLER)]
+    pub max_streams_per_caller: usize,
+    /// Seconds a client has to complete its TLS handshake on the gRPC port
+    /// before the connection is closed.
+    #[arg(long, env = "WEFT_TLS_HANDSHAKE_TIMEOUT_SECONDS", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub tls_handshake_timeout_seconds: u64,
+    /// TLS handshakes in progress at once on the gRPC port; beyond it the
+    /// oldest handshake is closed at once to make room (a real client's
+    /// takes milliseconds).
+    #[arg(long, env = "WEFT_MAX_PENDING_HANDSHAKES", default_value_t = crate::server::DEFAULT_MAX_PENDING_HANDSHAKES)]
+    pub max_pending_handshakes: usize,
+    /// TLS handshakes in progress at once from one source address (one /64
+    /// for IPv6); a connection beyond it is closed at once.
+    #[arg(long, env = "WEFT_MAX_PENDING_HANDSHAKES_PER_SOURCE", default_value_t = crate::server::DEFAULT_MAX_PENDING_HANDSHAKES_PER_SOURCE)]
+    pub max_pending_handshakes_per_source: usize,
+    /// Open connections on the gRPC port (handshaking or established); a
+    /// connection beyond it is closed at once. Lowered at start to fit the
+    /// process's open-file limit.
+    #[arg(long, env = "WEFT_MAX_CONNECTIONS", default_value_t = crate::server::DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
     /// Kubernetes: elect a leader on a Lease; only the leader deploys
     /// waypoints and writes status.
     #[arg(long, env = "WEFT_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]

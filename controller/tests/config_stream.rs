@@ -1,11 +1,14 @@
 //! The config stream over real gRPC with TLS: snapshot, add/change/remove,
-//! NACK, reconnect, and who may subscribe.
+//! NACK, reconnect, who may subscribe, and how much one caller may hold.
 
 mod support;
 
 use std::sync::Arc;
 
-use support::{Harness, Subscriber, pod, state};
+use support::{
+    Harness, Limits, Subscriber, ambient_namespace, pod, state, waypoint_class, waypoint_gateway,
+    waypoint_proxy,
+};
 use weft_api::config::{ConfigResponse, ResourceType, resource};
 use weft_controller::auth::{AllowAll, BootstrapTokens, Caller};
 
@@ -191,4 +194,188 @@ async fn concurrent_snapshots_are_bounded() {
     );
     first.ack(&snap).await;
     assert!(second.next().await.full_snapshot);
+}
+
+fn token(tokens: &mut BootstrapTokens, token: &str, caller: Caller) {
+    tokens.insert(token, caller);
+}
+
+fn node(name: &str) -> Caller {
+    Caller::Ztunnel {
+        node: Some(name.into()),
+    }
+}
+
+fn service_account(namespace: &str, name: &str) -> Caller {
+    Caller::ServiceAccount {
+        namespace: namespace.into(),
+        name: name.into(),
+    }
+}
+
+#[tokio::test]
+async fn only_a_waypoints_service_account_subscribes_and_only_as_its_gateway() {
+    let mut tokens = BootstrapTokens::default();
+    token(&mut tokens, "web-token", service_account("shop", "web"));
+    token(
+        &mut tokens,
+        "wp-token",
+        service_account("shop", "shop-waypoint"),
+    );
+    let h = Harness::start(
+        state(&[
+            ambient_namespace(),
+            waypoint_class(),
+            waypoint_gateway("shop-waypoint"),
+            waypoint_gateway("other-waypoint"),
+            pod("shop", "web-1", "node-a", "web", "10.244.1.5"),
+        ]),
+        Arc::new(tokens),
+    )
+    .await;
+
+    // Any pod's ServiceAccount authenticates; it reads nothing.
+    for as_what in [
+        waypoint_proxy("shop", "shop-waypoint"),
+        Subscriber::ztunnel_proxy("node-a"),
+    ] {
+        let err = Subscriber::connect_as(h.channel().await, Some("web-token"), as_what)
+            .await
+            .err()
+            .expect("refused");
+        assert_eq!(err.code(), tonic::Code::PermissionDenied);
+        assert!(
+            err.message()
+                .contains("service account shop/web is neither the ztunnel's nor a waypoint's"),
+            "{}",
+            err.message()
+        );
+    }
+    // A waypoint's ServiceAccount cannot read as another waypoint or a ztunnel.
+    for as_what in [
+        waypoint_proxy("shop", "other-waypoint"),
+        waypoint_proxy("bank", "shop-waypoint"),
+    ] {
+        let err = Subscriber::connect_as(h.channel().await, Some("wp-token"), as_what)
+            .await
+            .err()
+            .expect("refused");
+        assert_eq!(err.code(), tonic::Code::PermissionDenied);
+        assert!(
+            err.message()
+                .contains("may subscribe only as waypoint shop/shop-waypoint"),
+            "{}",
+            err.message()
+        );
+    }
+    let err = Subscriber::connect(h.channel().await, Some("wp-token"), "node-a")
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    // As its own Gateway it is served.
+    let mut own = Subscriber::connect_as(
+        h.channel().await,
+        Some("wp-token"),
+        waypoint_proxy("shop", "shop-waypoint"),
+    )
+    .await
+    .expect("served");
+    assert!(own.next().await.full_snapshot);
+}
+
+#[tokio::test]
+async fn one_caller_gets_at_most_its_streams_and_others_are_still_served() {
+    let mut tokens = BootstrapTokens::default();
+    token(&mut tokens, "token-a", node("node-a"));
+    token(&mut tokens, "token-b", node("node-b"));
+    let limits = Limits {
+        streams_per_caller: 2,
+        ..Limits::default()
+    };
+    let a = pod("shop", "a", "node-a", "web", "10.244.1.1");
+    let h = Harness::start_limited(state(std::slice::from_ref(&a)), Arc::new(tokens), limits).await;
+    let mut first = Subscriber::connect(h.channel().await, Some("token-a"), "node-a")
+        .await
+        .expect("first");
+    let _second = Subscriber::connect(h.channel().await, Some("token-a"), "node-a")
+        .await
+        .expect("second");
+    let err = Subscriber::connect(h.channel().await, Some("token-a"), "node-a")
+        .await
+        .err()
+        .expect("the third stream of one caller is refused");
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+    assert!(
+        err.message()
+            .contains("the ztunnel of node \"node-a\" already has 2 config streams open"),
+        "{}",
+        err.message()
+    );
+    // Another caller is not affected.
+    let mut other = Subscriber::connect(h.channel().await, Some("token-b"), "node-b")
+        .await
+        .expect("another caller");
+    assert!(other.next().await.full_snapshot);
+    // A closed stream frees its place.
+    assert!(first.next().await.full_snapshot);
+    drop(first);
+    tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        loop {
+            if Subscriber::connect(h.channel().await, Some("token-a"), "node-a")
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("a place freed");
+}
+
+#[tokio::test]
+async fn one_caller_cannot_take_every_snapshot_slot() {
+    let mut tokens = BootstrapTokens::default();
+    token(&mut tokens, "token-a", node("node-a"));
+    token(&mut tokens, "token-b", node("node-b"));
+    let limits = Limits {
+        concurrent_snapshots: 3,
+        snapshots_per_caller: 2,
+        ..Limits::default()
+    };
+    let a = pod("shop", "a", "node-a", "web", "10.244.1.1");
+    let h = Harness::start_limited(state(std::slice::from_ref(&a)), Arc::new(tokens), limits).await;
+    // Caller a opens three streams and never answers a snapshot.
+    let mut held = Vec::new();
+    let mut snaps = Vec::new();
+    for _ in 0..3 {
+        let mut sub = Subscriber::connect(h.channel().await, Some("token-a"), "node-a")
+            .await
+            .expect("subscribe");
+        if snaps.len() < 2 {
+            let snap = sub.next().await;
+            assert!(snap.full_snapshot);
+            snaps.push(snap);
+        }
+        held.push(sub);
+    }
+    let third = tokio::time::timeout(
+        std::time::Duration::from_millis(300),
+        held[2].responses.message(),
+    )
+    .await;
+    assert!(
+        third.is_err(),
+        "a caller held more than its share of snapshot slots"
+    );
+    // The slot it could not take is still there for a new proxy.
+    let mut other = Subscriber::connect(h.channel().await, Some("token-b"), "node-b")
+        .await
+        .expect("another caller");
+    assert!(other.next().await.full_snapshot);
+    // Once a answers, its third stream gets its snapshot.
+    held[0].ack(&snaps[0]).await;
+    assert!(held[2].next().await.full_snapshot);
 }

@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use support::fake_apiserver::FakeApiServer;
 use support::{CONTROLLER_COLLECTIONS as COLLECTIONS, ambient_namespace as namespace};
 use tokio::sync::watch;
+use weft_controller::auth::CONTROLLER_AUDIENCE;
 use weft_controller::model::{self, ModelConfig};
 use weft_controller::pipeline::ModelVersion;
 use weft_controller::registry::{ClusterState, Kinds, Registry, RegistryConfig};
@@ -190,6 +191,7 @@ async fn leader_writes_waypoints_and_status() {
             controller_address: "https://controller:15012".into(),
             root_namespace: "weft-system".into(),
             root_pem: "ROOT".into(),
+            token_audience: Some(CONTROLLER_AUDIENCE.into()),
         },
     );
     writer.reconcile(&state, &version).await;
@@ -206,6 +208,23 @@ async fn leader_writes_waypoints_and_status() {
         "wp"
     );
     assert!(api.get("api/v1/serviceaccounts", "shop", "wp").is_some());
+    // The waypoint shows the controller a token for the controller's own
+    // audience, not the automounted one.
+    let pod_spec = &deployment["spec"]["template"]["spec"];
+    let token = pod_spec["volumes"]
+        .as_array()
+        .and_then(|v| v.iter().find(|v| v["name"] == "weft-token"))
+        .expect("projected token volume");
+    assert_eq!(
+        token["projected"]["sources"][0]["serviceAccountToken"]["audience"],
+        CONTROLLER_AUDIENCE
+    );
+    let env = pod_spec["containers"][0]["env"].as_array().expect("env");
+    assert!(
+        env.iter()
+            .any(|e| e["name"] == "WEFT_TOKEN_FILE" && e["value"] == "/var/run/secrets/weft/token"),
+        "{env:?}"
+    );
     for ns in ["weft-system", "shop"] {
         let root = api
             .get("api/v1/configmaps", ns, "weft-ca-root")

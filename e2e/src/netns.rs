@@ -115,6 +115,7 @@ impl Netns {
     }
 
     /// A command that runs inside this namespace.
+    #[allow(unsafe_code)]
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut cmd = Command::new(program);
         let fd = self.fd.as_raw_fd();

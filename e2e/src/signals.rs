@@ -21,6 +21,7 @@ static PIPE_WRITE: AtomicI32 = AtomicI32::new(-1);
 static RUNS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 static INSTALL: Once = Once::new();
 
+#[allow(unsafe_code)]
 extern "C" fn on_signal(sig: libc::c_int) {
     let fd = PIPE_WRITE.load(Ordering::Relaxed);
     if fd >= 0 {
@@ -34,6 +35,7 @@ extern "C" fn on_signal(sig: libc::c_int) {
 }
 
 /// Installs the handlers once per process.
+#[allow(unsafe_code)]
 pub fn install() {
     INSTALL.call_once(|| {
         let Ok((read, write)) = nix::unistd::pipe() else {

@@ -50,9 +50,9 @@ async fn handle(proxy: Arc<Proxy>, tunnel: InboundTunnel) {
     let store = &proxy.config.store;
     // The same rule as ztunnel's inbound: `forwarded: for=` only from a
     // waypoint, so a client cannot choose the address `ipBlocks` sees.
-    let client_ip = weft_ztunnel::proxy::admission::client_address(
+    let client_ip = weft_mesh::client_address(
         tunnel.peer_addr.ip(),
-        &tunnel.peer_identity,
+        &tunnel.peer_identity.to_string(),
         store.workload_by_ip(tunnel.peer_addr.ip()).as_deref(),
         tunnel.client_ip(),
     );

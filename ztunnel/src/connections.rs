@@ -233,11 +233,15 @@ impl ConnectionRegistry {
         }
     }
 
-    /// Records a connection refused by policy (or for lack of a route).
-    pub fn deny(&self, meta: ConnectionMeta, reason: &str) {
+    /// Records a refused connection: `label` is the metric's `reason` label
+    /// (a short stable name such as `policy` or `own_listener`), `reason`
+    /// the sentence for the access log and `/tap`.
+    pub fn deny(&self, meta: ConnectionMeta, label: &'static str, reason: &str) {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         // Denials are rare next to connections: no cached handle.
-        metrics::counter!("weft_tcp_connections_denied_total", &labels(&meta)).increment(1);
+        let mut labels = labels(&meta);
+        labels.push(("reason", label.to_owned()));
+        metrics::counter!("weft_tcp_connections_denied_total", &labels).increment(1);
         let live = Live {
             metrics: self.series(&meta),
             meta,
@@ -525,7 +529,7 @@ mod tests {
         drop(registry.open(meta("shop/a", "shop/b")));
         let mut tap = registry.subscribe_tap();
         drop(registry.open(meta("shop/a", "shop/b")));
-        registry.deny(meta("shop/c", "shop/b"), "policy");
+        registry.deny(meta("shop/c", "shop/b"), "policy", "denied by policy");
         let kinds: Vec<_> = std::iter::from_fn(|| tap.try_recv().ok())
             .map(|e| (e.kind, e.connection.source.workload.unwrap_or_default()))
             .collect();

@@ -150,6 +150,7 @@ pub async fn follow_agent(socket: PathBuf, pods: Pods, shutdown: CancellationTok
     }
 }
 
+#[allow(unsafe_code)]
 async fn session(socket: &std::path::Path, pods: &Pods) -> std::io::Result<()> {
     let fd = handoff_wire::connect(socket)?;
     handoff_wire::set_nonblocking(&fd)?;

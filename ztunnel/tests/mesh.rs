@@ -447,10 +447,20 @@ fn a_pod_bound_to_a_waypoint_is_reachable_only_from_the_waypoint() {
         server_id,
     )
     .expect("the waypoint itself gets through");
+    // Plaintext cannot be sent through the waypoint: refused, whatever the
+    // policy says (the rule weftctl explain reports, docs/design.md §7).
+    let err = c
+        .exchange(client, app, "plain")
+        .expect_err("plaintext around the waypoint");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
     let log = c.log(2);
     assert!(
-        log.contains("may not bypass"),
-        "the denial is logged with its reason"
+        log.contains("spiffe://cluster.local/ns/shop/sa/client may not bypass it"),
+        "the tunnel's denial is logged with its reason"
+    );
+    assert!(
+        log.contains("plaintext may not bypass it"),
+        "the plaintext denial is logged with its reason"
     );
 }
 

@@ -16,7 +16,7 @@ use weft_api::ca::{CreateCertificateRequest, CreateCertificateResponse};
 use weft_hbone::{CertificateAuthority, CertificateRequest, SpiffeId};
 
 use crate::auth::{self, Authenticator, Caller};
-use crate::model::waypoints::{is_waypoint_gateway, waypoint_service_account};
+use crate::model::waypoints::waypoints_run_by;
 use crate::model::workloads::{node_name, service_account};
 use crate::registry::ClusterState;
 
@@ -82,12 +82,7 @@ impl CaService {
                 }
             }
             Caller::ServiceAccount { namespace, name } => {
-                let is_waypoint = state.gateways.values().any(|gw| {
-                    is_waypoint_gateway(gw)
-                        && gw.metadata.namespace.as_deref() == Some(namespace.as_str())
-                        && waypoint_service_account(gw) == *name
-                });
-                if !is_waypoint {
+                if waypoints_run_by(&state, namespace, name).next().is_none() {
                     return Err(format!(
                         "{namespace}/{name} is neither a ztunnel nor a waypoint"
                     ));

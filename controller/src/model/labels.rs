@@ -1,4 +1,4 @@
-//! The labels and names users write (DESIGN §2).
+//! The labels and names users write (docs/design.md §2).
 
 /// Enrolls a namespace or pod: `ambient`; `none` on a pod opts it out.
 pub const DATAPLANE_MODE: &str = "weft.dev/dataplane-mode";

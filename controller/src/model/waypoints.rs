@@ -74,6 +74,27 @@ pub fn waypoint_service_account(gw: &Gateway) -> String {
     gw.name_any()
 }
 
+/// The waypoint Gateways in `namespace` that run as service account
+/// `service_account`. A ServiceAccount is a waypoint's exactly when this is
+/// not empty; the CA (which identity it may obtain) and the config stream
+/// (whether it may subscribe, and as which Gateway) both decide with it, so
+/// the two can never disagree about who is a waypoint.
+pub fn waypoints_run_by<'a>(
+    state: &'a ClusterState,
+    namespace: &'a str,
+    service_account: &'a str,
+) -> impl Iterator<Item = &'a ObjectKey> + 'a {
+    state
+        .gateways
+        .iter()
+        .filter(move |(key, gw)| {
+            is_waypoint_gateway(gw)
+                && key.namespace == namespace
+                && waypoint_service_account(gw) == service_account
+        })
+        .map(|(key, _)| key)
+}
+
 pub(crate) fn index(state: &ClusterState, config: &ModelConfig) -> WaypointIndex {
     // Pod IPs of each waypoint, for waypoints without a Service VIP yet.
     let mut pod_ips: HashMap<ObjectKey, Vec<String>> = HashMap::new();

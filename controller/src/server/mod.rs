@@ -1,5 +1,8 @@
 //! The gRPC server on :15012: the config stream and the CA, over TLS.
 
+mod authorize;
+mod callers;
+pub mod incoming;
 mod stream;
 pub mod subscribers;
 
@@ -11,18 +14,25 @@ use std::time::Duration;
 use futures::Stream;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, watch};
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 use tonic::{Request, Response, Status, Streaming};
 use weft_api::ca::certificate_authority_server::CertificateAuthorityServer;
 use weft_api::config::config_discovery_server::{ConfigDiscovery, ConfigDiscoveryServer};
 use weft_api::config::{ConfigRequest, ConfigResponse, ProxyKind, ResourceType, config_request};
 
-use crate::auth::{self, Authenticator, Caller};
+use crate::auth::{self, Authenticator};
 use crate::ca::CaService;
 use crate::model::RESOURCE_TYPES;
 use crate::pipeline::ModelVersion;
+use crate::registry::ClusterState;
+use callers::CallerLimits;
+pub use callers::{DEFAULT_SNAPSHOTS_PER_CALLER, DEFAULT_STREAMS_PER_CALLER};
+pub use incoming::{
+    ConnectionLimits, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_PENDING_HANDSHAKES, DEFAULT_MAX_PENDING_HANDSHAKES_PER_SOURCE, TlsConfigError,
+};
 use stream::SubscriberStream;
 use subscribers::{SubscriberInfo, Subscribers, now_secs};
 
@@ -33,6 +43,10 @@ pub struct ConfigServer {
     auth: Arc<dyn Authenticator>,
     next_stream: AtomicU64,
     snapshots: Arc<Semaphore>,
+    /// Streams and snapshot slots per caller.
+    callers: Arc<CallerLimits>,
+    /// The cluster, to tell which ServiceAccounts are waypoints'.
+    states: watch::Receiver<Arc<ClusterState>>,
     /// Cancelled when the server shuts down: streams end so that graceful
     /// shutdown does not wait for proxies that never hang up.
     shutdown: CancellationToken,
@@ -41,8 +55,14 @@ pub struct ConfigServer {
 /// Full snapshots being built or awaiting their ACK at once, by default.
 pub const DEFAULT_CONCURRENT_SNAPSHOTS: usize = 32;
 
+/// How long a stream may take to send its Subscribe.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl ConfigServer {
     /// Serves the versions published by the pipeline to callers `auth` accepts.
+    /// ServiceAccount callers are refused (as not yet known) until
+    /// [`ConfigServer::with_cluster_state`] gives the cluster to check them
+    /// against.
     pub fn new(
         models: watch::Receiver<Arc<ModelVersion>>,
         auth: Arc<dyn Authenticator>,
@@ -53,8 +73,32 @@ impl ConfigServer {
             auth,
             next_stream: AtomicU64::new(1),
             snapshots: Arc::new(Semaphore::new(DEFAULT_CONCURRENT_SNAPSHOTS)),
+            callers: Arc::new(CallerLimits::new(
+                DEFAULT_STREAMS_PER_CALLER,
+                DEFAULT_SNAPSHOTS_PER_CALLER,
+            )),
+            // Never synced: no ServiceAccount passes as a waypoint's.
+            states: watch::channel(Arc::new(ClusterState::default())).1,
             shutdown: CancellationToken::new(),
         }
+    }
+
+    /// The registry's cluster state, which says which ServiceAccounts are
+    /// waypoints' (the rule the CA applies too).
+    pub fn with_cluster_state(
+        mut self,
+        states: watch::Receiver<Arc<ClusterState>>,
+    ) -> ConfigServer {
+        self.states = states;
+        self
+    }
+
+    /// Bounds what one caller (a node's ztunnel, a ServiceAccount) may hold:
+    /// `streams` open at once (the next is refused with RESOURCE_EXHAUSTED)
+    /// and `snapshots` of the global snapshot slots at once.
+    pub fn with_caller_limits(mut self, streams: usize, snapshots: usize) -> ConfigServer {
+        self.callers = Arc::new(CallerLimits::new(streams, snapshots));
+        self
     }
 
     /// Bounds the full snapshots in flight (built and not yet answered): the
@@ -80,13 +124,25 @@ impl ConfigDiscovery for ConfigServer {
         &self,
         request: Request<Streaming<ConfigRequest>>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let refuse = |reason: &'static str| {
+            metrics::counter!("weft_config_subscriptions_refused_total", "reason" => reason)
+                .increment(1);
+        };
         let caller = auth::authenticate(self.auth.as_ref(), request.metadata())
             .await
-            .map_err(|e| Status::unauthenticated(e.to_string()))?;
+            .map_err(|e| {
+                refuse("unauthenticated");
+                Status::unauthenticated(e.to_string())
+            })?;
         let mut requests = request.into_inner();
-        let first = requests
-            .message()
-            .await?
+        let first = tokio::time::timeout(SUBSCRIBE_TIMEOUT, requests.message())
+            .await
+            .map_err(|_| {
+                Status::deadline_exceeded(format!(
+                    "no Subscribe within {}s",
+                    SUBSCRIBE_TIMEOUT.as_secs()
+                ))
+            })??
             .ok_or_else(|| Status::invalid_argument("stream closed before Subscribe"))?;
         let Some(config_request::Kind::Subscribe(subscribe)) = first.kind else {
             return Err(Status::invalid_argument(
@@ -94,14 +150,38 @@ impl ConfigDiscovery for ConfigServer {
             ));
         };
         let proxy = subscribe.proxy.unwrap_or_default();
-        if let Caller::Ztunnel { node: Some(node) } = &caller
-            && *node != proxy.node
-        {
-            return Err(Status::permission_denied(format!(
-                "caller is the ztunnel of node {node:?}, not {:?}",
-                proxy.node
-            )));
+        let state = self.states.borrow().clone();
+        if let Err(status) = authorize::subscriber(&caller, &proxy, &state) {
+            if status.code() == tonic::Code::PermissionDenied {
+                refuse("denied");
+                tracing::warn!(
+                    ?caller,
+                    proxy = proxy.id,
+                    "subscription refused: {}",
+                    status.message()
+                );
+            }
+            return Err(status);
         }
+        let caller_stream = match authorize::limit_key(&caller, &proxy) {
+            Some(key) => match self.callers.open(&key) {
+                Some(place) => Some(place),
+                None => {
+                    refuse("streams_per_caller");
+                    tracing::warn!(
+                        caller = key,
+                        proxy = proxy.id,
+                        "subscription refused: too many streams"
+                    );
+                    return Err(Status::resource_exhausted(format!(
+                        "{key} already has {} config streams open, the most one caller may \
+                         (--max-streams-per-caller)",
+                        self.callers.max_streams()
+                    )));
+                }
+            },
+            None => None,
+        };
         let mut types: Vec<ResourceType> = subscribe
             .types
             .iter()
@@ -149,6 +229,7 @@ impl ConfigDiscovery for ConfigServer {
             subscribers: self.subscribers.clone(),
             tx,
             snapshots: self.snapshots.clone(),
+            caller: caller_stream,
             shutdown: self.shutdown.clone(),
         };
         tokio::spawn(stream.run(requests));
@@ -165,24 +246,53 @@ pub struct ServerTls {
     pub key_pem: String,
 }
 
+/// Why the gRPC server stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The serving certificate or key is unusable.
+    #[error(transparent)]
+    Tls(#[from] TlsConfigError),
+    /// tonic failed.
+    #[error(transparent)]
+    Transport(#[from] tonic::transport::Error),
+}
+
 /// Serves the config stream and (optionally) the CA on `listener` until
-/// `shutdown` resolves. Without `tls` the server speaks plaintext h2c, which
-/// only tests and benchmarks use.
+/// `shutdown` resolves, with the default [`ConnectionLimits`]. Without `tls`
+/// the server speaks plaintext h2c, which only tests and benchmarks use.
 pub async fn serve(
     listener: TcpListener,
     config: ConfigServer,
     ca: Option<CaService>,
     tls: Option<ServerTls>,
     shutdown: impl std::future::Future<Output = ()> + Send,
-) -> Result<(), tonic::transport::Error> {
+) -> Result<(), ServeError> {
+    serve_with(
+        listener,
+        config,
+        ca,
+        tls,
+        ConnectionLimits::default(),
+        shutdown,
+    )
+    .await
+}
+
+/// [`serve`] within `limits`: the TLS handshake happens in our own accept
+/// loop ([`incoming`]), bounded in time and number, and tonic gets only
+/// connections whose handshake completed.
+pub async fn serve_with(
+    listener: TcpListener,
+    config: ConfigServer,
+    ca: Option<CaService>,
+    tls: Option<ServerTls>,
+    limits: ConnectionLimits,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let tls = tls.as_ref().map(incoming::server_config).transpose()?;
     let mut builder = Server::builder()
-        .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)));
-    if let Some(tls) = tls {
-        let identity = Identity::from_pem(tls.chain_pem.concat(), tls.key_pem);
-        builder = builder.tls_config(ServerTlsConfig::new().identity(identity))?;
-    }
     let streams = config.shutdown.clone();
     let shutdown = async move {
         shutdown.await;
@@ -192,6 +302,7 @@ pub async fn serve(
         .add_service(ConfigDiscoveryServer::new(config))
         .add_optional_service(ca.map(CertificateAuthorityServer::new));
     router
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await
+        .serve_with_incoming_shutdown(incoming::incoming(listener, tls, limits), shutdown)
+        .await?;
+    Ok(())
 }

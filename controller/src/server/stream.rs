@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
 use weft_api::config::{ConfigRequest, ConfigResponse, ResourceType, config_request};
 
+use super::callers::CallerStream;
 use super::subscribers::Subscribers;
 use crate::model::{Delta, Model};
 use crate::pipeline::ModelVersion;
@@ -24,8 +25,14 @@ struct Pending {
     /// [`SNAPSHOT_ANSWER_TIMEOUT`] passes), so that a thousand proxies
     /// reconnecting at once do not hold a thousand snapshots in memory at
     /// once, and a proxy that never answers cannot hold a slot forever.
-    snapshot: Option<OwnedSemaphorePermit>,
+    snapshot: Option<SnapshotSlot>,
     sent_at: tokio::time::Instant,
+}
+
+/// A slot of the caller's share and one of the global slots, held together.
+struct SnapshotSlot {
+    _caller: Option<OwnedSemaphorePermit>,
+    _global: OwnedSemaphorePermit,
 }
 
 /// How long a snapshot slot waits for the proxy's answer.
@@ -38,6 +45,9 @@ pub(crate) struct SubscriberStream {
     pub subscribers: Arc<Subscribers>,
     pub tx: mpsc::Sender<Result<ConfigResponse, Status>>,
     pub snapshots: Arc<Semaphore>,
+    /// The caller's place under its stream limit and its snapshot share;
+    /// `None` when authentication is off.
+    pub caller: Option<CallerStream>,
     pub shutdown: CancellationToken,
 }
 
@@ -129,10 +139,22 @@ impl SubscriberStream {
         let mut permit = None;
         let (full_snapshot, resources, removed) = match acked {
             None => {
-                let Ok(p) = self.snapshots.clone().acquire_owned().await else {
+                // The caller's share first: a caller waiting for its own
+                // slots must not sit on global ones meanwhile.
+                let caller = match &self.caller {
+                    Some(c) => match c.snapshots().acquire_owned().await {
+                        Ok(p) => Some(p),
+                        Err(_) => return Respond::Closed,
+                    },
+                    None => None,
+                };
+                let Ok(global) = self.snapshots.clone().acquire_owned().await else {
                     return Respond::Closed;
                 };
-                permit = Some(p);
+                permit = Some(SnapshotSlot {
+                    _caller: caller,
+                    _global: global,
+                });
                 let resources = self
                     .types
                     .iter()

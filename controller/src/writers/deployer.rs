@@ -8,8 +8,9 @@ use gateway_api::gateways::Gateway;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
-    ObjectFieldSelector, PodSpec, PodTemplateSpec, Probe, Service, ServiceAccount, ServicePort,
-    ServiceSpec, Volume, VolumeMount,
+    ObjectFieldSelector, PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource, Service,
+    ServiceAccount, ServiceAccountTokenProjection, ServicePort, ServiceSpec, Volume, VolumeMount,
+    VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -29,7 +30,18 @@ pub struct DeployerConfig {
     pub root_namespace: String,
     /// The CA root, published in the `weft-ca-root` ConfigMap.
     pub root_pem: String,
+    /// The audience of the token a waypoint shows the controller (the
+    /// controller's first `--token-audiences`); `None`: the automounted
+    /// token, for the API server's default audience.
+    pub token_audience: Option<String>,
 }
+
+/// Where a waypoint finds its projected token for the controller.
+pub const TOKEN_DIR: &str = "/var/run/secrets/weft";
+
+/// How long a projected token lives; the kubelet renews it well before, and
+/// the waypoint reads the file again on every call.
+const TOKEN_SECONDS: i64 = 3600;
 
 /// Where a waypoint finds the root that signs the controller's certificate.
 pub const ROOT_CERT_PATH: &str = "/var/run/weft/ca/root-cert.pem";
@@ -89,6 +101,57 @@ pub fn waypoint_objects(gw: &Gateway, config: &DeployerConfig) -> WaypointObject
         ..ContainerPort::default()
     };
     let hbone = i32::try_from(HBONE_PORT).unwrap_or(15008);
+    let mut env_vars = vec![
+        env("WEFT_CONTROLLER_ADDRESS", &config.controller_address),
+        env(
+            "WEFT_WAYPOINT_NAMESPACE",
+            &gw.namespace().unwrap_or_default(),
+        ),
+        env("WEFT_WAYPOINT_NAME", &name),
+        env("WEFT_CA_ROOT", ROOT_CERT_PATH),
+        field_env("POD_NAME", "metadata.name"),
+        field_env("NODE_NAME", "spec.nodeName"),
+    ];
+    let mut mounts = vec![VolumeMount {
+        name: "ca-root".to_string(),
+        mount_path: "/var/run/weft/ca".to_string(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    }];
+    let mut volumes = vec![Volume {
+        name: "ca-root".to_string(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: super::ROOT_CONFIG_MAP.to_string(),
+            ..ConfigMapVolumeSource::default()
+        }),
+        ..Volume::default()
+    }];
+    // The controller accepts only tokens for its own audience, not the
+    // automounted one every pod has.
+    if let Some(audience) = &config.token_audience {
+        env_vars.push(env("WEFT_TOKEN_FILE", &format!("{TOKEN_DIR}/token")));
+        mounts.push(VolumeMount {
+            name: "weft-token".to_string(),
+            mount_path: TOKEN_DIR.to_string(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+        volumes.push(Volume {
+            name: "weft-token".to_string(),
+            projected: Some(ProjectedVolumeSource {
+                sources: Some(vec![VolumeProjection {
+                    service_account_token: Some(ServiceAccountTokenProjection {
+                        audience: Some(audience.clone()),
+                        expiration_seconds: Some(TOKEN_SECONDS),
+                        path: "token".to_string(),
+                    }),
+                    ..VolumeProjection::default()
+                }]),
+                ..ProjectedVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+    }
     let deployment = Deployment {
         metadata: meta(gw, name.clone(), &selector),
         spec: Some(DeploymentSpec {
@@ -107,28 +170,13 @@ pub fn waypoint_objects(gw: &Gateway, config: &DeployerConfig) -> WaypointObject
                     containers: vec![Container {
                         name: "waypoint".to_string(),
                         image: Some(config.image.clone()),
-                        env: Some(vec![
-                            env("WEFT_CONTROLLER_ADDRESS", &config.controller_address),
-                            env(
-                                "WEFT_WAYPOINT_NAMESPACE",
-                                &gw.namespace().unwrap_or_default(),
-                            ),
-                            env("WEFT_WAYPOINT_NAME", &name),
-                            env("WEFT_CA_ROOT", ROOT_CERT_PATH),
-                            field_env("POD_NAME", "metadata.name"),
-                            field_env("NODE_NAME", "spec.nodeName"),
-                        ]),
+                        env: Some(env_vars),
                         ports: Some(vec![
                             port("hbone", hbone),
                             port("metrics", 15020),
                             port("health", 15021),
                         ]),
-                        volume_mounts: Some(vec![VolumeMount {
-                            name: "ca-root".to_string(),
-                            mount_path: "/var/run/weft/ca".to_string(),
-                            read_only: Some(true),
-                            ..VolumeMount::default()
-                        }]),
+                        volume_mounts: Some(mounts),
                         readiness_probe: Some(Probe {
                             http_get: Some(HTTPGetAction {
                                 path: Some("/healthz/ready".to_string()),
@@ -139,14 +187,7 @@ pub fn waypoint_objects(gw: &Gateway, config: &DeployerConfig) -> WaypointObject
                         }),
                         ..Container::default()
                     }],
-                    volumes: Some(vec![Volume {
-                        name: "ca-root".to_string(),
-                        config_map: Some(ConfigMapVolumeSource {
-                            name: super::ROOT_CONFIG_MAP.to_string(),
-                            ..ConfigMapVolumeSource::default()
-                        }),
-                        ..Volume::default()
-                    }]),
+                    volumes: Some(volumes),
                     ..PodSpec::default()
                 }),
             },

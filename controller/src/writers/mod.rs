@@ -62,6 +62,7 @@ pub async fn run(
         controller_address: options.controller_address.clone(),
         root_namespace: options.root_namespace.clone(),
         root_pem,
+        token_audience: crate::app::token_audiences(&options).into_iter().next(),
     };
     if !options.leader_elect {
         let (_always, leading) = watch::channel(true);

@@ -50,7 +50,23 @@ struct Store {
     failing_writes: Vec<(String, String)>,
     /// Collections that exist (others answer 404).
     served: Vec<String>,
+    /// Tokens TokenReview knows.
+    tokens: HashMap<String, ReviewedToken>,
+    /// TokenReview answers without `status.audiences`, as an API server
+    /// that does not check audiences would.
+    ignore_audiences: bool,
 }
+
+/// A token as TokenReview sees it.
+#[derive(Clone, Debug)]
+struct ReviewedToken {
+    username: String,
+    audiences: Vec<String>,
+    extra: Value,
+}
+
+/// The audience of tokens requested without one (the automounted token).
+pub const API_SERVER_AUDIENCE: &str = "https://kubernetes.default.svc.cluster.local";
 
 /// The fake server. Dropping it stops serving.
 pub struct FakeApiServer {
@@ -214,6 +230,40 @@ impl FakeApiServer {
             .expect("lock")
             .failing_writes
             .push((agent.to_string(), collection.to_string()));
+    }
+
+    /// Makes TokenReview accept `token` as ServiceAccount `namespace/name`
+    /// for `audiences` (the API server's own when empty), bound to `node`
+    /// when given.
+    pub fn add_token(
+        &self,
+        token: &str,
+        (namespace, name): (&str, &str),
+        audiences: &[&str],
+        node: Option<&str>,
+    ) {
+        let audiences = if audiences.is_empty() {
+            vec![API_SERVER_AUDIENCE.to_string()]
+        } else {
+            audiences.iter().map(|a| a.to_string()).collect()
+        };
+        let extra = match node {
+            Some(node) => json!({"authentication.kubernetes.io/node-name": [node]}),
+            None => json!({}),
+        };
+        self.store.lock().expect("lock").tokens.insert(
+            token.to_string(),
+            ReviewedToken {
+                username: format!("system:serviceaccount:{namespace}:{name}"),
+                audiences,
+                extra,
+            },
+        );
+    }
+
+    /// From now on TokenReview does not check audiences (and says none).
+    pub fn ignore_audiences(&self) {
+        self.store.lock().expect("lock").ignore_audiences = true;
     }
 
     /// A kube client for this server.
@@ -411,6 +461,14 @@ impl Ctx {
             .expect("lock")
             .requests
             .push((agent.clone(), format!("{} {}", req.method(), req.uri())));
+        if req.method() == Method::POST
+            && path.trim_end_matches('/') == "/apis/authentication.k8s.io/v1/tokenreviews"
+        {
+            return match json_body(req).await {
+                Ok(review) => self.review(review),
+                Err(refused) => refused,
+            };
+        }
         let Some(target) = parse_path(&path) else {
             return full(
                 StatusCode::NOT_FOUND,
@@ -481,6 +539,46 @@ impl Ctx {
                 status(405, "MethodNotAllowed", ""),
             ),
         }
+    }
+
+    /// TokenReview as the API server answers it: authenticated when the
+    /// token is known and carries one of the requested audiences (the API
+    /// server's own when none is requested), which `status.audiences` lists.
+    fn review(&self, mut review: Value) -> Response<Body> {
+        let store = self.store.lock().expect("lock");
+        let token = review["spec"]["token"].as_str().unwrap_or("");
+        let wanted: Vec<String> = match review["spec"]["audiences"].as_array() {
+            Some(a) if !a.is_empty() => a
+                .iter()
+                .filter_map(|a| a.as_str().map(str::to_string))
+                .collect(),
+            _ => vec![API_SERVER_AUDIENCE.to_string()],
+        };
+        let status = match store.tokens.get(token) {
+            Some(known) if store.ignore_audiences => json!({
+                "authenticated": true,
+                "user": {"username": known.username, "extra": known.extra},
+            }),
+            Some(known) => {
+                let matched: Vec<&String> = wanted
+                    .iter()
+                    .filter(|a| known.audiences.contains(a))
+                    .collect();
+                if matched.is_empty() {
+                    json!({"authenticated": false,
+                           "error": "token audiences are invalid for the target audiences"})
+                } else {
+                    json!({
+                        "authenticated": true,
+                        "audiences": matched,
+                        "user": {"username": known.username, "extra": known.extra},
+                    })
+                }
+            }
+            None => json!({"authenticated": false, "error": "invalid bearer token"}),
+        };
+        review["status"] = status;
+        full(StatusCode::CREATED, review)
     }
 
     fn list(&self, collection: &str, query: &HashMap<String, String>) -> Response<Body> {

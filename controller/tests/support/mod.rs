@@ -21,7 +21,7 @@ use weft_controller::model::ModelConfig;
 use weft_controller::pipeline::{self, Debounce};
 use weft_controller::registry::{AnyObject, ClusterState, Kind};
 use weft_controller::server::subscribers::Subscribers;
-use weft_controller::server::{self, ConfigServer, ServerTls};
+use weft_controller::server::{self, ConfigServer, ConnectionLimits, ServerTls};
 use weft_hbone::CertificateAuthority;
 
 /// What the fake API server serves for a controller: every kind the
@@ -107,15 +107,47 @@ impl Drop for Harness {
     }
 }
 
+/// The server's limits, defaults unless a test says otherwise.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub concurrent_snapshots: usize,
+    pub streams_per_caller: usize,
+    pub snapshots_per_caller: usize,
+    pub connections: ConnectionLimits,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            concurrent_snapshots: server::DEFAULT_CONCURRENT_SNAPSHOTS,
+            streams_per_caller: server::DEFAULT_STREAMS_PER_CALLER,
+            snapshots_per_caller: server::DEFAULT_SNAPSHOTS_PER_CALLER,
+            connections: ConnectionLimits::default(),
+        }
+    }
+}
+
 impl Harness {
     pub async fn start(initial: ClusterState, auth: Arc<dyn Authenticator>) -> Harness {
-        Harness::start_with(initial, auth, server::DEFAULT_CONCURRENT_SNAPSHOTS).await
+        Harness::start_limited(initial, auth, Limits::default()).await
     }
 
     pub async fn start_with(
         initial: ClusterState,
         auth: Arc<dyn Authenticator>,
         concurrent_snapshots: usize,
+    ) -> Harness {
+        let limits = Limits {
+            concurrent_snapshots,
+            ..Limits::default()
+        };
+        Harness::start_limited(initial, auth, limits).await
+    }
+
+    pub async fn start_limited(
+        initial: ClusterState,
+        auth: Arc<dyn Authenticator>,
+        limits: Limits,
     ) -> Harness {
         let ca = Arc::new(
             CertificateAuthority::generate("cluster.local", Duration::from_secs(3600))
@@ -131,8 +163,10 @@ impl Harness {
             max_delay: Duration::from_millis(20),
         };
         let (models, _task) = pipeline::spawn(states_rx.clone(), config, debounce);
-        let config_server =
-            ConfigServer::new(models, auth.clone()).with_concurrent_snapshots(concurrent_snapshots);
+        let config_server = ConfigServer::new(models, auth.clone())
+            .with_concurrent_snapshots(limits.concurrent_snapshots)
+            .with_caller_limits(limits.streams_per_caller, limits.snapshots_per_caller)
+            .with_cluster_state(states_rx.clone());
         let subscribers = config_server.subscribers();
         let ca_service = CaService::new(ca.clone(), auth, states_rx, Duration::from_secs(3600));
         let (chain_pem, key_pem) = ca
@@ -145,11 +179,12 @@ impl Harness {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (tx, rx) = tokio::sync::oneshot::channel();
-        tokio::spawn(server::serve(
+        tokio::spawn(server::serve_with(
             listener,
             config_server,
             Some(ca_service),
             Some(ServerTls { chain_pem, key_pem }),
+            limits.connections,
             async {
                 let _ = rx.await;
             },
@@ -188,21 +223,47 @@ pub struct Subscriber {
     pub responses: tonic::Streaming<ConfigResponse>,
 }
 
+/// A waypoint's `ProxyInfo`, subscribing as Gateway `namespace/name`.
+pub fn waypoint_proxy(namespace: &str, name: &str) -> ProxyInfo {
+    ProxyInfo {
+        id: format!("waypoint~{namespace}~{name}~test"),
+        kind: ProxyKind::Waypoint as i32,
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+        ..ProxyInfo::default()
+    }
+}
+
 impl Subscriber {
+    /// The `ProxyInfo` of the ztunnel of `node`.
+    pub fn ztunnel_proxy(node: &str) -> ProxyInfo {
+        ProxyInfo {
+            id: format!("ztunnel~{node}~test"),
+            kind: ProxyKind::Ztunnel as i32,
+            node: node.to_string(),
+            ..ProxyInfo::default()
+        }
+    }
+
+    /// Subscribes as the ztunnel of `node`.
     pub async fn connect(
         channel: Channel,
         token: Option<&str>,
         node: &str,
     ) -> Result<Subscriber, tonic::Status> {
+        Subscriber::connect_as(channel, token, Subscriber::ztunnel_proxy(node)).await
+    }
+
+    /// Subscribes as `proxy`.
+    pub async fn connect_as(
+        channel: Channel,
+        token: Option<&str>,
+        proxy: ProxyInfo,
+    ) -> Result<Subscriber, tonic::Status> {
         let (tx, rx) = mpsc::channel(8);
         tx.send(ConfigRequest {
             kind: Some(config_request::Kind::Subscribe(Subscribe {
-                proxy: Some(ProxyInfo {
-                    id: format!("ztunnel~{node}~test"),
-                    kind: ProxyKind::Ztunnel as i32,
-                    node: node.to_string(),
-                    ..ProxyInfo::default()
-                }),
+                proxy: Some(proxy),
                 types: vec![],
             })),
         })

@@ -15,8 +15,8 @@ use tracing::debug;
 use weft_api::admin::{Direction, Peer, Transport};
 use weft_api::authz::{ConnectionAttrs, evaluate_l4};
 use weft_hbone::{InboundTunnel, TunnelHandler, copy_bidirectional};
+use weft_mesh::{Denial, Path, admit_hbone, check_destination, client_address};
 
-use super::admission::{Path, check_destination, client_address};
 use super::{Pod, Proxy};
 use crate::connections::ConnectionMeta;
 use crate::socket::ConnectOptions;
@@ -37,7 +37,7 @@ async fn handle(proxy: &Proxy, pod: &Pod, tunnel: InboundTunnel) {
     let peer_identity = tunnel.peer_identity.clone();
     let client_ip = client_address(
         tunnel.peer_addr.ip(),
-        &peer_identity,
+        &peer_identity.to_string(),
         proxy.store.workload_by_ip(tunnel.peer_addr.ip()).as_deref(),
         tunnel.client_ip(),
     );
@@ -65,29 +65,27 @@ async fn handle(proxy: &Proxy, pod: &Pod, tunnel: InboundTunnel) {
             .map(|w| format!("{}/{}", w.namespace, w.name)),
     };
 
-    if let Err(refused) = check_destination(Path::Hbone, dst, &pod.addresses) {
-        proxy.connections.deny(meta, &refused.to_string());
-        tunnel.refuse(StatusCode::BAD_REQUEST);
-        return;
-    }
-    // Without its config, the pod's mTLS mode, waypoint and policies are
-    // unknown: refuse rather than serve it as an open pod.
-    if known.is_none() {
-        proxy.connections.deny(meta, &no_config(pod));
-        tunnel.refuse(StatusCode::SERVICE_UNAVAILABLE);
-        return;
-    }
-    if let Some(waypoint) = &workload.waypoint
-        && waypoint.identity != peer_identity.to_string()
-    {
-        let reason = format!(
-            "{} is bound to waypoint {}/{}; {peer_identity} may not bypass it",
-            pod.workload_name(),
-            waypoint.namespace,
-            waypoint.name
-        );
-        proxy.connections.deny(meta, &reason);
-        tunnel.refuse(StatusCode::FORBIDDEN);
+    // Before policy: a destination that is this pod's and not ztunnel's own
+    // listener, a pod whose config is known (without it, its mTLS mode,
+    // waypoint and policies are unknown: refuse rather than serve it as an
+    // open pod), and no way around its waypoint.
+    let admitted = check_destination(Path::Hbone, dst, &pod.addresses)
+        .map_err(|denial| (denial, StatusCode::BAD_REQUEST))
+        .and_then(|()| match &known {
+            None => Err((
+                Denial::NoConfig {
+                    workload: pod.workload_name(),
+                },
+                StatusCode::SERVICE_UNAVAILABLE,
+            )),
+            Some(w) => admit_hbone(w, &peer_identity.to_string())
+                .map_err(|denial| (denial, StatusCode::FORBIDDEN)),
+        });
+    if let Err((denial, status)) = admitted {
+        proxy
+            .connections
+            .deny(meta, denial.label(), &denial.to_string());
+        tunnel.refuse(status);
         return;
     }
     let attrs = ConnectionAttrs {
@@ -103,7 +101,9 @@ async fn handle(proxy: &Proxy, pod: &Pod, tunnel: InboundTunnel) {
         tracing::info!(target: "access", audit = %audit, src = %peer_identity, dst = %dst, "audit");
     }
     if !decision.allowed {
-        proxy.connections.deny(meta, &decision.reason.to_string());
+        proxy
+            .connections
+            .deny(meta, "policy", &decision.reason.to_string());
         tunnel.refuse(StatusCode::UNAUTHORIZED);
         return;
     }
@@ -115,9 +115,11 @@ async fn handle(proxy: &Proxy, pod: &Pod, tunnel: InboundTunnel) {
         Ok(app) => app,
         Err(e) => {
             debug!(%dst, error = %e, "application refused the connection");
-            proxy
-                .connections
-                .deny(meta, &format!("application at {dst}: {e}"));
+            proxy.connections.deny(
+                meta,
+                "application_unavailable",
+                &format!("application at {dst}: {e}"),
+            );
             tunnel.refuse(StatusCode::SERVICE_UNAVAILABLE);
             return;
         }
@@ -134,14 +136,6 @@ async fn handle(proxy: &Proxy, pod: &Pod, tunnel: InboundTunnel) {
         debug!(error = %e, "inbound tunnel ended with an error");
         crate::socket::reset_on_close(&app);
     }
-}
-
-/// The refusal of inbound traffic to a pod whose config has not arrived.
-pub(super) fn no_config(pod: &Pod) -> String {
-    format!(
-        "no config for {} yet: its mTLS mode, waypoint and policies are unknown",
-        pod.workload_name()
-    )
 }
 
 /// The source address to connect to the application from: the original

@@ -5,9 +5,11 @@
 //! - [`inbound`]: 15008, HBONE tunnels for the pod → policy → the application;
 //! - [`plaintext`]: 15006, captured inbound plaintext → mTLS mode, policy → the application;
 //! - [`route`] and [`lb`]: where an outbound connection goes;
-//! - [`admission`]: destinations no path connects to (ztunnel's own listeners, loopback).
+//!
+//! What each path admits before policy (ztunnel's own listeners, loopback,
+//! STRICT, waypoint bindings, a pod without config) is decided in
+//! `weft_mesh::admission`, shared with the waypoint and `weftctl explain`.
 
-pub mod admission;
 pub mod inbound;
 pub mod lb;
 pub mod outbound;
@@ -33,8 +35,8 @@ use crate::socket::{self, ConnectOptions, Netns};
 use crate::state::WorkloadStore;
 
 /// Ports inside each pod (docs/design.md §3).
-pub const OUTBOUND_PORT: u16 = 15001;
-pub const PLAINTEXT_PORT: u16 = 15006;
+pub const OUTBOUND_PORT: u16 = weft_mesh::admission::OUTBOUND_PORT;
+pub const PLAINTEXT_PORT: u16 = weft_mesh::admission::PLAINTEXT_PORT;
 pub const HBONE_PORT: u16 = route::HBONE_PORT;
 
 /// An enrolled pod on this node, as the node agent handed it over.

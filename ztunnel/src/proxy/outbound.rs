@@ -13,8 +13,8 @@ use tokio::net::TcpStream;
 use tracing::debug;
 use weft_api::admin::{Direction, Peer, Transport};
 use weft_hbone::{TunnelTarget, copy_bidirectional};
+use weft_mesh::{Path, check_destination};
 
-use super::admission::{Path, check_destination};
 use super::route::{Route, Tunnel, route};
 use super::{Captured, Pod, PodDialer, Proxy};
 use crate::connections::ConnectionMeta;
@@ -34,7 +34,14 @@ pub async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, captured: Captured) {
         identity: Some(pod.identity.to_string()),
     };
     if let Err(refused) = check_destination(Path::Outbound, dst, &pod.addresses) {
-        return refuse(&proxy, source, dst, &refused.to_string(), &client);
+        return refuse(
+            &proxy,
+            source,
+            dst,
+            refused.label(),
+            &refused.to_string(),
+            &client,
+        );
     }
     match route(
         &proxy.store,
@@ -47,7 +54,14 @@ pub async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, captured: Captured) {
             // A Service may resolve to an endpoint the original destination
             // was not: check what is really connected to.
             if let Err(refused) = check_destination(Path::Outbound, dst, &pod.addresses) {
-                return refuse(&proxy, source, dst, &refused.to_string(), &client);
+                return refuse(
+                    &proxy,
+                    source,
+                    dst,
+                    refused.label(),
+                    &refused.to_string(),
+                    &client,
+                );
             }
             let meta = ConnectionMeta {
                 direction: Direction::Outbound,
@@ -80,12 +94,19 @@ pub async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, captured: Captured) {
         Route::Direct(tunnel) | Route::Waypoint(tunnel) => {
             tunnel_out(&proxy, &pod, client, client_addr, source, tunnel).await;
         }
-        Route::Unreachable { reason } => refuse(&proxy, source, dst, &reason, &client),
+        Route::Unreachable { reason } => refuse(&proxy, source, dst, "no_route", &reason, &client),
     }
 }
 
 /// Records a refused outbound connection and resets the client.
-fn refuse(proxy: &Proxy, source: Peer, dst: SocketAddr, reason: &str, client: &TcpStream) {
+fn refuse(
+    proxy: &Proxy,
+    source: Peer,
+    dst: SocketAddr,
+    label: &'static str,
+    reason: &str,
+    client: &TcpStream,
+) {
     let meta = ConnectionMeta {
         direction: Direction::Outbound,
         transport: Transport::Tcp,
@@ -93,7 +114,7 @@ fn refuse(proxy: &Proxy, source: Peer, dst: SocketAddr, reason: &str, client: &T
         destination: destination_peer(proxy, dst, None),
         waypoint: None,
     };
-    proxy.connections.deny(meta, reason);
+    proxy.connections.deny(meta, label, reason);
     socket::reset_on_close(client);
 }
 
@@ -128,7 +149,9 @@ async fn tunnel_out(
     let cert = match proxy.certs.get(&pod.identity).await {
         Ok(cert) => cert,
         Err(e) => {
-            proxy.connections.deny(meta, &e.to_string());
+            proxy
+                .connections
+                .deny(meta, "no_certificate", &e.to_string());
             socket::reset_on_close(&client);
             return;
         }
@@ -150,7 +173,12 @@ async fn tunnel_out(
             {
                 load.failed();
             }
-            proxy.connections.deny(meta, &e.to_string());
+            let label = if e.is_refusal() {
+                "refused_by_peer"
+            } else {
+                "tunnel_failed"
+            };
+            proxy.connections.deny(meta, label, &e.to_string());
             socket::reset_on_close(&client);
             return;
         }

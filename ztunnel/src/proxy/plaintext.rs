@@ -13,11 +13,10 @@ use tokio::net::TcpStream;
 use tracing::debug;
 use weft_api::admin::{Direction, Peer, Transport};
 use weft_api::authz::{ConnectionAttrs, evaluate_l4};
-use weft_api::config::MtlsMode;
 use weft_hbone::ByteCounters;
+use weft_mesh::{Denial, Path, admit_plaintext, check_destination};
 
-use super::admission::{Path, check_destination};
-use super::inbound::{no_config, transparent_source};
+use super::inbound::transparent_source;
 use super::{Captured, Pod, Proxy};
 use crate::connections::ConnectionMeta;
 use crate::socket::{self, ConnectOptions};
@@ -48,20 +47,20 @@ pub async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, captured: Captured) {
         },
         waypoint: None,
     };
-    if let Err(refused) = check_destination(Path::Plaintext, dst, &pod.addresses) {
-        proxy.connections.deny(meta, &refused.to_string());
-        socket::reset_on_close(&client);
-        return;
-    }
-    if known.is_none() {
-        proxy.connections.deny(meta, &no_config(&pod));
-        socket::reset_on_close(&client);
-        return;
-    }
-    if workload.mtls_mode == MtlsMode::Strict as i32 {
+    // Before policy: this pod's address and not ztunnel's own listener, a
+    // pod whose config is known, not STRICT, and not bound to a waypoint
+    // (plaintext cannot be sent through it: docs/design.md §7).
+    let admitted =
+        check_destination(Path::Plaintext, dst, &pod.addresses).and_then(|()| match &known {
+            None => Err(Denial::NoConfig {
+                workload: pod.workload_name(),
+            }),
+            Some(w) => admit_plaintext(w),
+        });
+    if let Err(denial) = admitted {
         proxy
             .connections
-            .deny(meta, "plaintext refused: mTLS mode is STRICT");
+            .deny(meta, denial.label(), &denial.to_string());
         socket::reset_on_close(&client);
         return;
     }
@@ -75,7 +74,9 @@ pub async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, captured: Captured) {
     let policies = proxy.store.policies_for(&workload);
     let decision = evaluate_l4(policies.iter().map(|p| p.as_ref()), &attrs);
     if !decision.allowed {
-        proxy.connections.deny(meta, &decision.reason.to_string());
+        proxy
+            .connections
+            .deny(meta, "policy", &decision.reason.to_string());
         socket::reset_on_close(&client);
         return;
     }

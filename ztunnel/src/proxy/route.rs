@@ -11,7 +11,7 @@ use super::lb::{Candidate, EndpointLoad, LoadBalancer};
 use crate::state::{WorkloadStore, workload_identity};
 
 /// The HBONE port of workloads and waypoints.
-pub const HBONE_PORT: u16 = 15008;
+pub const HBONE_PORT: u16 = weft_mesh::admission::HBONE_PORT;
 
 /// An outbound routing decision.
 #[derive(Debug)]

@@ -25,8 +25,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use serde::Serialize;
 use weft_api::authz::{self, ConnectionAttrs, Decision, Reason, RequestAttrs, RuleRef};
 use weft_api::config::{
-    Action, Authorization, HealthStatus, MtlsMode, PolicyScope, TunnelProtocol, WaypointRef,
-    Workload,
+    Action, Authorization, HealthStatus, PolicyScope, TunnelProtocol, WaypointRef, Workload,
 };
 use weft_controller::model::Model;
 
@@ -487,21 +486,11 @@ impl<'a> Analysis<'a> {
         via: Option<&WaypointRef>,
     ) -> Hop {
         let enforcer = format!("ztunnel on {}", w.node);
-        // Only the waypoint may reach a workload bound to one: anything else
-        // would bypass its L7 policy.
-        if let Some(bound) = &w.waypoint
-            && via.is_none_or(|v| v.identity != bound.identity)
-            && identity != bound.identity
-        {
-            return refused(
-                enforcer,
-                "L4",
-                identity,
-                format!(
-                    "denied: {}/{} is bound to waypoint {}/{}; only the waypoint may connect to it",
-                    w.namespace, w.name, bound.namespace, bound.name
-                ),
-            );
+        // The rule ztunnel's inbound runs. Through a waypoint, ztunnel sees
+        // that waypoint's identity (even when no instance of it runs yet).
+        let peer = via.map_or(identity.as_str(), |v| v.identity.as_str());
+        if let Err(denial) = weft_mesh::admit_hbone(w, peer) {
+            return refused(enforcer, "L4", identity, format!("denied: {denial}"));
         }
         let policies = self.ztunnel_policies(w);
         self.note_policies(&enforcer, &policies);
@@ -534,27 +523,9 @@ impl<'a> Analysis<'a> {
                 .map(|a| a.to_string())
                 .unwrap_or_else(|| "an unknown address".into())
         );
-        if w.mtls_mode == MtlsMode::Strict as i32 {
-            return refused(
-                enforcer,
-                "L4",
-                sees,
-                format!(
-                    "denied: {}/{} accepts only mTLS (PeerAuthentication STRICT) and the client is not in the mesh",
-                    w.namespace, w.name
-                ),
-            );
-        }
-        if let Some(bound) = &w.waypoint {
-            return refused(
-                enforcer,
-                "L4",
-                sees,
-                format!(
-                    "denied: {}/{} is bound to waypoint {}/{}; only the waypoint may connect to it",
-                    w.namespace, w.name, bound.namespace, bound.name
-                ),
-            );
+        // The rule ztunnel's plaintext inbound runs.
+        if let Err(denial) = weft_mesh::admit_plaintext(w) {
+            return refused(enforcer, "L4", sees, format!("denied: {denial}"));
         }
         let policies = self.ztunnel_policies(w);
         self.note_policies(&enforcer, &policies);

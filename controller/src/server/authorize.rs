@@ -1,0 +1,233 @@
+//! Who may subscribe to the config stream, and as what.
+//!
+//! The stream carries every workload, service, policy and route of the mesh,
+//! so being authenticated is not enough: in Kubernetes mode every pod's
+//! ServiceAccount token authenticates. A node's ztunnel may subscribe as the
+//! ztunnel of its node, a waypoint's ServiceAccount as that waypoint, and no
+//! one else at all. Whether a ServiceAccount is a waypoint's is the same rule
+//! the CA applies ([`waypoints_run_by`]).
+
+use tonic::Status;
+use weft_api::config::{ProxyInfo, ProxyKind};
+
+use crate::auth::Caller;
+use crate::model::waypoints::waypoints_run_by;
+use crate::registry::ClusterState;
+
+/// How a kind reads in a refusal.
+fn kind_name(kind: i32) -> &'static str {
+    match ProxyKind::try_from(kind) {
+        Ok(ProxyKind::Ztunnel) => "a ztunnel",
+        Ok(ProxyKind::Waypoint) => "a waypoint",
+        Ok(ProxyKind::Cli) => "a CLI",
+        _ => "an unspecified kind",
+    }
+}
+
+/// Decides whether `caller` may subscribe as `proxy`; the status says why
+/// not. `state` is the cluster as the registry last saw it.
+pub(crate) fn subscriber(
+    caller: &Caller,
+    proxy: &ProxyInfo,
+    state: &ClusterState,
+) -> Result<(), Status> {
+    match caller {
+        Caller::Anonymous => Ok(()),
+        Caller::Ztunnel { node: bound } => {
+            let who = match bound {
+                Some(node) => format!("the ztunnel of node {node:?}"),
+                None => "a ztunnel".to_string(),
+            };
+            if proxy.kind != ProxyKind::Ztunnel as i32 {
+                return Err(Status::permission_denied(format!(
+                    "caller is {who} and may subscribe only as a ztunnel, not as {}",
+                    kind_name(proxy.kind)
+                )));
+            }
+            if proxy.node.is_empty() {
+                return Err(Status::permission_denied(
+                    "a ztunnel must name its node when it subscribes",
+                ));
+            }
+            if let Some(bound) = bound
+                && *bound != proxy.node
+            {
+                return Err(Status::permission_denied(format!(
+                    "caller is the ztunnel of node {bound:?}, not {:?}",
+                    proxy.node
+                )));
+            }
+            Ok(())
+        }
+        Caller::ServiceAccount { namespace, name } => {
+            if !state.synced {
+                // Not knowing the Gateways yet is not a refusal: the
+                // waypoint retries.
+                return Err(Status::unavailable(
+                    "the controller has not read the cluster yet",
+                ));
+            }
+            let gateways: Vec<String> = waypoints_run_by(state, namespace, name)
+                .map(|key| format!("{}/{}", key.namespace, key.name))
+                .collect();
+            if gateways.is_empty() {
+                return Err(Status::permission_denied(format!(
+                    "service account {namespace}/{name} is neither the ztunnel's nor a \
+                     waypoint's (no Gateway of class weft-waypoint in namespace {namespace} \
+                     runs as it), so it may not read the mesh config"
+                )));
+            }
+            if proxy.kind != ProxyKind::Waypoint as i32 {
+                return Err(Status::permission_denied(format!(
+                    "service account {namespace}/{name} is a waypoint's and may subscribe only \
+                     as a waypoint, not as {}",
+                    kind_name(proxy.kind)
+                )));
+            }
+            let asked = format!("{}/{}", proxy.namespace, proxy.name);
+            if !gateways.contains(&asked) {
+                return Err(Status::permission_denied(format!(
+                    "service account {namespace}/{name} may subscribe only as waypoint {}, \
+                     not as {asked}",
+                    gateways.join(" or ")
+                )));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The identity per-caller limits count against: a node's ztunnel, a
+/// ServiceAccount. `None` when authentication is off: then there is no one
+/// to tell apart.
+pub(crate) fn limit_key(caller: &Caller, proxy: &ProxyInfo) -> Option<String> {
+    match caller {
+        Caller::Anonymous => None,
+        // An unbound ztunnel token is shared by every node's ztunnel; the
+        // node it was authorized for tells them apart.
+        Caller::Ztunnel { node } => Some(format!(
+            "the ztunnel of node {:?}",
+            node.as_deref().unwrap_or(&proxy.node)
+        )),
+        Caller::ServiceAccount { namespace, name } => {
+            Some(format!("service account {namespace}/{name}"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::{AnyObject, Kind};
+
+    fn gateway(ns: &str, name: &str, class: &str) -> AnyObject {
+        let value = serde_json::json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"gatewayClassName": class, "listeners": []}
+        });
+        let kind = Kind::from_type_meta("gateway.networking.k8s.io/v1", "Gateway").expect("kind");
+        AnyObject::from_value(kind, value).expect("gateway")
+    }
+
+    fn cluster() -> ClusterState {
+        let mut state = ClusterState {
+            synced: true,
+            ..ClusterState::default()
+        };
+        gateway("shop", "shop-waypoint", "weft-waypoint").insert_into(&mut state);
+        gateway("shop", "ingress", "some-other-class").insert_into(&mut state);
+        state
+    }
+
+    fn waypoint(ns: &str, name: &str) -> ProxyInfo {
+        ProxyInfo {
+            kind: ProxyKind::Waypoint as i32,
+            namespace: ns.into(),
+            name: name.into(),
+            ..ProxyInfo::default()
+        }
+    }
+
+    fn sa(ns: &str, name: &str) -> Caller {
+        Caller::ServiceAccount {
+            namespace: ns.into(),
+            name: name.into(),
+        }
+    }
+
+    fn ztunnel(node: &str) -> ProxyInfo {
+        ProxyInfo {
+            kind: ProxyKind::Ztunnel as i32,
+            node: node.into(),
+            ..ProxyInfo::default()
+        }
+    }
+
+    #[test]
+    fn a_waypoint_service_account_subscribes_only_as_its_own_gateway() {
+        let state = cluster();
+        let caller = sa("shop", "shop-waypoint");
+        assert!(subscriber(&caller, &waypoint("shop", "shop-waypoint"), &state).is_ok());
+        let other = subscriber(&caller, &waypoint("bank", "shop-waypoint"), &state)
+            .expect_err("another namespace");
+        assert_eq!(other.code(), tonic::Code::PermissionDenied);
+        assert!(
+            other
+                .message()
+                .contains("only as waypoint shop/shop-waypoint")
+        );
+        let as_ztunnel = subscriber(&caller, &ztunnel("node-a"), &state).expect_err("ztunnel");
+        assert!(
+            as_ztunnel
+                .message()
+                .contains("only as a waypoint, not as a ztunnel")
+        );
+    }
+
+    #[test]
+    fn other_service_accounts_are_refused_and_told_why() {
+        let state = cluster();
+        // A Gateway of another class does not make its name a waypoint.
+        for caller in [
+            sa("shop", "web"),
+            sa("shop", "ingress"),
+            sa("bank", "shop-waypoint"),
+        ] {
+            let refused = subscriber(&caller, &waypoint("shop", "shop-waypoint"), &state)
+                .expect_err("not a waypoint");
+            assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+            assert!(
+                refused
+                    .message()
+                    .contains("neither the ztunnel's nor a waypoint's"),
+                "{}",
+                refused.message()
+            );
+        }
+        // Before the registry has synced nobody is refused for good.
+        let unsynced = ClusterState::default();
+        let later =
+            subscriber(&sa("shop", "web"), &ztunnel("node-a"), &unsynced).expect_err("unsynced");
+        assert_eq!(later.code(), tonic::Code::Unavailable);
+    }
+
+    #[test]
+    fn a_ztunnel_subscribes_only_as_the_ztunnel_of_its_node() {
+        let state = cluster();
+        let bound = Caller::Ztunnel {
+            node: Some("node-a".into()),
+        };
+        assert!(subscriber(&bound, &ztunnel("node-a"), &state).is_ok());
+        assert!(subscriber(&bound, &ztunnel("node-b"), &state).is_err());
+        assert!(subscriber(&bound, &waypoint("shop", "shop-waypoint"), &state).is_err());
+        let unbound = Caller::Ztunnel { node: None };
+        assert!(subscriber(&unbound, &ztunnel("node-b"), &state).is_ok());
+        assert!(subscriber(&unbound, &ztunnel(""), &state).is_err());
+        assert_eq!(
+            limit_key(&unbound, &ztunnel("node-b")).as_deref(),
+            Some("the ztunnel of node \"node-b\"")
+        );
+        assert_eq!(limit_key(&Caller::Anonymous, &ztunnel("node-b")), None);
+    }
+}
