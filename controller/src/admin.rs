@@ -11,7 +11,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 use tokio::net::TcpListener;
@@ -138,11 +138,33 @@ pub async fn serve_metrics(listener: TcpListener, handle: PrometheusHandle) {
     .await
 }
 
+/// Open connections per server: its clients are a scraper, a probe and an
+/// operator's curl. One more is closed at once.
+pub const MAX_CONNECTIONS: usize = 128;
+/// A request's headers must arrive within this; an idle kept-alive
+/// connection is closed after it.
+pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 async fn serve<F, Fut>(listener: TcpListener, handler: F)
 where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
+    serve_within(listener, handler, MAX_CONNECTIONS, HEADER_READ_TIMEOUT).await
+}
+
+/// Serves within bounds, so half-sent requests and idle connections cannot
+/// pile up (security finding 2).
+pub(crate) async fn serve_within<F, Fut>(
+    listener: TcpListener,
+    handler: F,
+    max_connections: usize,
+    header_read_timeout: std::time::Duration,
+) where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -153,13 +175,30 @@ where
                 continue;
             }
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            metrics::counter!("weft_admin_connections_refused_total").increment(1);
+            drop(stream);
+            continue;
+        };
         let handler = handler.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let service = service_fn(move |req| {
                 let handler = handler.clone();
                 async move { Ok::<_, Infallible>(handler(req).await) }
             });
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            // hyper enforces the header timeout only with a timer.
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_read_timeout);
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .max_concurrent_streams(16)
+                .keep_alive_interval(Some(header_read_timeout))
+                .keep_alive_timeout(header_read_timeout);
             if let Err(e) = builder
                 .serve_connection(TokioIo::new(stream), service)
                 .await
@@ -167,5 +206,65 @@ where
                 tracing::debug!("admin connection: {e}");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    use super::*;
+
+    async fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
+        let mut buf = [0u8; 256];
+        loop {
+            match tokio::time::timeout(limit, s.read(&mut buf)).await {
+                Err(_) => return false,
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(_)) => continue,
+            }
+        }
+    }
+
+    /// Security finding 2: the controller's debug and metrics servers kept
+    /// half-sent requests open without bound.
+    #[tokio::test]
+    async fn slow_and_surplus_connections_are_closed() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let handler = |_req| async { respond(StatusCode::OK, "text/plain", "ok".into()) };
+        tokio::spawn(serve_within(
+            listener,
+            handler,
+            3,
+            Duration::from_millis(300),
+        ));
+        let mut slow = Vec::new();
+        for _ in 0..3 {
+            let mut s = TcpStream::connect(addr).await.expect("connect");
+            s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+                .await
+                .expect("half");
+            slow.push(s);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut surplus = TcpStream::connect(addr).await.expect("connect");
+        assert!(closed_within(&mut surplus, Duration::from_secs(2)).await);
+        for s in &mut slow {
+            assert!(
+                closed_within(s, Duration::from_secs(3)).await,
+                "half-sent request stayed open"
+            );
+        }
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        s.write_all(b"GET / HTTP/1.0\r\n\r\n")
+            .await
+            .expect("request");
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).await.expect("reply");
+        assert!(reply.starts_with("HTTP/1.0 200"), "{reply}");
     }
 }

@@ -44,7 +44,7 @@ pub enum RunError {
     },
     /// The serving certificate could not be issued.
     #[error("serving certificate: {0}")]
-    Serving(#[from] weft_hbone::ca::CaError),
+    Serving(#[from] weft_identity::ca::CaError),
     /// The gRPC server failed.
     #[error("grpc server: {0}")]
     Grpc(#[from] server::ServeError),

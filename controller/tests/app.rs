@@ -12,8 +12,8 @@ use weft_api::ca::CreateCertificateRequest;
 use weft_api::ca::certificate_authority_client::CertificateAuthorityClient;
 use weft_api::config::resource;
 use weft_controller::options::Options;
-use weft_hbone::SpiffeId;
-use weft_hbone::ca::generate_csr;
+use weft_identity::SpiffeId;
+use weft_identity::ca::generate_csr;
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -9,8 +9,8 @@ use support::{Harness, pod, state};
 use weft_api::ca::CreateCertificateRequest;
 use weft_api::ca::certificate_authority_client::CertificateAuthorityClient;
 use weft_controller::auth::{BootstrapTokens, Caller};
-use weft_hbone::ca::generate_csr;
-use weft_hbone::{SpiffeId, WorkloadCertificate};
+use weft_identity::ca::generate_csr;
+use weft_identity::{SpiffeId, WorkloadCertificate};
 
 fn waypoint_gateway(ns: &str, name: &str) -> serde_json::Value {
     json!({

@@ -15,8 +15,8 @@ use weft_api::ca::CreateCertificateRequest;
 use weft_api::ca::certificate_authority_client::CertificateAuthorityClient;
 use weft_controller::auth::AllowAll;
 use weft_controller::server::ConnectionLimits;
-use weft_hbone::SpiffeId;
-use weft_hbone::ca::generate_csr;
+use weft_identity::SpiffeId;
+use weft_identity::ca::generate_csr;
 
 /// A TCP connection to `addr` from `source` (another loopback address, so
 /// that the attacker is a different source than the real client on

@@ -6,7 +6,6 @@
 //! flight and close; the HBONE listener closes and clients get GOAWAY; open
 //! tunnels (TCP copies, long requests) get up to `--drain-seconds`.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +17,7 @@ use tracing::{info, warn};
 use weft_api::config::{ProxyInfo, ProxyKind, ResourceType, Subscribe};
 use weft_hbone::{HboneServer, PoolSettings, ServerSettings, SpiffeId, TrustBundle, TunnelPool};
 use weft_ztunnel::admin::LogControl;
+use weft_ztunnel::admin::socket::{AdminSocket, wait_for_signal};
 use weft_ztunnel::bootstrap::{follow_config_file, local_ca, read};
 use weft_ztunnel::controller::{ConfigClient, TokenSource};
 use weft_ztunnel::identity::{CaClient, CertManager, GrpcCa};
@@ -272,10 +272,15 @@ pub async fn run(options: Options, log: LogControl) -> anyhow::Result<()> {
     let tcp = listen_shared(options.admin_addr)
         .with_context(|| format!("admin address {}", options.admin_addr))?;
     tokio::spawn(admin::serve(admin.clone(), tcp, shutdown.clone()));
-    if let Some(path) = &options.admin_socket {
-        let unix = bind_unix(path)?;
-        tokio::spawn(admin::serve(admin.clone(), unix, shutdown.clone()));
-    }
+    let admin_socket = match &options.admin_socket {
+        Some(path) => {
+            let (socket, unix) = AdminSocket::bind(path)
+                .with_context(|| format!("admin socket {}", path.display()))?;
+            tokio::spawn(admin::serve(admin.clone(), unix, shutdown.clone()));
+            Some(socket)
+        }
+        None => None,
+    };
     let metrics = listen_shared(options.metrics_addr)
         .with_context(|| format!("metrics address {}", options.metrics_addr))?;
     tokio::spawn(weft_ztunnel::admin::serve_metrics(
@@ -300,7 +305,8 @@ pub async fn run(options: Options, log: LogControl) -> anyhow::Result<()> {
     };
     info!(waypoint = %name, identity = %waypoint.identity, hbone = %options.hbone_addr, "waypoint started");
 
-    wait_for_signal().await?;
+    let signal = wait_for_signal().await?;
+    info!(signal, "stop requested");
     let deadline = Duration::from_secs(options.drain_seconds);
     info!(
         deadline_s = options.drain_seconds,
@@ -321,8 +327,9 @@ pub async fn run(options: Options, log: LogControl) -> anyhow::Result<()> {
         );
     }
     shutdown.cancel();
-    if let Some(path) = &options.admin_socket {
-        let _ = std::fs::remove_file(path);
+    // Only our own socket: a replacement may have bound the path since.
+    if let Some(socket) = admin_socket {
+        socket.release();
     }
     info!("waypoint stopped");
     Ok(())
@@ -352,24 +359,4 @@ fn subscription(options: &Options) -> Subscribe {
             ResourceType::Route as i32,
         ],
     }
-}
-
-fn bind_unix(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    // A socket left by a previous run is taken over.
-    let _ = std::fs::remove_file(path);
-    tokio::net::UnixListener::bind(path).with_context(|| format!("admin socket {}", path.display()))
-}
-
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM"),
-        _ = int.recv() => info!("SIGINT"),
-    }
-    Ok(())
 }

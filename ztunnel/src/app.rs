@@ -3,16 +3,15 @@
 //! one takes new connections), let open connections finish up to the
 //! deadline, then exit.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use tokio::net::UnixListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use weft_hbone::{PoolSettings, ServerSettings, TrustBundle, TunnelPool};
 
+use crate::admin::socket::{AdminSocket, wait_for_signal};
 use crate::admin::{self, Admin, LogControl, Readiness};
 use crate::bootstrap::{follow_config_file, local_ca, read};
 use crate::connections::ConnectionRegistry;
@@ -115,7 +114,8 @@ pub async fn run(options: Options, log: LogControl) -> anyhow::Result<()> {
     let tcp = socket::listen_shared(options.admin_addr)
         .with_context(|| format!("admin address {}", options.admin_addr))?;
     tokio::spawn(admin::serve(admin.clone(), tcp, shutdown.clone()));
-    let (unix, unix_inode) = bind_unix(&options.admin_socket)?;
+    let (admin_socket, unix) = AdminSocket::bind(&options.admin_socket)
+        .with_context(|| format!("admin socket {}", options.admin_socket.display()))?;
     tokio::spawn(admin::serve(admin, unix, shutdown.clone()));
     let metrics = socket::listen_shared(options.metrics_addr)
         .with_context(|| format!("metrics address {}", options.metrics_addr))?;
@@ -125,7 +125,8 @@ pub async fn run(options: Options, log: LogControl) -> anyhow::Result<()> {
     tokio::spawn(admin::serve_readiness(ready, readiness, shutdown.clone()));
     info!(node = %options.node, admin = %options.admin_addr, "ztunnel started");
 
-    wait_for_signal().await?;
+    let signal = wait_for_signal().await?;
+    info!(signal, "stop requested");
     info!(
         deadline_s = options.drain_seconds,
         open = proxy.connections.len(),
@@ -144,40 +145,8 @@ pub async fn run(options: Options, log: LogControl) -> anyhow::Result<()> {
         );
     }
     shutdown.cancel();
-    // Only our own socket: a replacement ztunnel may have bound the path since.
-    if inode_of(&options.admin_socket) == Some(unix_inode) {
-        let _ = std::fs::remove_file(&options.admin_socket);
-    }
+    admin_socket.release();
     info!("ztunnel stopped");
-    Ok(())
-}
-
-fn bind_unix(path: &Path) -> anyhow::Result<(UnixListener, u64)> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    // A socket left by a previous run, or held by the ztunnel we are
-    // replacing, is taken over: the path now leads to us.
-    let _ = std::fs::remove_file(path);
-    let listener =
-        UnixListener::bind(path).with_context(|| format!("admin socket {}", path.display()))?;
-    let inode = inode_of(path).context("admin socket vanished after bind")?;
-    Ok((listener, inode))
-}
-
-fn inode_of(path: &Path) -> Option<u64> {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(path).ok().map(|m| m.ino())
-}
-
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM"),
-        _ = int.recv() => info!("SIGINT"),
-    }
     Ok(())
 }
 

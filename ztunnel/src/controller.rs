@@ -11,6 +11,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::backoff::Backoff;
 use tokio_util::sync::CancellationToken;
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
@@ -95,28 +96,28 @@ impl ConfigClient {
     /// Follows the stream with another subscription (a waypoint's: its
     /// Gateway, and routes too), into the same store.
     pub async fn run_as(self, subscription: Subscribe, shutdown: CancellationToken) {
-        let mut backoff = MIN_BACKOFF;
+        let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
         loop {
             let started = std::time::Instant::now();
             let result = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 r = self.follow(&subscription) => r,
             };
-            match result {
-                Ok(()) => info!("config stream ended; reconnecting"),
-                Err(e) => {
-                    warn!(error = %e, retry_in = ?backoff, "config stream failed; keeping the last good config")
-                }
-            }
             // A stream that lived a while resets the backoff.
             if started.elapsed() > Duration::from_secs(30) {
-                backoff = MIN_BACKOFF;
+                backoff.reset();
+            }
+            let wait = backoff.next_delay();
+            match result {
+                Ok(()) => info!(retry_in = ?wait, "config stream ended; reconnecting"),
+                Err(e) => {
+                    warn!(error = %e, retry_in = ?wait, "config stream failed; keeping the last good config")
+                }
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(backoff) => {}
+                _ = tokio::time::sleep(wait) => {}
             }
-            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
 

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use crate::backoff::Backoff;
 use futures::future::BoxFuture;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -233,7 +234,7 @@ impl CertManager {
         let last_error = entry.last_error.clone();
         let stop = entry.stop.clone();
         tokio::spawn(async move {
-            let mut backoff = MIN_BACKOFF;
+            let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
             loop {
                 let wait = match fetch(&*ca, &identity).await {
                     Ok(cert) => {
@@ -245,14 +246,13 @@ impl CertManager {
                         let cert = store.insert(cert);
                         tx.send_replace(Some(cert));
                         *lock(&last_error) = None;
-                        backoff = MIN_BACKOFF;
+                        backoff.reset();
                         renew_in.max(MIN_BACKOFF)
                     }
                     Err(e) => {
-                        warn!(%identity, error = %e, retry_in = ?backoff, "certificate request failed");
+                        let wait = backoff.next_delay();
+                        warn!(%identity, error = %e, retry_in = ?wait, "certificate request failed");
                         *lock(&last_error) = Some(e);
-                        let wait = jitter(backoff);
-                        backoff = (backoff * 2).min(MAX_BACKOFF);
                         wait
                     }
                 };
@@ -280,10 +280,6 @@ async fn fetch(ca: &dyn CaClient, identity: &SpiffeId) -> Result<WorkloadCertifi
         ));
     }
     Ok(cert)
-}
-
-fn jitter(d: Duration) -> Duration {
-    d.mul_f64(0.8 + rand::random::<f64>() * 0.4)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::backoff::Backoff;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio_util::sync::CancellationToken;
@@ -130,23 +131,29 @@ impl Pods {
 /// Follows the node agent at `socket` until `shutdown`, reconnecting with
 /// backoff. Pods stay served while the agent is away.
 pub async fn follow_agent(socket: PathBuf, pods: Pods, shutdown: CancellationToken) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
+        let started = std::time::Instant::now();
         let result = tokio::select! {
             _ = shutdown.cancelled() => return,
             r = session(&socket, &pods) => r,
         };
+        // A session that lasted was a success: the next failure starts over
+        // from the shortest delay (it used to stay at the longest for ever).
+        if started.elapsed() > Duration::from_secs(30) {
+            backoff.reset();
+        }
+        let wait = backoff.next_delay();
         match result {
-            Ok(()) => info!("node agent closed the handoff; reconnecting"),
+            Ok(()) => info!(retry_in = ?wait, "node agent closed the handoff; reconnecting"),
             Err(e) => {
-                warn!(socket = %socket.display(), error = %e, "node agent handoff failed; retrying")
+                warn!(socket = %socket.display(), error = %e, retry_in = ?wait, "node agent handoff failed; retrying")
             }
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(wait) => {}
         }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }
 

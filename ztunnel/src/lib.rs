@@ -12,10 +12,12 @@
 //! for metrics, the access log, `/connections` and `/tap` ([`admin`]).
 //! [`app`] wires it together and drains on SIGTERM; [`options`] are its flags;
 //! [`logging`] sets up the process log and [`bootstrap`] holds start-up
-//! steps (both shared with the waypoint).
+//! steps (both shared with the waypoint); [`backoff`] paces every
+//! reconnecting loop.
 
 pub mod admin;
 pub mod app;
+pub mod backoff;
 pub mod bootstrap;
 pub mod connections;
 pub mod controller;

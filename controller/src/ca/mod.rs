@@ -2,7 +2,7 @@
 //!
 //! A ztunnel gets an identity only if a pod with that service account runs on
 //! its node; a waypoint gets only its own identity. The signing itself is
-//! `weft_hbone::ca`.
+//! `weft_identity::ca`.
 
 pub mod root;
 
@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 use weft_api::ca::certificate_authority_server::CertificateAuthority as CaRpc;
 use weft_api::ca::{CreateCertificateRequest, CreateCertificateResponse};
-use weft_hbone::{CertificateAuthority, CertificateRequest, SpiffeId};
+use weft_identity::{CertificateAuthority, CertificateRequest, SpiffeId};
 
 use crate::auth::{self, Authenticator, Caller};
 use crate::model::waypoints::waypoints_run_by;

@@ -7,8 +7,8 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::PostParams;
 use kube::{Api, Client};
-use weft_hbone::CertificateAuthority;
-use weft_hbone::ca::{CaError, DEFAULT_ROOT_TTL};
+use weft_identity::CertificateAuthority;
+use weft_identity::ca::{CaError, DEFAULT_ROOT_TTL};
 
 /// The Secret keys and file names of the root.
 pub const CERT_KEY: &str = "root-cert.pem";

@@ -22,7 +22,7 @@ use weft_controller::pipeline::{self, Debounce};
 use weft_controller::registry::{AnyObject, ClusterState, Kind};
 use weft_controller::server::subscribers::Subscribers;
 use weft_controller::server::{self, ConfigServer, ConnectionLimits, ServerTls};
-use weft_hbone::CertificateAuthority;
+use weft_identity::CertificateAuthority;
 
 /// What the fake API server serves for a controller: every kind the
 /// registry watches except HTTPRoutes and GRPCRoutes (so a missing API is

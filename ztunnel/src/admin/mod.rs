@@ -4,6 +4,7 @@
 //! (15021).
 
 pub mod http;
+pub mod socket;
 
 use std::sync::Arc;
 use std::time::SystemTime;

@@ -1,10 +1,7 @@
 //! weft-hbone: the tunnel both of weft's proxies speak.
 //!
-//! Identity and trust:
-//! - [`identity`]: SPIFFE IDs of workloads.
-//! - [`ca`]: the root, CSR validation and X.509-SVID signing (the controller's CA).
-//! - [`certs`]: workload certificates, trust bundles, a store by identity.
-//! - [`tls`]: rustls configs that verify peers by SPIFFE ID.
+//! Identity and trust (`identity`, `ca`, `certs`, `tls`) live in
+//! `weft-identity` and are re-exported here, so a proxy needs one import.
 //!
 //! The tunnel (HTTP/2 CONNECT over mTLS, docs/design.md §4):
 //! - [`pool`]: the client, a pool of connections each carrying many tunnels.
@@ -16,27 +13,26 @@
 //!   connection may cost the server.
 //! - [`settings`], [`error`].
 
-pub mod ca;
-pub mod certs;
 pub mod copy;
 pub mod error;
 pub mod handshake_gate;
 pub mod headers;
-pub mod identity;
 pub mod pool;
 pub mod read_buffer;
 pub mod server;
 pub mod settings;
 pub mod stream;
-pub mod tls;
 
-pub use ca::{CertificateAuthority, CertificateRequest, CsrError};
-pub use certs::{CertificateStore, TrustBundle, WorkloadCertificate};
+pub use weft_identity::{ca, certs, identity, tls};
+
 pub use copy::{ByteCounters, copy_bidirectional};
 pub use error::HboneError;
 pub use handshake_gate::{GateRefusal, HandshakeGate};
-pub use identity::SpiffeId;
 pub use pool::{Dialer, DirectDialer, TunnelPool, TunnelTarget};
 pub use server::{HboneServer, InboundTunnel, ServerTls, TunnelHandler};
 pub use settings::{H2Settings, PoolSettings, ServerSettings};
 pub use stream::H2Stream;
+pub use weft_identity::{
+    CertificateAuthority, CertificateRequest, CertificateStore, CsrError, SpiffeId, TrustBundle,
+    WorkloadCertificate,
+};
