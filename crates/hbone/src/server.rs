@@ -8,12 +8,14 @@
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use h2::RecvStream;
 use h2::server::SendResponse;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
 use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -60,6 +62,9 @@ pub struct InboundTunnel {
     pub headers: HeaderMap,
     respond: SendResponse<Bytes>,
     body: RecvStream,
+    /// The connection's stream accounting; counts this stream as open
+    /// until dropped.
+    health: StreamGuard,
 }
 
 impl std::fmt::Debug for InboundTunnel {
@@ -86,10 +91,17 @@ impl InboundTunnel {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 
-    /// Answers 200 and returns the tunnel's byte stream.
+    /// Answers 200 and returns the tunnel's byte stream. A client that
+    /// reset the stream before it was answered is counted against its
+    /// connection (see [`ConnectionHealth`]).
     pub fn accept(mut self) -> Result<H2Stream, HboneError> {
-        let send = self.respond.send_response(Response::new(()), false)?;
-        Ok(H2Stream::new(send, self.body, None))
+        match self.respond.send_response(Response::new(()), false) {
+            Ok(send) => Ok(H2Stream::new(send, self.body, None)),
+            Err(e) => {
+                self.health.early_reset();
+                Err(e.into())
+            }
+        }
     }
 
     /// Answers `status` and ends the stream.
@@ -215,11 +227,32 @@ impl<T: ServerTls, H: TunnelHandler> HboneServer<T, H> {
         drop(admitted);
         debug!(peer = %peer_identity, %peer_addr, "HBONE connection accepted");
 
+        let health = Arc::new(ConnectionHealth::default());
         let mut draining = false;
         loop {
+            let idle = health.open() == 0 && !draining;
             let next = tokio::select! {
                 next = connection.accept() => next,
                 _ = shutdown.cancelled(), if !draining => {
+                    draining = true;
+                    connection.graceful_shutdown();
+                    continue;
+                }
+                _ = health.changed.notified() => {
+                    if !draining && health.early_resets() > settings.max_early_resets {
+                        warn!(
+                            peer = %peer_identity,
+                            %peer_addr,
+                            resets = health.early_resets(),
+                            "client resets its tunnels before they open; closing the connection"
+                        );
+                        draining = true;
+                        connection.graceful_shutdown();
+                    }
+                    continue;
+                }
+                _ = tokio::time::sleep(settings.idle_timeout), if idle => {
+                    debug!(peer = %peer_identity, %peer_addr, "idle HBONE connection closed");
                     draining = true;
                     connection.graceful_shutdown();
                     continue;
@@ -245,6 +278,7 @@ impl<T: ServerTls, H: TunnelHandler> HboneServer<T, H> {
                         headers: parts.headers,
                         respond,
                         body,
+                        health: StreamGuard::new(health.clone()),
                     };
                     let handler = self.handler.clone();
                     tokio::spawn(async move { handler.handle(tunnel).await });
@@ -256,6 +290,54 @@ impl<T: ServerTls, H: TunnelHandler> HboneServer<T, H> {
             }
         }
         Ok(())
+    }
+}
+
+/// What one client connection does with its streams: how many are open
+/// (an idle connection is closed after `ServerSettings::idle_timeout`) and
+/// how many the client reset before they were answered. A paced "rapid
+/// reset" — CONNECT, wait until the server has dialled the application,
+/// RST — escapes h2's own reset limit, which counts only streams reset
+/// before the server accepted them; past `max_early_resets` the connection
+/// gets GOAWAY, so each batch of abuse costs the client a new (bounded)
+/// handshake.
+#[derive(Debug, Default)]
+pub struct ConnectionHealth {
+    open: AtomicUsize,
+    early_resets: AtomicU32,
+    changed: Notify,
+}
+
+impl ConnectionHealth {
+    fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    fn early_resets(&self) -> u32 {
+        self.early_resets.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts one stream as open for its connection until dropped.
+#[derive(Debug)]
+struct StreamGuard(Arc<ConnectionHealth>);
+
+impl StreamGuard {
+    fn new(health: Arc<ConnectionHealth>) -> Self {
+        health.open.fetch_add(1, Ordering::Relaxed);
+        StreamGuard(health)
+    }
+
+    fn early_reset(&self) {
+        self.0.early_resets.fetch_add(1, Ordering::Relaxed);
+        self.0.changed.notify_one();
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+        self.0.changed.notify_one();
     }
 }
 

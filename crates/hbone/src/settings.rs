@@ -84,6 +84,13 @@ pub struct ServerSettings {
     /// TLS + HTTP/2 handshake, from the moment the server has its
     /// certificate: the time an unauthenticated peer may hold a connection.
     pub handshake_timeout: Duration,
+    /// A connection with no open stream for this long is closed (GOAWAY).
+    /// Longer than the client pool's own idle timeout, so it only ends
+    /// connections a client forgot.
+    pub idle_timeout: Duration,
+    /// Streams a client may reset before they are answered, per connection,
+    /// before the connection gets GOAWAY (paced rapid reset).
+    pub max_early_resets: u32,
     /// Handshakes in progress, in all and per source address. Clones share
     /// it, so every pod of a ztunnel counts against one bound.
     pub handshakes: Arc<HandshakeGate>,
@@ -100,6 +107,8 @@ impl Default for ServerSettings {
             max_concurrent_streams: 128,
             max_header_list_size: 16 * 1024,
             handshake_timeout: Duration::from_secs(4),
+            idle_timeout: Duration::from_secs(300),
+            max_early_resets: 100,
             handshakes: HandshakeGate::new(
                 DEFAULT_MAX_HANDSHAKES,
                 DEFAULT_MAX_HANDSHAKES_PER_SOURCE,

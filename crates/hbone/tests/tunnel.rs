@@ -544,3 +544,91 @@ async fn silent_handshakes_are_bounded_per_source_and_in_time() {
     }
     assert_eq!(gate.in_progress(), 0);
 }
+
+/// Answers each tunnel only after a while, as ztunnel does after it has
+/// dialled the application.
+struct SlowAccept;
+
+impl weft_hbone::TunnelHandler for SlowAccept {
+    async fn handle(&self, tunnel: weft_hbone::InboundTunnel) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let _ = tunnel.accept();
+    }
+}
+
+/// Security finding 9: a paced rapid reset (CONNECT, wait, RST) never
+/// tripped h2's own limit and each stream cost an upstream connection. Now
+/// the streams a client resets before they are answered are counted, and
+/// past the limit the connection gets GOAWAY.
+#[tokio::test]
+async fn a_client_that_keeps_resetting_its_tunnels_gets_goaway() {
+    let ca = TestCa::new();
+    let (client_id, server_id) = (id("a", "client"), id("b", "server"));
+    let settings = weft_hbone::ServerSettings {
+        max_early_resets: 10,
+        ..weft_hbone::ServerSettings::default()
+    };
+    let server = start_server_with(&ca.issue(&server_id), &ca.bundle, SlowAccept, settings).await;
+    let mut h2 = raw_h2(&ca, server.addr, &client_id, &server_id).await;
+    let mut sent = 0;
+    let outcome = loop {
+        if sent == 200 {
+            break Err("200 tunnels reset without GOAWAY".to_owned());
+        }
+        let ready = match h2.clone().ready().await {
+            Ok(ready) => ready,
+            Err(e) => break Ok(e),
+        };
+        h2 = ready;
+        let request = Request::builder()
+            .method(Method::CONNECT)
+            .uri("10.0.0.1:8080")
+            .body(())
+            .expect("request");
+        let (_response, mut stream) = match h2.send_request(request, false) {
+            Ok(r) => r,
+            Err(e) => break Ok(e),
+        };
+        sent += 1;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        stream.send_reset(h2::Reason::CANCEL);
+        // Paced: the server answers (too late) before the next one.
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    let err = outcome.expect("the server closed the connection");
+    assert!(
+        err.is_go_away() || err.is_io() || err.is_remote(),
+        "after {sent} resets: {err}"
+    );
+    assert!(sent <= 40, "GOAWAY came only after {sent} resets");
+}
+
+/// A connection with no tunnel for the idle timeout is closed by the
+/// server (the client pool's own idle timeout is shorter).
+#[tokio::test]
+async fn an_idle_connection_is_closed_by_the_server() {
+    let ca = TestCa::new();
+    let (client_id, server_id) = (id("a", "client"), id("b", "server"));
+    let settings = weft_hbone::ServerSettings {
+        idle_timeout: Duration::from_millis(200),
+        ..weft_hbone::ServerSettings::default()
+    };
+    let server = start_server_with(
+        &ca.issue(&server_id),
+        &ca.bundle,
+        Echo(Arc::default()),
+        settings,
+    )
+    .await;
+    let h2 = raw_h2(&ca, server.addr, &client_id, &server_id).await;
+    let closed = tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            if h2.clone().ready().await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the idle connection stayed open");
+}
