@@ -185,11 +185,49 @@ pub(crate) fn to_pem(label: &str, der: &[u8]) -> String {
 
 /// The roots trusted for one trust domain. During a root rotation it holds
 /// both the old and the new root, so peers with either chain are accepted.
+///
+/// Only CA certificates (basicConstraints CA:TRUE) are accepted as roots, and
+/// a root's pathLenConstraint is kept beside its anchor: webpki's trust anchor
+/// is only a subject and a key, so the verifiers apply the root's own limit
+/// through [`TrustBundle::check_path_len`].
 #[derive(Clone)]
 pub struct TrustBundle {
     trust_domain: String,
     roots: Vec<CertificateDer<'static>>,
     anchors: Vec<TrustAnchor<'static>>,
+    /// Parallel to `roots`: each root's subject and pathLenConstraint.
+    limits: Vec<RootLimits>,
+}
+
+#[derive(Debug, Clone)]
+struct RootLimits {
+    subject: String,
+    /// `None`: no pathLenConstraint, any number of intermediate CAs.
+    path_len: Option<u32>,
+}
+
+/// The subject and basicConstraints of a root, refusing a certificate that is
+/// not a CA: trusting a leaf as an anchor would let it vouch for anything
+/// signed with its key.
+fn root_limits(root: &CertificateDer<'_>) -> Result<RootLimits, CertError> {
+    let (_, parsed) =
+        X509Certificate::from_der(root).map_err(|e| CertError::Parse(e.to_string()))?;
+    let subject = parsed.subject().to_string();
+    let constraints = parsed
+        .basic_constraints()
+        .map_err(|e| CertError::Anchor(format!("{subject}: basicConstraints: {e}")))?;
+    match constraints {
+        Some(bc) if bc.value.ca => Ok(RootLimits {
+            subject,
+            path_len: bc.value.path_len_constraint,
+        }),
+        Some(_) => Err(CertError::Anchor(format!(
+            "{subject} is not a CA certificate (its basicConstraints say CA:FALSE)"
+        ))),
+        None => Err(CertError::Anchor(format!(
+            "{subject} is not a CA certificate (it has no basicConstraints CA:TRUE)"
+        ))),
+    }
 }
 
 impl std::fmt::Debug for TrustBundle {
@@ -207,6 +245,7 @@ impl TrustBundle {
             trust_domain: trust_domain.to_owned(),
             roots: Vec::new(),
             anchors: Vec::new(),
+            limits: Vec::new(),
         }
     }
 
@@ -241,11 +280,13 @@ impl TrustBundle {
         if self.roots.contains(&root) {
             return Ok(());
         }
+        let limits = root_limits(&root)?;
         let anchor = webpki::anchor_from_trusted_cert(&root)
             .map_err(|e| CertError::Anchor(format!("{e:?}")))?
             .to_owned();
         self.roots.push(root);
         self.anchors.push(anchor);
+        self.limits.push(limits);
         Ok(())
     }
 
@@ -254,6 +295,7 @@ impl TrustBundle {
         if let Some(i) = self.roots.iter().position(|r| r.as_ref() == root.as_ref()) {
             self.roots.remove(i);
             self.anchors.remove(i);
+            self.limits.remove(i);
         }
     }
 
@@ -274,6 +316,38 @@ impl TrustBundle {
 
     pub(crate) fn anchors(&self) -> &[TrustAnchor<'static>] {
         &self.anchors
+    }
+
+    /// Applies the root's own pathLenConstraint to a path webpki verified up
+    /// to `anchor` through `intermediates` intermediate CAs (webpki checks the
+    /// intermediates' constraints, not the anchor's). The error is the reason,
+    /// for the verifiers' refusal.
+    pub(crate) fn check_path_len(
+        &self,
+        anchor: &TrustAnchor<'_>,
+        intermediates: usize,
+    ) -> Result<(), String> {
+        let Some(limits) = self
+            .anchors
+            .iter()
+            .position(|a| {
+                a.subject == anchor.subject
+                    && a.subject_public_key_info == anchor.subject_public_key_info
+            })
+            .and_then(|i| self.limits.get(i))
+        else {
+            return Err("the chain's trust anchor is not a root of the bundle".to_owned());
+        };
+        match limits.path_len {
+            Some(allowed) if intermediates > usize::try_from(allowed).unwrap_or(usize::MAX) => {
+                let plural = if intermediates == 1 { "" } else { "s" };
+                Err(format!(
+                    "chain has {intermediates} intermediate CA{plural} but root {} allows pathlen {allowed}",
+                    limits.subject
+                ))
+            }
+            _ => Ok(()),
+        }
     }
 }
 

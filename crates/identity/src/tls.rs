@@ -5,7 +5,8 @@
 //! then requires the server's SPIFFE ID to be the identity it expected; the
 //! server requires a valid SPIFFE ID and hands it to policy. Refused: expired
 //! certificates, another trust domain, more than one URI SAN, a CA certificate
-//! used as a leaf, no SPIFFE SAN.
+//! used as a leaf, no SPIFFE SAN, more intermediate CAs than the root's own
+//! pathLenConstraint allows.
 
 use std::sync::Arc;
 
@@ -129,6 +130,19 @@ pub fn verify_svid(
     }
     let ee = webpki::EndEntityCert::try_from(end_entity)
         .map_err(|e| Error::InvalidCertificate(webpki_error(e)))?;
+    // webpki's trust anchor carries no basicConstraints, so it never applies
+    // the root's pathLenConstraint: check each candidate path here. Refusing
+    // from the callback (rather than after webpki returns) lets webpki try
+    // another path, e.g. through another root of a rotating bundle.
+    let anchor_refusal = std::cell::RefCell::new(None);
+    let check_anchor = |path: &webpki::VerifiedPath<'_>| {
+        bundle
+            .check_path_len(path.anchor(), path.intermediate_certificates().count())
+            .map_err(|reason| {
+                *anchor_refusal.borrow_mut() = Some(reason);
+                webpki::Error::PathLenConstraintViolated
+            })
+    };
     ee.verify_for_usage(
         algorithms.all,
         bundle.anchors(),
@@ -136,9 +150,12 @@ pub fn verify_svid(
         now,
         usage,
         None,
-        None,
+        Some(&check_anchor),
     )
-    .map_err(|e| Error::InvalidCertificate(webpki_error(e)))?;
+    .map_err(|e| match (e, anchor_refusal.take()) {
+        (webpki::Error::PathLenConstraintViolated, Some(reason)) => refusal(&reason),
+        (e, _) => Error::InvalidCertificate(webpki_error(e)),
+    })?;
     Ok(identity)
 }
 
