@@ -99,7 +99,7 @@ struct Chunk {
 
 impl Chunk {
     fn value(&self) -> Option<Value> {
-        serde_yaml::from_str::<Value>(&self.text)
+        weft_api::yaml::from_str::<Value>(&self.text)
             .ok()
             .filter(|v| !v.is_null())
     }
@@ -140,7 +140,7 @@ fn join_documents(chunks: &[Chunk]) -> String {
 }
 
 fn to_yaml(value: &Value) -> Result<String> {
-    serde_yaml::to_string(value).map_err(CliError::other)
+    weft_api::yaml::to_string(value).map_err(CliError::other)
 }
 
 impl ManifestDir {

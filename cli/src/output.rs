@@ -74,7 +74,7 @@ pub fn render<T: Serialize>(
             s.push('\n');
             Ok(s)
         }
-        Format::Yaml => serde_yaml::to_string(value).map_err(CliError::other),
+        Format::Yaml => weft_api::yaml::to_string(value).map_err(CliError::other),
     }
 }
 

@@ -280,8 +280,9 @@ fn l7_step(c: &mut Cluster, demo: &mut Demo, client: &Pod) -> Result<()> {
          Service's traffic there, and the waypoint sees each HTTP request.",
     );
     const WAYPOINT: &str = "shop-waypoint";
-    let gateway = serde_yaml::to_string(&manifests::waypoint_gateway("shop", WAYPOINT, "service"))
-        .unwrap_or_default();
+    let gateway =
+        weft_api::yaml::to_string(&manifests::waypoint_gateway("shop", WAYPOINT, "service"))
+            .unwrap_or_default();
     n.command("kubectl apply -f waypoint.yaml", &gateway);
     let wp = c.apply_waypoint(WaypointSpec::new("shop", WAYPOINT).on_node(2))?;
     n.show(&format!(
@@ -299,7 +300,7 @@ fn l7_step(c: &mut Cluster, demo: &mut Demo, client: &Pod) -> Result<()> {
     let written = c
         .manifests()
         .read(&manifests::service_stem("shop", "server"))?
-        .and_then(|v| serde_yaml::to_string(&v).ok())
+        .and_then(|v| weft_api::yaml::to_string(&v).ok())
         .unwrap_or_default();
     n.command(
         "kubectl apply -f server-service.yaml   # the cluster IP as the API server allocated it",

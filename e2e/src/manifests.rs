@@ -13,7 +13,6 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::error::{Error, Result};
@@ -64,7 +63,7 @@ impl Manifests {
                 text.push_str("---\n");
             }
             text.push_str(
-                &serde_yaml::to_string(doc)
+                &weft_api::yaml::to_string(doc)
                     .map_err(|e| Error::decode(format!("{stem}.yaml"), e))?,
             );
         }
@@ -93,7 +92,7 @@ impl Manifests {
     pub fn read(&self, stem: &str) -> Result<Option<Value>> {
         let path = self.file(stem);
         match std::fs::read_to_string(&path) {
-            Ok(text) => serde_yaml::from_str(&text)
+            Ok(text) => weft_api::yaml::from_str(&text)
                 .map(Some)
                 .map_err(|e| Error::decode(path.display().to_string(), e)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -133,13 +132,10 @@ impl Manifests {
             let Ok(text) = std::fs::read_to_string(&path) else {
                 continue;
             };
-            for doc in serde_yaml::Deserializer::from_str(&text) {
-                // After a syntax error the rest of the file is unreadable
-                // (and the iterator may not end).
-                let Ok(value) = Value::deserialize(doc) else {
-                    break;
-                };
-                if value.is_object() {
+            // Each document on its own: one that does not parse is skipped,
+            // the others of the file are kept, as the controller does.
+            for doc in weft_api::yaml::documents(&text) {
+                if let Ok(value @ Value::Object(_)) = doc.parse::<Value>() {
                     docs.push(value);
                 }
             }

@@ -268,7 +268,8 @@ fn hbone_as(c: &Cluster, from: &Pod, identity: &str, to: &Pod) -> Result<(), Str
     let root = c.controller().root_cert();
     let root_pem = std::fs::read_to_string(&root).expect("root cert");
     let key_pem = std::fs::read_to_string(root.with_file_name("root-key.pem")).expect("root key");
-    let ca = weft_hbone::CertificateAuthority::from_pem(&root_pem, &key_pem).expect("CA");
+    let ca = weft_hbone::CertificateAuthority::from_pem(&root_pem, &key_pem, "cluster.local")
+        .expect("CA");
     let id: weft_hbone::SpiffeId = identity.parse().expect("identity");
     let cert = std::sync::Arc::new(ca.issue(&id, Duration::from_secs(600)).expect("cert"));
     let bundle = weft_hbone::TrustBundle::from_pems("cluster.local", &[root_pem]).expect("bundle");

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 use weft_hbone::{CertificateAuthority, TrustBundle};
 
@@ -28,15 +28,8 @@ pub fn local_ca(
 ) -> anyhow::Result<(LocalCa, TrustBundle)> {
     let cert = read(Some(&dir.join("root-cert.pem")), "CA root")?;
     let key = read(Some(&dir.join("root-key.pem")), "CA key")?;
-    let ca = CertificateAuthority::from_pem(&cert, &key)?;
-    if ca.trust_domain() != trust_domain {
-        bail!(
-            "the CA in {} is for trust domain {:?}, not {:?}",
-            dir.display(),
-            ca.trust_domain(),
-            trust_domain
-        );
-    }
+    let ca = CertificateAuthority::from_pem(&cert, &key, trust_domain)
+        .with_context(|| format!("the CA in {}", dir.display()))?;
     let trust = TrustBundle::from_pems(trust_domain, &[cert])?;
     Ok((LocalCa::new(ca, ttl), trust))
 }

@@ -63,7 +63,7 @@ pub enum LocalConfigError {
     #[error("{path}: {source}")]
     Parse {
         path: String,
-        source: serde_yaml::Error,
+        source: Box<weft_api::yaml::Error>,
     },
     #[error("{path}: {source}")]
     Invalid {
@@ -80,15 +80,15 @@ pub fn load(path: &Path, version: u64) -> Result<ConfigUpdate, LocalConfigError>
     })?;
     parse(&text, version).map_err(|source| LocalConfigError::Parse {
         path: path.display().to_string(),
-        source,
+        source: Box::new(source),
     })
 }
 
-fn parse(text: &str, version: u64) -> Result<ConfigUpdate, serde_yaml::Error> {
+fn parse(text: &str, version: u64) -> Result<ConfigUpdate, weft_api::yaml::Error> {
     let config: LocalConfig = if text.trim().is_empty() {
         LocalConfig::default()
     } else {
-        serde_yaml::from_str(text)?
+        weft_api::yaml::from_str(text)?
     };
     let mut resources = Vec::new();
     resources.extend(config.workloads.into_iter().map(resource::Kind::Workload));

@@ -220,7 +220,7 @@ pub fn render_event(format: Format, e: &ReportedEvent) -> Result<String> {
         )),
         Format::Yaml => Ok(format!(
             "---\n{}",
-            serde_yaml::to_string(e).map_err(CliError::other)?
+            weft_api::yaml::to_string(e).map_err(CliError::other)?
         )),
         Format::Table | Format::Wide => Ok(format!("{}\n", line(e, format == Format::Wide))),
     }

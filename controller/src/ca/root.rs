@@ -51,7 +51,7 @@ pub fn load_or_create_files(
     if cert_path.exists() {
         let cert = std::fs::read_to_string(&cert_path).map_err(io(&cert_path))?;
         let key = std::fs::read_to_string(&key_path).map_err(io(&key_path))?;
-        return Ok(CertificateAuthority::from_pem(&cert, &key)?);
+        return Ok(CertificateAuthority::from_pem(&cert, &key, trust_domain)?);
     }
     let ca = CertificateAuthority::generate(trust_domain, DEFAULT_ROOT_TTL)?;
     std::fs::create_dir_all(dir).map_err(io(dir))?;
@@ -82,7 +82,7 @@ pub async fn load_or_create_secret(
 ) -> Result<CertificateAuthority, RootError> {
     let api: Api<Secret> = Api::namespaced(client, namespace);
     if let Some(secret) = api.get_opt(name).await? {
-        return from_secret(&secret, name);
+        return from_secret(&secret, name, trust_domain);
     }
     let ca = CertificateAuthority::generate(trust_domain, DEFAULT_ROOT_TTL)?;
     let secret = Secret {
@@ -113,13 +113,17 @@ pub async fn load_or_create_secret(
         }
         Err(kube::Error::Api(status)) if status.code == 409 => {
             let secret = api.get(name).await?;
-            from_secret(&secret, name)
+            from_secret(&secret, name, trust_domain)
         }
         Err(e) => Err(e.into()),
     }
 }
 
-fn from_secret(secret: &Secret, name: &str) -> Result<CertificateAuthority, RootError> {
+fn from_secret(
+    secret: &Secret,
+    name: &str,
+    trust_domain: &str,
+) -> Result<CertificateAuthority, RootError> {
     let get = |key: &'static str| {
         secret
             .data
@@ -131,5 +135,6 @@ fn from_secret(secret: &Secret, name: &str) -> Result<CertificateAuthority, Root
     Ok(CertificateAuthority::from_pem(
         &get(CERT_KEY)?,
         &get(KEY_KEY)?,
+        trust_domain,
     )?)
 }

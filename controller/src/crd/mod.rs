@@ -39,6 +39,6 @@ fn to_yaml(
     crd: &k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
 ) -> String {
     let body =
-        serde_yaml::to_string(crd).unwrap_or_else(|e| format!("# serialization failed: {e}\n"));
+        weft_api::yaml::to_string(crd).unwrap_or_else(|e| format!("# serialization failed: {e}\n"));
     format!("# Generated from controller/src/crd by weft-controller; do not edit.\n{body}")
 }

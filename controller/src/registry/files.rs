@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use notify::{RecursiveMode, Watcher};
-use serde::Deserialize;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
@@ -163,7 +162,8 @@ pub(crate) fn load_text(
     state: &mut ClusterState,
     seen: &mut HashMap<(Kind, ObjectKey), (String, usize)>,
 ) {
-    for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
+    for document in weft_api::yaml::documents(text) {
+        let index = document.index;
         let invalid = |object: String, field: String, message: String| InvalidObject {
             file: file.to_string(),
             document: index,
@@ -171,16 +171,16 @@ pub(crate) fn load_text(
             field,
             message,
         };
-        let value = match serde_json::Value::deserialize(document) {
+        let value = match document.parse::<serde_json::Value>() {
             Ok(serde_json::Value::Null) => continue,
             Ok(value) => value,
             Err(e) => {
-                // A syntax error ends the file: the parser cannot find the
-                // next document boundary reliably after it.
+                // Documents are split before parsing, so a syntax error
+                // spoils only its own document.
                 state
                     .invalid
                     .push(invalid(String::new(), ".".into(), format!("not YAML: {e}")));
-                return;
+                continue;
             }
         };
         match decode(value, config) {
@@ -310,4 +310,36 @@ fn validate_pod(pod: &Pod) -> Result<(), (&'static str, String)> {
 fn describe(obj: &AnyObject) -> String {
     let (api_version, kind) = obj.kind().type_meta();
     format!("{api_version}/{kind} {}", obj.key())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_syntax_error_spoils_only_its_document() {
+        let pod = |name: &str| {
+            format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: shop}}\n")
+        };
+        let text = format!(
+            "{}---\nkind: [Pod\nmetadata: {{name: broken}}\n---\n{}",
+            pod("a"),
+            pod("b")
+        );
+        let mut state = ClusterState::default();
+        let mut seen = HashMap::new();
+        load_text(
+            "pods.yaml",
+            &text,
+            &RegistryConfig::default(),
+            &mut state,
+            &mut seen,
+        );
+        assert_eq!(state.pods.len(), 2, "the documents around it are kept");
+        assert_eq!(state.invalid.len(), 1, "{:?}", state.invalid);
+        let bad = &state.invalid[0];
+        assert_eq!((bad.file.as_str(), bad.document), ("pods.yaml", 1));
+        assert!(bad.message.starts_with("not YAML: "), "{bad}");
+        assert!(bad.message.contains("line 6"), "line in the file: {bad}");
+    }
 }

@@ -7,6 +7,7 @@
 //! - [`authz`]: authorization semantics shared by ztunnel, waypoint and CLI.
 //! - [`admin`]: the JSON of the proxies' admin API, shared with weftctl.
 //! - [`handoff_wire`]: the SEQPACKET framing of that handoff (one message, one optional fd).
+//! - [`yaml`]: YAML reading and writing, multi-document files split per document.
 
 pub mod admin;
 pub mod authz;
@@ -33,3 +34,4 @@ pub mod nodeagent {
 }
 
 pub mod handoff_wire;
+pub mod yaml;

@@ -234,11 +234,15 @@ impl CertificateAuthority {
         let cert = params.self_signed(&key)?;
         let root_pem = cert.pem();
         let key_pem = key.serialize_pem();
-        Self::from_pem(&root_pem, &key_pem)
+        Self::from_pem(&root_pem, &key_pem, trust_domain)
     }
 
-    /// Loads a root from its PEM certificate and PKCS#8 PEM key.
-    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, CaError> {
+    /// Loads a root from its PEM certificate and PKCS#8 PEM key, for the
+    /// configured `trust_domain`. Roots from existing PKIs carry no
+    /// `spiffe://` URI SAN, so the trust domain comes from configuration;
+    /// a root that does name one must name this one.
+    pub fn from_pem(cert_pem: &str, key_pem: &str, trust_domain: &str) -> Result<Self, CaError> {
+        SpiffeId::new(trust_domain, "x", "x")?;
         let root_der = CertificateDer::from_pem_slice(cert_pem.as_bytes())
             .map_err(|e| CaError::Root(e.to_string()))?;
         let (_, parsed) =
@@ -246,7 +250,7 @@ impl CertificateAuthority {
         if !parsed.is_ca() {
             return Err(CaError::Root("not a CA certificate".into()));
         }
-        let trust_domain = parsed
+        let named = parsed
             .subject_alternative_name()
             .ok()
             .flatten()
@@ -255,8 +259,15 @@ impl CertificateAuthority {
                     GeneralName::URI(u) => u.strip_prefix("spiffe://").map(str::to_owned),
                     _ => None,
                 })
-            })
-            .ok_or_else(|| CaError::Root("no spiffe://<trust-domain> URI SAN".into()))?;
+            });
+        if let Some(named) = named
+            && named != trust_domain
+        {
+            return Err(CaError::Root(format!(
+                "the root is for trust domain {named:?}, not the configured {trust_domain:?}"
+            )));
+        }
+        let trust_domain = trust_domain.to_owned();
         let key = KeyPair::from_pem(key_pem).map_err(|e| CaError::RootKey(e.to_string()))?;
         if key.public_key_raw() != parsed.public_key().subject_public_key.data.as_ref() {
             return Err(CaError::RootKey(
@@ -584,17 +595,59 @@ mod tests {
         ));
     }
 
+    /// Wire compatibility: roots from existing PKIs carry no `spiffe://`
+    /// SAN; the trust domain is configuration, and such a root signs and
+    /// its leaves verify under a bundle of it.
+    #[test]
+    fn a_root_without_a_spiffe_san_is_used_for_the_configured_trust_domain() {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = CertificateParams::default();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "Corp Root CA");
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let root = params.self_signed(&key).unwrap();
+        let ca = CertificateAuthority::from_pem(&root.pem(), &key.serialize_pem(), "corp.example")
+            .expect("a root without a SPIFFE SAN");
+        assert_eq!(ca.trust_domain(), "corp.example");
+        let id: SpiffeId = "spiffe://corp.example/ns/a/sa/b".parse().unwrap();
+        let leaf = ca.issue(&id, DEFAULT_SVID_TTL).expect("signs");
+        let bundle =
+            crate::certs::TrustBundle::from_pems("corp.example", &[root.pem()]).expect("bundle");
+        let verified = crate::tls::verify_svid(
+            &leaf.chain()[0],
+            &[],
+            &bundle,
+            &crate::tls::provider().signature_verification_algorithms,
+            webpki::KeyUsage::client_auth(),
+            rustls::pki_types::UnixTime::now(),
+        )
+        .expect("the leaf verifies under the root");
+        assert_eq!(verified, id);
+    }
+
     #[test]
     fn a_stored_root_loads_back() {
         let ca = ca();
-        let again = CertificateAuthority::from_pem(ca.root_pem(), ca.key_pem()).unwrap();
+        let again =
+            CertificateAuthority::from_pem(ca.root_pem(), ca.key_pem(), "cluster.local").unwrap();
         assert_eq!(again.trust_domain(), "cluster.local");
         let other = CertificateAuthority::generate("cluster.local", DEFAULT_ROOT_TTL).unwrap();
         assert!(matches!(
-            CertificateAuthority::from_pem(ca.root_pem(), other.key_pem()),
+            CertificateAuthority::from_pem(ca.root_pem(), other.key_pem(), "cluster.local"),
             Err(CaError::RootKey(_))
         ));
-        assert!(CertificateAuthority::from_pem("junk", ca.key_pem()).is_err());
+        assert!(CertificateAuthority::from_pem("junk", ca.key_pem(), "cluster.local").is_err());
+        // A root naming another trust domain is refused; the configured one
+        // is what counts.
+        let err = CertificateAuthority::from_pem(ca.root_pem(), ca.key_pem(), "example.org")
+            .expect_err("another trust domain");
+        assert!(
+            err.to_string()
+                .contains("\"cluster.local\", not the configured \"example.org\""),
+            "{err}"
+        );
     }
 }
 

@@ -113,7 +113,20 @@ impl Controller {
             .map(|_| format!("{:x}", rand::rng().random_range(0..16u8)))
             .collect();
         let tmp = self.dir.join("tokens/.token.tmp");
-        std::fs::write(&tmp, token).map_err(Error::io(&tmp))?;
+        // Owner-only from the start: a token is a credential, and the
+        // harness's files live in a shared temporary directory.
+        {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(Error::io(&tmp))?;
+            file.write_all(token.as_bytes()).map_err(Error::io(&tmp))?;
+        }
         std::fs::rename(&tmp, path).map_err(Error::io(path))?;
         Ok(path.to_path_buf())
     }
@@ -202,4 +215,36 @@ fn get(netns: &Netns, path: &str) -> Result<http::Response> {
         SocketAddr::from(([127, 0, 0, 1], DEBUG_PORT)),
         path,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    /// Security finding 11: bootstrap tokens were written world-readable.
+    #[test]
+    fn bootstrap_tokens_are_owner_only() {
+        let name = format!("wtok{}", std::process::id() % 100_000);
+        let netns = Netns::create(&name).expect("netns (tests run as root)");
+        let dir = std::env::temp_dir().join(format!("weft-token-test-{name}"));
+        let controller =
+            Controller::new(netns, &dir, &dir.join("manifests"), Path::new("/bin/true"))
+                .expect("controller dir");
+        let node = controller.create_token("node-1").expect("node token");
+        let waypoint = controller
+            .create_waypoint_token("shop", "waypoint")
+            .expect("waypoint token");
+        for path in [node, waypoint] {
+            let mode = std::fs::metadata(&path)
+                .expect("token")
+                .permissions()
+                .mode()
+                & 0o777;
+            assert_eq!(mode, 0o600, "{} is {mode:o}", path.display());
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        let _ = Netns::delete(&name);
+    }
 }

@@ -238,7 +238,8 @@ impl Mesh {
         settings.proxy.sniff_timeout = Duration::from_millis(300);
         tune(&mut settings);
         let local_ca =
-            CertificateAuthority::from_pem(ca.root_pem(), ca.key_pem()).expect("ca copy");
+            CertificateAuthority::from_pem(ca.root_pem(), ca.key_pem(), ca.trust_domain())
+                .expect("ca copy");
         let waypoint = Waypoint::new(
             settings,
             store.clone(),

@@ -17,7 +17,6 @@ pub mod target;
 use std::path::Path;
 
 use kube::ResourceExt;
-use serde::Deserialize;
 use weft_controller::model::labels::{USE_WAYPOINT, USE_WAYPOINT_NAMESPACE, WAYPOINT_FOR};
 use weft_controller::model::waypoints::is_waypoint_gateway;
 use weft_controller::model::{self, ModelConfig};
@@ -118,9 +117,11 @@ pub fn add_objects_from_file(state: &mut ClusterState, file: &Path) -> Result<()
 /// Adds every object of a YAML text (several documents) to `state`; `name`
 /// says where the text came from, for errors.
 pub fn add_objects(state: &mut ClusterState, name: &str, text: &str) -> Result<()> {
-    for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
+    for document in weft_api::yaml::documents(text) {
+        let index = document.index;
         let where_ = || format!("{name} document {index}");
-        let mut value = serde_json::Value::deserialize(document)
+        let mut value = document
+            .parse::<serde_json::Value>()
             .map_err(|e| CliError::Usage(format!("{}: not YAML: {e}", where_())))?;
         if value.is_null() {
             continue;
