@@ -148,6 +148,17 @@ pub async fn serve(admin: Arc<Admin>, listener: impl http::Listener, shutdown: C
     http::serve(listener, move |req| admin.clone().handle(req), shutdown).await;
 }
 
+/// Serves the read-only endpoints (on TCP); `POST /logging` is served on
+/// the unix socket only.
+pub async fn serve_read_only(
+    admin: Arc<Admin>,
+    listener: impl http::Listener,
+    shutdown: CancellationToken,
+) {
+    let handler = move |req| admin.clone().handle(req);
+    http::serve(listener, http::read_only(handler), shutdown).await;
+}
+
 /// `/healthz/ready` for the kubelet.
 pub async fn serve_readiness(
     waypoint: Arc<Waypoint>,

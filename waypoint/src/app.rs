@@ -271,7 +271,7 @@ pub async fn run(options: Options, log: LogControl) -> anyhow::Result<()> {
     });
     let tcp = listen_shared(options.admin_addr)
         .with_context(|| format!("admin address {}", options.admin_addr))?;
-    tokio::spawn(admin::serve(admin.clone(), tcp, shutdown.clone()));
+    tokio::spawn(admin::serve_read_only(admin.clone(), tcp, shutdown.clone()));
     let admin_socket = match &options.admin_socket {
         Some(path) => {
             let (socket, unix) = AdminSocket::bind(path)

@@ -113,7 +113,7 @@ pub async fn run(options: Options, log: LogControl) -> anyhow::Result<()> {
     });
     let tcp = socket::listen_shared(options.admin_addr)
         .with_context(|| format!("admin address {}", options.admin_addr))?;
-    tokio::spawn(admin::serve(admin.clone(), tcp, shutdown.clone()));
+    tokio::spawn(admin::serve_read_only(admin.clone(), tcp, shutdown.clone()));
     let (admin_socket, unix) = AdminSocket::bind(&options.admin_socket)
         .with_context(|| format!("admin socket {}", options.admin_socket.display()))?;
     tokio::spawn(admin::serve(admin, unix, shutdown.clone()));

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures::StreamExt;
+use futures::future::{Either, Ready};
 use http::{Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
@@ -143,6 +144,30 @@ pub fn readiness(check: Result<(), String>) -> Response<Body> {
             "text/plain",
             format!("{reason}\n"),
         ),
+    }
+}
+
+/// Wraps an admin handler for a TCP listener: only `GET` and `HEAD` reach
+/// it. Mutating endpoints (`POST /logging`) are served on the admin unix
+/// socket only, whose file mode decides who may use them; on TCP any
+/// process of the node's network could.
+pub fn read_only<F, Fut>(
+    handler: F,
+) -> impl Fn(Request<Incoming>) -> Either<Fut, Ready<Response<Body>>> + Clone + Send + Sync + 'static
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    move |req| {
+        if req.method() == http::Method::GET || req.method() == http::Method::HEAD {
+            Either::Left(handler(req))
+        } else {
+            Either::Right(futures::future::ready(full(
+                StatusCode::FORBIDDEN,
+                "text/plain",
+                "mutating endpoints are served on the admin unix socket only\n",
+            )))
+        }
     }
 }
 
@@ -315,6 +340,26 @@ mod tests {
         // ...which frees their slots for real clients.
         let reply = get(addr).await.expect("a request after the flood");
         assert!(reply.starts_with("HTTP/1.0 200"), "{reply}");
+
+        // Over TCP, the mutating endpoints are refused.
+        shutdown.cancel();
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let shutdown = CancellationToken::new();
+        tokio::spawn(serve_with(
+            listener,
+            read_only(handler),
+            shutdown.clone(),
+            limits,
+        ));
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        s.write_all(b"POST /logging?level=trace HTTP/1.0\r\n\r\n")
+            .await
+            .expect("request");
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.expect("reply");
+        assert!(out.starts_with("HTTP/1.0 403"), "{out}");
+        assert!(get(addr).await.expect("GET").starts_with("HTTP/1.0 200"));
 
         // An idle kept-alive connection does not hold a slot for ever.
         let mut idle = TcpStream::connect(addr).await.expect("connect");

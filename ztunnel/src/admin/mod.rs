@@ -162,9 +162,19 @@ impl Admin {
     }
 }
 
-/// Serves the admin API on a TCP listener or a unix socket.
+/// Serves the whole admin API (on the unix socket).
 pub async fn serve(admin: Arc<Admin>, listener: impl http::Listener, shutdown: CancellationToken) {
     http::serve(listener, move |req| admin.clone().handle(req), shutdown).await;
+}
+
+/// Serves the admin API's read-only endpoints (on TCP).
+pub async fn serve_read_only(
+    admin: Arc<Admin>,
+    listener: impl http::Listener,
+    shutdown: CancellationToken,
+) {
+    let handler = move |req| admin.clone().handle(req);
+    http::serve(listener, http::read_only(handler), shutdown).await;
 }
 
 /// Prometheus text on any path (conventionally `/metrics`).
