@@ -377,6 +377,19 @@ fn hbone_as(
     to: SocketAddr,
     expect: &str,
 ) -> Result<(), String> {
+    hbone_as_forwarding(c, from, identity, hbone, to, expect, None)
+}
+
+/// As [`hbone_as`], with `forwarded: for=<client_ip>` on the CONNECT.
+fn hbone_as_forwarding(
+    c: &Cluster,
+    from: usize,
+    identity: &str,
+    hbone: SocketAddr,
+    to: SocketAddr,
+    expect: &str,
+    client_ip: Option<IpAddr>,
+) -> Result<(), String> {
     let id: weft_hbone::SpiffeId = identity.parse().unwrap();
     let cert = std::sync::Arc::new(c.ca.issue(&id, Duration::from_secs(600)).unwrap());
     let bundle = weft_hbone::TrustBundle::from_pems("cluster.local", &[c.ca.root_pem()]).unwrap();
@@ -392,7 +405,7 @@ fn hbone_as(
                 hbone_addr: hbone,
                 expected_identity: expected,
                 authority: to,
-                client_ip: None,
+                client_ip,
                 traceparent: None,
                 baggage: None,
             };
@@ -571,4 +584,51 @@ fn a_pod_without_config_is_refused_and_ztunnel_not_ready_until_it_arrives() {
     .expect("ready once the config knows the pod");
     let (_, echo) = c.exchange(outsider, to, "plain").expect("served now");
     assert_eq!(echo, "plain");
+}
+
+/// Security finding 6: `forwarded: for=` let any authenticated peer choose
+/// the source address that `ipBlocks` policy sees (a DENY on the client's
+/// address was walked around by naming another). Only a waypoint may speak
+/// for another address now.
+#[test]
+fn forwarded_for_from_a_non_waypoint_peer_does_not_change_the_source_address() {
+    let _one = serial();
+    let mut c = Cluster::new(2);
+    // No redirect rules on these two: their HBONE clients are not captured.
+    let denied = c.add_pod(PodSpec::plain("legacy", "denied", 1));
+    let other = c.add_pod(PodSpec::plain("legacy", "other", 1));
+    let server = c.add_pod(PodSpec::meshed("shop", "server", "server", 2));
+    c.echo_server(server, 8080);
+    let deny = format!(
+        r#"
+policies:
+  - name: deny-one-address
+    namespace: shop
+    action: ACTION_DENY
+    rules:
+      - from: [{{ ipBlocks: ["{}/32"] }}]
+"#,
+        c.pod(denied).ip
+    );
+    c.write_config(&deny);
+    c.start_ztunnel(2);
+    let hbone = addr(c.pod(server).ip, 15008);
+    let app = addr(c.pod(server).ip, 8080);
+    let server_id = "spiffe://cluster.local/ns/shop/sa/server";
+    let peer = "spiffe://cluster.local/ns/legacy/sa/peer";
+
+    hbone_as(&c, other, peer, hbone, app, server_id).expect("another address is allowed");
+    let err = hbone_as(&c, denied, peer, hbone, app, server_id).expect_err("the denied address");
+    assert!(err.contains("401"), "{err}");
+    let err = hbone_as_forwarding(
+        &c,
+        denied,
+        peer,
+        hbone,
+        app,
+        server_id,
+        Some(IpAddr::V4(c.pod(other).ip)),
+    )
+    .expect_err("naming another address in forwarded: for= does not help");
+    assert!(err.contains("401"), "{err}");
 }
