@@ -50,17 +50,21 @@ async fn handle(proxy: Arc<Proxy>, tunnel: InboundTunnel) {
     let store = &proxy.config.store;
     // The same rule as ztunnel's inbound: `forwarded: for=` only from a
     // waypoint, so a client cannot choose the address `ipBlocks` sees.
+    let peer_ip = tunnel.peer_addr.ip();
+    let peer_workload = store.workload_by_ip(peer_ip);
     let client_ip = weft_mesh::client_address(
-        tunnel.peer_addr.ip(),
+        peer_ip,
         &tunnel.peer_identity.to_string(),
-        store.workload_by_ip(tunnel.peer_addr.ip()).as_deref(),
+        peer_workload.as_deref(),
         tunnel.client_ip(),
     );
-    let client = Client::new(
-        tunnel.peer_identity.clone(),
-        client_ip,
-        store.workload_by_ip(client_ip),
-    );
+    // Usually the peer is the client: one lookup serves both.
+    let client_workload = if client_ip == peer_ip {
+        peer_workload
+    } else {
+        store.workload_by_ip(client_ip)
+    };
+    let client = Client::new(tunnel.peer_identity.clone(), client_ip, client_workload);
     let authority = tunnel.authority;
     let dest = match destination::resolve(store, &proxy.me, authority) {
         Ok(dest) => dest,

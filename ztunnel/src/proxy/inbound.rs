@@ -35,13 +35,21 @@ impl TunnelHandler for InboundHandler {
 async fn handle(proxy: &Proxy, pod: &Pod, tunnel: InboundTunnel) {
     let dst = tunnel.authority;
     let peer_identity = tunnel.peer_identity.clone();
+    let peer_id = peer_identity.to_string();
+    let peer_ip = tunnel.peer_addr.ip();
+    let peer_workload = proxy.store.workload_by_ip(peer_ip);
     let client_ip = client_address(
-        tunnel.peer_addr.ip(),
-        &peer_identity.to_string(),
-        proxy.store.workload_by_ip(tunnel.peer_addr.ip()).as_deref(),
+        peer_ip,
+        &peer_id,
+        peer_workload.as_deref(),
         tunnel.client_ip(),
     );
-    let source_workload = proxy.store.workload_by_ip(client_ip);
+    // Usually the peer is the client: one lookup serves both.
+    let source_workload = if client_ip == peer_ip {
+        peer_workload
+    } else {
+        proxy.store.workload_by_ip(client_ip)
+    };
     let known = proxy.store.workload(&pod.uid);
     let workload = known.clone().unwrap_or_else(|| proxy.workload_of(pod));
     let meta = ConnectionMeta {
@@ -52,7 +60,7 @@ async fn handle(proxy: &Proxy, pod: &Pod, tunnel: InboundTunnel) {
             workload: source_workload
                 .as_ref()
                 .map(|w| format!("{}/{}", w.namespace, w.name)),
-            identity: Some(peer_identity.to_string()),
+            identity: Some(peer_id.clone()),
         },
         destination: Peer {
             address: dst.to_string(),
@@ -78,8 +86,7 @@ async fn handle(proxy: &Proxy, pod: &Pod, tunnel: InboundTunnel) {
                 },
                 StatusCode::SERVICE_UNAVAILABLE,
             )),
-            Some(w) => admit_hbone(w, &peer_identity.to_string())
-                .map_err(|denial| (denial, StatusCode::FORBIDDEN)),
+            Some(w) => admit_hbone(w, &peer_id).map_err(|denial| (denial, StatusCode::FORBIDDEN)),
         });
     if let Err((denial, status)) = admitted {
         proxy
@@ -89,7 +96,7 @@ async fn handle(proxy: &Proxy, pod: &Pod, tunnel: InboundTunnel) {
         return;
     }
     let attrs = ConnectionAttrs {
-        source_principal: Some(peer_identity.to_string()),
+        source_principal: Some(peer_id),
         source_namespace: Some(peer_identity.namespace().to_owned()),
         source_ip: client_ip,
         destination_ip: dst.ip(),
