@@ -7,10 +7,16 @@ CARGO ?= cargo
 # lock hash would pay a cold build (tens of minutes on 2 cores) per bump.
 export CARGO_TARGET_DIR ?= /var/cache/weft/target
 
-.PHONY: demo test deps build lint unit clean
+.PHONY: demo test deps kube build lint unit clean
 
 deps:
 	@./scripts/install-deps.sh
+
+# The real Kubernetes control plane of the kube-mode tests, from Go modules:
+# built once per machine into /var/cache/weft/kube (minutes cold, a hash
+# warm); see docs/e2e.md.
+kube:
+	@./scripts/build-kube.sh >/dev/null
 
 build: deps
 	$(CARGO) build --release --workspace --bins --examples
@@ -24,7 +30,7 @@ demo: deps
 	WEFT_E2E_NO_BUILD=1 $(CARGO) run --release -q -p weft-e2e --bin weft-e2e -- demo $(DEMO_ARGS)
 
 ## test: every test of the workspace, plus format and lint checks
-test: deps lint unit
+test: deps kube lint unit
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -25,12 +25,15 @@ pub const CONTROLLER_AUDIENCE: &str = "weft.dev/controller";
 /// An authenticated caller.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Caller {
-    /// A node's ztunnel. `node` is the node its credential is bound to, when
-    /// the credential says (bootstrap tokens, node-bound ServiceAccount
-    /// tokens); otherwise the node named in the request is taken.
+    /// A node's ztunnel. Its credential always names its node (a bootstrap
+    /// token by its file name, a ServiceAccount token by the node the API
+    /// server bound it to): the node limits which identities it may obtain,
+    /// so a node taken from the request would let one stolen token obtain
+    /// every node's. A credential that names no node is refused
+    /// ([`AuthError::UnboundZtunnel`]).
     Ztunnel {
         /// The node the credential belongs to.
-        node: Option<String>,
+        node: String,
     },
     /// Any other ServiceAccount: a waypoint, if a waypoint runs as it.
     ServiceAccount {
@@ -60,6 +63,17 @@ pub enum AuthError {
         "invalid token, or not one for audience {0} (proxies need a projected ServiceAccount token with that audience)"
     )]
     Audience(String),
+    /// A token of the ztunnel's ServiceAccount that the API server bound to
+    /// no node. Such a token would be good on every node, and so would
+    /// obtain every node's identities.
+    #[error("{}", unbound_ztunnel(.audiences, .pod.as_deref()))]
+    UnboundZtunnel {
+        /// The audiences the controller requires (the API server's default
+        /// when empty): the ones the ztunnel's projected token must carry.
+        audiences: String,
+        /// The pod the token is bound to, if it is bound to one.
+        pod: Option<String>,
+    },
     /// TokenReview failed.
     #[error("token review failed: {0}")]
     Review(#[from] kube::Error),
@@ -71,6 +85,31 @@ pub enum AuthError {
         /// The I/O error.
         source: std::io::Error,
     },
+}
+
+/// What [`AuthError::UnboundZtunnel`] tells the operator: the two causes
+/// need different fixes (the ztunnel's token, or the API server).
+fn unbound_ztunnel(audiences: &str, pod: Option<&str>) -> String {
+    match pod {
+        Some(pod) => format!(
+            "the ztunnel's token is bound to pod {pod} but the API server did not say which node \
+             that pod runs on: the controller binds a ztunnel to its node from the token, which \
+             needs Kubernetes 1.30 or later (feature gate ServiceAccountTokenPodNodeInfo)"
+        ),
+        None => {
+            let audience = if audiences.is_empty() {
+                "the API server's default audience".to_string()
+            } else {
+                format!("audience {audiences}")
+            };
+            format!(
+                "the ztunnel's token is bound to no node: ztunnels must present a pod-bound \
+                 ServiceAccount token (a projected serviceAccountToken volume with {audience}); \
+                 a token from `kubectl create token` without --bound-object-kind Pod, or a \
+                 legacy Secret token, is refused"
+            )
+        }
+    }
 }
 
 /// Authenticates a bearer token.
@@ -144,10 +183,7 @@ impl BootstrapTokens {
                 let entry = entry.map_err(io)?;
                 let token = std::fs::read_to_string(entry.path()).map_err(io)?;
                 let node = entry.file_name().to_string_lossy().into_owned();
-                tokens.insert(
-                    token.trim().to_string(),
-                    Caller::Ztunnel { node: Some(node) },
-                );
+                tokens.insert(token.trim().to_string(), Caller::Ztunnel { node });
             }
         }
         let waypoints = dir.join("waypoints");
@@ -253,8 +289,12 @@ impl TokenReviewer {
     }
 }
 
-/// The node a bound ServiceAccount token was issued for.
+/// The node a bound ServiceAccount token was issued for: the node of the pod
+/// it is bound to (Kubernetes 1.30 and later), or the Node it is bound to.
 const NODE_NAME_EXTRA: &str = "authentication.kubernetes.io/node-name";
+
+/// The pod a bound ServiceAccount token was issued for.
+const POD_NAME_EXTRA: &str = "authentication.kubernetes.io/pod-name";
 
 impl Authenticator for TokenReviewer {
     fn authenticate<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Caller, AuthError>> {
@@ -299,9 +339,30 @@ impl Authenticator for TokenReviewer {
                 return Err(AuthError::NotAllowed(username));
             };
             if (namespace, name) == (self.ztunnel.0.as_str(), self.ztunnel.1.as_str()) {
-                let node = user
-                    .extra
-                    .and_then(|e| e.get(NODE_NAME_EXTRA).and_then(|v| v.first().cloned()));
+                let extra = user.extra.unwrap_or_default();
+                let first = |key: &str| {
+                    extra
+                        .get(key)
+                        .and_then(|v| v.first())
+                        .filter(|v| !v.is_empty())
+                        .cloned()
+                };
+                let pod = first(POD_NAME_EXTRA).map(|pod| format!("{namespace}/{pod}"));
+                let Some(node) = first(NODE_NAME_EXTRA) else {
+                    tracing::warn!(
+                        pod = pod.as_deref().unwrap_or(""),
+                        "refused a ztunnel token bound to no node"
+                    );
+                    return Err(AuthError::UnboundZtunnel {
+                        audiences: self.audiences.join(","),
+                        pod,
+                    });
+                };
+                tracing::debug!(
+                    node,
+                    pod = pod.as_deref().unwrap_or(""),
+                    "ztunnel authenticated"
+                );
                 return Ok(Caller::Ztunnel { node });
             }
             Ok(Caller::ServiceAccount {
@@ -316,6 +377,42 @@ impl Authenticator for TokenReviewer {
 mod tests {
     use super::*;
 
+    #[test]
+    fn an_unbound_ztunnel_token_is_refused_with_what_to_fix() {
+        // No pod: the token itself is the wrong kind.
+        let legacy = AuthError::UnboundZtunnel {
+            audiences: CONTROLLER_AUDIENCE.into(),
+            pod: None,
+        }
+        .to_string();
+        assert!(
+            legacy.contains("pod-bound ServiceAccount token")
+                && legacy.contains("audience weft.dev/controller")
+                && legacy.contains("--bound-object-kind Pod"),
+            "{legacy}"
+        );
+        let default_audience = AuthError::UnboundZtunnel {
+            audiences: String::new(),
+            pod: None,
+        }
+        .to_string();
+        assert!(
+            default_audience.contains("with the API server's default audience"),
+            "{default_audience}"
+        );
+        // Bound to a pod, but the API server is too old to say its node.
+        let old_server = AuthError::UnboundZtunnel {
+            audiences: CONTROLLER_AUDIENCE.into(),
+            pod: Some("weft-system/ztunnel-x7k2p".into()),
+        }
+        .to_string();
+        assert!(
+            old_server.contains("bound to pod weft-system/ztunnel-x7k2p")
+                && old_server.contains("Kubernetes 1.30"),
+            "{old_server}"
+        );
+    }
+
     #[tokio::test]
     async fn a_token_written_or_removed_while_running_counts_at_once() {
         let dir = tempfile::tempdir().expect("dir");
@@ -325,7 +422,7 @@ mod tests {
         assert_eq!(
             auth.authenticate("node-token").await.expect("node"),
             Caller::Ztunnel {
-                node: Some("node-1".into())
+                node: "node-1".into()
             }
         );
         assert!(auth.authenticate("wp-token").await.is_err());

@@ -26,13 +26,13 @@ async fn harness() -> Harness {
     tokens.insert(
         "node-a-token",
         Caller::Ztunnel {
-            node: Some("node-a".into()),
+            node: "node-a".into(),
         },
     );
     tokens.insert(
         "node-b-token",
         Caller::Ztunnel {
-            node: Some("node-b".into()),
+            node: "node-b".into(),
         },
     );
     tokens.insert(
@@ -115,8 +115,17 @@ async fn ztunnel_gets_identities_of_its_own_node_only() {
         "{}",
         err.message()
     );
-    // Claiming to be node-b with node-a's token does not help.
+    // Claiming to be node-b, or no node, with node-a's token does not help:
+    // the node is the token's, not the request's.
     let err = ask(&h, Some("node-a-token"), "node-b", db_csr.clone())
+        .await
+        .expect_err("refused");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    assert_eq!(
+        err.message(),
+        "caller is the ztunnel of node \"node-a\", but the request names node \"node-b\""
+    );
+    let err = ask(&h, Some("node-a-token"), "", db_csr.clone())
         .await
         .expect_err("refused");
     assert_eq!(err.code(), tonic::Code::PermissionDenied);
@@ -199,7 +208,7 @@ async fn before_the_registry_syncs_callers_are_told_to_retry() {
     tokens.insert(
         "node-a-token",
         Caller::Ztunnel {
-            node: Some("node-a".into()),
+            node: "node-a".into(),
         },
     );
     let mut unsynced = state(&[pod("shop", "web-1", "node-a", "web", "10.244.1.5")]);

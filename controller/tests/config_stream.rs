@@ -146,7 +146,7 @@ async fn subscribers_must_authenticate_as_their_node() {
     tokens.insert(
         "token-a",
         Caller::Ztunnel {
-            node: Some("node-a".into()),
+            node: "node-a".into(),
         },
     );
     let h = Harness::start(state(&[]), Arc::new(tokens)).await;
@@ -201,9 +201,7 @@ fn token(tokens: &mut BootstrapTokens, token: &str, caller: Caller) {
 }
 
 fn node(name: &str) -> Caller {
-    Caller::Ztunnel {
-        node: Some(name.into()),
-    }
+    Caller::Ztunnel { node: name.into() }
 }
 
 fn service_account(namespace: &str, name: &str) -> Caller {

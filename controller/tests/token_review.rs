@@ -1,6 +1,7 @@
 //! Kubernetes mode's callers, through TokenReview against the fake API
-//! server: weft's own audience is required, and only the ztunnel's and
-//! waypoints' ServiceAccounts read the mesh config.
+//! server: weft's own audience is required, only the ztunnel's and
+//! waypoints' ServiceAccounts read the mesh config, and a ztunnel's token
+//! must be bound to its node.
 
 mod support;
 
@@ -11,7 +12,11 @@ use support::{
     Harness, Subscriber, ambient_namespace, pod, state, waypoint_class, waypoint_gateway,
     waypoint_proxy,
 };
+use weft_api::ca::CreateCertificateRequest;
+use weft_api::ca::certificate_authority_client::CertificateAuthorityClient;
 use weft_controller::auth::{AuthError, Authenticator, CONTROLLER_AUDIENCE, Caller, TokenReviewer};
+use weft_identity::SpiffeId;
+use weft_identity::ca::generate_csr;
 
 fn reviewer(api: &FakeApiServer, audiences: &[&str]) -> Arc<TokenReviewer> {
     TokenReviewer::new(
@@ -47,7 +52,7 @@ async fn only_tokens_for_the_controllers_audience_authenticate() {
     assert_eq!(
         auth.authenticate("ztunnel").await.expect("ztunnel token"),
         Caller::Ztunnel {
-            node: Some("node-a".into())
+            node: "node-a".into()
         }
     );
     // An API server that does not say it checked our audience is not trusted
@@ -117,4 +122,93 @@ async fn kubernetes_service_accounts_subscribe_only_as_their_waypoint() {
         .await
         .expect("the ztunnel of its node");
     assert!(ztunnel.next().await.full_snapshot);
+}
+
+/// What an operator must read when the ztunnel's token names no node.
+const UNBOUND: &str = "the ztunnel's token is bound to no node: ztunnels must present a \
+     pod-bound ServiceAccount token (a projected serviceAccountToken volume with audience \
+     weft.dev/controller); a token from `kubectl create token` without --bound-object-kind \
+     Pod, or a legacy Secret token, is refused";
+
+/// Security finding 8: a ztunnel token bound to no node (a legacy Secret
+/// token, or `kubectl create token` without a pod) used to be taken for
+/// whichever node the request named, so one stolen token obtained every
+/// node's identities. It is refused now, by the authenticator and so by both
+/// the CA and the config stream.
+#[tokio::test]
+async fn a_ztunnel_token_bound_to_no_node_is_refused() {
+    let api = FakeApiServer::start(&[]).await;
+    api.add_token(
+        "unbound",
+        ("weft-system", "ztunnel"),
+        &[CONTROLLER_AUDIENCE],
+        None,
+    );
+    api.add_token(
+        "bound",
+        ("weft-system", "ztunnel"),
+        &[CONTROLLER_AUDIENCE],
+        Some("node-a"),
+    );
+    let auth = reviewer(&api, &[CONTROLLER_AUDIENCE]);
+    let refused = auth.authenticate("unbound").await.expect_err("refused");
+    assert!(
+        matches!(refused, AuthError::UnboundZtunnel { pod: None, .. }),
+        "{refused:?}"
+    );
+    assert_eq!(refused.to_string(), UNBOUND);
+    assert_eq!(
+        auth.authenticate("bound").await.expect("node-bound token"),
+        Caller::Ztunnel {
+            node: "node-a".into()
+        }
+    );
+    // Only the ztunnel's ServiceAccount needs a node: a waypoint's token
+    // names none and is still accepted.
+    api.add_token(
+        "waypoint",
+        ("shop", "shop-waypoint"),
+        &[CONTROLLER_AUDIENCE],
+        None,
+    );
+    assert!(auth.authenticate("waypoint").await.is_ok());
+
+    let h = Harness::start(
+        state(&[
+            ambient_namespace(),
+            pod("shop", "web-1", "node-a", "web", "10.244.1.5"),
+        ]),
+        auth,
+    )
+    .await;
+    let err = Subscriber::connect(h.channel().await, Some("unbound"), "node-a")
+        .await
+        .err()
+        .expect("the config stream refuses it");
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    assert_eq!(err.message(), UNBOUND);
+
+    let id = SpiffeId::new("cluster.local", "shop", "web").expect("id");
+    let (csr_pem, _) = generate_csr(&id).expect("csr");
+    let mut ca = CertificateAuthorityClient::new(h.channel().await);
+    let certificate = |token: &str| {
+        let mut request = tonic::Request::new(CreateCertificateRequest {
+            csr_pem: csr_pem.clone(),
+            node: "node-a".into(),
+            ttl_seconds: 600,
+        });
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {token}").parse().expect("header"),
+        );
+        request
+    };
+    let err = ca
+        .create_certificate(certificate("unbound"))
+        .await
+        .expect_err("the CA refuses it");
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    assert_eq!(err.message(), UNBOUND);
+    // The same pod's identity with a token bound to its node.
+    assert!(ca.create_certificate(certificate("bound")).await.is_ok());
 }

@@ -17,6 +17,8 @@
 //! - [`manifests`]: the files registry's directory (the "API server").
 //! - [`state`], [`cleanup`], [`signals`], [`names`]: run ids, the state file,
 //!   teardown after a drop, a panic, Ctrl-C or a killed run.
+//! - [`kube`]: kube mode, the real Kubernetes control plane (etcd,
+//!   kube-apiserver, kube-controller-manager, kube-scheduler, kubectl).
 //! - [`app`]: the sample workload (`weft-e2e-app`) run inside pods.
 //! - [`demo`] and [`narrate`]: the narrated demo (`weft-e2e demo`).
 //! - [`summary`]: what `weft-e2e status` and `up` print.
@@ -34,6 +36,7 @@ pub mod demo;
 pub mod error;
 pub mod exec;
 pub mod http;
+pub mod kube;
 pub mod manifests;
 pub mod names;
 pub mod narrate;

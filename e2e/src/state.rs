@@ -179,6 +179,18 @@ impl RunState {
         std::fs::rename(&tmp, &path).map_err(Error::io(&path))
     }
 
+    /// Records a process just started (and saves), so that teardown stops
+    /// it even if the harness dies a moment later.
+    pub fn record_process(&mut self, p: &crate::process::ManagedProcess) -> Result<()> {
+        self.processes.push(ProcessRecord {
+            name: p.name().to_string(),
+            pid: p.pid(),
+            started: p.started(),
+            log: p.log().to_path_buf(),
+        });
+        self.save()
+    }
+
     /// True while the harness that owns the run is alive.
     pub fn owned_by_live_harness(&self) -> bool {
         self.owner.as_ref().is_some_and(ProcessRecord::alive)

@@ -6,15 +6,8 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig};
-use weft_api::ca::CreateCertificateRequest;
-use weft_api::ca::certificate_authority_client::CertificateAuthorityClient;
 use weft_e2e::{Cluster, PodSpec};
-use weft_hbone::SpiffeId;
-use weft_hbone::ca::generate_csr;
 
 /// Asks the controller, from node `from`'s namespace with node `token_of`'s
 /// token, for `identity`, naming `node` in the request.
@@ -27,42 +20,11 @@ fn ask(
 ) -> Result<Vec<String>, tonic::Status> {
     let root = std::fs::read_to_string(c.controller().root_cert()).expect("root");
     let token = std::fs::read_to_string(c.controller().token_file(token_of)).expect("token");
-    let id: SpiffeId = identity.parse().expect("identity");
-    let (csr_pem, _key) = generate_csr(&id).expect("csr");
     let url = c.controller().url();
     let netns = c.node(from).expect("node").netns();
-    // Sockets are created on the thread that entered the node's namespace,
-    // so the runtime lives on that thread.
+    let (node, identity) = (node.to_string(), identity.to_string());
     netns
-        .run(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                let channel = Channel::from_shared(url)
-                    .expect("url")
-                    .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(root)))
-                    .expect("tls")
-                    .connect_timeout(Duration::from_secs(5))
-                    .connect()
-                    .await
-                    .map_err(|e| tonic::Status::unavailable(format!("connect: {e:?}")))?;
-                let mut request = tonic::Request::new(CreateCertificateRequest {
-                    csr_pem,
-                    node: node.to_string(),
-                    ttl_seconds: 600,
-                });
-                request.metadata_mut().insert(
-                    "authorization",
-                    format!("Bearer {}", token.trim()).parse().expect("header"),
-                );
-                CertificateAuthorityClient::new(channel)
-                    .create_certificate(request)
-                    .await
-                    .map(|r| r.into_inner().cert_chain_pem)
-            })
-        })
+        .run(move || ask_ca(&url, &root, &token, &node, &identity))
         .expect("enter node")
 }
 

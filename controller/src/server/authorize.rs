@@ -34,26 +34,19 @@ pub(crate) fn subscriber(
     match caller {
         Caller::Anonymous => Ok(()),
         Caller::Ztunnel { node: bound } => {
-            let who = match bound {
-                Some(node) => format!("the ztunnel of node {node:?}"),
-                None => "a ztunnel".to_string(),
-            };
             if proxy.kind != ProxyKind::Ztunnel as i32 {
                 return Err(Status::permission_denied(format!(
-                    "caller is {who} and may subscribe only as a ztunnel, not as {}",
+                    "caller is the ztunnel of node {bound:?} and may subscribe only as a \
+                     ztunnel, not as {}",
                     kind_name(proxy.kind)
                 )));
             }
-            if proxy.node.is_empty() {
-                return Err(Status::permission_denied(
-                    "a ztunnel must name its node when it subscribes",
-                ));
-            }
-            if let Some(bound) = bound
-                && *bound != proxy.node
-            {
+            // The node comes from the credential; the one subscribed as is
+            // only checked against it, so a ztunnel cannot read as another.
+            if *bound != proxy.node {
                 return Err(Status::permission_denied(format!(
-                    "caller is the ztunnel of node {bound:?}, not {:?}",
+                    "caller is the ztunnel of node {bound:?}, but subscribes as the ztunnel of \
+                     node {:?}",
                     proxy.node
                 )));
             }
@@ -100,15 +93,10 @@ pub(crate) fn subscriber(
 /// The identity per-caller limits count against: a node's ztunnel, a
 /// ServiceAccount. `None` when authentication is off: then there is no one
 /// to tell apart.
-pub(crate) fn limit_key(caller: &Caller, proxy: &ProxyInfo) -> Option<String> {
+pub(crate) fn limit_key(caller: &Caller) -> Option<String> {
     match caller {
         Caller::Anonymous => None,
-        // An unbound ztunnel token is shared by every node's ztunnel; the
-        // node it was authorized for tells them apart.
-        Caller::Ztunnel { node } => Some(format!(
-            "the ztunnel of node {:?}",
-            node.as_deref().unwrap_or(&proxy.node)
-        )),
+        Caller::Ztunnel { node } => Some(format!("the ztunnel of node {node:?}")),
         Caller::ServiceAccount { namespace, name } => {
             Some(format!("service account {namespace}/{name}"))
         }
@@ -215,19 +203,35 @@ mod tests {
     #[test]
     fn a_ztunnel_subscribes_only_as_the_ztunnel_of_its_node() {
         let state = cluster();
-        let bound = Caller::Ztunnel {
-            node: Some("node-a".into()),
+        let caller = Caller::Ztunnel {
+            node: "node-a".into(),
         };
-        assert!(subscriber(&bound, &ztunnel("node-a"), &state).is_ok());
-        assert!(subscriber(&bound, &ztunnel("node-b"), &state).is_err());
-        assert!(subscriber(&bound, &waypoint("shop", "shop-waypoint"), &state).is_err());
-        let unbound = Caller::Ztunnel { node: None };
-        assert!(subscriber(&unbound, &ztunnel("node-b"), &state).is_ok());
-        assert!(subscriber(&unbound, &ztunnel(""), &state).is_err());
-        assert_eq!(
-            limit_key(&unbound, &ztunnel("node-b")).as_deref(),
-            Some("the ztunnel of node \"node-b\"")
+        assert!(subscriber(&caller, &ztunnel("node-a"), &state).is_ok());
+        // Another node, or none: the request cannot choose the node.
+        for other in ["node-b", ""] {
+            let refused = subscriber(&caller, &ztunnel(other), &state).expect_err("other node");
+            assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+            assert_eq!(
+                refused.message(),
+                format!(
+                    "caller is the ztunnel of node \"node-a\", but subscribes as the ztunnel \
+                     of node {other:?}"
+                )
+            );
+        }
+        let as_waypoint =
+            subscriber(&caller, &waypoint("shop", "shop-waypoint"), &state).expect_err("waypoint");
+        assert!(
+            as_waypoint
+                .message()
+                .contains("only as a ztunnel, not as a waypoint"),
+            "{}",
+            as_waypoint.message()
         );
-        assert_eq!(limit_key(&Caller::Anonymous, &ztunnel("node-b")), None);
+        assert_eq!(
+            limit_key(&caller).as_deref(),
+            Some("the ztunnel of node \"node-a\"")
+        );
+        assert_eq!(limit_key(&Caller::Anonymous), None);
     }
 }

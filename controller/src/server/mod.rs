@@ -163,7 +163,7 @@ impl ConfigDiscovery for ConfigServer {
             }
             return Err(status);
         }
-        let caller_stream = match authorize::limit_key(&caller, &proxy) {
+        let caller_stream = match authorize::limit_key(&caller) {
             Some(key) => match self.callers.open(&key) {
                 Some(place) => Some(place),
                 None => {

@@ -41,7 +41,7 @@ use crate::pod::Pod;
 use crate::process::ManagedProcess;
 use crate::service::Service;
 use crate::signals;
-use crate::state::{ControllerRecord, ProcessRecord, RunState};
+use crate::state::{ControllerRecord, RunState};
 use crate::topology;
 
 pub mod disruption;
@@ -173,13 +173,7 @@ fn create_netns(state: &mut RunState, role: &str) -> Result<Netns> {
 }
 
 fn record(state: &mut RunState, p: &ManagedProcess) -> Result<()> {
-    state.processes.push(ProcessRecord {
-        name: p.name().to_string(),
-        pid: p.pid(),
-        started: p.started(),
-        log: p.log().to_path_buf(),
-    });
-    state.save()
+    state.record_process(p)
 }
 
 /// The pieces built by [`Cluster::up`] before they become a [`Cluster`].

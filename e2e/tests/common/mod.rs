@@ -60,3 +60,49 @@ pub fn identity(pod: &Pod) -> String {
         pod.service_account()
     )
 }
+
+/// Asks the controller's CA at `url` (trusting `root_pem`) for `identity`
+/// with bearer `token`, naming `node`, as a ztunnel does; returns the
+/// certificate chain or the refusal. Blocking: it runs its own runtime on
+/// the calling thread, so the socket is made in that thread's namespace.
+pub fn ask_ca(
+    url: &str,
+    root_pem: &str,
+    token: &str,
+    node: &str,
+    identity: &str,
+) -> Result<Vec<String>, tonic::Status> {
+    use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+    use weft_api::ca::CreateCertificateRequest;
+    use weft_api::ca::certificate_authority_client::CertificateAuthorityClient;
+
+    let id: weft_hbone::SpiffeId = identity.parse().expect("identity");
+    let (csr_pem, _key) = weft_hbone::ca::generate_csr(&id).expect("csr");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        let channel = Channel::from_shared(url.to_string())
+            .expect("url")
+            .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(root_pem)))
+            .expect("tls")
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .map_err(|e| tonic::Status::unavailable(format!("connect: {e:?}")))?;
+        let mut request = tonic::Request::new(CreateCertificateRequest {
+            csr_pem,
+            node: node.to_string(),
+            ttl_seconds: 600,
+        });
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {}", token.trim()).parse().expect("header"),
+        );
+        CertificateAuthorityClient::new(channel)
+            .create_certificate(request)
+            .await
+            .map(|r| r.into_inner().cert_chain_pem)
+    })
+}

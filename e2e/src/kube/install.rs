@@ -1,0 +1,89 @@
+//! Installing weft on the control plane the way a user does: the pinned
+//! Gateway API CRDs, then `deploy/` with kubectl.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::control_plane::ControlPlane;
+use crate::error::{Error, Result};
+use crate::process::wait_until;
+
+/// The repository's `deploy/base` (namespace, CRDs, controller, RBAC,
+/// GatewayClass).
+pub fn deploy_base() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/base")
+}
+
+/// Applies the Gateway API standard CRDs and waits until the API serves
+/// them. Server-side apply: the CRDs are larger than the annotation
+/// client-side apply keeps.
+pub fn gateway_api(plane: &ControlPlane) -> Result<()> {
+    let crds = plane.toolchain().gateway_api_crds();
+    plane
+        .kubectl()
+        .run(&["apply", "--server-side", "-f", &crds.display().to_string()])?;
+    wait_established(
+        plane,
+        &[
+            "gateways.gateway.networking.k8s.io",
+            "httproutes.gateway.networking.k8s.io",
+            "gatewayclasses.gateway.networking.k8s.io",
+            "grpcroutes.gateway.networking.k8s.io",
+            "referencegrants.gateway.networking.k8s.io",
+        ],
+    )
+}
+
+/// `kubectl apply -k deploy/base`, as the install guide says, after the
+/// Gateway API CRDs its GatewayClass needs. The CRDs are applied first and
+/// awaited, so that the custom resources in the same kustomization find
+/// their kinds.
+pub fn weft(plane: &ControlPlane) -> Result<()> {
+    gateway_api(plane)?;
+    let base = deploy_base();
+    let rendered = plane
+        .kubectl()
+        .run(&["kustomize", &base.display().to_string()])?;
+    let crds: String = rendered
+        .split("\n---\n")
+        .filter(|doc| doc.contains("kind: CustomResourceDefinition"))
+        .collect::<Vec<_>>()
+        .join("\n---\n");
+    plane.kubectl().apply(&crds)?;
+    wait_established(
+        plane,
+        &[
+            "authorizationpolicies.security.weft.dev",
+            "peerauthentications.security.weft.dev",
+        ],
+    )?;
+    plane
+        .kubectl()
+        .run(&["apply", "-k", &base.display().to_string()])?;
+    Ok(())
+}
+
+fn wait_established(plane: &ControlPlane, crds: &[&str]) -> Result<()> {
+    for crd in crds {
+        let mut last = String::new();
+        let established = wait_until(
+            &format!("CRD {crd} established"),
+            Duration::from_secs(30),
+            || match plane.kubectl().run(&[
+                "get",
+                "crd",
+                crd,
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Established\")].status}",
+            ]) {
+                Ok(status) => status.trim() == "True",
+                Err(e) => {
+                    last = e.to_string();
+                    false
+                }
+            },
+        );
+        established.map_err(|e| Error::Invalid(format!("{e}; last error: {last}")))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,108 @@
+//! Kube mode: the real Kubernetes control plane under weft's tests
+//! (docs/e2e.md).
+//!
+//! - [`toolchain`]: the control plane's binary and the Gateway API CRDs,
+//!   built once per machine by `scripts/build-kube.sh`.
+//! - [`control_plane`]: etcd, kube-apiserver, kube-controller-manager and
+//!   kube-scheduler on loopback, with the run's own CA ([`pki`]) and a
+//!   kubeconfig per identity ([`kubeconfig`]).
+//! - [`kubectl`]: kubectl at the same release, run as users run it.
+//! - [`install`]: the Gateway API CRDs and `deploy/`, applied with kubectl.
+//! - [`KubeRun`]: a control plane owning a run of its own (run id, files,
+//!   teardown on drop, panic or Ctrl-C), for tests that need no nodes.
+
+pub mod control_plane;
+pub mod install;
+pub mod kubeconfig;
+pub mod kubectl;
+pub mod pki;
+pub mod toolchain;
+
+use std::path::Path;
+
+pub use control_plane::ControlPlane;
+pub use kubectl::Kubectl;
+pub use toolchain::Toolchain;
+
+use crate::cleanup;
+use crate::error::{Error, Result};
+use crate::names::RunId;
+use crate::signals;
+use crate::state::RunState;
+
+/// A control plane in a run of its own, torn down when dropped.
+pub struct KubeRun {
+    state: RunState,
+    plane: Option<ControlPlane>,
+}
+
+impl KubeRun {
+    /// Starts a control plane in a fresh run under `root`.
+    pub fn start(root: &Path, progress: &dyn Fn(&str)) -> Result<KubeRun> {
+        if !nix::unistd::Uid::effective().is_root() {
+            return Err(Error::NotRoot);
+        }
+        let toolchain = Toolchain::locate()?;
+        std::fs::create_dir_all(root).map_err(Error::io(root))?;
+        let id = RunId::generate(root);
+        let dir = root.join(id.as_str());
+        std::fs::create_dir_all(&dir).map_err(Error::io(&dir))?;
+        let state = RunState::new(id, dir.clone());
+        state.save()?;
+        signals::register(dir.clone());
+        let mut run = KubeRun { state, plane: None };
+        let plane = ControlPlane::start(&toolchain, &dir.join("kube"), &mut run.state, progress)?;
+        run.plane = Some(plane);
+        Ok(run)
+    }
+
+    /// The control plane.
+    pub fn plane(&self) -> &ControlPlane {
+        // Set by `start` before a `KubeRun` is returned.
+        self.plane
+            .as_ref()
+            .expect("a started run has a control plane")
+    }
+
+    /// The control plane, mutably.
+    pub fn plane_mut(&mut self) -> &mut ControlPlane {
+        self.plane
+            .as_mut()
+            .expect("a started run has a control plane")
+    }
+
+    /// The run's state (its directory, processes).
+    pub fn state(&self) -> &RunState {
+        &self.state
+    }
+
+    /// The run's state, to record processes a test starts.
+    pub fn state_mut(&mut self) -> &mut RunState {
+        &mut self.state
+    }
+
+    /// Prints the end of every component's log.
+    pub fn print_logs(&self) {
+        if let Some(plane) = &self.plane {
+            for (name, tail) in plane.log_tails(30) {
+                eprintln!("----- {name} (last lines) -----\n{tail}");
+            }
+        }
+    }
+}
+
+impl Drop for KubeRun {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.print_logs();
+        }
+        if let Some(mut plane) = self.plane.take() {
+            plane.stop();
+        }
+        let report = cleanup::teardown(&self.state);
+        signals::unregister(&self.state.dir);
+        for e in &report.errors {
+            eprintln!("teardown: {e}");
+        }
+    }
+}
