@@ -6,13 +6,12 @@
 
 mod common;
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
-use std::process::Command;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::Value;
-use weft_e2e::kube::{KubeRun, install};
-use weft_e2e::process::{ManagedProcess, wait_until};
+use weft_e2e::kube::{ControllerProcess, KubeRun, install};
+use weft_e2e::process::wait_until;
 
 const SETTLE: Duration = Duration::from_secs(30);
 
@@ -21,48 +20,8 @@ fn run() -> KubeRun {
     KubeRun::start(&root, &|line| eprintln!("{line}")).expect("control plane up")
 }
 
-fn free_addr() -> SocketAddr {
-    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
-    l.local_addr().expect("addr")
-}
-
-/// The controller binary, started on loopback as ServiceAccount
-/// `weft-system/weft-controller` with a token from TokenRequest: only what
-/// deploy/'s RBAC grants it.
-struct RunningController {
-    process: ManagedProcess,
-    grpc: SocketAddr,
-}
-
-fn start_controller(run: &mut KubeRun) -> RunningController {
-    let kubeconfig = run
-        .plane()
-        .service_account_kubeconfig("weft-system", "weft-controller")
-        .expect("controller kubeconfig");
-    let grpc = free_addr();
-    let binary = weft_e2e::binaries::Binaries::locate()
-        .expect("binaries")
-        .require(weft_e2e::binaries::CONTROLLER)
-        .expect("weft-controller built");
-    let mut cmd = Command::new(binary);
-    cmd.env("KUBECONFIG", &kubeconfig)
-        .env("POD_NAME", "weft-controller-0")
-        .env("WEFT_ROOT_NAMESPACE", "weft-system")
-        .env("RUST_LOG", "info")
-        .args(["--registry", "kubernetes"])
-        .arg(format!("--grpc-addr={grpc}"))
-        .arg(format!("--metrics-addr={}", free_addr()))
-        .arg(format!("--debug-addr={}", free_addr()));
-    let log = run.state().dir.join("weft-controller.log");
-    let mut process =
-        ManagedProcess::spawn("weft-controller", cmd, &log).expect("spawn controller");
-    run.state_mut().record_process(&process).expect("record");
-    process
-        .wait_ready("serving", SETTLE, || {
-            std::net::TcpStream::connect(grpc).is_ok()
-        })
-        .expect("controller serving");
-    RunningController { process, grpc }
+fn start_controller(run: &mut KubeRun) -> ControllerProcess {
+    ControllerProcess::start(run, "weft-controller-0", &[]).expect("controller serving")
 }
 
 fn installed() -> KubeRun {
@@ -199,11 +158,11 @@ fn the_controller_runs_under_the_rbac_deploy_ships_and_deploys_waypoints() {
     );
 
     // Nothing the controller did was forbidden by its RBAC.
-    let log = std::fs::read_to_string(controller.process.log()).unwrap_or_default();
+    let log = std::fs::read_to_string(controller.log()).unwrap_or_default();
     assert!(
         !log.contains("forbidden"),
         "the controller hit RBAC: {}",
-        controller.process.log_tail(40)
+        controller.log_tail(40)
     );
 }
 
@@ -280,15 +239,17 @@ fn the_ca_takes_the_node_from_a_pod_bound_token_and_refuses_every_other_token() 
         .expect("pod-bound token");
     // The CA learns which pods run where from its watch: wait for it.
     wait_until("node 1's ztunnel gets web's identity", SETTLE, || {
-        ask(&root, controller.grpc, &bound, "node-1", web).is_ok()
+        ask(&root, controller.grpc(), &bound, "node-1", web).is_ok()
     })
     .expect("a pod-bound ztunnel token of node 1 obtains the identity of a pod on node 1");
 
     // Not an identity that runs only on node 2, neither as itself nor by
     // naming node 2.
-    let refused = ask(&root, controller.grpc, &bound, "node-1", db).expect_err("db runs on node 2");
+    let refused =
+        ask(&root, controller.grpc(), &bound, "node-1", db).expect_err("db runs on node 2");
     assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused}");
-    let refused = ask(&root, controller.grpc, &bound, "node-2", db).expect_err("posing as node 2");
+    let refused =
+        ask(&root, controller.grpc(), &bound, "node-2", db).expect_err("posing as node 2");
     assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused}");
     assert!(
         refused.message().contains("node-1"),
@@ -299,7 +260,7 @@ fn the_ca_takes_the_node_from_a_pod_bound_token_and_refuses_every_other_token() 
     let unbound = plane
         .token("weft-system", "ztunnel", &["weft.dev/controller"], None)
         .expect("unbound token");
-    let refused = ask(&root, controller.grpc, &unbound, "node-1", web).expect_err("unbound");
+    let refused = ask(&root, controller.grpc(), &unbound, "node-1", web).expect_err("unbound");
     assert!(
         refused.message().contains("pod-bound"),
         "explains: {refused}"
@@ -309,7 +270,7 @@ fn the_ca_takes_the_node_from_a_pod_bound_token_and_refuses_every_other_token() 
     let other = plane
         .token("shop", "web", &["weft.dev/controller"], Some("web"))
         .expect("web's token");
-    ask(&root, controller.grpc, &other, "node-1", web)
+    ask(&root, controller.grpc(), &other, "node-1", web)
         .expect_err("web is not a ztunnel or waypoint");
 
     // The right ServiceAccount with the API server's audience only.
@@ -322,12 +283,12 @@ fn the_ca_takes_the_node_from_a_pod_bound_token_and_refuses_every_other_token() 
         )
         .expect("token");
     let refused =
-        ask(&root, controller.grpc, &wrong_audience, "node-1", web).expect_err("audience");
+        ask(&root, controller.grpc(), &wrong_audience, "node-1", web).expect_err("audience");
     assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused}");
 
     // A forged token: a well-formed JWT signed by nobody the API server knows.
     let forged = "eyJhbGciOiJFUzI1NiJ9.eyJpc3MiOiJodHRwczovL2t1YmVybmV0ZXMuZGVmYXVsdC5zdmMuY2x1c3Rlci5sb2NhbCIsInN1YiI6InN5c3RlbTpzZXJ2aWNlYWNjb3VudDp3ZWZ0LXN5c3RlbTp6dHVubmVsIn0.c2lnbmF0dXJl";
-    let refused = ask(&root, controller.grpc, forged, "node-1", web).expect_err("forged");
+    let refused = ask(&root, controller.grpc(), forged, "node-1", web).expect_err("forged");
     assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused}");
 
     // A token whose pod was deleted is no longer valid: the binding is
@@ -340,7 +301,7 @@ fn the_ca_takes_the_node_from_a_pod_bound_token_and_refuses_every_other_token() 
             Some("ztunnel-gone"),
         )
         .expect("token");
-    ask(&root, controller.grpc, &orphan, "node-1", web).expect("valid while its pod exists");
+    ask(&root, controller.grpc(), &orphan, "node-1", web).expect("valid while its pod exists");
     k.run(&[
         "delete",
         "pod",
@@ -352,7 +313,7 @@ fn the_ca_takes_the_node_from_a_pod_bound_token_and_refuses_every_other_token() 
     ])
     .expect("delete pod");
     wait_until("the orphaned token refused", SETTLE, || {
-        ask(&root, controller.grpc, &orphan, "node-1", web).is_err()
+        ask(&root, controller.grpc(), &orphan, "node-1", web).is_err()
     })
     .expect("a token bound to a deleted pod is refused");
 }

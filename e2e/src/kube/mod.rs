@@ -8,10 +8,12 @@
 //!   kubeconfig per identity ([`kubeconfig`]).
 //! - [`kubectl`]: kubectl at the same release, run as users run it.
 //! - [`install`]: the Gateway API CRDs and `deploy/`, applied with kubectl.
+//! - [`controller`]: weft's controller run as its own ServiceAccount.
 //! - [`KubeRun`]: a control plane owning a run of its own (run id, files,
 //!   teardown on drop, panic or Ctrl-C), for tests that need no nodes.
 
 pub mod control_plane;
+pub mod controller;
 pub mod install;
 pub mod kubeconfig;
 pub mod kubectl;
@@ -21,6 +23,7 @@ pub mod toolchain;
 use std::path::Path;
 
 pub use control_plane::ControlPlane;
+pub use controller::ControllerProcess;
 pub use kubectl::Kubectl;
 pub use toolchain::Toolchain;
 
