@@ -8,11 +8,13 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use kube::api::PostParams;
 use kube::{Api, Client};
+use sha2::{Digest, Sha256};
 
 /// The audience weft's proxies request for the token they show the
 /// controller (a projected ServiceAccount token), and the one the controller
@@ -266,12 +268,27 @@ impl Authenticator for TokenDirectory {
     }
 }
 
+/// How long a token the API server accepted is taken without asking again.
+/// Every proxy authenticates each config stream and each certificate
+/// request; after a controller restart a thousand proxies do so at once, and
+/// one TokenReview each would queue behind the API server's rate limits.
+/// The cost: a token revoked (its pod deleted) is still honoured for at most
+/// this long.
+pub const REVIEW_CACHE_TTL: Duration = Duration::from_secs(10);
+
+/// Tokens remembered at most (a few per proxy).
+const REVIEW_CACHE_CAPACITY: u64 = 50_000;
+
 /// Kubernetes: the caller's ServiceAccount token, checked with TokenReview.
+/// Accepted tokens are remembered for [`REVIEW_CACHE_TTL`], keyed by their
+/// SHA-256 (the cache holds no token); refusals are not remembered, so a
+/// token fixed by its owner works at the next call.
 pub struct TokenReviewer {
     client: Client,
     /// The ztunnel's ServiceAccount (`namespace`, `name`).
     ztunnel: (String, String),
     audiences: Vec<String>,
+    accepted: moka::future::Cache<[u8; 32], Caller>,
 }
 
 impl TokenReviewer {
@@ -281,10 +298,25 @@ impl TokenReviewer {
         ztunnel: (String, String),
         audiences: Vec<String>,
     ) -> Arc<TokenReviewer> {
+        Self::with_cache_ttl(client, ztunnel, audiences, REVIEW_CACHE_TTL)
+    }
+
+    /// As [`TokenReviewer::new`], remembering accepted tokens for `ttl`
+    /// (zero: ask the API server every time).
+    pub fn with_cache_ttl(
+        client: Client,
+        ztunnel: (String, String),
+        audiences: Vec<String>,
+        ttl: Duration,
+    ) -> Arc<TokenReviewer> {
         Arc::new(TokenReviewer {
             client,
             ztunnel,
             audiences,
+            accepted: moka::future::Cache::builder()
+                .max_capacity(REVIEW_CACHE_CAPACITY)
+                .time_to_live(ttl)
+                .build(),
         })
     }
 }
@@ -302,6 +334,21 @@ impl Authenticator for TokenReviewer {
             if token.is_empty() {
                 return Err(AuthError::Missing);
             }
+            let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+            if let Some(caller) = self.accepted.get(&key).await {
+                return Ok(caller);
+            }
+            let caller = self.review(token).await?;
+            self.accepted.insert(key, caller.clone()).await;
+            Ok(caller)
+        })
+    }
+}
+
+impl TokenReviewer {
+    /// One TokenReview, and what it says about the caller.
+    async fn review(&self, token: &str) -> Result<Caller, AuthError> {
+        {
             let api: Api<TokenReview> = Api::all(self.client.clone());
             let review = TokenReview {
                 spec: TokenReviewSpec {
@@ -369,7 +416,7 @@ impl Authenticator for TokenReviewer {
                 namespace: namespace.to_string(),
                 name: name.to_string(),
             })
-        })
+        }
     }
 }
 

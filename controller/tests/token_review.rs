@@ -212,3 +212,44 @@ async fn a_ztunnel_token_bound_to_no_node_is_refused() {
     // The same pod's identity with a token bound to its node.
     assert!(ca.create_certificate(certificate("bound")).await.is_ok());
 }
+
+fn token_reviews(api: &FakeApiServer) -> usize {
+    api.requests()
+        .iter()
+        .filter(|r| r.starts_with("POST") && r.contains("tokenreviews"))
+        .count()
+}
+
+#[tokio::test]
+async fn an_accepted_token_is_reviewed_once_per_cache_period_and_a_refused_one_every_time() {
+    let api = FakeApiServer::start(&[]).await;
+    api.add_token(
+        "ztunnel",
+        ("weft-system", "ztunnel"),
+        &[CONTROLLER_AUDIENCE],
+        Some("node-a"),
+    );
+    let auth = reviewer(&api, &[CONTROLLER_AUDIENCE]);
+    for _ in 0..5 {
+        auth.authenticate("ztunnel").await.expect("accepted");
+    }
+    assert_eq!(token_reviews(&api), 1, "one review for five calls");
+    for _ in 0..3 {
+        auth.authenticate("stolen")
+            .await
+            .expect_err("unknown token");
+    }
+    assert_eq!(token_reviews(&api), 4, "a refusal is not remembered");
+
+    // Without a cache period, every call asks.
+    let uncached = TokenReviewer::with_cache_ttl(
+        api.client(),
+        ("weft-system".into(), "ztunnel".into()),
+        vec![CONTROLLER_AUDIENCE.into()],
+        std::time::Duration::ZERO,
+    );
+    for _ in 0..2 {
+        uncached.authenticate("ztunnel").await.expect("accepted");
+    }
+    assert_eq!(token_reviews(&api), 6);
+}
