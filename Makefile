@@ -6,6 +6,9 @@ CARGO ?= cargo
 # exactly what a changed Cargo.lock or source touches, where a directory per
 # lock hash would pay a cold build (tens of minutes on 2 cores) per bump.
 export CARGO_TARGET_DIR ?= /var/cache/weft/target
+# No incremental caches in the shared directory: they only help a crate
+# edited again and again, and grew to 28 GB there in a day of builds.
+export CARGO_INCREMENTAL ?= 0
 
 .PHONY: demo test deps kube build lint unit clean
 

@@ -338,7 +338,7 @@ fn cases() -> Vec<Case> {
             &["waypoint wp/broken"],
             None,
         )
-        .warns("is not ready"),
+        .warns("has no address yet"),
         case(
             "workload waypoint for Service traffic",
             "client",
@@ -347,15 +347,16 @@ fn cases() -> Vec<Case> {
             &["waypoint wl/wl-waypoint", "waypoint wl/wl-waypoint", Z2],
             None,
         ),
+        // Fails closed: refused, never sent around the missing waypoint.
         case(
             "label names a missing waypoint",
             "client",
             "server2:80",
-            Allowed,
-            &[Z2],
-            Some("mesh/allow-client rule 0"),
+            Denied,
+            &["waypoint mesh/nope"],
+            None,
         )
-        .warns("no Gateway of class weft-waypoint"),
+        .warns("Gateway mesh/nope of class weft-waypoint does not exist"),
         case(
             "Service policy without a waypoint is not enforced",
             "client",

@@ -221,6 +221,59 @@ fn waypoint_for_limits_what_binds() {
 }
 
 #[test]
+fn a_binding_that_cannot_be_honoured_is_kept_and_marked_unavailable() {
+    let objects = vec![
+        ns("in", json!({"weft.dev/dataplane-mode": "ambient"})),
+        pod(
+            "in",
+            "a",
+            "10.0.0.1",
+            json!({"weft.dev/use-waypoint": "missing"}),
+        ),
+        service(
+            "in",
+            "s1",
+            "10.96.0.1",
+            json!({"weft.dev/use-waypoint": "missing"}),
+        ),
+        service(
+            "in",
+            "s2",
+            "10.96.0.2",
+            json!({"weft.dev/use-waypoint": "pending"}),
+        ),
+        // A waypoint Gateway with no Service, no status address and no pod.
+        json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+            "metadata": {"name": "pending", "namespace": "in"},
+            "spec": {"gatewayClassName": "weft-waypoint",
+                     "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]}
+        }),
+    ];
+    let m = build(&objects);
+    for (what, binding) in [
+        ("pod a", m.workloads["uid-a"].waypoint.clone()),
+        ("service s1", m.services["in/s1"].waypoint.clone()),
+    ] {
+        let r = binding.unwrap_or_else(|| panic!("{what}: the binding is kept"));
+        assert_eq!((r.namespace.as_str(), r.name.as_str()), ("in", "missing"));
+        assert!(r.addresses.is_empty() && r.identity.is_empty(), "{r:?}");
+        assert_eq!(
+            r.unavailable, "Gateway in/missing of class weft-waypoint does not exist",
+            "{what}"
+        );
+    }
+    let r = m.services["in/s2"].waypoint.clone().expect("kept");
+    assert!(r.unavailable.contains("has no address yet"), "{r:?}");
+    // Once the Gateway exists and has an address, the binding is usable.
+    let mut objects = objects;
+    objects.extend(waypoint("in", "missing", Some("all")));
+    let m = build(&objects);
+    let r = m.workloads["uid-a"].waypoint.clone().expect("bound");
+    assert!(r.unavailable.is_empty() && !r.addresses.is_empty(), "{r:?}");
+}
+
+#[test]
 fn waypoint_in_another_namespace() {
     let mut objects = vec![
         ns(

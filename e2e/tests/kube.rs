@@ -6,32 +6,15 @@
 
 mod common;
 
+use common::kube::*;
+
 use std::net::SocketAddr;
-use std::time::Duration;
 
-use serde_json::Value;
-use weft_e2e::kube::{ControllerProcess, KubeRun, install};
+use weft_e2e::kube::{ControllerProcess, KubeRun};
 use weft_e2e::process::wait_until;
-
-const SETTLE: Duration = Duration::from_secs(30);
-
-fn run() -> KubeRun {
-    let root = weft_e2e::names::root_dir();
-    KubeRun::start(&root, &|line| eprintln!("{line}")).expect("control plane up")
-}
 
 fn start_controller(run: &mut KubeRun) -> ControllerProcess {
     ControllerProcess::start(run, "weft-controller-0", &[]).expect("controller serving")
-}
-
-fn installed() -> KubeRun {
-    let run = run();
-    install::weft(run.plane()).expect("install weft with kubectl");
-    run
-}
-
-fn get(run: &KubeRun, args: &[&str]) -> Option<Value> {
-    run.plane().kubectl().get_json(args).ok()
 }
 
 #[test]
@@ -61,18 +44,11 @@ fn weft_installs_with_kubectl_and_the_schema_refuses_a_malformed_policy() {
     // kube-controller-manager acts on them: the Deployment gets its
     // ReplicaSet and pods (Pending until a kubelet runs them).
     wait_until("the controller's pods", SETTLE, || {
-        get(
+        pod_count(
             &run,
-            &[
-                "pods",
-                "-n",
-                "weft-system",
-                "-l",
-                "app.kubernetes.io/name=weft-controller",
-            ],
-        )
-        .and_then(|v| v["items"].as_array().map(|a| a.len() == 2))
-        .unwrap_or(false)
+            "weft-system",
+            "app.kubernetes.io/name=weft-controller",
+        ) == 2
     })
     .expect("the controller Deployment makes two pods");
 
@@ -176,10 +152,6 @@ fn ask(
     identity: &str,
 ) -> Result<(), tonic::Status> {
     common::ask_ca(&format!("https://{grpc}"), root, token, node, identity).map(|_| ())
-}
-
-fn node(name: &str) -> String {
-    format!("apiVersion: v1\nkind: Node\nmetadata: {{name: {name}}}\n")
 }
 
 fn pod(namespace: &str, name: &str, service_account: &str, node: &str) -> String {

@@ -4,41 +4,16 @@
 
 mod common;
 
+use common::kube::*;
+
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use serde_json::Value;
-use weft_e2e::kube::{ControllerProcess, KubeRun, install};
+use weft_e2e::kube::{ControllerProcess, KubeRun};
 use weft_e2e::process::wait_until;
-
-const SETTLE: Duration = Duration::from_secs(30);
 
 /// The Lease duration the controller ships with (`--lease-duration-seconds`).
 const LEASE_DURATION: Duration = Duration::from_secs(15);
-
-fn installed() -> KubeRun {
-    let run = KubeRun::start(&weft_e2e::names::root_dir(), &|line| eprintln!("{line}"))
-        .expect("control plane up");
-    install::weft(run.plane()).expect("install weft with kubectl");
-    run
-}
-
-fn get(run: &KubeRun, args: &[&str]) -> Option<Value> {
-    run.plane().kubectl().get_json(args).ok()
-}
-
-fn holder(run: &KubeRun) -> Option<String> {
-    get(run, &["lease", "-n", "weft-system", "weft-controller"])
-        .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_string))
-}
-
-fn condition(object: &Value, kind: &str) -> Option<Value> {
-    object["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == kind)
-        .cloned()
-}
 
 fn gateway(name: &str) -> String {
     format!(

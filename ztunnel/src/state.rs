@@ -140,9 +140,12 @@ fn validate(resource: &resource::Kind) -> Result<(), StoreError> {
             workload_identity(w).map_err(|e| bad(e.to_string()))?;
             if let Some(wp) = &w.waypoint {
                 parse_ips(&wp.addresses).map_err(bad)?;
-                wp.identity
-                    .parse::<SpiffeId>()
-                    .map_err(|e| bad(format!("waypoint identity: {e}")))?;
+                // An unavailable binding names no identity: it is refused.
+                if wp.unavailable.is_empty() {
+                    wp.identity
+                        .parse::<SpiffeId>()
+                        .map_err(|e| bad(format!("waypoint identity: {e}")))?;
+                }
             }
         }
         resource::Kind::Service(s) => {
@@ -164,9 +167,12 @@ fn validate(resource: &resource::Kind) -> Result<(), StoreError> {
             }
             if let Some(wp) = &s.waypoint {
                 parse_ips(&wp.addresses).map_err(bad)?;
-                wp.identity
-                    .parse::<SpiffeId>()
-                    .map_err(|e| bad(format!("waypoint identity: {e}")))?;
+                // An unavailable binding names no identity: it is refused.
+                if wp.unavailable.is_empty() {
+                    wp.identity
+                        .parse::<SpiffeId>()
+                        .map_err(|e| bad(format!("waypoint identity: {e}")))?;
+                }
             }
         }
         resource::Kind::Authorization(p) => {

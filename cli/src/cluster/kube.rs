@@ -2,8 +2,8 @@
 //! admin APIs through its port-forward, the node agent's coverage through
 //! exec.
 //!
-//! weft's own pods are found in the system namespace by their `app` label
-//! (the names deploy/ gives them): see [`ZTUNNEL_APP`], [`AGENT_APP`],
+//! weft's own pods are found in the system namespace by their name label
+//! (`app.kubernetes.io/name`, as deploy/ sets it, or `app`): see [`ZTUNNEL_APP`], [`AGENT_APP`],
 //! [`CONTROLLER_APP`].
 
 use std::path::PathBuf;
@@ -17,11 +17,14 @@ use serde_json::Value;
 
 use crate::exit::{CliError, Result};
 
-/// `app` label of the ztunnel DaemonSet's pods.
+/// The label deploy/ names weft's pods by (`app.kubernetes.io/name`); the
+/// plain `app` label is accepted as well.
+pub const NAME_LABEL: &str = "app.kubernetes.io/name";
+/// Name (`app.kubernetes.io/name` or `app` label) of the ztunnel DaemonSet's pods.
 pub const ZTUNNEL_APP: &str = "ztunnel";
-/// `app` label of the node agent DaemonSet's pods.
+/// Name label of the node agent DaemonSet's pods.
 pub const AGENT_APP: &str = "weft-node-agent";
-/// `app` label of the controller's pods.
+/// Name label of the controller's pods.
 pub const CONTROLLER_APP: &str = "weft-controller";
 /// Field manager of weftctl's server-side applies.
 pub const FIELD_MANAGER: &str = "weftctl";
@@ -112,11 +115,14 @@ impl KubeCluster {
         Api::namespaced(self.client.clone(), &self.system_namespace)
     }
 
-    /// weft's pods with `app=<app>`, by node.
+    /// weft's pods named `app` by [`NAME_LABEL`] (what deploy/ sets) or by
+    /// `app`, by node.
     pub async fn system_pods(&self, app: &str) -> Result<Vec<SystemPod>> {
+        // A label selector cannot say "either key": list the namespace (weft's
+        // own, a handful of pods) and pick here.
         let list = self
             .system_pods_api()
-            .list(&ListParams::default().labels(&format!("app={app}")))
+            .list(&ListParams::default())
             .await
             .map_err(|e| {
                 kube_error(
@@ -127,6 +133,11 @@ impl KubeCluster {
         let mut pods: Vec<SystemPod> = list
             .items
             .iter()
+            .filter(|pod| {
+                let labels = pod.labels();
+                labels.get(NAME_LABEL).map(String::as_str) == Some(app)
+                    || labels.get("app").map(String::as_str) == Some(app)
+            })
             .map(|pod| SystemPod {
                 name: pod.name_any(),
                 node: pod

@@ -142,6 +142,7 @@ pub(crate) fn index(state: &ClusterState, config: &ModelConfig) -> WaypointIndex
                         "spiffe://{}/ns/{}/sa/{}",
                         config.trust_domain, key.namespace, service_account
                     ),
+                    unavailable: String::new(),
                 },
                 service_account,
             };
@@ -168,7 +169,14 @@ pub(crate) fn requested(
 }
 
 /// Resolves a binding: the object's own label, else its namespace's, and the
-/// waypoint must serve this kind of traffic.
+/// waypoint must serve this kind of traffic (a namespace bound to a waypoint
+/// for Services leaves its pods' direct traffic alone).
+///
+/// A binding that names a Gateway which does not exist (never created,
+/// deleted, or not of class `weft-waypoint`), or one with no address yet,
+/// cannot be honoured; it is kept, marked `unavailable` with the reason, so
+/// that the proxies refuse the traffic rather than send it around the
+/// waypoint's L7 policy.
 pub(crate) fn resolve(
     own: Option<Option<ObjectKey>>,
     namespace: Option<Option<ObjectKey>>,
@@ -179,6 +187,34 @@ pub(crate) fn resolve(
         Some(explicit) => explicit?,
         None => namespace.flatten()?,
     };
-    let waypoint = waypoints.get(&key)?;
-    serves(waypoint.serves).then(|| waypoint.reference.clone())
+    let Some(waypoint) = waypoints.get(&key) else {
+        return Some(unavailable(
+            &key,
+            format!("Gateway {key} of class {WAYPOINT_CLASS} does not exist"),
+        ));
+    };
+    if !serves(waypoint.serves) {
+        return None;
+    }
+    if waypoint.reference.addresses.is_empty() {
+        let mut reference = unavailable(
+            &key,
+            format!("waypoint {key} has no address yet (no Service cluster IP, no running pod)"),
+        );
+        reference.identity = waypoint.reference.identity.clone();
+        return Some(reference);
+    }
+    Some(waypoint.reference.clone())
+}
+
+/// A binding to `key` that cannot be honoured, and why.
+fn unavailable(key: &ObjectKey, reason: String) -> WaypointRef {
+    WaypointRef {
+        namespace: key.namespace.clone(),
+        name: key.name.clone(),
+        addresses: Vec::new(),
+        hbone_port: HBONE_PORT,
+        identity: String::new(),
+        unavailable: reason,
+    }
 }

@@ -155,7 +155,15 @@ pub fn waypoint_objects(gw: &Gateway, config: &DeployerConfig) -> WaypointObject
     let deployment = Deployment {
         metadata: meta(gw, name.clone(), &selector),
         spec: Some(DeploymentSpec {
-            replicas: Some(1),
+            // Never in the applied body: the API server defaults it to 1 on
+            // create, and since the deployer's field manager never owns
+            // it, a forced apply neither takes back what `kubectl scale` or
+            // a HorizontalPodAutoscaler set nor (were it owned and then
+            // dropped) removes it back to the default. A deployer of an
+            // older version owned it as 1: its first apply from this one
+            // drops the field at the value 1 (the default, so no change),
+            // or finds it already moved to whoever scaled since.
+            replicas: None,
             selector: LabelSelector {
                 match_labels: Some(selector.clone()),
                 ..LabelSelector::default()
@@ -229,4 +237,86 @@ pub(crate) fn with_type_meta<K: Resource<DynamicType = ()> + serde::Serialize>(
         map.insert("kind".into(), K::kind(&()).into_owned().into());
     }
     value
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gateway_api::gateways::{GatewayListeners, GatewaySpec};
+
+    fn gateway() -> Gateway {
+        let mut gw = Gateway::new(
+            "waypoint",
+            GatewaySpec {
+                gateway_class_name: crate::model::labels::WAYPOINT_CLASS.to_string(),
+                listeners: vec![GatewayListeners {
+                    name: "mesh".to_string(),
+                    port: 15008,
+                    protocol: "HBONE".to_string(),
+                    ..GatewayListeners::default()
+                }],
+                ..GatewaySpec::default()
+            },
+        );
+        gw.metadata.namespace = Some("shop".to_string());
+        gw.metadata.uid = Some("0b7c6a8e-0000-4000-8000-000000000001".to_string());
+        gw
+    }
+
+    fn config() -> DeployerConfig {
+        DeployerConfig {
+            image: "waypoint:test".to_string(),
+            controller_address: "https://weft-controller.weft-system.svc:15012".to_string(),
+            root_namespace: "weft-system".to_string(),
+            root_pem: "PEM".to_string(),
+            token_audience: Some("weft.dev/controller".to_string()),
+        }
+    }
+
+    #[test]
+    fn the_applied_deployment_never_carries_replicas() {
+        let objects = waypoint_objects(&gateway(), &config());
+        let spec = objects.deployment.spec.as_ref().expect("spec");
+        assert_eq!(spec.replicas, None);
+        // What goes to the API server: no `spec.replicas` for the field
+        // manager to own, so server-side apply leaves the scale alone.
+        let body = with_type_meta(&objects.deployment);
+        assert_eq!(body["kind"], "Deployment");
+        assert_eq!(body["apiVersion"], "apps/v1");
+        let applied = body["spec"].as_object().expect("spec object");
+        assert!(
+            !applied.contains_key("replicas"),
+            "spec.replicas applied: {body}"
+        );
+        assert!(applied.contains_key("selector") && applied.contains_key("template"));
+    }
+
+    #[test]
+    fn the_waypoint_objects_are_named_after_and_owned_by_the_gateway() {
+        let objects = waypoint_objects(&gateway(), &config());
+        for meta in [
+            &objects.service_account.metadata,
+            &objects.deployment.metadata,
+            &objects.service.metadata,
+        ] {
+            assert_eq!(meta.name.as_deref(), Some("waypoint"));
+            assert_eq!(meta.namespace.as_deref(), Some("shop"));
+            let owners = meta.owner_references.as_ref().expect("owner");
+            assert_eq!(owners.len(), 1);
+            assert_eq!(owners[0].kind, "Gateway");
+            assert_eq!(owners[0].name, "waypoint");
+            assert_eq!(owners[0].controller, Some(true));
+        }
+        let spec = objects.deployment.spec.as_ref().expect("spec");
+        let pod = spec.template.spec.as_ref().expect("pod spec");
+        assert_eq!(pod.service_account_name.as_deref(), Some("waypoint"));
+        assert_eq!(
+            spec.selector.match_labels.as_ref(),
+            objects
+                .service
+                .spec
+                .as_ref()
+                .and_then(|s| s.selector.as_ref())
+        );
+    }
 }

@@ -265,6 +265,9 @@ impl Writer {
             }
         }
         if model.version > 0 {
+            for (key, svc) in &state.services {
+                self.binding_status(key, svc, state, &model.model).await;
+            }
             for (key, policy) in &state.authorization_policies {
                 if let Some(report) = model.model.policy_reports.get(&key.to_string()) {
                     self.policy_status(key, policy, report).await;
@@ -437,6 +440,82 @@ impl Writer {
         self.apply_once(
             Api::<Gateway>::namespaced(self.client.clone(), &ns),
             &gw.name_any(),
+            body,
+            true,
+        )
+        .await;
+    }
+
+    /// The `weft.dev/WaypointBound` condition of a Service bound to a
+    /// waypoint, so that a binding that fails closed says why where the
+    /// user looks (`kubectl describe service`). A Service that was bound and
+    /// is no longer loses the condition; one never bound is not written.
+    async fn binding_status(
+        &mut self,
+        key: &ObjectKey,
+        svc: &Service,
+        state: &ClusterState,
+        model: &crate::model::Model,
+    ) {
+        let binding = model
+            .services
+            .get(&key.to_string())
+            .and_then(|s| s.waypoint.as_ref());
+        let current: Vec<_> = svc
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|c| c.type_ == status::WAYPOINT_BOUND)
+            .collect();
+        let conditions = match binding {
+            None if current.is_empty() => return,
+            None => Vec::new(),
+            Some(r) => {
+                let gateway = ObjectKey::new(r.namespace.clone(), r.name.clone());
+                let found = state
+                    .gateways
+                    .get(&gateway)
+                    .is_some_and(|gw| is_waypoint_gateway(gw));
+                let (binding_state, message) = match (r.unavailable.is_empty(), found) {
+                    (true, _) => (
+                        status::BindingState::Bound,
+                        format!("traffic to this Service passes waypoint {gateway}"),
+                    ),
+                    (false, false) => (
+                        status::BindingState::WaypointNotFound,
+                        r.unavailable.clone(),
+                    ),
+                    (false, true) => (
+                        status::BindingState::WaypointNotReady,
+                        r.unavailable.clone(),
+                    ),
+                };
+                let message = if r.unavailable.is_empty() {
+                    message
+                } else {
+                    format!("{message}; connections to this Service are refused until it is fixed")
+                };
+                vec![status::binding_condition(
+                    binding_state,
+                    message,
+                    Time(k8s_openapi::jiff::Timestamp::now()),
+                )]
+            }
+        };
+        if status::same_conditions(&current, &conditions) {
+            return;
+        }
+        // Server-side apply merges conditions by type: only ours is touched.
+        let body = json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": key.name, "namespace": key.namespace},
+            "status": {"conditions": conditions},
+        });
+        self.apply_once(
+            Api::<Service>::namespaced(self.client.clone(), &key.namespace),
+            &key.name,
             body,
             true,
         )

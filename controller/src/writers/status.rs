@@ -102,3 +102,29 @@ pub fn same_conditions(a: &[Condition], b: &[Condition]) -> bool {
                 && x.observed_generation == y.observed_generation
         })
 }
+
+/// The condition type on a Service that carries a `weft.dev/use-waypoint`
+/// binding (directly or through its namespace).
+pub const WAYPOINT_BOUND: &str = "weft.dev/WaypointBound";
+
+/// Why a Service's waypoint binding can or cannot be honoured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BindingState {
+    /// The waypoint takes the Service's traffic.
+    Bound,
+    /// No Gateway of class `weft-waypoint` by that name: traffic refused.
+    WaypointNotFound,
+    /// The Gateway exists but has no address yet: traffic refused.
+    WaypointNotReady,
+}
+
+/// The `weft.dev/WaypointBound` condition for a binding in `state`;
+/// `message` is the controller's sentence (the reason proxies log).
+pub fn binding_condition(state: BindingState, message: String, now: Time) -> Condition {
+    let (ok, reason) = match state {
+        BindingState::Bound => (true, "Bound"),
+        BindingState::WaypointNotFound => (false, "WaypointNotFound"),
+        BindingState::WaypointNotReady => (false, "WaypointNotReady"),
+    };
+    condition(WAYPOINT_BOUND, ok, reason, message, None, now)
+}

@@ -18,7 +18,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use weft_api::config::{MtlsMode, Workload};
+use weft_api::config::{MtlsMode, WaypointRef, Workload};
 
 use crate::denial::Denial;
 
@@ -84,9 +84,26 @@ pub fn admit_plaintext(workload: &Workload) -> Result<(), Denial> {
     Ok(())
 }
 
+/// Whether `waypoint`, which `bound` (`service ns/name`, `workload ns/name`)
+/// is bound to, can take traffic. A binding the controller could not honour
+/// fails closed: the traffic is refused, never sent around the waypoint.
+pub fn waypoint_available(waypoint: &WaypointRef, bound: &str) -> Result<(), Denial> {
+    if waypoint.unavailable.is_empty() {
+        return Ok(());
+    }
+    Err(Denial::WaypointUnavailable {
+        bound: bound.to_owned(),
+        waypoint: format!("{}/{}", waypoint.namespace, waypoint.name),
+        reason: waypoint.unavailable.clone(),
+    })
+}
+
 /// Whether a tunnel from `peer_identity` (its verified SPIFFE id) may reach
 /// `workload`, before its policies are evaluated.
 pub fn admit_hbone(workload: &Workload, peer_identity: &str) -> Result<(), Denial> {
+    if let Some(waypoint) = &workload.waypoint {
+        waypoint_available(waypoint, &format!("workload {}", name(workload)))?;
+    }
     match &workload.waypoint {
         Some(waypoint) if waypoint.identity != peer_identity => Err(Denial::WaypointBypass {
             workload: name(workload),
@@ -292,6 +309,32 @@ mod tests {
             refusal.to_string(),
             "shop/server is bound to waypoint shop/waypoint; only the waypoint may connect to it (plaintext may not bypass it)"
         );
+    }
+
+    #[test]
+    fn a_binding_to_an_unavailable_waypoint_refuses_every_client_even_one_named_like_it() {
+        let mut w = workload(MtlsMode::Permissive, true);
+        if let Some(waypoint) = w.waypoint.as_mut() {
+            waypoint.unavailable = "Gateway shop/waypoint does not exist".into();
+        }
+        // Whoever connects, the waypoint's own identity included: a pod that
+        // runs as a ServiceAccount named like the missing Gateway must not
+        // pass for its waypoint.
+        for peer in [
+            "spiffe://cluster.local/ns/shop/sa/client",
+            "spiffe://cluster.local/ns/shop/sa/waypoint",
+        ] {
+            let refusal = admit_hbone(&w, peer).expect_err("unavailable waypoint");
+            assert_eq!(refusal.label(), "waypoint_unavailable");
+            assert_eq!(
+                refusal.to_string(),
+                "workload shop/server is bound to waypoint shop/waypoint, which is unavailable: Gateway shop/waypoint does not exist"
+            );
+        }
+        assert!(admit_plaintext(&w).is_err(), "plaintext too");
+        let available = workload(MtlsMode::Permissive, true);
+        let waypoint = available.waypoint.as_ref().expect("bound");
+        assert_eq!(waypoint_available(waypoint, "service shop/web"), Ok(()));
     }
 
     #[test]

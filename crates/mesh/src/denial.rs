@@ -43,6 +43,18 @@ pub enum Denial {
         /// Who tried: a SPIFFE id, or `plaintext` for a client without one.
         client: String,
     },
+    /// The destination is bound to a waypoint that cannot take traffic (its
+    /// Gateway does not exist, or has no address): refused rather than sent
+    /// around the waypoint's L7 policy.
+    #[error("{bound} is bound to waypoint {waypoint}, which is unavailable: {reason}")]
+    WaypointUnavailable {
+        /// What carries the binding: `service ns/name` or `workload ns/name`.
+        bound: String,
+        /// `namespace/name` of the waypoint.
+        waypoint: String,
+        /// Why, as the controller said.
+        reason: String,
+    },
 }
 
 impl Denial {
@@ -55,6 +67,7 @@ impl Denial {
             Denial::NoConfig { .. } => "no_config",
             Denial::StrictMtls { .. } => "strict_mtls",
             Denial::WaypointBypass { .. } => "waypoint_bypass",
+            Denial::WaypointUnavailable { .. } => "waypoint_unavailable",
         }
     }
 }

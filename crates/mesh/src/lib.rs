@@ -15,5 +15,6 @@ pub mod denial;
 
 pub use admission::{
     OWN_PORTS, Path, admit_hbone, admit_plaintext, check_destination, client_address,
+    waypoint_available,
 };
 pub use denial::Denial;

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod kube;
+
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 

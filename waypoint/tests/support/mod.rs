@@ -288,6 +288,7 @@ impl Mesh {
             addresses: vec![self.waypoint_addr.ip().to_string()],
             hbone_port: u32::from(self.waypoint_addr.port()),
             identity: id(NS, "waypoint").to_string(),
+            ..WaypointRef::default()
         }
     }
 

@@ -95,6 +95,14 @@ pub async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, captured: Captured) {
             tunnel_out(&proxy, &pod, client, client_addr, source, tunnel).await;
         }
         Route::Unreachable { reason } => refuse(&proxy, source, dst, "no_route", &reason, &client),
+        Route::Refused(denial) => refuse(
+            &proxy,
+            source,
+            dst,
+            denial.label(),
+            &denial.to_string(),
+            &client,
+        ),
     }
 }
 

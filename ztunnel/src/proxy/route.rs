@@ -28,6 +28,9 @@ pub enum Route {
     /// Nothing can take it (a VIP with no endpoints, a port the Service does
     /// not expose): the client is reset.
     Unreachable { reason: String },
+    /// The mesh refuses it: the destination is bound to a waypoint that
+    /// cannot take traffic (fail closed, never around the waypoint).
+    Refused(weft_mesh::Denial),
 }
 
 /// A tunnel to open: where, expecting whom, for which original destination.
@@ -82,6 +85,10 @@ fn route_service(
         };
     };
     if let Some(waypoint) = usable_waypoint(service.waypoint.as_ref(), source) {
+        let bound = format!("service {}/{}", service.namespace, service.name);
+        if let Err(denial) = weft_mesh::waypoint_available(waypoint, &bound) {
+            return Route::Refused(denial);
+        }
         // The waypoint resolves the Service itself: it must see the VIP.
         return match waypoint_tunnel(waypoint, dst, None, Some(service.clone())) {
             Some(t) => Route::Waypoint(t),
@@ -153,6 +160,10 @@ fn route_workload(
     load: Option<EndpointLoad>,
 ) -> Route {
     if let Some(waypoint) = usable_waypoint(workload.waypoint.as_ref(), source) {
+        let bound = format!("workload {}/{}", workload.namespace, workload.name);
+        if let Err(denial) = weft_mesh::waypoint_available(waypoint, &bound) {
+            return Route::Refused(denial);
+        }
         return match waypoint_tunnel(waypoint, dst, Some(workload.clone()), service) {
             Some(mut t) => {
                 t.load = load;
@@ -224,5 +235,83 @@ fn unreachable_waypoint(waypoint: &WaypointRef) -> Route {
             "waypoint {}/{} has no usable address or identity",
             waypoint.namespace, waypoint.name
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use weft_api::config::resource;
+
+    use super::*;
+    use crate::state::ConfigUpdate;
+
+    fn unavailable() -> WaypointRef {
+        WaypointRef {
+            namespace: "shop".into(),
+            name: "gone".into(),
+            unavailable: "Gateway shop/gone of class weft-waypoint does not exist".into(),
+            ..Default::default()
+        }
+    }
+
+    /// A binding the controller could not honour is refused, never routed
+    /// around the waypoint: neither to the Service's endpoints nor to the
+    /// pod directly.
+    #[test]
+    fn a_destination_bound_to_an_unavailable_waypoint_is_refused() {
+        let store = WorkloadStore::default();
+        let pod = Workload {
+            uid: "web-1".into(),
+            name: "web-1".into(),
+            namespace: "shop".into(),
+            service_account: "web".into(),
+            addresses: vec!["10.0.0.7".into()],
+            protocol: TunnelProtocol::Hbone as i32,
+            status: HealthStatus::Healthy as i32,
+            waypoint: Some(unavailable()),
+            ..Default::default()
+        };
+        let service = Service {
+            name: "web".into(),
+            namespace: "shop".into(),
+            vips: vec!["10.96.0.7".into()],
+            ports: vec![ServicePort {
+                service_port: 80,
+                target_port: 8080,
+                ..Default::default()
+            }],
+            waypoint: Some(unavailable()),
+            ..Default::default()
+        };
+        store
+            .apply(ConfigUpdate {
+                version: 1,
+                full_snapshot: true,
+                resources: vec![
+                    resource::Kind::Workload(pod),
+                    resource::Kind::Service(service),
+                ],
+                removed: vec![],
+            })
+            .expect("config");
+        let lb = LoadBalancer::default();
+        for (dst, bound) in [
+            ("10.96.0.7:80", "service shop/web"),
+            ("10.0.0.7:8080", "workload shop/web-1"),
+        ] {
+            let dst: SocketAddr = dst.parse().expect("address");
+            match route(&store, &lb, "node-1", None, dst) {
+                Route::Refused(denial) => {
+                    assert_eq!(denial.label(), "waypoint_unavailable");
+                    assert_eq!(
+                        denial.to_string(),
+                        format!(
+                            "{bound} is bound to waypoint shop/gone, which is unavailable: Gateway shop/gone of class weft-waypoint does not exist"
+                        )
+                    );
+                }
+                other => panic!("{dst}: {other:?}"),
+            }
+        }
     }
 }

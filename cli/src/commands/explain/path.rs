@@ -544,6 +544,21 @@ impl<'a> Analysis<'a> {
     fn waypoint_hop(&mut self, wref: &WaypointRef) -> (Hop, Option<(String, Option<IpAddr>)>) {
         let enforcer = format!("waypoint {}/{}", wref.namespace, wref.name);
         let identity = self.client.identity.clone().unwrap_or_default();
+        // The rule ztunnel's routing runs: a binding the controller could
+        // not honour is refused, not sent around the waypoint.
+        let bound = format!(
+            "{} {}/{}",
+            self.dest.kind, self.dest.namespace, self.dest.name
+        );
+        if let Err(denial) = weft_mesh::waypoint_available(wref, &bound) {
+            self.warn(format!(
+                "{denial}: every connection to it is refused until this is fixed"
+            ));
+            return (
+                refused(enforcer, "L4", identity, format!("denied: {denial}")),
+                None,
+            );
+        }
         let instances = waypoint_instances(self.model, wref);
         let healthy: Vec<&&Workload> = instances
             .iter()
