@@ -17,6 +17,7 @@ pub mod copy;
 pub mod error;
 pub mod handshake_gate;
 pub mod headers;
+pub mod keepalive;
 pub mod pool;
 pub mod read_buffer;
 pub mod server;

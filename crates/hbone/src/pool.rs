@@ -27,6 +27,7 @@ use crate::certs::{TrustBundle, WorkloadCertificate};
 use crate::error::HboneError;
 use crate::headers::forwarded_for;
 use crate::identity::SpiffeId;
+use crate::keepalive;
 use crate::settings::{H2Settings, PoolSettings};
 use crate::stream::H2Stream;
 use crate::tls;
@@ -415,28 +416,18 @@ async fn drive_connection<T>(
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let Some(mut ping_pong) = connection.ping_pong() else {
+    let Some(ping_pong) = connection.ping_pong() else {
         return connection.await;
     };
-    let mut connection = std::pin::pin!(connection);
-    loop {
-        tokio::select! {
-            result = &mut connection => return result,
-            _ = tokio::time::sleep(settings.keepalive_interval) => {
-                let pong = timeout(settings.keepalive_timeout, ping_pong.ping(h2::Ping::opaque()));
-                tokio::select! {
-                    result = &mut connection => return result,
-                    pong = pong => match pong {
-                        Ok(Ok(_)) => {}
-                        Ok(Err(e)) => return Err(e),
-                        Err(_) => {
-                            warn!("HBONE peer did not answer keepalive PING; closing");
-                            return Ok(());
-                        }
-                    },
-                }
+    tokio::select! {
+        result = connection => result,
+        end = keepalive::until_unanswered(ping_pong, settings) => match end {
+            keepalive::Unanswered::Failed(e) => Err(e),
+            keepalive::Unanswered::Timeout => {
+                warn!("HBONE peer did not answer keepalive PING; closing");
+                Ok(())
             }
-        }
+        },
     }
 }
 

@@ -25,6 +25,7 @@ use tracing::{debug, warn};
 use crate::error::HboneError;
 use crate::headers::{AuthorityError, parse_authority, parse_forwarded_for};
 use crate::identity::SpiffeId;
+use crate::keepalive;
 use crate::read_buffer::ReadBuffer;
 use crate::settings::ServerSettings;
 use crate::stream::H2Stream;
@@ -229,6 +230,16 @@ impl<T: ServerTls, H: TunnelHandler> HboneServer<T, H> {
 
         let health = Arc::new(ConnectionHealth::default());
         let mut draining = false;
+        // A client that stops answering PINGs (gone, or holding the
+        // connection without reading it) is dropped, its tunnels with it.
+        let ping_pong = connection.ping_pong();
+        let keepalive = async {
+            match ping_pong {
+                Some(ping_pong) => keepalive::until_unanswered(ping_pong, &settings.h2).await,
+                None => std::future::pending().await,
+            }
+        };
+        let mut keepalive = std::pin::pin!(keepalive);
         loop {
             let idle = health.open() == 0 && !draining;
             let next = tokio::select! {
@@ -250,6 +261,10 @@ impl<T: ServerTls, H: TunnelHandler> HboneServer<T, H> {
                         connection.graceful_shutdown();
                     }
                     continue;
+                }
+                end = &mut keepalive => {
+                    debug!(peer = %peer_identity, %peer_addr, ?end, "HBONE client did not answer keepalive PING; closing");
+                    return Ok(());
                 }
                 _ = tokio::time::sleep(settings.idle_timeout), if idle => {
                     debug!(peer = %peer_identity, %peer_addr, "idle HBONE connection closed");

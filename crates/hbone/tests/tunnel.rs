@@ -324,6 +324,22 @@ async fn raw_h2(
     client_id: &weft_hbone::SpiffeId,
     server_id: &weft_hbone::SpiffeId,
 ) -> h2::client::SendRequest<Bytes> {
+    let (send, conn) = raw_h2_undriven(ca, server, client_id, server_id).await;
+    tokio::spawn(conn);
+    send
+}
+
+/// As [`raw_h2`], handing back the connection future for the caller to
+/// drive, or not.
+async fn raw_h2_undriven(
+    ca: &TestCa,
+    server: std::net::SocketAddr,
+    client_id: &weft_hbone::SpiffeId,
+    server_id: &weft_hbone::SpiffeId,
+) -> (
+    h2::client::SendRequest<Bytes>,
+    h2::client::Connection<tokio_rustls::client::TlsStream<TcpStream>, Bytes>,
+) {
     let config =
         weft_hbone::tls::client_config(&ca.issue(client_id), &ca.bundle, server_id).unwrap();
     let tcp = TcpStream::connect(server).await.unwrap();
@@ -334,9 +350,7 @@ async fn raw_h2(
         )
         .await
         .unwrap();
-    let (send, conn) = h2::client::handshake(tls).await.unwrap();
-    tokio::spawn(conn);
-    send
+    h2::client::handshake(tls).await.unwrap()
 }
 
 #[tokio::test]
@@ -631,4 +645,45 @@ async fn an_idle_connection_is_closed_by_the_server() {
     })
     .await;
     assert!(closed.is_ok(), "the idle connection stayed open");
+}
+
+/// Security finding 9: the server PINGs its clients. A client that holds a
+/// connection open without answering (here: it never reads it) is dropped
+/// within one interval plus one timeout; a client that answers keeps its
+/// connection.
+#[tokio::test]
+async fn a_client_that_does_not_answer_pings_is_disconnected() {
+    let ca = TestCa::new();
+    let (client_id, server_id) = (id("a", "client"), id("b", "server"));
+    let mut settings = weft_hbone::ServerSettings::default();
+    settings.h2.keepalive_interval = Duration::from_millis(200);
+    settings.h2.keepalive_timeout = Duration::from_millis(200);
+    let server = start_server_with(&ca.issue(&server_id), &ca.bundle, SlowAccept, settings).await;
+
+    // Answers: its connection is driven by a task of its own.
+    let answering = raw_h2(&ca, server.addr, &client_id, &server_id).await;
+    // Silent: the connection future is held but never polled.
+    let (silent_send, silent_conn) =
+        raw_h2_undriven(&ca, server.addr, &client_id, &server_id).await;
+
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The silent client's connection was closed by the server: driven now,
+    // it ends at once (a live one would stay pending until the idle timeout).
+    let ended = tokio::time::timeout(Duration::from_secs(2), silent_conn).await;
+    assert!(
+        ended.is_ok(),
+        "the server kept a client that never answered its PINGs"
+    );
+    drop(silent_send);
+    // The answering client still has its connection: a CONNECT goes through
+    // to the handler (which takes its time; the request is accepted).
+    let mut answering = answering.ready().await.expect("connection still up");
+    let request = Request::builder()
+        .method(Method::CONNECT)
+        .uri("10.0.0.1:8080")
+        .body(())
+        .expect("request");
+    let (_response, _stream) = answering
+        .send_request(request, false)
+        .expect("the answering client can still open a tunnel");
 }
