@@ -83,10 +83,10 @@ impl Dialer {
                 Ok(Box::new(stream))
             }
             Dialer::PortForward { pods, pod, port } => {
-                let mut forwarder = pods
-                    .portforward(pod, &[*port])
-                    .await
-                    .map_err(std::io::Error::other)?;
+                let mut forwarder = match pods.portforward(pod, &[*port]).await {
+                    Ok(forwarder) => forwarder,
+                    Err(e) => return Err(portforward_error(pods, pod, e).await),
+                };
                 let stream = forwarder.take_stream(*port).ok_or_else(|| {
                     std::io::Error::other("the API server opened no stream for the port")
                 })?;
@@ -96,6 +96,32 @@ impl Dialer {
             }
         }
     }
+}
+
+/// A port-forward refusal, with what the pod's state says about it: the API
+/// server answers a forward to a pod that is not running with a bare 400.
+async fn portforward_error(
+    pods: &kube::Api<k8s_openapi::api::core::v1::Pod>,
+    pod: &str,
+    error: kube::Error,
+) -> std::io::Error {
+    let state = match pods.get(pod).await {
+        Ok(p) => {
+            let phase = p
+                .status
+                .as_ref()
+                .and_then(|s| s.phase.clone())
+                .unwrap_or_else(|| "Unknown".into());
+            let node = p.spec.as_ref().and_then(|s| s.node_name.clone());
+            match (phase.as_str(), node) {
+                ("Running", _) => String::new(),
+                (_, None) => format!(" (pod {pod} is {phase} and not scheduled to a node)"),
+                (_, Some(node)) => format!(" (pod {pod} is {phase} on node {node}, not running)"),
+            }
+        }
+        Err(_) => String::new(),
+    };
+    std::io::Error::other(format!("port-forward to pod {pod}: {error}{state}"))
 }
 
 /// Connects to `addr` from inside another network namespace: a short-lived

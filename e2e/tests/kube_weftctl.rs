@@ -276,6 +276,13 @@ fn enroll_unenroll_explain_and_reads_against_the_api_server() {
             "{read} finds deploy/'s controller pod: {}",
             ran.stderr
         );
+        // The API server's bare 400 comes with why: no kubelet runs it.
+        assert!(
+            ran.stderr.contains("is Pending and not scheduled to a node")
+                || ran.stderr.contains("not running"),
+            "{read} says why the pod cannot be reached: {}",
+            ran.stderr
+        );
     }
     // No ztunnel DaemonSet in deploy/ yet: the node reads say so.
     let ran = weftctl.run(&["tunnels"]);
