@@ -278,7 +278,8 @@ fn enroll_unenroll_explain_and_reads_against_the_api_server() {
         );
         // The API server's bare 400 comes with why: no kubelet runs it.
         assert!(
-            ran.stderr.contains("is Pending and not scheduled to a node")
+            ran.stderr
+                .contains("is Pending and not scheduled to a node")
                 || ran.stderr.contains("not running"),
             "{read} says why the pod cannot be reached: {}",
             ran.stderr
