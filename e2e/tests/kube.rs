@@ -154,12 +154,6 @@ fn ask(
     common::ask_ca(&format!("https://{grpc}"), root, token, node, identity).map(|_| ())
 }
 
-fn pod(namespace: &str, name: &str, service_account: &str, node: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n  nodeName: {node}\n  serviceAccountName: {service_account}\n  automountServiceAccountToken: false\n  containers: [{{name: app, image: weft-e2e-app}}]\n"
-    )
-}
-
 #[test]
 fn the_ca_takes_the_node_from_a_pod_bound_token_and_refuses_every_other_token() {
     let _one = common::serial();

@@ -107,12 +107,6 @@ fn namespace_labels(run: &KubeRun, ns: &str) -> Value {
     get(run, &["namespace", ns]).expect("namespace")["metadata"]["labels"].clone()
 }
 
-fn pod(namespace: &str, name: &str, node: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {namespace}, labels: {{app: {name}}}}}\nspec:\n  nodeName: {node}\n  serviceAccountName: {name}\n  automountServiceAccountToken: false\n  containers: [{{name: app, image: weft-e2e-app}}]\n"
-    )
-}
-
 /// Gives a pod the address a kubelet would report (there is no kubelet).
 fn set_pod_ip(kubectl: &weft_e2e::kube::Kubectl, namespace: &str, name: &str, ip: &str) {
     let status = serde_json::json!({"status": {
@@ -211,7 +205,7 @@ fn enroll_unenroll_explain_and_reads_against_the_api_server() {
         ("other", "node-1", "10.244.1.11"),
         ("db", "node-2", "10.244.2.10"),
     ] {
-        k.apply(&pod("shop", name, node)).expect("pod");
+        k.apply(&pod("shop", name, name, node)).expect("pod");
         set_pod_ip(&k, "shop", name, ip);
     }
     k.apply(

@@ -478,24 +478,17 @@ impl Writer {
                     .gateways
                     .get(&gateway)
                     .is_some_and(|gw| is_waypoint_gateway(gw));
+                let refused = format!(
+                    "{}; connections to this Service are refused until it is fixed",
+                    r.unavailable
+                );
                 let (binding_state, message) = match (r.unavailable.is_empty(), found) {
                     (true, _) => (
                         status::BindingState::Bound,
                         format!("traffic to this Service passes waypoint {gateway}"),
                     ),
-                    (false, false) => (
-                        status::BindingState::WaypointNotFound,
-                        r.unavailable.clone(),
-                    ),
-                    (false, true) => (
-                        status::BindingState::WaypointNotReady,
-                        r.unavailable.clone(),
-                    ),
-                };
-                let message = if r.unavailable.is_empty() {
-                    message
-                } else {
-                    format!("{message}; connections to this Service are refused until it is fixed")
+                    (false, false) => (status::BindingState::WaypointNotFound, refused),
+                    (false, true) => (status::BindingState::WaypointNotReady, refused),
                 };
                 vec![status::binding_condition(
                     binding_state,

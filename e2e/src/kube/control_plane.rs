@@ -8,7 +8,7 @@
 //! as its own identity, so a missing RBAC verb in what weft ships fails a
 //! test exactly as it would on a real cluster.
 
-use std::net::{IpAddr, Ipv4Addr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -65,12 +65,7 @@ pub struct ControlPlane {
 }
 
 fn free_port() -> Result<u16> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .map_err(|e| Error::Invalid(format!("no free loopback port: {e}")))?;
-    listener
-        .local_addr()
-        .map(|a| a.port())
-        .map_err(|e| Error::Invalid(format!("no free loopback port: {e}")))
+    Ok(super::free_loopback_addr()?.port())
 }
 
 fn spawn(

@@ -4,14 +4,14 @@
 //! token from the TokenRequest API, so it has exactly the RBAC deploy/
 //! grants it.
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use super::KubeRun;
+use super::{KubeRun, free_loopback_addr};
 use crate::binaries::{self, Binaries};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::process::ManagedProcess;
 
 /// The namespace deploy/ installs weft into.
@@ -31,12 +31,6 @@ pub struct ControllerProcess {
     debug: SocketAddr,
 }
 
-fn free_addr() -> Result<SocketAddr> {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .map_err(|e| Error::Invalid(format!("no free loopback port: {e}")))
-}
-
 impl ControllerProcess {
     /// Starts replica `replica` (its `POD_NAME`, the Lease holder name) with
     /// `extra` flags, and waits until it serves gRPC.
@@ -45,7 +39,7 @@ impl ControllerProcess {
             .plane()
             .service_account_kubeconfig(NAMESPACE, SERVICE_ACCOUNT)?;
         let binary = Binaries::locate()?.require(binaries::CONTROLLER)?;
-        let (grpc, debug) = (free_addr()?, free_addr()?);
+        let (grpc, debug) = (free_loopback_addr()?, free_loopback_addr()?);
         let mut cmd = Command::new(binary);
         cmd.env("KUBECONFIG", &kubeconfig)
             .env("POD_NAME", replica)
@@ -56,7 +50,7 @@ impl ControllerProcess {
             )
             .args(["--registry", "kubernetes"])
             .arg(format!("--grpc-addr={grpc}"))
-            .arg(format!("--metrics-addr={}", free_addr()?))
+            .arg(format!("--metrics-addr={}", free_loopback_addr()?))
             .arg(format!("--debug-addr={debug}"))
             .args(extra);
         let log = run.state().dir.join(format!("{replica}.log"));

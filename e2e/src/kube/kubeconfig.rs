@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use serde_json::json;
 
 use super::pki::CertFiles;
+use super::write_private;
 use crate::error::{Error, Result};
 
 /// How a kubeconfig's user proves who it is.
@@ -43,9 +44,6 @@ pub fn write(
     });
     let text =
         serde_json::to_string_pretty(&config).map_err(|e| Error::decode("a kubeconfig", e))?;
-    std::fs::write(path, text).map_err(Error::io(path))?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(Error::io(path))?;
+    write_private(path, &text)?;
     Ok(path.to_path_buf())
 }

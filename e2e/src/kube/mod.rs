@@ -20,6 +20,7 @@ pub mod kubectl;
 pub mod pki;
 pub mod toolchain;
 
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::Path;
 
 pub use control_plane::ControlPlane;
@@ -32,6 +33,21 @@ use crate::error::{Error, Result};
 use crate::names::RunId;
 use crate::signals;
 use crate::state::RunState;
+
+/// Writes `text` to `path`, readable by its owner only: keys, certificates
+/// and kubeconfigs alike, as a node keeps them.
+pub(crate) fn write_private(path: &Path, text: &str) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).map_err(Error::io(path))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(Error::io(path))
+}
+
+/// A free loopback address (the port is released for the caller to bind).
+pub(crate) fn free_loopback_addr() -> Result<SocketAddr> {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .map_err(|e| Error::Invalid(format!("no free loopback port: {e}")))
+}
 
 /// A control plane in a run of its own, torn down when dropped.
 pub struct KubeRun {

@@ -12,6 +12,7 @@ use rcgen::{
     Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 
+use super::write_private;
 use crate::error::{Error, Result};
 
 const LIFETIME: Duration = Duration::from_secs(24 * 3600);
@@ -43,13 +44,6 @@ fn validity(params: &mut CertificateParams) {
     params.not_after = (now + LIFETIME).into();
 }
 
-fn write(path: &Path, text: &str) -> Result<()> {
-    std::fs::write(path, text).map_err(Error::io(path))?;
-    // Keys and certificates alike: owner-only, as a node's /etc/kubernetes.
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(Error::io(path))
-}
-
 impl Pki {
     /// A fresh CA in `dir` (created).
     pub fn create(dir: &Path) -> Result<Pki> {
@@ -69,8 +63,8 @@ impl Pki {
         validity(&mut params);
         let cert = params.self_signed(&key).map_err(sign_error("CA"))?;
         let ca = dir.join("ca.crt");
-        write(&ca, &cert.pem())?;
-        write(&dir.join("ca.key"), &key.serialize_pem())?;
+        write_private(&ca, &cert.pem())?;
+        write_private(&dir.join("ca.key"), &key.serialize_pem())?;
         Ok(Pki {
             dir: dir.to_path_buf(),
             issuer: Issuer::new(params, key),
@@ -114,8 +108,8 @@ impl Pki {
             cert: self.dir.join(format!("{file}.crt")),
             key: self.dir.join(format!("{file}.key")),
         };
-        write(&files.cert, &cert.pem())?;
-        write(&files.key, &key.serialize_pem())?;
+        write_private(&files.cert, &cert.pem())?;
+        write_private(&files.key, &key.serialize_pem())?;
         Ok(files)
     }
 
@@ -155,8 +149,8 @@ impl Pki {
             cert: self.dir.join("service-account.pub"),
             key: self.dir.join("service-account.key"),
         };
-        write(&files.key, &key.serialize_pem())?;
-        write(&files.cert, &key.public_key_pem())?;
+        write_private(&files.key, &key.serialize_pem())?;
+        write_private(&files.cert, &key.public_key_pem())?;
         Ok(files)
     }
 }

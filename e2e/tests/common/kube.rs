@@ -48,3 +48,11 @@ pub fn holder(run: &KubeRun) -> Option<String> {
 pub fn node(name: &str) -> String {
     format!("apiVersion: v1\nkind: Node\nmetadata: {{name: {name}}}\n")
 }
+
+/// A Pod bound to `node`, labelled `app: <name>`, running as
+/// `service_account` (no kubelet runs it; its status is the test's to set).
+pub fn pod(namespace: &str, name: &str, service_account: &str, node: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {namespace}, labels: {{app: {name}}}}}\nspec:\n  nodeName: {node}\n  serviceAccountName: {service_account}\n  automountServiceAccountToken: false\n  containers: [{{name: app, image: weft-e2e-app}}]\n"
+    )
+}
