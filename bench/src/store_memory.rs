@@ -6,7 +6,7 @@
 use weft_api::config::{
     Endpoint, HealthStatus, Service, ServicePort, TunnelProtocol, Workload, resource,
 };
-use weft_ztunnel::state::{ConfigUpdate, WorkloadStore};
+use weft_runtime::store::{ConfigUpdate, WorkloadStore};
 
 fn allocated() -> anyhow::Result<u64> {
     tikv_jemalloc_ctl::epoch::advance().map_err(|e| anyhow::anyhow!("jemalloc epoch: {e}"))?;

@@ -1,6 +1,6 @@
 //! The admin API (docs/design.md §9; JSON shapes in `weft_api::admin`, as ztunnel
 //! serves them) on 127.0.0.1:15000 and optionally a unix socket, and
-//! readiness on 15021. Metrics (15020) are ztunnel's exporter endpoint.
+//! readiness on 15021. Metrics (15020) are the runtime's exporter endpoint.
 //!
 //! | path | body |
 //! | --- | --- |
@@ -13,16 +13,13 @@
 //! | `GET /healthz/ready` | 200 `ready` or 503 with the reason |
 
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use ::http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde::Serialize;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-use weft_api::admin::{CertsResponse, ConfigDump, ConnectionsResponse, PooledConnection};
-use weft_ztunnel::admin::LogControl;
-use weft_ztunnel::admin::http::{self, Body, full, json, query_param, to_json};
+use weft_api::admin::{CertsResponse, ConfigDump, ConnectionsResponse};
+use weft_runtime::admin::http::{self, Body, full, json, query_param, to_json};
+use weft_runtime::admin::{LogControl, certificates, pooled_connections};
 
 use crate::app::Waypoint;
 
@@ -48,7 +45,8 @@ struct WaypointConfigDump {
 }
 
 impl Admin {
-    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+    /// Answers one admin request.
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
         let store = &self.waypoint.proxy.config.store;
         let path = req.uri().path().to_owned();
         match (req.method(), path.as_str()) {
@@ -108,16 +106,9 @@ impl Admin {
     }
 
     fn certs(&self) -> CertsResponse {
-        let now = SystemTime::now();
         CertsResponse {
             node: self.waypoint.proxy.me.key(),
-            certificates: self
-                .waypoint
-                .certs
-                .status()
-                .into_iter()
-                .map(|s| http::cert_info(s, now))
-                .collect(),
+            certificates: certificates(&self.waypoint.certs),
         }
     }
 
@@ -125,49 +116,7 @@ impl Admin {
         ConnectionsResponse {
             node: self.waypoint.proxy.me.key(),
             connections: self.waypoint.proxy.observer.tunnels(),
-            pool: self
-                .waypoint
-                .tunnels
-                .connections()
-                .into_iter()
-                .map(|c| PooledConnection {
-                    id: c.id,
-                    source_identity: c.source.to_string(),
-                    destination_identity: c.destination_identity.to_string(),
-                    address: c.hbone_addr.to_string(),
-                    active_streams: c.active_streams,
-                    age_ms: c.age.as_millis() as u64,
-                })
-                .collect(),
+            pool: pooled_connections(&self.waypoint.tunnels),
         }
     }
-}
-
-/// Serves the admin API on a TCP listener or a unix socket.
-pub async fn serve(admin: Arc<Admin>, listener: impl http::Listener, shutdown: CancellationToken) {
-    http::serve(listener, move |req| admin.clone().handle(req), shutdown).await;
-}
-
-/// Serves the read-only endpoints (on TCP); `POST /logging` is served on
-/// the unix socket only.
-pub async fn serve_read_only(
-    admin: Arc<Admin>,
-    listener: impl http::Listener,
-    shutdown: CancellationToken,
-) {
-    let handler = move |req| admin.clone().handle(req);
-    http::serve(listener, http::read_only(handler), shutdown).await;
-}
-
-/// `/healthz/ready` for the kubelet.
-pub async fn serve_readiness(
-    waypoint: Arc<Waypoint>,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-) {
-    let check = move |_req| {
-        let response = http::readiness(waypoint.readiness());
-        async move { response }
-    };
-    http::serve(listener, check, shutdown).await;
 }

@@ -9,23 +9,22 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 use weft_api::config::{ProxyInfo, ProxyKind, ResourceType, Subscribe};
 use weft_hbone::{HboneServer, PoolSettings, ServerSettings, SpiffeId, TrustBundle, TunnelPool};
-use weft_ztunnel::admin::LogControl;
-use weft_ztunnel::admin::socket::{AdminSocket, wait_for_signal};
-use weft_ztunnel::bootstrap::{follow_config_file, local_ca, read};
-use weft_ztunnel::controller::{ConfigClient, TokenSource};
-use weft_ztunnel::identity::{CaClient, CertManager, GrpcCa};
-use weft_ztunnel::proxy::TrustState;
-use weft_ztunnel::socket::listen_shared;
-use weft_ztunnel::state::WorkloadStore;
+use weft_runtime::admin::socket::{AdminSocket, wait_for_signal};
+use weft_runtime::admin::{LogControl, serve_metrics, serve_readiness, spawn_admin};
+use weft_runtime::certs::{CaClient, CertManager};
+use weft_runtime::listen::listen_shared;
+use weft_runtime::startup::{Sources, install_metrics, start_sources};
+use weft_runtime::store::WorkloadStore;
+use weft_runtime::trust::{TrustState, follow_trust_bundle};
 
-use crate::admin::{self, Admin};
+use crate::admin::Admin;
 use crate::destination::WaypointName;
 use crate::inbound::InboundHandler;
 use crate::observe::Observer;
@@ -133,34 +132,23 @@ impl Waypoint {
     /// Background upkeep until `shutdown`: idle upstream connections are
     /// closed, and the trust bundle follows the config stream's.
     pub fn spawn_upkeep(self: &Arc<Self>, trust_domain: String, shutdown: CancellationToken) {
+        tokio::spawn(follow_trust_bundle(
+            self.proxy.config.store.clone(),
+            self.trust.clone(),
+            self.tunnels.clone(),
+            trust_domain,
+            shutdown.clone(),
+        ));
         let this = self.clone();
         tokio::spawn(async move {
-            let mut changes = this.proxy.config.store.subscribe();
             let mut sweep = tokio::time::interval(Duration::from_secs(30));
             loop {
-                this.follow_trust_bundle(&trust_domain);
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = sweep.tick() => this.proxy.http.sweep(),
-                    changed = changes.changed() => if changed.is_err() { return },
                 }
             }
         });
-    }
-
-    fn follow_trust_bundle(&self, trust_domain: &str) {
-        let Some(bundle) = self.proxy.config.store.trust_bundle(trust_domain) else {
-            return;
-        };
-        match TrustBundle::from_pems(trust_domain, &bundle.roots_pem) {
-            Ok(bundle) => {
-                if self.trust.set(bundle.clone()) {
-                    info!(roots = bundle.roots().len(), "trust bundle updated");
-                    self.tunnels.set_trust_bundle(bundle);
-                }
-            }
-            Err(e) => warn!(error = %e, "trust bundle from the controller refused"),
-        }
     }
 
     /// Why the waypoint cannot take traffic yet, if it cannot.
@@ -199,17 +187,14 @@ impl Waypoint {
 
 /// The process: runs until SIGTERM/SIGINT and the drain that follows.
 pub async fn run(options: Options, log: LogControl) -> anyhow::Result<()> {
-    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            metrics_exporter_prometheus::Matcher::Full("weft_request_duration_seconds".into()),
-            &[
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                10.0, 30.0,
-            ],
-        )
-        .context("histogram buckets")?
-        .install_recorder()
-        .context("installing the metrics recorder")?;
+    let flags = &options.proxy;
+    let recorder = install_metrics(&[(
+        "weft_request_duration_seconds",
+        &[
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            30.0,
+        ],
+    )])?;
     let shutdown = CancellationToken::new();
     let store = WorkloadStore::default();
     let name = WaypointName {
@@ -220,78 +205,48 @@ pub async fn run(options: Options, log: LogControl) -> anyhow::Result<()> {
         .service_account
         .clone()
         .unwrap_or_else(|| options.name.clone());
-    let identity = SpiffeId::new(&options.trust_domain, &options.namespace, &service_account)
+    let identity = SpiffeId::new(&flags.trust_domain, &options.namespace, &service_account)
         .context("the waypoint's identity")?;
 
-    let (ca, trust, source): (Arc<dyn CaClient>, TrustBundle, String) =
-        match (&options.controller, &options.ca_dir) {
-            (Some(address), _) => {
-                let root = read(options.controller_ca.as_deref(), "--controller-ca")?;
-                let token = TokenSource::new(options.token_file.clone());
-                let channel = weft_ztunnel::controller::channel(address, &root)
-                    .with_context(|| format!("controller address {address}"))?;
-                if options.config_file.is_none() {
-                    let client = ConfigClient {
-                        channel: channel.clone(),
-                        token: token.clone(),
-                        node: options.node.clone(),
-                        store: store.clone(),
-                    };
-                    tokio::spawn(client.run_as(subscription(&options), shutdown.clone()));
-                }
-                // Until the config stream brings the bundle, trust the root
-                // the controller itself is verified with.
-                let trust = TrustBundle::from_pems(&options.trust_domain, &[root])?;
-                let ca = GrpcCa::new(channel, token, options.node.clone());
-                (Arc::new(ca), trust, format!("controller {address}"))
-            }
-            (None, Some(dir)) => {
-                let ttl = Duration::from_secs(options.cert_ttl_seconds);
-                let (ca, trust) = local_ca(dir, &options.trust_domain, ttl)?;
-                (Arc::new(ca), trust, String::new())
-            }
-            (None, None) => bail!("either --controller or --ca-dir is required"),
-        };
-    let source = match &options.config_file {
-        Some(path) => follow_config_file(path, &store, &shutdown)?,
-        None => source,
-    };
+    let Sources { ca, trust, source } = start_sources(
+        flags,
+        &options.node,
+        &store,
+        subscription(&options),
+        &shutdown,
+    )?;
 
     let mut settings = WaypointSettings::new(name.clone(), identity);
     settings.access_log = !options.no_access_log;
     settings.proxy.upstream_hbone_port = options.upstream_hbone_port;
     settings.proxy.sniff_timeout = Duration::from_millis(options.sniff_timeout_ms);
     let waypoint = Waypoint::new(settings, store, ca, trust);
-    waypoint.spawn_upkeep(options.trust_domain.clone(), shutdown.clone());
+    waypoint.spawn_upkeep(flags.trust_domain.clone(), shutdown.clone());
 
     let admin = Arc::new(Admin {
         waypoint: waypoint.clone(),
         source,
         log,
     });
-    let tcp = listen_shared(options.admin_addr)
-        .with_context(|| format!("admin address {}", options.admin_addr))?;
-    tokio::spawn(admin::serve_read_only(admin.clone(), tcp, shutdown.clone()));
-    let admin_socket = match &options.admin_socket {
+    let tcp = listen_shared(flags.admin_addr)
+        .with_context(|| format!("admin address {}", flags.admin_addr))?;
+    let (admin_socket, unix) = match &options.admin_socket {
         Some(path) => {
             let (socket, unix) = AdminSocket::bind(path)
                 .with_context(|| format!("admin socket {}", path.display()))?;
-            tokio::spawn(admin::serve(admin.clone(), unix, shutdown.clone()));
-            Some(socket)
+            (Some(socket), Some(unix))
         }
-        None => None,
+        None => (None, None),
     };
-    let metrics = listen_shared(options.metrics_addr)
-        .with_context(|| format!("metrics address {}", options.metrics_addr))?;
-    tokio::spawn(weft_ztunnel::admin::serve_metrics(
-        recorder,
-        metrics,
-        shutdown.clone(),
-    ));
-    let readiness = listen_shared(options.readiness_addr)
-        .with_context(|| format!("readiness address {}", options.readiness_addr))?;
-    tokio::spawn(admin::serve_readiness(
-        waypoint.clone(),
+    spawn_admin(move |req| admin.clone().handle(req), tcp, unix, &shutdown);
+    let metrics = listen_shared(flags.metrics_addr)
+        .with_context(|| format!("metrics address {}", flags.metrics_addr))?;
+    tokio::spawn(serve_metrics(recorder, metrics, shutdown.clone()));
+    let readiness = listen_shared(flags.readiness_addr)
+        .with_context(|| format!("readiness address {}", flags.readiness_addr))?;
+    let ready = waypoint.clone();
+    tokio::spawn(serve_readiness(
+        move || ready.readiness(),
         readiness,
         shutdown.clone(),
     ));
@@ -307,9 +262,9 @@ pub async fn run(options: Options, log: LogControl) -> anyhow::Result<()> {
 
     let signal = wait_for_signal().await?;
     info!(signal, "stop requested");
-    let deadline = Duration::from_secs(options.drain_seconds);
+    let deadline = Duration::from_secs(flags.drain_seconds);
     info!(
-        deadline_s = options.drain_seconds,
+        deadline_s = flags.drain_seconds,
         open = waypoint.proxy.observer.tunnel_count(),
         "draining"
     );

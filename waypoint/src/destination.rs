@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use http::StatusCode;
 use weft_api::config::{Service, ServicePort, WaypointRef, Workload};
-use weft_ztunnel::state::WorkloadStore;
+use weft_runtime::store::WorkloadStore;
 
 use crate::sniff::{self, Declared};
 

@@ -9,10 +9,10 @@
 //! over HBONE or TCP ([`upstream`]) with retries and timeouts — and anything
 //! else is authorized at L4 and copied byte for byte ([`tcp`]).
 //!
-//! What it knows comes from the same state store and config sources as
-//! ztunnel (`weft_ztunnel::state`, `controller`, `local_config`), compiled
-//! per config version into the waypoint's own view ([`snapshot`]);
-//! certificates come from `weft_ztunnel::identity` ([`tls`] serves them).
+//! What it knows comes from the proxy runtime it shares with ztunnel
+//! (`weft_runtime`: the config store and sources, certificates, trust, load
+//! balancing, admin plumbing, start-up), compiled per config version into
+//! the waypoint's own view ([`snapshot`]); [`tls`] serves its certificate.
 //! Every request is recorded once for metrics, the access log and `/tap`
 //! ([`observe`]); [`admin`] serves the admin API, metrics and readiness.
 //! [`app`] wires it together and drains on SIGTERM; [`options`] are its

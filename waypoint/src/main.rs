@@ -8,7 +8,7 @@ static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> anyhow::Result<()> {
     let options = Options::parse();
-    let log = weft_ztunnel::logging::init(options.log_format, &options.log);
+    let log = weft_runtime::logging::init(options.proxy.log_format, &options.proxy.log);
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?

@@ -18,7 +18,7 @@ use http::{Method, StatusCode};
 use tokio::sync::broadcast;
 use weft_api::admin::{ConnectionInfo, Direction, Peer, TapEvent, TapKind, Transport};
 use weft_api::config::Workload;
-use weft_ztunnel::state::workload_identity;
+use weft_runtime::store::workload_identity;
 
 use crate::policy::Client;
 use crate::sniff::Counters;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use weft_ztunnel::proxy::lb::LoadBalancer;
+use weft_runtime::lb::LoadBalancer;
 
 use crate::destination::WaypointName;
 use crate::observe::Observer;

@@ -120,14 +120,27 @@ pub fn local(status: StatusCode, body: &'static str) -> Response<ResponseBody> {
     response
 }
 
-fn refuse(
-    trace: &mut Trace,
+/// The waypoint's own answer in place of the upstream's: what the client
+/// sees, and the verdict the request is recorded with.
+struct Refusal {
     status: StatusCode,
     body: &'static str,
     why: String,
-) -> Response<ResponseBody> {
-    trace.verdict = why;
-    local(status, body)
+}
+
+impl Refusal {
+    fn new(status: StatusCode, body: &'static str, why: impl Into<String>) -> Refusal {
+        Refusal {
+            status,
+            body,
+            why: why.into(),
+        }
+    }
+}
+
+fn refuse(trace: &mut Trace, refusal: Refusal) -> Response<ResponseBody> {
+    trace.verdict = refusal.why;
+    local(refusal.status, refusal.body)
 }
 
 async fn serve(
@@ -137,115 +150,56 @@ async fn serve(
     trace: &mut Trace,
     started: Instant,
 ) -> Response<ResponseBody> {
-    let snapshot = proxy.config.snapshot();
-    let store = &proxy.config.store;
-    let dest = match destination::resolve(store, &proxy.me, tunnel.authority) {
-        Ok(dest) => dest,
-        Err(e) => {
-            return refuse(
-                trace,
-                e.status(),
-                "destination not served by this waypoint\n",
-                e.to_string(),
-            );
-        }
-    };
-    trace.service = dest.service().map(|(ns, n)| format!("{ns}/{n}"));
-    let (mut parts, body) = request.into_parts();
-    let path = match path::normalize(parts.uri.path()) {
-        Ok(p) => p.into_owned(),
-        Err(e) => {
-            return refuse(
-                trace,
-                StatusCode::BAD_REQUEST,
-                "bad request path\n",
-                e.to_string(),
-            );
-        }
-    };
-    trace.path.clone_from(&path);
-    let host = request_host(&parts, tunnel.authority);
-
-    // Policies at this waypoint, before anything else happens.
-    let mut attrs = LazyAttrs::default();
-    let waypoint_policies = snapshot.waypoint_policies(dest.service());
-    if !waypoint_policies.is_empty() {
-        let attrs = attrs.get(&waypoint_policies, &parts, &path, &host);
-        let conn = tunnel.client.connection(tunnel.authority);
-        let decision = policy::authorize_request(&waypoint_policies, &conn, attrs);
-        if !decision.allowed {
-            return refuse(
-                trace,
-                StatusCode::FORBIDDEN,
-                "access denied\n",
-                decision.reason.to_string(),
-            );
-        }
+    match exchange(proxy, tunnel, request, trace, started).await {
+        Ok(response) => response,
+        Err(refusal) => refuse(trace, refusal),
     }
+}
 
-    // Routing.
-    let view = RequestView {
-        method: &parts.method,
-        path: &path,
-        query: parts.uri.query(),
-        headers: &parts.headers,
-        host: &host,
-    };
-    let rule = match select_rule(&snapshot, &dest, &view, tunnel.authority.port()) {
-        Ok(rule) => rule,
-        Err(()) => {
-            return refuse(
-                trace,
-                StatusCode::NOT_FOUND,
-                "no route\n",
-                "no route matched".into(),
-            );
-        }
-    };
-    if let Some(rule) = &rule {
-        trace.route = Some((rule.route.clone(), rule.index));
-        if let Some(status) = rule.direct_status {
+/// Authorize, route, forward. Every refusal comes back as `Err`, so the
+/// verdict is recorded in one place, by `serve`.
+async fn exchange(
+    proxy: &Proxy,
+    tunnel: &TunnelContext,
+    request: Request<Incoming>,
+    trace: &mut Trace,
+    started: Instant,
+) -> Result<Response<ResponseBody>, Refusal> {
+    let snapshot = proxy.config.snapshot();
+    let mut admitted = admit(proxy, tunnel, &snapshot, request, trace)?;
+    let port = tunnel.authority.port();
+    let rule = match route(&snapshot, &mut admitted, port, trace)? {
+        Routed::Answer(status) => {
             let mut response = local(status, "");
             *response.body_mut() = Either::Right(Full::new(Bytes::new()));
-            return response;
+            return Ok(response);
         }
-        for op in &rule.header_ops {
-            op.apply(&mut parts.headers);
-        }
-    }
-    let target = match choose_target(store, rule.as_deref(), &dest, tunnel.authority.port()) {
-        Ok(target) => target,
-        Err(why) => {
-            return refuse(
-                trace,
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "no backend\n",
-                why,
-            );
-        }
+        Routed::Forward(rule) => rule,
     };
-    let retry = rule
-        .as_ref()
-        .and_then(|r| r.retry.clone())
-        .unwrap_or_else(|| proxy.settings.default_retry.clone());
-    let deadline = rule.as_ref().and_then(|r| r.timeout).map(|t| started + t);
-    let http2_upstream = parts.version == Version::HTTP_2 || dest.wants_h2();
-
-    let retryable_method = retry.configured || is_idempotent(&parts.method);
-    let mut body = prepare_body(
+    let Admitted {
+        dest,
+        parts,
         body,
-        retryable_method && retry.attempts > 0,
-        proxy.settings.max_retry_body,
-    )
-    .await;
-    let body_error = matches!(body, PreparedBody::Failed);
-    if body_error {
-        return refuse(
-            trace,
+        path,
+        host,
+        mut attrs,
+    } = admitted;
+    let target = choose_target(&proxy.config.store, rule.as_deref(), &dest, port)
+        .map_err(|why| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, "no backend\n", why))?;
+    let retries = Retries::new(
+        rule.as_deref(),
+        &proxy.settings.default_retry,
+        &parts.method,
+        started,
+    );
+
+    let mut body = prepare_body(body, retries.may_retry(), proxy.settings.max_retry_body).await;
+    if matches!(body, PreparedBody::Failed) {
+        return Err(Refusal::new(
             StatusCode::BAD_REQUEST,
             "bad request body\n",
-            "request body failed".into(),
-        );
+            "request body failed",
+        ));
     }
 
     let forward = Forward {
@@ -255,102 +209,218 @@ async fn serve(
         parts: &parts,
         path: &path,
         host: &host,
-        http2: http2_upstream,
+        http2: parts.version == Version::HTTP_2 || dest.wants_h2(),
     };
-    let attempts = async {
-        let mut last_failure = (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "upstream unavailable\n",
-            String::new(),
-        );
-        loop {
-            trace.attempts += 1;
-            let budget_left = trace.attempts <= retry.attempts;
-            let endpoint = match forward.pick(&target) {
-                Ok(e) => e,
-                Err(why) => {
-                    return refuse(
-                        trace,
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "no healthy upstream\n",
-                        why,
-                    );
-                }
-            };
-            trace.endpoint = Some((endpoint.workload.clone(), endpoint.addr));
-            if let Err(why) = forward.authorize_endpoint(&endpoint, &mut attrs) {
-                return refuse(trace, StatusCode::FORBIDDEN, "access denied\n", why);
-            }
-            let Some(request_body) = body.take() else {
-                // The body went out with an earlier attempt.
-                let (status, text, why) = last_failure;
-                return refuse(trace, status, text, why);
-            };
-            let upstream = match forward.request(request_body) {
-                Ok(r) => r,
-                Err(why) => return refuse(trace, StatusCode::BAD_REQUEST, "bad request\n", why),
-            };
-            let key = PoolKey {
-                addr: endpoint.addr,
-                transport: endpoint.transport.clone(),
-                http2: http2_upstream,
-            };
-            let sent_at = Instant::now();
-            match proxy.http.send(&key, upstream).await {
-                Ok(response) => {
-                    let status = response.status();
-                    if let Some(load) = &endpoint.load {
-                        load.connected(sent_at.elapsed());
-                    }
-                    if budget_left
-                        && body.replayable()
-                        && retryable_method
-                        && retry.retries_status(status)
-                    {
-                        last_failure = (
-                            status,
-                            "upstream error\n",
-                            format!("upstream answered {status}"),
-                        );
-                        drain_briefly(response).await;
-                        backoff(&retry, trace.attempts, deadline).await;
-                        continue;
-                    }
-                    return respond(response);
-                }
-                Err(Failed { error, unsent }) => {
-                    if let Some(load) = &endpoint.load {
-                        load.failed();
-                    }
-                    let never_sent = unsent.is_some();
-                    if let Some(unsent) = unsent {
-                        body.put_back(unsent.into_body());
-                    }
-                    last_failure = failure(&error);
-                    let may_retry = budget_left
-                        && body.has_body()
-                        && (never_sent || (retryable_method && body.replayable()));
-                    if may_retry {
-                        backoff(&retry, trace.attempts, deadline).await;
-                        continue;
-                    }
-                    let (status, text, why) = last_failure;
-                    return refuse(trace, status, text, why);
-                }
-            }
+    // The deadline covers every attempt and backoff up to the response
+    // head; the response body streams on after it.
+    let deadline = retries.deadline;
+    let attempts = forward.with_retries(&target, &mut body, &mut attrs, retries, trace);
+    let response = match deadline {
+        None => attempts.await?,
+        Some(deadline) => tokio::time::timeout_at(deadline.into(), attempts)
+            .await
+            .map_err(|_| {
+                Refusal::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "upstream request timeout\n",
+                    "route timeout",
+                )
+            })??,
+    };
+    Ok(respond(response))
+}
+
+/// A request this waypoint's own policies let through.
+struct Admitted {
+    dest: Destination,
+    parts: Parts,
+    body: Incoming,
+    /// Normalized: policy, routing and the upstream all see this one.
+    path: String,
+    host: String,
+    /// Kept for the endpoint's policies, so the request is read once.
+    attrs: LazyAttrs,
+}
+
+/// Resolves the destination, normalizes the path and applies the policies
+/// at this waypoint, before anything else happens.
+fn admit(
+    proxy: &Proxy,
+    tunnel: &TunnelContext,
+    snapshot: &Snapshot,
+    request: Request<Incoming>,
+    trace: &mut Trace,
+) -> Result<Admitted, Refusal> {
+    let dest =
+        destination::resolve(&proxy.config.store, &proxy.me, tunnel.authority).map_err(|e| {
+            Refusal::new(
+                e.status(),
+                "destination not served by this waypoint\n",
+                e.to_string(),
+            )
+        })?;
+    trace.service = dest.service().map(|(ns, n)| format!("{ns}/{n}"));
+    let (parts, body) = request.into_parts();
+    let path = match path::normalize(parts.uri.path()) {
+        Ok(p) => p.into_owned(),
+        Err(e) => {
+            return Err(Refusal::new(
+                StatusCode::BAD_REQUEST,
+                "bad request path\n",
+                e.to_string(),
+            ));
         }
     };
-    match deadline {
-        None => attempts.await,
-        Some(deadline) => match tokio::time::timeout_at(deadline.into(), attempts).await {
-            Ok(response) => response,
-            Err(_) => refuse(
-                trace,
-                StatusCode::GATEWAY_TIMEOUT,
-                "upstream request timeout\n",
-                "route timeout".into(),
+    trace.path.clone_from(&path);
+    let host = request_host(&parts, tunnel.authority);
+
+    let mut attrs = LazyAttrs::default();
+    let waypoint_policies = snapshot.waypoint_policies(dest.service());
+    if !waypoint_policies.is_empty() {
+        let attrs = attrs.get(&waypoint_policies, &parts, &path, &host);
+        let conn = tunnel.client.connection(tunnel.authority);
+        let decision = policy::authorize_request(&waypoint_policies, &conn, attrs);
+        if !decision.allowed {
+            return Err(Refusal::new(
+                StatusCode::FORBIDDEN,
+                "access denied\n",
+                decision.reason.to_string(),
+            ));
+        }
+    }
+    Ok(Admitted {
+        dest,
+        parts,
+        body,
+        path,
+        host,
+        attrs,
+    })
+}
+
+/// What routing made of a request.
+enum Routed {
+    /// The rule answers with a status of its own; nothing goes upstream.
+    Answer(StatusCode),
+    /// On to a backend, by this rule (`None`: to the destination).
+    Forward(Option<Arc<Rule>>),
+}
+
+/// Picks the route rule and applies its header changes.
+fn route(
+    snapshot: &Snapshot,
+    request: &mut Admitted,
+    port: u16,
+    trace: &mut Trace,
+) -> Result<Routed, Refusal> {
+    let view = RequestView {
+        method: &request.parts.method,
+        path: &request.path,
+        query: request.parts.uri.query(),
+        headers: &request.parts.headers,
+        host: &request.host,
+    };
+    let rule = select_rule(snapshot, &request.dest, &view, port)
+        .map_err(|()| Refusal::new(StatusCode::NOT_FOUND, "no route\n", "no route matched"))?;
+    if let Some(rule) = &rule {
+        trace.route = Some((rule.route.clone(), rule.index));
+        if let Some(status) = rule.direct_status {
+            return Ok(Routed::Answer(status));
+        }
+        for op in &rule.header_ops {
+            op.apply(&mut request.parts.headers);
+        }
+    }
+    Ok(Routed::Forward(rule))
+}
+
+/// One request's retry state: how many attempts it may make, the backoff
+/// between them, the route's deadline, and what to answer once it gives up.
+struct Retries {
+    rule: RetryRule,
+    /// Sending the request twice is safe: the route asked for retries, or
+    /// the method is idempotent.
+    method_retryable: bool,
+    deadline: Option<Instant>,
+    /// Attempts started so far, the first included.
+    made: u32,
+    /// The answer if no later attempt does better.
+    last_failure: Refusal,
+}
+
+impl Retries {
+    fn new(rule: Option<&Rule>, default: &RetryRule, method: &Method, started: Instant) -> Retries {
+        let retry = rule
+            .and_then(|r| r.retry.clone())
+            .unwrap_or_else(|| default.clone());
+        let deadline = rule.and_then(|r| r.timeout).map(|t| started + t);
+        Retries {
+            method_retryable: retry.configured || is_idempotent(method),
+            rule: retry,
+            deadline,
+            made: 0,
+            // Reported only if the body is gone before any attempt failed.
+            last_failure: Refusal::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream unavailable\n",
+                String::new(),
             ),
-        },
+        }
+    }
+
+    /// Whether any retry could happen, so the body is worth buffering.
+    fn may_retry(&self) -> bool {
+        self.method_retryable && self.rule.attempts > 0
+    }
+
+    /// Counts the attempt about to start; returns its number (from 1).
+    fn begin_attempt(&mut self) -> u32 {
+        self.made += 1;
+        self.made
+    }
+
+    /// `rule.attempts` counts retries, so the first attempt is free.
+    fn budget_left(&self) -> bool {
+        self.made <= self.rule.attempts
+    }
+
+    /// The upstream answered, but with a status the rule retries. Only a
+    /// buffered body can be sent again.
+    fn should_retry_status(&self, status: StatusCode, body: &PreparedBody) -> bool {
+        self.budget_left()
+            && body.replayable()
+            && self.method_retryable
+            && self.rule.retries_status(status)
+    }
+
+    /// The exchange failed. A request that never left may go again whatever
+    /// its method; one that did only if it is safe and its body replayable.
+    fn should_retry_failure(&self, never_sent: bool, body: &PreparedBody) -> bool {
+        self.budget_left()
+            && body.has_body()
+            && (never_sent || (self.method_retryable && body.replayable()))
+    }
+
+    fn record_failure(&mut self, failure: Refusal) {
+        self.last_failure = failure;
+    }
+
+    fn give_up(self) -> Refusal {
+        self.last_failure
+    }
+
+    /// Waits longer after each attempt (capped), jittered so that clients
+    /// retrying together spread out, and never past the deadline.
+    async fn backoff(&self) {
+        let base = self.rule.backoff.saturating_mul(self.made.min(8));
+        let wait = base.mul_f64(0.5 + rand::random::<f64>());
+        let wait = match self.deadline {
+            Some(d) => wait.min(d.saturating_duration_since(Instant::now())),
+            None => wait,
+        };
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
     }
 }
 
@@ -372,7 +442,7 @@ fn select_rule(
 }
 
 fn choose_target(
-    store: &weft_ztunnel::state::WorkloadStore,
+    store: &weft_runtime::store::WorkloadStore,
     rule: Option<&Rule>,
     dest: &Destination,
     request_port: u16,
@@ -428,6 +498,85 @@ struct Forward<'a> {
 }
 
 impl Forward<'_> {
+    /// Attempts the request until one gets an answer worth returning, the
+    /// retry budget runs out, or something refuses it outright.
+    async fn with_retries(
+        &self,
+        target: &Target,
+        body: &mut PreparedBody,
+        attrs: &mut LazyAttrs,
+        mut retries: Retries,
+        trace: &mut Trace,
+    ) -> Result<Response<PooledBody>, Refusal> {
+        loop {
+            trace.attempts = retries.begin_attempt();
+            let endpoint = self.pick(target).map_err(|why| {
+                Refusal::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no healthy upstream\n",
+                    why,
+                )
+            })?;
+            trace.endpoint = Some((endpoint.workload.clone(), endpoint.addr));
+            self.authorize_endpoint(&endpoint, attrs)
+                .map_err(|why| Refusal::new(StatusCode::FORBIDDEN, "access denied\n", why))?;
+            let Some(request_body) = body.take() else {
+                // The body went out with an earlier attempt.
+                return Err(retries.give_up());
+            };
+            let upstream = self
+                .request(request_body)
+                .map_err(|why| Refusal::new(StatusCode::BAD_REQUEST, "bad request\n", why))?;
+            match self.send(&endpoint, upstream).await {
+                Ok(response) => {
+                    let status = response.status();
+                    if !retries.should_retry_status(status, body) {
+                        return Ok(response);
+                    }
+                    retries.record_failure(Refusal::new(
+                        status,
+                        "upstream error\n",
+                        format!("upstream answered {status}"),
+                    ));
+                    drain_briefly(response).await;
+                }
+                Err(Failed { error, unsent }) => {
+                    let never_sent = unsent.is_some();
+                    if let Some(unsent) = unsent {
+                        body.put_back(unsent.into_body());
+                    }
+                    retries.record_failure(failure(&error));
+                    if !retries.should_retry_failure(never_sent, body) {
+                        return Err(retries.give_up());
+                    }
+                }
+            }
+            retries.backoff().await;
+        }
+    }
+
+    /// Sends one attempt, telling the endpoint's load tracker how it went.
+    async fn send(
+        &self,
+        endpoint: &Endpoint,
+        request: Request<RequestBody>,
+    ) -> Result<Response<PooledBody>, Failed> {
+        let key = PoolKey {
+            addr: endpoint.addr,
+            transport: endpoint.transport.clone(),
+            http2: self.http2,
+        };
+        let sent_at = Instant::now();
+        let result = self.proxy.http.send(&key, request).await;
+        if let Some(load) = &endpoint.load {
+            match &result {
+                Ok(_) => load.connected(sent_at.elapsed()),
+                Err(_) => load.failed(),
+            }
+        }
+        result
+    }
+
     fn pick(&self, target: &Target) -> Result<Endpoint, String> {
         let hbone_port = self.proxy.settings.upstream_hbone_port;
         match target {
@@ -639,36 +788,13 @@ async fn drain_briefly(response: Response<PooledBody>) {
     }
 }
 
-async fn backoff(retry: &RetryRule, attempt: u32, deadline: Option<Instant>) {
-    let base = retry.backoff.saturating_mul(attempt.min(8));
-    let wait = base.mul_f64(0.5 + rand::random::<f64>());
-    let wait = match deadline {
-        Some(d) => wait.min(d.saturating_duration_since(Instant::now())),
-        None => wait,
+fn failure(error: &SendError) -> Refusal {
+    let body = match error {
+        SendError::Connect(ConnectError::Timeout(_)) => "upstream connect timeout\n",
+        SendError::Connect(_) => "upstream connect error\n",
+        SendError::Http(_) => "upstream reset before response\n",
     };
-    if !wait.is_zero() {
-        tokio::time::sleep(wait).await;
-    }
-}
-
-fn failure(error: &SendError) -> (StatusCode, &'static str, String) {
-    match error {
-        SendError::Connect(ConnectError::Timeout(_)) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "upstream connect timeout\n",
-            error.to_string(),
-        ),
-        SendError::Connect(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "upstream connect error\n",
-            error.to_string(),
-        ),
-        SendError::Http(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "upstream reset before response\n",
-            error.to_string(),
-        ),
-    }
+    Refusal::new(StatusCode::SERVICE_UNAVAILABLE, body, error.to_string())
 }
 
 /// The request body across attempts.

@@ -11,9 +11,9 @@ use arc_swap::ArcSwap;
 use tracing::warn;
 use weft_api::authz::applies_at_waypoint;
 use weft_api::config::{Authorization, Service, ServicePort, Workload};
-use weft_ztunnel::proxy::lb::Candidate;
-use weft_ztunnel::proxy::route::service_candidates;
-use weft_ztunnel::state::WorkloadStore;
+use weft_runtime::lb::Candidate;
+use weft_runtime::lb::service_candidates;
+use weft_runtime::store::WorkloadStore;
 
 use crate::destination::WaypointName;
 use crate::routing::Routes;

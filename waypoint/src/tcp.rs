@@ -118,7 +118,7 @@ pub async fn copy(
             "{}/{}",
             endpoint.workload.namespace, endpoint.workload.name
         )),
-        identity: weft_ztunnel::state::workload_identity(&endpoint.workload)
+        identity: weft_runtime::store::workload_identity(&endpoint.workload)
             .ok()
             .map(|id| id.to_string()),
     };

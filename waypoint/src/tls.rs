@@ -6,8 +6,8 @@
 use std::sync::{Arc, Mutex};
 
 use weft_hbone::{HboneError, ServerTls, SpiffeId};
-use weft_ztunnel::identity::CertManager;
-use weft_ztunnel::proxy::TrustState;
+use weft_runtime::certs::CertManager;
+use weft_runtime::trust::TrustState;
 
 pub struct WaypointTls {
     pub certs: CertManager,

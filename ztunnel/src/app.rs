@@ -6,69 +6,40 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
-use weft_hbone::{PoolSettings, ServerSettings, TrustBundle, TunnelPool};
+use weft_api::config::{ProxyInfo, ProxyKind, ResourceType, Subscribe};
+use weft_hbone::{PoolSettings, ServerSettings, TunnelPool};
+use weft_runtime::admin::socket::{AdminSocket, wait_for_signal};
+use weft_runtime::admin::{LogControl, serve_metrics, serve_readiness, spawn_admin};
+use weft_runtime::certs::CertManager;
+use weft_runtime::listen::listen_shared;
+use weft_runtime::startup::{Sources, install_metrics, start_sources};
+use weft_runtime::store::WorkloadStore;
+use weft_runtime::trust::{TrustState, follow_trust_bundle};
 
-use crate::admin::socket::{AdminSocket, wait_for_signal};
-use crate::admin::{self, Admin, LogControl, Readiness};
-use crate::bootstrap::{follow_config_file, local_ca, read};
+use crate::admin::{Admin, Readiness};
 use crate::connections::ConnectionRegistry;
-use crate::controller::{ConfigClient, TokenSource};
-use crate::identity::{CaClient, CertManager, GrpcCa};
 use crate::inpod::{Pods, follow_agent};
 use crate::options::Options;
-use crate::proxy::{Proxy, ProxySettings, TrustState};
-use crate::socket::{self, Netns};
-use crate::state::WorkloadStore;
+use crate::proxy::{Proxy, ProxySettings};
+use crate::socket::Netns;
 
 /// Runs ztunnel until SIGTERM/SIGINT and the drain that follows.
 pub async fn run(options: Options, log: LogControl) -> anyhow::Result<()> {
-    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .install_recorder()
-        .context("installing the metrics recorder")?;
+    let flags = &options.proxy;
+    let recorder = install_metrics(&[])?;
     let shutdown = CancellationToken::new();
     let drain = CancellationToken::new();
     let store = WorkloadStore::default();
-
-    // Config source and CA.
-    let (ca, trust, source): (Arc<dyn CaClient>, TrustBundle, String) =
-        match (&options.controller, &options.ca_dir) {
-            (Some(address), _) => {
-                let root = read(options.controller_ca.as_deref(), "--controller-ca")?;
-                let token = TokenSource::new(
-                    options
-                        .token_file
-                        .clone()
-                        .context("--token-file is required with --controller")?,
-                );
-                let channel = crate::controller::channel(address, &root)
-                    .with_context(|| format!("controller address {address}"))?;
-                let client = ConfigClient {
-                    channel: channel.clone(),
-                    token: token.clone(),
-                    node: options.node.clone(),
-                    store: store.clone(),
-                };
-                tokio::spawn(client.run(shutdown.clone()));
-                // Until the config stream brings the bundle, trust the root
-                // the controller itself is verified with.
-                let trust = TrustBundle::from_pems(&options.trust_domain, &[root])?;
-                let ca = GrpcCa::new(channel, token, options.node.clone());
-                (Arc::new(ca), trust, format!("controller {address}"))
-            }
-            (None, Some(dir)) => {
-                let ttl = Duration::from_secs(options.cert_ttl_seconds);
-                let (ca, trust) = local_ca(dir, &options.trust_domain, ttl)?;
-                (Arc::new(ca), trust, String::new())
-            }
-            (None, None) => bail!("either --controller or --ca-dir is required"),
-        };
-    let source = match &options.config_file {
-        Some(path) => follow_config_file(path, &store, &shutdown)?,
-        None => source,
-    };
+    let Sources { ca, trust, source } = start_sources(
+        flags,
+        &options.node,
+        &store,
+        subscription(&options.node),
+        &shutdown,
+    )?;
 
     let pool = TunnelPool::new(PoolSettings::default(), trust.clone());
     let proxy = Arc::new(Proxy {
@@ -84,15 +55,15 @@ pub async fn run(options: Options, log: LogControl) -> anyhow::Result<()> {
         hbone: ServerSettings::default(),
         tasks: tokio_util::task::TaskTracker::new(),
     });
-    if options.controller.is_some() {
-        tokio::spawn(follow_trust_bundle(
-            proxy.clone(),
-            options.trust_domain.clone(),
-            shutdown.clone(),
-        ));
-    }
+    tokio::spawn(follow_trust_bundle(
+        store.clone(),
+        proxy.trust.clone(),
+        proxy.pool.clone(),
+        flags.trust_domain.clone(),
+        shutdown.clone(),
+    ));
 
-    let pods = Pods::new(proxy.clone(), options.trust_domain.clone(), drain.clone());
+    let pods = Pods::new(proxy.clone(), flags.trust_domain.clone(), drain.clone());
     tokio::spawn(follow_agent(
         options.handoff_socket.clone(),
         pods.clone(),
@@ -111,30 +82,38 @@ pub async fn run(options: Options, log: LogControl) -> anyhow::Result<()> {
         log,
         ready: ready.clone(),
     });
-    let tcp = socket::listen_shared(options.admin_addr)
-        .with_context(|| format!("admin address {}", options.admin_addr))?;
-    tokio::spawn(admin::serve_read_only(admin.clone(), tcp, shutdown.clone()));
+    let tcp = listen_shared(flags.admin_addr)
+        .with_context(|| format!("admin address {}", flags.admin_addr))?;
     let (admin_socket, unix) = AdminSocket::bind(&options.admin_socket)
         .with_context(|| format!("admin socket {}", options.admin_socket.display()))?;
-    tokio::spawn(admin::serve(admin, unix, shutdown.clone()));
-    let metrics = socket::listen_shared(options.metrics_addr)
-        .with_context(|| format!("metrics address {}", options.metrics_addr))?;
-    tokio::spawn(admin::serve_metrics(recorder, metrics, shutdown.clone()));
-    let readiness = socket::listen_shared(options.readiness_addr)
-        .with_context(|| format!("readiness address {}", options.readiness_addr))?;
-    tokio::spawn(admin::serve_readiness(ready, readiness, shutdown.clone()));
-    info!(node = %options.node, admin = %options.admin_addr, "ztunnel started");
+    spawn_admin(
+        move |req| admin.clone().handle(req),
+        tcp,
+        Some(unix),
+        &shutdown,
+    );
+    let metrics = listen_shared(flags.metrics_addr)
+        .with_context(|| format!("metrics address {}", flags.metrics_addr))?;
+    tokio::spawn(serve_metrics(recorder, metrics, shutdown.clone()));
+    let readiness = listen_shared(flags.readiness_addr)
+        .with_context(|| format!("readiness address {}", flags.readiness_addr))?;
+    tokio::spawn(serve_readiness(
+        move || ready.check(),
+        readiness,
+        shutdown.clone(),
+    ));
+    info!(node = %options.node, admin = %flags.admin_addr, "ztunnel started");
 
     let signal = wait_for_signal().await?;
     info!(signal, "stop requested");
     info!(
-        deadline_s = options.drain_seconds,
+        deadline_s = flags.drain_seconds,
         open = proxy.connections.len(),
         "draining"
     );
     drain.cancel();
     proxy.tasks.close();
-    let deadline = Duration::from_secs(options.drain_seconds);
+    let deadline = Duration::from_secs(flags.drain_seconds);
     if tokio::time::timeout(deadline, proxy.tasks.wait())
         .await
         .is_err()
@@ -150,24 +129,21 @@ pub async fn run(options: Options, log: LogControl) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Keeps the trust bundle (and the pool's) in step with the config stream.
-async fn follow_trust_bundle(proxy: Arc<Proxy>, trust_domain: String, shutdown: CancellationToken) {
-    let mut changes = proxy.store.subscribe();
-    loop {
-        if let Some(bundle) = proxy.store.trust_bundle(&trust_domain) {
-            match TrustBundle::from_pems(&trust_domain, &bundle.roots_pem) {
-                Ok(bundle) => {
-                    if proxy.trust.set(bundle.clone()) {
-                        info!(roots = bundle.roots().len(), "trust bundle updated");
-                        proxy.pool.set_trust_bundle(bundle);
-                    }
-                }
-                Err(e) => warn!(error = %e, "trust bundle from the controller refused"),
-            }
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            changed = changes.changed() => if changed.is_err() { return },
-        }
+/// What ztunnel subscribes to: everything but routes, for its node.
+fn subscription(node: &str) -> Subscribe {
+    Subscribe {
+        proxy: Some(ProxyInfo {
+            id: format!("ztunnel~{node}~{}", std::process::id()),
+            kind: ProxyKind::Ztunnel as i32,
+            node: node.to_owned(),
+            namespace: String::new(),
+            name: String::new(),
+        }),
+        types: vec![
+            ResourceType::Workload as i32,
+            ResourceType::Service as i32,
+            ResourceType::Authorization as i32,
+            ResourceType::TrustBundle as i32,
+        ],
     }
 }

@@ -14,7 +14,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::backoff::Backoff;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio_util::sync::CancellationToken;
@@ -22,6 +21,7 @@ use tracing::{info, warn};
 use weft_api::handoff_wire;
 use weft_api::nodeagent::{Ack, AddPod, Hello, ZtunnelMessage, agent_message, ztunnel_message};
 use weft_hbone::SpiffeId;
+use weft_runtime::backoff::Backoff;
 
 use crate::proxy::{Pod, Proxy, serve_pod};
 use crate::socket::Netns;

@@ -102,22 +102,6 @@ pub fn listen_in(netns: &Netns, home: &Netns, port: u16, v6: bool) -> io::Result
     TcpListener::from_std(socket.into())
 }
 
-/// Binds a listener in ztunnel's own namespace with `SO_REUSEPORT`: the
-/// admin, metrics and readiness ports, which a replacement ztunnel must be
-/// able to bind while this one drains.
-pub fn listen_shared(addr: SocketAddr) -> io::Result<TcpListener> {
-    let socket = Socket::new(
-        Domain::for_address(addr),
-        Type::STREAM.nonblocking(),
-        Some(Protocol::TCP),
-    )?;
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
-    socket.bind(&SockAddr::from(addr))?;
-    socket.listen(BACKLOG)?;
-    TcpListener::from_std(socket.into())
-}
-
 /// How an outgoing socket is set up.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ConnectOptions {

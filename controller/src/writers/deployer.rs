@@ -102,13 +102,13 @@ pub fn waypoint_objects(gw: &Gateway, config: &DeployerConfig) -> WaypointObject
     };
     let hbone = i32::try_from(HBONE_PORT).unwrap_or(15008);
     let mut env_vars = vec![
-        env("WEFT_CONTROLLER_ADDRESS", &config.controller_address),
+        env("WEFT_CONTROLLER", &config.controller_address),
         env(
             "WEFT_WAYPOINT_NAMESPACE",
             &gw.namespace().unwrap_or_default(),
         ),
         env("WEFT_WAYPOINT_NAME", &name),
-        env("WEFT_CA_ROOT", ROOT_CERT_PATH),
+        env("WEFT_CONTROLLER_CA", ROOT_CERT_PATH),
         field_env("POD_NAME", "metadata.name"),
         field_env("NODE_NAME", "spec.nodeName"),
     ];

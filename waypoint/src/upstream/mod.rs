@@ -16,9 +16,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use weft_api::config::{TunnelProtocol, Workload};
 use weft_hbone::{DirectDialer, H2Stream, HboneError, SpiffeId, TunnelPool, TunnelTarget};
-use weft_ztunnel::identity::{CertManager, CertWaitError};
-use weft_ztunnel::proxy::lb::EndpointLoad;
-use weft_ztunnel::state::workload_identity;
+use weft_runtime::certs::{CertManager, CertWaitError};
+use weft_runtime::lb::EndpointLoad;
+use weft_runtime::store::workload_identity;
 
 use crate::destination::WaypointName;
 

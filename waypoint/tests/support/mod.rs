@@ -32,9 +32,9 @@ use weft_hbone::{
     ServerSettings, SpiffeId, TrustBundle, TunnelHandler, TunnelPool, TunnelTarget,
     WorkloadCertificate, tls,
 };
+use weft_runtime::certs::LocalCa;
+use weft_runtime::store::{ConfigUpdate, WorkloadStore};
 use weft_waypoint::{Waypoint, WaypointName, WaypointSettings};
-use weft_ztunnel::identity::LocalCa;
-use weft_ztunnel::state::{ConfigUpdate, WorkloadStore};
 
 pub const TD: &str = "cluster.local";
 pub const NS: &str = "shop";

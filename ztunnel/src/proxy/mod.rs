@@ -4,20 +4,20 @@
 //! - [`outbound`]: 15001, captured outbound TCP → HBONE tunnel or plain TCP;
 //! - [`inbound`]: 15008, HBONE tunnels for the pod → policy → the application;
 //! - [`plaintext`]: 15006, captured inbound plaintext → mTLS mode, policy → the application;
-//! - [`route`] and [`lb`]: where an outbound connection goes;
+//! - [`route`]: where an outbound connection goes (Service endpoints picked
+//!   by the runtime's load balancer, `weft_runtime::lb`);
 //!
 //! What each path admits before policy (ztunnel's own listeners, loopback,
 //! STRICT, waypoint bindings, a pod without config) is decided in
 //! `weft_mesh::admission`, shared with the waypoint and `weftctl explain`.
 
 pub mod inbound;
-pub mod lb;
 pub mod outbound;
 pub mod plaintext;
 pub mod route;
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -26,13 +26,15 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 use weft_api::config::Workload;
 use weft_hbone::{
-    Dialer, HboneError, HboneServer, ServerSettings, ServerTls, SpiffeId, TrustBundle, TunnelPool,
+    Dialer, HboneError, HboneServer, ServerSettings, ServerTls, SpiffeId, TunnelPool,
 };
 
 use crate::connections::ConnectionRegistry;
-use crate::identity::CertManager;
 use crate::socket::{self, ConnectOptions, Netns};
-use crate::state::WorkloadStore;
+use weft_runtime::certs::CertManager;
+use weft_runtime::lb::LoadBalancer;
+use weft_runtime::store::WorkloadStore;
+use weft_runtime::trust::TrustState;
 
 /// Ports inside each pod (docs/design.md §3).
 pub const OUTBOUND_PORT: u16 = weft_mesh::admission::OUTBOUND_PORT;
@@ -55,35 +57,6 @@ impl Pod {
     /// `namespace/name`.
     pub fn workload_name(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
-    }
-}
-
-/// The current trust bundle, replaced when the controller rotates roots.
-#[derive(Clone)]
-pub struct TrustState {
-    inner: Arc<RwLock<(u64, Arc<TrustBundle>)>>,
-}
-
-impl TrustState {
-    pub fn new(bundle: TrustBundle) -> Self {
-        TrustState {
-            inner: Arc::new(RwLock::new((1, Arc::new(bundle)))),
-        }
-    }
-
-    pub fn get(&self) -> (u64, Arc<TrustBundle>) {
-        self.inner.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    /// Returns true if the bundle changed.
-    pub fn set(&self, bundle: TrustBundle) -> bool {
-        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
-        if inner.1.roots() == bundle.roots() {
-            return false;
-        }
-        inner.0 += 1;
-        inner.1 = Arc::new(bundle);
-        true
     }
 }
 
@@ -115,7 +88,7 @@ pub struct Proxy {
     pub trust: TrustState,
     pub pool: TunnelPool,
     pub connections: ConnectionRegistry,
-    pub lb: lb::LoadBalancer,
+    pub lb: LoadBalancer,
     pub settings: ProxySettings,
     pub hbone: ServerSettings,
     /// Every connection-handling task, so a drain can wait for the ones

@@ -19,7 +19,7 @@ use super::route::{Route, Tunnel, route};
 use super::{Captured, Pod, PodDialer, Proxy};
 use crate::connections::ConnectionMeta;
 use crate::socket::{self, ConnectOptions};
-use crate::state::workload_identity;
+use weft_runtime::store::workload_identity;
 
 pub async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, captured: Captured) {
     let Captured {

@@ -4,11 +4,11 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use weft_api::config::{HealthStatus, Service, ServicePort, TunnelProtocol, WaypointRef, Workload};
+use weft_api::config::{Service, TunnelProtocol, WaypointRef, Workload};
 use weft_hbone::SpiffeId;
 
-use super::lb::{Candidate, EndpointLoad, LoadBalancer};
-use crate::state::{WorkloadStore, workload_identity};
+use weft_runtime::lb::{EndpointLoad, LoadBalancer, service_candidates};
+use weft_runtime::store::{WorkloadStore, workload_identity};
 
 /// The HBONE port of workloads and waypoints.
 pub const HBONE_PORT: u16 = weft_mesh::admission::HBONE_PORT;
@@ -114,44 +114,6 @@ fn route_service(
     )
 }
 
-/// The healthy endpoints of `service` for its `port`, each resolved to the
-/// workload and the `pod IP:target port` to reach. Shared with the
-/// waypoint, which picks endpoints the same way.
-pub fn service_candidates(
-    store: &WorkloadStore,
-    service: &Service,
-    port: &ServicePort,
-) -> Vec<Candidate> {
-    let svc_port = port.service_port;
-    service
-        .endpoints
-        .iter()
-        .filter(|e| e.status == HealthStatus::Healthy as i32)
-        .filter_map(|e| {
-            let workload = store.workload(&e.workload_uid)?;
-            if workload.status != HealthStatus::Healthy as i32 {
-                return None;
-            }
-            let target = e
-                .ports
-                .get(&svc_port)
-                .copied()
-                .filter(|p| *p != 0)
-                .or((port.target_port != 0).then_some(port.target_port))
-                .unwrap_or(svc_port);
-            let ip = workload
-                .addresses
-                .iter()
-                .find_map(|a| a.parse::<IpAddr>().ok())?;
-            let target = u16::try_from(target).ok()?;
-            Some(Candidate {
-                workload,
-                addr: SocketAddr::new(ip, target),
-            })
-        })
-        .collect()
-}
-
 fn route_workload(
     source: Option<&Workload>,
     workload: Arc<Workload>,
@@ -240,10 +202,10 @@ fn unreachable_waypoint(waypoint: &WaypointRef) -> Route {
 
 #[cfg(test)]
 mod tests {
-    use weft_api::config::resource;
+    use weft_api::config::{HealthStatus, ServicePort, resource};
 
     use super::*;
-    use crate::state::ConfigUpdate;
+    use weft_runtime::store::ConfigUpdate;
 
     fn unavailable() -> WaypointRef {
         WaypointRef {

@@ -3,7 +3,7 @@
 //! ServiceAccount token in Kubernetes, a bootstrap token in local mode; read
 //! on every call so rotation needs no restart).
 //!
-//! The config stream subscribes to what ztunnel needs, applies each response
+//! The config stream subscribes to what the proxy needs, applies each response
 //! to the store and ACKs it, or NACKs it and keeps the last good config.
 //! When the stream breaks it reconnects with backoff; the controller then
 //! sends a full snapshot.
@@ -17,11 +17,11 @@ use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tracing::{info, warn};
 use weft_api::config::{
-    Ack, ConfigRequest, ConfigResponse, Nack, ProxyInfo, ProxyKind, ResourceType, Subscribe,
+    Ack, ConfigRequest, ConfigResponse, Nack, ResourceType, Subscribe,
     config_discovery_client::ConfigDiscoveryClient, config_request,
 };
 
-use crate::state::{ConfigUpdate, WorkloadStore};
+use crate::store::{ConfigUpdate, WorkloadStore};
 
 /// Where the bearer token comes from.
 #[derive(Debug, Clone)]
@@ -60,42 +60,16 @@ pub fn channel(address: &str, root_pem: &str) -> Result<Channel, tonic::transpor
 pub struct ConfigClient {
     pub channel: Channel,
     pub token: TokenSource,
-    pub node: String,
     pub store: WorkloadStore,
 }
 
 const MIN_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(15);
 
-/// What ztunnel subscribes to: everything but routes, for its node.
-pub fn ztunnel_subscription(node: &str) -> Subscribe {
-    Subscribe {
-        proxy: Some(ProxyInfo {
-            id: format!("ztunnel~{node}~{}", std::process::id()),
-            kind: ProxyKind::Ztunnel as i32,
-            node: node.to_owned(),
-            namespace: String::new(),
-            name: String::new(),
-        }),
-        types: vec![
-            ResourceType::Workload as i32,
-            ResourceType::Service as i32,
-            ResourceType::Authorization as i32,
-            ResourceType::TrustBundle as i32,
-        ],
-    }
-}
-
 impl ConfigClient {
-    /// Follows the stream as this node's ztunnel.
-    pub async fn run(self, shutdown: CancellationToken) {
-        let subscription = ztunnel_subscription(&self.node);
-        self.run_as(subscription, shutdown).await
-    }
-
-    /// Follows the stream with another subscription (a waypoint's: its
-    /// Gateway, and routes too), into the same store.
-    pub async fn run_as(self, subscription: Subscribe, shutdown: CancellationToken) {
+    /// Follows the stream with the proxy's subscription (ztunnel's: its
+    /// node; a waypoint's: its Gateway, routes too) until `shutdown`.
+    pub async fn run(self, subscription: Subscribe, shutdown: CancellationToken) {
         let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
         loop {
             let started = std::time::Instant::now();

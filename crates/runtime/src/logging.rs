@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tracing_subscriber::{EnvFilter, layer::SubscriberExt, reload, util::SubscriberInitExt};
 
 use crate::admin::LogControl;
-use crate::options::LogFormat;
+use crate::flags::LogFormat;
 
 /// Installs the global subscriber; `RUST_LOG` wins over `default_filter`.
 /// Returns the handle the admin API uses to read and set the filter.

@@ -3,25 +3,17 @@
 //! namespace can reach it — plus Prometheus metrics (15020) and readiness
 //! (15021).
 
-pub mod http;
-pub mod socket;
-
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use ::http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use weft_api::admin::{CertsResponse, ConfigDump, ConnectionsResponse, PodInfo, PooledConnection};
+use weft_api::admin::{CertsResponse, ConfigDump, ConnectionsResponse, PodInfo};
 
 use crate::inpod::Pods;
 use crate::proxy::Proxy;
-use http::{Body, full, json, query_param, to_json};
-
-/// Reads and changes the log filter at run time.
-pub type LogControl = Arc<dyn Fn(Option<&str>) -> Result<String, String> + Send + Sync>;
+use weft_runtime::admin::http::{self, Body, full, json, query_param, to_json};
+use weft_runtime::admin::{LogControl, certificates, pooled_connections};
 
 /// Everything the admin endpoints read.
 pub struct Admin {
@@ -68,7 +60,8 @@ impl Readiness {
 }
 
 impl Admin {
-    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+    /// Answers one admin request.
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
         let path = req.uri().path().to_owned();
         match (req.method(), path.as_str()) {
             (&Method::GET, "/connections") => json(&self.connections()),
@@ -106,34 +99,14 @@ impl Admin {
         ConnectionsResponse {
             node: self.proxy.node.clone(),
             connections: self.proxy.connections.snapshot(),
-            pool: self
-                .proxy
-                .pool
-                .connections()
-                .into_iter()
-                .map(|c| PooledConnection {
-                    id: c.id,
-                    source_identity: c.source.to_string(),
-                    destination_identity: c.destination_identity.to_string(),
-                    address: c.hbone_addr.to_string(),
-                    active_streams: c.active_streams,
-                    age_ms: c.age.as_millis() as u64,
-                })
-                .collect(),
+            pool: pooled_connections(&self.proxy.pool),
         }
     }
 
     fn certs(&self) -> CertsResponse {
-        let now = SystemTime::now();
         CertsResponse {
             node: self.proxy.node.clone(),
-            certificates: self
-                .proxy
-                .certs
-                .status()
-                .into_iter()
-                .map(|s| http::cert_info(s, now))
-                .collect(),
+            certificates: certificates(&self.proxy.certs),
         }
     }
 
@@ -160,41 +133,4 @@ impl Admin {
             policies: to_json(&store.policies()),
         }
     }
-}
-
-/// Serves the whole admin API (on the unix socket).
-pub async fn serve(admin: Arc<Admin>, listener: impl http::Listener, shutdown: CancellationToken) {
-    http::serve(listener, move |req| admin.clone().handle(req), shutdown).await;
-}
-
-/// Serves the admin API's read-only endpoints (on TCP).
-pub async fn serve_read_only(
-    admin: Arc<Admin>,
-    listener: impl http::Listener,
-    shutdown: CancellationToken,
-) {
-    let handler = move |req| admin.clone().handle(req);
-    http::serve(listener, http::read_only(handler), shutdown).await;
-}
-
-/// Prometheus text on any path (conventionally `/metrics`).
-pub async fn serve_metrics(
-    handle: PrometheusHandle,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-) {
-    let render = move |_req| {
-        let body = handle.render();
-        async move { full(StatusCode::OK, "text/plain; version=0.0.4", body) }
-    };
-    http::serve(listener, render, shutdown).await;
-}
-
-/// `/healthz/ready` for the kubelet.
-pub async fn serve_readiness(ready: Readiness, listener: TcpListener, shutdown: CancellationToken) {
-    let check = move |_req| {
-        let response = http::readiness(ready.check());
-        async move { response }
-    };
-    http::serve(listener, check, shutdown).await;
 }

@@ -5,12 +5,14 @@
 //! longer each time they fail again (passive health checking).
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use weft_api::config::Workload;
+use weft_api::config::{HealthStatus, Service, ServicePort, Workload};
+
+use crate::store::WorkloadStore;
 
 /// A healthy endpoint of a Service, resolved to the address to reach.
 #[derive(Debug, Clone)]
@@ -169,6 +171,44 @@ impl LoadBalancer {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The healthy endpoints of `service` for its `port`, each resolved to the
+/// workload and the `pod IP:target port` to reach. ztunnel and the
+/// waypoint pick among the same ones.
+pub fn service_candidates(
+    store: &WorkloadStore,
+    service: &Service,
+    port: &ServicePort,
+) -> Vec<Candidate> {
+    let svc_port = port.service_port;
+    service
+        .endpoints
+        .iter()
+        .filter(|e| e.status == HealthStatus::Healthy as i32)
+        .filter_map(|e| {
+            let workload = store.workload(&e.workload_uid)?;
+            if workload.status != HealthStatus::Healthy as i32 {
+                return None;
+            }
+            let target = e
+                .ports
+                .get(&svc_port)
+                .copied()
+                .filter(|p| *p != 0)
+                .or((port.target_port != 0).then_some(port.target_port))
+                .unwrap_or(svc_port);
+            let ip = workload
+                .addresses
+                .iter()
+                .find_map(|a| a.parse::<IpAddr>().ok())?;
+            let target = u16::try_from(target).ok()?;
+            Some(Candidate {
+                workload,
+                addr: SocketAddr::new(ip, target),
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -53,14 +53,14 @@ pub struct GrpcCa {
     client: weft_api::ca::certificate_authority_client::CertificateAuthorityClient<
         tonic::transport::Channel,
     >,
-    token: crate::controller::TokenSource,
+    token: crate::config_client::TokenSource,
     node: String,
 }
 
 impl GrpcCa {
     pub fn new(
         channel: tonic::transport::Channel,
-        token: crate::controller::TokenSource,
+        token: crate::config_client::TokenSource,
         node: String,
     ) -> Self {
         GrpcCa {

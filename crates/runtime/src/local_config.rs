@@ -38,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use weft_api::config::{Authorization, Route, Service, Workload, resource};
 
-use crate::state::{ConfigUpdate, WorkloadStore};
+use crate::store::{ConfigUpdate, WorkloadStore};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -68,7 +68,7 @@ pub enum LocalConfigError {
     #[error("{path}: {source}")]
     Invalid {
         path: String,
-        source: crate::state::StoreError,
+        source: crate::store::StoreError,
     },
 }
 
@@ -99,7 +99,7 @@ fn parse(text: &str, version: u64) -> Result<ConfigUpdate, weft_api::yaml::Error
                 .unwrap_or(weft_api::config::Action::Deny);
             let (l4, warnings) = weft_api::authz::compile_l4(action, &policy.rules);
             for w in &warnings {
-                warn!(policy = %crate::state::policy_key(&policy), "{w}");
+                warn!(policy = %crate::store::policy_key(&policy), "{w}");
             }
             policy.l4_rules = l4;
             policy.l4_warnings = warnings;

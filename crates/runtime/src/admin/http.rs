@@ -25,7 +25,7 @@ use tracing::{debug, warn};
 use weft_api::admin::{CertInfo, CertState, LoggingResponse, TapEvent};
 
 use super::LogControl;
-use crate::identity::CertStatus;
+use crate::certs::CertStatus;
 
 pub type Body = BoxBody<Bytes, Infallible>;
 

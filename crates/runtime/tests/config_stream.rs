@@ -1,4 +1,4 @@
-//! ztunnel's config stream client over real gRPC (tonic, TLS): it subscribes,
+//! The proxies' config stream client over real gRPC (tonic, TLS): it subscribes,
 //! applies and ACKs good responses, NACKs a bad one and keeps the last good
 //! config, and reconnects after the stream breaks, getting a new snapshot.
 //!
@@ -17,10 +17,10 @@ use tonic::transport::{Identity, Server, ServerTlsConfig};
 use tonic::{Request, Response, Status, Streaming};
 use weft_api::config::config_discovery_server::{ConfigDiscovery, ConfigDiscoveryServer};
 use weft_api::config::{
-    ConfigRequest, ConfigResponse, Resource, Workload, config_request, resource,
+    ConfigRequest, ConfigResponse, Resource, Subscribe, Workload, config_request, resource,
 };
-use weft_ztunnel::controller::{ConfigClient, TokenSource, channel};
-use weft_ztunnel::state::WorkloadStore;
+use weft_runtime::config_client::{ConfigClient, TokenSource, channel};
+use weft_runtime::store::WorkloadStore;
 
 fn workload(uid: &str, ip: &str, sa: &str) -> Resource {
     Resource {
@@ -157,11 +157,10 @@ async fn acks_nacks_keeps_the_last_good_config_and_resnapshots_after_reconnect()
     let client = ConfigClient {
         channel: channel(&format!("https://{addr}"), ca.root_pem()).unwrap(),
         token: TokenSource::new(token_path),
-        node: "node-a".into(),
         store: store.clone(),
     };
     let stop = CancellationToken::new();
-    tokio::spawn(client.run(stop.clone()));
+    tokio::spawn(client.run(Subscribe::default(), stop.clone()));
 
     // Wait (bounded) for the reconnect's snapshot to be applied.
     let mut versions = store.subscribe();

@@ -1,0 +1,76 @@
+//! The flags every proxy takes (ztunnel and the waypoint flatten
+//! [`ProxyFlags`] into their own): where config and certificates come from,
+//! the admin, metrics and readiness addresses, the drain deadline and
+//! logging. Each can also come from the environment, under the same name
+//! for both proxies.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{ArgGroup, Args, ValueEnum};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Config and certificates come from the controller, or (local mode) from
+/// a YAML file and a CA root on disk.
+#[derive(Clone, Debug, Args)]
+#[command(group(ArgGroup::new("config").required(true).args(["controller", "config_file"])))]
+#[command(group(ArgGroup::new("certs").required(true).args(["controller", "ca_dir"])))]
+pub struct ProxyFlags {
+    /// The controller's gRPC address (config stream and CA), e.g.
+    /// https://weft-controller.weft-system.svc:15012.
+    #[arg(long, env = "WEFT_CONTROLLER", requires = "controller_ca")]
+    pub controller: Option<String>,
+    /// PEM root that the controller's serving certificate chains to.
+    #[arg(long, env = "WEFT_CONTROLLER_CA")]
+    pub controller_ca: Option<PathBuf>,
+    /// Bearer token for the controller, re-read on every call: in
+    /// Kubernetes a ServiceAccount token bound to the proxy's pod; in files
+    /// mode a bootstrap token.
+    #[arg(
+        long,
+        env = "WEFT_TOKEN_FILE",
+        default_value = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    )]
+    pub token_file: PathBuf,
+
+    /// Local mode: the config model as YAML (reloaded when it changes).
+    #[arg(long, env = "WEFT_CONFIG_FILE", conflicts_with = "controller")]
+    pub config_file: Option<PathBuf>,
+    /// Local mode: a directory with root-cert.pem and root-key.pem; the
+    /// proxy signs its certificates itself. For local clusters and tests.
+    #[arg(long, env = "WEFT_CA_DIR")]
+    pub ca_dir: Option<PathBuf>,
+    /// Local mode: lifetime of the certificates it signs, in seconds.
+    #[arg(long, default_value_t = 24 * 3600)]
+    pub cert_ttl_seconds: u64,
+
+    /// SPIFFE trust domain.
+    #[arg(long, env = "WEFT_TRUST_DOMAIN", default_value = "cluster.local")]
+    pub trust_domain: String,
+
+    /// Admin API (JSON) on TCP, read-only endpoints; keep it on loopback.
+    #[arg(long, env = "WEFT_ADMIN_ADDR", default_value = "127.0.0.1:15000")]
+    pub admin_addr: SocketAddr,
+    /// Prometheus metrics.
+    #[arg(long, env = "WEFT_METRICS_ADDR", default_value = "0.0.0.0:15020")]
+    pub metrics_addr: SocketAddr,
+    /// Readiness (`/healthz/ready`).
+    #[arg(long, env = "WEFT_READINESS_ADDR", default_value = "0.0.0.0:15021")]
+    pub readiness_addr: SocketAddr,
+
+    /// On SIGTERM, how long open connections may take to finish, in seconds.
+    #[arg(long, env = "WEFT_DRAIN_SECONDS", default_value_t = 30)]
+    pub drain_seconds: u64,
+
+    /// Log format.
+    #[arg(long, env = "WEFT_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Log filter (tracing syntax); `RUST_LOG` works too.
+    #[arg(long, env = "WEFT_LOG", default_value = "info")]
+    pub log: String,
+}
