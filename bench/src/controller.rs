@@ -24,10 +24,10 @@ use weft_api::config::config_discovery_client::ConfigDiscoveryClient;
 use weft_api::config::{
     Ack, ConfigRequest, ProxyInfo, ProxyKind, ResourceType, Subscribe, config_request, resource,
 };
+use weft_cluster::model::{self, Model, ModelConfig};
+use weft_cluster::registry::{AnyObject, ClusterState, Kind};
 use weft_controller::auth::AllowAll;
-use weft_controller::model::{self, Model, ModelConfig};
 use weft_controller::pipeline::{self, Debounce};
-use weft_controller::registry::{AnyObject, ClusterState, Kind};
 use weft_controller::server::{self, ConfigServer, ServerTls};
 use weft_hbone::CertificateAuthority;
 

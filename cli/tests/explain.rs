@@ -3,8 +3,8 @@
 //! builder and evaluated by `weft_api::authz`. The e2e cluster test runs the
 //! same kind of table as real traffic.
 
-use weft_controller::model::ModelConfig;
-use weft_controller::registry::ClusterState;
+use weft_cluster::model::ModelConfig;
+use weft_cluster::registry::ClusterState;
 use weftctl::args::{AppProtocol, ExplainArgs};
 use weftctl::commands::explain::path::{Explanation, Verdict};
 use weftctl::commands::explain::{add_objects, explain};

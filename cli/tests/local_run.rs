@@ -379,11 +379,11 @@ async fn enroll_and_unenroll_rewrite_the_namespace() {
     let r = run(&["node-1"], CLUSTER).await;
     let out = weftctl(&r, &["enroll", "plain"]).await;
     assert_eq!(out.code, 0, "{out:?}");
-    let state = weft_controller::registry::files::load_dir(&r.manifests(), &Default::default());
+    let state = weft_cluster::registry::files::load_dir(&r.manifests(), &Default::default());
     let ns = |name: &str| {
         state
             .namespaces
-            .get(&weft_controller::registry::ObjectKey::new("", name))
+            .get(&weft_cluster::registry::ObjectKey::new("", name))
             .and_then(|n| n.metadata.labels.clone())
             .unwrap_or_default()
     };
@@ -399,10 +399,10 @@ async fn enroll_and_unenroll_rewrite_the_namespace() {
 
     let out = weftctl(&r, &["unenroll", "plain"]).await;
     assert_eq!(out.code, 0, "{out:?}");
-    let state = weft_controller::registry::files::load_dir(&r.manifests(), &Default::default());
+    let state = weft_cluster::registry::files::load_dir(&r.manifests(), &Default::default());
     let labels = state
         .namespaces
-        .get(&weft_controller::registry::ObjectKey::new("", "plain"))
+        .get(&weft_cluster::registry::ObjectKey::new("", "plain"))
         .and_then(|n| n.metadata.labels.clone())
         .unwrap_or_default();
     assert!(!labels.contains_key("weft.dev/dataplane-mode"));
@@ -428,13 +428,11 @@ async fn waypoint_apply_list_delete() {
     )
     .await;
     assert_eq!(out.code, 0, "{out:?}");
-    let state = weft_controller::registry::files::load_dir(&r.manifests(), &Default::default());
+    let state = weft_cluster::registry::files::load_dir(&r.manifests(), &Default::default());
     assert!(state.invalid.is_empty(), "{:?}", state.invalid);
     let gw = state
         .gateways
-        .get(&weft_controller::registry::ObjectKey::new(
-            "mesh", "waypoint",
-        ))
+        .get(&weft_cluster::registry::ObjectKey::new("mesh", "waypoint"))
         .expect("gateway");
     assert_eq!(gw.spec.gateway_class_name, "weft-waypoint");
     let listener = &gw.spec.listeners[0];
@@ -456,7 +454,7 @@ async fn waypoint_apply_list_delete() {
     );
     let ns = state
         .namespaces
-        .get(&weft_controller::registry::ObjectKey::new("", "mesh"))
+        .get(&weft_cluster::registry::ObjectKey::new("", "mesh"))
         .and_then(|n| n.metadata.labels.clone())
         .unwrap_or_default();
     assert_eq!(

@@ -17,10 +17,10 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::model::Model;
 use crate::pipeline::ModelVersion;
-use crate::registry::ClusterState;
 use crate::server::subscribers::Subscribers;
+use weft_cluster::model::Model;
+use weft_cluster::registry::ClusterState;
 
 /// What the debug API shows.
 #[derive(Clone)]
@@ -43,7 +43,7 @@ struct ModelDump<'a> {
     authorizations: Vec<&'a weft_api::config::Authorization>,
     routes: Vec<&'a weft_api::config::Route>,
     trust_bundles: Vec<&'a weft_api::config::TrustBundle>,
-    policy_reports: &'a std::collections::BTreeMap<String, crate::model::PolicyReport>,
+    policy_reports: &'a std::collections::BTreeMap<String, weft_cluster::model::PolicyReport>,
 }
 
 fn dump_model(version: u64, m: &Model) -> serde_json::Result<String> {

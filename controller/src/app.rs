@@ -9,12 +9,12 @@ use tokio::net::TcpListener;
 use crate::admin::{self, DebugState};
 use crate::auth::{Authenticator, TokenDirectory, TokenReviewer};
 use crate::ca::{CaService, root};
-use crate::model::ModelConfig;
 use crate::options::{Options, RegistryKind};
 use crate::pipeline::{self, Debounce};
-use crate::registry::{Registry, RegistryConfig};
 use crate::server::{self, ConfigServer, ConnectionLimits, ServerTls, incoming};
 use crate::writers;
+use weft_cluster::model::ModelConfig;
+use weft_cluster::registry::{Registry, RegistryConfig};
 
 /// Why the controller stopped.
 #[derive(Debug, thiserror::Error)]
@@ -24,7 +24,7 @@ pub enum RunError {
     Config(String),
     /// The registry could not start.
     #[error(transparent)]
-    Registry(#[from] crate::registry::RegistryError),
+    Registry(#[from] weft_cluster::registry::RegistryError),
     /// The root CA could not be loaded or created.
     #[error(transparent)]
     Root(#[from] root::RootError),

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::model::{self, Delta, Model, ModelConfig};
-use crate::registry::ClusterState;
+use weft_cluster::model::{self, Delta, Model, ModelConfig};
+use weft_cluster::registry::ClusterState;
 
 /// One published model.
 #[derive(Debug)]

@@ -10,11 +10,11 @@ use support::{Harness, Subscriber, pod, state};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use weft_cluster::model::ModelConfig;
+use weft_cluster::registry::ClusterState;
 use weft_controller::admin::{self, DebugState};
 use weft_controller::auth::AllowAll;
-use weft_controller::model::ModelConfig;
 use weft_controller::pipeline::{self, Debounce};
-use weft_controller::registry::ClusterState;
 use weft_controller::server::subscribers::Subscribers;
 
 async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {

@@ -7,7 +7,7 @@ fn crds_are_current() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/base/crds");
     let update = std::env::var_os("WEFT_UPDATE_CRDS").is_some();
     let mut stale = Vec::new();
-    for (file, yaml) in weft_controller::crd::crd_manifests() {
+    for (file, yaml) in weft_cluster::crd::crd_manifests() {
         let path = dir.join(file);
         if update {
             std::fs::create_dir_all(&dir).expect("create crds dir");

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
-use weft_controller::model::{self, ModelConfig};
-use weft_controller::registry::{ClusterState, Kinds, Registry, RegistryConfig};
+use weft_cluster::model::{self, ModelConfig};
+use weft_cluster::registry::{ClusterState, Kinds, Registry, RegistryConfig};
 
 const NAMESPACE: &str = r#"
 apiVersion: v1

@@ -11,10 +11,10 @@ use serde_json::{Value, json};
 use support::fake_apiserver::FakeApiServer;
 use support::{CONTROLLER_COLLECTIONS as COLLECTIONS, ambient_namespace as namespace};
 use tokio::sync::watch;
+use weft_cluster::model::{self, ModelConfig};
+use weft_cluster::registry::{ClusterState, Kinds, Registry, RegistryConfig};
 use weft_controller::auth::CONTROLLER_AUDIENCE;
-use weft_controller::model::{self, ModelConfig};
 use weft_controller::pipeline::ModelVersion;
-use weft_controller::registry::{ClusterState, Kinds, Registry, RegistryConfig};
 use weft_controller::writers::Writer;
 use weft_controller::writers::deployer::DeployerConfig;
 

@@ -15,10 +15,10 @@ use support::fake_apiserver::FakeApiServer;
 use support::{CONTROLLER_COLLECTIONS, ambient_namespace, waypoint_class, waypoint_gateway};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use weft_controller::model::ModelConfig;
+use weft_cluster::model::ModelConfig;
+use weft_cluster::registry::{Registry, RegistryConfig};
 use weft_controller::options::Options;
 use weft_controller::pipeline::{self, Debounce};
-use weft_controller::registry::{Registry, RegistryConfig};
 use weft_controller::writers;
 
 const LEASES: &str = "apis/coordination.k8s.io/v1/leases";

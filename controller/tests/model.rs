@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use serde_json::json;
 use weft_api::config::{Action, HealthStatus, MtlsMode, PolicyScope, ResourceType, TunnelProtocol};
-use weft_controller::model::{self, Model, ModelConfig};
-use weft_controller::registry::{AnyObject, ClusterState, Kind};
+use weft_cluster::model::{self, Model, ModelConfig};
+use weft_cluster::registry::{AnyObject, ClusterState, Kind};
 
 /// Builds a state from JSON manifests (the same decoding the registries use).
 fn state(objects: &[serde_json::Value]) -> ClusterState {

@@ -18,10 +18,10 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::Value;
+use weft_cluster::model::ModelConfig;
+use weft_cluster::registry::{ClusterState, Registry, RegistryConfig};
 use weft_cni::coverage::CoverageReport;
 use weft_cni::enrollment::{AgentRequest, AgentResponse, ask_agent};
-use weft_controller::model::ModelConfig;
-use weft_controller::registry::{ClusterState, Registry, RegistryConfig};
 
 use self::kube::{AGENT_APP, CONTROLLER_APP, KubeCluster, ZTUNNEL_APP};
 use self::local::{Reach, RunState};
@@ -305,7 +305,7 @@ impl Cluster {
                 let list = pods
                     .list(
                         &kube_api::ListParams::default()
-                            .labels(weft_controller::model::labels::GATEWAY_NAME),
+                            .labels(weft_cluster::model::labels::GATEWAY_NAME),
                     )
                     .await
                     .map_err(|e| self::kube::kube_error("listing waypoint pods", e))?;
@@ -317,7 +317,7 @@ impl Cluster {
                         let ns = pod.namespace()?;
                         let gw = pod
                             .labels()
-                            .get(weft_controller::model::labels::GATEWAY_NAME)?
+                            .get(weft_cluster::model::labels::GATEWAY_NAME)?
                             .clone();
                         let key = format!("{ns}/{gw}");
                         let admin = AdminEndpoint::new(
@@ -488,10 +488,8 @@ impl Cluster {
                         "the run directory names no manifest directory: pass --manifests".into(),
                     )
                 })?;
-                let state = weft_controller::registry::files::load_dir(
-                    dir.root(),
-                    &RegistryConfig::default(),
-                );
+                let state =
+                    weft_cluster::registry::files::load_dir(dir.root(), &RegistryConfig::default());
                 Ok(Arc::new(state))
             }
             Mode::Kube(k) => {

@@ -2,7 +2,7 @@
 //! `weft.dev/dataplane-mode` label. The node agents see the change and
 //! redirect (or release) the namespace's running pods; nothing restarts.
 
-use weft_controller::model::labels::{DATAPLANE_AMBIENT, DATAPLANE_MODE};
+use weft_cluster::model::labels::{DATAPLANE_AMBIENT, DATAPLANE_MODE};
 
 use crate::args::{GlobalArgs, NamespaceArg};
 use crate::cluster::Cluster;

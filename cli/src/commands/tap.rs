@@ -65,7 +65,7 @@ async fn service_filter(
         None => (namespace.unwrap_or("default").to_string(), to.to_string()),
     };
     let state = cluster.state().await?;
-    let model = weft_controller::model::build(&state, cluster.model_config());
+    let model = weft_cluster::model::build(&state, cluster.model_config());
     let svc = model
         .services
         .get(&format!("{ns}/{name}"))

@@ -8,11 +8,11 @@ use gateway_api::gateways::Gateway;
 use kube::ResourceExt;
 use serde::Serialize;
 use serde_json::{Value, json};
-use weft_controller::model::labels::{
+use weft_cluster::model::labels::{
     GATEWAY_NAME, HBONE_PORT, USE_WAYPOINT, WAYPOINT_CLASS, WAYPOINT_FOR,
 };
-use weft_controller::model::waypoints::is_waypoint_gateway;
-use weft_controller::registry::{ClusterState, ObjectKey};
+use weft_cluster::model::waypoints::is_waypoint_gateway;
+use weft_cluster::registry::{ClusterState, ObjectKey};
 
 use crate::args::{
     GlobalArgs, WaypointApplyArgs, WaypointCommand, WaypointDeleteArgs, WaypointListArgs,
@@ -119,9 +119,9 @@ pub struct WaypointStatus {
 /// Every waypoint of the cluster and whether it can serve.
 pub fn waypoint_statuses(
     state: &ClusterState,
-    config: &weft_controller::model::ModelConfig,
+    config: &weft_cluster::model::ModelConfig,
 ) -> Vec<WaypointStatus> {
-    let model = weft_controller::model::build(state, config);
+    let model = weft_cluster::model::build(state, config);
     let mut pods: BTreeMap<ObjectKey, (usize, usize, Vec<String>)> = BTreeMap::new();
     for w in model.workloads.values().filter(|w| w.is_waypoint) {
         let gw = state
@@ -175,7 +175,7 @@ fn status_of(
         .services
         .get(key)
         .and_then(|s| s.spec.as_ref())
-        .map(weft_controller::model::services_cluster_ips)
+        .map(weft_cluster::model::services_cluster_ips)
         .unwrap_or_default();
     if addresses.is_empty() {
         addresses = gw
@@ -202,7 +202,7 @@ fn status_of(
             ns.labels().get(USE_WAYPOINT) == Some(&key.name)
                 && ns
                     .labels()
-                    .get(weft_controller::model::labels::USE_WAYPOINT_NAMESPACE)
+                    .get(weft_cluster::model::labels::USE_WAYPOINT_NAMESPACE)
                     .is_none_or(|n| *n == key.namespace)
         })
         .map(|ns| format!("namespace/{}", ns.name_any()))

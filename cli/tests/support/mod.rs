@@ -107,11 +107,11 @@ pub fn serve_agent(path: &Path, report: Arc<Mutex<CoverageReport>>) {
 
 /// Serves the controller's real debug API over the model of `manifests`.
 pub async fn serve_controller(manifests: &Path) -> std::net::SocketAddr {
+    use weft_cluster::registry::{RegistryConfig, files};
     use weft_controller::admin::{DebugState, serve_debug};
     use weft_controller::pipeline::ModelVersion;
-    use weft_controller::registry::{RegistryConfig, files};
     let state = files::load_dir(manifests, &RegistryConfig::default());
-    let model = weft_controller::model::build(&state, &Default::default());
+    let model = weft_cluster::model::build(&state, &Default::default());
     let version = ModelVersion {
         version: 1,
         model: Arc::new(model),

@@ -16,9 +16,9 @@ use weft_api::ca::{CreateCertificateRequest, CreateCertificateResponse};
 use weft_identity::{CertificateAuthority, CertificateRequest, SpiffeId};
 
 use crate::auth::{self, Authenticator, Caller};
-use crate::model::waypoints::waypoints_run_by;
-use crate::model::workloads::{node_name, service_account};
-use crate::registry::ClusterState;
+use weft_cluster::model::waypoints::waypoints_run_by;
+use weft_cluster::model::workloads::{node_name, service_account};
+use weft_cluster::registry::ClusterState;
 
 /// The gRPC CA.
 pub struct CaService {

@@ -11,8 +11,8 @@ use tonic::Status;
 use weft_api::config::{ProxyInfo, ProxyKind};
 
 use crate::auth::Caller;
-use crate::model::waypoints::waypoints_run_by;
-use crate::registry::ClusterState;
+use weft_cluster::model::waypoints::waypoints_run_by;
+use weft_cluster::registry::ClusterState;
 
 /// How a kind reads in a refusal.
 fn kind_name(kind: i32) -> &'static str {
@@ -106,7 +106,7 @@ pub(crate) fn limit_key(caller: &Caller) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::{AnyObject, Kind};
+    use weft_cluster::registry::{AnyObject, Kind};
 
     fn gateway(ns: &str, name: &str, class: &str) -> AnyObject {
         let value = serde_json::json!({

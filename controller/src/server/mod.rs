@@ -24,9 +24,7 @@ use weft_api::config::{ConfigRequest, ConfigResponse, ProxyKind, ResourceType, c
 
 use crate::auth::{self, Authenticator};
 use crate::ca::CaService;
-use crate::model::RESOURCE_TYPES;
 use crate::pipeline::ModelVersion;
-use crate::registry::ClusterState;
 use callers::CallerLimits;
 pub use callers::{DEFAULT_SNAPSHOTS_PER_CALLER, DEFAULT_STREAMS_PER_CALLER};
 pub use incoming::{
@@ -35,6 +33,8 @@ pub use incoming::{
 };
 use stream::SubscriberStream;
 use subscribers::{SubscriberInfo, Subscribers, now_secs};
+use weft_cluster::model::RESOURCE_TYPES;
+use weft_cluster::registry::ClusterState;
 
 /// The config stream service.
 pub struct ConfigServer {

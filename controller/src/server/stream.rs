@@ -14,8 +14,8 @@ use weft_api::config::{ConfigRequest, ConfigResponse, ResourceType, config_reque
 
 use super::callers::CallerStream;
 use super::subscribers::Subscribers;
-use crate::model::{Delta, Model};
 use crate::pipeline::ModelVersion;
+use weft_cluster::model::{Delta, Model};
 
 struct Pending {
     nonce: String,

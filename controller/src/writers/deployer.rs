@@ -16,8 +16,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 
-use crate::model::labels::{DATAPLANE_MODE, DATAPLANE_NONE, GATEWAY_NAME, HBONE_PORT};
-use crate::model::waypoints::waypoint_service_account;
+use weft_cluster::model::labels::{DATAPLANE_MODE, DATAPLANE_NONE, GATEWAY_NAME, HBONE_PORT};
+use weft_cluster::model::waypoints::waypoint_service_account;
 
 /// What the deployer needs besides the Gateway.
 #[derive(Clone, Debug)]
@@ -248,7 +248,7 @@ mod tests {
         let mut gw = Gateway::new(
             "waypoint",
             GatewaySpec {
-                gateway_class_name: crate::model::labels::WAYPOINT_CLASS.to_string(),
+                gateway_class_name: weft_cluster::model::labels::WAYPOINT_CLASS.to_string(),
                 listeners: vec![GatewayListeners {
                     name: "mesh".to_string(),
                     port: 15008,

@@ -25,13 +25,13 @@ use serde_json::json;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::crd::AuthorizationPolicy;
-use crate::model::labels::{WAYPOINT_CLASS, WAYPOINT_CONTROLLER};
-use crate::model::waypoints::is_waypoint_gateway;
 use crate::options::Options;
 use crate::pipeline::ModelVersion;
-use crate::registry::{ClusterState, ObjectKey};
 use deployer::{DeployerConfig, waypoint_objects, with_type_meta};
+use weft_cluster::crd::AuthorizationPolicy;
+use weft_cluster::model::labels::{WAYPOINT_CLASS, WAYPOINT_CONTROLLER};
+use weft_cluster::model::waypoints::is_waypoint_gateway;
+use weft_cluster::registry::{ClusterState, ObjectKey};
 
 /// The ConfigMap holding the root certificate (key `root-cert.pem`) in the
 /// root namespace and in every namespace with a waypoint.
@@ -455,7 +455,7 @@ impl Writer {
         key: &ObjectKey,
         svc: &Service,
         state: &ClusterState,
-        model: &crate::model::Model,
+        model: &weft_cluster::model::Model,
     ) {
         let binding = model
             .services
@@ -519,7 +519,7 @@ impl Writer {
         &mut self,
         key: &ObjectKey,
         policy: &AuthorizationPolicy,
-        report: &crate::model::PolicyReport,
+        report: &weft_cluster::model::PolicyReport,
     ) {
         let now = Time(k8s_openapi::jiff::Timestamp::now());
         let conditions = status::policy_conditions(report, policy.metadata.generation, now);

@@ -5,7 +5,7 @@
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::model::PolicyReport;
+use weft_cluster::model::PolicyReport;
 
 /// A condition with the given fields, observed at `generation`.
 pub fn condition(
@@ -86,7 +86,7 @@ pub fn policy_conditions(
 pub fn gateway_addresses(service: Option<&Service>) -> Vec<String> {
     service
         .and_then(|s| s.spec.as_ref())
-        .map(crate::model::services_cluster_ips)
+        .map(weft_cluster::model::services_cluster_ips)
         .unwrap_or_default()
 }
 

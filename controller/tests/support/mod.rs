@@ -15,11 +15,11 @@ use weft_api::config::config_discovery_client::ConfigDiscoveryClient;
 use weft_api::config::{
     ConfigRequest, ConfigResponse, ProxyInfo, ProxyKind, Subscribe, config_request,
 };
+use weft_cluster::model::ModelConfig;
+use weft_cluster::registry::{AnyObject, ClusterState, Kind};
 use weft_controller::auth::Authenticator;
 use weft_controller::ca::CaService;
-use weft_controller::model::ModelConfig;
 use weft_controller::pipeline::{self, Debounce};
-use weft_controller::registry::{AnyObject, ClusterState, Kind};
 use weft_controller::server::subscribers::Subscribers;
 use weft_controller::server::{self, ConfigServer, ConnectionLimits, ServerTls};
 use weft_identity::CertificateAuthority;

@@ -17,10 +17,10 @@ pub mod target;
 use std::path::Path;
 
 use kube::ResourceExt;
-use weft_controller::model::labels::{USE_WAYPOINT, USE_WAYPOINT_NAMESPACE, WAYPOINT_FOR};
-use weft_controller::model::waypoints::is_waypoint_gateway;
-use weft_controller::model::{self, ModelConfig};
-use weft_controller::registry::{AnyObject, ClusterState, Kind, ObjectKey};
+use weft_cluster::model::labels::{USE_WAYPOINT, USE_WAYPOINT_NAMESPACE, WAYPOINT_FOR};
+use weft_cluster::model::waypoints::is_waypoint_gateway;
+use weft_cluster::model::{self, ModelConfig};
+use weft_cluster::registry::{AnyObject, ClusterState, Kind, ObjectKey};
 
 use self::path::{Analysis, Explanation, Request, Verdict};
 use self::target::Destination;

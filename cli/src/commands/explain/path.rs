@@ -27,7 +27,7 @@ use weft_api::authz::{self, ConnectionAttrs, Decision, Reason, RequestAttrs, Rul
 use weft_api::config::{
     Action, Authorization, HealthStatus, PolicyScope, TunnelProtocol, WaypointRef, Workload,
 };
-use weft_controller::model::Model;
+use weft_cluster::model::Model;
 
 use super::target::{Client, Destination, Endpoint, first_ip};
 use crate::args::AppProtocol;

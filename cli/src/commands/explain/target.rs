@@ -4,9 +4,9 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 use weft_api::config::{Service, ServicePort, TunnelProtocol, Workload};
-use weft_controller::model::Model;
-use weft_controller::model::workloads::workload_uid;
-use weft_controller::registry::{ClusterState, ObjectKey};
+use weft_cluster::model::Model;
+use weft_cluster::model::workloads::workload_uid;
+use weft_cluster::registry::{ClusterState, ObjectKey};
 
 use crate::exit::{CliError, Result};
 
