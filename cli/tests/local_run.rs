@@ -8,7 +8,7 @@ use weft_api::admin::{
     CertInfo, CertState, CertsResponse, ConnectionInfo, ConnectionsResponse, Direction, Peer,
     TapEvent, TapKind, Transport,
 };
-use weft_cni::coverage::PodCoverage;
+use weft_cni::report::PodCoverage;
 
 const CLUSTER: &str = include_str!("fixtures/explain-cluster.yaml");
 

@@ -19,7 +19,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::cni::PodRef;
-use crate::coverage::CoverageReport;
+use crate::report::CoverageReport;
 
 /// The label that enrolls a namespace or a pod.
 pub const DATAPLANE_MODE_LABEL: &str = "weft.dev/dataplane-mode";
@@ -190,7 +190,7 @@ impl EnrollmentCache {
     /// reads half a file.
     pub fn store(&self, path: &Path) -> std::io::Result<()> {
         let body = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
-        crate::install::write_atomically(path, &body, None)
+        crate::files::write_atomically(path, &body, None)
     }
 }
 

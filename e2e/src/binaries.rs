@@ -31,7 +31,7 @@ pub const WEFTCTL: &str = "weftctl";
 pub const APP: &str = "weft-e2e-app";
 
 /// The packages whose binaries every cluster needs.
-const REQUIRED_PACKAGES: &[&str] = &["weft-controller", "weft-cni", "weft-e2e"];
+const REQUIRED_PACKAGES: &[&str] = &["weft-controller", "weft-cni", "weft-node-agent", "weft-e2e"];
 /// Packages whose binaries are used when they build (they are being written).
 const OPTIONAL_PACKAGES: &[&str] = &["weft-ztunnel", "weft-waypoint", "weftctl"];
 

@@ -20,8 +20,8 @@ use k8s_openapi::api::core::v1::Pod;
 use serde_json::Value;
 use weft_cluster::model::ModelConfig;
 use weft_cluster::registry::{ClusterState, Registry, RegistryConfig};
-use weft_cni::coverage::CoverageReport;
 use weft_cni::enrollment::{AgentRequest, AgentResponse, ask_agent};
+use weft_cni::report::CoverageReport;
 
 use self::kube::{AGENT_APP, CONTROLLER_APP, KubeCluster, ZTUNNEL_APP};
 use self::local::{Reach, RunState};

@@ -24,8 +24,8 @@ use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, UnixListener};
-use weft_cni::coverage::CoverageReport;
 use weft_cni::enrollment::{AgentRequest, AgentResponse};
+use weft_cni::report::CoverageReport;
 
 /// A route's answer.
 #[derive(Clone, Debug)]

@@ -20,10 +20,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use weft_api::nodeagent::PodIdentity;
-use weft_cni::handoff::{HandoffHub, HandoffPod, HandoffServer};
-use weft_cni::netns::NetNs;
-use weft_cni::redirect::{Backend, Redirector};
 use weft_hbone::CertificateAuthority;
+use weft_node_agent::handoff::{HandoffHub, HandoffPod, HandoffServer};
+use weft_node_agent::netns::NetNs;
+use weft_node_agent::redirect::{Backend, Redirector};
 
 pub fn require_root() {
     assert!(

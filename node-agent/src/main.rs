@@ -10,12 +10,12 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use weft_cluster::registry::{ClusterState, Kinds, Registry, RegistryConfig};
-use weft_cni::agent::{AgentConfig, NetnsDiscovery, NodeAgent, serve_requests};
 use weft_cni::cni::{DEFAULT_AGENT_SOCKET, DEFAULT_ENROLLMENT_CACHE};
 use weft_cni::enrollment::{AgentRequest, AgentResponse, ask_agent};
-use weft_cni::handoff::{DEFAULT_HANDOFF_SOCKET, HandoffHub, HandoffServer};
-use weft_cni::install::{self, ConfInstaller};
-use weft_cni::redirect::{Backend, DEFAULT_PROBE_SOURCE, Redirector};
+use weft_node_agent::agent::{AgentConfig, NetnsDiscovery, NodeAgent, serve_requests};
+use weft_node_agent::handoff::{DEFAULT_HANDOFF_SOCKET, HandoffHub, HandoffServer};
+use weft_node_agent::install::{self, ConfInstaller};
+use weft_node_agent::redirect::{Backend, DEFAULT_PROBE_SOURCE, Redirector};
 
 #[derive(Parser)]
 #[command(

@@ -28,6 +28,7 @@ use weft_api::nodeagent::{
     AddPod, AgentMessage, DeletePod, KeepPod, PodIdentity, SnapshotSent, ZtunnelMessage,
     agent_message, ztunnel_message,
 };
+use weft_cni::report::AckStatus;
 
 use crate::netns::NetNs;
 
@@ -64,18 +65,6 @@ pub enum HandoffError {
     /// ztunnel did not ack in time.
     #[error("ztunnel did not acknowledge within {0:?}")]
     AckTimeout(Duration),
-}
-
-/// What ztunnel last answered for a pod, for the coverage report.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AckStatus {
-    /// Sent, not acknowledged yet.
-    Pending,
-    /// ztunnel acknowledged it.
-    Acked,
-    /// ztunnel answered with this error.
-    Failed(String),
 }
 
 #[derive(Default)]

@@ -16,13 +16,14 @@
 //! records the rewritten file as the new original).
 
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use weft_cni::files::write_atomically;
 
 /// The plugin's `type`, and its binary's file name in the CNI bin dir.
 pub const PLUGIN_TYPE: &str = "weft-cni";
@@ -55,34 +56,6 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> InstallError + '_ {
         path: path.to_path_buf(),
         source,
     }
-}
-
-/// Writes `bytes` to `path` atomically: a temp file beside it, fsync, rename.
-/// `mode` sets the permissions (default 0644).
-pub fn write_atomically(path: &Path, bytes: &[u8], mode: Option<u32>) -> io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
-    // A dot-name without a CNI extension, so a runtime listing the config dir
-    // never picks the temp file up.
-    let tmp = dir.join(format!(".{}.weft-tmp", name.to_string_lossy()));
-    let result = (|| {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.set_permissions(fs::Permissions::from_mode(mode.unwrap_or(0o644)))?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        // Make the rename itself durable.
-        fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
 }
 
 /// Copies the plugin binary into `bin_dir` as [`PLUGIN_TYPE`] (atomically, so

@@ -11,7 +11,7 @@ use std::process::{Child, Command};
 use std::time::Duration;
 
 use common::*;
-use weft_cni::redirect::{Backend, DEFAULT_PROBE_SOURCE, Redirector};
+use weft_node_agent::redirect::{Backend, DEFAULT_PROBE_SOURCE, Redirector};
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -103,7 +103,7 @@ fn agent_in_files_mode_end_to_end() {
     .arg("--manifests")
     .arg(&manifests)
     .arg("--plugin-binary")
-    .arg(env!("CARGO_BIN_EXE_weft-cni"))
+    .arg(plugin_binary())
     .arg("--agent-socket")
     .arg(cni.agent_socket())
     .arg("--handoff-socket")

@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use common::FakeZtunnel;
 use weft_api::nodeagent::PodIdentity;
-use weft_cni::handoff::{AckStatus, HandoffHub, HandoffPod, HandoffServer};
-use weft_cni::netns::NetNs;
+use weft_cni::report::AckStatus;
+use weft_node_agent::handoff::{HandoffHub, HandoffPod, HandoffServer};
+use weft_node_agent::netns::NetNs;
 
 fn pod(uid: &str) -> HandoffPod {
     HandoffPod {

@@ -32,6 +32,8 @@ use std::io::Write;
 use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
 
+use weft_cni::report::RuleState;
+
 use crate::netns::NetNs;
 
 /// The mark on every socket ztunnel opens in a pod netns (docs/design.md §3).
@@ -101,31 +103,6 @@ pub enum RedirectError {
         /// What it said.
         stderr: String,
     },
-}
-
-/// What is installed in a namespace, as read back from it.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct RuleState {
-    /// The `inet weft` nftables table exists.
-    pub nftables: bool,
-    /// The weft iptables chains exist.
-    pub iptables: bool,
-    /// The `fwmark 0x111/0xfff lookup 100` rule exists.
-    pub ip_rule: bool,
-    /// Table 100 holds the local default route.
-    pub local_route: bool,
-}
-
-impl RuleState {
-    /// The full set is installed, with one of the backends.
-    pub fn complete(&self) -> bool {
-        (self.nftables || self.iptables) && self.ip_rule && self.local_route
-    }
-
-    /// Nothing of weft's is installed.
-    pub fn empty(&self) -> bool {
-        !(self.nftables || self.iptables || self.ip_rule || self.local_route)
-    }
 }
 
 /// Installs and removes the rules.

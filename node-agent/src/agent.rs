@@ -3,7 +3,7 @@
 //! Inputs: the registry's view of this node's pods and all namespaces
 //! ([`NodeAgent::sync`], typed k8s-openapi objects, whichever registry feeds
 //! them), and the plugin's requests ([`NodeAgent::handle`]). From them the
-//! agent computes which pods belong in the mesh ([`crate::enrollment::decide`])
+//! agent computes which pods belong in the mesh ([`weft_cni::enrollment::decide`])
 //! and converges: a pod that should be enrolled gets its netns found, the
 //! redirect rules installed and is handed to ztunnel; a pod that should not
 //! (label removed, pod deleted) has its rules removed and ztunnel told. Pods
@@ -21,15 +21,17 @@ use k8s_openapi::api::core::v1::{Namespace, Pod};
 use tokio::sync::Mutex;
 use weft_api::nodeagent::PodIdentity;
 
-use crate::cni::PodRef;
-use crate::coverage::{self, CoverageReport, PodCoverage};
-use crate::enrollment::{
+use weft_cni::cni::PodRef;
+use weft_cni::report::{AckStatus, CoverageReport, PodCoverage};
+
+use crate::coverage;
+use crate::handoff::{HandoffHub, HandoffPod};
+use crate::netns::{self, NetNs};
+use crate::redirect::{RedirectError, Redirector};
+use weft_cni::enrollment::{
     AgentRequest, AgentResponse, DATAPLANE_MODE_LABEL, EnrollmentCache, NETNS_ANNOTATION,
     PodAttachment, decide,
 };
-use crate::handoff::{AckStatus, HandoffHub, HandoffPod};
-use crate::netns::{self, NetNs};
-use crate::redirect::{RedirectError, Redirector};
 
 /// How the agent finds the netns of a pod it did not see attached.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -128,7 +130,7 @@ impl AgentState {
     fn cache(&self) -> EnrollmentCache {
         let mut cache = EnrollmentCache::default();
         for (ns, mode) in &self.namespaces {
-            if mode.as_deref() == Some(crate::enrollment::AMBIENT) {
+            if mode.as_deref() == Some(weft_cni::enrollment::AMBIENT) {
                 cache.ambient_namespaces.insert(ns.clone());
             }
         }
@@ -613,10 +615,10 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// Default path of the agent's request socket (plugin and CLI).
-pub use crate::cni::DEFAULT_AGENT_SOCKET;
+pub use weft_cni::cni::DEFAULT_AGENT_SOCKET;
 
 /// Serves plugin and CLI requests on the unix stream socket at `path` (one
-/// JSON request per connection, see [`crate::enrollment`]) until dropped.
+/// JSON request per connection, see [`weft_cni::enrollment`]) until dropped.
 pub async fn serve_requests(agent: Arc<NodeAgent>, path: &Path) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
@@ -641,7 +643,7 @@ async fn answer(agent: Arc<NodeAgent>, mut stream: tokio::net::UnixStream) -> st
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut body = Vec::new();
     // A client that never finishes its request must not hold a task forever.
-    let mut limited = (&mut stream).take(crate::enrollment::MAX_FRAME);
+    let mut limited = (&mut stream).take(weft_cni::enrollment::MAX_FRAME);
     tokio::time::timeout(
         std::time::Duration::from_secs(10),
         limited.read_to_end(&mut body),

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use weft_cni::redirect::{Backend, DEFAULT_PROBE_SOURCE, Redirector};
+use weft_node_agent::redirect::{Backend, DEFAULT_PROBE_SOURCE, Redirector};
 
 /// Everything netfilter and routing hold in the namespace, as text.
 fn snapshot(ns: &NamedNetns) -> String {

@@ -2,81 +2,14 @@
 //! actually covered (netns found, redirect rules in place, ztunnel listening
 //! on 15001/15006/15008 inside it, handoff acknowledged), and is no pod
 //! outside the mesh still redirected? The CLI asks for it through the agent's
-//! request socket ([`crate::enrollment::AgentRequest::Coverage`]).
+//! request socket ([`weft_cni::enrollment::AgentRequest::Coverage`]).
 
 use std::collections::BTreeSet;
 
-use serde::{Deserialize, Serialize};
-
-use crate::handoff::AckStatus;
 use crate::netns::NetNs;
-use crate::redirect::{HBONE_PORT, INBOUND_PORT, OUTBOUND_PORT, RuleState};
+use weft_cni::report::Listeners;
 
-/// The report for one node.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CoverageReport {
-    /// The node.
-    pub node: String,
-    /// ztunnels connected to the handoff socket.
-    pub ztunnels_connected: usize,
-    /// One entry per pod on the node the agent knows of.
-    pub pods: Vec<PodCoverage>,
-}
-
-impl CoverageReport {
-    /// Pods with a problem.
-    pub fn drift(&self) -> impl Iterator<Item = &PodCoverage> {
-        self.pods.iter().filter(|p| !p.problems.is_empty())
-    }
-
-    /// No pod has a problem.
-    pub fn covered(&self) -> bool {
-        self.drift().next().is_none()
-    }
-}
-
-/// One pod's coverage.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PodCoverage {
-    /// Namespace.
-    pub namespace: String,
-    /// Name.
-    pub name: String,
-    /// UID (or `namespace/name` when the runtime gave none).
-    pub uid: String,
-    /// The labels say it belongs in the mesh.
-    pub should_enroll: bool,
-    /// The agent has enrolled it.
-    pub enrolled: bool,
-    /// Where its netns is, if found.
-    pub netns: Option<String>,
-    /// The rules read back from its netns.
-    pub rules: Option<RuleState>,
-    /// ztunnel's listeners found inside its netns.
-    pub listeners: Option<Listeners>,
-    /// What ztunnel answered to the handoff.
-    pub handoff: Option<AckStatus>,
-    /// Everything wrong, in words; empty when covered.
-    pub problems: Vec<String>,
-}
-
-/// Which ztunnel ports are listening in a pod netns.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Listeners {
-    /// 15001.
-    pub outbound: bool,
-    /// 15006.
-    pub inbound: bool,
-    /// 15008.
-    pub hbone: bool,
-}
-
-impl Listeners {
-    /// All three are listening.
-    pub fn complete(&self) -> bool {
-        self.outbound && self.inbound && self.hbone
-    }
-}
+use crate::redirect::{HBONE_PORT, INBOUND_PORT, OUTBOUND_PORT};
 
 /// Reads the TCP listeners inside `ns` (from `/proc/thread-self/net/tcp*`,
 /// which shows the reading thread's namespace, so no connection is made).

@@ -14,11 +14,11 @@ use std::time::Duration;
 use common::*;
 use k8s_openapi::api::core::v1::{Namespace, Pod, PodSpec as K8sPodSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use weft_cni::agent::{AgentConfig, NetnsDiscovery, NodeAgent, serve_requests};
 use weft_cni::enrollment::{AMBIENT, DATAPLANE_MODE_LABEL, EnrollmentCache, NETNS_ANNOTATION};
-use weft_cni::handoff::{HandoffHub, HandoffServer};
-use weft_cni::netns::NetNs;
-use weft_cni::redirect::{Backend, Redirector, ZTUNNEL_MARK};
+use weft_node_agent::agent::{AgentConfig, NetnsDiscovery, NodeAgent, serve_requests};
+use weft_node_agent::handoff::{HandoffHub, HandoffServer};
+use weft_node_agent::netns::NetNs;
+use weft_node_agent::redirect::{Backend, Redirector, ZTUNNEL_MARK};
 
 const NODE: &str = "node-1";
 const SUBNET: &str = "10.251.0.0/24";

@@ -15,10 +15,25 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use weft_cni::netns::NetNs;
+use weft_node_agent::netns::NetNs;
 
 /// Where Debian's containernetworking-plugins live.
 pub const DEBIAN_CNI_DIR: &str = "/usr/lib/cni";
+
+/// The `weft-cni` plugin binary the node agent installs. It is another
+/// package's binary, so cargo gives this package no `CARGO_BIN_EXE_` for it;
+/// a workspace build (`cargo test --workspace`, which `make test` runs) puts
+/// it beside the agent's.
+pub fn plugin_binary() -> PathBuf {
+    let agent = Path::new(env!("CARGO_BIN_EXE_weft-node-agent"));
+    let plugin = agent.with_file_name("weft-cni");
+    assert!(
+        plugin.exists(),
+        "{} is missing: build the workspace's binaries (cargo build --workspace --bins)",
+        plugin.display()
+    );
+    plugin
+}
 
 /// Fails the test with a clear message unless we are root and the tools
 /// exist: a test that cannot run must not pass.
@@ -151,19 +166,15 @@ impl CniEnvFixture {
     }
 
     /// Installs weft-cni (binary + conflist entry) as the agent does.
-    pub fn install(&self, subnet: &str) -> weft_cni::install::ConfInstaller {
+    pub fn install(&self, subnet: &str) -> weft_node_agent::install::ConfInstaller {
         std::fs::create_dir_all(self.conf_dir()).expect("mkdir");
         std::fs::write(
             self.conf_dir().join("10-weft-test.conflist"),
             self.primary_conflist(subnet),
         )
         .expect("write");
-        weft_cni::install::install_binary(
-            Path::new(env!("CARGO_BIN_EXE_weft-cni")),
-            &self.bin_dir(),
-        )
-        .expect("bin");
-        let installer = weft_cni::install::ConfInstaller::new(
+        weft_node_agent::install::install_binary(&plugin_binary(), &self.bin_dir()).expect("bin");
+        let installer = weft_node_agent::install::ConfInstaller::new(
             self.conf_dir(),
             self.state_dir(),
             serde_json::json!({
@@ -178,8 +189,11 @@ impl CniEnvFixture {
 
     /// The active conflist.
     pub fn conflist(&self) -> Value {
-        let installer =
-            weft_cni::install::ConfInstaller::new(self.conf_dir(), self.state_dir(), Value::Null);
+        let installer = weft_node_agent::install::ConfInstaller::new(
+            self.conf_dir(),
+            self.state_dir(),
+            Value::Null,
+        );
         let path = installer.active_config().expect("list").expect("a config");
         serde_json::from_str(&std::fs::read_to_string(path).expect("read")).expect("json")
     }

@@ -1,0 +1,110 @@
+//! The coverage report: what the node agent answers to
+//! [`crate::enrollment::AgentRequest::Coverage`] and `weftctl check` reads —
+//! per pod, whether it should be in the mesh and whether it is (netns,
+//! redirect rules, ztunnel's listeners, the handoff). The agent fills it in;
+//! these are only its types.
+
+use serde::{Deserialize, Serialize};
+
+/// The report for one node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CoverageReport {
+    /// The node.
+    pub node: String,
+    /// ztunnels connected to the handoff socket.
+    pub ztunnels_connected: usize,
+    /// One entry per pod on the node the agent knows of.
+    pub pods: Vec<PodCoverage>,
+}
+
+impl CoverageReport {
+    /// Pods with a problem.
+    pub fn drift(&self) -> impl Iterator<Item = &PodCoverage> {
+        self.pods.iter().filter(|p| !p.problems.is_empty())
+    }
+
+    /// No pod has a problem.
+    pub fn covered(&self) -> bool {
+        self.drift().next().is_none()
+    }
+}
+
+/// One pod's coverage.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodCoverage {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// UID (or `namespace/name` when the runtime gave none).
+    pub uid: String,
+    /// The labels say it belongs in the mesh.
+    pub should_enroll: bool,
+    /// The agent has enrolled it.
+    pub enrolled: bool,
+    /// Where its netns is, if found.
+    pub netns: Option<String>,
+    /// The rules read back from its netns.
+    pub rules: Option<RuleState>,
+    /// ztunnel's listeners found inside its netns.
+    pub listeners: Option<Listeners>,
+    /// What ztunnel answered to the handoff.
+    pub handoff: Option<AckStatus>,
+    /// Everything wrong, in words; empty when covered.
+    pub problems: Vec<String>,
+}
+
+/// Which ztunnel ports are listening in a pod netns.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Listeners {
+    /// 15001.
+    pub outbound: bool,
+    /// 15006.
+    pub inbound: bool,
+    /// 15008.
+    pub hbone: bool,
+}
+
+impl Listeners {
+    /// All three are listening.
+    pub fn complete(&self) -> bool {
+        self.outbound && self.inbound && self.hbone
+    }
+}
+
+/// What is installed in a namespace, as read back from it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RuleState {
+    /// The `inet weft` nftables table exists.
+    pub nftables: bool,
+    /// The weft iptables chains exist.
+    pub iptables: bool,
+    /// The `fwmark 0x111/0xfff lookup 100` rule exists.
+    pub ip_rule: bool,
+    /// Table 100 holds the local default route.
+    pub local_route: bool,
+}
+
+impl RuleState {
+    /// The full set is installed, with one of the backends.
+    pub fn complete(&self) -> bool {
+        (self.nftables || self.iptables) && self.ip_rule && self.local_route
+    }
+
+    /// Nothing of weft's is installed.
+    pub fn empty(&self) -> bool {
+        !(self.nftables || self.iptables || self.ip_rule || self.local_route)
+    }
+}
+
+/// What ztunnel last answered for a pod, for the coverage report.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AckStatus {
+    /// Sent, not acknowledged yet.
+    Pending,
+    /// ztunnel acknowledged it.
+    Acked,
+    /// ztunnel answered with this error.
+    Failed(String),
+}

@@ -1,0 +1,17 @@
+//! weft's node agent (docs/design.md §7): one per node, beside the runtime.
+//!
+//! - [`install`]: the plugin binary and the conflist entry, kept in place;
+//!   uninstall restores the original.
+//! - [`netns`]: opening, entering and finding pod network namespaces.
+//! - [`redirect`]: the in-pod redirect rules (nftables or iptables).
+//! - [`handoff`]: the SEQPACKET server that hands pods' netns to ztunnel.
+//! - [`agent`]: the node's enrolled pods, converged from the registry and the
+//!   plugin's requests (the protocol is `weft_cni::enrollment`'s).
+//! - [`coverage`]: is every pod that should be in the mesh covered?
+
+pub mod agent;
+pub mod coverage;
+pub mod handoff;
+pub mod install;
+pub mod netns;
+pub mod redirect;
