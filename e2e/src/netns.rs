@@ -5,10 +5,7 @@
 //! afterwards, and [`Netns::command`] enters in the forked child just before
 //! `exec`.
 
-use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -23,8 +20,7 @@ pub const NETNS_DIR: &str = "/var/run/netns";
 #[derive(Debug)]
 pub struct Netns {
     name: String,
-    fd: OwnedFd,
-    inode: u64,
+    ns: weft_netns::NetNs,
 }
 
 impl Netns {
@@ -39,16 +35,13 @@ impl Netns {
 
     /// Opens the existing namespace `name`.
     pub fn open(name: &str) -> Result<Netns> {
-        let path = Netns::path_of(name);
-        let file = std::fs::File::open(&path).map_err(|e| Error::Netns {
+        let ns = weft_netns::NetNs::open(Netns::path_of(name)).map_err(|e| Error::Netns {
             name: name.to_string(),
-            message: format!("cannot open {}: {e}", path.display()),
+            message: e.to_string(),
         })?;
-        let inode = file.metadata().map_err(Error::io(&path))?.ino();
         Ok(Netns {
             name: name.to_string(),
-            fd: OwnedFd::from(file),
-            inode,
+            ns,
         })
     }
 
@@ -104,7 +97,7 @@ impl Netns {
 
     /// Its inode (`net:[inode]` in `/proc/<pid>/ns/net`).
     pub fn inode(&self) -> u64 {
-        self.inode
+        self.ns.inode()
     }
 
     /// `ip -n <name> args...`.
@@ -115,22 +108,8 @@ impl Netns {
     }
 
     /// A command that runs inside this namespace.
-    #[allow(unsafe_code)]
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut cmd = Command::new(program);
-        let fd = self.fd.as_raw_fd();
-        // SAFETY: runs in the forked child before exec and makes only the
-        // async-signal-safe setns syscall, on an fd the child inherited (it
-        // stays open until exec: it is close-on-exec).
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        cmd
+        self.ns.command(program)
     }
 
     /// Runs `program args...` inside, failing on a non-zero exit; returns
@@ -142,20 +121,9 @@ impl Netns {
 
     /// Runs `f` on a new thread inside this namespace.
     pub fn run<R: Send>(&self, f: impl FnOnce() -> R + Send) -> Result<R> {
-        std::thread::scope(|scope| {
-            let handle = scope.spawn(|| {
-                nix::sched::setns(&self.fd, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| {
-                    Error::Netns {
-                        name: self.name.clone(),
-                        message: format!("setns: {e}"),
-                    }
-                })?;
-                Ok(f())
-            });
-            handle.join().map_err(|_| Error::Netns {
-                name: self.name.clone(),
-                message: "the code run inside panicked".into(),
-            })?
+        self.ns.run(f).map_err(|e| Error::Netns {
+            name: self.name.clone(),
+            message: e.to_string(),
         })
     }
 
@@ -169,46 +137,10 @@ impl Netns {
 
     /// The TCP ports something listens on inside, IPv4 and IPv6.
     pub fn listening_tcp_ports(&self) -> Result<Vec<u16>> {
-        let tables = self.run(|| {
-            ["/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"]
-                .iter()
-                .map(|p| std::fs::read_to_string(p).unwrap_or_default())
-                .collect::<Vec<_>>()
+        let ports = self.ns.listening_tcp_ports().map_err(|e| Error::Netns {
+            name: self.name.clone(),
+            message: e.to_string(),
         })?;
-        let mut ports: Vec<u16> = tables
-            .iter()
-            .flat_map(|t| t.lines().skip(1))
-            .filter_map(parse_listening_port)
-            .collect();
-        ports.sort_unstable();
-        ports.dedup();
-        Ok(ports)
-    }
-}
-
-/// One line of `/proc/net/tcp`: `sl local_address rem_address st ...`, with
-/// the address as `HEX:PORT` and state `0A` for LISTEN.
-fn parse_listening_port(line: &str) -> Option<u16> {
-    let mut fields = line.split_whitespace();
-    let local = fields.nth(1)?;
-    let state = fields.nth(1)?;
-    if state != "0A" {
-        return None;
-    }
-    let port = local.rsplit(':').next()?;
-    u16::from_str_radix(port, 16).ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn listening_lines_parse() {
-        let listen = "   0: 0100007F:3A98 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0 100 0 0 10 0";
-        let established = "   1: 0100007F:3A98 0100007F:9C40 01 00000000:00000000 00:00000000 00000000     0        0 1 1 0 100 0 0 10 0";
-        assert_eq!(parse_listening_port(listen), Some(15000));
-        assert_eq!(parse_listening_port(established), None);
-        assert_eq!(parse_listening_port("garbage"), None);
+        Ok(ports.into_iter().collect())
     }
 }

@@ -29,6 +29,7 @@ use weft_api::nodeagent::{
     agent_message, ztunnel_message,
 };
 use weft_cni::report::AckStatus;
+use weft_netns::fd::register;
 
 use crate::netns::NetNs;
 
@@ -277,13 +278,6 @@ pub async fn serve_connection(
             },
         }
     }
-}
-
-#[allow(unsafe_code)]
-fn register(fd: OwnedFd, interest: Interest) -> io::Result<AsyncFd<OwnedFd>> {
-    // SAFETY: an OwnedFd is open until dropped and always reports the same
-    // fd, and the AsyncFd owns it for its whole life.
-    Ok(unsafe { AsyncFd::register_with_interest(fd, interest) }?)
 }
 
 fn add(pod: &HandoffPod) -> AgentMessage {

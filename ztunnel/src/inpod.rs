@@ -67,6 +67,10 @@ impl Pods {
                     .map_err(|_| format!("address {a:?} is not an IP"))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        // The fd must be a network namespace: anything else would put the
+        // pod's listeners in the wrong place.
+        let netns = Netns::from_fd(netns, format!("pod {}/{}", info.namespace, info.name))
+            .map_err(|e| e.to_string())?;
         let pod = Arc::new(Pod {
             uid: info.uid.clone(),
             namespace: info.namespace,
@@ -74,7 +78,7 @@ impl Pods {
             service_account: info.service_account,
             addresses,
             identity,
-            netns: Netns::from_fd(netns),
+            netns,
         });
         self.remove(&pod.uid);
         let stop = self.drain.child_token();
@@ -157,13 +161,10 @@ pub async fn follow_agent(socket: PathBuf, pods: Pods, shutdown: CancellationTok
     }
 }
 
-#[allow(unsafe_code)]
 async fn session(socket: &std::path::Path, pods: &Pods) -> std::io::Result<()> {
     let fd = handoff_wire::connect(socket)?;
     handoff_wire::set_nonblocking(&fd)?;
-    // SAFETY: `fd` is an OwnedFd moved into the AsyncFd, so it stays open
-    // and refers to the same socket for the AsyncFd's whole life.
-    let fd = unsafe { AsyncFd::register(fd) }.map_err(std::io::Error::from)?;
+    let fd = weft_netns::fd::register(fd, Interest::READABLE | Interest::WRITABLE)?;
     send(
         &fd,
         ztunnel_message::Kind::Hello(Hello {

@@ -10,68 +10,24 @@
 //! which the pod's redirect rules skip, so ztunnel's own traffic is never
 //! captured again (docs/design.md §3).
 
-use std::fs::File;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::fd::{AsFd, OwnedFd};
 
-use nix::sched::{CloneFlags, setns};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
+pub use weft_netns::NetNs as Netns;
 
 /// The mark on ztunnel's own sockets in pod namespaces.
 pub const ZTUNNEL_MARK: u32 = 0x539;
 /// Accept backlog of the per-pod listeners.
 const BACKLOG: i32 = 1024;
 
-/// A network namespace, held open by its fd.
-#[derive(Debug)]
-pub struct Netns {
-    fd: OwnedFd,
-}
-
-impl Netns {
-    /// The namespace of the calling thread.
-    pub fn current() -> io::Result<Netns> {
-        Ok(Netns {
-            fd: File::open("/proc/thread-self/ns/net")?.into(),
-        })
-    }
-
-    /// A namespace from an fd (e.g. received from the node agent).
-    pub fn from_fd(fd: OwnedFd) -> Netns {
-        Netns { fd }
-    }
-
-    /// Runs `f` on the current thread inside this namespace, then returns to
-    /// `home`. `f` must be short and synchronous.
-    pub fn run<T>(&self, home: &Netns, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
-        setns(self.fd.as_fd(), CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
-        let result = f();
-        if let Err(e) = setns(home.fd.as_fd(), CloneFlags::CLONE_NEWNET) {
-            // A runtime thread stranded in a pod's namespace would create
-            // other pods' sockets in the wrong place; nothing is safe after
-            // that.
-            tracing::error!(error = %e, "cannot return to the node network namespace; aborting");
-            std::process::abort();
-        }
-        result
-    }
-
-    /// The namespace's inode, a stable id for logs and comparisons.
-    pub fn inode(&self) -> u64 {
-        nix::sys::stat::fstat(self.fd.as_fd())
-            .map(|s| s.st_ino)
-            .unwrap_or_default()
-    }
-}
-
 /// Binds a listener on `port` (all addresses of the family) inside `netns`
 /// with `SO_REUSEPORT`, so a second ztunnel can bind beside this one during
 /// a restart. Also enables `tcp_migrate_req` there, so connections queued on
 /// a listener that closes move to the other one instead of being reset.
 pub fn listen_in(netns: &Netns, home: &Netns, port: u16, v6: bool) -> io::Result<TcpListener> {
-    let socket = netns.run(home, || {
+    let socket = netns.run_here(home, || {
         // Best effort: kernels before 5.14 lack it; restarts then rely on the
         // new listener being up before the old one closes.
         let _ = std::fs::write("/proc/sys/net/ipv4/tcp_migrate_req", "1");
@@ -117,7 +73,7 @@ pub async fn connect_in(
     dst: SocketAddr,
     options: ConnectOptions,
 ) -> io::Result<TcpStream> {
-    let socket = netns.run(home, || {
+    let socket = netns.run_here(home, || {
         let domain = Domain::for_address(dst);
         let socket = Socket::new(domain, Type::STREAM.nonblocking(), Some(Protocol::TCP))?;
         socket.set_mark(ZTUNNEL_MARK)?;

@@ -27,13 +27,12 @@
 //!   `ErrorKind::WouldBlock`, so an async caller can drive them from
 //!   `tokio::io::unix::AsyncFd::async_io` (or `try_io`) without another layer.
 
-use std::io::{self, IoSlice, IoSliceMut};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::io::{self, IoSlice};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
 use nix::sys::socket::{
-    self, AddressFamily, Backlog, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag,
-    SockType, UnixAddr,
+    self, AddressFamily, Backlog, ControlMessage, MsgFlags, SockFlag, SockType, UnixAddr,
 };
 use prost::Message;
 
@@ -91,45 +90,20 @@ pub fn send<M: Message>(
 
 /// Receives one datagram and decodes it as `M`, with the fd it carried.
 /// `Ok(None)`: the peer closed the connection.
-#[allow(unsafe_code)]
 pub fn recv<M: Message + Default>(
     sock: BorrowedFd<'_>,
 ) -> io::Result<Option<(M, Option<OwnedFd>)>> {
     // One byte more than the limit, so an over-long datagram is detectable
     // even where MSG_TRUNC is not reported.
     let mut buf = vec![0u8; MAX_MESSAGE_LEN + 1];
-    // Room for a few fds: a peer that sends more than one must not have them
-    // silently dropped by the kernel (MSG_CTRUNC) and leaked in flight.
-    let mut cmsg_space = nix::cmsg_space!([std::os::fd::RawFd; 4]);
-    let (len, flags, mut fds) = {
-        let mut iov = [IoSliceMut::new(&mut buf)];
-        let msg = socket::recvmsg::<()>(
-            sock.as_raw_fd(),
-            &mut iov,
-            Some(&mut cmsg_space),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        )
-        .map_err(io::Error::from)?;
-        let mut fds: Vec<OwnedFd> = Vec::new();
-        if let Ok(cmsgs) = msg.cmsgs() {
-            for cmsg in cmsgs {
-                if let ControlMessageOwned::ScmRights(raw) = cmsg {
-                    for fd in raw {
-                        // SAFETY: the kernel just installed this fd in our
-                        // table for us; nothing else owns it.
-                        fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
-                    }
-                }
-            }
-        }
-        (msg.bytes, msg.flags, fds)
-    };
-    if flags.contains(MsgFlags::MSG_CTRUNC) {
+    let received = weft_netns::fd::recv_with_fds(sock, &mut buf)?;
+    let (len, mut fds) = (received.len, received.fds);
+    if received.control_truncated {
         return Err(invalid(
             "control data truncated (too many fds in one datagram)",
         ));
     }
-    if flags.contains(MsgFlags::MSG_TRUNC) || len > MAX_MESSAGE_LEN {
+    if received.truncated || len > MAX_MESSAGE_LEN {
         return Err(invalid(format!(
             "datagram longer than {MAX_MESSAGE_LEN} bytes"
         )));
@@ -165,12 +139,8 @@ pub fn listen(path: &Path) -> io::Result<OwnedFd> {
 
 /// Accepts one connection on a socket made by [`listen`]; the new fd is
 /// close-on-exec and blocking (even if the listener is non-blocking).
-#[allow(unsafe_code)]
 pub fn accept(listener: BorrowedFd<'_>) -> io::Result<OwnedFd> {
-    let raw =
-        socket::accept4(listener.as_raw_fd(), SockFlag::SOCK_CLOEXEC).map_err(io::Error::from)?;
-    // SAFETY: accept4 returned a fresh fd that we now own.
-    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+    weft_netns::fd::accept(listener)
 }
 
 /// Connects to the agent's SEQPACKET socket at `path` (blocking, close-on-exec).
