@@ -4,8 +4,9 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use weft_api::config::{Service, TunnelProtocol, WaypointRef, Workload};
+use weft_api::config::{Service, WaypointRef, Workload};
 use weft_hbone::SpiffeId;
+use weft_mesh::NextHop;
 
 use weft_runtime::lb::{EndpointLoad, LoadBalancer, service_candidates};
 use weft_runtime::store::{WorkloadStore, workload_identity};
@@ -84,16 +85,16 @@ fn route_service(
             ),
         };
     };
-    if let Some(waypoint) = usable_waypoint(service.waypoint.as_ref(), source) {
-        let bound = format!("service {}/{}", service.namespace, service.name);
-        if let Err(denial) = weft_mesh::waypoint_available(waypoint, &bound) {
-            return Route::Refused(denial);
-        }
+    match weft_mesh::service_waypoint(&service, source) {
+        Err(denial) => return Route::Refused(denial),
         // The waypoint resolves the Service itself: it must see the VIP.
-        return match waypoint_tunnel(waypoint, dst, None, Some(service.clone())) {
-            Some(t) => Route::Waypoint(t),
-            None => unreachable_waypoint(waypoint),
-        };
+        Ok(Some(waypoint)) => {
+            return match waypoint_tunnel(waypoint, dst, None, Some(service.clone())) {
+                Some(t) => Route::Waypoint(t),
+                None => unreachable_waypoint(waypoint),
+            };
+        }
+        Ok(None) => {}
     }
     let candidates = service_candidates(store, &service, port);
     let prefer_node = service.prefer_same_node.then_some(node);
@@ -121,21 +122,19 @@ fn route_workload(
     service: Option<Arc<Service>>,
     load: Option<EndpointLoad>,
 ) -> Route {
-    if let Some(waypoint) = usable_waypoint(workload.waypoint.as_ref(), source) {
-        let bound = format!("workload {}/{}", workload.namespace, workload.name);
-        if let Err(denial) = weft_mesh::waypoint_available(waypoint, &bound) {
-            return Route::Refused(denial);
+    match weft_mesh::endpoint_hop(&workload, source) {
+        Err(denial) => return Route::Refused(denial),
+        Ok(NextHop::Waypoint(waypoint)) => {
+            return match waypoint_tunnel(waypoint, dst, Some(workload.clone()), service) {
+                Some(mut t) => {
+                    t.load = load;
+                    Route::Waypoint(t)
+                }
+                None => unreachable_waypoint(waypoint),
+            };
         }
-        return match waypoint_tunnel(waypoint, dst, Some(workload.clone()), service) {
-            Some(mut t) => {
-                t.load = load;
-                Route::Waypoint(t)
-            }
-            None => unreachable_waypoint(waypoint),
-        };
-    }
-    if workload.protocol != TunnelProtocol::Hbone as i32 {
-        return Route::Passthrough { dst, load };
+        Ok(NextHop::Passthrough) => return Route::Passthrough { dst, load },
+        Ok(NextHop::Direct) => {}
     }
     let Some(identity) = workload_identity(&workload).ok() else {
         return Route::Unreachable {
@@ -151,22 +150,6 @@ fn route_workload(
         waypoint: None,
         load,
     })
-}
-
-/// A waypoint applies unless the source is that waypoint itself (its own
-/// traffic to the destination must not loop back to it).
-fn usable_waypoint<'a>(
-    waypoint: Option<&'a WaypointRef>,
-    source: Option<&Workload>,
-) -> Option<&'a WaypointRef> {
-    let waypoint = waypoint?;
-    let is_self = source.is_some_and(|s| {
-        s.is_waypoint
-            && workload_identity(s)
-                .map(|id| id.to_string() == waypoint.identity)
-                .unwrap_or(false)
-    });
-    (!is_self).then_some(waypoint)
 }
 
 fn waypoint_tunnel(
@@ -202,7 +185,7 @@ fn unreachable_waypoint(waypoint: &WaypointRef) -> Route {
 
 #[cfg(test)]
 mod tests {
-    use weft_api::config::{HealthStatus, ServicePort, resource};
+    use weft_api::config::{HealthStatus, ServicePort, TunnelProtocol, resource};
 
     use super::*;
     use weft_runtime::store::ConfigUpdate;

@@ -28,6 +28,7 @@ use weft_api::config::{
     Action, Authorization, HealthStatus, PolicyScope, TunnelProtocol, WaypointRef, Workload,
 };
 use weft_cluster::model::Model;
+use weft_mesh::{Denial, NextHop};
 
 use super::target::{Client, Destination, Endpoint, first_ip};
 use crate::args::AppProtocol;
@@ -353,10 +354,27 @@ impl<'a> Analysis<'a> {
         }
     }
 
-    /// The waypoint traffic to this endpoint passes, if any.
-    fn waypoint(&self, endpoint: &Endpoint) -> Option<WaypointRef> {
-        let service = self.dest.service.as_ref().and_then(|s| s.waypoint.clone());
-        service.or_else(|| endpoint.workload.waypoint.clone())
+    /// The waypoint traffic to this endpoint passes, if any, with the
+    /// refusal when it cannot take traffic: ztunnel's routing decision
+    /// (`weft_mesh::routing`), not a copy of it.
+    fn waypoint(&self, endpoint: &Endpoint) -> Option<(WaypointRef, Option<Denial>)> {
+        let client = self.client.workload.as_ref();
+        if let Some(service) = &self.dest.service {
+            match weft_mesh::service_waypoint(service, client) {
+                Ok(Some(w)) => return Some((w.clone(), None)),
+                Err(denial) => return service.waypoint.clone().map(|w| (w, Some(denial))),
+                Ok(None) => {}
+            }
+        }
+        match weft_mesh::endpoint_hop(&endpoint.workload, client) {
+            Ok(NextHop::Waypoint(w)) => Some((w.clone(), None)),
+            Err(denial) => endpoint
+                .workload
+                .waypoint
+                .clone()
+                .map(|w| (w, Some(denial))),
+            Ok(NextHop::Direct | NextHop::Passthrough) => None,
+        }
     }
 
     fn path(&mut self, endpoint: &Endpoint) -> PathResult {
@@ -378,9 +396,9 @@ impl<'a> Analysis<'a> {
                     "neither end is in the mesh: no weft component sees this connection",
                 ));
             }
-        } else if let Some(wref) = waypoint {
+        } else if let Some((wref, unavailable)) = waypoint {
             self.waypoint_on_some_path = true;
-            let (hop, instance) = self.waypoint_hop(&wref);
+            let (hop, instance) = self.waypoint_hop(&wref, unavailable);
             let mut passed = hop.allowed;
             hops.push(hop);
             if passed && let Some(hop) = self.waypoint_endpoint_hop(&wref, endpoint, endpoint_ip) {
@@ -541,16 +559,16 @@ impl<'a> Analysis<'a> {
     }
 
     /// The waypoint, and the identity and address it connects onward from.
-    fn waypoint_hop(&mut self, wref: &WaypointRef) -> (Hop, Option<(String, Option<IpAddr>)>) {
+    fn waypoint_hop(
+        &mut self,
+        wref: &WaypointRef,
+        unavailable: Option<Denial>,
+    ) -> (Hop, Option<(String, Option<IpAddr>)>) {
         let enforcer = format!("waypoint {}/{}", wref.namespace, wref.name);
         let identity = self.client.identity.clone().unwrap_or_default();
-        // The rule ztunnel's routing runs: a binding the controller could
-        // not honour is refused, not sent around the waypoint.
-        let bound = format!(
-            "{} {}/{}",
-            self.dest.kind, self.dest.namespace, self.dest.name
-        );
-        if let Err(denial) = weft_mesh::waypoint_available(wref, &bound) {
+        // A binding the controller could not honour is refused, not sent
+        // around the waypoint.
+        if let Some(denial) = unavailable {
             self.warn(format!(
                 "{denial}: every connection to it is refused until this is fixed"
             ));

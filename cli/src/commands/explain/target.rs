@@ -26,6 +26,10 @@ pub struct Client {
     pub node: Option<String>,
     /// Its traffic is captured and tunnelled (HBONE).
     pub in_mesh: bool,
+    /// Its workload, for a pod: routing never sends a waypoint's own
+    /// connections back to it.
+    #[serde(skip)]
+    pub workload: Option<Workload>,
 }
 
 /// One workload the connection may land on.
@@ -125,6 +129,7 @@ pub fn resolve_client(
         address: first_ip(w),
         node: Some(w.node.clone()).filter(|n| !n.is_empty()),
         in_mesh: in_mesh(w),
+        workload: Some(w.clone()),
     };
     let from_sa = |ns: &str, sa: &str| Client {
         description: format!("service account {ns}/{sa}"),
@@ -133,6 +138,7 @@ pub fn resolve_client(
         address: None,
         node: None,
         in_mesh: true,
+        workload: None,
     };
     if let Some(id) = spec.strip_prefix("spiffe://") {
         let ns = super::super::identity_namespace(spec).ok_or_else(|| {
