@@ -44,7 +44,6 @@ pub async fn run(options: Options, log: LogControl) -> anyhow::Result<()> {
     let pool = TunnelPool::new(PoolSettings::default(), trust.clone());
     let proxy = Arc::new(Proxy {
         node: options.node.clone(),
-        home: Netns::current().context("opening the node network namespace")?,
         store: store.clone(),
         certs: CertManager::new(ca, Duration::from_secs(options.cert_wait_seconds)),
         trust: TrustState::new(trust),
@@ -63,7 +62,13 @@ pub async fn run(options: Options, log: LogControl) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
 
-    let pods = Pods::new(proxy.clone(), flags.trust_domain.clone(), drain.clone());
+    let home = Netns::current().context("opening the node network namespace")?;
+    let pods = Pods::new(
+        proxy.clone(),
+        home,
+        flags.trust_domain.clone(),
+        drain.clone(),
+    );
     tokio::spawn(follow_agent(
         options.handoff_socket.clone(),
         pods.clone(),

@@ -23,6 +23,7 @@ use weft_api::nodeagent::{Ack, AddPod, Hello, ZtunnelMessage, agent_message, ztu
 use weft_hbone::SpiffeId;
 use weft_runtime::backoff::Backoff;
 
+use crate::pod_network::NetnsNetwork;
 use crate::proxy::{Pod, Proxy, serve_pod};
 use crate::socket::Netns;
 
@@ -35,6 +36,9 @@ struct Enrolled {
 #[derive(Clone)]
 pub struct Pods {
     proxy: Arc<Proxy>,
+    /// The node's network namespace, where ztunnel runs and returns to after
+    /// making a socket in a pod's.
+    home: Arc<Netns>,
     trust_domain: String,
     enrolled: Arc<Mutex<HashMap<String, Enrolled>>>,
     /// Parent of every pod's stop token: cancelling it closes all listeners.
@@ -43,9 +47,15 @@ pub struct Pods {
 }
 
 impl Pods {
-    pub fn new(proxy: Arc<Proxy>, trust_domain: String, drain: CancellationToken) -> Self {
+    pub fn new(
+        proxy: Arc<Proxy>,
+        home: Netns,
+        trust_domain: String,
+        drain: CancellationToken,
+    ) -> Self {
         Pods {
             proxy,
+            home: Arc::new(home),
             trust_domain,
             enrolled: Arc::default(),
             drain,
@@ -78,7 +88,10 @@ impl Pods {
             service_account: info.service_account,
             addresses,
             identity,
-            netns,
+            network: Box::new(NetnsNetwork {
+                netns,
+                home: self.home.clone(),
+            }),
         });
         self.remove(&pod.uid);
         let stop = self.drain.child_token();

@@ -1,7 +1,8 @@
 //! weft's ztunnel: the node L4 proxy.
 //!
 //! Follow one connection: the node agent hands over a pod ([`inpod`]);
-//! ztunnel listens inside its network namespace ([`socket`], [`proxy`]);
+//! ztunnel listens inside its network namespace ([`pod_network`], [`socket`],
+//! [`proxy`]);
 //! a captured connection is routed ([`proxy::route`]) and
 //! carried out ([`proxy::outbound`]), or arrives over HBONE
 //! ([`proxy::inbound`]) or in plaintext ([`proxy::plaintext`]) and is
@@ -18,5 +19,6 @@ pub mod app;
 pub mod connections;
 pub mod inpod;
 pub mod options;
+pub mod pod_network;
 pub mod proxy;
 pub mod socket;

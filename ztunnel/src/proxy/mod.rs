@@ -30,7 +30,8 @@ use weft_hbone::{
 };
 
 use crate::connections::ConnectionRegistry;
-use crate::socket::{self, ConnectOptions, Netns};
+use crate::pod_network::PodNetwork;
+use crate::socket::ConnectOptions;
 use weft_runtime::certs::CertManager;
 use weft_runtime::lb::LoadBalancer;
 use weft_runtime::store::WorkloadStore;
@@ -50,7 +51,9 @@ pub struct Pod {
     pub service_account: String,
     pub addresses: Vec<IpAddr>,
     pub identity: SpiffeId,
-    pub netns: Netns,
+    /// Where its sockets are made: its network namespace (or, in tests, an
+    /// in-process stand-in).
+    pub network: Box<dyn PodNetwork>,
 }
 
 impl Pod {
@@ -81,8 +84,6 @@ impl Default for ProxySettings {
 /// What every connection handler shares.
 pub struct Proxy {
     pub node: String,
-    /// The node's network namespace, where ztunnel itself runs.
-    pub home: Netns,
     pub store: WorkloadStore,
     pub certs: CertManager,
     pub trust: TrustState,
@@ -123,7 +124,7 @@ impl Proxy {
     ) -> std::io::Result<TcpStream> {
         tokio::time::timeout(
             self.settings.connect_timeout,
-            socket::connect_in(&pod.netns, &self.home, dst, options),
+            pod.network.connect(dst, options),
         )
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))?
@@ -194,10 +195,7 @@ pub fn serve_pod(
     let mut listeners = Vec::new();
     for &is_v6 in &families {
         for port in [OUTBOUND_PORT, PLAINTEXT_PORT, HBONE_PORT] {
-            listeners.push((
-                port,
-                socket::listen_in(&pod.netns, &proxy.home, port, is_v6)?,
-            ));
+            listeners.push((port, pod.network.listen(port, is_v6)?));
         }
     }
     for (port, listener) in listeners {
@@ -266,7 +264,7 @@ async fn accept_loop<F, Fut>(
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((client, client_addr)) => match socket::original_dst(&client, client_addr) {
+            Ok((client, client_addr)) => match pod.network.original_dst(&client, client_addr) {
                 Ok(dst) => {
                     tasks.spawn(handle(Captured {
                         client,
