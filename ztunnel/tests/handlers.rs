@@ -205,8 +205,9 @@ impl Dialer for FabricDialer {
     }
 }
 
-/// Inbound HBONE to a pod bound to a waypoint: only the waypoint's identity
-/// gets through; anyone else would skip its L7 policy.
+/// A pod bound to a waypoint is reached only through it: inbound HBONE from
+/// the waypoint's identity only, and plaintext never (a client outside the
+/// mesh cannot be sent to the waypoint); either would skip its L7 policy.
 #[tokio::test]
 async fn a_waypoint_bound_pod_takes_tunnels_from_its_waypoint_only() {
     let waypoint = WaypointRef {
