@@ -6,6 +6,7 @@ mod controller;
 mod hbone_loopback;
 mod l4;
 mod loadgen;
+mod policy_lookup;
 mod stats;
 mod store_memory;
 mod waypoint;
@@ -43,6 +44,9 @@ enum Command {
     LoadClient(loadgen::ClientArgs),
     /// The waypoint vs HAProxy: requests/s and p99 with an L7 policy on.
     Waypoint(waypoint::Args),
+    /// The per-connection policy lookup: the store's index vs the full scan
+    /// it replaced (10k workloads, 1/10/100 policies per namespace).
+    PolicyLookup(policy_lookup::Args),
     /// ztunnel's state store: allocated bytes per known workload.
     StoreMemory {
         /// Workloads to load (plus one Service per 10).
@@ -59,6 +63,7 @@ fn main() -> anyhow::Result<()> {
     let report = match cli.command {
         Command::HboneLoopback(args) => runtime.block_on(hbone_loopback::run(args))?,
         Command::StoreMemory { workloads } => store_memory::measure(workloads)?,
+        Command::PolicyLookup(args) => policy_lookup::run(args)?,
         Command::Controller(args) => runtime.block_on(controller::run(args))?,
         Command::L4(args) => l4::run(args)?,
         Command::Waypoint(args) => runtime.block_on(waypoint::run(args))?,

@@ -97,7 +97,7 @@ impl Snapshot {
         if let Some(set) = read(&self.workload_policies).get(&workload.uid) {
             return set.clone();
         }
-        let set: PolicySet = store.policies_for(workload).into();
+        let set = store.policies_for(workload);
         write(&self.workload_policies).insert(workload.uid.clone(), set.clone());
         set
     }

@@ -6,13 +6,14 @@
 //! An update is validated as a whole before anything changes, so a bad
 //! update (NACKed) leaves the last good config in place.
 
-use std::collections::{HashMap, HashSet};
+use std::cmp::Ordering;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
 
 use tokio::sync::watch;
 use weft_api::config::{
-    Authorization, ResourceType, Route, Service, TrustBundle, Workload, resource,
+    Authorization, PolicyScope, ResourceType, Route, Service, TrustBundle, Workload, resource,
 };
 use weft_hbone::SpiffeId;
 use weft_hbone::identity::DEFAULT_TRUST_DOMAIN;
@@ -67,6 +68,147 @@ impl PartialEq for ByUid {
 
 impl Eq for ByUid {}
 
+/// The policies that apply to a workload, in (namespace, name) order: a
+/// stable order makes the deciding rule deterministic.
+pub type PolicyList = Arc<[Arc<Authorization>]>;
+
+fn by_namespace_name(a: &Authorization, b: &Authorization) -> Ordering {
+    (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name))
+}
+
+/// A policy ordered as [`PolicyList`] orders them. Two stored policies never
+/// compare equal: the same (namespace, name) is the same store key.
+#[derive(Clone)]
+struct Ordered(Arc<Authorization>);
+
+impl Ord for Ordered {
+    fn cmp(&self, other: &Self) -> Ordering {
+        by_namespace_name(&self.0, &other.0)
+    }
+}
+
+impl PartialOrd for Ordered {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for Ordered {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for Ordered {}
+
+/// Merges two lists that are each in (namespace, name) order.
+fn merge_ordered(a: &[Arc<Authorization>], b: &[Arc<Authorization>]) -> PolicyList {
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        if by_namespace_name(&a[i], &b[j]) == Ordering::Greater {
+            out.push(b[j].clone());
+            j += 1;
+        } else {
+            out.push(a[i].clone());
+            i += 1;
+        }
+    }
+    out.extend_from_slice(&a[i..]);
+    out.extend_from_slice(&b[j..]);
+    out.into()
+}
+
+/// The L4 policies a workload gets for being where it is: mesh-wide ones,
+/// and those of its namespace. `policies_for` runs on every inbound
+/// connection; scanning every policy in the mesh there costs O(all policies)
+/// per connection, so the answer is built once per config change instead.
+///
+/// Selector-scoped policies are not here: a workload names them itself
+/// (`authorization_policies`), so they are looked up by key per call and
+/// stay right when the workload's list or the policy changes. Waypoint-scoped
+/// policies never apply at L4.
+#[derive(Default)]
+struct PolicyIndex {
+    mesh: BTreeSet<Ordered>,
+    by_namespace: HashMap<String, BTreeSet<Ordered>>,
+    /// `mesh` as a list: what a workload in a namespace without namespace
+    /// policies gets.
+    mesh_list: PolicyList,
+    /// Per namespace with namespace policies: mesh ∪ namespace, in order.
+    merged: HashMap<String, PolicyList>,
+    /// Changed since the lists were last built; rebuilt once per update,
+    /// not once per policy in it.
+    dirty: HashSet<String>,
+    mesh_dirty: bool,
+}
+
+impl PolicyIndex {
+    fn add(&mut self, p: &Arc<Authorization>) {
+        match PolicyScope::try_from(p.scope) {
+            Ok(PolicyScope::Mesh) => {
+                self.mesh.insert(Ordered(p.clone()));
+                self.mesh_dirty = true;
+            }
+            Ok(PolicyScope::Namespace) => {
+                self.by_namespace
+                    .entry(p.namespace.clone())
+                    .or_default()
+                    .insert(Ordered(p.clone()));
+                self.dirty.insert(p.namespace.clone());
+            }
+            _ => {}
+        }
+    }
+
+    fn remove(&mut self, p: &Arc<Authorization>) {
+        let key = Ordered(p.clone());
+        match PolicyScope::try_from(p.scope) {
+            Ok(PolicyScope::Mesh) => {
+                self.mesh.remove(&key);
+                self.mesh_dirty = true;
+            }
+            Ok(PolicyScope::Namespace) => {
+                if let Some(set) = self.by_namespace.get_mut(&p.namespace) {
+                    set.remove(&key);
+                    if set.is_empty() {
+                        self.by_namespace.remove(&p.namespace);
+                    }
+                }
+                self.dirty.insert(p.namespace.clone());
+            }
+            _ => {}
+        }
+    }
+
+    fn rebuild(&mut self) {
+        if self.mesh_dirty {
+            self.mesh_dirty = false;
+            self.mesh_list = self.mesh.iter().map(|p| p.0.clone()).collect();
+            // Every merged list holds the mesh policies.
+            self.merged.clear();
+            self.dirty.clear();
+            self.dirty.extend(self.by_namespace.keys().cloned());
+        }
+        for ns in std::mem::take(&mut self.dirty) {
+            match self.by_namespace.get(&ns) {
+                Some(set) => {
+                    let local: Vec<_> = set.iter().map(|p| p.0.clone()).collect();
+                    let list = merge_ordered(&self.mesh_list, &local);
+                    self.merged.insert(ns, list);
+                }
+                None => {
+                    self.merged.remove(&ns);
+                }
+            }
+        }
+    }
+
+    fn base_for(&self, namespace: &str) -> &PolicyList {
+        self.merged.get(namespace).unwrap_or(&self.mesh_list)
+    }
+}
+
 #[derive(Default)]
 struct Inner {
     workloads: HashSet<ByUid>,
@@ -76,6 +218,7 @@ struct Inner {
     services: HashMap<String, Arc<Service>>,
     by_vip: HashMap<IpAddr, Arc<Service>>,
     policies: HashMap<String, Arc<Authorization>>,
+    policy_index: PolicyIndex,
     bundles: HashMap<String, Arc<TrustBundle>>,
     // Only a waypoint subscribes to routes; ztunnel's stays empty.
     routes: HashMap<String, Arc<Route>>,
@@ -224,7 +367,12 @@ impl Inner {
                 self.services.insert(key, s);
             }
             resource::Kind::Authorization(p) => {
-                self.policies.insert(policy_key(&p), Arc::new(p));
+                let p = Arc::new(p);
+                if let Some(old) = self.policies.insert(policy_key(&p), p.clone()) {
+                    // First: the new one may sort as the old one did.
+                    self.policy_index.remove(&old);
+                }
+                self.policy_index.add(&p);
             }
             resource::Kind::TrustBundle(b) => {
                 self.bundles.insert(b.trust_domain.clone(), Arc::new(b));
@@ -261,7 +409,9 @@ impl Inner {
             ResourceType::Workload => self.remove_workload(key),
             ResourceType::Service => self.remove_service(key),
             ResourceType::Authorization => {
-                self.policies.remove(key);
+                if let Some(old) = self.policies.remove(key) {
+                    self.policy_index.remove(&old);
+                }
             }
             ResourceType::TrustBundle => {
                 self.bundles.remove(key);
@@ -291,6 +441,7 @@ impl WorkloadStore {
             for r in update.resources {
                 inner.insert(r);
             }
+            inner.policy_index.rebuild();
         }
         self.version.send_replace(update.version);
         Ok(())
@@ -322,8 +473,37 @@ impl WorkloadStore {
         self.read().by_vip.get(&ip).cloned()
     }
 
-    /// The policies that apply to `workload` at L4.
-    pub fn policies_for(&self, workload: &Workload) -> Vec<Arc<Authorization>> {
+    /// The policies that apply to `workload` at L4 (those
+    /// [`weft_api::authz::applies_to`] accepts), in (namespace, name) order.
+    /// Costs a clone of a shared list, plus, for a workload that names
+    /// selector policies, a lookup and a merge of those.
+    pub fn policies_for(&self, workload: &Workload) -> PolicyList {
+        let inner = self.read();
+        let base = inner.policy_index.base_for(&workload.namespace);
+        if workload.authorization_policies.is_empty() {
+            return base.clone();
+        }
+        let mut selected: Vec<Arc<Authorization>> = workload
+            .authorization_policies
+            .iter()
+            .filter_map(|key| inner.policies.get(key.as_str()))
+            .filter(|p| p.scope == PolicyScope::WorkloadSelector as i32)
+            .cloned()
+            .collect();
+        if selected.is_empty() {
+            return base.clone();
+        }
+        // Only the workload's own few names are sorted, and a name listed
+        // twice is still one policy.
+        selected.sort_by(|a, b| by_namespace_name(a, b));
+        selected.dedup_by(|a, b| Arc::ptr_eq(a, b));
+        merge_ordered(base, &selected)
+    }
+
+    /// The scan `policies_for` replaced, kept as the reference it must agree
+    /// with.
+    #[cfg(test)]
+    fn policies_for_by_scan(&self, workload: &Workload) -> Vec<Arc<Authorization>> {
         let mut out: Vec<_> = self
             .read()
             .policies
@@ -331,7 +511,6 @@ impl WorkloadStore {
             .filter(|p| weft_api::authz::applies_to(p, workload))
             .cloned()
             .collect();
-        // A stable order makes the deciding rule deterministic.
         out.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         out
     }
@@ -388,6 +567,7 @@ impl WorkloadStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use weft_api::config::WaypointRef;
 
     fn wl(uid: &str, ip: &str) -> resource::Kind {
@@ -482,6 +662,153 @@ mod tests {
             })
             .unwrap_err();
         assert!(err.to_string().contains("route"), "{err}");
+    }
+
+    /// Policy namespaces include `a/b`, so `a/b` + `x` and `a` + `b/x` share
+    /// the store key `a/b/x`: the index must follow the map, not the name.
+    const POLICY_NAMESPACES: [&str; 4] = ["a", "b", "c", "a/b"];
+    const POLICY_NAMES: [&str; 3] = ["x", "y", "b/x"];
+    // A workload's namespace must make a valid SPIFFE id.
+    const WORKLOAD_NAMESPACES: [&str; 3] = ["a", "b", "c"];
+
+    fn policy_keys() -> Vec<String> {
+        POLICY_NAMESPACES
+            .iter()
+            .flat_map(|ns| POLICY_NAMES.iter().map(move |n| format!("{ns}/{n}")))
+            .collect()
+    }
+
+    fn arb_policy() -> impl Strategy<Value = Authorization> {
+        // Scope 4 is no known scope: it applies nowhere.
+        (
+            prop::sample::select(&POLICY_NAMESPACES[..]),
+            prop::sample::select(&POLICY_NAMES[..]),
+            0..5i32,
+        )
+            .prop_map(|(ns, name, scope)| Authorization {
+                namespace: ns.into(),
+                name: name.into(),
+                scope,
+                ..Default::default()
+            })
+    }
+
+    fn arb_workload() -> impl Strategy<Value = Workload> {
+        (
+            0..6u8,
+            prop::sample::select(&WORKLOAD_NAMESPACES[..]),
+            prop::sample::select(&["sa", "sb"][..]),
+            // Repeats and names of absent policies included.
+            prop::collection::vec(prop::sample::select(policy_keys()), 0..4),
+        )
+            .prop_map(|(uid, ns, sa, selected)| Workload {
+                uid: format!("w{uid}"),
+                name: format!("w{uid}"),
+                namespace: ns.into(),
+                service_account: sa.into(),
+                authorization_policies: selected,
+                ..Default::default()
+            })
+    }
+
+    fn arb_update() -> impl Strategy<Value = ConfigUpdate> {
+        let resource = prop_oneof![
+            arb_policy().prop_map(resource::Kind::Authorization),
+            arb_workload().prop_map(resource::Kind::Workload),
+        ];
+        let removal = prop_oneof![
+            prop::sample::select(policy_keys()).prop_map(|k| (ResourceType::Authorization, k)),
+            (0..6u8).prop_map(|u| (ResourceType::Workload, format!("w{u}"))),
+        ];
+        (
+            prop::bool::weighted(0.1),
+            prop::collection::vec(resource, 0..6),
+            prop::collection::vec(removal, 0..3),
+        )
+            .prop_map(|(full_snapshot, resources, removed)| ConfigUpdate {
+                version: 0,
+                full_snapshot,
+                resources,
+                removed,
+            })
+    }
+
+    fn names(list: &[Arc<Authorization>]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|p| (p.namespace.clone(), p.name.clone()))
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn indexed_policies_equal_the_scan(
+            updates in prop::collection::vec(arb_update(), 1..12),
+            probes in prop::collection::vec(arb_workload(), 0..4),
+        ) {
+            let store = WorkloadStore::default();
+            for update in updates {
+                store.apply(update).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                // Workloads not in the store too: callers may hold an older
+                // copy of one.
+                let all = store.workloads().into_iter().chain(probes.iter().cloned().map(Arc::new));
+                for w in all {
+                    let indexed = store.policies_for(&w);
+                    let scanned = store.policies_for_by_scan(&w);
+                    prop_assert_eq!(names(&indexed), names(&scanned), "workload {:?}", w);
+                    for (a, b) in indexed.iter().zip(&scanned) {
+                        prop_assert!(Arc::ptr_eq(a, b), "stale policy for {:?}", w);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn policies_follow_scope_changes() {
+        let store = WorkloadStore::default();
+        let policy = |ns: &str, name: &str, scope: PolicyScope| {
+            resource::Kind::Authorization(Authorization {
+                namespace: ns.into(),
+                name: name.into(),
+                scope: scope as i32,
+                ..Default::default()
+            })
+        };
+        let w = Workload {
+            namespace: "ns".into(),
+            authorization_policies: vec!["ns/sel".into()],
+            ..Default::default()
+        };
+        store
+            .apply(ConfigUpdate {
+                full_snapshot: true,
+                resources: vec![
+                    policy("ns", "b", PolicyScope::Namespace),
+                    policy("root", "m", PolicyScope::Mesh),
+                    policy("ns", "sel", PolicyScope::WorkloadSelector),
+                    policy("other", "a", PolicyScope::Namespace),
+                ],
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(
+            names(&store.policies_for(&w)),
+            [("ns", "b"), ("ns", "sel"), ("root", "m")].map(|(a, b)| (a.into(), b.into()))
+        );
+        // The mesh policy becomes a namespace one elsewhere: it leaves `ns`.
+        store
+            .apply(ConfigUpdate {
+                resources: vec![policy("root", "m", PolicyScope::Namespace)],
+                removed: vec![(ResourceType::Authorization, "ns/b".into())],
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(
+            names(&store.policies_for(&w)),
+            [("ns".to_string(), "sel".to_string())]
+        );
     }
 
     #[test]
