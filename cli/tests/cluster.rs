@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use weft_api::admin::{CertsResponse, ConnectionsResponse};
 use weft_e2e::{Cluster, ClusterConfig, Pod, PodSpec, Service, ServiceSpec, Waypoint, ZtunnelMode};
+use weft_testkit::eventually;
 
 const CONVERGE: Duration = Duration::from_secs(20);
 
@@ -68,14 +69,6 @@ fn identity(pod: &Pod) -> String {
         pod.namespace(),
         pod.service_account()
     )
-}
-
-fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !ok() {
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 /// The policies of the L4 part. Pods are selected by their `app` label,
@@ -284,7 +277,7 @@ fn tunnels_and_certs_match(c: &Cluster, dir: &Path, client: &Pod, server: &Pod) 
     );
     exchange(100_000);
     let mut after = before;
-    wait_until("bytes to grow", CONVERGE, || {
+    eventually("bytes to grow", CONVERGE, || {
         after = sent_to(&weftctl(dir, &["tunnels", "-o", "json"])).unwrap_or(0);
         after >= before + 100_000
     });
@@ -636,7 +629,7 @@ fn l4_cases<'p>(table: &mut ExplainTable<'p>, pods: &'p Pods, service: SocketAdd
 /// The AUDIT rule explain reported was recorded by the real enforcer: a
 /// log of `dir` whose name starts with `log` has an audit line for `policy`.
 fn audit_is_logged(dir: &Path, log: &str, policy: &str) {
-    wait_until(
+    eventually(
         &format!("an audit line for {policy} in {log}*.log"),
         CONVERGE,
         || {
@@ -683,7 +676,7 @@ fn enroll_changes_redirection(c: &mut Cluster, dir: &Path, outsider: &Pod, stric
     assert_eq!(out.code, 0, "{}", out.stderr);
     c.wait_redirected(outsider, false, CONVERGE)
         .expect("unenrolled");
-    wait_until("STRICT refuses the outsider again", CONVERGE, || {
+    eventually("STRICT to refuse the outsider again", CONVERGE, || {
         outsider
             .tcp_echo_result(strict.echo_tcp(), "x")
             .is_ok_and(|r| r.is_err())
@@ -691,17 +684,13 @@ fn enroll_changes_redirection(c: &mut Cluster, dir: &Path, outsider: &Pod, stric
 }
 
 fn check_flags_removed_rules(c: &Cluster, dir: &Path, server: &Pod) {
-    let mut out = weftctl(dir, &["check"]);
-    let start = Instant::now();
-    while out.code != 0 && start.elapsed() < CONVERGE {
-        std::thread::sleep(Duration::from_millis(500));
-        out = weftctl(dir, &["check"]);
-    }
-    assert_eq!(
-        out.code, 0,
-        "a healthy cluster passes:\n{}{}",
-        out.stdout, out.stderr
-    );
+    eventually("a healthy cluster to pass check", CONVERGE, || {
+        let out = weftctl(dir, &["check"]);
+        match out.code {
+            0 => Ok(()),
+            _ => Err(format!("\n{}{}", out.stdout, out.stderr)),
+        }
+    });
     // The agent re-applies rules at its next resync (2 s in the harness):
     // remove them and look at once, a few times if the agent is quicker.
     let mut flagged = None;
@@ -739,7 +728,7 @@ fn check_flags_removed_rules(c: &Cluster, dir: &Path, server: &Pod) {
     // And the agent puts them back; check passes again.
     c.wait_redirected(server, true, CONVERGE)
         .expect("rules re-applied");
-    wait_until("check to pass again", CONVERGE, || {
+    eventually("check to pass again", CONVERGE, || {
         weftctl(dir, &["check"]).code == 0
     });
 }

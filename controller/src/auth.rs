@@ -235,7 +235,7 @@ impl Authenticator for BootstrapTokens {
 #[derive(Debug)]
 pub struct TokenDirectory {
     dir: std::path::PathBuf,
-    last: std::sync::RwLock<BootstrapTokens>,
+    last: parking_lot::RwLock<BootstrapTokens>,
 }
 
 impl TokenDirectory {
@@ -243,7 +243,7 @@ impl TokenDirectory {
     pub fn open(dir: &Path) -> Result<TokenDirectory, AuthError> {
         Ok(TokenDirectory {
             dir: dir.to_path_buf(),
-            last: std::sync::RwLock::new(BootstrapTokens::load(dir)?),
+            last: parking_lot::RwLock::new(BootstrapTokens::load(dir)?),
         })
     }
 
@@ -251,12 +251,12 @@ impl TokenDirectory {
     fn current(&self) -> BootstrapTokens {
         match BootstrapTokens::load(&self.dir) {
             Ok(tokens) => {
-                *self.last.write().unwrap_or_else(|p| p.into_inner()) = tokens.clone();
+                *self.last.write() = tokens.clone();
                 tokens
             }
             Err(e) => {
                 tracing::warn!("bootstrap tokens: {e}; using the last set read");
-                self.last.read().unwrap_or_else(|p| p.into_inner()).clone()
+                self.last.read().clone()
             }
         }
     }

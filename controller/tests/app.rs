@@ -14,6 +14,7 @@ use weft_api::config::resource;
 use weft_controller::options::Options;
 use weft_identity::SpiffeId;
 use weft_identity::ca::generate_csr;
+use weft_testkit::eventually_async;
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -66,25 +67,22 @@ async fn files_mode_end_to_end() {
 
     // The root appears on disk at start; proxies verify the server with it.
     let root_path = dir.path().join("ca/root-cert.pem");
-    let channel = tokio::time::timeout(Duration::from_secs(20), async {
-        loop {
-            if let Ok(root) = std::fs::read_to_string(&root_path) {
-                let tls = ClientTlsConfig::new()
-                    .ca_certificate(Certificate::from_pem(root))
-                    .domain_name("localhost");
-                let endpoint = Channel::from_shared(format!("https://127.0.0.1:{grpc}"))
-                    .expect("uri")
-                    .tls_config(tls)
-                    .expect("tls");
-                if let Ok(channel) = endpoint.connect().await {
-                    return channel;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .expect("controller serving");
+    let channel = eventually_async(
+        "the controller to serve",
+        Duration::from_secs(20),
+        async || {
+            let root = std::fs::read_to_string(&root_path).ok()?;
+            let tls = ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(root))
+                .domain_name("localhost");
+            let endpoint = Channel::from_shared(format!("https://127.0.0.1:{grpc}"))
+                .expect("uri")
+                .tls_config(tls)
+                .expect("tls");
+            endpoint.connect().await.ok()
+        },
+    )
+    .await;
 
     let mut sub = Subscriber::connect(channel.clone(), Some("secret-a"), "node-a")
         .await

@@ -11,6 +11,7 @@ use support::{
 };
 use weft_api::config::{ConfigResponse, ResourceType, resource};
 use weft_controller::auth::{AllowAll, BootstrapTokens, Caller};
+use weft_testkit::eventually_async;
 
 fn workload_uids(r: &ConfigResponse) -> Vec<String> {
     r.resources
@@ -75,13 +76,12 @@ async fn snapshot_then_add_change_remove() {
     sub.ack(&remove).await;
 
     // The debug view sees the subscriber at the acked version.
-    tokio::time::timeout(std::time::Duration::from_secs(5), async {
-        while h.subscribers.list().first().map(|s| s.acked_version) != Some(remove.version) {
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .expect("ack recorded");
+    eventually_async(
+        "the ack to be recorded",
+        std::time::Duration::from_secs(5),
+        async || h.subscribers.list().first().map(|s| s.acked_version) == Some(remove.version),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -318,19 +318,16 @@ async fn one_caller_gets_at_most_its_streams_and_others_are_still_served() {
     // A closed stream frees its place.
     assert!(first.next().await.full_snapshot);
     drop(first);
-    tokio::time::timeout(std::time::Duration::from_secs(5), async {
-        loop {
-            if Subscriber::connect(h.channel().await, Some("token-a"), "node-a")
+    eventually_async(
+        "a place to be freed",
+        std::time::Duration::from_secs(5),
+        async || {
+            Subscriber::connect(h.channel().await, Some("token-a"), "node-a")
                 .await
                 .is_ok()
-            {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("a place freed");
+        },
+    )
+    .await;
 }
 
 #[tokio::test]

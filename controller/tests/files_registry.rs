@@ -1,12 +1,14 @@
 //! The files registry: add, change, delete and invalid documents, and the
 //! model they produce.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
 use weft_cluster::model::{self, ModelConfig};
-use weft_cluster::registry::{ClusterState, Kinds, Registry, RegistryConfig};
+use weft_cluster::registry::{Kinds, Registry, RegistryConfig};
+use weft_testkit::eventually_async;
+
+/// How long the registry may take to see a change.
+const WAIT: Duration = Duration::from_secs(10);
 
 const NAMESPACE: &str = r#"
 apiVersion: v1
@@ -36,18 +38,6 @@ status:
   podIP: {ip}
 "#
     )
-}
-
-/// Waits (bounded) until the state satisfies `f`.
-async fn wait_for(
-    rx: &mut watch::Receiver<Arc<ClusterState>>,
-    f: impl Fn(&ClusterState) -> bool,
-) -> Arc<ClusterState> {
-    let state = tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|s| f(s)))
-        .await
-        .expect("state did not change in time")
-        .expect("registry closed");
-    state.clone()
 }
 
 #[tokio::test]
@@ -86,7 +76,7 @@ async fn add_change_delete_and_invalid() {
     assert_eq!(w.service_account, "web");
     assert_eq!(w.node, "node-a");
 
-    let mut rx = registry.subscribe();
+    let rx = registry.subscribe();
     // Change: web-1 moves to a new IP; add a Service in a new file.
     std::fs::write(
         dir.path().join("pods.yaml"),
@@ -102,11 +92,13 @@ async fn add_change_delete_and_invalid() {
         "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\nspec:\n  clusterIP: 10.96.0.10\n  selector: {app: web}\n  ports: [{port: 80, targetPort: 8080}]\n",
     )
     .expect("write");
-    let state = wait_for(&mut rx, |s| {
-        s.services.len() == 1
-            && s.pods.values().any(|p| {
-                p.status.as_ref().and_then(|st| st.pod_ip.as_deref()) == Some("10.244.1.9")
-            })
+    let state = eventually_async("the new pod and the service", WAIT, async || {
+        Some(rx.borrow().clone()).filter(|s| {
+            s.services.len() == 1
+                && s.pods.values().any(|p| {
+                    p.status.as_ref().and_then(|st| st.pod_ip.as_deref()) == Some("10.244.1.9")
+                })
+        })
     })
     .await;
     let m = model::build(&state, &ModelConfig::default());
@@ -125,7 +117,10 @@ async fn add_change_delete_and_invalid() {
         ),
     )
     .expect("write");
-    let state = wait_for(&mut rx, |s| !s.invalid.is_empty()).await;
+    let state = eventually_async("the broken file to be reported", WAIT, async || {
+        Some(rx.borrow().clone()).filter(|s| !s.invalid.is_empty())
+    })
+    .await;
     assert_eq!(
         state.pods.len(),
         1,
@@ -139,7 +134,10 @@ async fn add_change_delete_and_invalid() {
 
     // Delete: the whole file goes, and its pods with it.
     std::fs::remove_file(dir.path().join("pods.yaml")).expect("rm");
-    let state = wait_for(&mut rx, |s| s.pods.is_empty()).await;
+    let state = eventually_async("every pod to be gone", WAIT, async || {
+        Some(rx.borrow().clone()).filter(|s| s.pods.is_empty())
+    })
+    .await;
     let m = model::build(&state, &ModelConfig::default());
     assert!(m.workloads.is_empty());
     assert!(m.services["shop/web"].endpoints.is_empty());

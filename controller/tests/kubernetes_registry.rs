@@ -10,30 +10,22 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use support::fake_apiserver::FakeApiServer;
 use support::{CONTROLLER_COLLECTIONS as COLLECTIONS, ambient_namespace as namespace};
-use tokio::sync::watch;
 use weft_cluster::model::{self, ModelConfig};
 use weft_cluster::registry::{ClusterState, Kinds, Registry, RegistryConfig};
 use weft_controller::auth::CONTROLLER_AUDIENCE;
 use weft_controller::pipeline::ModelVersion;
 use weft_controller::writers::Writer;
 use weft_controller::writers::deployer::DeployerConfig;
+use weft_testkit::eventually_async;
+
+/// How long the registry may take to see a change.
+const WAIT: Duration = Duration::from_secs(20);
 
 fn pod(name: &str, node: &str, ip: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "Pod",
            "metadata": {"name": name, "namespace": "shop", "uid": format!("uid-{name}")},
            "spec": {"nodeName": node, "serviceAccountName": "web", "containers": [{"name": "app"}]},
            "status": {"podIP": ip}})
-}
-
-async fn wait_for(
-    rx: &mut watch::Receiver<Arc<ClusterState>>,
-    what: &str,
-    f: impl Fn(&ClusterState) -> bool,
-) -> Arc<ClusterState> {
-    match tokio::time::timeout(Duration::from_secs(20), rx.wait_for(|s| f(s))).await {
-        Ok(Ok(state)) => state.clone(),
-        _ => panic!("timed out waiting for: {what}"),
-    }
 }
 
 fn pod_ip(state: &ClusterState, name: &str) -> Option<String> {
@@ -50,15 +42,21 @@ async fn objects_appear_change_disappear_and_410_relists() {
     api.apply(namespace());
     api.apply(pod("a", "node-a", "10.244.1.1"));
     let registry = Registry::kubernetes(api.client(), RegistryConfig::default());
-    let mut rx = registry.subscribe();
+    let rx = registry.subscribe();
 
-    let state = wait_for(&mut rx, "initial sync", |s| s.synced && s.pods.len() == 1).await;
+    let state = eventually_async("initial sync", WAIT, async || {
+        Some(rx.borrow().clone()).filter(|s| s.synced && s.pods.len() == 1)
+    })
+    .await;
     let m = model::build(&state, &ModelConfig::default());
     assert_eq!(m.workloads["uid-a"].addresses, vec!["10.244.1.1"]);
 
     // Appear.
     api.apply(pod("b", "node-b", "10.244.2.1"));
-    let state = wait_for(&mut rx, "pod b", |s| s.pods.len() == 2).await;
+    let state = eventually_async("pod b", WAIT, async || {
+        Some(rx.borrow().clone()).filter(|s| s.pods.len() == 2)
+    })
+    .await;
     assert_eq!(
         model::build(&state, &ModelConfig::default())
             .workloads
@@ -67,13 +65,16 @@ async fn objects_appear_change_disappear_and_410_relists() {
     );
     // Change.
     api.apply(pod("a", "node-a", "10.244.1.9"));
-    wait_for(&mut rx, "pod a moved", |s| {
-        pod_ip(s, "a").as_deref() == Some("10.244.1.9")
+    eventually_async("pod a moved", WAIT, async || {
+        Some(rx.borrow().clone()).filter(|s| pod_ip(s, "a").as_deref() == Some("10.244.1.9"))
     })
     .await;
     // Disappear.
     api.delete(&pod("b", "node-b", "10.244.2.1"));
-    wait_for(&mut rx, "pod b gone", |s| s.pods.len() == 1).await;
+    eventually_async("pod b gone", WAIT, async || {
+        Some(rx.borrow().clone()).filter(|s| s.pods.len() == 1)
+    })
+    .await;
 
     // A bookmark moves the resume point: the next watch starts from it.
     // A change elsewhere first moves the global resource version past the
@@ -87,17 +88,12 @@ async fn objects_appear_change_disappear_and_410_relists() {
     api.drop_watches();
     assert!(bookmark_rv > last_pod_event);
     let resumed = format!("resourceVersion={bookmark_rv}");
-    tokio::time::timeout(Duration::from_secs(20), async {
-        while !api
-            .requests()
+    eventually_async("the watch to resume from the bookmark", WAIT, async || {
+        api.requests()
             .iter()
             .any(|r| r.contains("/pods?") && r.contains("watch=true") && r.contains(&resumed))
-        {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
     })
-    .await
-    .expect("watch resumed from the bookmark");
+    .await;
 
     // 410: history is compacted while the watch is down; changes made in
     // the meantime arrive through the relist.
@@ -111,8 +107,8 @@ async fn objects_appear_change_disappear_and_410_relists() {
     api.apply(pod("c", "node-a", "10.244.1.3"));
     api.delete(&pod("a", "node-a", "10.244.1.9"));
     api.compact();
-    let state = wait_for(&mut rx, "relist after 410", |s| {
-        s.pods.len() == 1 && pod_ip(s, "c").is_some()
+    let state = eventually_async("relist after 410", WAIT, async || {
+        Some(rx.borrow().clone()).filter(|s| s.pods.len() == 1 && pod_ip(s, "c").is_some())
     })
     .await;
     let lists_after = api
@@ -151,10 +147,13 @@ async fn node_agent_view_watches_only_its_node() {
             .collect::<Vec<_>>(),
         vec!["a"]
     );
-    let mut rx = registry.subscribe();
+    let rx = registry.subscribe();
     api.apply(pod("a2", "node-a", "10.244.1.2"));
     api.apply(pod("b2", "node-b", "10.244.2.2"));
-    let state = wait_for(&mut rx, "a2", |s| s.pods.len() == 2).await;
+    let state = eventually_async("a2", WAIT, async || {
+        Some(rx.borrow().clone()).filter(|s| s.pods.len() == 2)
+    })
+    .await;
     assert!(pod_ip(&state, "b2").is_none());
     assert!(
         !api.requests().iter().any(|r| r.contains("/services")),

@@ -20,6 +20,7 @@ use weft_cluster::registry::{Registry, RegistryConfig};
 use weft_controller::options::Options;
 use weft_controller::pipeline::{self, Debounce};
 use weft_controller::writers;
+use weft_testkit::eventually_async;
 
 const LEASES: &str = "apis/coordination.k8s.io/v1/leases";
 const DEPLOYMENTS: &str = "apis/apps/v1/deployments";
@@ -134,21 +135,8 @@ impl Drop for Replica {
     }
 }
 
-/// Polls `f` until it returns something (generous timeout, no timing
-/// assumption beyond it).
-async fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let poll = async {
-        loop {
-            if let Some(v) = f() {
-                return v;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(40), poll)
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for: {what}"))
-}
+/// How long any step may take (generous, no timing assumption beyond it).
+const WAIT: Duration = Duration::from_secs(40);
 
 fn lease(api: &FakeApiServer) -> Option<Value> {
     api.get(LEASES, "weft-system", "weft-controller")
@@ -183,13 +171,13 @@ async fn elect(api: &FakeApiServer) -> (Replica, Replica) {
     api.apply(waypoint_gateway("wp"));
     let a = Replica::start(api, "replica-a");
     let b = Replica::start(api, "replica-b");
-    let first = eventually("a replica holds the Lease", || holder(api)).await;
+    let first = eventually_async("a replica holds the Lease", WAIT, async || holder(api)).await;
     let (leader, follower) = if first == a.name { (a, b) } else { (b, a) };
-    eventually("the leader deploys the waypoint", || {
+    eventually_async("the leader deploys the waypoint", WAIT, async || {
         api.get(DEPLOYMENTS, "shop", "wp")
     })
     .await;
-    eventually("the follower watches Gateways", || {
+    eventually_async("the follower watches Gateways", WAIT, async || {
         api.requests_from(follower.name)
             .iter()
             .any(|r| r.contains("/gateways?") && r.contains("watch=true"))
@@ -197,7 +185,7 @@ async fn elect(api: &FakeApiServer) -> (Replica, Replica) {
     })
     .await;
     let renewed = lease(api).map(|l| l["spec"]["renewTime"].clone());
-    eventually("the leader renews the Lease", || {
+    eventually_async("the leader renews the Lease", WAIT, async || {
         (lease(api).map(|l| l["spec"]["renewTime"].clone()) != renewed).then_some(())
     })
     .await;
@@ -221,14 +209,16 @@ async fn take_over(how: Stop) {
 
 /// The follower takes the Lease, and then deploys a Gateway created after that.
 async fn follower_takes_over(api: &FakeApiServer, follower: &Replica) {
-    eventually("the follower takes the Lease", || {
+    eventually_async("the follower takes the Lease", WAIT, async || {
         (holder(api).as_deref() == Some(follower.name)).then_some(())
     })
     .await;
     api.apply(waypoint_gateway("wp2"));
-    eventually("the new leader deploys the new waypoint", || {
-        api.get(DEPLOYMENTS, "shop", "wp2")
-    })
+    eventually_async(
+        "the new leader deploys the new waypoint",
+        WAIT,
+        async || api.get(DEPLOYMENTS, "shop", "wp2"),
+    )
     .await;
     assert!(wrote_deployment(api, follower.name, "wp2"));
     assert_eq!(lease(api).expect("lease")["spec"]["leaseTransitions"], 2);

@@ -17,9 +17,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
@@ -88,16 +89,10 @@ impl HandoffHub {
         Arc::new(HandoffHub::default())
     }
 
-    fn lock(&self) -> MutexGuard<'_, HubState> {
-        // A panic while holding the lock leaves plain data behind, still
-        // consistent enough to serve; do not cascade the panic.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Adds (or replaces) a pod and tells every connected ztunnel.
     pub fn add(&self, pod: HandoffPod) {
         let pod = Arc::new(pod);
-        let mut st = self.lock();
+        let mut st = self.state.lock();
         st.pods.insert(pod.identity.uid.clone(), pod.clone());
         st.acks.insert(pod.identity.uid.clone(), AckStatus::Pending);
         st.subscribers
@@ -107,7 +102,7 @@ impl HandoffHub {
     /// Removes a pod and tells every connected ztunnel. Unknown uids are
     /// ignored.
     pub fn delete(&self, uid: &str) {
-        let mut st = self.lock();
+        let mut st = self.state.lock();
         st.acks.remove(uid);
         if st.pods.remove(uid).is_some() {
             st.subscribers
@@ -117,17 +112,18 @@ impl HandoffHub {
 
     /// The uids of the pods ztunnel should have.
     pub fn pod_uids(&self) -> Vec<String> {
-        self.lock().pods.keys().cloned().collect()
+        self.state.lock().pods.keys().cloned().collect()
     }
 
     /// What ztunnel last answered for `uid`.
     pub fn ack_status(&self, uid: &str) -> Option<AckStatus> {
-        self.lock().acks.get(uid).cloned()
+        self.state.lock().acks.get(uid).cloned()
     }
 
     /// How many ztunnels are connected (past their `Hello`).
     pub fn connected(&self) -> usize {
-        self.lock()
+        self.state
+            .lock()
             .subscribers
             .iter()
             .filter(|(_, tx)| !tx.is_closed())
@@ -136,7 +132,7 @@ impl HandoffHub {
 
     fn subscribe(&self) -> (Vec<Arc<HandoffPod>>, Subscription<'_>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let mut st = self.lock();
+        let mut st = self.state.lock();
         let id = st.next_id;
         st.next_id += 1;
         st.subscribers.push((id, tx));
@@ -147,7 +143,7 @@ impl HandoffHub {
     }
 
     fn record_ack(&self, uid: &str, status: AckStatus) {
-        let mut st = self.lock();
+        let mut st = self.state.lock();
         if st.pods.contains_key(uid) {
             st.acks.insert(uid.to_string(), status);
         }
@@ -162,7 +158,11 @@ struct Subscription<'a> {
 
 impl Drop for Subscription<'_> {
     fn drop(&mut self) {
-        self.hub.lock().subscribers.retain(|(id, _)| *id != self.id);
+        self.hub
+            .state
+            .lock()
+            .subscribers
+            .retain(|(id, _)| *id != self.id);
     }
 }
 

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use common::*;
 use weft_node_agent::redirect::{Backend, DEFAULT_PROBE_SOURCE, Redirector};
+use weft_testkit::eventually;
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -114,14 +115,13 @@ fn agent_in_files_mode_end_to_end() {
     let agent = AgentProcess(cmd.spawn().expect("start agent"));
 
     // Installed: the binary, and the entry at the end of the conflist.
-    assert!(
-        eventually(WAIT, || cni.bin_dir().join("weft-cni").exists()
+    eventually("the agent to install the plugin", WAIT, || {
+        cni.bin_dir().join("weft-cni").exists()
             && cni.conflist()["plugins"]
                 .as_array()
                 .and_then(|p| p.last())
-                .is_some_and(|p| p["type"] == "weft-cni")),
-        "the agent did not install the plugin"
-    );
+                .is_some_and(|p| p["type"] == "weft-cni")
+    });
     let bins = [Path::new(DEBIAN_CNI_DIR), &cni.bin_dir()];
     let (a_ns, c_ns, x_ns, y_ns) = (
         NamedNetns::new("wpa"),
@@ -170,11 +170,10 @@ fn agent_in_files_mode_end_to_end() {
         namespace_yaml("mesh", true) + "---\n" + &namespace_yaml("late", true),
     )
     .expect("label");
-    assert!(
-        eventually(WAIT, || redirector
-            .inspect(&c_ns.open())
-            .is_ok_and(|s| s.complete())),
-        "C was not enrolled when its namespace was labelled"
+    eventually(
+        "C to be enrolled when its namespace is labelled",
+        WAIT,
+        || redirector.inspect(&c_ns.open()).is_ok_and(|s| s.complete()),
     );
 
     // A ztunnel connects and gets both; coverage then only lacks listeners.
@@ -213,15 +212,12 @@ fn agent_in_files_mode_end_to_end() {
         namespace_yaml("mesh", true) + "---\n" + &namespace_yaml("late", false),
     )
     .expect("unlabel");
-    assert!(
-        eventually(WAIT, || redirector
-            .inspect(&c_ns.open())
-            .is_ok_and(|s| s.empty())),
-        "C kept its rules"
-    );
-    assert!(eventually(WAIT, || z
-        .entries()
-        .contains(&format!("delete {}", c.uid))));
+    eventually("C to lose its rules", WAIT, || {
+        redirector.inspect(&c_ns.open()).is_ok_and(|s| s.empty())
+    });
+    eventually("the fake ztunnel to be told C was deleted", WAIT, || {
+        z.entries().contains(&format!("delete {}", c.uid))
+    });
     drop(z);
 
     // The agent stops: enrolled namespaces fail closed, others still start.

@@ -19,6 +19,7 @@ use weft_node_agent::agent::{AgentConfig, NetnsDiscovery, NodeAgent, serve_reque
 use weft_node_agent::handoff::{HandoffHub, HandoffServer};
 use weft_node_agent::netns::NetNs;
 use weft_node_agent::redirect::{Backend, Redirector, ZTUNNEL_MARK};
+use weft_testkit::eventually;
 
 const NODE: &str = "node-1";
 const SUBNET: &str = "10.251.0.0/24";
@@ -102,10 +103,9 @@ impl Bed {
             .expect("handoff bind");
         rt.spawn(server.run());
         // The request socket is bound by the spawned task.
-        assert!(
-            eventually(WAIT, || cni.agent_socket().exists()),
-            "agent socket never appeared"
-        );
+        eventually("the agent socket to appear", WAIT, || {
+            cni.agent_socket().exists()
+        });
         Bed {
             rt,
             node,
@@ -274,10 +274,9 @@ fn capture_scenario(backend: Backend) {
             "snapshot_sent".to_string()
         ]
     );
-    assert!(eventually(WAIT, || bed
-        .rt
-        .block_on(bed.agent.coverage())
-        .covered()));
+    eventually("the node to be covered", WAIT, || {
+        bed.rt.block_on(bed.agent.coverage()).covered()
+    });
     // CNI CHECK (weft-cni alone, as the chain's last plugin) agrees.
     let check = || {
         let mut list = bed.cni.conflist();
@@ -344,17 +343,15 @@ fn captured(
     app: &std::net::TcpListener,
 ) -> bool {
     let _c = connect_from(from, dst, None).expect("connect");
-    let deadline = std::time::Instant::now() + WAIT;
-    while std::time::Instant::now() < deadline {
+    eventually(&format!("the connection to {dst} to arrive"), WAIT, || {
         if trap.accept().is_ok() {
-            return true;
+            Some(true)
+        } else if app.accept().is_ok() {
+            Some(false)
+        } else {
+            None
         }
-        if app.accept().is_ok() {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    panic!("connection to {dst} went nowhere");
+    })
 }
 
 #[test]

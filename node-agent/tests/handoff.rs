@@ -11,6 +11,7 @@ use weft_api::nodeagent::PodIdentity;
 use weft_cni::report::AckStatus;
 use weft_node_agent::handoff::{HandoffHub, HandoffPod, HandoffServer};
 use weft_node_agent::netns::NetNs;
+use weft_testkit::eventually;
 
 fn pod(uid: &str) -> HandoffPod {
     HandoffPod {
@@ -49,9 +50,9 @@ fn snapshot_acks_deletes_and_replay() {
             "snapshot_sent".to_string()
         ]
     );
-    assert!(common::eventually(Duration::from_secs(5), || hub
-        .ack_status("a")
-        == Some(AckStatus::Acked)));
+    eventually("pod a to be acked", Duration::from_secs(5), || {
+        hub.ack_status("a") == Some(AckStatus::Acked)
+    });
     assert_eq!(hub.connected(), 1);
 
     // Changes after the snapshot stream in order, each acked.
@@ -60,16 +61,16 @@ fn snapshot_acks_deletes_and_replay() {
     hub.delete("unknown");
     let got = z.wait_for(5);
     assert_eq!(got[3..], ["delete a".to_string(), format!("add c {inode}")]);
-    assert!(common::eventually(Duration::from_secs(5), || hub
-        .ack_status("c")
-        == Some(AckStatus::Acked)));
+    eventually("pod c to be acked", Duration::from_secs(5), || {
+        hub.ack_status("c") == Some(AckStatus::Acked)
+    });
     drop(z);
 
     // A reconnecting ztunnel gets the current snapshot again; pods it says
     // it still has are kept, not re-added.
-    assert!(common::eventually(Duration::from_secs(5), || hub
-        .connected()
-        == 0));
+    eventually("the ztunnel to disconnect", Duration::from_secs(5), || {
+        hub.connected() == 0
+    });
     let z = FakeZtunnel::connect(&path, vec!["c".into()]);
     let got = z.wait_for(3);
     assert_eq!(

@@ -6,6 +6,7 @@ mod common;
 use std::time::Duration;
 
 use weft_node_agent::install::{ConfInstaller, PLUGIN_TYPE};
+use weft_testkit::eventually;
 #[test]
 fn installer_survives_rewrite_and_uninstalls_byte_for_byte() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
@@ -39,15 +40,25 @@ fn installer_survives_rewrite_and_uninstalls_byte_for_byte() {
             .is_some_and(|p| p["type"] == PLUGIN_TYPE)
     };
     let task = rt.spawn(installer.clone().keep_installed(Duration::from_millis(50)));
-    assert!(common::eventually(Duration::from_secs(10), || count() == 1 && last_is_weft()));
+    eventually(
+        "weft-cni to be the chain's last plugin, once",
+        Duration::from_secs(10),
+        || count() == 1 && last_is_weft(),
+    );
 
     // "Another CNI" rewrites its config: the entry is put back, once.
     let rewritten = original.replace("cbr0", "cbr1");
     std::fs::write(&file, &rewritten).expect("rewrite");
-    assert!(common::eventually(Duration::from_secs(10), || count() == 1
-        && std::fs::read_to_string(&file)
-            .unwrap_or_default()
-            .contains("cbr1")));
+    eventually(
+        "the entry to be put back, once",
+        Duration::from_secs(10),
+        || {
+            count() == 1
+                && std::fs::read_to_string(&file)
+                    .unwrap_or_default()
+                    .contains("cbr1")
+        },
+    );
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(count(), 1, "inserted more than once");
 

@@ -10,11 +10,12 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http::{Method, StatusCode};
+use parking_lot::Mutex;
 use tokio::sync::broadcast;
 use weft_api::admin::{ConnectionInfo, Direction, Peer, TapEvent, TapKind, Transport};
 use weft_api::config::Workload;
@@ -114,10 +115,6 @@ pub struct RequestRecord<'a> {
     pub verdict: &'a str,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -198,7 +195,7 @@ impl Observer {
                 None,
             );
         }
-        lock(&self.tunnels).insert(id, live);
+        self.tunnels.lock().insert(id, live);
         TunnelGuard {
             id,
             observer: self.clone(),
@@ -206,7 +203,7 @@ impl Observer {
     }
 
     fn close_tunnel(&self, id: u64) {
-        let Some(live) = lock(&self.tunnels).remove(&id) else {
+        let Some(live) = self.tunnels.lock().remove(&id) else {
             return;
         };
         if live.mode == Mode::Tcp {
@@ -269,7 +266,7 @@ impl Observer {
         let code = r.status.as_u16();
         let destination = r.endpoint.map(|(w, _)| w.uid.as_str());
         {
-            let mut entries = lock(&r.metrics.entries);
+            let mut entries = r.metrics.entries.lock();
             let hit = entries.iter().find(|e| {
                 e.code == code
                     && e.destination.as_deref() == destination
@@ -356,14 +353,14 @@ impl Observer {
 
     /// The live tunnels, oldest first.
     pub fn tunnels(&self) -> Vec<ConnectionInfo> {
-        let live = lock(&self.tunnels);
+        let live = self.tunnels.lock();
         let mut out: Vec<ConnectionInfo> = live.iter().map(|(id, l)| self.info(*id, l)).collect();
         out.sort_by_key(|c| c.id);
         out
     }
 
     pub fn tunnel_count(&self) -> usize {
-        lock(&self.tunnels).len()
+        self.tunnels.lock().len()
     }
 
     pub fn subscribe_tap(&self) -> broadcast::Receiver<TapEvent> {

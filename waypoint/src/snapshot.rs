@@ -5,9 +5,10 @@
 //! the request path never scans the whole config.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
 use arc_swap::ArcSwap;
+use parking_lot::Mutex;
 use tracing::warn;
 use weft_api::authz::applies_at_waypoint;
 use weft_api::config::{Authorization, Service, ServicePort, Workload};
@@ -124,10 +125,6 @@ impl Snapshot {
 }
 
 // Caches only: a panic elsewhere cannot leave them inconsistent.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     m.read().unwrap_or_else(|e| e.into_inner())
 }
@@ -163,7 +160,7 @@ impl ConfigView {
             return current;
         }
         // One rebuild at a time; the others take its result.
-        let _guard = lock(&self.rebuilding);
+        let _guard = self.rebuilding.lock();
         let current = self.current.load_full();
         if current.version == self.store.version() {
             return current;

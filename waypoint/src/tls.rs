@@ -3,8 +3,9 @@
 //! trust bundle. The rustls config is rebuilt only when the certificate or
 //! the roots change.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
+use parking_lot::Mutex;
 use weft_hbone::{HboneError, ServerTls, SpiffeId};
 use weft_runtime::certs::CertManager;
 use weft_runtime::trust::TrustState;
@@ -35,7 +36,7 @@ impl ServerTls for WaypointTls {
             .await
             .map_err(|e| HboneError::NoCertificate(e.to_string()))?;
         let (trust_version, bundle) = self.trust.get();
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cache = self.cache.lock();
         if let Some((serial, version, config)) = cache.as_ref()
             && serial == cert.serial()
             && *version == trust_version

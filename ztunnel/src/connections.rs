@@ -8,10 +8,11 @@
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use parking_lot::Mutex;
 use tokio::sync::broadcast;
 use weft_api::admin::{ConnectionInfo, Direction, Peer, TapEvent, TapKind, Transport};
 use weft_hbone::ByteCounters;
@@ -165,7 +166,7 @@ impl DenyLogLimiter {
         (host, reason).hash(&mut hasher);
         let key = hasher.finish();
         let now = Instant::now();
-        let mut windows = lock(&self.windows);
+        let mut windows = self.windows.lock();
         if windows.len() >= DENY_KEYS_LIMIT && !windows.contains_key(&key) {
             windows.clear();
         }
@@ -225,7 +226,7 @@ impl ConnectionRegistry {
         };
         live.metrics.opened.increment(1);
         self.emit(TapKind::Open, || info(id, &live), Some("allow".into()));
-        lock(&self.inner.live).insert(id, live);
+        self.inner.live.lock().insert(id, live);
         ConnectionGuard {
             id,
             registry: self.clone(),
@@ -273,7 +274,7 @@ impl ConnectionRegistry {
     /// The counters for `meta`'s label set, resolved at most once per set.
     fn series(&self, meta: &ConnectionMeta) -> Arc<SeriesCounters> {
         let hash = SeriesKey::hash_of(meta);
-        let mut series = lock(&self.inner.series);
+        let mut series = self.inner.series.lock();
         if let Some((key, counters)) = series.get(&hash)
             && key.matches(meta)
         {
@@ -291,14 +292,14 @@ impl ConnectionRegistry {
 
     /// The live connections, oldest first.
     pub fn snapshot(&self) -> Vec<ConnectionInfo> {
-        let live = lock(&self.inner.live);
+        let live = self.inner.live.lock();
         let mut out: Vec<ConnectionInfo> = live.iter().map(|(id, l)| info(*id, l)).collect();
         out.sort_by_key(|c| c.id);
         out
     }
 
     pub fn len(&self) -> usize {
-        lock(&self.inner.live).len()
+        self.inner.live.lock().len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -310,7 +311,7 @@ impl ConnectionRegistry {
     }
 
     fn close(&self, id: u64) {
-        let Some(live) = lock(&self.inner.live).remove(&id) else {
+        let Some(live) = self.inner.live.lock().remove(&id) else {
             return;
         };
         live.metrics.closed.increment(1);
@@ -432,10 +433,6 @@ fn unix_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or_default()
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

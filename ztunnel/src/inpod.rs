@@ -11,9 +11,10 @@ use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio_util::sync::CancellationToken;
@@ -99,13 +100,15 @@ impl Pods {
             .map_err(|e| format!("listening in {}: {e}", pod.workload_name()))?;
         self.proxy.certs.want(&pod.identity);
         info!(pod = %pod.workload_name(), uid = %pod.uid, addresses = ?pod.addresses, "pod enrolled");
-        lock(&self.enrolled).insert(pod.uid.clone(), Enrolled { pod, stop });
+        self.enrolled
+            .lock()
+            .insert(pod.uid.clone(), Enrolled { pod, stop });
         Ok(())
     }
 
     /// Stops serving a pod: its listeners close, its connections drain.
     pub fn remove(&self, uid: &str) -> bool {
-        let Some(enrolled) = lock(&self.enrolled).remove(uid) else {
+        let Some(enrolled) = self.enrolled.lock().remove(uid) else {
             return false;
         };
         enrolled.stop.cancel();
@@ -116,7 +119,9 @@ impl Pods {
 
     /// After a snapshot: drop every pod the agent did not mention.
     fn retain(&self, keep: &HashSet<String>) {
-        let stale: Vec<String> = lock(&self.enrolled)
+        let stale: Vec<String> = self
+            .enrolled
+            .lock()
             .keys()
             .filter(|uid| !keep.contains(*uid))
             .cloned()
@@ -127,7 +132,9 @@ impl Pods {
     }
 
     pub fn list(&self) -> Vec<Arc<Pod>> {
-        let mut pods: Vec<_> = lock(&self.enrolled)
+        let mut pods: Vec<_> = self
+            .enrolled
+            .lock()
             .values()
             .map(|e| e.pod.clone())
             .collect();
@@ -136,7 +143,7 @@ impl Pods {
     }
 
     pub fn uids(&self) -> Vec<String> {
-        lock(&self.enrolled).keys().cloned().collect()
+        self.enrolled.lock().keys().cloned().collect()
     }
 
     /// True once a snapshot from the agent has been applied.
@@ -249,8 +256,4 @@ async fn send(fd: &AsyncFd<OwnedFd>, kind: ztunnel_message::Kind) -> std::io::Re
         handoff_wire::send(fd.as_fd(), &msg, None)
     })
     .await
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }

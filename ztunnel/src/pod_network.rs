@@ -17,7 +17,9 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use tokio::net::{TcpListener, TcpStream};
 
@@ -84,7 +86,7 @@ impl Fabric {
     /// mesh) with a listener of the caller's.
     pub async fn listen(&self, addr: SocketAddr) -> io::Result<TcpListener> {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
-        lock(&self.listeners).insert(addr, listener.local_addr()?);
+        self.listeners.lock().insert(addr, listener.local_addr()?);
         Ok(listener)
     }
 
@@ -95,7 +97,7 @@ impl Fabric {
         let listener = self.resolve(SocketAddr::new(pod, port))?;
         let socket = tokio::net::TcpSocket::new_v4()?;
         socket.bind((Ipv4Addr::LOCALHOST, 0).into())?;
-        lock(&self.captured).insert(socket.local_addr()?, dst);
+        self.captured.lock().insert(socket.local_addr()?, dst);
         socket.connect(listener).await
     }
 
@@ -106,7 +108,7 @@ impl Fabric {
     }
 
     fn resolve(&self, addr: SocketAddr) -> io::Result<SocketAddr> {
-        lock(&self.listeners).get(&addr).copied().ok_or_else(|| {
+        self.listeners.lock().get(&addr).copied().ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::ConnectionRefused,
                 format!("nothing listens on {addr}"),
@@ -132,7 +134,10 @@ impl PodNetwork for InProcessNetwork {
         }
         let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
         listener.set_nonblocking(true)?;
-        lock(&self.fabric.listeners).insert(SocketAddr::new(self.ip, port), listener.local_addr()?);
+        self.fabric
+            .listeners
+            .lock()
+            .insert(SocketAddr::new(self.ip, port), listener.local_addr()?);
         TcpListener::from_std(listener)
     }
 
@@ -141,12 +146,10 @@ impl PodNetwork for InProcessNetwork {
     }
 
     fn original_dst(&self, _stream: &TcpStream, peer: SocketAddr) -> io::Result<SocketAddr> {
-        lock(&self.fabric.captured)
+        self.fabric
+            .captured
+            .lock()
             .remove(&peer)
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "not a captured connection"))
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }

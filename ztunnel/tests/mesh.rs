@@ -13,6 +13,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use support::*;
+use weft_testkit::eventually;
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
@@ -27,12 +28,15 @@ fn addr(ip: std::net::Ipv4Addr, port: u16) -> SocketAddr {
 /// Waits until node's ztunnel shows `needle` in `/policies` (or stops
 /// showing it), i.e. a rewritten local config was reloaded.
 fn wait_for_policies(c: &Cluster, node: usize, present: &str, absent: &str) {
-    wait_until(Duration::from_secs(20), || {
-        let text = c.admin_json(node, "/policies").to_string();
-        (present.is_empty() || text.contains(present))
-            && (absent.is_empty() || !text.contains(absent))
-    })
-    .unwrap_or_else(|_| panic!("node {node} did not reload its policies"));
+    eventually(
+        &format!("node {node} to reload its policies"),
+        Duration::from_secs(20),
+        || {
+            let text = c.admin_json(node, "/policies").to_string();
+            (present.is_empty() || text.contains(present))
+                && (absent.is_empty() || !text.contains(absent))
+        },
+    );
 }
 
 #[test]
@@ -192,12 +196,11 @@ fn strict_refuses_plaintext_and_permissive_accepts_it() {
             String::new()
         }
     });
-    wait_until(Duration::from_secs(20), || {
+    eventually("STRICT to be reloaded", Duration::from_secs(20), || {
         c.admin_json(2, "/workloads")
             .to_string()
             .contains("MTLS_MODE_STRICT")
-    })
-    .expect("STRICT reloaded");
+    });
     let err = c
         .exchange(outsider, to, "plain")
         .expect_err("STRICT refuses plaintext");
@@ -267,12 +270,15 @@ services:
     // With PreferClose, the client's own node serves while it is healthy.
     let prefer = service(true);
     c.write_config(&prefer);
-    wait_until(Duration::from_secs(20), || {
-        c.admin_json(1, "/services")
-            .to_string()
-            .contains("preferSameNode")
-    })
-    .expect("reloaded");
+    eventually(
+        "preferSameNode to be reloaded",
+        Duration::from_secs(20),
+        || {
+            c.admin_json(1, "/services")
+                .to_string()
+                .contains("preferSameNode")
+        },
+    );
     let before2 = hits2.load(Ordering::SeqCst);
     for i in 0..10 {
         c.exchange(client, vip, &format!("p{i}")).expect("via VIP");
@@ -295,10 +301,9 @@ fn restarting_ztunnel_under_load_fails_no_new_connection() {
     c.start_ztunnel(1);
     c.start_ztunnel(2);
     let load = c.start_load(client, addr(c.pod(server).ip, 8080));
-    wait_until(Duration::from_secs(10), || {
+    eventually("the load to run", Duration::from_secs(10), || {
         load.ok.load(Ordering::SeqCst) > 20
-    })
-    .expect("load runs");
+    });
 
     // The client side's ztunnel, then the server side's: a new one beside
     // the old (SO_REUSEPORT), then the old one drains and exits.
@@ -306,10 +311,11 @@ fn restarting_ztunnel_under_load_fails_no_new_connection() {
         c.start_ztunnel(node);
         let before = load.ok.load(Ordering::SeqCst);
         c.stop_oldest_ztunnel(node);
-        wait_until(Duration::from_secs(10), || {
-            load.ok.load(Ordering::SeqCst) > before + 20
-        })
-        .expect("load continues after the restart");
+        eventually(
+            "the load to continue after the restart",
+            Duration::from_secs(10),
+            || load.ok.load(Ordering::SeqCst) > before + 20,
+        );
     }
     let ok = load.ok.load(Ordering::SeqCst);
     let errors = load.finish();
@@ -349,13 +355,18 @@ fn a_pod_removed_by_the_agent_loses_its_listeners() {
             ports
         })
     };
-    wait_until(Duration::from_secs(10), || {
+    eventually("pod b to be served", Duration::from_secs(10), || {
         listening(&c, b) == vec![15001, 15006, 15008]
-    })
-    .expect("pod b served");
+    });
     c.remove_from_mesh(b);
-    wait_until(Duration::from_secs(10), || listening(&c, b).is_empty())
-        .unwrap_or_else(|_| panic!("pod b still has listeners: {:?}", listening(&c, b)));
+    eventually(
+        "pod b to have no listeners",
+        Duration::from_secs(10),
+        || match listening(&c, b) {
+            l if l.is_empty() => Ok(()),
+            l => Err(format!("pod b still has listeners: {l:?}")),
+        },
+    );
     assert_eq!(
         listening(&c, a),
         vec![15001, 15006, 15008],
@@ -391,8 +402,8 @@ fn hbone_as_forwarding(
     client_ip: Option<IpAddr>,
 ) -> Result<(), String> {
     let id: weft_hbone::SpiffeId = identity.parse().unwrap();
-    let cert = std::sync::Arc::new(c.ca.issue(&id, Duration::from_secs(600)).unwrap());
-    let bundle = weft_hbone::TrustBundle::from_pems("cluster.local", &[c.ca.root_pem()]).unwrap();
+    let cert = c.ca.issue(&id);
+    let bundle = c.ca.bundle.clone();
     let expected: weft_hbone::SpiffeId = expect.parse().unwrap();
     c.in_pod(from, move || {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -557,11 +568,14 @@ fn a_pod_without_config_is_refused_and_ztunnel_not_ready_until_it_arrives() {
     let late = c.add_pod(PodSpec::meshed("shop", "late", "late", 2));
     c.echo_server(late, 8080);
     let socket = c.node(2).admin_socket.clone();
-    wait_until(Duration::from_secs(20), || {
-        admin_get(&socket, "/healthz/ready")
-            .is_some_and(|(status, body)| status == 503 && body.contains("shop/late"))
-    })
-    .expect("not ready while a pod has no config");
+    eventually(
+        "ztunnel to be not ready while a pod has no config",
+        Duration::from_secs(20),
+        || {
+            admin_get(&socket, "/healthz/ready")
+                .is_some_and(|(status, body)| status == 503 && body.contains("shop/late"))
+        },
+    );
     let to = addr(c.pod(late).ip, 8080);
     c.exchange(outsider, to, "plain")
         .expect_err("plaintext to a pod without config");
@@ -578,10 +592,11 @@ fn a_pod_without_config_is_refused_and_ztunnel_not_ready_until_it_arrives() {
     assert!(c.log(2).contains("no config for shop/late yet"));
 
     c.write_config("");
-    wait_until(Duration::from_secs(20), || {
-        admin_get(&socket, "/healthz/ready").is_some_and(|(status, _)| status == 200)
-    })
-    .expect("ready once the config knows the pod");
+    eventually(
+        "ztunnel to be ready once the config knows the pod",
+        Duration::from_secs(20),
+        || admin_get(&socket, "/healthz/ready").is_some_and(|(status, _)| status == 200),
+    );
     let (_, echo) = c.exchange(outsider, to, "plain").expect("served now");
     assert_eq!(echo, "plain");
 }

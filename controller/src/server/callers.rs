@@ -8,8 +8,9 @@
 //! [`super::authorize::limit_key`]).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
+use parking_lot::Mutex;
 use tokio::sync::Semaphore;
 
 /// Config streams one caller may have open at once, by default.
@@ -55,7 +56,7 @@ impl CallerLimits {
 
     /// A place for one more stream of `key`, unless it has all it may.
     pub(crate) fn open(self: &Arc<Self>, key: &str) -> Option<CallerStream> {
-        let mut callers = self.lock();
+        let mut callers = self.callers.lock();
         let entry = callers.entry(key.to_string()).or_insert_with(|| Entry {
             streams: 0,
             snapshots: Arc::new(Semaphore::new(self.max_snapshots)),
@@ -70,11 +71,6 @@ impl CallerLimits {
             snapshots: entry.snapshots.clone(),
         })
     }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
-        // Every update is a counter change: a panic cannot leave it torn.
-        self.callers.lock().unwrap_or_else(|e| e.into_inner())
-    }
 }
 
 impl CallerStream {
@@ -86,7 +82,7 @@ impl CallerStream {
 
 impl Drop for CallerStream {
     fn drop(&mut self) {
-        let mut callers = self.limits.lock();
+        let mut callers = self.limits.callers.lock();
         if let Some(entry) = callers.get_mut(&self.key) {
             entry.streams = entry.streams.saturating_sub(1);
             if entry.streams == 0 {
@@ -114,7 +110,7 @@ mod tests {
         let _a3 = limits.open("a").expect("a place was freed");
         drop((a2, b));
         assert_eq!(
-            limits.lock().len(),
+            limits.callers.lock().len(),
             1,
             "callers without streams are forgotten"
         );

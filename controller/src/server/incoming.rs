@@ -15,11 +15,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures::Stream;
+use parking_lot::Mutex;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -287,7 +288,7 @@ impl Refusals {
         metrics::counter!("weft_controller_connections_refused_total", "reason" => reason.label())
             .increment(1);
         let now = Instant::now();
-        let mut logged = self.logged.lock().unwrap_or_else(|p| p.into_inner());
+        let mut logged = self.logged.lock();
         let due = logged
             .get(&reason)
             .is_none_or(|last| now.duration_since(*last) >= REFUSAL_LOG_INTERVAL);
@@ -333,7 +334,7 @@ struct SourcePermit {
 impl PendingPerSource {
     fn try_acquire(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<SourcePermit> {
         let source = source_of(ip);
-        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let mut counts = self.counts.lock();
         let n = counts.entry(source).or_insert(0);
         if *n >= max {
             return None;
@@ -348,11 +349,7 @@ impl PendingPerSource {
 
 impl Drop for SourcePermit {
     fn drop(&mut self) {
-        let mut counts = self
-            .sources
-            .counts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut counts = self.sources.counts.lock();
         if let Some(n) = counts.get_mut(&self.source) {
             *n = n.saturating_sub(1);
             if *n == 0 {
@@ -402,7 +399,7 @@ impl PendingHandshakes {
     /// A place for `peer`'s handshake; when the table was full, also the
     /// peer of the oldest handshake, which was closed for it.
     fn admit(self: &Arc<Self>, peer: SocketAddr) -> (HandshakeSlot, Option<SocketAddr>) {
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut inner = self.inner.lock();
         let evicted = if inner.live.len() >= self.max {
             inner.live.pop_first().map(|(_, (peer, closed))| {
                 closed.cancel();
@@ -427,7 +424,7 @@ impl PendingHandshakes {
 
 impl Drop for HandshakeSlot {
     fn drop(&mut self) {
-        let mut inner = self.pending.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut inner = self.pending.inner.lock();
         inner.live.remove(&self.id);
         metrics::gauge!("weft_controller_handshakes_pending").set(inner.live.len() as f64);
     }
@@ -564,7 +561,7 @@ mod tests {
         let (_fourth, none) = pending.admit(peer(4));
         assert!(none.is_none());
         drop(first);
-        assert_eq!(pending.inner.lock().expect("lock").live.len(), 2);
+        assert_eq!(pending.inner.lock().live.len(), 2);
     }
 
     #[test]

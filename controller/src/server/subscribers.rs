@@ -1,9 +1,9 @@
 //! The connected subscribers, for the debug API and metrics.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 use std::time::SystemTime;
 
+use parking_lot::Mutex;
 use serde::Serialize;
 
 /// What the controller knows about one subscriber.
@@ -43,42 +43,36 @@ pub struct Subscribers {
 
 impl Subscribers {
     pub(crate) fn insert(&self, info: SubscriberInfo) {
-        let mut map = self.lock();
+        let mut map = self.inner.lock();
         map.insert(info.stream, info);
         metrics::gauge!("weft_config_subscribers").set(map.len() as f64);
     }
 
     pub(crate) fn update(&self, stream: u64, f: impl FnOnce(&mut SubscriberInfo)) {
-        if let Some(info) = self.lock().get_mut(&stream) {
+        if let Some(info) = self.inner.lock().get_mut(&stream) {
             f(info);
         }
     }
 
     pub(crate) fn remove(&self, stream: u64) {
-        let mut map = self.lock();
+        let mut map = self.inner.lock();
         map.remove(&stream);
         metrics::gauge!("weft_config_subscribers").set(map.len() as f64);
     }
 
     /// A copy of every subscriber's info.
     pub fn list(&self) -> Vec<SubscriberInfo> {
-        self.lock().values().cloned().collect()
+        self.inner.lock().values().cloned().collect()
     }
 
     /// The number of connected subscribers.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.inner.lock().len()
     }
 
     /// True when nobody is connected.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, SubscriberInfo>> {
-        // A panic while holding this lock cannot leave the map inconsistent
-        // (every update is a single insert/remove/field write).
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 

@@ -23,6 +23,7 @@ use weft_controller::pipeline::{self, Debounce};
 use weft_controller::server::subscribers::Subscribers;
 use weft_controller::server::{self, ConfigServer, ConnectionLimits, ServerTls};
 use weft_identity::CertificateAuthority;
+use weft_testkit::TestCa;
 
 /// What the fake API server serves for a controller: every kind the
 /// registry watches except HTTPRoutes and GRPCRoutes (so a missing API is
@@ -149,10 +150,7 @@ impl Harness {
         auth: Arc<dyn Authenticator>,
         limits: Limits,
     ) -> Harness {
-        let ca = Arc::new(
-            CertificateAuthority::generate("cluster.local", Duration::from_secs(3600))
-                .expect("root"),
-        );
+        let ca = Arc::new(TestCa::new().ca);
         let (states, states_rx) = watch::channel(Arc::new(initial));
         let config = ModelConfig {
             roots_pem: vec![ca.root_pem().to_string()],

@@ -10,7 +10,9 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 /// Why a handshake was not admitted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -48,7 +50,7 @@ impl HandshakeGate {
     /// Admits one handshake from `source`, or says why not. The permit
     /// counts until it is dropped.
     pub fn enter(self: &Arc<Self>, source: IpAddr) -> Result<HandshakePermit, GateRefusal> {
-        let mut state = self.lock();
+        let mut state = self.state.lock();
         if state.total >= self.global_limit {
             return Err(GateRefusal::Global(self.global_limit));
         }
@@ -66,12 +68,7 @@ impl HandshakeGate {
 
     /// Handshakes in progress now.
     pub fn in_progress(&self) -> usize {
-        self.lock().total
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
-        // Every update is a pair of counter changes made together.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.lock().total
     }
 }
 
@@ -84,7 +81,7 @@ pub struct HandshakePermit {
 
 impl Drop for HandshakePermit {
     fn drop(&mut self) {
-        let mut state = self.gate.lock();
+        let mut state = self.gate.state.lock();
         state.total = state.total.saturating_sub(1);
         if let Some(n) = state.by_source.get_mut(&self.source) {
             *n -= 1;
@@ -118,6 +115,6 @@ mod tests {
         let _again = gate.enter(a).expect("freed on drop");
         drop(from_b);
         assert_eq!(gate.in_progress(), 1);
-        assert_eq!(gate.lock().by_source.len(), 1, "no entry left for b");
+        assert_eq!(gate.state.lock().by_source.len(), 1, "no entry left for b");
     }
 }

@@ -11,12 +11,13 @@ use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
+use parking_lot::{Mutex, RwLock};
 use tokio::io::BufReader;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
@@ -132,15 +133,9 @@ pub(crate) struct StreamGuard {
 impl Drop for StreamGuard {
     fn drop(&mut self) {
         if self.conn.active.fetch_sub(1, Ordering::AcqRel) == 1 {
-            *lock(&self.conn.idle_since) = Instant::now();
+            *self.conn.idle_since.lock() = Instant::now();
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Pool state stays consistent across a panic in another task (every
-    // critical section is a single push/retain), so poisoning is ignored.
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl TunnelPool {
@@ -158,7 +153,7 @@ impl TunnelPool {
 
     /// Replaces the trust bundle used for new connections (root rotation).
     pub fn set_trust_bundle(&self, bundle: TrustBundle) {
-        *self.inner.bundle.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(bundle);
+        *self.inner.bundle.write() = Arc::new(bundle);
     }
 
     /// Opens a tunnel from `source` to `target`, reusing a pooled connection
@@ -234,17 +229,17 @@ impl TunnelPool {
         }
         let conn = self.open(source, key, dialer).await?;
         conn.active.fetch_add(1, Ordering::AcqRel);
-        lock(&entry.conns).push(conn.clone());
+        entry.conns.lock().push(conn.clone());
         self.spawn_idle_reaper(key.clone(), entry.clone(), conn.clone());
         Ok(StreamGuard { conn })
     }
 
     /// Connections currently pooled.
     pub fn connections(&self) -> Vec<PooledConnectionInfo> {
-        let entries = lock(&self.inner.entries);
+        let entries = self.inner.entries.lock();
         let mut out = Vec::new();
         for (key, entry) in entries.iter() {
-            for conn in lock(&entry.conns).iter() {
+            for conn in entry.conns.lock().iter() {
                 out.push(PooledConnectionInfo {
                     id: conn.id,
                     source: key.source.clone(),
@@ -265,7 +260,9 @@ impl TunnelPool {
     }
 
     fn entry(&self, key: &PoolKey) -> Arc<Entry> {
-        lock(&self.inner.entries)
+        self.inner
+            .entries
+            .lock()
             .entry(key.clone())
             .or_default()
             .clone()
@@ -273,7 +270,7 @@ impl TunnelPool {
 
     fn checkout(&self, entry: &Entry) -> Option<StreamGuard> {
         let cap = self.inner.settings.max_streams_per_connection;
-        let mut conns = lock(&entry.conns);
+        let mut conns = entry.conns.lock();
         conns.retain(|c| !c.closed.load(Ordering::Acquire));
         // Fill the oldest connection first, so that a connection past its
         // peak empties out and can idle away.
@@ -292,12 +289,7 @@ impl TunnelPool {
         dialer: &dyn Dialer,
     ) -> Result<Arc<PooledConnection>, HboneError> {
         let settings = &self.inner.settings;
-        let bundle = self
-            .inner
-            .bundle
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let bundle = self.inner.bundle.read().clone();
         let config = tls::client_config(source, &bundle, &key.expected)?;
         let addr = key.hbone_addr;
         let (send, connection) = timeout(settings.connect_timeout, async {
@@ -367,8 +359,8 @@ impl TunnelPool {
                     break;
                 }
                 // Under the entry lock, so no checkout races the decision.
-                let mut conns = lock(&entry.conns);
-                let idle_for = lock(&conn.idle_since).elapsed();
+                let mut conns = entry.conns.lock();
+                let idle_for = conn.idle_since.lock().elapsed();
                 if conn.active.load(Ordering::Acquire) == 0 && idle_for >= idle {
                     conns.retain(|c| c.id != conn.id);
                     conn.closed.store(true, Ordering::Release);
@@ -376,11 +368,11 @@ impl TunnelPool {
                 }
                 wait = idle.saturating_sub(idle_for).max(idle / 4);
             }
-            let empty = lock(&entry.conns).is_empty();
+            let empty = entry.conns.lock().is_empty();
             if let (true, Some(pool)) = (empty, pool.upgrade()) {
-                let mut entries = lock(&pool.entries);
+                let mut entries = pool.entries.lock();
                 // Only drop the entry if nobody is setting up a connection in it.
-                if entry.establishing.try_lock().is_ok() && lock(&entry.conns).is_empty() {
+                if entry.establishing.try_lock().is_ok() && entry.conns.lock().is_empty() {
                     entries.remove(&key);
                 }
             }

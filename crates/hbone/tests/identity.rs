@@ -1,16 +1,15 @@
 //! Peer verification: each kind of certificate the design refuses is
 //! presented for real, by a server to the pool and by a client to the server.
 
-mod support;
-
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use rustls::pki_types::UnixTime;
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use weft_hbone::{DirectDialer, HboneError, PoolSettings, TrustBundle, TunnelPool, tls};
+use weft_testkit::ca::*;
+use weft_testkit::hbone::*;
 
 /// A certificate the verifiers must refuse, and the words the refusal uses.
 struct BadCert {
@@ -216,7 +215,7 @@ async fn server_takes_identity_from_the_certificate_not_headers() {
 async fn a_bundle_with_two_roots_accepts_both_during_rotation() {
     let old = TestCa::new();
     let new = TestCa::new();
-    let mut both = TrustBundle::new(TD);
+    let mut both = TrustBundle::new(TRUST_DOMAIN);
     both.add_pem(old.ca.root_pem()).unwrap();
     both.add_pem(new.ca.root_pem()).unwrap();
     let server_id = id("b", "server");

@@ -1,8 +1,6 @@
 //! HBONE client and server on loopback: integrity, pooling, stream caps,
 //! idle expiry, half-close, refusals and malformed requests.
 
-mod support;
-
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -10,12 +8,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use sha2::{Digest, Sha256};
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use weft_hbone::{
     ByteCounters, DirectDialer, HboneError, PoolSettings, TunnelPool, copy_bidirectional,
 };
+use weft_testkit::ca::*;
+use weft_testkit::eventually_async;
+use weft_testkit::hbone::*;
 
 fn pool(ca: &TestCa) -> TunnelPool {
     TunnelPool::new(PoolSettings::default(), ca.bundle.clone())
@@ -215,16 +215,12 @@ async fn idle_connections_expire() {
     }
     assert_eq!(pool.connections().len(), 1);
     // Wait (by polling state, not by asserting a duration) for the reaper.
-    for _ in 0..100 {
-        if pool.connections().is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(
-        pool.connections().is_empty(),
-        "idle connection was not closed"
-    );
+    eventually_async(
+        "the idle connection to be closed",
+        Duration::from_secs(5),
+        async || pool.connections().is_empty(),
+    )
+    .await;
     let _t = pool.connect(&cert, &t, &DirectDialer).await.unwrap();
     assert_eq!(
         server.accepted.load(Ordering::SeqCst),
@@ -522,13 +518,12 @@ async fn silent_handshakes_are_bounded_per_source_and_in_time() {
     for _ in 0..4 {
         silent.push(silent_connection("127.0.0.2", server.addr).await);
     }
-    for _ in 0..100 {
-        if gate.in_progress() == 4 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(gate.in_progress(), 4, "the silent connections are counted");
+    eventually_async(
+        "the silent connections to be counted",
+        Duration::from_secs(1),
+        async || gate.in_progress() == 4,
+    )
+    .await;
     let mut fifth = silent_connection("127.0.0.2", server.addr).await;
     assert!(
         closed_within(&mut fifth, Duration::from_millis(300)).await,

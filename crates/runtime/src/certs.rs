@@ -7,11 +7,12 @@
 //! certificate waits for it, up to a bound, rather than failing at once.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::backoff::Backoff;
 use futures::future::BoxFuture;
+use parking_lot::Mutex;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -146,7 +147,7 @@ impl CertManager {
 
     /// A pod with `identity` arrived: make sure its certificate is fetched.
     pub fn want(&self, identity: &SpiffeId) {
-        let mut entries = lock(&self.entries);
+        let mut entries = self.entries.lock();
         let entry = entries.entry(identity.clone()).or_insert_with(|| {
             let entry = Entry {
                 refs: 0,
@@ -162,7 +163,7 @@ impl CertManager {
 
     /// A pod with `identity` left; the last one stops renewal.
     pub fn release(&self, identity: &SpiffeId) {
-        let mut entries = lock(&self.entries);
+        let mut entries = self.entries.lock();
         if let Some(entry) = entries.get_mut(identity) {
             entry.refs = entry.refs.saturating_sub(1);
             if entry.refs == 0 {
@@ -187,7 +188,7 @@ impl CertManager {
             return Ok(cert);
         }
         let (mut rx, last_error) = {
-            let entries = lock(&self.entries);
+            let entries = self.entries.lock();
             let Some(entry) = entries.get(identity) else {
                 return Err(CertWaitError::NotLocal(identity.to_string()));
             };
@@ -206,7 +207,8 @@ impl CertManager {
         CertWaitError::Timeout {
             identity: identity.to_string(),
             waited: self.wait_limit,
-            reason: lock(last_error)
+            reason: last_error
+                .lock()
                 .clone()
                 .unwrap_or_else(|| "the CA has not answered yet".into()),
         }
@@ -214,13 +216,13 @@ impl CertManager {
 
     /// Every wanted identity and what we hold for it.
     pub fn status(&self) -> Vec<CertStatus> {
-        let entries = lock(&self.entries);
+        let entries = self.entries.lock();
         let mut out: Vec<CertStatus> = entries
             .iter()
             .map(|(id, e)| CertStatus {
                 identity: id.clone(),
                 cert: self.store.get(id),
-                last_error: lock(&e.last_error).clone(),
+                last_error: e.last_error.lock().clone(),
             })
             .collect();
         out.sort_by(|a, b| a.identity.cmp(&b.identity));
@@ -245,14 +247,14 @@ impl CertManager {
                             .unwrap_or(Duration::ZERO);
                         let cert = store.insert(cert);
                         tx.send_replace(Some(cert));
-                        *lock(&last_error) = None;
+                        *last_error.lock() = None;
                         backoff.reset();
                         renew_in.max(MIN_BACKOFF)
                     }
                     Err(e) => {
                         let wait = backoff.next_delay();
                         warn!(%identity, error = %e, retry_in = ?wait, "certificate request failed");
-                        *lock(&last_error) = Some(e);
+                        *last_error.lock() = Some(e);
                         wait
                     }
                 };
@@ -280,10 +282,6 @@ async fn fetch(ca: &dyn CaClient, identity: &SpiffeId) -> Result<WorkloadCertifi
         ));
     }
     Ok(cert)
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

@@ -6,10 +6,11 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
 use weft_api::config::{HealthStatus, Service, ServicePort, Workload};
 
 use crate::store::WorkloadStore;
@@ -32,7 +33,7 @@ struct EndpointStats {
 
 impl EndpointStats {
     fn ejected(&self, now: Instant) -> bool {
-        lock(&self.ejected_until).is_some_and(|until| now < until)
+        self.ejected_until.lock().is_some_and(|until| now < until)
     }
 
     fn latency(&self) -> u64 {
@@ -95,7 +96,7 @@ impl EndpointLoad {
         let ejection = BASE_EJECTION
             .saturating_mul(1 << failures.min(5))
             .min(MAX_EJECTION);
-        *lock(&self.stats.ejected_until) = Some(Instant::now() + ejection);
+        *self.stats.ejected_until.lock() = Some(Instant::now() + ejection);
     }
 }
 
@@ -121,7 +122,7 @@ impl LoadBalancer {
         }
         let now = Instant::now();
         let stats: Vec<Arc<EndpointStats>> = {
-            let mut map = lock(&self.stats);
+            let mut map = self.stats.lock();
             candidates
                 .iter()
                 .map(|c| map.entry(c.addr).or_default().clone())
@@ -167,10 +168,6 @@ impl LoadBalancer {
             },
         ))
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The healthy endpoints of `service` for its `port`, each resolved to the

@@ -2,8 +2,9 @@
 //! HBONE server's TLS and the client pool, replaced when the controller
 //! rotates roots.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
+use parking_lot::RwLock;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use weft_hbone::{TrustBundle, TunnelPool};
@@ -24,12 +25,12 @@ impl TrustState {
     }
 
     pub fn get(&self) -> (u64, Arc<TrustBundle>) {
-        self.inner.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.inner.read().clone()
     }
 
     /// Returns true if the bundle changed.
     pub fn set(&self, bundle: TrustBundle) -> bool {
-        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        let mut inner = self.inner.write();
         if inner.1.roots() == bundle.roots() {
             return false;
         }

@@ -21,6 +21,7 @@ use weft_api::config::{
 };
 use weft_runtime::config_client::{ConfigClient, TokenSource, channel};
 use weft_runtime::store::WorkloadStore;
+use weft_testkit::TestCa;
 
 fn workload(uid: &str, ip: &str, sa: &str) -> Resource {
     Resource {
@@ -114,9 +115,9 @@ impl ConfigDiscovery for Scripted {
 
 #[tokio::test]
 async fn acks_nacks_keeps_the_last_good_config_and_resnapshots_after_reconnect() {
-    let ca = weft_hbone::CertificateAuthority::generate("cluster.local", Duration::from_secs(3600))
-        .unwrap();
+    let ca = TestCa::new();
     let (chain, key) = ca
+        .ca
         .issue_serving(
             &["localhost".into()],
             &["127.0.0.1".parse().unwrap()],

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use weft_node_agent::netns::NetNs;
+use weft_testkit::eventually;
 
 /// Where Debian's containernetworking-plugins live.
 pub const DEBIAN_CNI_DIR: &str = "/usr/lib/cni";
@@ -375,18 +376,6 @@ pub fn original_dst(s: &TcpStream) -> SocketAddrV4 {
     )
 }
 
-/// Polls `f` until it returns true, at most `limit`.
-pub fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    f()
-}
-
 /// The labels map of a test object.
 pub fn labels(pairs: &[(&str, &str)]) -> Option<BTreeMap<String, String>> {
     Some(
@@ -465,12 +454,14 @@ impl FakeZtunnel {
 
     /// Waits (bounded) until the log has `n` entries.
     pub fn wait_for(&self, n: usize) -> Vec<String> {
-        assert!(
-            eventually(Duration::from_secs(10), || self.entries().len() >= n),
-            "fake ztunnel got only {:?}",
-            self.entries()
-        );
-        self.entries()
+        eventually(
+            &format!("the fake ztunnel to get {n} entries"),
+            Duration::from_secs(10),
+            || match self.entries() {
+                entries if entries.len() >= n => Ok(entries),
+                entries => Err(format!("fake ztunnel got only {entries:?}")),
+            },
+        )
     }
 }
 

@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
@@ -23,6 +23,7 @@ use http_body_util::{Either, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use parking_lot::Mutex;
 use tracing::debug;
 
 use super::{ConnectError, Connector, Transport, UpstreamIo};
@@ -130,11 +131,6 @@ pub struct HttpPool {
     inner: Arc<Inner>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Each critical section is a single push, pop or insert.
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 impl HttpPool {
     pub fn new(connector: Connector, settings: HttpPoolSettings) -> HttpPool {
         HttpPool {
@@ -217,7 +213,10 @@ impl HttpPool {
         key: &PoolKey,
         request: Request<RequestBody>,
     ) -> Result<Response<PooledBody>, Failed> {
-        let existing = lock(&self.inner.http2)
+        let existing = self
+            .inner
+            .http2
+            .lock()
             .get(key)
             .filter(|s| !s.is_closed())
             .cloned();
@@ -246,7 +245,7 @@ impl HttpPool {
                 });
                 // Two requests racing to a new endpoint may both connect; the
                 // later one is kept, the other serves its request and idles out.
-                lock(&self.inner.http2).insert(key.clone(), sender.clone());
+                self.inner.http2.lock().insert(key.clone(), sender.clone());
                 sender
             }
         };
@@ -270,7 +269,7 @@ impl HttpPool {
     async fn checkout(&self, key: &PoolKey) -> Option<Http1Conn> {
         loop {
             let idle = {
-                let mut pool = lock(&self.inner.http1);
+                let mut pool = self.inner.http1.lock();
                 let list = pool.get_mut(key)?;
                 let idle = list.pop();
                 if list.is_empty() {
@@ -320,20 +319,23 @@ impl HttpPool {
     /// HTTP/2 connections; run periodically.
     pub fn sweep(&self) {
         let timeout = self.inner.settings.idle_timeout;
-        lock(&self.inner.http1).retain(|_, list| {
+        self.inner.http1.lock().retain(|_, list| {
             list.retain(|i| i.since.elapsed() <= timeout);
             !list.is_empty()
         });
-        lock(&self.inner.http2).retain(|_, s| !s.is_closed());
+        self.inner.http2.lock().retain(|_, s| !s.is_closed());
     }
 
     /// Idle HTTP/1.1 connections and live HTTP/2 connections, per endpoint.
     pub fn stats(&self) -> Vec<(PoolKey, usize)> {
-        let mut out: Vec<(PoolKey, usize)> = lock(&self.inner.http1)
+        let mut out: Vec<(PoolKey, usize)> = self
+            .inner
+            .http1
+            .lock()
             .iter()
             .map(|(k, v)| (k.clone(), v.len()))
             .collect();
-        out.extend(lock(&self.inner.http2).keys().map(|k| (k.clone(), 1)));
+        out.extend(self.inner.http2.lock().keys().map(|k| (k.clone(), 1)));
         out
     }
 }
@@ -352,7 +354,7 @@ impl Checkin {
         if self.conn.sender.is_closed() {
             return;
         }
-        let mut idle = lock(&pool.http1);
+        let mut idle = pool.http1.lock();
         let list = idle.entry(self.key).or_default();
         if list.len() < pool.settings.max_idle_per_endpoint {
             list.push(Idle {

@@ -20,7 +20,6 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use weft_api::config::{
@@ -28,22 +27,20 @@ use weft_api::config::{
     Service, ServicePort, TunnelProtocol, WaypointRef, Workload, resource,
 };
 use weft_hbone::{
-    CertificateAuthority, DirectDialer, H2Stream, HboneServer, InboundTunnel, PoolSettings,
-    ServerSettings, SpiffeId, TrustBundle, TunnelHandler, TunnelPool, TunnelTarget,
-    WorkloadCertificate, tls,
+    DirectDialer, H2Stream, HboneServer, InboundTunnel, PoolSettings, ServerSettings, SpiffeId,
+    TunnelHandler, TunnelPool, TunnelTarget, WorkloadCertificate, tls,
 };
 use weft_runtime::certs::LocalCa;
 use weft_runtime::store::{ConfigUpdate, WorkloadStore};
+use weft_testkit::TestCa;
+use weft_testkit::hbone::echo_stream;
 use weft_waypoint::{Waypoint, WaypointName, WaypointSettings};
 
-pub const TD: &str = "cluster.local";
+pub use weft_testkit::ca::{TRUST_DOMAIN as TD, id};
+
 pub const NS: &str = "shop";
 pub const APP_PORT: u16 = 8080;
 pub const SVC_PORT: u16 = 80;
-
-pub fn id(ns: &str, sa: &str) -> SpiffeId {
-    SpiffeId::new(TD, ns, sa).expect("identity")
-}
 
 /// A fresh 127.x.y.0/24 per mesh (per test), different across concurrent
 /// test processes too.
@@ -158,21 +155,6 @@ impl TunnelHandler for PodHandler {
     }
 }
 
-async fn echo_stream<IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut io: IO) {
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        match io.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                if io.write_all(&buf[..n]).await.is_err() {
-                    return;
-                }
-            }
-        }
-    }
-    let _ = io.shutdown().await;
-}
-
 #[derive(Clone)]
 pub struct Pod {
     pub name: String,
@@ -189,8 +171,7 @@ impl Pod {
 }
 
 pub struct Mesh {
-    pub ca: CertificateAuthority,
-    pub bundle: TrustBundle,
+    pub ca: TestCa,
     net: [u8; 3],
     pub hbone_port: u16,
     // Holds the pods' HBONE port on an address of the mesh.
@@ -222,8 +203,7 @@ impl Mesh {
 
     /// A mesh whose waypoint settings `tune` may change.
     pub async fn with(tune: impl FnOnce(&mut WaypointSettings)) -> Mesh {
-        let ca = CertificateAuthority::generate(TD, Duration::from_secs(3600)).expect("ca");
-        let bundle = TrustBundle::from_pems(TD, &[ca.root_pem()]).expect("bundle");
+        let ca = TestCa::new();
         let net = next_net();
         let reserve_ip = Ipv4Addr::new(net[0], net[1], net[2], 254);
         let reserve = std::net::TcpListener::bind((reserve_ip, 0)).expect("reserve a port");
@@ -237,14 +217,11 @@ impl Mesh {
         settings.proxy.upstream_hbone_port = hbone_port;
         settings.proxy.sniff_timeout = Duration::from_millis(300);
         tune(&mut settings);
-        let local_ca =
-            CertificateAuthority::from_pem(ca.root_pem(), ca.key_pem(), ca.trust_domain())
-                .expect("ca copy");
         let waypoint = Waypoint::new(
             settings,
             store.clone(),
-            Arc::new(LocalCa::new(local_ca, Duration::from_secs(3600))),
-            bundle.clone(),
+            Arc::new(LocalCa::new(ca.copy(), Duration::from_secs(3600))),
+            ca.bundle.clone(),
         );
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
@@ -258,7 +235,6 @@ impl Mesh {
         }
         Mesh {
             ca,
-            bundle,
             net,
             hbone_port,
             _reserve: reserve,
@@ -314,11 +290,8 @@ impl Mesh {
             ..Default::default()
         });
         if hbone {
-            let cert = self
-                .ca
-                .issue(&id(namespace, service_account), Duration::from_secs(3600))
-                .expect("pod cert");
-            let config = tls::server_config(&cert, &self.bundle).expect("server config");
+            let cert = self.ca.issue(&id(namespace, service_account));
+            let config = tls::server_config(&cert, &self.ca.bundle).expect("server config");
             let server = HboneServer::new(
                 config,
                 PodHandler {
@@ -457,15 +430,11 @@ impl Mesh {
     pub fn client(&mut self, namespace: &str, service_account: &str) -> Client {
         let ip = self.ip(self.next_host);
         self.next_host += 1;
-        let cert = Arc::new(
-            self.ca
-                .issue(&id(namespace, service_account), Duration::from_secs(3600))
-                .expect("client cert"),
-        );
+        let cert = self.ca.issue(&id(namespace, service_account));
         Client {
             cert,
             ip,
-            pool: TunnelPool::new(PoolSettings::default(), self.bundle.clone()),
+            pool: TunnelPool::new(PoolSettings::default(), self.ca.bundle.clone()),
             waypoint: self.waypoint_addr,
             waypoint_identity: id(NS, "waypoint"),
         }

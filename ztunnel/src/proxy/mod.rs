@@ -17,9 +17,10 @@ pub mod plaintext;
 pub mod route;
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -167,7 +168,7 @@ impl ServerTls for PodTls {
             .await
             .map_err(|e| HboneError::NoCertificate(e.to_string()))?;
         let (trust_version, bundle) = self.proxy.trust.get();
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cache = self.cache.lock();
         if let Some((serial, version, config)) = cache.as_ref()
             && serial == cert.serial()
             && *version == trust_version

@@ -17,13 +17,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use weft_api::nodeagent::PodIdentity;
-use weft_hbone::CertificateAuthority;
 use weft_node_agent::handoff::{HandoffHub, HandoffPod, HandoffServer};
 use weft_node_agent::netns::NetNs;
 use weft_node_agent::redirect::{Backend, Redirector};
+use weft_testkit::{TestCa, eventually};
 
 pub fn require_root() {
     assert!(
@@ -120,7 +120,7 @@ pub struct Cluster {
     pub dir: PathBuf,
     pub nodes: Vec<Node>,
     pub pods: Vec<Pod>,
-    pub ca: CertificateAuthority,
+    pub ca: TestCa,
     underlay: String,
     runtime: tokio::runtime::Runtime,
     config: String,
@@ -139,8 +139,7 @@ impl Cluster {
             .enable_all()
             .build()
             .expect("runtime");
-        let ca =
-            CertificateAuthority::generate("cluster.local", Duration::from_secs(3600)).expect("CA");
+        let ca = TestCa::new();
         let ca_dir = dir.join("ca");
         std::fs::create_dir_all(&ca_dir).expect("ca dir");
         std::fs::write(ca_dir.join("root-cert.pem"), ca.root_pem()).expect("root");
@@ -404,10 +403,14 @@ impl Cluster {
             .expect("spawning ztunnel");
         n.ztunnels.push(child);
         let socket = n.admin_socket.clone();
-        wait_until(Duration::from_secs(30), || {
-            admin_get(&socket, "/healthz/ready").is_some_and(|(status, _)| status == 200)
-        })
-        .unwrap_or_else(|_| panic!("ztunnel on node {node} not ready; log:\n{}", self.log(node)));
+        eventually(
+            &format!("ztunnel on node {node} to be ready"),
+            Duration::from_secs(30),
+            || match admin_get(&socket, "/healthz/ready") {
+                Some((200, _)) => Ok(()),
+                _ => Err(format!("log:\n{}", self.log(node))),
+            },
+        );
     }
 
     /// Sends SIGTERM to the oldest ztunnel of `node` and waits for it to exit.
@@ -558,18 +561,6 @@ pub fn admin_get(socket: &Path, path: &str) -> Option<(u16, String)> {
     let status = response.split_whitespace().nth(1)?.parse().ok()?;
     let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
     Some((status, body))
-}
-
-/// Polls `cond` until it holds or `limit` passes (a bound, not a measure).
-pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> Result<(), ()> {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if cond() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    if cond() { Ok(()) } else { Err(()) }
 }
 
 /// A steady stream of new connections from a pod, counting failures.
