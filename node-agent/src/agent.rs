@@ -154,6 +154,9 @@ pub enum EnrollError {
     /// Its netns could not be opened.
     #[error(transparent)]
     Netns(#[from] netns::NetnsError),
+    /// The path names the agent's own network namespace, not a pod's.
+    #[error("{0} is the node agent's own network namespace, not a pod's")]
+    OwnNetns(String),
     /// The rules could not be installed.
     #[error(transparent)]
     Redirect(#[from] RedirectError),
@@ -423,6 +426,11 @@ impl NodeAgent {
             .find_netns(&view)
             .ok_or_else(|| EnrollError::NoNetns(format!("{}/{}", view.namespace, view.name)))?;
         let ns = NetNs::open(&path)?;
+        // A request naming the agent's own namespace (the host's, for a
+        // hostNetwork agent) would put redirect rules on the node itself.
+        if NetNs::current().is_ok_and(|own| own.inode() == ns.inode()) {
+            return Err(EnrollError::OwnNetns(path.display().to_string()));
+        }
         let ns_for_rules = ns
             .try_clone()
             .map_err(|e| EnrollError::Task(e.to_string()))?;
@@ -628,14 +636,41 @@ pub async fn serve_requests(agent: Arc<NodeAgent>, path: &Path) -> std::io::Resu
         _ => {}
     }
     let listener = tokio::net::UnixListener::bind(path)?;
+    crate::peers::restrict(path)?;
     loop {
         let (stream, _) = listener.accept().await?;
+        if let Err(refused) = crate::peers::check(&stream)? {
+            tracing::warn!(error = %refused, "plugin request refused");
+            tokio::spawn(refuse(stream, refused));
+            continue;
+        }
         let agent = agent.clone();
         tokio::spawn(async move {
             if let Err(e) = answer(agent, stream).await {
                 tracing::warn!(error = %e, "plugin request failed");
             }
         });
+    }
+}
+
+/// Tells a refused caller why. Its request is read and discarded first
+/// (bounded): closing with unread bytes would reset the connection and the
+/// caller would see a reset instead of the reason.
+async fn refuse(mut stream: tokio::net::UnixStream, refused: crate::peers::PeerRefused) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut discard = Vec::new();
+    let mut limited = (&mut stream).take(weft_cni::enrollment::MAX_FRAME);
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(1),
+        limited.read_to_end(&mut discard),
+    )
+    .await;
+    let response = AgentResponse::Error {
+        message: refused.to_string(),
+    };
+    if let Ok(reply) = serde_json::to_vec(&response) {
+        let _ =
+            tokio::time::timeout(std::time::Duration::from_secs(1), stream.write_all(&reply)).await;
     }
 }
 

@@ -186,6 +186,7 @@ impl HandoffServer {
             std::fs::create_dir_all(dir)?;
         }
         let fd = handoff_wire::listen(path)?;
+        crate::peers::restrict(path)?;
         handoff_wire::set_nonblocking(&fd)?;
         Ok(HandoffServer {
             hub,
@@ -201,6 +202,10 @@ impl HandoffServer {
                 .listener
                 .async_io(Interest::READABLE, |fd| handoff_wire::accept(fd.as_fd()))
                 .await?;
+            if let Err(refused) = crate::peers::check(&conn)? {
+                tracing::warn!(error = %refused, "handoff connection refused");
+                continue;
+            }
             let hub = self.hub.clone();
             let ack_timeout = self.ack_timeout;
             tokio::spawn(async move {

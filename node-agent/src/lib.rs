@@ -8,10 +8,12 @@
 //! - [`agent`]: the node's enrolled pods, converged from the registry and the
 //!   plugin's requests (the protocol is `weft_cni::enrollment`'s).
 //! - [`coverage`]: is every pod that should be in the mesh covered?
+//! - [`peers`]: who may use the agent's sockets.
 
 pub mod agent;
 pub mod coverage;
 pub mod handoff;
 pub mod install;
 pub mod netns;
+pub mod peers;
 pub mod redirect;
