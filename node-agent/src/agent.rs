@@ -53,6 +53,12 @@ pub struct AgentConfig {
     pub enrollment_cache: Option<PathBuf>,
     /// The rules to install.
     pub redirector: Redirector,
+    /// How long a CNI ADD for a pod that will be enrolled waits for the
+    /// registry to list it: its service account is its identity, and a pod
+    /// is never handed to ztunnel under a guessed one. The pod object exists
+    /// before its sandbox, so this only covers a lagging watch; it must end
+    /// within the plugin's own timeout.
+    pub identity_wait: std::time::Duration,
 }
 
 /// What the agent knows about one pod on its node.
@@ -117,6 +123,13 @@ impl AgentState {
             )
     }
 
+    /// The registry lists the pod (not only a CNI ADD).
+    fn registry_knows(&self, pod: &PodRef) -> bool {
+        self.key_of(pod)
+            .and_then(|k| self.pods.get(&k))
+            .is_some_and(|v| v.in_registry)
+    }
+
     fn key_of(&self, pod: &PodRef) -> Option<String> {
         if let Some(uid) = pod.uid.as_ref().filter(|u| self.pods.contains_key(*u)) {
             return Some(uid.clone());
@@ -170,6 +183,8 @@ pub struct NodeAgent {
     config: AgentConfig,
     hub: Arc<HandoffHub>,
     state: Mutex<AgentState>,
+    /// Woken after every sync, for ADDs waiting for their pod.
+    synced: tokio::sync::Notify,
 }
 
 impl NodeAgent {
@@ -179,6 +194,7 @@ impl NodeAgent {
             config,
             hub,
             state: Mutex::new(AgentState::default()),
+            synced: tokio::sync::Notify::new(),
         })
     }
 
@@ -244,6 +260,8 @@ impl NodeAgent {
             state.swept = true;
             self.sweep_leftovers(&state).await;
         }
+        drop(state);
+        self.synced.notify_waiters();
     }
 
     /// Removes rules left in pods outside the mesh, e.g. by a previous agent
@@ -320,7 +338,29 @@ impl NodeAgent {
     }
 
     async fn cni_add(&self, a: PodAttachment) -> AgentResponse {
-        let mut state = self.state.lock().await;
+        let deadline = tokio::time::Instant::now() + self.config.identity_wait;
+        let mut state = loop {
+            // Registered before the lock is released, so a sync in between
+            // is not missed.
+            let synced = self.synced.notified();
+            let state = self.state.lock().await;
+            let unlisted = PodView {
+                namespace: a.pod.namespace.clone(),
+                ..PodView::default()
+            };
+            if state.registry_knows(&a.pod) || !state.should_enroll(&unlisted) {
+                break state;
+            }
+            drop(state);
+            if tokio::time::timeout_at(deadline, synced).await.is_err() {
+                return AgentResponse::Error {
+                    message: format!(
+                        "pod {} is not in the node agent's registry after {:?}: its service account (its identity) is unknown, so it is not handed to ztunnel under a guessed one; the runtime retries",
+                        a.pod, self.config.identity_wait
+                    ),
+                };
+            }
+        };
         let key = state.key_of(&a.pod).unwrap_or_else(|| {
             a.pod
                 .uid

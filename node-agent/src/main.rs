@@ -186,6 +186,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             },
             enrollment_cache: Some(args.enrollment_cache.clone()),
             redirector: Redirector::new(args.backend, args.probe_source),
+            // The answer must reach the plugin before it gives up on us.
+            identity_wait: Duration::from_millis(args.plugin_timeout_ms * 3 / 4),
         },
         hub.clone(),
     );

@@ -50,10 +50,12 @@ spec:
   containers:
   - name: app
     image: example
-status:
-  phase: Running
-  podIP: {ip}
-",
+{status}",
+        status = if ip.is_empty() {
+            "status:\n  phase: Pending\n".to_string()
+        } else {
+            format!("status:\n  phase: Running\n  podIP: {ip}\n")
+        },
         name = p.name,
         ns = p.namespace,
         uid = p.uid,
@@ -142,6 +144,14 @@ fn agent_in_files_mode_end_to_end() {
         netns: &c_ns,
     };
     let redirector = Redirector::new(Backend::Auto, DEFAULT_PROBE_SOURCE);
+
+    // The pods exist (scheduled, no sandbox yet) before their ADD, as in
+    // Kubernetes: the agent learns their service accounts from the registry.
+    std::fs::write(
+        manifests.join("pods.yaml"),
+        pod_yaml(&a, "") + "---\n" + &pod_yaml(&c, ""),
+    )
+    .expect("pending pods");
 
     // A pod of an enrolled namespace is enrolled at ADD.
     let ra = run_chain(&node, &cni.conflist(), &bins, "ADD", &a, None);

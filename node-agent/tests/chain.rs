@@ -88,6 +88,7 @@ impl Bed {
                 // The node's bridge address stands in for the probe source:
                 // the node's own connections to pods are its probes.
                 redirector: Redirector::new(backend, GATEWAY),
+                identity_wait: Duration::from_millis(1500),
             },
             hub.clone(),
         );
@@ -442,6 +443,7 @@ fn enrolling_a_namespace_with_running_pods() {
             discovery: NetnsDiscovery::Annotation,
             enrollment_cache: None,
             redirector: Redirector::new(Backend::Auto, GATEWAY),
+            identity_wait: Duration::from_millis(1500),
         },
         hub.clone(),
     );
@@ -464,6 +466,7 @@ fn enrolling_a_namespace_with_running_pods() {
             discovery: NetnsDiscovery::Annotation,
             enrollment_cache: None,
             redirector: redirector.clone(),
+            identity_wait: Duration::from_millis(1500),
         },
         HandoffHub::new(),
     );

@@ -1,7 +1,10 @@
-//! The node agent's sockets answer root and its own user only: owner-only
-//! files, and a peer-credential check that holds when a mode is loosened.
-//! A pod's ADD that names the agent's own network namespace is refused.
-//! Needs root (to run the plugin as another user).
+//! The plugin's requests, through the real `weft-cni` binary: the agent's
+//! sockets answer root and its own user only (owner-only files, and a
+//! peer-credential check that holds when a mode is loosened); an ADD naming
+//! the agent's own network namespace is refused; an ADD for a pod the
+//! registry does not list yet waits for it (its service account is its
+//! identity) and is refused if it never comes. Needs root (to run the
+//! plugin as another user).
 
 mod common;
 
@@ -36,16 +39,20 @@ fn shop() -> Namespace {
 }
 
 fn web() -> Pod {
+    pod("web")
+}
+
+fn pod(name: &str) -> Pod {
     Pod {
         metadata: ObjectMeta {
-            name: Some("web".into()),
+            name: Some(name.into()),
             namespace: Some("shop".into()),
-            uid: Some("u-web".into()),
+            uid: Some(format!("u-{name}")),
             ..Default::default()
         },
         spec: Some(K8sPodSpec {
             node_name: Some("node-1".into()),
-            service_account_name: Some("web".into()),
+            service_account_name: Some(name.into()),
             ..Default::default()
         }),
         ..Default::default()
@@ -55,6 +62,10 @@ fn web() -> Pod {
 /// Runs the plugin's ADD for pod `shop/web` against `socket`, as `uid`;
 /// returns its stdout.
 fn add_as(uid: u32, socket: &Path, netns: &str) -> String {
+    add_pod_as(uid, socket, netns, "web")
+}
+
+fn add_pod_as(uid: u32, socket: &Path, netns: &str, name: &str) -> String {
     let conf = serde_json::json!({
         "cniVersion": "1.0.0",
         "name": "test",
@@ -73,7 +84,7 @@ fn add_as(uid: u32, socket: &Path, netns: &str) -> String {
         .env("CNI_PATH", "/usr/lib/cni")
         .env(
             "CNI_ARGS",
-            "K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web;K8S_POD_UID=u-web",
+            format!("K8S_POD_NAMESPACE=shop;K8S_POD_NAME={name};K8S_POD_UID=u-{name}"),
         )
         .uid(uid)
         .stdin(Stdio::piped())
@@ -108,6 +119,7 @@ fn only_root_and_the_agent_user_are_answered() {
             discovery: NetnsDiscovery::Annotation,
             enrollment_cache: None,
             redirector: Redirector::new(Backend::Auto, Ipv4Addr::new(10, 250, 0, 1)),
+            identity_wait: Duration::from_millis(1500),
         },
         agent_hub,
     );
@@ -143,5 +155,51 @@ fn only_root_and_the_agent_user_are_answered() {
     assert!(
         as_nobody.contains(&format!("refused: peer uid {NOBODY}")),
         "{as_nobody}"
+    );
+}
+
+#[test]
+fn an_add_waits_for_the_registry_to_name_the_pods_identity() {
+    require_root_and_tools();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let dir = tempfile::tempdir().expect("dir");
+    let socket = dir.path().join("agent.sock");
+    let agent = NodeAgent::new(
+        AgentConfig {
+            node: "node-1".into(),
+            discovery: NetnsDiscovery::Annotation,
+            enrollment_cache: None,
+            redirector: Redirector::new(Backend::Auto, Ipv4Addr::new(10, 250, 0, 1)),
+            identity_wait: Duration::from_millis(1500),
+        },
+        HandoffHub::new(),
+    );
+    rt.block_on(agent.sync(&[], &[shop()]));
+    let path = socket.clone();
+    let server = agent.clone();
+    rt.spawn(async move { serve_requests(server, &path).await });
+    eventually("the request socket", Duration::from_secs(5), || {
+        socket.exists()
+    });
+
+    // Never listed: refused, naming why, rather than handed over as
+    // `default`.
+    let never = add_pod_as(0, &socket, "/proc/self/ns/net", "ghost");
+    assert!(
+        never.contains("is not in the node agent's registry") && never.contains("service account"),
+        "{never}"
+    );
+
+    // Listed while the ADD waits: the ADD goes on to the pod's namespace
+    // (here the agent's own, so it ends there, past the wait).
+    let late = agent.clone();
+    rt.spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        late.sync(&[pod("late")], &[shop()]).await;
+    });
+    let listed = add_pod_as(0, &socket, "/proc/self/ns/net", "late");
+    assert!(
+        listed.contains("is the node agent's own network namespace"),
+        "{listed}"
     );
 }
