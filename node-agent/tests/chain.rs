@@ -70,6 +70,9 @@ struct Bed {
     node: NamedNetns,
     cni: CniEnvFixture,
     agent: Arc<NodeAgent>,
+    namespaces: Vec<Namespace>,
+    /// The pods the registry lists, as `add` created them.
+    listed: std::cell::RefCell<Vec<Pod>>,
 }
 
 impl Bed {
@@ -112,10 +115,19 @@ impl Bed {
             node,
             cni,
             agent,
+            namespaces: namespaces.to_vec(),
+            listed: Default::default(),
         }
     }
 
+    /// The pod is created (the registry lists it), then its sandbox: the
+    /// runtime's ADD through the chain.
     fn add(&self, pod: &PodSpec<'_>) -> ChainResult {
+        self.listed.borrow_mut().push(pod_object(pod, None));
+        self.rt.block_on(
+            self.agent
+                .sync(self.listed.borrow().iter(), &self.namespaces),
+        );
         let bin = self.cni.bin_dir();
         run_chain(
             &self.node,
