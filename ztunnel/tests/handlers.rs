@@ -16,13 +16,11 @@ use weft_api::config::{
     Action, Authorization, HealthStatus, L4Rule, MtlsMode, PolicyScope, TunnelProtocol,
     WaypointRef, Workload, resource,
 };
-use weft_hbone::{
-    CertificateAuthority, Dialer, PoolSettings, ServerSettings, SpiffeId, TrustBundle, TunnelPool,
-    TunnelTarget,
-};
+use weft_hbone::{Dialer, PoolSettings, ServerSettings, SpiffeId, TunnelPool, TunnelTarget};
 use weft_runtime::certs::{CertManager, LocalCa};
 use weft_runtime::store::{ConfigUpdate, WorkloadStore};
 use weft_runtime::trust::TrustState;
+use weft_testkit::TestCa;
 use weft_ztunnel::connections::ConnectionRegistry;
 use weft_ztunnel::pod_network::Fabric;
 use weft_ztunnel::proxy::{
@@ -57,9 +55,8 @@ fn ip(w: &Workload) -> IpAddr {
 
 struct Bed {
     fabric: Arc<Fabric>,
-    /// A second handle on the CA that signs the pods' certificates.
-    ca: CertificateAuthority,
-    trust: TrustBundle,
+    /// The CA that signs the pods' certificates.
+    ca: TestCa,
     _stop: tokio_util::sync::DropGuard,
 }
 
@@ -76,14 +73,13 @@ impl Bed {
                 removed: vec![],
             })
             .expect("config");
-        let ca = CertificateAuthority::generate(TD, Duration::from_secs(3600)).expect("ca");
-        let bundle = TrustBundle::from_pems(TD, &[ca.root_pem()]).expect("bundle");
-        let ca_copy = CertificateAuthority::from_pem(ca.root_pem(), ca.key_pem(), TD).expect("ca");
+        let ca = TestCa::for_domain(TD);
+        let bundle = ca.bundle.clone();
         let proxy = Arc::new(Proxy {
             node: "node-1".into(),
             store,
             certs: CertManager::new(
-                Arc::new(LocalCa::new(ca, Duration::from_secs(3600))),
+                Arc::new(LocalCa::new(ca.copy(), Duration::from_secs(3600))),
                 Duration::from_secs(5),
             ),
             trust: TrustState::new(bundle.clone()),
@@ -97,7 +93,6 @@ impl Bed {
             hbone: ServerSettings::default(),
             tasks: TaskTracker::new(),
         });
-        let bundle_copy = proxy.trust.get().1.as_ref().clone();
         let fabric = Fabric::new();
         let stop = CancellationToken::new();
         for w in meshed {
@@ -135,8 +130,7 @@ impl Bed {
         }
         Bed {
             fabric,
-            ca: ca_copy,
-            trust: bundle_copy,
+            ca,
             _stop: stop.drop_guard(),
         }
     }
@@ -163,11 +157,7 @@ impl Bed {
     /// refused.
     async fn tunnel_as(&self, identity: &str, to: &Workload) -> Option<String> {
         let identity: SpiffeId = identity.parse().expect("identity");
-        let cert = Arc::new(
-            self.ca
-                .issue(&identity, Duration::from_secs(600))
-                .expect("issue"),
-        );
+        let cert = self.ca.issue(&identity);
         let server = SpiffeId::new(TD, &to.namespace, &to.service_account).expect("id");
         let target = TunnelTarget {
             hbone_addr: SocketAddr::new(ip(to), HBONE_PORT),
@@ -177,7 +167,7 @@ impl Bed {
             traceparent: None,
             baggage: None,
         };
-        let pool = TunnelPool::new(PoolSettings::default(), self.trust.clone());
+        let pool = TunnelPool::new(PoolSettings::default(), self.ca.bundle.clone());
         let dialer = FabricDialer(self.fabric.clone());
         let attempt = async {
             let mut stream = pool.connect(&cert, &target, &dialer).await.ok()?;
