@@ -233,6 +233,21 @@ fn after_an_upgrade_the_deployer_lets_go_of_replicas_it_owned() {
 }
 
 /// The `weft.dev/WaypointBound` condition of Service `shop/web`.
+/// The `WaypointUnavailable` Events about namespace `shop` (a namespace is
+/// cluster-scoped: its Events live in `default`).
+fn namespace_binding_events(run: &KubeRun) -> Vec<serde_json::Value> {
+    get(run, &["events.events.k8s.io", "-n", "default"])
+        .and_then(|list| list["items"].as_array().cloned())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| {
+            e["reason"] == "WaypointUnavailable"
+                && e["regarding"]["kind"] == "Namespace"
+                && e["regarding"]["name"] == "shop"
+        })
+        .collect()
+}
+
 fn binding_condition(run: &KubeRun) -> Option<serde_json::Value> {
     get(run, &["service", "-n", "shop", "web"])
         .and_then(|s| condition(&s, "weft.dev/WaypointBound"))
@@ -249,8 +264,33 @@ fn a_service_bound_to_a_missing_waypoint_says_so_in_its_status() {
     k.run(&["create", "namespace", "shop"]).expect("namespace");
     k.apply("apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop, labels: {weft.dev/use-waypoint: waypoint}}\nspec:\n  selector: {app: web}\n  ports: [{name: http, port: 80}]\n")
         .expect("service");
+    // The namespace too: it gets an Event (a namespace has no status to
+    // carry a condition), once, however many passes the writer makes.
+    k.run(&[
+        "label",
+        "namespace",
+        "shop",
+        "weft.dev/use-waypoint=waypoint",
+    ])
+    .expect("label the namespace");
     let _controller =
         ControllerProcess::start(&mut run, "weft-controller-0", &[]).expect("controller serving");
+    wait_until("the namespace's binding Event", SETTLE, || {
+        !namespace_binding_events(&run).is_empty()
+    })
+    .expect("the controller publishes a WaypointUnavailable Event on the namespace");
+    let events = namespace_binding_events(&run);
+    assert_eq!(events.len(), 1, "{events:#?}");
+    assert_eq!(events[0]["type"], "Warning");
+    let note = events[0]["note"].as_str().unwrap_or_default();
+    assert!(
+        note.contains("Gateway shop/waypoint of class weft-waypoint does not exist")
+            && note.contains("refused"),
+        "{note}"
+    );
+    // From here on the Service's own label alone binds it.
+    k.run(&["label", "namespace", "shop", "weft.dev/use-waypoint-"])
+        .expect("unlabel the namespace");
     wait_until("the binding's condition", SETTLE, || {
         binding_condition(&run).is_some()
     })

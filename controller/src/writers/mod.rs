@@ -15,11 +15,13 @@ use gateway_api::gatewayclasses::GatewayClass;
 use gateway_api::gateways::Gateway;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff;
 use kube::api::{Patch, PatchParams};
-use kube::{Api, Client, ResourceExt};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Api, Client, Resource, ResourceExt};
 use kube_lease_manager::LeaseManagerBuilder;
 use serde_json::json;
 use tokio::sync::watch;
@@ -30,7 +32,7 @@ use crate::pipeline::ModelVersion;
 use deployer::{DeployerConfig, waypoint_objects, with_type_meta};
 use weft_cluster::crd::AuthorizationPolicy;
 use weft_cluster::model::labels::{WAYPOINT_CLASS, WAYPOINT_CONTROLLER};
-use weft_cluster::model::waypoints::is_waypoint_gateway;
+use weft_cluster::model::waypoints::{is_waypoint_gateway, requested_waypoint};
 use weft_cluster::registry::{ClusterState, ObjectKey};
 
 /// The ConfigMap holding the root certificate (key `root-cert.pem`) in the
@@ -220,15 +222,25 @@ pub struct Writer {
     client: Client,
     deployer: DeployerConfig,
     written: HashMap<String, serde_json::Value>,
+    events: Recorder,
+    /// The binding Events last published, by object: the note, so an
+    /// unchanged refusal is announced once, not on every pass.
+    announced: HashMap<String, String>,
 }
 
 impl Writer {
     /// A writer with an empty memory.
     pub fn new(client: Client, deployer: DeployerConfig) -> Writer {
+        let reporter = Reporter {
+            controller: "weft-controller".into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
         Writer {
+            events: Recorder::new(client.clone(), reporter),
             client,
             deployer,
             written: HashMap::new(),
+            announced: HashMap::new(),
         }
     }
 
@@ -268,6 +280,7 @@ impl Writer {
             for (key, svc) in &state.services {
                 self.binding_status(key, svc, state, &model.model).await;
             }
+            self.binding_events(state, &model.model).await;
             for (key, policy) in &state.authorization_policies {
                 if let Some(report) = model.model.policy_reports.get(&key.to_string()) {
                     self.policy_status(key, policy, report).await;
@@ -513,6 +526,92 @@ impl Writer {
             true,
         )
         .await;
+    }
+
+    /// A Warning Event (`WaypointUnavailable`) on every pod and namespace
+    /// whose waypoint binding fails closed — Services carry a condition
+    /// instead — so `kubectl describe` says why their traffic is refused.
+    /// Published when the refusal starts or its reason changes, not on
+    /// every pass.
+    async fn binding_events(&mut self, state: &ClusterState, model: &weft_cluster::model::Model) {
+        let mut refused: HashMap<String, (ObjectReference, String)> = HashMap::new();
+        for pod in state.pods.values() {
+            let Some(uid) = pod.metadata.uid.as_deref() else {
+                continue;
+            };
+            let Some(reason) = model
+                .workloads
+                .get(uid)
+                .and_then(|w| w.waypoint.as_ref())
+                .map(|r| r.unavailable.as_str())
+                .filter(|r| !r.is_empty())
+            else {
+                continue;
+            };
+            refused.insert(
+                format!("pod/{uid}"),
+                (
+                    pod.object_ref(&()),
+                    format!("{reason}; connections to this pod are refused until it is fixed"),
+                ),
+            );
+        }
+        for ns in state.namespaces.values() {
+            let name = ns.name_any();
+            let Some(Some(target)) = requested_waypoint(ns.labels(), &name) else {
+                continue;
+            };
+            // The reason its pods carry; with no pods yet, whether the
+            // Gateway exists at all.
+            let carried = model
+                .workloads
+                .values()
+                .filter(|w| w.namespace == name)
+                .filter_map(|w| w.waypoint.as_ref())
+                .find(|r| {
+                    !r.unavailable.is_empty()
+                        && r.namespace == target.namespace
+                        && r.name == target.name
+                })
+                .map(|r| r.unavailable.clone());
+            let missing = || {
+                (!state
+                    .gateways
+                    .get(&target)
+                    .is_some_and(|gw| is_waypoint_gateway(gw)))
+                .then(|| format!("Gateway {target} of class {WAYPOINT_CLASS} does not exist"))
+            };
+            if let Some(reason) = carried.or_else(missing) {
+                refused.insert(
+                    format!("namespace/{name}"),
+                    (
+                        ns.object_ref(&()),
+                        format!("{reason}; connections to this namespace's pods bound to it are refused until it is fixed"),
+                    ),
+                );
+            }
+        }
+        for (key, (reference, note)) in &refused {
+            if self.announced.get(key) == Some(note) {
+                continue;
+            }
+            let event = Event {
+                type_: EventType::Warning,
+                reason: "WaypointUnavailable".into(),
+                note: Some(note.clone()),
+                action: "RefuseTraffic".into(),
+                secondary: None,
+            };
+            match self.events.publish(&event, reference).await {
+                Ok(()) => {
+                    self.announced.insert(key.clone(), note.clone());
+                }
+                Err(e) => {
+                    tracing::warn!(object = %key, error = %e, "cannot publish the binding Event")
+                }
+            }
+        }
+        self.announced.retain(|key, _| refused.contains_key(key));
     }
 
     async fn policy_status(

@@ -69,8 +69,8 @@ pub(crate) fn build(
             .namespaces
             .get(&ObjectKey::new("", key.namespace.clone()));
         let waypoint = waypoints::resolve(
-            waypoints::requested(svc.labels(), &key.namespace),
-            namespace.and_then(|ns| waypoints::requested(ns.labels(), &key.namespace)),
+            waypoints::requested_waypoint(svc.labels(), &key.namespace),
+            namespace.and_then(|ns| waypoints::requested_waypoint(ns.labels(), &key.namespace)),
             waypoints,
             WaypointFor::serves_services,
         )

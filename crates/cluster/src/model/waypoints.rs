@@ -153,7 +153,7 @@ pub(crate) fn index(state: &ClusterState, config: &ModelConfig) -> WaypointIndex
 
 /// The waypoint an object's own labels ask for: `Some(None)` when they opt
 /// out (`none`), `None` when they say nothing.
-pub(crate) fn requested(
+pub fn requested_waypoint(
     labels: &BTreeMap<String, String>,
     own_namespace: &str,
 ) -> Option<Option<ObjectKey>> {

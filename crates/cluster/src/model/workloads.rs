@@ -152,8 +152,9 @@ pub(crate) fn build(
         // A waypoint is never bound to a waypoint, and only enrolled pods are.
         let waypoint = if enrolled && !is_waypoint {
             waypoints::resolve(
-                waypoints::requested(pod.labels(), &namespace_name),
-                namespace.and_then(|ns| waypoints::requested(ns.labels(), &namespace_name)),
+                waypoints::requested_waypoint(pod.labels(), &namespace_name),
+                namespace
+                    .and_then(|ns| waypoints::requested_waypoint(ns.labels(), &namespace_name)),
                 waypoints,
                 WaypointFor::serves_workloads,
             )

@@ -8,8 +8,8 @@
 //! the node agent read one structure whichever source is configured.
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), weft_controller::registry::RegistryError> {
-//! use weft_controller::registry::{Kinds, Registry, RegistryConfig};
+//! # async fn demo() -> Result<(), weft_cluster::registry::RegistryError> {
+//! use weft_cluster::registry::{Kinds, Registry, RegistryConfig};
 //! let config = RegistryConfig { kinds: Kinds::NODE_AGENT, node: Some("node-a".into()) };
 //! let registry = Registry::files("/etc/weft/cluster", config).await?;
 //! let mut states = registry.subscribe();
