@@ -11,6 +11,8 @@ packages=(
   tcpdump                      # captures proving only mTLS crosses the underlay
   procps                       # ps/pkill for teardown checks
   haproxy                      # the L7 baseline of the waypoint benchmark
+  runc                         # the kube-mode kubelet's OCI runtime (pods' containers)
+  conntrack                    # kube-proxy clears stale UDP flows with it
 )
 
 missing=()

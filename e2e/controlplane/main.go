@@ -1,6 +1,6 @@
 // Command weft-kube is the Kubernetes control plane weft's kube-mode tests
 // and demo run on: one binary that is etcd, kube-apiserver,
-// kube-controller-manager, kube-scheduler or kubectl, all at the release
+// kube-controller-manager, kube-scheduler, kube-proxy or kubectl, all at the release
 // go.mod pins. It holds no code of its own beyond the dispatch: every
 // component is the upstream one, built from Go modules.
 //
@@ -28,6 +28,7 @@ import (
 	kubectlutil "k8s.io/kubectl/pkg/cmd/util"
 	apiserver "k8s.io/kubernetes/cmd/kube-apiserver/app"
 	controllermanager "k8s.io/kubernetes/cmd/kube-controller-manager/app"
+	proxy "k8s.io/kubernetes/cmd/kube-proxy/app"
 	scheduler "k8s.io/kubernetes/cmd/kube-scheduler/app"
 )
 
@@ -46,6 +47,11 @@ var components = map[string]func(args []string) int{
 	},
 	"kube-controller-manager": func(args []string) int {
 		command := controllermanager.NewControllerManagerCommand()
+		command.SetArgs(args)
+		return cli.Run(command)
+	},
+	"kube-proxy": func(args []string) int {
+		command := proxy.NewProxyCommand()
 		command.SetArgs(args)
 		return cli.Run(command)
 	},

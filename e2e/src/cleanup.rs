@@ -54,6 +54,11 @@ fn run_namespaces(state: &RunState) -> Vec<String> {
     names
 }
 
+/// Where a run's kubelets keep runc's state.
+pub fn runc_root(run_dir: &Path) -> PathBuf {
+    run_dir.join("runc")
+}
+
 /// Tears the run of `state` down. Never fails: what could not be removed is
 /// listed in the report.
 pub fn teardown(state: &RunState) -> Report {
@@ -92,6 +97,13 @@ pub fn teardown(state: &RunState) -> Report {
         .collect();
     procs::wait_gone(&stray_ids, Duration::from_secs(5));
     report.strays = strays;
+    // The kube-mode kubelets' containers: their processes are gone with the
+    // namespaces' holders; runc's records and cgroups go here.
+    report
+        .errors
+        .extend(crate::kube::kubelet::runtime::delete_all(&runc_root(
+            &state.dir,
+        )));
 
     // 3. The namespaces, newest first (pods before their nodes).
     for name in namespaces.iter().rev() {

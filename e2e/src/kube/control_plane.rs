@@ -1,6 +1,7 @@
 //! The control plane of a kube-mode run: etcd, kube-apiserver,
 //! kube-controller-manager and kube-scheduler, the upstream programs
-//! (docs/e2e.md), on loopback.
+//! (docs/e2e.md), on the harness' loopback or, for a cluster with nodes,
+//! inside a namespace of its own on the cluster's underlay.
 //!
 //! The API server serves TLS with a CA made for the run, authorizes with
 //! `Node,RBAC`, runs the default admission chain, and signs ServiceAccount
@@ -48,10 +49,33 @@ pub const CONTROLLERS: &[&str] = &[
     "daemonset-controller",
     "pod-garbage-collector-controller",
     "clusterrole-aggregation-controller",
+    // Lifts the not-ready taint admission puts on a new Node once its
+    // kubelet reports Ready, and marks a node whose kubelet stops renewing
+    // its Lease NotReady.
+    "node-lifecycle-controller",
 ];
 
 /// How long the API server may take to become ready (cold: a few seconds).
 const READY_WITHIN: Duration = Duration::from_secs(90);
+
+/// Where the control plane runs and serves.
+#[derive(Clone, Debug)]
+pub enum Placement {
+    /// On the harness' loopback: tests that need no nodes.
+    Loopback,
+    /// Inside network namespace `netns`, serving on `ip`: nodes and pods
+    /// reach it over the underlay, and the `kubernetes` Service has it as its
+    /// endpoint, as on a real cluster.
+    Netns {
+        /// The namespace's name.
+        netns: String,
+        /// Its address on the underlay.
+        ip: Ipv4Addr,
+    },
+}
+
+/// The API server's port when it has a namespace of its own.
+pub const API_PORT: u16 = 6443;
 
 /// A running control plane.
 pub struct ControlPlane {
@@ -87,11 +111,25 @@ impl ControlPlane {
     /// every process is recorded in `state` for teardown.
     pub fn start(
         toolchain: &Toolchain,
+        placement: &Placement,
         dir: &Path,
         state: &mut RunState,
         progress: &dyn Fn(&str),
     ) -> Result<ControlPlane> {
         std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
+        // In a namespace of its own every port is free; on the harness'
+        // loopback, ports are picked free.
+        let (toolchain, bind, ports) = match placement {
+            Placement::Loopback => (
+                toolchain.clone(),
+                Ipv4Addr::LOCALHOST,
+                [free_port()?, free_port()?, free_port()?],
+            ),
+            Placement::Netns { netns, ip } => {
+                (toolchain.in_netns(netns), *ip, [2379, 2380, API_PORT])
+            }
+        };
+        let toolchain = &toolchain;
         let started = Instant::now();
         let pki = Pki::create(&dir.join("pki"))?;
         let sa_key = pki.service_account_key()?;
@@ -99,7 +137,7 @@ impl ControlPlane {
 
         // etcd: plain HTTP on loopback, reachable only from this machine.
         // No fsync: a test's cluster state never outlives the run.
-        let (client, peer) = (free_port()?, free_port()?);
+        let [client, peer, port] = ports;
         let etcd_url = format!("http://127.0.0.1:{client}");
         let peer_url = format!("http://127.0.0.1:{peer}");
         let etcd_args: Vec<String> = [
@@ -116,9 +154,12 @@ impl ControlPlane {
         .into();
         processes.push(spawn(state, dir, toolchain, "etcd", &etcd_args)?);
 
-        let port = free_port()?;
-        let server = format!("https://127.0.0.1:{port}");
+        let server = format!("https://{bind}:{port}");
         let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let mut serving_ips = vec![loopback, IpAddr::V4(Ipv4Addr::new(10, 96, 0, 1))];
+        if bind != Ipv4Addr::LOCALHOST {
+            serving_ips.push(IpAddr::V4(bind));
+        }
         let serving = pki.server(
             "kube-apiserver",
             &[
@@ -128,7 +169,7 @@ impl ControlPlane {
                 "kubernetes.default.svc",
                 "kubernetes.default.svc.cluster.local",
             ],
-            &[loopback, IpAddr::V4(Ipv4Addr::new(10, 96, 0, 1))],
+            &serving_ips,
         )?;
         // The API server's client identity towards kubelets (logs, exec,
         // port-forward).
@@ -138,13 +179,10 @@ impl ControlPlane {
             &["kubeadm:cluster-admins"],
         )?;
         let ca = pki.ca().display().to_string();
-        let apiserver_args: Vec<String> = [
+        let mut apiserver_args: Vec<String> = [
             format!("--etcd-servers={etcd_url}"),
-            "--bind-address=127.0.0.1".to_string(),
-            "--advertise-address=127.0.0.1".to_string(),
-            // A loopback address cannot be the `kubernetes` Service's
-            // endpoint; the harness's pods are given the address to use.
-            "--endpoint-reconciler-type=none".to_string(),
+            format!("--bind-address={bind}"),
+            format!("--advertise-address={bind}"),
             format!("--secure-port={port}"),
             format!("--tls-cert-file={}", serving.cert.display()),
             format!("--tls-private-key-file={}", serving.key.display()),
@@ -171,6 +209,11 @@ impl ControlPlane {
             "--profiling=false".to_string(),
         ]
         .into();
+        if bind == Ipv4Addr::LOCALHOST {
+            // A loopback address cannot be the `kubernetes` Service's
+            // endpoint.
+            apiserver_args.push("--endpoint-reconciler-type=none".to_string());
+        }
         progress("control plane: starting etcd and kube-apiserver");
         processes.push(spawn(
             state,
@@ -245,7 +288,14 @@ impl ControlPlane {
     }
 
     fn component_kubeconfig(&self, file: &str, user: &str) -> Result<PathBuf> {
-        let files = self.pki.client(file, user, &[])?;
+        self.identity_kubeconfig(file, user, &[])
+    }
+
+    /// A kubeconfig authenticating by client certificate as `user` in
+    /// `groups` (a node's kubelet is `system:node:<name>` in
+    /// `system:nodes`), written as `<file>.kubeconfig`.
+    pub fn identity_kubeconfig(&self, file: &str, user: &str, groups: &[&str]) -> Result<PathBuf> {
+        let files = self.pki.client(file, user, groups)?;
         kubeconfig::write(
             &self.dir.join(format!("{file}.kubeconfig")),
             &self.server,

@@ -9,21 +9,28 @@
 //! - [`kubectl`]: kubectl at the same release, run as users run it.
 //! - [`install`]: the Gateway API CRDs and `deploy/`, applied with kubectl.
 //! - [`controller`]: weft's controller run as its own ServiceAccount.
+//! - [`kubelet`]: the netns nodes' kubelet: Nodes, pods through the CNI
+//!   chain, containers under runc from the images' binaries.
+//! - [`cluster`]: [`KubeCluster`], the netns nodes as a Kubernetes cluster:
+//!   the control plane on the underlay, a kubelet and kube-proxy per node.
 //! - [`KubeRun`]: a control plane owning a run of its own (run id, files,
 //!   teardown on drop, panic or Ctrl-C), for tests that need no nodes.
 
+pub mod cluster;
 pub mod control_plane;
 pub mod controller;
 pub mod install;
 pub mod kubeconfig;
 pub mod kubectl;
+pub mod kubelet;
 pub mod pki;
 pub mod toolchain;
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::Path;
 
-pub use control_plane::ControlPlane;
+pub use cluster::{KubeCluster, KubeClusterConfig, KubeNode};
+pub use control_plane::{ControlPlane, Placement};
 pub use controller::ControllerProcess;
 pub use kubectl::Kubectl;
 pub use toolchain::Toolchain;
@@ -70,7 +77,13 @@ impl KubeRun {
         state.save()?;
         signals::register(dir.clone());
         let mut run = KubeRun { state, plane: None };
-        let plane = ControlPlane::start(&toolchain, &dir.join("kube"), &mut run.state, progress)?;
+        let plane = ControlPlane::start(
+            &toolchain,
+            &Placement::Loopback,
+            &dir.join("kube"),
+            &mut run.state,
+            progress,
+        )?;
         run.plane = Some(plane);
         Ok(run)
     }

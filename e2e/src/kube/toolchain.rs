@@ -13,6 +13,9 @@ use crate::exec;
 #[derive(Clone, Debug)]
 pub struct Toolchain {
     dir: PathBuf,
+    /// The network namespace every command runs in (the control plane's,
+    /// when it lives on the cluster's underlay), or the harness' own.
+    netns: Option<String>,
 }
 
 impl Toolchain {
@@ -30,7 +33,7 @@ impl Toolchain {
     }
 
     fn in_dir(dir: PathBuf) -> Result<Toolchain> {
-        let toolchain = Toolchain { dir };
+        let toolchain = Toolchain { dir, netns: None };
         for needed in [toolchain.binary(), toolchain.gateway_api_crds()] {
             if !needed.exists() {
                 return Err(Error::Missing {
@@ -52,9 +55,25 @@ impl Toolchain {
         self.dir.join("gateway-api")
     }
 
+    /// The same toolchain, its commands run inside network namespace
+    /// `netns` (where the API server is reachable).
+    pub fn in_netns(&self, netns: &str) -> Toolchain {
+        Toolchain {
+            dir: self.dir.clone(),
+            netns: Some(netns.to_string()),
+        }
+    }
+
     /// A command running `component` of the control plane.
     pub fn command(&self, component: &str) -> Command {
-        let mut cmd = Command::new(self.binary());
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", ns]).arg(self.binary());
+                cmd
+            }
+            None => Command::new(self.binary()),
+        };
         cmd.arg(component);
         cmd
     }
