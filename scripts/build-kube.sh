@@ -5,6 +5,9 @@
 #                         kube-scheduler and kubectl from Go modules, one
 #                         multi-call binary (e2e/controlplane)
 #   <dir>/gateway-api/    the standard-channel CRDs of GATEWAY_API below
+#   <dir>/weft-dns        the cluster DNS: CoreDNS from Go modules
+#                         (e2e/clusterdns), built and cached under its own
+#                         key (a link to it), so either module changes alone
 #
 # Built once per machine and cached outside the clone, keyed by a hash of the
 # module's go.mod, go.sum and main.go and of this script: a warm machine pays
@@ -63,4 +66,22 @@ if [ ! -d "$dir/gateway-api" ]; then
   rm -f "$dir/gateway-api.tmp/"*_vap_*.yaml
   mv "$dir/gateway-api.tmp" "$dir/gateway-api"
 fi
+# The cluster DNS, under a key of its own: its module changes apart from
+# the control plane's.
+dns_key=$(cat ../clusterdns/go.mod ../clusterdns/go.sum ../clusterdns/main.go "$script" | sha256sum | cut -c1-16)
+dns_dir="$cache/dns-$dns_key"
+if [ ! -x "$dns_dir/weft-dns" ]; then
+  echo "build-kube: building the cluster DNS (CoreDNS) into $dns_dir" >&2
+  mkdir -p "$dns_dir"
+  start=$SECONDS
+  (cd ../clusterdns && CGO_ENABLED=0 go build -mod=readonly -trimpath -ldflags "-s -w" -o "$dns_dir/weft-dns.tmp" .)
+  mv "$dns_dir/weft-dns.tmp" "$dns_dir/weft-dns"
+  echo "build-kube: built in $((SECONDS - start)) s" >&2
+fi
+if [ ! -f "$dns_dir/vetted" ]; then
+  echo "build-kube: go vet of the cluster DNS (once per go.sum)" >&2
+  (cd ../clusterdns && test -z "$(gofmt -l .)" && go vet -mod=readonly .) || { echo "build-kube: gofmt or go vet failed in e2e/clusterdns" >&2; exit 1; }
+  touch "$dns_dir/vetted"
+fi
+ln -sfn "$dns_dir/weft-dns" "$dir/weft-dns"
 echo "$dir"

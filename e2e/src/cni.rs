@@ -151,10 +151,43 @@ pub struct ChainOutput {
     pub plugins: Vec<String>,
 }
 
+/// How a plugin is run inside `node`: directly, or (with `view`, pairs of
+/// a node directory and where a host has it) in a mount namespace of its
+/// own where the node's directories are at the host's paths, so a path in
+/// a plugin's config means on the harness' node what it means on a host.
+fn plugin_command(
+    node: &Netns,
+    binary: &Path,
+    view: &[(PathBuf, PathBuf)],
+) -> std::process::Command {
+    if view.is_empty() {
+        return node.command(binary);
+    }
+    // A mount namespace of its own, a slave of the machine's: the binds
+    // stay in it and end with the plugin.
+    let mut cmd = node.command("unshare");
+    cmd.args([
+        "--mount",
+        "--propagation",
+        "slave",
+        "/bin/sh",
+        "-c",
+        r#"set -e; b="$1"; shift; while [ $# -ge 2 ]; do mkdir -p "$2"; mount --bind "$1" "$2"; shift 2; done; exec "$b""#,
+        "sh",
+    ])
+    .arg(binary);
+    for (source, at) in view {
+        cmd.arg(source).arg(at);
+    }
+    cmd
+}
+
 /// Runs `command` for `pod` through `conflist`, looking plugins up in
-/// `cni_path`, inside `node`. `prev` is the ADD result, for DEL.
+/// `cni_path`, inside `node` (and its `view`, see [`plugin_command`]).
+/// `prev` is the ADD result, for DEL.
 pub fn run_chain(
     node: &Netns,
+    view: &[(PathBuf, PathBuf)],
     conflist: &Value,
     cni_path: &[PathBuf],
     command: CniCommand,
@@ -196,7 +229,7 @@ pub fn run_chain(
             conf["prevResult"] = prev.clone();
         }
         let stdin = serde_json::to_vec(&conf).map_err(|e| Error::decode("a plugin config", e))?;
-        let mut cmd = node.command(&binary);
+        let mut cmd = plugin_command(node, &binary, view);
         cmd.env("CNI_COMMAND", command.as_str())
             .env("CNI_CONTAINERID", pod.container_id())
             .env("CNI_NETNS", pod.netns_path)

@@ -196,6 +196,7 @@ spec:
           set -e
           /usr/local/bin/weft-e2e-app http http://{vip}:80/
           /usr/local/bin/weft-e2e-app tcp {ip}:9000 --message via-pod-ip
+          echo "dns=$(getent hosts echo.apps.svc.cluster.local | cut -d' ' -f1)"
           echo "uid=$(id -u) greeting=$(cat /config/greeting) ns=$(cat /podinfo/namespace) api=$KUBERNETES_SERVICE_HOST echo=$ECHO_SERVICE_HOST"
       volumeMounts:
         - {{name: config, mountPath: /config}}
@@ -223,6 +224,10 @@ spec:
     assert!(log.contains("ns=apps"), "{log}");
     assert!(log.contains("api=10.96.0.1"), "{log}");
     assert!(log.contains(&format!("echo={vip}")), "{log}");
+    assert!(
+        log.contains(&format!("dns={vip}\n")),
+        "the cluster DNS names the Service: {log}"
+    );
 
     // Deleted with its grace period, the pod keeps serving until the period
     // ends (its process ignores SIGTERM as a container's init does), then
@@ -404,6 +409,36 @@ fn deploy_installs_and_its_controller_pods_run_on_the_nodes_until_ready() {
             .is_some_and(|c| c["status"] == "True")
     })
     .expect("the leader writes status");
+    // Every node runs the node agent and ztunnel from their DaemonSets: the
+    // agent installs weft-cni into the node's own conflist from its image,
+    // ztunnel finds the controller by its Service's DNS name, gets its
+    // certificates with a token bound to its pod, and reports ready.
+    for ds in ["weft-node-agent", "ztunnel"] {
+        k.run(&[
+            "rollout",
+            "status",
+            "-n",
+            "weft-system",
+            &format!("daemonset/{ds}"),
+            "--timeout=120s",
+        ])
+        .unwrap_or_else(|e| {
+            cluster.print_logs();
+            panic!("DaemonSet {ds} rolls out: {e}")
+        });
+    }
+    for node in cluster.nodes() {
+        let (_, conflist) = weft_e2e::cni::active_conflist(&node.cni_conf_dir()).expect("conflist");
+        assert_eq!(
+            weft_e2e::cni::plugin_types(&conflist)
+                .last()
+                .map(String::as_str),
+            Some("weft-cni"),
+            "{}: weft-cni chained",
+            node.name()
+        );
+        assert!(node.cni_bin_dir().join("weft-cni").is_file());
+    }
     for name in &names {
         let log = cluster
             .container_log("weft-system", name, "controller")

@@ -101,6 +101,7 @@ impl Cluster {
         let attached = cni::active_conflist(&layout.cni_conf_dir()).and_then(|(_, conflist)| {
             cni::run_chain(
                 node.netns(),
+                &[],
                 &conflist,
                 &layout.cni_path(),
                 CniCommand::Add,
@@ -235,6 +236,7 @@ impl Cluster {
         let path = pod.netns().path();
         cni::run_chain(
             node.netns(),
+            &[],
             &conflist,
             &layout.cni_path(),
             CniCommand::Del,

@@ -196,7 +196,10 @@ impl KubeCluster {
         self.plane = Some(plane);
 
         let count = self.config.nodes;
-        let images = Images::new(bins.clone());
+        let images = Images::new(bins.clone()).with(
+            kubelet::images::repository(super::dns::IMAGE),
+            toolchain.dns_binary(),
+        );
         for index in 1..=count {
             let name = addresses::node_name(index);
             progress(&format!(
@@ -228,6 +231,8 @@ impl KubeCluster {
             let node = self.start_node(index, &name, ns, &images)?;
             self.nodes.push(node);
         }
+        progress("cluster DNS: CoreDNS as kube-dns");
+        super::dns::install(self.plane()?.kubectl())?;
         Ok(())
     }
 
@@ -244,7 +249,8 @@ impl KubeCluster {
         };
         let conf_dir = fs.host_path("/etc/cni/net.d");
         let bin_dir = fs.host_path("/opt/cni/bin");
-        for d in [&conf_dir, &bin_dir] {
+        let run = fs.host_path("/run/weft");
+        for d in [&conf_dir, &bin_dir, &run] {
             std::fs::create_dir_all(d).map_err(Error::io(d))?;
         }
         // The node's network provider: Debian's bridge and host-local.
@@ -282,6 +288,7 @@ impl KubeCluster {
             fs: fs.clone(),
             cni_conf_dir: conf_dir,
             cni_path: vec![bin_dir, PathBuf::from(cni::DEBIAN_CNI_DIR)],
+            cluster_dns: Some(super::dns::CLUSTER_DNS),
             progress: self.config.progress.clone(),
         })?;
         let proxy = start_kube_proxy(&toolchain, &node_dir, name, &proxy_config)?;

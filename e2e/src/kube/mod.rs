@@ -9,6 +9,7 @@
 //! - [`kubectl`]: kubectl at the same release, run as users run it.
 //! - [`install`]: the Gateway API CRDs and `deploy/`, applied with kubectl.
 //! - [`controller`]: weft's controller run as its own ServiceAccount.
+//! - [`dns`]: the cluster DNS add-on (CoreDNS) of a kube cluster.
 //! - [`kubelet`]: the netns nodes' kubelet: Nodes, pods through the CNI
 //!   chain, containers under runc from the images' binaries.
 //! - [`cluster`]: [`KubeCluster`], the netns nodes as a Kubernetes cluster:
@@ -19,6 +20,7 @@
 pub mod cluster;
 pub mod control_plane;
 pub mod controller;
+pub mod dns;
 pub mod install;
 pub mod kubeconfig;
 pub mod kubectl;

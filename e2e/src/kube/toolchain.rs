@@ -34,7 +34,11 @@ impl Toolchain {
 
     fn in_dir(dir: PathBuf) -> Result<Toolchain> {
         let toolchain = Toolchain { dir, netns: None };
-        for needed in [toolchain.binary(), toolchain.gateway_api_crds()] {
+        for needed in [
+            toolchain.binary(),
+            toolchain.gateway_api_crds(),
+            toolchain.dns_binary(),
+        ] {
             if !needed.exists() {
                 return Err(Error::Missing {
                     what: needed.display().to_string(),
@@ -48,6 +52,11 @@ impl Toolchain {
     /// The multi-call binary: `weft-kube COMPONENT ARGS...`.
     pub fn binary(&self) -> PathBuf {
         self.dir.join("weft-kube")
+    }
+
+    /// The cluster DNS (CoreDNS), run for the DNS add-on's image.
+    pub fn dns_binary(&self) -> PathBuf {
+        self.dir.join("weft-dns")
     }
 
     /// The pinned Gateway API standard-channel CRDs.

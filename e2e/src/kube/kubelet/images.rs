@@ -20,17 +20,26 @@ pub struct Image {
     pub entrypoint: String,
     /// The image's user and group.
     pub user: (u32, u32),
+    /// Other binaries the image carries: (on this machine, in the image).
+    pub extra: Vec<(PathBuf, String)>,
 }
 
-/// The images the harness can run: the repository name, the binary, and
-/// whether the image runs as root (the node components must).
-const TABLE: &[(&str, &str, bool)] = &[
-    ("controller", binaries::CONTROLLER, false),
-    ("waypoint", binaries::WAYPOINT, false),
-    ("ztunnel", binaries::ZTUNNEL, true),
-    ("node-agent", binaries::NODE_AGENT, true),
-    ("weftctl", binaries::WEFTCTL, false),
-    ("e2e-app", binaries::APP, false),
+/// The images the harness can run: the repository name, the binary, other
+/// binaries it carries, and whether it runs as root (the node components
+/// must).
+const TABLE: &[(&str, &str, &[&str], bool)] = &[
+    ("controller", binaries::CONTROLLER, &[], false),
+    ("waypoint", binaries::WAYPOINT, &[], false),
+    ("ztunnel", binaries::ZTUNNEL, &[], true),
+    // The node agent installs the plugin onto the node from its image.
+    (
+        "node-agent",
+        binaries::NODE_AGENT,
+        &[binaries::CNI_PLUGIN],
+        true,
+    ),
+    ("weftctl", binaries::WEFTCTL, &[], false),
+    ("e2e-app", binaries::APP, &[], false),
 ];
 
 /// The repository name of an image reference: `ghcr.io/weft-mesh/controller:v1`
@@ -45,38 +54,71 @@ pub fn repository(image: &str) -> &str {
 #[derive(Clone, Debug)]
 pub struct Images {
     bins: Binaries,
+    /// Images of programs built elsewhere (the cluster add-ons): the
+    /// repository and the binary; they run as `nonroot`.
+    others: Vec<(String, PathBuf)>,
 }
 
 impl Images {
     /// The images whose binaries are in `bins`.
     pub fn new(bins: Binaries) -> Images {
-        Images { bins }
+        Images {
+            bins,
+            others: Vec::new(),
+        }
+    }
+
+    /// Adds repository `name`, run from `binary`.
+    pub fn with(mut self, name: &str, binary: PathBuf) -> Images {
+        self.others.push((name.to_string(), binary));
+        self
     }
 
     /// The image `reference` names, or why it cannot be run.
     pub fn resolve(&self, reference: &str) -> Result<Image, String> {
         let name = repository(reference);
-        let (_, binary, root) = TABLE
+        if let Some((repo, binary)) = self.others.iter().find(|(repo, _)| repo == name) {
+            return Ok(Image {
+                binary: binary.clone(),
+                entrypoint: format!("/usr/local/bin/{repo}"),
+                user: (NONROOT, NONROOT),
+                extra: Vec::new(),
+            });
+        }
+        let (_, binary, extra, root) = TABLE
             .iter()
-            .find(|(repo, _, _)| *repo == name)
+            .find(|(repo, _, _, _)| *repo == name)
             .ok_or_else(|| {
                 format!(
                     "image {reference:?}: the harness has no build of repository {name:?} (it runs {})",
-                    TABLE.iter().map(|t| t.0).collect::<Vec<_>>().join(", ")
+                    TABLE
+                        .iter()
+                        .map(|t| t.0)
+                        .chain(self.others.iter().map(|o| o.0.as_str()))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )
             })?;
-        let path = self.bins.path(binary);
-        if !path.is_file() {
-            return Err(format!(
-                "image {reference:?}: {} is not built",
-                path.display()
-            ));
-        }
+        let built = |binary: &str| {
+            let path = self.bins.path(binary);
+            if path.is_file() {
+                Ok(path)
+            } else {
+                Err(format!(
+                    "image {reference:?}: {} is not built",
+                    path.display()
+                ))
+            }
+        };
         let id = if *root { 0 } else { NONROOT };
         Ok(Image {
-            binary: path,
+            binary: built(binary)?,
             entrypoint: format!("/usr/local/bin/{binary}"),
             user: (id, id),
+            extra: extra
+                .iter()
+                .map(|b| Ok((built(b)?, format!("/usr/local/bin/{b}"))))
+                .collect::<Result<_, String>>()?,
         })
     }
 }

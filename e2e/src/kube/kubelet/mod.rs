@@ -68,6 +68,8 @@ pub struct KubeletConfig {
     pub cni_conf_dir: PathBuf,
     /// Where CNI plugins are looked up.
     pub cni_path: Vec<PathBuf>,
+    /// The cluster DNS Service's address, if the cluster runs one.
+    pub cluster_dns: Option<std::net::Ipv4Addr>,
     /// Progress lines.
     pub progress: Progress,
 }
@@ -84,6 +86,7 @@ pub struct Context {
     fs: NodeFs,
     cni_conf_dir: PathBuf,
     cni_path: Vec<PathBuf>,
+    cluster_dns: Option<std::net::Ipv4Addr>,
     progress: Progress,
 }
 
@@ -229,6 +232,7 @@ async fn serve(
         fs: config.fs.clone(),
         cni_conf_dir: config.cni_conf_dir.clone(),
         cni_path: config.cni_path.clone(),
+        cluster_dns: config.cluster_dns,
         progress: config.progress.clone(),
     });
     let heartbeat = tokio::spawn(heartbeat(

@@ -22,6 +22,7 @@ use super::Context;
 use super::env::{self, PodFacts, Sources};
 use super::node::now;
 use super::probes::{self, Outcome};
+use super::runtime;
 use super::spec::{self, Bind};
 use super::volumes::{self, Keys, Prepared, Reader};
 use crate::cni::{self, CniCommand, CniPod};
@@ -279,19 +280,30 @@ impl Worker {
         if self.deleting() {
             return End::Stop;
         }
-        if let Err(e) = self.start_sandbox().await {
-            self.say(&format!("sandbox failed: {e}"));
-            self.failure = Some(("FailedCreatePodSandBox".into(), e));
-            self.publish().await;
-        }
         loop {
             if self.sandbox.is_none() {
-                // Without a sandbox nothing runs; wait for the deletion.
-                let changed = updates.changed().await;
-                if let Some(end) = self.follow(changed, updates) {
-                    return end;
+                // As a kubelet does, a sandbox that failed is tried again
+                // (the CNI plugin's agent may not be up yet) until the pod
+                // is deleted.
+                match self.start_sandbox().await {
+                    Ok(()) => self.failure = None,
+                    Err(e) => {
+                        if self.failure.as_ref().map(|f| &f.1) != Some(&e) {
+                            self.say(&format!("sandbox failed: {e}"));
+                        }
+                        self.failure = Some(("FailedCreatePodSandBox".into(), e));
+                        self.publish().await;
+                        tokio::select! {
+                            changed = updates.changed() => {
+                                if let Some(end) = self.follow(changed, updates) {
+                                    return end;
+                                }
+                            }
+                            _ = tokio::time::sleep(RETRY_CONFIG) => {}
+                        }
+                        continue;
+                    }
                 }
-                continue;
             }
             self.step().await;
             self.publish().await;
@@ -376,9 +388,26 @@ impl Worker {
             .unwrap_or_else(|| self.pod.metadata.name.clone().unwrap_or_default())
     }
 
+    /// The pod's `/etc/resolv.conf`: the cluster DNS with the namespace's
+    /// search path (`ClusterFirst`, and `ClusterFirstWithHostNet` for a
+    /// host-network pod), else the machine's.
+    fn resolv_conf(&self, namespace: &str) -> String {
+        let spec = self.spec();
+        let host_network = spec.host_network == Some(true);
+        let cluster = match spec.dns_policy.as_deref().unwrap_or("ClusterFirst") {
+            "ClusterFirstWithHostNet" => true,
+            "ClusterFirst" => !host_network,
+            _ => false,
+        };
+        match (cluster, self.ctx.cluster_dns) {
+            (true, Some(dns)) => format!(
+                "nameserver {dns}\nsearch {namespace}.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n"
+            ),
+            _ => std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+        }
+    }
+
     /// The kubelet's `/etc/hosts`, `/etc/hostname` and `/etc/resolv.conf`.
-    /// No cluster DNS runs yet, so resolv.conf has the search path and no
-    /// server (docs/e2e.md).
     fn write_etc_files(&self) -> Result<(), String> {
         let etc = self.dir.join("etc");
         std::fs::create_dir_all(&etc).map_err(|e| format!("{}: {e}", etc.display()))?;
@@ -393,12 +422,7 @@ impl Worker {
                 ),
             ),
             ("hostname", format!("{hostname}\n")),
-            (
-                "resolv.conf",
-                format!(
-                    "search {namespace}.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n"
-                ),
-            ),
+            ("resolv.conf", self.resolv_conf(&namespace)),
         ];
         for (name, text) in files {
             let path = etc.join(name);
@@ -623,6 +647,10 @@ impl Worker {
                 destination: mount.mount_path.clone(),
                 source,
                 read_only: volume.read_only || mount.read_only == Some(true),
+                host_to_container: matches!(
+                    mount.mount_propagation.as_deref(),
+                    Some("HostToContainer" | "Bidirectional")
+                ),
             });
         }
         for file in ["hosts", "hostname", "resolv.conf"] {
@@ -630,6 +658,7 @@ impl Worker {
                 destination: format!("/etc/{file}"),
                 source: self.dir.join("etc").join(file),
                 read_only: true,
+                host_to_container: false,
             });
         }
         let Some(sandbox) = &self.sandbox else {
@@ -637,6 +666,18 @@ impl Worker {
         };
         let pod_security = self.spec().security_context;
         let hostname = self.hostname();
+        let id = format!(
+            "{}-{}-{restart}",
+            &self.uid[..self.uid.len().min(8)],
+            c.name
+        );
+        // Named like a kubelet's cgroupfs-driver cgroups (the node agent
+        // finds running pods by the `pod<uid>` in them), under the run.
+        let cgroup = format!(
+            "{}/kubepods/besteffort/pod{}/{id}",
+            runtime::cgroup_root(&self.ctx.run_id),
+            self.uid
+        );
         let inputs = spec::Inputs {
             image: &image,
             env: &env,
@@ -644,6 +685,7 @@ impl Worker {
             netns: &sandbox.netns_path,
             hostname: &hostname,
             pod_security: pod_security.as_ref(),
+            cgroup: &cgroup,
         };
         let bundle = self
             .dir
@@ -972,6 +1014,9 @@ fn netns_name(ctx: &Context, namespace: &str, name: &str) -> String {
     ctx.run_id.netns(&format!("pod-{namespace}-{name}"))
 }
 
+/// The node directory CNI plugins see at its host path.
+const NODE_RUN: &str = "/run/weft";
+
 /// A pod as CNI names it.
 struct PodRef<'a> {
     namespace: &'a str,
@@ -996,9 +1041,20 @@ fn chain(
         uid: pod.uid,
         netns_path: path,
     };
-    cni::run_chain(&node, &conflist, &ctx.cni_path, command, &cni_pod, prev)
-        .map(|out| out.result)
-        .map_err(|e| e.to_string())
+    // The one node directory a plugin reaches through a path in its
+    // config: weft-cni's socket and enrollment cache under /run/weft.
+    let view = [(ctx.fs.host_path(NODE_RUN), PathBuf::from(NODE_RUN))];
+    cni::run_chain(
+        &node,
+        &view,
+        &conflist,
+        &ctx.cni_path,
+        command,
+        &cni_pod,
+        prev,
+    )
+    .map(|out| out.result)
+    .map_err(|e| e.to_string())
 }
 
 /// Creates the pod's network namespace and runs the node's CNI chain.

@@ -98,6 +98,46 @@ impl Runc {
     }
 }
 
+/// The cgroup under which run `run`'s containers live (one per controller
+/// of the machine's cgroup hierarchies; [`remove_cgroups`] removes it).
+pub fn cgroup_root(run: &crate::names::RunId) -> String {
+    format!("/weft-e2e/{}", run.as_str())
+}
+
+/// Removes run `run`'s cgroups, deepest first, from every hierarchy (once
+/// its processes are gone). Returns the failures.
+pub fn remove_cgroups(run: &crate::names::RunId) -> Vec<String> {
+    let mut errors = Vec::new();
+    let rel = cgroup_root(run);
+    let hierarchies = std::fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten();
+    for hierarchy in hierarchies {
+        let top = hierarchy.path().join(rel.trim_start_matches('/'));
+        if !top.is_dir() {
+            continue;
+        }
+        let mut dirs = Vec::new();
+        let mut stack = vec![top];
+        while let Some(d) = stack.pop() {
+            for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    stack.push(entry.path());
+                }
+            }
+            dirs.push(d);
+        }
+        // Children were pushed after their parents.
+        for d in dirs.iter().rev() {
+            if let Err(e) = std::fs::remove_dir(d) {
+                errors.push(format!("removing cgroup {}: {e}", d.display()));
+            }
+        }
+    }
+    errors
+}
+
 /// Removes every container under runc state directory `root` (teardown:
 /// kills what still runs and removes its cgroups). Returns the failures.
 pub fn delete_all(root: &Path) -> Vec<String> {

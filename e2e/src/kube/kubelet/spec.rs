@@ -90,6 +90,9 @@ pub struct Bind {
     pub source: PathBuf,
     /// Read-only.
     pub read_only: bool,
+    /// Mounts made on the machine later reach the container (`rslave`:
+    /// a volume's `mountPropagation: HostToContainer`).
+    pub host_to_container: bool,
 }
 
 /// Everything besides the container spec that its runtime spec needs.
@@ -107,6 +110,8 @@ pub struct Inputs<'a> {
     pub hostname: &'a str,
     /// The pod's security context.
     pub pod_security: Option<&'a PodSecurityContext>,
+    /// The container's cgroup (it names the pod, as the kubelet's do).
+    pub cgroup: &'a str,
 }
 
 /// The Linux capability name of a Kubernetes one (`NET_ADMIN`).
@@ -199,12 +204,25 @@ pub fn argv(container: &Container, image: &Image, env: &BTreeMap<String, String>
     argv
 }
 
-fn bind(destination: &str, source: &Path, read_only: bool) -> Value {
+fn bind(b: &Bind) -> Value {
     let mut options = vec!["rbind", "nosuid", "nodev"];
-    if read_only {
+    if b.read_only {
         options.push("ro");
     }
-    json!({"destination": destination, "type": "bind", "source": source, "options": options})
+    if b.host_to_container {
+        options.push("rslave");
+    }
+    json!({"destination": b.destination, "type": "bind", "source": b.source, "options": options})
+}
+
+/// A read-only bind of `source` at `destination`.
+fn ro(destination: &str, source: &Path) -> Bind {
+    Bind {
+        destination: destination.to_string(),
+        source: source.to_path_buf(),
+        read_only: true,
+        host_to_container: false,
+    }
 }
 
 /// The OCI runtime spec of `container`; `rootfs` is the bundle's root and
@@ -236,16 +254,18 @@ pub fn runtime_spec(
                "options": ["nosuid", "noexec", "nodev"]}),
         json!({"destination": "/sys", "type": "sysfs", "source": "sysfs",
                "options": ["nosuid", "noexec", "nodev", "ro"]}),
-        bind("/usr", Path::new("/usr"), true),
-        bind("/usr/local", local, true),
-        bind(&inputs.image.entrypoint, &inputs.image.binary, true),
+        bind(&ro("/usr", Path::new("/usr"))),
+        bind(&ro("/usr/local", local)),
+        bind(&ro(&inputs.image.entrypoint, &inputs.image.binary)),
     ];
     mounts.extend(
         inputs
-            .binds
+            .image
+            .extra
             .iter()
-            .map(|b| bind(&b.destination, &b.source, b.read_only)),
+            .map(|(source, at)| bind(&ro(at, source))),
     );
+    mounts.extend(inputs.binds.iter().map(bind));
     let caps_json: Vec<&str> = caps.iter().map(String::as_str).collect();
     Ok(json!({
         "ociVersion": "1.0.2",
@@ -269,6 +289,7 @@ pub fn runtime_spec(
         "hostname": inputs.hostname,
         "mounts": mounts,
         "linux": {
+            "cgroupsPath": inputs.cgroup,
             "namespaces": [
                 {"type": "pid"},
                 {"type": "ipc"},
@@ -295,6 +316,11 @@ pub fn make_rootfs(
     for dir in ["usr", "proc", "dev", "sys", "etc", "tmp", "run", "var"] {
         std::fs::create_dir_all(rootfs.join(dir))?;
     }
+    // As in distroless and Debian images: /var/run is /run.
+    let var_run = rootfs.join("var/run");
+    if std::fs::symlink_metadata(&var_run).is_err() {
+        symlink("../run", &var_run)?;
+    }
     std::fs::set_permissions(rootfs.join("tmp"), std::fs::Permissions::from_mode(0o1777))?;
     for (link, target) in [
         ("bin", "usr/bin"),
@@ -320,13 +346,17 @@ pub fn make_rootfs(
     )?;
     let bin = local.join("bin");
     std::fs::create_dir_all(&bin)?;
-    let entry = image
-        .entrypoint
-        .strip_prefix("/usr/local/")
-        .map(|rel| local.join(rel))
-        .unwrap_or_else(|| rootfs.join(image.entrypoint.trim_start_matches('/')));
-    if !entry.exists() {
-        std::fs::write(&entry, b"")?;
+    // Mount points for the image's binaries inside the read-only /usr/local.
+    let in_image = std::iter::once(image.entrypoint.as_str())
+        .chain(image.extra.iter().map(|(_, at)| at.as_str()));
+    for at in in_image {
+        let point = at
+            .strip_prefix("/usr/local/")
+            .map(|rel| local.join(rel))
+            .unwrap_or_else(|| rootfs.join(at.trim_start_matches('/')));
+        if !point.exists() {
+            std::fs::write(&point, b"")?;
+        }
     }
     Ok(())
 }
@@ -342,6 +372,10 @@ mod tests {
             binary: PathBuf::from("/bins/weft-controller"),
             entrypoint: "/usr/local/bin/weft-controller".into(),
             user: (id, id),
+            extra: vec![(
+                PathBuf::from("/bins/weft-cni"),
+                "/usr/local/bin/weft-cni".into(),
+            )],
         }
     }
 
@@ -406,11 +440,20 @@ mod tests {
         let c = container(json!({"name": "c", "securityContext": {
             "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]}}}));
         let env = BTreeMap::new();
-        let binds = [Bind {
-            destination: "/etc/hosts".into(),
-            source: "/pod/hosts".into(),
-            read_only: true,
-        }];
+        let binds = [
+            Bind {
+                destination: "/etc/hosts".into(),
+                source: "/pod/hosts".into(),
+                read_only: true,
+                host_to_container: false,
+            },
+            Bind {
+                destination: "/var/run/netns".into(),
+                source: "/run/netns".into(),
+                read_only: false,
+                host_to_container: true,
+            },
+        ];
         let inputs = Inputs {
             image: &image(false),
             env: &env,
@@ -418,6 +461,7 @@ mod tests {
             netns: Path::new("/run/netns/p"),
             hostname: "p",
             pod_security: None,
+            cgroup: "/weft-e2e/run/kubepods/besteffort/podU/c",
         };
         let spec =
             runtime_spec(&c, &inputs, Path::new("/b/rootfs"), Path::new("/b/local")).expect("spec");
@@ -436,6 +480,21 @@ mod tests {
             mounts
                 .iter()
                 .any(|m| m["destination"] == "/usr/local/bin/weft-controller")
+        );
+        assert!(
+            mounts
+                .iter()
+                .any(|m| m["destination"] == "/usr/local/bin/weft-cni")
+        );
+        assert!(mounts.iter().any(|m| {
+            m["destination"] == "/var/run/netns"
+                && m["options"]
+                    .as_array()
+                    .is_some_and(|o| o.contains(&json!("rslave")))
+        }));
+        assert_eq!(
+            spec["linux"]["cgroupsPath"],
+            "/weft-e2e/run/kubepods/besteffort/podU/c"
         );
         assert_eq!(spec["linux"]["namespaces"][4]["path"], "/run/netns/p");
     }

@@ -30,11 +30,17 @@ pub struct NodeFs {
 }
 
 /// Paths every node shares with the machine.
-const SHARED: &[&str] = &["/proc", "/sys", "/dev", "/run/netns", "/var/run/netns"];
+const SHARED: &[&str] = &["/proc", "/sys", "/dev", "/run/netns"];
 
 impl NodeFs {
-    /// Where the node's `path` is on this machine.
+    /// Where the node's `path` is on this machine (`/var/run` is `/run`,
+    /// as on any host).
     pub fn host_path(&self, path: &str) -> PathBuf {
+        let path = match path.strip_prefix("/var/run") {
+            Some(rest) if rest.is_empty() || rest.starts_with('/') => format!("/run{rest}"),
+            _ => path.to_string(),
+        };
+        let path = path.as_str();
         if SHARED
             .iter()
             .any(|s| path == *s || path.starts_with(&format!("{s}/")))
@@ -435,9 +441,11 @@ mod tests {
             PathBuf::from("/run/e2e/node-1/root/etc/cni/net.d")
         );
         assert_eq!(fs.host_path("/proc"), PathBuf::from("/proc"));
+        assert_eq!(fs.host_path("/var/run/netns"), PathBuf::from("/run/netns"));
+        assert_eq!(fs.host_path("/var/run/weft"), fs.host_path("/run/weft"));
         assert_eq!(
-            fs.host_path("/var/run/netns"),
-            PathBuf::from("/var/run/netns")
+            fs.host_path("/var/runner"),
+            PathBuf::from("/run/e2e/node-1/root/var/runner")
         );
         assert_eq!(
             fs.host_path("/process"),
