@@ -290,6 +290,33 @@ fn waypoint_in_another_namespace() {
 }
 
 #[test]
+fn a_terminating_pod_stays_in_the_mesh_but_takes_no_new_load_balanced_connections() {
+    let mut leaving = pod("in", "web-1", "10.0.0.1", json!({"app": "web"}));
+    leaving["metadata"]["deletionTimestamp"] = json!("2026-12-04T12:00:00Z");
+    leaving["status"]["conditions"] = json!([{"type": "Ready", "status": "True"}]);
+    let m = build(&[
+        ns("in", json!({"weft.dev/dataplane-mode": "ambient"})),
+        leaving,
+        pod("in", "web-2", "10.0.0.2", json!({"app": "web"})),
+        service("in", "web", "10.96.0.1", json!({})),
+    ]);
+    // Still a workload in the tunnel, with its identity: its traffic during
+    // the grace period is mTLS and policy applies to it.
+    let w = &m.workloads["uid-web-1"];
+    assert_eq!(w.protocol, TunnelProtocol::Hbone as i32);
+    assert_eq!(w.status, HealthStatus::Unhealthy as i32);
+    let status = |uid: &str| {
+        m.services["in/web"]
+            .endpoints
+            .iter()
+            .find(|e| e.workload_uid == uid)
+            .map(|e| e.status)
+    };
+    assert_eq!(status("uid-web-1"), Some(HealthStatus::Unhealthy as i32));
+    assert_eq!(status("uid-web-2"), Some(HealthStatus::Healthy as i32));
+}
+
+#[test]
 fn endpoints_from_slices_and_selector_fallback() {
     let slice = json!({
         "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",

@@ -168,7 +168,8 @@ fn the_ca_takes_the_node_from_a_pod_bound_token_and_refuses_every_other_token() 
         k.run(&["create", "serviceaccount", "-n", "shop", sa])
             .expect("sa");
     }
-    k.run(&["create", "serviceaccount", "-n", "weft-system", "ztunnel"])
+    // deploy/ ships the ztunnel ServiceAccount (its DaemonSet's).
+    k.run(&["get", "serviceaccount", "-n", "weft-system", "ztunnel"])
         .expect("ztunnel sa");
     k.apply(&pod("shop", "web", "web", "node-1")).expect("web");
     k.apply(&pod("shop", "db", "db", "node-2")).expect("db");

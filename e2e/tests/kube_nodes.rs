@@ -124,18 +124,11 @@ fn pods_run_from_their_specs_on_the_netns_nodes_and_services_route() {
 
     k.run(&["create", "namespace", "apps"]).expect("namespace");
     k.apply(SERVER).expect("server objects");
-    k.run(&[
-        "wait",
-        "-n",
-        "apps",
-        "--for=condition=Available",
-        "deployment/echo",
-        "--timeout=90s",
-    ])
-    .unwrap_or_else(|e| {
-        cluster.print_logs();
-        panic!("the echo Deployment becomes Available: {e}")
-    });
+    k.wait_for("apps", "Available", "deployment/echo", 90)
+        .unwrap_or_else(|e| {
+            cluster.print_logs();
+            panic!("the echo Deployment becomes Available: {e}")
+        });
     let pods = k
         .get_json(&["pods", "-n", "apps", "-l", "app=echo"])
         .expect("pods");
@@ -354,14 +347,12 @@ fn deploy_installs_and_its_controller_pods_run_on_the_nodes_until_ready() {
     let cluster = up();
     weft_e2e::kube::install::weft(cluster.control_plane()).expect("install weft with kubectl");
     let k = cluster.kubectl();
-    k.run(&[
-        "wait",
-        "-n",
+    k.wait_for(
         "weft-system",
-        "--for=condition=Available",
+        "Available",
         "deployment/weft-controller",
-        "--timeout=120s",
-    ])
+        120,
+    )
     .unwrap_or_else(|e| {
         cluster.print_logs();
         panic!("the controller Deployment becomes Available: {e}")

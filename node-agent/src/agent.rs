@@ -12,7 +12,7 @@
 //! Reconciliation is serialized by one async lock: rule changes are a few
 //! forks per pod, rare enough that ordering matters more than parallelism.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -59,6 +59,9 @@ pub struct AgentConfig {
     /// before its sandbox, so this only covers a lagging watch; it must end
     /// within the plugin's own timeout.
     pub identity_wait: std::time::Duration,
+    /// The SNAT that brings the kubelet's probes to enrolled pods from the
+    /// probe source (none: leave the node's rules alone, e.g. in tests).
+    pub host_probes: Option<crate::probes::HostProbes>,
 }
 
 /// What the agent knows about one pod on its node.
@@ -77,6 +80,8 @@ struct PodView {
     ineligible: bool,
     /// The netns path the runtime gave on ADD.
     cni_netns: Option<String>,
+    /// The TCP ports its probes connect to (see [`crate::probes`]).
+    probe_ports: Vec<u16>,
 }
 
 impl PodView {
@@ -110,6 +115,8 @@ struct AgentState {
     enrolled: HashMap<String, Enrolled>,
     /// The first synced view has been swept for leftover rules.
     swept: bool,
+    /// The probe SNAT targets last installed (`None`: not yet).
+    probe_targets: Option<BTreeSet<(std::net::Ipv4Addr, u16)>>,
 }
 
 impl AgentState {
@@ -421,6 +428,37 @@ impl NodeAgent {
                 tracing::warn!(pod = %key, error = %e, "cannot enroll pod");
             }
         }
+        self.update_probes(state).await;
+    }
+
+    /// Points the probe SNAT at the enrolled pods' probed ports.
+    async fn update_probes(&self, state: &mut AgentState) {
+        let Some(probes) = self.config.host_probes.clone() else {
+            return;
+        };
+        let targets: BTreeSet<(std::net::Ipv4Addr, u16)> = state
+            .enrolled
+            .keys()
+            .filter_map(|k| state.pods.get(k))
+            .flat_map(|v| {
+                let ips: Vec<std::net::Ipv4Addr> =
+                    v.ips.iter().filter_map(|ip| ip.parse().ok()).collect();
+                ips.into_iter()
+                    .flat_map(|ip| v.probe_ports.iter().map(move |p| (ip, *p)))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        if state.probe_targets.as_ref() == Some(&targets) {
+            return;
+        }
+        let wanted = targets.clone();
+        match blocking(move || probes.apply(&wanted).map_err(EnrollError::from)).await {
+            Ok(()) => {
+                tracing::info!(targets = targets.len(), "probe SNAT updated");
+                state.probe_targets = Some(targets);
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot update the probe SNAT"),
+        }
     }
 
     /// Enrolls `key`, or repairs its rules if already enrolled.
@@ -642,10 +680,13 @@ impl NodeAgent {
             ips,
             netns_annotation: label(&meta.annotations, NETNS_ANNOTATION),
             in_registry: true,
+            // A pod being deleted stays enrolled until its containers have
+            // exited (its phase is terminal or it is gone): during its
+            // grace period it still talks, and must do so through the mesh.
             ineligible: spec.host_network == Some(true)
-                || matches!(phase, Some("Succeeded" | "Failed"))
-                || meta.deletion_timestamp.is_some(),
+                || matches!(phase, Some("Succeeded" | "Failed")),
             cni_netns: None,
+            probe_ports: crate::probes::ports(pod),
         })
     }
 }

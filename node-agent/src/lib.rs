@@ -4,6 +4,8 @@
 //!   uninstall restores the original.
 //! - [`netns`]: opening, entering and finding pod network namespaces.
 //! - [`redirect`]: the in-pod redirect rules (nftables or iptables).
+//! - [`probes`]: the kubelet's probes of enrolled pods, SNATed on the node
+//!   to the source the in-pod rules let through.
 //! - [`handoff`]: the SEQPACKET server that hands pods' netns to ztunnel.
 //! - [`agent`]: the node's enrolled pods, converged from the registry and the
 //!   plugin's requests (the protocol is `weft_cni::enrollment`'s).
@@ -16,4 +18,5 @@ pub mod handoff;
 pub mod install;
 pub mod netns;
 pub mod peers;
+pub mod probes;
 pub mod redirect;

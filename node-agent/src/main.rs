@@ -15,6 +15,7 @@ use weft_cni::enrollment::{AgentRequest, AgentResponse, ask_agent};
 use weft_node_agent::agent::{AgentConfig, NetnsDiscovery, NodeAgent, serve_requests};
 use weft_node_agent::handoff::{DEFAULT_HANDOFF_SOCKET, HandoffHub, HandoffServer};
 use weft_node_agent::install::{self, ConfInstaller};
+use weft_node_agent::probes::HostProbes;
 use weft_node_agent::redirect::{Backend, DEFAULT_PROBE_SOURCE, Redirector};
 
 #[derive(Parser)]
@@ -102,6 +103,11 @@ struct RunArgs {
     /// The source address of the node's health probes (passes uncaptured).
     #[arg(long, default_value_t = DEFAULT_PROBE_SOURCE)]
     probe_source: Ipv4Addr,
+    /// Do not SNAT the node's connections to enrolled pods' probe ports to
+    /// the probe source (then the kubelet's probes of enrolled pods are
+    /// captured like any plaintext, and fail under STRICT or ALLOW policies).
+    #[arg(long)]
+    no_probe_snat: bool,
     /// Namespaces the plugin never enrolls nor fails closed for.
     #[arg(long = "exclude-namespace", default_value = "kube-system")]
     exclude_namespaces: Vec<String>,
@@ -188,6 +194,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             redirector: Redirector::new(args.backend, args.probe_source),
             // The answer must reach the plugin before it gives up on us.
             identity_wait: Duration::from_millis(args.plugin_timeout_ms * 3 / 4),
+            host_probes: (!args.no_probe_snat).then(|| HostProbes::new(args.probe_source)),
         },
         hub.clone(),
     );

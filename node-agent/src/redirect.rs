@@ -401,6 +401,12 @@ fn ignore_missing(
     }
 }
 
+/// Applies an nftables ruleset in the agent's own namespace (one `nft -f`
+/// transaction).
+pub fn run_nft(ruleset: &str) -> Result<(), RedirectError> {
+    run(Command::new("nft").args(["-f", "-"]), Some(ruleset))?.map(|_| ())
+}
+
 /// Runs `cmd`, feeding `stdin`. Outer error: it could not be started;
 /// inner error: it failed. Split so callers can tell "not installed" apart.
 fn run(

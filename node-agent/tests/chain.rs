@@ -92,6 +92,7 @@ impl Bed {
                 // the node's own connections to pods are its probes.
                 redirector: Redirector::new(backend, GATEWAY),
                 identity_wait: Duration::from_millis(1500),
+                host_probes: None,
             },
             hub.clone(),
         );
@@ -456,6 +457,7 @@ fn enrolling_a_namespace_with_running_pods() {
             enrollment_cache: None,
             redirector: Redirector::new(Backend::Auto, GATEWAY),
             identity_wait: Duration::from_millis(1500),
+            host_probes: None,
         },
         hub.clone(),
     );
@@ -479,6 +481,7 @@ fn enrolling_a_namespace_with_running_pods() {
             enrollment_cache: None,
             redirector: redirector.clone(),
             identity_wait: Duration::from_millis(1500),
+            host_probes: None,
         },
         HandoffHub::new(),
     );

@@ -120,6 +120,7 @@ fn only_root_and_the_agent_user_are_answered() {
             enrollment_cache: None,
             redirector: Redirector::new(Backend::Auto, Ipv4Addr::new(10, 250, 0, 1)),
             identity_wait: Duration::from_millis(1500),
+            host_probes: None,
         },
         agent_hub,
     );
@@ -171,6 +172,7 @@ fn an_add_waits_for_the_registry_to_name_the_pods_identity() {
             enrollment_cache: None,
             redirector: Redirector::new(Backend::Auto, Ipv4Addr::new(10, 250, 0, 1)),
             identity_wait: Duration::from_millis(1500),
+            host_probes: None,
         },
         HandoffHub::new(),
     );

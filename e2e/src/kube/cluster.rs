@@ -22,6 +22,7 @@ use super::kubelet::{self, Images, Kubelet, KubeletConfig, NodeFs, NodeIdentity}
 use super::toolchain::Toolchain;
 use crate::addresses::{self, CONTROLLER_IP, MAX_NODES};
 use crate::binaries::Binaries;
+use crate::capture::Capture;
 use crate::cleanup;
 use crate::cluster::Progress;
 use crate::cni;
@@ -29,6 +30,7 @@ use crate::error::{Error, Result};
 use crate::exec;
 use crate::names::{self, RunId};
 use crate::netns::Netns;
+use crate::pod::{Pod, PodInner};
 use crate::process::ManagedProcess;
 use crate::signals;
 use crate::state::RunState;
@@ -106,6 +108,8 @@ impl KubeNode {
 /// A running kube cluster; dropping it tears everything down.
 pub struct KubeCluster {
     config: KubeClusterConfig,
+    bins: Binaries,
+    underlay: Option<Netns>,
     state: RunState,
     plane: Option<ControlPlane>,
     nodes: Vec<KubeNode>,
@@ -154,6 +158,8 @@ impl KubeCluster {
         (config.progress)(&format!("run {id} (kube): files in {}", dir.display()));
         let mut cluster = KubeCluster {
             config,
+            bins: bins.clone(),
+            underlay: None,
             state,
             plane: None,
             nodes: Vec::new(),
@@ -176,6 +182,7 @@ impl KubeCluster {
         let dir = self.state.dir.clone();
         let underlay = self.create_netns("underlay")?;
         topology::build_underlay(&underlay)?;
+        let underlay = Netns::open(self.underlay.insert(underlay).name())?;
 
         progress(&format!(
             "control plane: a namespace on the underlay at {CONTROLLER_IP}"
@@ -344,6 +351,59 @@ impl KubeCluster {
     /// The run directory.
     pub fn dir(&self) -> &Path {
         &self.state.dir
+    }
+
+    /// Pod `namespace/name` as it runs: its object's facts, and its network
+    /// namespace to run the sample workload in (as the pod, so its traffic
+    /// is captured like the pod's own).
+    pub fn pod(&self, namespace: &str, name: &str) -> Result<Pod> {
+        let object = self.kubectl().get_json(&["pod", "-n", namespace, name])?;
+        let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+        let ip = object["status"]["podIP"]
+            .as_str()
+            .and_then(|ip| ip.parse().ok())
+            .ok_or_else(|| Error::Invalid(format!("pod {namespace}/{name} has no IP yet")))?;
+        let labels = object["metadata"]["labels"]
+            .as_object()
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), text(v))).collect())
+            .unwrap_or_default();
+        let netns = Netns::open(&self.state.run_id.netns(&format!("pod-{namespace}-{name}")))?;
+        Ok(Pod {
+            inner: Arc::new(PodInner {
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+                uid: text(&object["metadata"]["uid"]),
+                node: text(&object["spec"]["nodeName"]),
+                service_account: text(&object["spec"]["serviceAccountName"]),
+                labels,
+                ip,
+                netns,
+                app: self.bins.path(crate::binaries::APP),
+                cni_result: String::new(),
+                echo_server: true,
+            }),
+        })
+    }
+
+    /// Starts a packet capture of everything nodes send each other over
+    /// the underlay; files `<run>/<name>-<node>.pcap`.
+    pub fn capture(&self, name: &str) -> Result<Capture> {
+        let underlay = self
+            .underlay
+            .as_ref()
+            .ok_or_else(|| Error::Invalid("no underlay".into()))?;
+        let ports: Vec<String> = self.nodes.iter().map(|n| n.name.clone()).collect();
+        Capture::start(underlay, self.dir(), name, &ports)
+    }
+
+    /// GET `path` of node `index`'s ztunnel admin API (its unix socket on
+    /// the node, `/var/run/weft/ztunnel-admin.sock`), as JSON.
+    pub fn ztunnel_admin(&self, index: usize, path: &str) -> Result<serde_json::Value> {
+        let socket = self
+            .node(index)?
+            .fs
+            .host_path("/run/weft/ztunnel-admin.sock");
+        crate::http::get_unix(&socket, path)?.json()
     }
 
     /// Stops node `index`'s kubelet (its pods keep running; the node goes

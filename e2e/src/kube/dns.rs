@@ -103,13 +103,6 @@ spec:
 /// Available).
 pub fn install(kubectl: &Kubectl) -> Result<()> {
     kubectl.apply(&manifest())?;
-    kubectl.run(&[
-        "wait",
-        "-n",
-        "kube-system",
-        "--for=condition=Available",
-        "deployment/coredns",
-        "--timeout=120s",
-    ])?;
+    kubectl.wait_for("kube-system", "Available", "deployment/coredns", 120)?;
     Ok(())
 }

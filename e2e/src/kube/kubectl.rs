@@ -64,6 +64,26 @@ impl Kubectl {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// `kubectl wait -n <namespace> --for=condition=<condition> <object>`,
+    /// for at most `seconds`.
+    pub fn wait_for(
+        &self,
+        namespace: &str,
+        condition: &str,
+        object: &str,
+        seconds: u32,
+    ) -> Result<()> {
+        self.run(&[
+            "wait",
+            "-n",
+            namespace,
+            &format!("--for=condition={condition}"),
+            object,
+            &format!("--timeout={seconds}s"),
+        ])
+        .map(|_| ())
+    }
+
     /// `kubectl get ... -o json`, decoded.
     pub fn get_json<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> Result<serde_json::Value> {
         let mut all: Vec<std::ffi::OsString> = vec!["get".into()];

@@ -72,7 +72,10 @@ pub fn node_name(pod: &Pod) -> Option<&str> {
 }
 
 /// Pods that take part in addressing: scheduled, with an IP, not finished,
-/// and not on the host network (their address is the node's).
+/// and not on the host network (their address is the node's). A pod being
+/// deleted still is: its containers run through their grace period, and
+/// what they send and receive meanwhile keeps its identity and policy
+/// (its health says it takes no new load-balanced connections).
 pub(crate) fn is_addressable(pod: &Pod) -> bool {
     let host_network = pod
         .spec
@@ -84,15 +87,19 @@ pub(crate) fn is_addressable(pod: &Pod) -> bool {
         .as_ref()
         .and_then(|s| s.phase.as_deref())
         .is_some_and(|p| p == "Succeeded" || p == "Failed");
-    let deleting = pod.metadata.deletion_timestamp.is_some();
     let has_ip = pod.status.as_ref().is_some_and(|s| {
         s.pod_ip.as_deref().is_some_and(|ip| !ip.is_empty())
             || s.pod_ips.as_ref().is_some_and(|ips| !ips.is_empty())
     });
-    !host_network && !finished && !deleting && has_ip
+    !host_network && !finished && has_ip
 }
 
 fn health(pod: &Pod) -> HealthStatus {
+    // Terminating: no new load-balanced connections, as the EndpointSlice
+    // controller marks its endpoints not ready.
+    if pod.metadata.deletion_timestamp.is_some() {
+        return HealthStatus::Unhealthy;
+    }
     let ready = pod
         .status
         .as_ref()

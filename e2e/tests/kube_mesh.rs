@@ -1,0 +1,501 @@
+//! The mesh on the kube cluster (docs/e2e.md): weft installed from
+//! `deploy/` with kubectl, its node agents and ztunnels running as
+//! DaemonSet pods on the netns nodes, and a namespace enrolled the way users
+//! enroll it, with `kubectl label`. Needs root.
+
+mod common;
+
+use std::time::Duration;
+
+use weft_e2e::Pod;
+use weft_e2e::kube::{KubeCluster, KubeClusterConfig, install};
+use weft_e2e::process::wait_until;
+
+const SETTLE: Duration = Duration::from_secs(90);
+
+/// A kube cluster with weft installed and rolled out.
+fn mesh() -> KubeCluster {
+    let cluster = KubeCluster::up(KubeClusterConfig::default()).expect("kube cluster up");
+    install::weft(cluster.control_plane()).expect("install weft with kubectl");
+    let k = cluster.kubectl();
+    for (kind, name) in [
+        ("deployment", "weft-controller"),
+        ("daemonset", "weft-node-agent"),
+        ("daemonset", "ztunnel"),
+    ] {
+        if let Err(e) = k.run(&[
+            "rollout",
+            "status",
+            "-n",
+            "weft-system",
+            &format!("{kind}/{name}"),
+            "--timeout=120s",
+        ]) {
+            cluster.print_logs();
+            panic!("{kind}/{name} rolls out: {e}");
+        }
+    }
+    cluster
+}
+
+/// The ServiceAccounts of `shop`'s client and server: their identities.
+const ACCOUNTS: &str = r#"
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: client, namespace: shop}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: server, namespace: shop}
+"#;
+
+const APPS: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: server, namespace: shop}
+spec:
+  selector: {matchLabels: {app: server}}
+  template:
+    metadata: {labels: {app: server}}
+    spec:
+      serviceAccountName: server
+      nodeSelector: {kubernetes.io/hostname: node-2}
+      containers:
+        - name: main
+          image: e2e-app
+          args: ["serve", "--name", "shop/server"]
+          readinessProbe: {tcpSocket: {port: 9000}, periodSeconds: 1}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: client, namespace: shop}
+spec:
+  selector: {matchLabels: {app: client}}
+  template:
+    metadata: {labels: {app: client}}
+    spec:
+      serviceAccountName: client
+      nodeSelector: {kubernetes.io/hostname: node-1}
+      containers:
+        - {name: main, image: e2e-app, args: ["serve", "--name", "shop/client"]}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: legacy, namespace: shop}
+spec:
+  selector: {matchLabels: {app: legacy}}
+  template:
+    metadata:
+      # Opts out of the mesh whatever its namespace says.
+      labels: {app: legacy, weft.dev/dataplane-mode: none}
+    spec:
+      nodeSelector: {kubernetes.io/hostname: node-1}
+      containers:
+        - {name: main, image: e2e-app, args: ["serve", "--name", "shop/legacy"]}
+"#;
+
+/// The running pod of Deployment `app` in `shop`.
+fn pod_of(cluster: &KubeCluster, app: &str) -> Pod {
+    let pods = cluster
+        .kubectl()
+        .get_json(&["pods", "-n", "shop", "-l", &format!("app={app}")])
+        .expect("pods");
+    let name = pods["items"][0]["metadata"]["name"]
+        .as_str()
+        .expect("a pod")
+        .to_string();
+    cluster.pod("shop", &name).expect("pod")
+}
+
+fn restarts(cluster: &KubeCluster, pod: &Pod) -> i64 {
+    cluster
+        .kubectl()
+        .get_json(&["pod", "-n", "shop", pod.name()])
+        .ok()
+        .and_then(|p| p["status"]["containerStatuses"][0]["restartCount"].as_i64())
+        .unwrap_or(-1)
+}
+
+#[test]
+fn labelling_a_namespace_with_kubectl_moves_its_running_pods_into_the_mesh_and_back() {
+    let _one = common::serial();
+    let cluster = mesh();
+    let k = cluster.kubectl();
+    k.run(&["create", "namespace", "shop"]).expect("namespace");
+    k.apply(ACCOUNTS).expect("accounts");
+    k.apply(APPS).expect("apps");
+    for app in ["server", "client", "legacy"] {
+        k.wait_for("shop", "Available", &format!("deployment/{app}"), 90)
+            .unwrap_or_else(|e| panic!("{app} Available: {e}"));
+    }
+    let (client, server, legacy) = (
+        pod_of(&cluster, "client"),
+        pod_of(&cluster, "server"),
+        pod_of(&cluster, "legacy"),
+    );
+    let sandboxes =
+        || [&client, &server, &legacy].map(|p| weft_e2e::netns::Netns::inode_of(p.netns().name()));
+    let sandboxes_before = sandboxes();
+
+    let exchange = |from: &Pod, secret: &str| {
+        let capture = cluster.capture("kube-live").expect("capture");
+        let reply = from.tcp_echo(server.echo_tcp(), secret);
+        let text = capture.finish().expect("capture");
+        (reply, text)
+    };
+
+    // Outside the mesh: plaintext on the underlay.
+    let (reply, before) = exchange(&client, "before-enrollment");
+    assert_eq!(reply.expect("exchange").peer.ip(), client.ip());
+    assert!(before.contains("before-enrollment"), "{}", before.text);
+
+    // `kubectl label`: the node agents enroll the running pods (found by
+    // their cgroups under /proc), ztunnel takes them over, and their
+    // traffic crosses the underlay as HBONE only.
+    k.run(&[
+        "label",
+        "namespace",
+        "shop",
+        "weft.dev/dataplane-mode=ambient",
+    ])
+    .expect("label");
+    for pod in [&client, &server] {
+        wait_until(&format!("{} redirected", pod.key()), SETTLE, || {
+            pod.redirect_rules().is_ok_and(|r| r.present())
+        })
+        .unwrap_or_else(|e| {
+            cluster.print_logs();
+            panic!("{e}")
+        });
+        wait_until(
+            &format!("ztunnel listening in {}", pod.key()),
+            SETTLE,
+            || {
+                pod.netns()
+                    .listening_tcp_ports()
+                    .is_ok_and(|p| [15001, 15006, 15008].iter().all(|port| p.contains(port)))
+            },
+        )
+        .expect("ztunnel in the pod");
+    }
+    let mut last = String::new();
+    wait_until("an exchange through the tunnel", SETTLE, || {
+        let (reply, text) = exchange(&client, "while-enrolled");
+        let ok = reply.is_ok_and(|r| r.peer.ip() == client.ip())
+            && !text.contains("while-enrolled")
+            && text.destination_ports().contains_key(&15008);
+        last = text.text;
+        ok
+    })
+    .unwrap_or_else(|e| panic!("{e}; last capture:\n{last}"));
+    let workloads = cluster
+        .ztunnel_admin(1, "/workloads")
+        .expect("ztunnel workloads");
+    assert!(
+        workloads["workloads"].as_array().is_some_and(|ws| ws
+            .iter()
+            .any(|w| { w["uid"] == server.uid() && w["protocol"] == "TUNNEL_PROTOCOL_HBONE" })),
+        "{workloads}"
+    );
+
+    // The pod that opted out stays outside, in the same namespace.
+    assert!(
+        legacy.redirect_rules().expect("rules").absent(),
+        "a pod labelled dataplane-mode=none is left alone"
+    );
+    let (reply, opted_out) = exchange(&legacy, "opted-out");
+    assert_eq!(reply.expect("exchange").peer.ip(), legacy.ip());
+    assert!(opted_out.contains("opted-out"), "{}", opted_out.text);
+
+    // Removing the label takes them out again: plaintext.
+    k.run(&["label", "namespace", "shop", "weft.dev/dataplane-mode-"])
+        .expect("unlabel");
+    for pod in [&client, &server] {
+        wait_until(&format!("{} released", pod.key()), SETTLE, || {
+            pod.redirect_rules().is_ok_and(|r| r.absent())
+        })
+        .expect("rules removed");
+    }
+    wait_until("plaintext again", SETTLE, || {
+        let (reply, text) = exchange(&client, "after-unenrollment");
+        reply.is_ok() && text.contains("after-unenrollment")
+    })
+    .expect("back to plaintext");
+
+    // Nothing was restarted: same sandboxes, no container restarts.
+    assert_eq!(sandboxes(), sandboxes_before, "a sandbox was re-created");
+    for pod in [&client, &server, &legacy] {
+        assert_eq!(restarts(&cluster, pod), 0, "{} restarted", pod.key());
+    }
+}
+
+const TERMINATING: &str = r#"
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: stranger, namespace: shop}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: server, namespace: shop, labels: {app: server}}
+spec:
+  serviceAccountName: server
+  nodeName: node-2
+  terminationGracePeriodSeconds: 30
+  containers:
+    - {name: main, image: e2e-app, args: ["serve", "--name", "shop/server"]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: shop, labels: {app: client}}
+spec:
+  serviceAccountName: client
+  nodeName: node-1
+  containers:
+    - {name: main, image: e2e-app, args: ["serve", "--name", "shop/client"]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: stranger, namespace: shop, labels: {app: stranger}}
+spec:
+  serviceAccountName: stranger
+  nodeName: node-1
+  containers:
+    - {name: main, image: e2e-app, args: ["serve", "--name", "shop/stranger"]}
+---
+apiVersion: security.weft.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: server-clients, namespace: shop}
+spec:
+  selector: {matchLabels: {app: server}}
+  action: ALLOW
+  rules:
+    - from: [{source: {principals: [cluster.local/ns/shop/sa/client]}}]
+"#;
+
+/// Whether `from` reaches `to`'s echo server, with the capture of the
+/// exchange.
+fn try_exchange(
+    cluster: &KubeCluster,
+    from: &Pod,
+    to: &Pod,
+    secret: &str,
+) -> (
+    Result<std::net::IpAddr, String>,
+    weft_e2e::capture::CaptureText,
+) {
+    let capture = cluster.capture("terminating").expect("capture");
+    let reply = from
+        .tcp_echo_result(to.echo_tcp(), secret)
+        .expect("client ran")
+        .map(|r| r.peer.ip());
+    (reply, capture.finish().expect("capture"))
+}
+
+#[test]
+fn a_terminating_pod_talks_through_the_mesh_under_its_policy_until_its_containers_exit() {
+    let _one = common::serial();
+    let cluster = mesh();
+    let k = cluster.kubectl();
+    k.run(&["create", "namespace", "shop"]).expect("namespace");
+    k.run(&[
+        "label",
+        "namespace",
+        "shop",
+        "weft.dev/dataplane-mode=ambient",
+    ])
+    .expect("label");
+    k.apply(ACCOUNTS).expect("accounts");
+    k.apply(TERMINATING).expect("pods and policy");
+    for name in ["server", "client", "stranger"] {
+        k.wait_for("shop", "Ready", &format!("pod/{name}"), 90)
+            .unwrap_or_else(|e| panic!("{name} Ready: {e}"));
+    }
+    let (server, client, stranger) = (
+        cluster.pod("shop", "server").expect("server"),
+        cluster.pod("shop", "client").expect("client"),
+        cluster.pod("shop", "stranger").expect("stranger"),
+    );
+    wait_until(
+        "the client reaching the server through the tunnel",
+        SETTLE,
+        || {
+            let (reply, text) = try_exchange(&cluster, &client, &server, "warm-up");
+            reply.is_ok()
+                && !text.contains("warm-up")
+                && text.destination_ports().contains_key(&15008)
+        },
+    )
+    .unwrap_or_else(|e| {
+        cluster.print_logs();
+        panic!("{e}")
+    });
+    let (refused, _) = try_exchange(&cluster, &stranger, &server, "not-allowed");
+    assert!(
+        refused.is_err(),
+        "the policy refuses the stranger: {refused:?}"
+    );
+
+    // Deleted with a 30 s grace period: its process ignores SIGTERM, so it
+    // keeps running; it must stay in the mesh meanwhile.
+    k.run(&["delete", "pod", "-n", "shop", "server", "--wait=false"])
+        .expect("delete");
+    wait_until("the deletion seen", SETTLE, || {
+        k.get_json(&["pod", "-n", "shop", "server"])
+            .is_ok_and(|p| !p["metadata"]["deletionTimestamp"].is_null())
+    })
+    .expect("terminating");
+    // Long enough for every component to have acted on the deletion.
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(
+        server.redirect_rules().expect("rules").present(),
+        "a terminating pod keeps its redirect rules"
+    );
+    let (reply, inbound) = try_exchange(&cluster, &client, &server, "in-grace-inbound");
+    assert_eq!(
+        reply,
+        Ok(client.ip().into()),
+        "the allowed client still reaches it"
+    );
+    assert!(
+        !inbound.contains("in-grace-inbound") && inbound.destination_ports().contains_key(&15008),
+        "inbound during the grace period is mTLS:\n{}",
+        inbound.text
+    );
+    let (refused, _) = try_exchange(&cluster, &stranger, &server, "in-grace-stranger");
+    assert!(refused.is_err(), "the policy still applies: {refused:?}");
+    let (reply, outbound) = try_exchange(&cluster, &server, &client, "in-grace-outbound");
+    assert_eq!(reply, Ok(server.ip().into()), "it still talks");
+    assert!(
+        !outbound.contains("in-grace-outbound")
+            && outbound.destination_ports().contains_key(&15008),
+        "what it sends during the grace period is mTLS:\n{}",
+        outbound.text
+    );
+}
+
+const PROBED: &str = r#"
+apiVersion: security.weft.dev/v1alpha1
+kind: PeerAuthentication
+metadata: {name: strict, namespace: vault}
+spec:
+  mtls: {mode: STRICT}
+---
+apiVersion: security.weft.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: nobody-but-friends, namespace: vault}
+spec:
+  selector: {matchLabels: {app: server}}
+  action: ALLOW
+  rules:
+    - from: [{source: {principals: [cluster.local/ns/vault/sa/friend]}}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: server, namespace: vault}
+spec:
+  selector: {matchLabels: {app: server}}
+  template:
+    metadata: {labels: {app: server}}
+    spec:
+      nodeSelector: {kubernetes.io/hostname: node-2}
+      containers:
+        # HTTP probes on 8080; its TCP echo on 9000 is probed by nobody.
+        - name: main
+          image: e2e-app
+          args: ["serve", "--name", "vault/server"]
+          readinessProbe: {httpGet: {path: /healthz, port: 8080}, periodSeconds: 1}
+          livenessProbe: {httpGet: {path: /healthz, port: 8080}}
+        - name: side
+          image: e2e-app
+          args: ["serve", "--name", "vault/side", "--tcp", "0.0.0.0:9100", "--http", "0.0.0.0:8180"]
+          readinessProbe: {tcpSocket: {port: 9100}, periodSeconds: 1}
+"#;
+
+#[test]
+fn the_kubelets_probes_reach_a_strict_pod_and_nothing_else_from_the_host_does() {
+    let _one = common::serial();
+    let cluster = mesh();
+    let k = cluster.kubectl();
+    k.run(&["create", "namespace", "vault"]).expect("namespace");
+    k.run(&[
+        "label",
+        "namespace",
+        "vault",
+        "weft.dev/dataplane-mode=ambient",
+    ])
+    .expect("label");
+    k.apply(PROBED).expect("policy and server");
+    // Ready means the kubelet's HTTP and TCP probes, sent from node 2's
+    // own namespace, passed through STRICT mTLS and an ALLOW policy that
+    // names no such caller.
+    k.wait_for("vault", "Available", "deployment/server", 90)
+        .unwrap_or_else(|e| {
+            cluster.print_logs();
+            panic!("the probed pod becomes Ready: {e}")
+        });
+    let pods = k
+        .get_json(&["pods", "-n", "vault", "-l", "app=server"])
+        .expect("pods");
+    let name = pods["items"][0]["metadata"]["name"]
+        .as_str()
+        .expect("pod")
+        .to_string();
+    let server = cluster.pod("vault", &name).expect("server");
+    assert!(
+        server.redirect_rules().expect("rules").present(),
+        "the pod is in the mesh"
+    );
+
+    // Nothing else from the host is let through: node 2's plaintext to the
+    // unprobed port is refused, and so is a pod outside the mesh.
+    let node2 = cluster.node(2).expect("node 2").netns();
+    let app = weft_e2e::binaries::Binaries::locate()
+        .expect("binaries")
+        .path(weft_e2e::binaries::APP);
+    let from_host = weft_e2e::exec::output(node2.command(&app).args([
+        "tcp",
+        &server.echo_tcp().to_string(),
+        "--message",
+        "host",
+        "--timeout-seconds",
+        "3",
+    ]))
+    .expect("client ran");
+    assert!(
+        !String::from_utf8_lossy(&from_host.stdout).contains("host"),
+        "the host's plaintext to an unprobed port was accepted: {}",
+        String::from_utf8_lossy(&from_host.stdout)
+    );
+    k.run(&["create", "namespace", "outside"])
+        .expect("namespace");
+    let outsider = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: outsider, namespace: outside}
+spec:
+  nodeName: node-1
+  containers: [{name: main, image: e2e-app, args: [serve]}]
+"#;
+    k.apply(outsider).expect("outsider");
+    k.wait_for("outside", "Ready", "pod/outsider", 60)
+        .expect("outsider Ready");
+    let outsider = cluster.pod("outside", "outsider").expect("outsider");
+    let refused = outsider
+        .tcp_echo_result(server.echo_tcp(), "outsider")
+        .expect("client ran");
+    assert!(
+        refused.is_err(),
+        "STRICT refuses plaintext from outside the mesh: {refused:?}"
+    );
+    let (status, _) = outsider
+        .http(
+            "GET",
+            &format!("http://{}/healthz", server.echo_http()),
+            &[],
+        )
+        .unwrap_or((0, String::new()));
+    assert_ne!(
+        status, 200,
+        "a probed port is not open to other pods either"
+    );
+}
