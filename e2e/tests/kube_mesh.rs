@@ -499,3 +499,144 @@ spec:
         "a probed port is not open to other pods either"
     );
 }
+
+const WAYPOINTED: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: server, namespace: shop}
+spec:
+  selector: {matchLabels: {app: server}}
+  template:
+    metadata: {labels: {app: server}}
+    spec:
+      serviceAccountName: server
+      nodeSelector: {kubernetes.io/hostname: node-2}
+      containers:
+        - name: main
+          image: e2e-app
+          args: ["serve", "--name", "shop/server"]
+          readinessProbe: {tcpSocket: {port: 9000}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: shop}
+spec:
+  serviceAccountName: client
+  nodeName: node-1
+  containers:
+    - {name: main, image: e2e-app, args: ["serve", "--name", "shop/client"]}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: server
+  namespace: shop
+  labels: {weft.dev/use-waypoint: shop-waypoint}
+spec:
+  selector: {app: server}
+  ports: [{name: http, port: 80, targetPort: 8080, appProtocol: http}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: shop-waypoint, namespace: shop}
+spec:
+  gatewayClassName: weft-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+"#;
+
+const GET_ONLY: &str = r#"
+apiVersion: security.weft.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: get-only, namespace: shop}
+spec:
+  targetRefs: [{group: "", kind: Service, name: server}]
+  action: ALLOW
+  rules:
+    - to: [{operation: {methods: [GET]}}]
+"#;
+
+#[test]
+fn a_gateway_applied_with_kubectl_runs_a_waypoint_that_enforces_l7_policy_and_fails_closed_when_deleted()
+ {
+    let _one = common::serial();
+    let cluster = mesh();
+    let k = cluster.kubectl();
+    k.run(&["create", "namespace", "shop"]).expect("namespace");
+    k.run(&[
+        "label",
+        "namespace",
+        "shop",
+        "weft.dev/dataplane-mode=ambient",
+    ])
+    .expect("label");
+    k.apply(ACCOUNTS).expect("accounts");
+    k.apply(WAYPOINTED).expect("apps, Service and Gateway");
+    // The controller deploys the waypoint; the control plane makes its pod;
+    // the kubelet runs it from the deployer's spec; it reports Programmed.
+    for (object, condition) in [
+        ("deployment/server", "Available"),
+        ("pod/client", "Ready"),
+        ("deployment/shop-waypoint", "Available"),
+        ("gateway/shop-waypoint", "Programmed"),
+    ] {
+        k.wait_for("shop", condition, object, 120)
+            .unwrap_or_else(|e| {
+                cluster.print_logs();
+                panic!("{object} {condition}: {e}")
+            });
+    }
+    let gateway = k
+        .get_json(&["gateway", "-n", "shop", "shop-waypoint"])
+        .expect("gateway");
+    assert!(
+        gateway["status"]["addresses"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty()),
+        "the Gateway reports an address: {gateway}"
+    );
+    let client = cluster.pod("shop", "client").expect("client");
+    let vip = k
+        .run(&[
+            "get",
+            "service",
+            "-n",
+            "shop",
+            "server",
+            "-o",
+            "jsonpath={.spec.clusterIP}",
+        ])
+        .expect("cluster IP");
+    let to = format!("http://{vip}:80/orders");
+    let status = |method: &str| {
+        client
+            .http(method, &to, &[])
+            .map(|(status, _)| status)
+            .unwrap_or(0)
+    };
+    wait_until("the Service answering through the waypoint", SETTLE, || {
+        status("POST") == 200
+    })
+    .expect("POST before any policy");
+
+    // An L7 policy applied with kubectl: the waypoint allows GET, refuses
+    // POST with 403.
+    k.apply(GET_ONLY).expect("policy");
+    wait_until("POST refused at the waypoint", SETTLE, || {
+        status("POST") == 403
+    })
+    .unwrap_or_else(|e| {
+        cluster.print_logs();
+        panic!("{e}")
+    });
+    assert_eq!(status("GET"), 200, "GET still allowed");
+
+    // Deleting the Gateway: the bound Service's traffic fails closed rather
+    // than going around the L7 policy.
+    k.run(&["delete", "gateway", "-n", "shop", "shop-waypoint"])
+        .expect("delete the Gateway");
+    wait_until("the bound traffic refused", SETTLE, || {
+        matches!(client.http("GET", &to, &[]), Err(_) | Ok((500..=599, _)))
+            && !matches!(client.http("POST", &to, &[]), Ok((200, _)))
+    })
+    .expect("fails closed without its waypoint");
+}

@@ -430,6 +430,26 @@ fn deploy_installs_and_its_controller_pods_run_on_the_nodes_until_ready() {
         );
         assert!(node.cni_bin_dir().join("weft-cni").is_file());
     }
+    // ztunnel serves metrics and readiness on its node's own address only.
+    for node in cluster.nodes() {
+        let listening =
+            weft_e2e::exec::output(node.netns().command("ss").args(["-Htln"])).expect("ss");
+        let text = String::from_utf8_lossy(&listening.stdout);
+        let ip = weft_e2e::addresses::node_ip(node.index());
+        for port in [15020, 15021] {
+            let bound: Vec<&str> = text
+                .lines()
+                .filter_map(|l| l.split_whitespace().nth(3))
+                .filter(|local| local.ends_with(&format!(":{port}")))
+                .collect();
+            assert_eq!(
+                bound,
+                vec![format!("{ip}:{port}")],
+                "{}: {text}",
+                node.name()
+            );
+        }
+    }
     for name in &names {
         let log = cluster
             .container_log("weft-system", name, "controller")
