@@ -640,3 +640,114 @@ fn a_gateway_applied_with_kubectl_runs_a_waypoint_that_enforces_l7_policy_and_fa
     })
     .expect("fails closed without its waypoint");
 }
+
+/// The sandbox failure the kubelet reports for `namespace/name`, if any.
+fn sandbox_failure(cluster: &KubeCluster, namespace: &str, name: &str) -> Option<String> {
+    let pod = cluster
+        .kubectl()
+        .get_json(&["pod", "-n", namespace, name])
+        .ok()?;
+    (pod["status"]["reason"] == "FailedCreatePodSandBox").then(|| {
+        pod["status"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    })
+}
+
+fn one_pod(namespace: &str, name: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n  nodeName: node-1\n  containers: [{{name: main, image: e2e-app, args: [serve]}}]\n"
+    )
+}
+
+#[test]
+fn without_its_node_agent_a_node_fails_enrolled_pods_closed_and_starts_the_rest() {
+    let _one = common::serial();
+    let cluster = mesh();
+    let k = cluster.kubectl();
+    k.run(&["create", "namespace", "shop"]).expect("namespace");
+    k.run(&[
+        "label",
+        "namespace",
+        "shop",
+        "weft.dev/dataplane-mode=ambient",
+    ])
+    .expect("label");
+    k.run(&["create", "namespace", "plain"]).expect("namespace");
+
+    // A pod created in an enrolled namespace is captured from its start:
+    // the chained plugin enrolls it at its CNI ADD.
+    k.apply(&one_pod("shop", "early")).expect("pod");
+    k.wait_for("shop", "Ready", "pod/early", 60)
+        .expect("early Ready");
+    let early = cluster.pod("shop", "early").expect("early");
+    assert!(
+        early.redirect_rules().expect("rules").present(),
+        "captured from its start"
+    );
+
+    // The node agents go away (their DaemonSet no longer matches a node);
+    // weft-cni stays in the conflist, as it must while an agent restarts.
+    k.run(&[
+        "patch",
+        "daemonset",
+        "-n",
+        "weft-system",
+        "weft-node-agent",
+        "-p",
+        r#"{"spec":{"template":{"spec":{"nodeSelector":{"weft.dev/no-such-node":"x"}}}}}"#,
+    ])
+    .expect("patch");
+    wait_until("the node agents gone", SETTLE, || {
+        k.get_json(&[
+            "pods",
+            "-n",
+            "weft-system",
+            "-l",
+            "app.kubernetes.io/name=weft-node-agent",
+        ])
+        .is_ok_and(|p| p["items"].as_array().is_some_and(Vec::is_empty))
+    })
+    .expect("agents stopped");
+    k.apply(&one_pod("shop", "blocked")).expect("pod");
+    k.apply(&one_pod("plain", "free")).expect("pod");
+    // The pod outside the mesh starts; the enrolled one fails closed: no
+    // sandbox, so not a packet leaves it unprotected.
+    k.wait_for("plain", "Ready", "pod/free", 60)
+        .expect("a pod outside the mesh starts without the agent");
+    wait_until("the enrolled pod refused its sandbox", SETTLE, || {
+        sandbox_failure(&cluster, "shop", "blocked").is_some_and(|m| m.contains("weft-cni"))
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}: {:?}",
+            k.get_json(&["pod", "-n", "shop", "blocked"]).ok()
+        )
+    });
+    assert_eq!(
+        k.get_json(&["pod", "-n", "shop", "blocked"]).expect("pod")["status"]["phase"],
+        "Pending"
+    );
+
+    // The agents come back: the kubelet's retried sandbox succeeds and the
+    // pod starts inside the mesh.
+    k.run(&[
+        "patch",
+        "daemonset",
+        "-n",
+        "weft-system",
+        "weft-node-agent",
+        "--type=json",
+        "-p",
+        r#"[{"op":"remove","path":"/spec/template/spec/nodeSelector"}]"#,
+    ])
+    .expect("patch back");
+    k.wait_for("shop", "Ready", "pod/blocked", 120)
+        .expect("the enrolled pod starts once its agent is back");
+    let blocked = cluster.pod("shop", "blocked").expect("blocked");
+    assert!(
+        blocked.redirect_rules().expect("rules").present(),
+        "and is captured"
+    );
+}

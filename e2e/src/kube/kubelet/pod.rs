@@ -1085,6 +1085,10 @@ fn add_network(ctx: &Context, namespace: &str, name: &str, uid: &str) -> Result<
             cni_result: Some(result),
         }),
         Err(e) => {
+            // As a runtime does after a failed ADD: DEL releases whatever
+            // the plugins that succeeded took (the IPAM address above all),
+            // so that the retry starts clean.
+            let _ = chain(ctx, CniCommand::Del, &pod, &path, None);
             let _ = Netns::delete(&netns);
             Err(e)
         }
