@@ -544,6 +544,41 @@ spec:
   listeners: [{name: mesh, port: 15008, protocol: HBONE}]
 "#;
 
+const V2: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: server-v2, namespace: shop}
+spec:
+  selector: {matchLabels: {app: server-v2}}
+  template:
+    metadata: {labels: {app: server-v2}}
+    spec:
+      serviceAccountName: server
+      nodeSelector: {kubernetes.io/hostname: node-2}
+      containers:
+        - name: main
+          image: e2e-app
+          args: ["serve", "--name", "shop/server-v2"]
+          readinessProbe: {tcpSocket: {port: 9000}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: server-v2, namespace: shop}
+spec:
+  selector: {app: server-v2}
+  ports: [{name: http, port: 80, targetPort: 8080, appProtocol: http}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: by-header, namespace: shop}
+spec:
+  parentRefs: [{group: "", kind: Service, name: server}]
+  rules:
+    - matches: [{headers: [{name: x-version, value: v2}]}]
+      backendRefs: [{name: server-v2, port: 80}]
+    - backendRefs: [{name: server, port: 80}]
+"#;
+
 const GET_ONLY: &str = r#"
 apiVersion: security.weft.dev/v1alpha1
 kind: AuthorizationPolicy
@@ -617,6 +652,27 @@ fn a_gateway_applied_with_kubectl_runs_a_waypoint_that_enforces_l7_policy_and_fa
         status("POST") == 200
     })
     .expect("POST before any policy");
+
+    // An HTTPRoute applied with kubectl: the waypoint routes by header.
+    k.apply(V2).expect("v2 and its route");
+    k.wait_for("shop", "Available", "deployment/server-v2", 90)
+        .expect("v2 Available");
+    let answered_by = |headers: &[(&str, &str)]| {
+        client
+            .http("GET", &to, headers)
+            .ok()
+            .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(body.trim()).ok())
+            .and_then(|v| v["server"].as_str().map(str::to_string))
+            .unwrap_or_default()
+    };
+    wait_until("x-version: v2 routed to server-v2", SETTLE, || {
+        answered_by(&[("x-version", "v2")]) == "shop/server-v2"
+    })
+    .expect("routed by header");
+    for _ in 0..3 {
+        assert_eq!(answered_by(&[("x-version", "v2")]), "shop/server-v2");
+        assert_eq!(answered_by(&[]), "shop/server");
+    }
 
     // An L7 policy applied with kubectl: the waypoint allows GET, refuses
     // POST with 403.
