@@ -49,50 +49,46 @@ kind: ServiceAccount
 metadata: {name: server, namespace: shop}
 "#;
 
-const APPS: &str = r#"
+/// A Deployment in `shop` of one echo server `name` on node `node`, as
+/// ServiceAccount `account`, Ready once it listens; `labels` are extra pod
+/// labels (`key: value, …`).
+fn echo_deployment(name: &str, account: &str, node: usize, labels: &str) -> String {
+    let labels = if labels.is_empty() {
+        String::new()
+    } else {
+        format!(", {labels}")
+    };
+    format!(
+        r#"
 apiVersion: apps/v1
 kind: Deployment
-metadata: {name: server, namespace: shop}
+metadata: {{name: {name}, namespace: shop}}
 spec:
-  selector: {matchLabels: {app: server}}
+  selector: {{matchLabels: {{app: {name}}}}}
   template:
-    metadata: {labels: {app: server}}
+    metadata: {{labels: {{app: {name}{labels}}}}}
     spec:
-      serviceAccountName: server
-      nodeSelector: {kubernetes.io/hostname: node-2}
+      serviceAccountName: {account}
+      nodeSelector: {{kubernetes.io/hostname: node-{node}}}
       containers:
         - name: main
           image: e2e-app
-          args: ["serve", "--name", "shop/server"]
-          readinessProbe: {tcpSocket: {port: 9000}, periodSeconds: 1}
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: client, namespace: shop}
-spec:
-  selector: {matchLabels: {app: client}}
-  template:
-    metadata: {labels: {app: client}}
-    spec:
-      serviceAccountName: client
-      nodeSelector: {kubernetes.io/hostname: node-1}
-      containers:
-        - {name: main, image: e2e-app, args: ["serve", "--name", "shop/client"]}
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: legacy, namespace: shop}
-spec:
-  selector: {matchLabels: {app: legacy}}
-  template:
-    metadata:
-      # Opts out of the mesh whatever its namespace says.
-      labels: {app: legacy, weft.dev/dataplane-mode: none}
-    spec:
-      nodeSelector: {kubernetes.io/hostname: node-1}
-      containers:
-        - {name: main, image: e2e-app, args: ["serve", "--name", "shop/legacy"]}
-"#;
+          args: ["serve", "--name", "shop/{name}"]
+          readinessProbe: {{tcpSocket: {{port: 9000}}, periodSeconds: 1}}
+"#
+    )
+}
+
+/// The server, the client and a pod that opts out of the mesh whatever its
+/// namespace says.
+fn apps() -> String {
+    [
+        echo_deployment("server", "server", 2, ""),
+        echo_deployment("client", "client", 1, ""),
+        echo_deployment("legacy", "default", 1, "weft.dev/dataplane-mode: none"),
+    ]
+    .join("---")
+}
 
 /// The running pod of Deployment `app` in `shop`.
 fn pod_of(cluster: &KubeCluster, app: &str) -> Pod {
@@ -123,7 +119,7 @@ fn labelling_a_namespace_with_kubectl_moves_its_running_pods_into_the_mesh_and_b
     let k = cluster.kubectl();
     k.run(&["create", "namespace", "shop"]).expect("namespace");
     k.apply(ACCOUNTS).expect("accounts");
-    k.apply(APPS).expect("apps");
+    k.apply(&apps()).expect("apps");
     for app in ["server", "client", "legacy"] {
         k.wait_for("shop", "Available", &format!("deployment/{app}"), 90)
             .unwrap_or_else(|e| panic!("{app} Available: {e}"));
@@ -500,23 +496,9 @@ spec:
     );
 }
 
+/// With the server of [`echo_deployment`]: a client, the Service bound to
+/// the waypoint, and the waypoint's Gateway.
 const WAYPOINTED: &str = r#"
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: server, namespace: shop}
-spec:
-  selector: {matchLabels: {app: server}}
-  template:
-    metadata: {labels: {app: server}}
-    spec:
-      serviceAccountName: server
-      nodeSelector: {kubernetes.io/hostname: node-2}
-      containers:
-        - name: main
-          image: e2e-app
-          args: ["serve", "--name", "shop/server"]
-          readinessProbe: {tcpSocket: {port: 9000}, periodSeconds: 1}
----
 apiVersion: v1
 kind: Pod
 metadata: {name: client, namespace: shop}
@@ -544,23 +526,9 @@ spec:
   listeners: [{name: mesh, port: 15008, protocol: HBONE}]
 "#;
 
+/// With its [`echo_deployment`]: server-v2's Service and the route that
+/// sends `x-version: v2` to it.
 const V2: &str = r#"
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: server-v2, namespace: shop}
-spec:
-  selector: {matchLabels: {app: server-v2}}
-  template:
-    metadata: {labels: {app: server-v2}}
-    spec:
-      serviceAccountName: server
-      nodeSelector: {kubernetes.io/hostname: node-2}
-      containers:
-        - name: main
-          image: e2e-app
-          args: ["serve", "--name", "shop/server-v2"]
-          readinessProbe: {tcpSocket: {port: 9000}, periodSeconds: 1}
----
 apiVersion: v1
 kind: Service
 metadata: {name: server-v2, namespace: shop}
@@ -605,7 +573,9 @@ fn a_gateway_applied_with_kubectl_runs_a_waypoint_that_enforces_l7_policy_and_fa
     ])
     .expect("label");
     k.apply(ACCOUNTS).expect("accounts");
-    k.apply(WAYPOINTED).expect("apps, Service and Gateway");
+    k.apply(&echo_deployment("server", "server", 2, ""))
+        .expect("server");
+    k.apply(WAYPOINTED).expect("client, Service and Gateway");
     // The controller deploys the waypoint; the control plane makes its pod;
     // the kubelet runs it from the deployer's spec; it reports Programmed.
     for (object, condition) in [
@@ -654,7 +624,9 @@ fn a_gateway_applied_with_kubectl_runs_a_waypoint_that_enforces_l7_policy_and_fa
     .expect("POST before any policy");
 
     // An HTTPRoute applied with kubectl: the waypoint routes by header.
-    k.apply(V2).expect("v2 and its route");
+    k.apply(&echo_deployment("server-v2", "server", 2, ""))
+        .expect("v2");
+    k.apply(V2).expect("v2's Service and route");
     k.wait_for("shop", "Available", "deployment/server-v2", 90)
         .expect("v2 Available");
     let answered_by = |headers: &[(&str, &str)]| {

@@ -182,7 +182,6 @@ impl KubeCluster {
         let dir = self.state.dir.clone();
         let underlay = self.create_netns("underlay")?;
         topology::build_underlay(&underlay)?;
-        let underlay = Netns::open(self.underlay.insert(underlay).name())?;
 
         progress(&format!(
             "control plane: a namespace on the underlay at {CONTROLLER_IP}"
@@ -238,6 +237,7 @@ impl KubeCluster {
             let node = self.start_node(index, &name, ns, &images)?;
             self.nodes.push(node);
         }
+        self.underlay = Some(underlay);
         progress("cluster DNS: CoreDNS as kube-dns");
         super::dns::install(self.plane()?.kubectl())?;
         Ok(())
