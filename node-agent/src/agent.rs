@@ -310,6 +310,23 @@ impl NodeAgent {
         self.converge(&mut state).await;
     }
 
+    /// Takes every pod out of the mesh and removes the probe SNAT: weft is
+    /// leaving the node, so nothing must stay redirected to a ztunnel that
+    /// will not come back. Pods keep running, uncaptured.
+    pub async fn release_all(&self) {
+        let mut state = self.state.lock().await;
+        let keys: Vec<String> = state.enrolled.keys().cloned().collect();
+        for key in keys {
+            self.unenroll(&mut state, &key).await;
+        }
+        if let Some(probes) = self.config.host_probes.clone() {
+            match blocking(move || probes.remove().map_err(EnrollError::from)).await {
+                Ok(()) => state.probe_targets = None,
+                Err(e) => tracing::warn!(error = %e, "cannot remove the probe SNAT"),
+            }
+        }
+    }
+
     /// Answers one plugin (or CLI) request.
     pub async fn handle(&self, request: AgentRequest) -> AgentResponse {
         match request {

@@ -11,12 +11,15 @@
 //!   plugin's requests (the protocol is `weft_cni::enrollment`'s).
 //! - [`coverage`]: is every pod that should be in the mesh covered?
 //! - [`peers`]: who may use the agent's sockets.
+//! - [`on_exit`]: whether a stop is a restart (keep everything) or weft
+//!   leaving the node (restore the conflist).
 
 pub mod agent;
 pub mod coverage;
 pub mod handoff;
 pub mod install;
 pub mod netns;
+pub mod on_exit;
 pub mod peers;
 pub mod probes;
 pub mod redirect;

@@ -15,6 +15,7 @@ use weft_cni::enrollment::{AgentRequest, AgentResponse, ask_agent};
 use weft_node_agent::agent::{AgentConfig, NetnsDiscovery, NodeAgent, serve_requests};
 use weft_node_agent::handoff::{DEFAULT_HANDOFF_SOCKET, HandoffHub, HandoffServer};
 use weft_node_agent::install::{self, ConfInstaller};
+use weft_node_agent::on_exit::{self, OnExit, OwnPod};
 use weft_node_agent::probes::HostProbes;
 use weft_node_agent::redirect::{Backend, DEFAULT_PROBE_SOURCE, Redirector};
 
@@ -52,6 +53,17 @@ enum RegistryKind {
     Files,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum ExitMode {
+    /// Uninstall if the cluster says weft is being removed (kubernetes
+    /// registry with the pod's name and namespace); keep otherwise.
+    Auto,
+    /// Always leave the plugin and the rules in place.
+    Keep,
+    /// Always uninstall.
+    Uninstall,
+}
+
 #[derive(Args)]
 struct InstallDirs {
     /// Where the runtime looks for CNI plugin binaries.
@@ -84,10 +96,19 @@ struct RunArgs {
     /// Do not install the plugin (someone else does).
     #[arg(long)]
     no_install: bool,
-    /// Remove the plugin from the CNI config on exit. Off by default: while
-    /// the agent restarts, enrolled pods must keep failing closed.
-    #[arg(long)]
-    uninstall_on_exit: bool,
+    /// What a stop (SIGTERM) does to the plugin: `auto` asks the API server
+    /// whether the agent's DaemonSet (or namespace) is being removed and
+    /// uninstalls only then; `keep` never uninstalls; `uninstall` always
+    /// does. While the agent merely restarts, enrolled pods must keep
+    /// failing closed.
+    #[arg(long, value_enum, default_value = "auto")]
+    on_exit: ExitMode,
+    /// The agent's pod (downward API), for `--on-exit auto`.
+    #[arg(long, env = "POD_NAME")]
+    pod_name: Option<String>,
+    /// The agent's namespace (downward API), for `--on-exit auto`.
+    #[arg(long, env = "POD_NAMESPACE")]
+    pod_namespace: Option<String>,
     /// The request socket the plugin and the CLI use.
     #[arg(long, default_value = DEFAULT_AGENT_SOCKET)]
     agent_socket: PathBuf,
@@ -228,6 +249,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         kinds: Kinds::NODE_AGENT,
         node: Some(args.node.clone()),
     };
+    let mut client = None;
     let registry = match args.registry {
         RegistryKind::Files => {
             let dir = args
@@ -237,10 +259,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             Registry::files(dir, registry_config).await?
         }
         RegistryKind::Kubernetes => {
-            let client = kube::Client::try_default()
+            let c = kube::Client::try_default()
                 .await
                 .context("building the Kubernetes client")?;
-            Registry::kubernetes(client, registry_config)
+            client = Some(c.clone());
+            Registry::kubernetes(c, registry_config)
         }
     };
     let mut states = registry.subscribe();
@@ -292,13 +315,53 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     }
     tracing::info!("shutting down");
-    if args.uninstall_on_exit && !args.no_install {
-        uninstall(&args.dirs)?;
+    let decision = exit_decision(&args, client.as_ref(), &states).await;
+    match &decision {
+        OnExit::Keep(why) => {
+            tracing::info!(reason = %why, "leaving weft-cni and pods' rules in place")
+        }
+        OnExit::Uninstall(why) => {
+            tracing::info!(reason = %why, "weft is leaving this node: uninstalling")
+        }
     }
-    // Rules stay in place on exit: pods keep their redirection (and keep
-    // failing closed) until an agent is back to manage them.
-    remove_socket(&args.agent_socket);
+    if matches!(decision, OnExit::Uninstall(_)) && !args.no_install {
+        // The keeper would put the entry back within its interval.
+        tasks.shutdown().await;
+        uninstall(&args.dirs)?;
+        agent.release_all().await;
+        remove_if_present(&args.enrollment_cache);
+        remove_if_present(&args.handoff_socket);
+    }
+    // Otherwise rules stay in place on exit: pods keep their redirection (and
+    // keep failing closed) until an agent is back to manage them.
+    remove_if_present(&args.agent_socket);
     Ok(())
+}
+
+async fn exit_decision(
+    args: &RunArgs,
+    client: Option<&kube::Client>,
+    states: &tokio::sync::watch::Receiver<Arc<ClusterState>>,
+) -> OnExit {
+    match args.on_exit {
+        ExitMode::Keep => OnExit::Keep("--on-exit keep".into()),
+        ExitMode::Uninstall => OnExit::Uninstall("--on-exit uninstall".into()),
+        ExitMode::Auto => {
+            let (Some(client), Some(name), Some(namespace)) =
+                (client, &args.pod_name, &args.pod_namespace)
+            else {
+                return OnExit::Keep(
+                    "--on-exit auto needs the kubernetes registry, POD_NAME and POD_NAMESPACE"
+                        .into(),
+                );
+            };
+            let own = OwnPod {
+                namespace: namespace.clone(),
+                name: name.clone(),
+            };
+            on_exit::on_exit(client, &own, states, on_exit::DECISION_BOUND).await
+        }
+    }
 }
 
 async fn sync(agent: &Arc<NodeAgent>, state: &ClusterState) {
@@ -310,6 +373,6 @@ async fn sync(agent: &Arc<NodeAgent>, state: &ClusterState) {
         .await;
 }
 
-fn remove_socket(path: &Path) {
+fn remove_if_present(path: &Path) {
     let _ = std::fs::remove_file(path);
 }

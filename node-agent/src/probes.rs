@@ -117,6 +117,11 @@ impl HostProbes {
     pub fn apply(&self, targets: &BTreeSet<(Ipv4Addr, u16)>) -> Result<(), RedirectError> {
         run_nft(&self.ruleset(targets))
     }
+
+    /// Removes the table (absent is fine).
+    pub fn remove(&self) -> Result<(), RedirectError> {
+        run_nft(&format!("table ip {TABLE}\ndelete table ip {TABLE}\n"))
+    }
 }
 
 #[cfg(test)]

@@ -63,6 +63,29 @@ pub fn weft(plane: &ControlPlane) -> Result<()> {
     Ok(())
 }
 
+/// The workloads `deploy/` runs, as `kind/name` in `weft-system`.
+pub const WORKLOADS: [&str; 3] = [
+    "deployment/weft-controller",
+    "daemonset/weft-node-agent",
+    "daemonset/ztunnel",
+];
+
+/// Waits until every workload of [`WORKLOADS`] has rolled out (each pod
+/// updated and Ready), for at most `seconds` each.
+pub fn rolled_out(plane: &ControlPlane, seconds: u32) -> Result<()> {
+    for workload in WORKLOADS {
+        plane.kubectl().run(&[
+            "rollout",
+            "status",
+            "-n",
+            "weft-system",
+            workload,
+            &format!("--timeout={seconds}s"),
+        ])?;
+    }
+    Ok(())
+}
+
 fn wait_established(plane: &ControlPlane, crds: &[&str]) -> Result<()> {
     for crd in crds {
         let mut last = String::new();
