@@ -2,15 +2,16 @@
 # Builds the Kubernetes control plane the kube-mode tests and demo run on,
 # and fetches the Gateway API CRDs they install:
 #   <dir>/weft-kube       etcd, kube-apiserver, kube-controller-manager,
-#                         kube-scheduler and kubectl from Go modules, one
-#                         multi-call binary (e2e/controlplane)
+#                         kube-scheduler, kube-proxy, kubectl and the
+#                         harness kubelet's streaming endpoints from Go
+#                         modules, one multi-call binary (e2e/controlplane)
 #   <dir>/gateway-api/    the standard-channel CRDs of GATEWAY_API below
 #   <dir>/weft-dns        the cluster DNS: CoreDNS from Go modules
 #                         (e2e/clusterdns), built and cached under its own
 #                         key (a link to it), so either module changes alone
 #
 # Built once per machine and cached outside the clone, keyed by a hash of the
-# module's go.mod, go.sum and main.go and of this script: a warm machine pays
+# module's go.mod, go.sum and Go files and of this script: a warm machine pays
 # a hash, a cold one the build (about 9 minutes on 2 cores; docs/e2e.md).
 # Prints <dir>.
 set -euo pipefail
@@ -27,7 +28,7 @@ if ! command -v go >/dev/null 2>&1; then
 fi
 
 cache=${WEFT_KUBE_CACHE:-/var/cache/weft/kube}
-key=$(cat go.mod go.sum main.go "$script" | sha256sum | cut -c1-16)
+key=$(cat go.mod go.sum $(find . -name '*.go' | sort) "$script" | sha256sum | cut -c1-16)
 dir="$cache/$key"
 out="$dir/weft-kube"
 
@@ -51,7 +52,7 @@ fi
 if [ ! -f "$dir/vetted" ]; then
   echo "build-kube: go vet (once per go.sum)" >&2
   test -z "$(gofmt -l .)" || { echo "build-kube: gofmt: $(gofmt -l .)" >&2; exit 1; }
-  go vet -mod=readonly .
+  go vet -mod=readonly ./...
   touch "$dir/vetted"
 fi
 

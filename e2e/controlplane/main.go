@@ -1,8 +1,10 @@
 // Command weft-kube is the Kubernetes control plane weft's kube-mode tests
 // and demo run on: one binary that is etcd, kube-apiserver,
 // kube-controller-manager, kube-scheduler, kube-proxy or kubectl, all at the release
-// go.mod pins. It holds no code of its own beyond the dispatch: every
-// component is the upstream one, built from Go modules.
+// go.mod pins, or the streaming endpoints of the harness' kubelet. Every
+// Kubernetes component is the upstream one, built from Go modules; the only
+// code of the project's own is the dispatch and kubelet-streams' glue
+// between the upstream streaming server and the harness' pods.
 //
 // The component is the first argument, or the name the binary is called by
 // (a symlink named kubectl works as kubectl).
@@ -30,6 +32,8 @@ import (
 	controllermanager "k8s.io/kubernetes/cmd/kube-controller-manager/app"
 	proxy "k8s.io/kubernetes/cmd/kube-proxy/app"
 	scheduler "k8s.io/kubernetes/cmd/kube-scheduler/app"
+
+	"weft.dev/kube/kubeletstreams"
 )
 
 // components maps a component's name to its entry point; each receives the
@@ -55,6 +59,7 @@ var components = map[string]func(args []string) int{
 		command.SetArgs(args)
 		return cli.Run(command)
 	},
+	"kubelet-streams": kubeletstreams.Main,
 	"kube-scheduler": func(args []string) int {
 		command := scheduler.NewSchedulerCommand()
 		command.SetArgs(args)

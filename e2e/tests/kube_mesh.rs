@@ -292,14 +292,7 @@ fn a_terminating_pod_talks_through_the_mesh_under_its_policy_until_its_container
     let _one = common::serial();
     let cluster = mesh();
     let k = cluster.kubectl();
-    k.run(&["create", "namespace", "shop"]).expect("namespace");
-    k.run(&[
-        "label",
-        "namespace",
-        "shop",
-        "weft.dev/dataplane-mode=ambient",
-    ])
-    .expect("label");
+    enrolled_namespace(k, "shop");
     k.apply(ACCOUNTS).expect("accounts");
     k.apply(TERMINATING).expect("pods and policy");
     for name in ["server", "client", "stranger"] {
@@ -564,14 +557,7 @@ fn a_gateway_applied_with_kubectl_runs_a_waypoint_that_enforces_l7_policy_and_fa
     let _one = common::serial();
     let cluster = mesh();
     let k = cluster.kubectl();
-    k.run(&["create", "namespace", "shop"]).expect("namespace");
-    k.run(&[
-        "label",
-        "namespace",
-        "shop",
-        "weft.dev/dataplane-mode=ambient",
-    ])
-    .expect("label");
+    enrolled_namespace(k, "shop");
     k.apply(ACCOUNTS).expect("accounts");
     k.apply(&echo_deployment("server", "server", 2, ""))
         .expect("server");
@@ -694,14 +680,7 @@ fn without_its_node_agent_a_node_fails_enrolled_pods_closed_and_starts_the_rest(
     let _one = common::serial();
     let cluster = mesh();
     let k = cluster.kubectl();
-    k.run(&["create", "namespace", "shop"]).expect("namespace");
-    k.run(&[
-        "label",
-        "namespace",
-        "shop",
-        "weft.dev/dataplane-mode=ambient",
-    ])
-    .expect("label");
+    enrolled_namespace(k, "shop");
     k.run(&["create", "namespace", "plain"]).expect("namespace");
 
     // A pod created in an enrolled namespace is captured from its start:
@@ -778,4 +757,277 @@ fn without_its_node_agent_a_node_fails_enrolled_pods_closed_and_starts_the_rest(
         blocked.redirect_rules().expect("rules").present(),
         "and is captured"
     );
+}
+
+/// Creates namespace `name`, enrolled from the start.
+fn enrolled_namespace(k: &weft_e2e::kube::Kubectl, name: &str) {
+    k.run(&["create", "namespace", name]).expect("namespace");
+    k.run(&[
+        "label",
+        "namespace",
+        name,
+        "weft.dev/dataplane-mode=ambient",
+    ])
+    .expect("label");
+}
+
+/// weftctl as a user runs it: a process with the admin kubeconfig, in the
+/// control plane's network namespace (where the API server is reachable).
+fn weftctl(cluster: &KubeCluster, args: &[&str]) -> std::process::Output {
+    let plane = cluster.control_plane();
+    let binary = weft_e2e::binaries::Binaries::locate()
+        .and_then(|b| b.require(weft_e2e::binaries::WEFTCTL))
+        .expect("weftctl built (cargo build --workspace --bins)");
+    let netns = plane
+        .toolchain()
+        .netns()
+        .expect("the kube cluster's control plane has a namespace");
+    let mut cmd = std::process::Command::new("ip");
+    cmd.args(["netns", "exec", netns])
+        .arg(binary)
+        .arg("--kubeconfig")
+        .arg(plane.kubectl().kubeconfig())
+        .args(args);
+    for var in ["WEFT_RUN_DIR", "WEFT_MANIFESTS", "KUBECONFIG"] {
+        cmd.env_remove(var);
+    }
+    cmd.output().expect("run weftctl")
+}
+
+fn succeeded(what: &str, out: &std::process::Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{what}: {:?}\nstdout: {stdout}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// The `weft-system` pod of DaemonSet `name` on node `node`.
+fn daemon_pod(cluster: &KubeCluster, name: &str, node: &str) -> String {
+    let pods = cluster
+        .kubectl()
+        .get_json(&[
+            "pods",
+            "-n",
+            "weft-system",
+            "-l",
+            &format!("app.kubernetes.io/name={name}"),
+            "--field-selector",
+            &format!("spec.nodeName={node}"),
+        ])
+        .expect("pods");
+    pods["items"][0]["metadata"]["name"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no {name} pod on {node}: {pods}"))
+        .to_string()
+}
+
+#[test]
+fn kubectl_and_weftctl_reach_pods_through_the_api_server_and_the_nodes_kubelets() {
+    use std::io::{BufRead, BufReader, Write};
+
+    let _one = common::serial();
+    let cluster = mesh();
+    let k = cluster.kubectl();
+    enrolled_namespace(k, "shop");
+    k.apply(ACCOUNTS).expect("accounts");
+    k.apply(
+        &[
+            echo_deployment("server", "server", 2, ""),
+            echo_deployment("client", "client", 1, ""),
+        ]
+        .join("---"),
+    )
+    .expect("apps");
+    for app in ["server", "client"] {
+        k.wait_for("shop", "Available", &format!("deployment/{app}"), 90)
+            .unwrap_or_else(|e| panic!("{app} Available: {e}"));
+    }
+    let (client, server) = (pod_of(&cluster, "client"), pod_of(&cluster, "server"));
+    for pod in [&client, &server] {
+        wait_until(&format!("ztunnel in {}", pod.key()), SETTLE, || {
+            pod.netns()
+                .listening_tcp_ports()
+                .is_ok_and(|p| [15001, 15006, 15008].iter().all(|port| p.contains(port)))
+        })
+        .expect("ztunnel in the pod");
+    }
+
+    // kubectl exec: the API server upgrades to the node's kubelet, which
+    // runs the command in the container; its request crosses the mesh.
+    let url = format!("http://{}:8080/from-exec", server.ip());
+    let exec = [
+        "exec",
+        "-n",
+        "shop",
+        client.name(),
+        "-c",
+        "main",
+        "--",
+        "/usr/local/bin/weft-e2e-app",
+        "http",
+        &url,
+    ];
+    let mut reply = String::new();
+    wait_until("a request from kubectl exec", SETTLE, || {
+        reply = k.run(&exec).unwrap_or_else(|e| e.to_string());
+        reply.contains("HTTP 200")
+    })
+    .unwrap_or_else(|e| panic!("{e}: {reply}"));
+    assert!(reply.contains("shop/server"), "{reply}");
+    // The command's own exit status and stderr come back.
+    let failed = k
+        .output(&[
+            "exec",
+            "-n",
+            "shop",
+            client.name(),
+            "--",
+            "/bin/sh",
+            "-c",
+            "echo from-the-container >&2; exit 3",
+        ])
+        .expect("kubectl exec");
+    assert_eq!(failed.status.code(), Some(3), "{failed:?}");
+    assert!(
+        String::from_utf8_lossy(&failed.stderr).contains("from-the-container"),
+        "{failed:?}"
+    );
+
+    // kubectl logs: the container's log as the node holds it.
+    let ztunnel_2 = daemon_pod(&cluster, "ztunnel", "node-2");
+    let logs = k
+        .run(&["logs", "-n", "weft-system", &ztunnel_2])
+        .expect("kubectl logs");
+    let file = cluster
+        .container_log("weft-system", &ztunnel_2, "ztunnel")
+        .expect("the log on the node");
+    assert!(!logs.is_empty() && file.starts_with(&logs), "{logs}");
+
+    // A held connection, so that both ztunnels list its tunnel.
+    let mut held = client
+        .netns()
+        .run(|| std::net::TcpStream::connect_timeout(&server.echo_tcp(), Duration::from_secs(5)))
+        .expect("enter the client's namespace")
+        .expect("connect");
+    held.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut reader = BufReader::new(held.try_clone().expect("clone"));
+    held.write_all(b"held\n").expect("write");
+    let mut line = String::new();
+    reader.read_line(&mut line).expect("reply");
+
+    // weftctl tunnels: every ztunnel's admin API through port-forward.
+    let client_id = common::identity(&client);
+    let tunnels = succeeded(
+        "weftctl tunnels",
+        &weftctl(&cluster, &["tunnels", "-o", "json"]),
+    );
+    let nodes: Vec<serde_json::Value> = serde_json::from_str(&tunnels).expect("json");
+    for node in ["node-1", "node-2"] {
+        let listed = nodes
+            .iter()
+            .filter(|n| n["node"] == node)
+            .flat_map(|n| n["connections"].as_array().cloned().unwrap_or_default())
+            .any(|c| {
+                c["source"]["identity"] == client_id.as_str()
+                    && c["destination"]["address"] == server.echo_tcp().to_string()
+            });
+        assert!(listed, "{node} lists the held tunnel: {tunnels}");
+    }
+    let table = succeeded(
+        "weftctl tunnels",
+        &weftctl(&cluster, &["tunnels", "-n", "shop"]),
+    );
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("node-1") && l.contains(" out ") && l.contains("shop/server")),
+        "{table}"
+    );
+    drop((held, reader));
+
+    // weftctl certs: what each ztunnel serves, as its unix socket says.
+    let certs = succeeded(
+        "weftctl certs",
+        &weftctl(&cluster, &["certs", "-o", "json"]),
+    );
+    let printed: Vec<serde_json::Value> = serde_json::from_str(&certs).expect("json");
+    for (i, node) in ["node-1", "node-2"].iter().enumerate() {
+        let served = cluster.ztunnel_admin(i + 1, "/certs").expect("certs");
+        let serials = |v: &serde_json::Value| {
+            let mut s: Vec<String> = v["certificates"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|c| format!("{} {}", c["identity"], c["serial"]))
+                .collect();
+            s.sort();
+            s
+        };
+        let from_weftctl = printed
+            .iter()
+            .find(|n| n["node"] == *node)
+            .unwrap_or_else(|| panic!("{node} in {certs}"));
+        assert_eq!(serials(from_weftctl), serials(&served), "{node}");
+    }
+    assert!(certs.contains(&client_id), "{certs}");
+
+    // weftctl workloads, from the controller's debug API (a pod of its own
+    // network namespace, reached on its loopback).
+    let workloads = succeeded(
+        "weftctl workloads",
+        &weftctl(&cluster, &["workloads", "-n", "shop", "-o", "json"]),
+    );
+    for name in [client.name(), server.name()] {
+        assert!(workloads.contains(name), "{name}: {workloads}");
+    }
+
+    // weftctl tap: a connection opened while it listens.
+    let tap = std::thread::scope(|s| {
+        let tapping = s.spawn(|| {
+            weftctl(
+                &cluster,
+                &[
+                    "tap",
+                    "-n",
+                    "shop",
+                    "--count",
+                    "1",
+                    "--duration",
+                    "40",
+                    "-o",
+                    "json",
+                ],
+            )
+        });
+        std::thread::sleep(Duration::from_secs(3));
+        while !tapping.is_finished() {
+            let _ = client.tcp_echo(server.echo_tcp(), "tapped");
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        tapping.join().expect("tap thread")
+    });
+    let events = succeeded("weftctl tap", &tap);
+    assert!(events.contains(&client_id), "{events}");
+
+    // weftctl check: the node agents through exec, the ztunnels through
+    // port-forward, the controller; all pass.
+    let check = weftctl(&cluster, &["check", "-o", "json"]);
+    let report: serde_json::Value =
+        serde_json::from_str(&succeeded("weftctl check", &check)).expect("json");
+    assert_eq!(report["ok"], true, "{report}");
+    for kind in ["agent", "ztunnel", "coverage", "certs"] {
+        assert!(
+            report["findings"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|f| f["check"] == kind && f["status"] == "ok"),
+            "{kind}: {report}"
+        );
+    }
 }

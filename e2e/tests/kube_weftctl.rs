@@ -5,12 +5,12 @@
 //! kubeconfig (`--kubeconfig`, or `KUBECONFIG`); what it did is checked
 //! with kubectl.
 //!
-//! Not covered here: the commands that reach a pod's admin API through the
-//! API server's port-forward or a node agent through exec (`tunnels`,
-//! `certs`, `tap`, `workloads`/`services`/`policies`, most of `check`).
-//! The harness has no kubelet yet, so no pod runs and neither port-forward
-//! nor exec can succeed; the tests check only that weftctl finds deploy/'s
-//! controller pods and fails with a clear "unreachable" (exit 3).
+//! The commands that reach a pod's admin API through the API server's
+//! port-forward or a node agent through exec (`tunnels`, `certs`, `tap`,
+//! `workloads`, `check`) need pods running on nodes: kube_mesh.rs tests
+//! them on the kube cluster. Here, with no nodes, the tests check that
+//! weftctl finds deploy/'s controller pods and fails with a clear
+//! "unreachable" (exit 3).
 //! Needs root (the run's files and teardown are the netns harness's).
 
 mod common;

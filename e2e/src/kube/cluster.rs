@@ -70,7 +70,8 @@ pub struct KubeNode {
     netns: Netns,
     fs: NodeFs,
     kubelet: Option<Kubelet>,
-    proxy: Option<ManagedProcess>,
+    /// kube-proxy and the kubelet's streaming endpoints.
+    daemons: Vec<ManagedProcess>,
 }
 
 impl KubeNode {
@@ -298,15 +299,24 @@ impl KubeCluster {
             cluster_dns: Some(super::dns::CLUSTER_DNS),
             progress: self.config.progress.clone(),
         })?;
+        let serving = plane.kubelet_serving_cert(name, addresses::node_ip(index))?;
+        let ca = plane.ca().to_path_buf();
+        let runc_root = cleanup::runc_root(&self.state.dir);
         let proxy = start_kube_proxy(&toolchain, &node_dir, name, &proxy_config)?;
         self.state.record_process(&proxy)?;
+        let mut daemons = vec![proxy];
+        let ip = addresses::node_ip(index);
+        let streams =
+            start_kubelet_streams(&toolchain, &node_dir, name, ip, &serving, &ca, &runc_root)?;
+        self.state.record_process(&streams)?;
+        daemons.push(streams);
         Ok(KubeNode {
             name: name.to_string(),
             index,
             netns: ns,
             fs,
             kubelet: Some(kubelet),
-            proxy: Some(proxy),
+            daemons,
         })
     }
 
@@ -445,12 +455,8 @@ impl KubeCluster {
             }
         }
         for node in &self.nodes {
-            if let Some(p) = &node.proxy {
-                eprintln!(
-                    "----- {}/kube-proxy (last lines) -----\n{}",
-                    node.name,
-                    p.log_tail(15)
-                );
+            for p in &node.daemons {
+                eprintln!("----- {} (last lines) -----\n{}", p.name(), p.log_tail(15));
             }
             let pods = self
                 .state
@@ -481,7 +487,7 @@ impl KubeCluster {
             if let Some(mut k) = node.kubelet.take() {
                 k.stop();
             }
-            if let Some(mut p) = node.proxy.take() {
+            for mut p in node.daemons.drain(..) {
                 p.stop(Duration::from_secs(2));
             }
         }
@@ -522,6 +528,48 @@ fn logs_under(dir: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+/// The streaming endpoints (port-forward, exec, logs) of node `name`'s
+/// kubelet: `weft-kube kubelet-streams` inside the node's namespace on the
+/// kubelet port, serving only the API server, reading the pods the harness'
+/// kubelet records ([`kubelet::streams_dir`]).
+fn start_kubelet_streams(
+    toolchain: &Toolchain,
+    node_dir: &Path,
+    name: &str,
+    ip: std::net::Ipv4Addr,
+    serving: &super::pki::CertFiles,
+    ca: &Path,
+    runc_root: &Path,
+) -> Result<ManagedProcess> {
+    let kubelet_dir = node_dir.join("kubelet");
+    let streams = kubelet::streams_dir(&kubelet_dir);
+    std::fs::create_dir_all(&streams).map_err(Error::io(&streams))?;
+    // nsenter rather than `ip netns exec`, which mounts a sysfs of the
+    // namespace over /sys and so hides the cgroup hierarchies that
+    // `runc exec` must join.
+    let mut cmd = std::process::Command::new("nsenter");
+    if let Some(netns) = toolchain.netns() {
+        cmd.arg(format!("--net={}", Netns::path_of(netns).display()));
+    }
+    cmd.arg(toolchain.binary()).arg("kubelet-streams");
+    cmd.arg(format!("--listen={ip}:{}", kubelet::node::KUBELET_PORT))
+        .arg(format!("--tls-cert-file={}", serving.cert.display()))
+        .arg(format!("--tls-private-key-file={}", serving.key.display()))
+        .arg(format!("--client-ca-file={}", ca.display()))
+        .arg(format!(
+            "--allow-user={}",
+            ControlPlane::KUBELET_CLIENT_USER
+        ))
+        .arg(format!("--pods-dir={}", streams.display()))
+        .arg(format!("--runc={}", kubelet::runtime::RUNC))
+        .arg(format!("--runc-root={}", runc_root.display()));
+    ManagedProcess::spawn(
+        &format!("{name}/kubelet-streams"),
+        cmd,
+        &node_dir.join("kubelet-streams.log"),
+    )
 }
 
 /// kube-proxy for node `name`, in nftables mode inside the node's

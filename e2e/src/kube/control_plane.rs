@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use super::kubeconfig::{self, Credentials};
 use super::kubectl::Kubectl;
-use super::pki::Pki;
+use super::pki::{CertFiles, Pki};
 use super::toolchain::Toolchain;
 use crate::error::{Error, Result};
 use crate::process::ManagedProcess;
@@ -175,7 +175,7 @@ impl ControlPlane {
         // port-forward).
         let kubelet_client = pki.client(
             "apiserver-kubelet-client",
-            "kube-apiserver-kubelet-client",
+            Self::KUBELET_CLIENT_USER,
             &["kubeadm:cluster-admins"],
         )?;
         let ca = pki.ca().display().to_string();
@@ -193,6 +193,8 @@ impl ControlPlane {
                 kubelet_client.cert.display()
             ),
             format!("--kubelet-client-key={}", kubelet_client.key.display()),
+            // Nodes have no DNS names the API server could resolve.
+            "--kubelet-preferred-address-types=InternalIP".to_string(),
             format!("--service-account-issuer={ISSUER}"),
             format!("--service-account-key-file={}", sa_key.cert.display()),
             format!(
@@ -304,6 +306,19 @@ impl ControlPlane {
             &Credentials::Certificate(files),
         )
     }
+
+    /// A kubelet's serving certificate for node `name` at `ip`, from the
+    /// CA the API server checks kubelets against.
+    pub fn kubelet_serving_cert(&self, name: &str, ip: Ipv4Addr) -> Result<CertFiles> {
+        self.pki.server(
+            &format!("kubelet-{name}-serving"),
+            &[name],
+            &[IpAddr::V4(ip)],
+        )
+    }
+
+    /// The user the API server authenticates as towards kubelets.
+    pub const KUBELET_CLIENT_USER: &str = "kube-apiserver-kubelet-client";
 
     fn process_mut(&mut self, name: &str) -> Option<&mut ManagedProcess> {
         self.processes.iter_mut().find(|p| p.name() == name)

@@ -73,6 +73,11 @@ impl Toolchain {
         }
     }
 
+    /// The network namespace its commands run in, if not the harness' own.
+    pub fn netns(&self) -> Option<&str> {
+        self.netns.as_deref()
+    }
+
     /// A command running `component` of the control plane.
     pub fn command(&self, component: &str) -> Command {
         let mut cmd = match &self.netns {

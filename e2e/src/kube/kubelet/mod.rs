@@ -74,6 +74,23 @@ pub struct KubeletConfig {
     pub progress: Progress,
 }
 
+/// Where a kubelet in `dir` records its running pods for its streaming
+/// endpoints (port-forward, exec, logs), which a process of their own
+/// serves (`weft-kube kubelet-streams`; docs/e2e.md).
+pub fn streams_dir(dir: &std::path::Path) -> PathBuf {
+    dir.join("streams")
+}
+
+/// The record of `pod` in [`streams_dir`]: `<namespace>_<name>.json` (names
+/// and namespaces are DNS labels, so `_` cannot be part of either).
+pub fn streams_record(dir: &std::path::Path, pod: &Pod) -> PathBuf {
+    streams_dir(dir).join(format!(
+        "{}_{}.json",
+        pod.metadata.namespace.as_deref().unwrap_or("default"),
+        pod.metadata.name.as_deref().unwrap_or_default()
+    ))
+}
+
 /// What the pod workers share.
 pub struct Context {
     client: kube::Client,

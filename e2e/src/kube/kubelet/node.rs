@@ -28,6 +28,10 @@ pub fn now() -> String {
         .to_string()
 }
 
+/// The port the API server reaches a node's kubelet on (its streaming
+/// endpoints).
+pub const KUBELET_PORT: u16 = 10250;
+
 /// Who the node is.
 #[derive(Clone, Debug)]
 pub struct NodeIdentity {
@@ -94,7 +98,7 @@ pub async fn report_status(client: &kube::Client, node: &NodeIdentity) -> Result
             ],
             "capacity": capacity,
             "allocatable": capacity,
-            "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": KUBELET_PORT}},
             "nodeInfo": {
                 "machineID": node.name, "systemUUID": node.name, "bootID": node.name,
                 "kernelVersion": "", "osImage": "weft-e2e netns node",

@@ -219,6 +219,7 @@ struct Worker {
     containers: Vec<ContainerRun>,
     start_time: String,
     last_status: Option<Value>,
+    last_record: Option<Value>,
     transitions: BTreeMap<String, (bool, String)>,
     failure: Option<(String, String)>,
 }
@@ -244,6 +245,7 @@ pub async fn run(ctx: Arc<Context>, mut updates: watch::Receiver<Option<Pod>>) {
         volumes: BTreeMap::new(),
         start_time: now(),
         last_status: None,
+        last_record: None,
         transitions: BTreeMap::new(),
         failure: None,
     };
@@ -700,12 +702,7 @@ impl Worker {
         let text = serde_json::to_vec_pretty(&runtime).map_err(|e| config_error(e.to_string()))?;
         std::fs::write(&config, text)
             .map_err(|e| config_error(format!("{}: {e}", config.display())))?;
-        let id = format!(
-            "{}-{}-{restart}",
-            &self.uid[..self.uid.len().min(8)],
-            c.name
-        );
-        let log = self.dir.join("logs").join(format!("{}.log", c.name));
+        let log = self.log_path(&c.name);
         let child = self
             .ctx
             .runc
@@ -893,6 +890,7 @@ impl Worker {
             status["reason"] = json!(reason);
             status["message"] = json!(message);
         }
+        self.record_streams();
         if self.last_status.as_ref() == Some(&status) {
             return;
         }
@@ -912,6 +910,50 @@ impl Worker {
             Ok(_) => self.last_status = Some(status),
             Err(kube::Error::Api(s)) if s.code == 404 => self.last_status = Some(status),
             Err(e) => self.say(&format!("patching its status: {e}")),
+        }
+    }
+
+    fn log_path(&self, container: &str) -> PathBuf {
+        self.dir.join("logs").join(format!("{container}.log"))
+    }
+
+    /// Writes what the kubelet's streaming endpoints need to reach the pod
+    /// (see [`super::streams_record`]): its namespace and running containers.
+    fn record_streams(&mut self) {
+        let Some(sandbox) = &self.sandbox else {
+            return;
+        };
+        let containers: BTreeMap<&str, &str> = self
+            .containers
+            .iter()
+            .filter_map(|c| {
+                c.running
+                    .as_ref()
+                    .map(|r| (c.spec.name.as_str(), r.id.as_str()))
+            })
+            .collect();
+        let logs: BTreeMap<&str, PathBuf> = self
+            .containers
+            .iter()
+            .map(|c| (c.spec.name.as_str(), self.log_path(&c.spec.name)))
+            .collect();
+        let netns = match sandbox.netns_name {
+            Some(_) => sandbox.netns_path.display().to_string(),
+            None => String::new(),
+        };
+        let record =
+            json!({"uid": self.uid, "netns": netns, "containers": containers, "logs": logs});
+        if self.last_record.as_ref() == Some(&record) {
+            return;
+        }
+        let path = super::streams_record(&self.ctx.dir, &self.pod);
+        let written = path
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::write(&path, record.to_string()));
+        match written {
+            Ok(()) => self.last_record = Some(record),
+            Err(e) => self.say(&format!("writing {}: {e}", path.display())),
         }
     }
 
@@ -983,6 +1025,7 @@ impl Worker {
             }
         }
         let _ = std::fs::remove_dir_all(self.dir.join("containers"));
+        let _ = std::fs::remove_file(super::streams_record(&self.ctx.dir, &self.pod));
         if deleting {
             let api: Api<Pod> = Api::namespaced(
                 self.ctx.client.clone(),
