@@ -519,7 +519,7 @@ fn json_is_a_stable_document() {
     );
     assert_eq!(
         v["paths"][0]["hops"][2]["sees"],
-        "spiffe://cluster.local/ns/wp/sa/waypoint"
+        "spiffe://cluster.local/ns/wp/sa/waypoint-weft-waypoint"
     );
     assert_eq!(v["request"]["protocol"], "http");
     assert_eq!(v["request"]["method"], "GET");

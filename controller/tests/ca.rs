@@ -5,7 +5,7 @@ mod support;
 use std::sync::Arc;
 
 use serde_json::json;
-use support::{Harness, pod, state};
+use support::{Harness, deployed_service_account, pod, state};
 use weft_api::ca::CreateCertificateRequest;
 use weft_api::ca::certificate_authority_client::CertificateAuthorityClient;
 use weft_controller::auth::{BootstrapTokens, Caller};
@@ -15,7 +15,7 @@ use weft_identity::{SpiffeId, WorkloadCertificate};
 fn waypoint_gateway(ns: &str, name: &str) -> serde_json::Value {
     json!({
         "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
-        "metadata": {"name": name, "namespace": ns},
+        "metadata": {"name": name, "namespace": ns, "uid": format!("{name}-uid")},
         "spec": {"gatewayClassName": "weft-waypoint",
                  "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]}
     })
@@ -39,9 +39,24 @@ async fn harness() -> Harness {
         "wp-token",
         Caller::ServiceAccount {
             namespace: "shop".into(),
-            name: "shop-waypoint".into(),
+            name: "shop-waypoint-weft-waypoint".into(),
         },
     );
+    // Named as waypoints' ServiceAccounts once were (after the Gateway),
+    // and as they are now but made by a user, not by the deployer.
+    for name in [
+        "shop-waypoint",
+        "impostor-weft-waypoint",
+        "late-weft-waypoint",
+    ] {
+        tokens.insert(
+            format!("{name}-token"),
+            Caller::ServiceAccount {
+                namespace: "shop".into(),
+                name: name.into(),
+            },
+        );
+    }
     tokens.insert(
         "stranger-token",
         Caller::ServiceAccount {
@@ -54,6 +69,31 @@ async fn harness() -> Harness {
             pod("shop", "web-1", "node-a", "web", "10.244.1.5"),
             pod("shop", "db-1", "node-b", "db", "10.244.2.5"),
             waypoint_gateway("shop", "shop-waypoint"),
+            deployed_service_account("shop", "shop-waypoint", "shop-waypoint-uid"),
+            // A ServiceAccount a user made under the name the deployer would
+            // give Gateway `impostor`'s, labelled and even claiming the
+            // Gateway as owner, but not by its uid.
+            waypoint_gateway("shop", "impostor"),
+            deployed_service_account("shop", "impostor", "some-other-uid"),
+            // One made with no label and no owner at all, before its Gateway.
+            waypoint_gateway("shop", "late"),
+            json!({"apiVersion": "v1", "kind": "ServiceAccount",
+                   "metadata": {"name": "late-weft-waypoint", "namespace": "shop"}}),
+            // A pod on node-a running as the real waypoint's ServiceAccount.
+            pod(
+                "shop",
+                "squatter-1",
+                "node-a",
+                "shop-waypoint-weft-waypoint",
+                "10.244.1.9",
+            ),
+            pod(
+                "shop",
+                "old-name-1",
+                "node-a",
+                "shop-waypoint",
+                "10.244.1.10",
+            ),
         ]),
         Arc::new(tokens),
     )
@@ -139,7 +179,7 @@ async fn ztunnel_gets_identities_of_its_own_node_only() {
 #[tokio::test]
 async fn waypoint_gets_only_its_own_identity() {
     let h = harness().await;
-    let (own, _) = csr("shop", "shop-waypoint");
+    let (own, _) = csr("shop", "shop-waypoint-weft-waypoint");
     assert!(ask(&h, Some("wp-token"), "node-a", own).await.is_ok());
     let (other, _) = csr("shop", "web");
     let err = ask(&h, Some("wp-token"), "node-a", other)
@@ -219,4 +259,42 @@ async fn before_the_registry_syncs_callers_are_told_to_retry() {
         .await
         .expect_err("not yet");
     assert_eq!(err.code(), tonic::Code::Unavailable);
+}
+
+#[tokio::test]
+async fn only_the_service_account_the_deployer_made_gets_a_waypoint_identity() {
+    let h = harness().await;
+    // Named after the Gateway, as the deployer used to name it: an
+    // application's ServiceAccount of that name is no waypoint.
+    for (sa, token) in [
+        ("shop-waypoint", "shop-waypoint-token"),
+        // Named as the deployer names it, but not the deployer's.
+        ("impostor-weft-waypoint", "impostor-weft-waypoint-token"),
+        ("late-weft-waypoint", "late-weft-waypoint-token"),
+    ] {
+        let (own, _) = csr("shop", sa);
+        let err = ask(&h, Some(token), "node-a", own)
+            .await
+            .expect_err("not a waypoint");
+        assert_eq!(err.code(), tonic::Code::PermissionDenied, "{sa}");
+        assert_eq!(
+            err.message(),
+            format!("shop/{sa} is neither a ztunnel nor a waypoint")
+        );
+    }
+    // A pod running as a waypoint's ServiceAccount does not get the
+    // waypoint's identity through its node's ztunnel either.
+    let (squat, _) = csr("shop", "shop-waypoint-weft-waypoint");
+    let err = ask(&h, Some("node-a-token"), "node-a", squat)
+        .await
+        .expect_err("a waypoint's identity");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    assert!(
+        err.message().contains("is a waypoint's identity"),
+        "{}",
+        err.message()
+    );
+    // The old name is an ordinary ServiceAccount again.
+    let (old, _) = csr("shop", "shop-waypoint");
+    assert!(ask(&h, Some("node-a-token"), "node-a", old).await.is_ok());
 }

@@ -6,8 +6,8 @@ mod support;
 use std::sync::Arc;
 
 use support::{
-    Harness, Limits, Subscriber, ambient_namespace, pod, state, waypoint_class, waypoint_gateway,
-    waypoint_proxy,
+    Harness, Limits, Subscriber, ambient_namespace, deployed_service_account, pod, state,
+    waypoint_class, waypoint_gateway, waypoint_proxy,
 };
 use weft_api::config::{ConfigResponse, ResourceType, resource};
 use weft_controller::auth::{AllowAll, BootstrapTokens, Caller};
@@ -218,33 +218,59 @@ async fn only_a_waypoints_service_account_subscribes_and_only_as_its_gateway() {
     token(
         &mut tokens,
         "wp-token",
+        service_account("shop", "shop-waypoint-weft-waypoint"),
+    );
+    // The name the deployer used to give it (the Gateway's), and its name
+    // now on a ServiceAccount the deployer did not make.
+    token(
+        &mut tokens,
+        "old-name-token",
         service_account("shop", "shop-waypoint"),
+    );
+    token(
+        &mut tokens,
+        "impostor-token",
+        service_account("shop", "other-waypoint-weft-waypoint"),
     );
     let h = Harness::start(
         state(&[
             ambient_namespace(),
             waypoint_class(),
             waypoint_gateway("shop-waypoint"),
+            deployed_service_account("shop", "shop-waypoint", "shop-waypoint-uid"),
             waypoint_gateway("other-waypoint"),
+            deployed_service_account("shop", "other-waypoint", "a-deleted-gateway-uid"),
             pod("shop", "web-1", "node-a", "web", "10.244.1.5"),
         ]),
         Arc::new(tokens),
     )
     .await;
 
-    // Any pod's ServiceAccount authenticates; it reads nothing.
-    for as_what in [
-        waypoint_proxy("shop", "shop-waypoint"),
-        Subscriber::ztunnel_proxy("node-a"),
+    // Any pod's ServiceAccount authenticates; it reads nothing, also when
+    // it is named as a waypoint's is or was.
+    for (token, sa, as_what) in [
+        ("web-token", "web", waypoint_proxy("shop", "shop-waypoint")),
+        ("web-token", "web", Subscriber::ztunnel_proxy("node-a")),
+        (
+            "old-name-token",
+            "shop-waypoint",
+            waypoint_proxy("shop", "shop-waypoint"),
+        ),
+        (
+            "impostor-token",
+            "other-waypoint-weft-waypoint",
+            waypoint_proxy("shop", "other-waypoint"),
+        ),
     ] {
-        let err = Subscriber::connect_as(h.channel().await, Some("web-token"), as_what)
+        let err = Subscriber::connect_as(h.channel().await, Some(token), as_what)
             .await
             .err()
             .expect("refused");
         assert_eq!(err.code(), tonic::Code::PermissionDenied);
         assert!(
-            err.message()
-                .contains("service account shop/web is neither the ztunnel's nor a waypoint's"),
+            err.message().contains(&format!(
+                "service account shop/{sa} is neither the ztunnel's nor a waypoint's"
+            )),
             "{}",
             err.message()
         );

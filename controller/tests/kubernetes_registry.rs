@@ -161,26 +161,17 @@ async fn node_agent_view_watches_only_its_node() {
     );
 }
 
-#[tokio::test]
-async fn leader_writes_waypoints_and_status() {
-    let api = FakeApiServer::start(COLLECTIONS).await;
-    api.apply(namespace());
-    api.apply(support::waypoint_class());
-    api.apply(support::waypoint_gateway("wp"));
-    api.apply(
-        json!({"apiVersion": "security.weft.dev/v1alpha1", "kind": "AuthorizationPolicy",
-        "metadata": {"name": "bad", "namespace": "shop", "generation": 3},
-        "spec": {"rules": [{"to": [{"operation": {"ports": ["http"]}}]}]}}),
-    );
+/// What the API server holds, read by a registry, and one pass of a leader's
+/// writers over it; the state, model and writer for more passes.
+async fn leader_pass(api: &FakeApiServer) -> (Arc<ClusterState>, ModelVersion, Writer) {
     let registry = Registry::kubernetes(api.client(), RegistryConfig::default());
     let state = tokio::time::timeout(Duration::from_secs(20), registry.synced())
         .await
         .expect("synced")
         .expect("alive");
-    let model = model::build(&state, &ModelConfig::default());
     let version = ModelVersion {
         version: 1,
-        model: Arc::new(model),
+        model: Arc::new(model::build(&state, &ModelConfig::default())),
         ..ModelVersion::initial()
     };
     let mut writer = Writer::new(
@@ -194,6 +185,21 @@ async fn leader_writes_waypoints_and_status() {
         },
     );
     writer.reconcile(&state, &version).await;
+    (state, version, writer)
+}
+
+#[tokio::test]
+async fn leader_writes_waypoints_and_status() {
+    let api = FakeApiServer::start(COLLECTIONS).await;
+    api.apply(namespace());
+    api.apply(support::waypoint_class());
+    api.apply(support::waypoint_gateway("wp"));
+    api.apply(
+        json!({"apiVersion": "security.weft.dev/v1alpha1", "kind": "AuthorizationPolicy",
+        "metadata": {"name": "bad", "namespace": "shop", "generation": 3},
+        "spec": {"rules": [{"to": [{"operation": {"ports": ["http"]}}]}]}}),
+    );
+    let (state, version, mut writer) = leader_pass(&api).await;
 
     let deployment = api
         .get("apis/apps/v1/deployments", "shop", "wp")
@@ -204,9 +210,12 @@ async fn leader_writes_waypoints_and_status() {
     );
     assert_eq!(
         deployment["spec"]["template"]["spec"]["serviceAccountName"],
-        "wp"
+        "wp-weft-waypoint"
     );
-    assert!(api.get("api/v1/serviceaccounts", "shop", "wp").is_some());
+    let sa = api
+        .get("api/v1/serviceaccounts", "shop", "wp-weft-waypoint")
+        .expect("service account created");
+    assert_eq!(sa["metadata"]["ownerReferences"][0]["uid"], "wp-uid");
     // The waypoint shows the controller a token for the controller's own
     // audience, not the automounted one.
     let pod_spec = &deployment["spec"]["template"]["spec"];
@@ -278,4 +287,46 @@ async fn leader_writes_waypoints_and_status() {
     let patches = api.status_patches().len();
     writer.reconcile(&state, &version).await;
     assert_eq!(api.status_patches().len(), patches);
+}
+
+/// Security finding 11: a ServiceAccount that exists under the name the
+/// deployer would give a Gateway's waypoint, made by someone else, is not
+/// taken over (a forced apply would have made it the Gateway's, and every
+/// pod running as it the waypoint); the Gateway says why it is not
+/// programmed.
+#[tokio::test]
+async fn the_deployer_does_not_take_over_a_service_account_it_did_not_make() {
+    let api = FakeApiServer::start(COLLECTIONS).await;
+    api.apply(namespace());
+    api.apply(support::waypoint_class());
+    let squatter = json!({"apiVersion": "v1", "kind": "ServiceAccount",
+        "metadata": {"name": "wp-weft-waypoint", "namespace": "shop"}});
+    api.apply(squatter);
+    api.apply(support::waypoint_gateway("wp"));
+    leader_pass(&api).await;
+
+    let sa = api
+        .get("api/v1/serviceaccounts", "shop", "wp-weft-waypoint")
+        .expect("still there");
+    assert!(
+        sa["metadata"]["ownerReferences"].is_null() && sa["metadata"]["labels"].is_null(),
+        "the deployer adopted a ServiceAccount it did not make: {sa}"
+    );
+    assert!(api.get("apis/apps/v1/deployments", "shop", "wp").is_none());
+    assert!(api.get("api/v1/services", "shop", "wp").is_none());
+    let gw = api
+        .get("apis/gateway.networking.k8s.io/v1/gateways", "shop", "wp")
+        .expect("gateway");
+    let programmed = gw["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "Programmed"))
+        .expect("Programmed condition");
+    assert_eq!(programmed["status"], "False");
+    assert_eq!(programmed["reason"], "Invalid");
+    assert!(
+        programmed["message"].as_str().unwrap_or("").contains(
+            "ServiceAccount shop/wp-weft-waypoint exists and was not made by the waypoint deployer"
+        ),
+        "{programmed}"
+    );
 }

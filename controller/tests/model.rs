@@ -1,6 +1,10 @@
 //! The model builder, on typed objects: one test per rule.
 
+mod support;
+
 use std::sync::Arc;
+
+use support::deployed_service_account;
 
 use serde_json::json;
 use weft_api::config::{Action, HealthStatus, MtlsMode, PolicyScope, ResourceType, TunnelProtocol};
@@ -61,7 +65,7 @@ fn waypoint(ns: &str, name: &str, waypoint_for: Option<&str>) -> Vec<serde_json:
     vec![
         json!({
             "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
-            "metadata": {"name": name, "namespace": ns, "labels": labels},
+            "metadata": {"name": name, "namespace": ns, "labels": labels, "uid": format!("{name}-uid")},
             "spec": {"gatewayClassName": "weft-waypoint",
                      "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]}
         }),
@@ -70,7 +74,68 @@ fn waypoint(ns: &str, name: &str, waypoint_for: Option<&str>) -> Vec<serde_json:
             "metadata": {"name": name, "namespace": ns},
             "spec": {"clusterIP": "10.96.9.9", "ports": [{"name": "mesh", "port": 15008}]}
         }),
+        deployed_service_account(ns, name, &format!("{name}-uid")),
     ]
+}
+
+/// Security finding 11: a waypoint is trusted only with the ServiceAccount
+/// the deployer made for it. One named the same way by someone else (before
+/// the Gateway, or claiming another Gateway uid as owner) leaves what binds
+/// to the waypoint refused, with no identity anyone could pass for.
+#[test]
+fn a_waypoint_whose_service_account_is_not_the_deployers_is_not_trusted() {
+    let bound = |objects: &[serde_json::Value]| {
+        let m = build(objects);
+        m.services["in/web"]
+            .waypoint
+            .clone()
+            .expect("the binding is kept")
+    };
+    let mut objects = vec![
+        ns("in", json!({"weft.dev/dataplane-mode": "ambient"})),
+        service(
+            "in",
+            "web",
+            "10.96.0.1",
+            json!({"weft.dev/use-waypoint": "wp"}),
+        ),
+    ];
+    let proper = waypoint("in", "wp", None);
+    let gateway_and_service = &proper[..2];
+    objects.extend_from_slice(gateway_and_service);
+
+    // No ServiceAccount from the deployer yet.
+    let r = bound(&objects);
+    assert_eq!(
+        r.unavailable,
+        "waypoint in/wp has no ServiceAccount in/wp-weft-waypoint from the deployer yet"
+    );
+    assert!(r.identity.is_empty(), "{r:?}");
+    // One a user made under that name, labelled and even naming the Gateway
+    // as owner, but not by its uid; or with no owner at all.
+    for squatter in [
+        deployed_service_account("in", "wp", "another-uid"),
+        json!({"apiVersion": "v1", "kind": "ServiceAccount",
+               "metadata": {"name": "wp-weft-waypoint", "namespace": "in",
+                            "labels": {"gateway.networking.k8s.io/gateway-name": "wp"}}}),
+    ] {
+        let mut with = objects.clone();
+        with.push(squatter);
+        let r = bound(&with);
+        assert_eq!(
+            r.unavailable,
+            "ServiceAccount in/wp-weft-waypoint was not made by the waypoint deployer for \
+             Gateway in/wp"
+        );
+        assert!(r.identity.is_empty() && r.addresses.is_empty(), "{r:?}");
+    }
+    // The deployer's: trusted, under the distinct name.
+    let r = bound(&[objects.clone(), proper[2..].to_vec()].concat());
+    assert_eq!(r.unavailable, "");
+    assert_eq!(
+        r.identity,
+        "spiffe://cluster.local/ns/in/sa/wp-weft-waypoint"
+    );
 }
 
 #[test]
@@ -172,7 +237,10 @@ fn waypoint_precedence_pod_over_namespace_and_service_over_namespace() {
     let r = m.services["in/special"].waypoint.clone().expect("bound");
     assert_eq!(r.addresses, vec!["10.96.9.9"]);
     assert_eq!(r.hbone_port, 15008);
-    assert_eq!(r.identity, "spiffe://cluster.local/ns/in/sa/svc-wp");
+    assert_eq!(
+        r.identity,
+        "spiffe://cluster.local/ns/in/sa/svc-wp-weft-waypoint"
+    );
 }
 
 #[test]

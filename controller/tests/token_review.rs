@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use support::fake_apiserver::FakeApiServer;
 use support::{
-    Harness, Subscriber, ambient_namespace, pod, state, waypoint_class, waypoint_gateway,
-    waypoint_proxy,
+    Harness, Subscriber, ambient_namespace, deployed_service_account, pod, state, waypoint_class,
+    waypoint_gateway, waypoint_proxy,
 };
 use weft_api::ca::CreateCertificateRequest;
 use weft_api::ca::certificate_authority_client::CertificateAuthorityClient;
@@ -70,7 +70,7 @@ async fn kubernetes_service_accounts_subscribe_only_as_their_waypoint() {
     api.add_token("web", ("shop", "web"), &[CONTROLLER_AUDIENCE], None);
     api.add_token(
         "waypoint",
-        ("shop", "shop-waypoint"),
+        ("shop", "shop-waypoint-weft-waypoint"),
         &[CONTROLLER_AUDIENCE],
         None,
     );
@@ -85,7 +85,9 @@ async fn kubernetes_service_accounts_subscribe_only_as_their_waypoint() {
             ambient_namespace(),
             waypoint_class(),
             waypoint_gateway("shop-waypoint"),
+            deployed_service_account("shop", "shop-waypoint", "shop-waypoint-uid"),
             waypoint_gateway("other-waypoint"),
+            deployed_service_account("shop", "other-waypoint", "other-waypoint-uid"),
             pod("shop", "web-1", "node-a", "web", "10.244.1.5"),
         ]),
         reviewer(&api, &[CONTROLLER_AUDIENCE]),

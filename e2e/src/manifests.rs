@@ -160,6 +160,59 @@ impl Manifests {
         found.dedup();
         Ok(found)
     }
+
+    /// The `metadata.uid` of Gateway `namespace/name`, empty when it has
+    /// none (Gateways written by hand in files mode often have none).
+    pub fn gateway_uid(&self, namespace: &str, name: &str) -> Result<String> {
+        Ok(self
+            .documents()?
+            .iter()
+            .find(|d| {
+                d["kind"] == "Gateway"
+                    && d["metadata"]["name"] == name
+                    && d["metadata"]["namespace"].as_str().unwrap_or("default") == namespace
+            })
+            .and_then(|d| d["metadata"]["uid"].as_str())
+            .unwrap_or_default()
+            .to_string())
+    }
+}
+
+/// What the deployer appends to a Gateway's name for its waypoint's
+/// ServiceAccount (docs/design.md §5).
+pub const WAYPOINT_SERVICE_ACCOUNT_SUFFIX: &str = "-weft-waypoint";
+
+/// The ServiceAccount a waypoint of Gateway `name` runs as.
+pub fn waypoint_service_account_name(name: &str) -> String {
+    format!("{name}{WAYPOINT_SERVICE_ACCOUNT_SUFFIX}")
+}
+
+/// The file stem of a ServiceAccount object.
+pub fn service_account_stem(namespace: &str, name: &str) -> String {
+    format!("serviceaccount-{namespace}-{name}")
+}
+
+/// The ServiceAccount the deployer makes for waypoint Gateway
+/// `namespace/gateway` (uid `gateway_uid`): labelled with the Gateway's name
+/// and controlled by it, which is what the controller checks before it
+/// treats the ServiceAccount as the waypoint's.
+pub fn waypoint_service_account(namespace: &str, gateway: &str, gateway_uid: &str) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {
+            "name": waypoint_service_account_name(gateway),
+            "namespace": namespace,
+            "labels": {GATEWAY_NAME: gateway},
+            "ownerReferences": [{
+                "apiVersion": "gateway.networking.k8s.io/v1",
+                "kind": "Gateway",
+                "name": gateway,
+                "uid": gateway_uid,
+                "controller": true,
+            }],
+        },
+    })
 }
 
 /// The file stem of a Gateway object.

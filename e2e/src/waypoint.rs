@@ -103,7 +103,8 @@ impl Waypoint {
         format!("{}/{}", self.namespace, self.name)
     }
 
-    /// Its SPIFFE identity, `spiffe://cluster.local/ns/<ns>/sa/<gateway>`.
+    /// Its SPIFFE identity,
+    /// `spiffe://cluster.local/ns/<ns>/sa/<gateway>-weft-waypoint`.
     pub fn identity(&self) -> &str {
         &self.identity
     }

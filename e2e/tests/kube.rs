@@ -117,6 +117,7 @@ fn the_controller_runs_under_the_rbac_deploy_ships_and_deploys_waypoints() {
             .unwrap_or(false)
     })
     .expect("the waypoint Deployment makes a pod");
+    waypoint_identities_go_only_to_the_deployers_service_accounts(&run, &controller, &deployment);
 
     // Deleting the Gateway garbage-collects what was made for it. The
     // garbage collector learns of new kinds (the Gateway CRD installed a
@@ -140,6 +141,109 @@ fn the_controller_runs_under_the_rbac_deploy_ships_and_deploys_waypoints() {
         "the controller hit RBAC: {}",
         controller.log_tail(40)
     );
+}
+
+/// Security finding 11, on the real API server: the waypoint runs as a
+/// ServiceAccount named distinctly (`<gateway>-weft-waypoint`) that the
+/// deployer created and its Gateway owns, and only that one obtains the
+/// waypoint's identity. A ServiceAccount named like a Gateway (the old
+/// name), or named like its waypoint's but created by a user before the
+/// Gateway, gets nothing, and the deployer does not take the latter over.
+fn waypoint_identities_go_only_to_the_deployers_service_accounts(
+    run: &KubeRun,
+    controller: &ControllerProcess,
+    deployment: &serde_json::Value,
+) {
+    let k = run.plane().kubectl().clone();
+    assert_eq!(
+        deployment["spec"]["template"]["spec"]["serviceAccountName"], "waypoint-weft-waypoint",
+        "{deployment}"
+    );
+    let sa = get(
+        run,
+        &["serviceaccount", "-n", "shop", "waypoint-weft-waypoint"],
+    )
+    .expect("the deployer's ServiceAccount");
+    let gateway = get(run, &["gateway", "-n", "shop", "waypoint"]).expect("gateway");
+    let owner = &sa["metadata"]["ownerReferences"][0];
+    assert_eq!(owner["uid"], gateway["metadata"]["uid"], "{sa}");
+    assert_eq!(owner["controller"], true, "{sa}");
+
+    // Made by a user before their Gateway: one under the Gateway's own name
+    // (what the deployer used to use), one under its waypoint's name.
+    for sa in ["squat", "squat-weft-waypoint"] {
+        k.run(&["create", "serviceaccount", "-n", "shop", sa])
+            .expect("sa");
+    }
+    k.apply(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: squat, namespace: shop}\nspec:\n  gatewayClassName: weft-waypoint\n  listeners: [{name: mesh, port: 15008, protocol: HBONE}]\n",
+    )
+    .expect("apply the Gateway");
+    wait_until("Gateway squat refused", SETTLE, || {
+        get(run, &["gateway", "-n", "shop", "squat"]).is_some_and(|gw| {
+            gw["status"]["conditions"].as_array().is_some_and(|c| {
+                c.iter().any(|c| {
+                    c["type"] == "Programmed" && c["status"] == "False" && c["reason"] == "Invalid"
+                })
+            })
+        })
+    })
+    .expect("the Gateway says its ServiceAccount name is taken");
+    let squatter = get(
+        run,
+        &["serviceaccount", "-n", "shop", "squat-weft-waypoint"],
+    )
+    .expect("the user's ServiceAccount");
+    assert!(
+        squatter["metadata"]["ownerReferences"].is_null(),
+        "the deployer took over a ServiceAccount it did not make: {squatter}"
+    );
+    assert!(get(run, &["deployment", "-n", "shop", "squat"]).is_none());
+
+    let root = ca_root(&k);
+    let token = |sa: &str| {
+        run.plane()
+            .token("shop", sa, &["weft.dev/controller"], None)
+            .expect("token")
+    };
+    let own = "spiffe://cluster.local/ns/shop/sa/waypoint-weft-waypoint";
+    wait_until("the waypoint's identity", SETTLE, || {
+        ask(
+            &root,
+            controller.grpc(),
+            &token("waypoint-weft-waypoint"),
+            "",
+            own,
+        )
+        .is_ok()
+    })
+    .expect("the deployer's ServiceAccount obtains the waypoint's identity");
+    for sa in ["squat", "squat-weft-waypoint"] {
+        let identity = format!("spiffe://cluster.local/ns/shop/sa/{sa}");
+        let refused =
+            ask(&root, controller.grpc(), &token(sa), "", &identity).expect_err("not a waypoint");
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused}");
+        assert!(
+            refused
+                .message()
+                .contains("neither a ztunnel nor a waypoint"),
+            "{refused}"
+        );
+    }
+}
+
+/// The CA's root certificate, from the Secret the controller keeps it in.
+fn ca_root(k: &weft_e2e::kube::Kubectl) -> String {
+    k.run(&[
+        "get",
+        "secret",
+        "-n",
+        "weft-system",
+        "weft-ca",
+        "-o",
+        "go-template={{index .data \"root-cert.pem\" | base64decode}}",
+    ])
+    .expect("root certificate")
 }
 
 /// Asks the controller's CA at `grpc` for `identity` with `token`, naming
@@ -182,17 +286,7 @@ fn the_ca_takes_the_node_from_a_pod_bound_token_and_refuses_every_other_token() 
         get(&run, &["secret", "-n", "weft-system", "weft-ca"]).is_some()
     })
     .expect("CA secret");
-    let root = k
-        .run(&[
-            "get",
-            "secret",
-            "-n",
-            "weft-system",
-            "weft-ca",
-            "-o",
-            "go-template={{index .data \"root-cert.pem\" | base64decode}}",
-        ])
-        .expect("root certificate");
+    let root = ca_root(&k);
     let web = "spiffe://cluster.local/ns/shop/sa/web";
     let db = "spiffe://cluster.local/ns/shop/sa/db";
     let plane = run.plane();

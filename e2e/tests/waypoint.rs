@@ -119,7 +119,7 @@ fn an_l7_policy_at_the_waypoint_allows_get_and_refuses_post() {
         .expect("waypoint");
     assert_eq!(
         wp.identity(),
-        "spiffe://cluster.local/ns/shop/sa/shop-waypoint"
+        "spiffe://cluster.local/ns/shop/sa/shop-waypoint-weft-waypoint"
     );
     let svc = http_service(&mut c, "server", true);
     for p in [&server, &client] {
@@ -384,8 +384,11 @@ spec:
         pod.labels().get("gateway.networking.k8s.io/gateway-name"),
         Some(&"shop-waypoint".to_string())
     );
-    assert_eq!(pod.service_account(), "shop-waypoint");
-    let token = c.controller().waypoint_token_file("shop", "shop-waypoint");
+    // The ServiceAccount the deployer (here the harness) made for it.
+    assert_eq!(pod.service_account(), "shop-waypoint-weft-waypoint");
+    let token = c
+        .controller()
+        .waypoint_token_file("shop", "shop-waypoint-weft-waypoint");
     assert!(token.is_file());
     // Its certificate came from the controller's CA, for its own identity.
     let certs = wp.admin("/certs").expect("certs").to_string();

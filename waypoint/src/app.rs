@@ -204,7 +204,7 @@ pub async fn run(options: Options, log: LogControl) -> anyhow::Result<()> {
     let service_account = options
         .service_account
         .clone()
-        .unwrap_or_else(|| options.name.clone());
+        .unwrap_or_else(|| format!("{}-weft-waypoint", options.name));
     let identity = SpiffeId::new(&flags.trust_domain, &options.namespace, &service_account)
         .context("the waypoint's identity")?;
 

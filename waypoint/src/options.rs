@@ -28,8 +28,9 @@ pub struct Options {
     /// The name of this waypoint's Gateway.
     #[arg(long, env = "WEFT_WAYPOINT_NAME")]
     pub name: String,
-    /// The service account it runs as (its identity); the deployer names it
-    /// after the Gateway, which is the default.
+    /// The service account it runs as (its identity); by default the one the
+    /// deployer makes, `<name>-weft-waypoint` (docs/design.md §5). The
+    /// deployer also passes its pod's own.
     #[arg(long, env = "WEFT_WAYPOINT_SERVICE_ACCOUNT")]
     pub service_account: Option<String>,
     /// The node it runs on (informational; sent to the controller).

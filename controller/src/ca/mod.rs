@@ -1,7 +1,8 @@
 //! The CA service: `CreateCertificate` with the blast-radius rule.
 //!
 //! A ztunnel gets an identity only if a pod with that service account runs on
-//! its node; a waypoint gets only its own identity. The signing itself is
+//! its node, and never a waypoint's; a waypoint (a ServiceAccount the
+//! deployer made for a waypoint Gateway) gets only its own identity. The signing itself is
 //! `weft_identity::ca`.
 
 pub mod root;
@@ -16,7 +17,7 @@ use weft_api::ca::{CreateCertificateRequest, CreateCertificateResponse};
 use weft_identity::{CertificateAuthority, CertificateRequest, SpiffeId};
 
 use crate::auth::{self, Authenticator, Caller};
-use weft_cluster::model::waypoints::waypoints_run_by;
+use weft_cluster::model::waypoints::{is_waypoint_service_account_name, waypoints_run_by};
 use weft_cluster::model::workloads::{node_name, service_account};
 use weft_cluster::registry::ClusterState;
 
@@ -61,6 +62,16 @@ impl CaService {
                 if bound != node {
                     return Err(format!(
                         "caller is the ztunnel of node {bound:?}, but the request names node {node:?}"
+                    ));
+                }
+                if is_waypoint_service_account_name(
+                    &state,
+                    identity.namespace(),
+                    identity.service_account(),
+                ) {
+                    return Err(format!(
+                        "{identity} is a waypoint's identity, which only the waypoint itself \
+                         may obtain, not a ztunnel for a pod running as it"
                     ));
                 }
                 let runs_here = state.pods.values().any(|pod| {

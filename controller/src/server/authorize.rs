@@ -108,14 +108,33 @@ mod tests {
     use super::*;
     use weft_cluster::registry::{AnyObject, Kind};
 
+    fn object(value: serde_json::Value) -> AnyObject {
+        let kind = Kind::from_type_meta(
+            value["apiVersion"].as_str().unwrap_or_default(),
+            value["kind"].as_str().unwrap_or_default(),
+        )
+        .expect("kind");
+        AnyObject::from_value(kind, value).expect("object")
+    }
+
     fn gateway(ns: &str, name: &str, class: &str) -> AnyObject {
-        let value = serde_json::json!({
+        object(serde_json::json!({
             "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
-            "metadata": {"name": name, "namespace": ns},
+            "metadata": {"name": name, "namespace": ns, "uid": format!("{name}-uid")},
             "spec": {"gatewayClassName": class, "listeners": []}
-        });
-        let kind = Kind::from_type_meta("gateway.networking.k8s.io/v1", "Gateway").expect("kind");
-        AnyObject::from_value(kind, value).expect("gateway")
+        }))
+    }
+
+    /// What the deployer makes for Gateway `ns/gateway`.
+    fn deployed_service_account(ns: &str, gateway: &str) -> AnyObject {
+        object(serde_json::json!({
+            "apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": {"name": format!("{gateway}-weft-waypoint"), "namespace": ns,
+                "labels": {"gateway.networking.k8s.io/gateway-name": gateway},
+                "ownerReferences": [{"apiVersion": "gateway.networking.k8s.io/v1",
+                    "kind": "Gateway", "name": gateway, "uid": format!("{gateway}-uid"),
+                    "controller": true}]}
+        }))
     }
 
     fn cluster() -> ClusterState {
@@ -124,7 +143,9 @@ mod tests {
             ..ClusterState::default()
         };
         gateway("shop", "shop-waypoint", "weft-waypoint").insert_into(&mut state);
+        deployed_service_account("shop", "shop-waypoint").insert_into(&mut state);
         gateway("shop", "ingress", "some-other-class").insert_into(&mut state);
+        deployed_service_account("shop", "ingress").insert_into(&mut state);
         state
     }
 
@@ -155,7 +176,7 @@ mod tests {
     #[test]
     fn a_waypoint_service_account_subscribes_only_as_its_own_gateway() {
         let state = cluster();
-        let caller = sa("shop", "shop-waypoint");
+        let caller = sa("shop", "shop-waypoint-weft-waypoint");
         assert!(subscriber(&caller, &waypoint("shop", "shop-waypoint"), &state).is_ok());
         let other = subscriber(&caller, &waypoint("bank", "shop-waypoint"), &state)
             .expect_err("another namespace");
@@ -176,11 +197,14 @@ mod tests {
     #[test]
     fn other_service_accounts_are_refused_and_told_why() {
         let state = cluster();
-        // A Gateway of another class does not make its name a waypoint.
+        // A Gateway of another class does not make its name a waypoint,
+        // nor does the Gateway's own name (the deployer's name used to be
+        // that).
         for caller in [
             sa("shop", "web"),
-            sa("shop", "ingress"),
-            sa("bank", "shop-waypoint"),
+            sa("shop", "ingress-weft-waypoint"),
+            sa("shop", "shop-waypoint"),
+            sa("bank", "shop-waypoint-weft-waypoint"),
         ] {
             let refused = subscriber(&caller, &waypoint("shop", "shop-waypoint"), &state)
                 .expect_err("not a waypoint");

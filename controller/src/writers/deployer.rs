@@ -111,6 +111,8 @@ pub fn waypoint_objects(gw: &Gateway, config: &DeployerConfig) -> WaypointObject
         env("WEFT_CONTROLLER_CA", ROOT_CERT_PATH),
         field_env("POD_NAME", "metadata.name"),
         field_env("NODE_NAME", "spec.nodeName"),
+        // The identity it asks the CA for is the one its pod runs as.
+        field_env("WEFT_WAYPOINT_SERVICE_ACCOUNT", "spec.serviceAccountName"),
     ];
     let mut mounts = vec![VolumeMount {
         name: "ca-root".to_string(),
@@ -293,13 +295,14 @@ mod tests {
 
     #[test]
     fn the_waypoint_objects_are_named_after_and_owned_by_the_gateway() {
-        let objects = waypoint_objects(&gateway(), &config());
-        for meta in [
-            &objects.service_account.metadata,
-            &objects.deployment.metadata,
-            &objects.service.metadata,
+        let gw = gateway();
+        let objects = waypoint_objects(&gw, &config());
+        for (meta, name) in [
+            (&objects.service_account.metadata, "waypoint-weft-waypoint"),
+            (&objects.deployment.metadata, "waypoint"),
+            (&objects.service.metadata, "waypoint"),
         ] {
-            assert_eq!(meta.name.as_deref(), Some("waypoint"));
+            assert_eq!(meta.name.as_deref(), Some(name));
             assert_eq!(meta.namespace.as_deref(), Some("shop"));
             let owners = meta.owner_references.as_ref().expect("owner");
             assert_eq!(owners.len(), 1);
@@ -309,7 +312,15 @@ mod tests {
         }
         let spec = objects.deployment.spec.as_ref().expect("spec");
         let pod = spec.template.spec.as_ref().expect("pod spec");
-        assert_eq!(pod.service_account_name.as_deref(), Some("waypoint"));
+        assert_eq!(
+            pod.service_account_name.as_deref(),
+            Some("waypoint-weft-waypoint")
+        );
+        // What the CA and the config stream check is what the deployer makes.
+        assert!(weft_cluster::model::waypoints::made_by_deployer(
+            &gw,
+            &objects.service_account
+        ));
         assert_eq!(
             spec.selector.match_labels.as_ref(),
             objects

@@ -19,7 +19,7 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff;
-use kube::api::{Patch, PatchParams};
+use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Client, Resource, ResourceExt};
 use kube_lease_manager::LeaseManagerBuilder;
@@ -32,7 +32,7 @@ use crate::pipeline::ModelVersion;
 use deployer::{DeployerConfig, waypoint_objects, with_type_meta};
 use weft_cluster::crd::AuthorizationPolicy;
 use weft_cluster::model::labels::{WAYPOINT_CLASS, WAYPOINT_CONTROLLER};
-use weft_cluster::model::waypoints::{is_waypoint_gateway, requested_waypoint};
+use weft_cluster::model::waypoints::{is_waypoint_gateway, made_by_deployer, requested_waypoint};
 use weft_cluster::registry::{ClusterState, ObjectKey};
 
 /// The ConfigMap holding the root certificate (key `root-cert.pem`) in the
@@ -216,6 +216,16 @@ async fn lead_while(
     }
 }
 
+/// Whether a waypoint's ServiceAccount is the deployer's to write.
+enum Claim {
+    /// The deployer made it (now or before).
+    Ours,
+    /// Someone else's, and why that stops the waypoint.
+    Taken(String),
+    /// Not known yet (an API error, a race): the next pass decides.
+    Retry,
+}
+
 /// Applies desired objects and status, remembering what it wrote so that an
 /// unchanged object is not written again.
 pub struct Writer {
@@ -271,9 +281,13 @@ impl Writer {
         }
         for (key, gw) in &state.gateways {
             if is_waypoint_gateway(gw) {
-                self.deploy(gw).await;
-                self.gateway_status(gw, state.services.get(key).map(AsRef::as_ref))
-                    .await;
+                let conflict = self.deploy(key, gw, state).await;
+                self.gateway_status(
+                    gw,
+                    state.services.get(key).map(AsRef::as_ref),
+                    conflict.as_deref(),
+                )
+                .await;
             }
         }
         if model.version > 0 {
@@ -320,10 +334,35 @@ impl Writer {
         }
     }
 
-    async fn deploy(&mut self, gw: &Gateway) {
+    /// Deploys `gw`'s waypoint, unless its ServiceAccount name is taken by
+    /// one the deployer did not make: then nothing is written, and the
+    /// reason is returned for the Gateway's status.
+    async fn deploy(
+        &mut self,
+        key: &ObjectKey,
+        gw: &Gateway,
+        state: &ClusterState,
+    ) -> Option<String> {
         let ns = gw.namespace().unwrap_or_default();
         let objects = waypoint_objects(gw, &self.deployer);
         let sa_name = objects.service_account.name_any();
+        let known = state
+            .service_accounts
+            .get(&ObjectKey::new(ns.clone(), sa_name.clone()))
+            .is_some_and(|sa| made_by_deployer(gw, sa));
+        if !known {
+            match self
+                .claim_service_account(gw, &objects.service_account)
+                .await
+            {
+                Claim::Ours => {}
+                Claim::Taken(reason) => {
+                    tracing::warn!("waypoint {key} not deployed: {reason}");
+                    return Some(reason);
+                }
+                Claim::Retry => return None,
+            }
+        }
         self.apply_once(
             Api::<ServiceAccount>::namespaced(self.client.clone(), &ns),
             &sa_name,
@@ -345,6 +384,41 @@ impl Writer {
             false,
         )
         .await;
+        None
+    }
+
+    /// Makes sure the waypoint's ServiceAccount is the deployer's before
+    /// anything is applied to it: a forced apply would adopt a
+    /// ServiceAccount someone else created under that name (adding the
+    /// Gateway as its owner), and every pod already running as it would
+    /// become the waypoint. So it is created, never taken over.
+    async fn claim_service_account(&mut self, gw: &Gateway, wanted: &ServiceAccount) -> Claim {
+        let ns = gw.namespace().unwrap_or_default();
+        let name = wanted.name_any();
+        let api = Api::<ServiceAccount>::namespaced(self.client.clone(), &ns);
+        let taken = || {
+            Claim::Taken(format!(
+                "ServiceAccount {ns}/{name} exists and was not made by the waypoint deployer \
+                 for this Gateway; the deployer does not take it over (delete or rename it)"
+            ))
+        };
+        let failed = |what: &str, e: kube::Error| {
+            metrics::counter!("weft_writer_errors_total", "kind" => "ServiceAccount").increment(1);
+            tracing::warn!("{what} ServiceAccount {ns}/{name}: {e}");
+            Claim::Retry
+        };
+        match api.get_opt(&name).await {
+            Ok(Some(existing)) if made_by_deployer(gw, &existing) => Claim::Ours,
+            Ok(Some(_)) => taken(),
+            Ok(None) => match api.create(&PostParams::default(), wanted).await {
+                Ok(_) => Claim::Ours,
+                // Created by someone else since the read: the next pass
+                // reads it and decides.
+                Err(kube::Error::Api(status)) if status.code == 409 => Claim::Retry,
+                Err(e) => failed("create", e),
+            },
+            Err(e) => failed("read", e),
+        }
     }
 
     async fn root_config_map(&mut self, namespace: &str) {
@@ -394,7 +468,12 @@ impl Writer {
         .await;
     }
 
-    async fn gateway_status(&mut self, gw: &Gateway, service: Option<&Service>) {
+    async fn gateway_status(
+        &mut self,
+        gw: &Gateway,
+        service: Option<&Service>,
+        conflict: Option<&str>,
+    ) {
         let now = Time(k8s_openapi::jiff::Timestamp::now());
         let addresses = status::gateway_addresses(service);
         let generation = gw.metadata.generation;
@@ -407,7 +486,16 @@ impl Writer {
                 generation,
                 now.clone(),
             ),
-            if addresses.is_empty() {
+            if let Some(reason) = conflict {
+                status::condition(
+                    "Programmed",
+                    false,
+                    "Invalid",
+                    reason.to_string(),
+                    generation,
+                    now,
+                )
+            } else if addresses.is_empty() {
                 status::condition(
                     "Programmed",
                     false,

@@ -62,6 +62,17 @@ pub fn waypoint_gateway(name: &str) -> serde_json::Value {
         "spec": {"gatewayClassName": "weft-waypoint", "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]}})
 }
 
+/// The ServiceAccount the deployer makes for waypoint Gateway `ns/gateway`
+/// (uid `gateway_uid`): `<gateway>-weft-waypoint`, labelled with the
+/// Gateway's name and controlled by it.
+pub fn deployed_service_account(ns: &str, gateway: &str, gateway_uid: &str) -> serde_json::Value {
+    json!({"apiVersion": "v1", "kind": "ServiceAccount",
+        "metadata": {"name": format!("{gateway}-weft-waypoint"), "namespace": ns,
+            "labels": {"gateway.networking.k8s.io/gateway-name": gateway},
+            "ownerReferences": [{"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+                "name": gateway, "uid": gateway_uid, "controller": true}]}})
+}
+
 /// A state from JSON manifests.
 pub fn state(objects: &[serde_json::Value]) -> ClusterState {
     let mut state = ClusterState {

@@ -6,8 +6,10 @@
 //! A waypoint is: a pod in the Gateway's namespace, created by the real CNI
 //! chain like any pod, labelled `gateway.networking.k8s.io/gateway-name` and
 //! `weft.dev/dataplane-mode=none` (ztunnel does not capture it: it speaks
-//! HBONE itself), running as service account `<gateway>`; its bootstrap
-//! token in `<run>/controller/tokens/waypoints/<ns>/<gateway>`; and the
+//! HBONE itself), running as service account `<gateway>-weft-waypoint`,
+//! which the harness writes as the deployer makes it (labelled with the
+//! Gateway's name, the Gateway its controlling owner); its bootstrap token in
+//! `<run>/controller/tokens/waypoints/<ns>/<gateway>-weft-waypoint`; and the
 //! `waypoint` binary inside the pod with `--controller`, ready once it holds
 //! its config and its certificate. The controller finds its address from
 //! the pod (no Service VIP in files mode).
@@ -223,7 +225,19 @@ impl Cluster {
             .get(&(namespace.to_string(), name.to_string()))
             .copied()
             .unwrap_or_else(|| self.least_loaded_node());
-        let service_account = name;
+        // The harness plays the deployer: the ServiceAccount it makes for
+        // the Gateway, which the controller checks before it trusts it.
+        let service_account = manifests::waypoint_service_account_name(name);
+        let service_account = service_account.as_str();
+        let gateway_uid = self.manifests.gateway_uid(namespace, name)?;
+        self.manifests.write(
+            &manifests::service_account_stem(namespace, service_account),
+            &[manifests::waypoint_service_account(
+                namespace,
+                name,
+                &gateway_uid,
+            )],
+        )?;
         self.say(&format!(
             "waypoint {key}: deploying (pod on node-{node}, service account {service_account})"
         ));
@@ -318,6 +332,10 @@ impl Cluster {
             _ => {}
         }
         let _ = std::fs::remove_file(&w.handle.admin_socket);
+        self.manifests.remove(&manifests::service_account_stem(
+            &w.handle.namespace,
+            &manifests::waypoint_service_account_name(&w.handle.name),
+        ))?;
         self.delete_pod(&w.handle.pod)
     }
 

@@ -264,9 +264,10 @@ fn applies_at_waypoint(p: &Authorization, waypoint: &WaypointRef, dest: &Destina
 
 /// The waypoint's running instances (its pods in the model).
 fn waypoint_instances<'m>(model: &'m Model, wref: &WaypointRef) -> Vec<&'m Workload> {
-    // The deployer names a waypoint's service account after its Gateway, and
-    // its pods carry `is_waypoint`; match on both so another Gateway's pods
-    // in the same namespace are never taken for this one's.
+    // A waypoint's pods run as the service account the deployer made for its
+    // Gateway (the one in its identity) and carry `is_waypoint`; match on
+    // both so another Gateway's pods in the same namespace are never taken
+    // for this one's.
     let sa = wref.identity.rsplit('/').next().unwrap_or_default();
     model
         .workloads

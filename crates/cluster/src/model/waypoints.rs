@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use gateway_api::gateways::Gateway;
+use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::ResourceExt;
 use weft_api::config::WaypointRef;
 
@@ -56,7 +57,8 @@ pub struct Waypoint {
     pub serves: WaypointFor,
     /// How ztunnels reach it.
     pub reference: WaypointRef,
-    /// Its service account (the deployer names it after the Gateway).
+    /// Its service account (the deployer names it after the Gateway,
+    /// [`waypoint_service_account`]).
     pub service_account: String,
 }
 
@@ -68,31 +70,99 @@ pub fn is_waypoint_gateway(gw: &Gateway) -> bool {
     gw.spec.gateway_class_name == WAYPOINT_CLASS
 }
 
-/// The service account a waypoint runs as: the deployer names it after its
-/// Gateway.
+/// What the deployer appends to a Gateway's name to name its waypoint's
+/// ServiceAccount.
+pub const SERVICE_ACCOUNT_SUFFIX: &str = "-weft-waypoint";
+
+/// The service account a waypoint runs as: `<gateway>-weft-waypoint`.
+///
+/// Not the Gateway's own name: a Gateway named like a ServiceAccount that
+/// an application already runs as would otherwise make that application's
+/// pods the waypoint (docs/design.md §5). The name alone proves nothing
+/// either; [`made_by_deployer`] does.
 pub fn waypoint_service_account(gw: &Gateway) -> String {
-    gw.name_any()
+    format!("{}{SERVICE_ACCOUNT_SUFFIX}", gw.name_any())
+}
+
+/// True when `sa` is the ServiceAccount the deployer made for `gw`: named
+/// [`waypoint_service_account`], in its namespace, labelled with its name,
+/// and controlled by it (an owner reference to this Gateway, by uid, with
+/// `controller: true`). The deployer never adopts a ServiceAccount it did
+/// not create, so one a user made under that name is never a waypoint's.
+pub fn made_by_deployer(gw: &Gateway, sa: &ServiceAccount) -> bool {
+    let gw_uid = gw.metadata.uid.as_deref().unwrap_or_default();
+    sa.metadata.name.as_deref() == Some(waypoint_service_account(gw).as_str())
+        && sa.metadata.namespace == gw.metadata.namespace
+        && sa.labels().get(GATEWAY_NAME) == Some(&gw.name_any())
+        && sa.owner_references().iter().any(|o| {
+            o.controller == Some(true)
+                && o.kind == "Gateway"
+                && o.api_version.starts_with("gateway.networking.k8s.io/")
+                && o.name == gw.name_any()
+                && o.uid == gw_uid
+        })
+}
+
+/// The reason `gw`'s waypoint cannot be trusted yet, or `None` when its
+/// ServiceAccount is the deployer's.
+fn service_account_problem(state: &ClusterState, key: &ObjectKey, gw: &Gateway) -> Option<String> {
+    let name = waypoint_service_account(gw);
+    match state
+        .service_accounts
+        .get(&ObjectKey::new(key.namespace.clone(), name.clone()))
+    {
+        Some(sa) if made_by_deployer(gw, sa) => None,
+        Some(_) => Some(format!(
+            "ServiceAccount {}/{name} was not made by the waypoint deployer for Gateway {key}",
+            key.namespace
+        )),
+        None => Some(format!(
+            "waypoint {key} has no ServiceAccount {}/{name} from the deployer yet",
+            key.namespace
+        )),
+    }
 }
 
 /// The waypoint Gateways in `namespace` that run as service account
-/// `service_account`. A ServiceAccount is a waypoint's exactly when this is
-/// not empty; the CA (which identity it may obtain) and the config stream
-/// (whether it may subscribe, and as which Gateway) both decide with it, so
-/// the two can never disagree about who is a waypoint.
+/// `service_account`: those whose deployer-made ServiceAccount
+/// ([`made_by_deployer`]) it is. A ServiceAccount is a waypoint's exactly
+/// when this is not empty; the CA (which identity it may obtain) and the
+/// config stream (whether it may subscribe, and as which Gateway) both
+/// decide with it, so the two can never disagree about who is a waypoint.
 pub fn waypoints_run_by<'a>(
     state: &'a ClusterState,
     namespace: &'a str,
     service_account: &'a str,
 ) -> impl Iterator<Item = &'a ObjectKey> + 'a {
+    let sa = state
+        .service_accounts
+        .get(&ObjectKey::new(namespace, service_account));
     state
         .gateways
         .iter()
         .filter(move |(key, gw)| {
             is_waypoint_gateway(gw)
                 && key.namespace == namespace
-                && waypoint_service_account(gw) == service_account
+                && sa.is_some_and(|sa| made_by_deployer(gw, sa))
         })
         .map(|(key, _)| key)
+}
+
+/// True when `service_account` in `namespace` is named as some waypoint
+/// Gateway's ServiceAccount, whoever made it. A ztunnel never obtains such
+/// an identity for a pod: waypoints are not enrolled, and a pod that runs as
+/// that name (the deployer's ServiceAccount, or one a user made before the
+/// Gateway) must not present the waypoint's identity.
+pub fn is_waypoint_service_account_name(
+    state: &ClusterState,
+    namespace: &str,
+    service_account: &str,
+) -> bool {
+    state.gateways.iter().any(|(key, gw)| {
+        is_waypoint_gateway(gw)
+            && key.namespace == namespace
+            && waypoint_service_account(gw) == service_account
+    })
 }
 
 pub(crate) fn index(state: &ClusterState, config: &ModelConfig) -> WaypointIndex {
@@ -113,6 +183,7 @@ pub(crate) fn index(state: &ClusterState, config: &ModelConfig) -> WaypointIndex
         .filter(|(_, gw)| is_waypoint_gateway(gw))
         .map(|(key, gw)| {
             let service_account = waypoint_service_account(gw);
+            let untrusted = service_account_problem(state, key, gw);
             let mut addresses: Vec<String> = state
                 .services
                 .get(key)
@@ -142,7 +213,7 @@ pub(crate) fn index(state: &ClusterState, config: &ModelConfig) -> WaypointIndex
                         "spiffe://{}/ns/{}/sa/{}",
                         config.trust_domain, key.namespace, service_account
                     ),
-                    unavailable: String::new(),
+                    unavailable: untrusted.unwrap_or_default(),
                 },
                 service_account,
             };
@@ -201,8 +272,15 @@ pub(crate) fn resolve(
             &key,
             format!("waypoint {key} has no address yet (no Service cluster IP, no running pod)"),
         );
-        reference.identity = waypoint.reference.identity.clone();
+        if waypoint.reference.unavailable.is_empty() {
+            reference.identity = waypoint.reference.identity.clone();
+        }
         return Some(reference);
+    }
+    // No identity: nobody passes for a waypoint whose ServiceAccount is not
+    // the deployer's, not even a pod running under that name.
+    if !waypoint.reference.unavailable.is_empty() {
+        return Some(unavailable(&key, waypoint.reference.unavailable.clone()));
     }
     Some(waypoint.reference.clone())
 }

@@ -14,7 +14,7 @@ use gateway_api::gatewayclasses::GatewayClass;
 use gateway_api::gateways::Gateway;
 use gateway_api::grpcroutes::GrpcRoute;
 use gateway_api::httproutes::HttpRoute;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
@@ -27,6 +27,7 @@ use super::RegistryConfig;
 use super::object::{AnyObject, Kind, clear_kind, remove_from};
 use super::state::{ClusterState, ObjectKey};
 use crate::crd::{AuthorizationPolicy, PeerAuthentication};
+use crate::model::labels::GATEWAY_NAME;
 
 /// What one kind's watcher reports to the merger.
 enum Update {
@@ -123,6 +124,16 @@ pub(super) fn start(
                 cfg,
                 kind,
                 AnyObject::PeerAuthentication,
+                tx,
+            ),
+            // Only waypoints' candidates: a cluster's ServiceAccounts are
+            // many, and none without the label can be a waypoint's.
+            Kind::ServiceAccount => spawn::<ServiceAccount>(
+                &mut tasks,
+                Api::all(client),
+                cfg.labels(GATEWAY_NAME),
+                kind,
+                AnyObject::ServiceAccount,
                 tx,
             ),
         }

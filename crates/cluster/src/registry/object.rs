@@ -7,7 +7,7 @@ use gateway_api::gatewayclasses::GatewayClass;
 use gateway_api::gateways::Gateway;
 use gateway_api::grpcroutes::GrpcRoute;
 use gateway_api::httproutes::HttpRoute;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use super::state::{ClusterState, ObjectKey};
@@ -36,11 +36,14 @@ pub enum Kind {
     AuthorizationPolicy,
     /// security.weft.dev/v1alpha1 PeerAuthentication.
     PeerAuthentication,
+    /// v1 ServiceAccount: only waypoints' (those labelled with their
+    /// Gateway's name), to tell the deployer's from one a user named alike.
+    ServiceAccount,
 }
 
 impl Kind {
     /// Every kind, in a stable order.
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 11] = [
         Kind::Namespace,
         Kind::Pod,
         Kind::Service,
@@ -51,6 +54,7 @@ impl Kind {
         Kind::GrpcRoute,
         Kind::AuthorizationPolicy,
         Kind::PeerAuthentication,
+        Kind::ServiceAccount,
     ];
 
     /// (apiVersion, kind) as written in manifests.
@@ -66,6 +70,7 @@ impl Kind {
             Kind::GrpcRoute => ("gateway.networking.k8s.io/v1", "GRPCRoute"),
             Kind::AuthorizationPolicy => ("security.weft.dev/v1alpha1", "AuthorizationPolicy"),
             Kind::PeerAuthentication => ("security.weft.dev/v1alpha1", "PeerAuthentication"),
+            Kind::ServiceAccount => ("v1", "ServiceAccount"),
         }
     }
 
@@ -87,7 +92,7 @@ pub struct Kinds(u16);
 
 impl Kinds {
     /// Everything the controller watches.
-    pub const ALL: Kinds = Kinds(0x3ff);
+    pub const ALL: Kinds = Kinds(0x7ff);
     /// What the node agent needs: Namespaces and Pods.
     pub const NODE_AGENT: Kinds = Kinds(1 << (Kind::Namespace as u16) | 1 << (Kind::Pod as u16));
 
@@ -127,6 +132,7 @@ pub enum AnyObject {
     GrpcRoute(Arc<GrpcRoute>),
     AuthorizationPolicy(Arc<AuthorizationPolicy>),
     PeerAuthentication(Arc<PeerAuthentication>),
+    ServiceAccount(Arc<ServiceAccount>),
 }
 
 macro_rules! dispatch {
@@ -142,6 +148,7 @@ macro_rules! dispatch {
             AnyObject::GrpcRoute($obj) => $body,
             AnyObject::AuthorizationPolicy($obj) => $body,
             AnyObject::PeerAuthentication($obj) => $body,
+            AnyObject::ServiceAccount($obj) => $body,
         }
     };
 }
@@ -160,6 +167,7 @@ impl AnyObject {
             AnyObject::GrpcRoute(_) => Kind::GrpcRoute,
             AnyObject::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
             AnyObject::PeerAuthentication(_) => Kind::PeerAuthentication,
+            AnyObject::ServiceAccount(_) => Kind::ServiceAccount,
         }
     }
 
@@ -189,6 +197,7 @@ impl AnyObject {
             Kind::GrpcRoute => AnyObject::GrpcRoute(de(value)?),
             Kind::AuthorizationPolicy => AnyObject::AuthorizationPolicy(de(value)?),
             Kind::PeerAuthentication => AnyObject::PeerAuthentication(de(value)?),
+            Kind::ServiceAccount => AnyObject::ServiceAccount(de(value)?),
         })
     }
 
@@ -208,6 +217,7 @@ impl AnyObject {
                 state.authorization_policies.insert(key, o).map(drop)
             }
             AnyObject::PeerAuthentication(o) => state.peer_authentications.insert(key, o).map(drop),
+            AnyObject::ServiceAccount(o) => state.service_accounts.insert(key, o).map(drop),
         };
     }
 }
@@ -225,6 +235,7 @@ pub(crate) fn remove_from(state: &mut ClusterState, kind: Kind, key: &ObjectKey)
         Kind::GrpcRoute => state.grpc_routes.remove(key).map(drop),
         Kind::AuthorizationPolicy => state.authorization_policies.remove(key).map(drop),
         Kind::PeerAuthentication => state.peer_authentications.remove(key).map(drop),
+        Kind::ServiceAccount => state.service_accounts.remove(key).map(drop),
     };
 }
 
@@ -241,5 +252,6 @@ pub(crate) fn clear_kind(state: &mut ClusterState, kind: Kind) {
         Kind::GrpcRoute => state.grpc_routes.clear(),
         Kind::AuthorizationPolicy => state.authorization_policies.clear(),
         Kind::PeerAuthentication => state.peer_authentications.clear(),
+        Kind::ServiceAccount => state.service_accounts.clear(),
     }
 }

@@ -8,7 +8,7 @@ use gateway_api::gatewayclasses::GatewayClass;
 use gateway_api::gateways::Gateway;
 use gateway_api::grpcroutes::GrpcRoute;
 use gateway_api::httproutes::HttpRoute;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
 use serde::Serialize;
@@ -104,6 +104,10 @@ pub struct ClusterState {
     pub authorization_policies: Objects<AuthorizationPolicy>,
     /// weft PeerAuthentications.
     pub peer_authentications: Objects<PeerAuthentication>,
+    /// The ServiceAccounts labelled with a Gateway's name
+    /// (`gateway.networking.k8s.io/gateway-name`): the waypoints' candidates.
+    /// Others are not watched; none of them can be a waypoint's.
+    pub service_accounts: Objects<ServiceAccount>,
     /// True once every watched kind has been read completely at least once.
     /// Before that, absence of an object means nothing.
     pub synced: bool,
@@ -124,6 +128,7 @@ impl ClusterState {
             + self.grpc_routes.len()
             + self.authorization_policies.len()
             + self.peer_authentications.len()
+            + self.service_accounts.len()
     }
 
     /// True when no object of any kind is known.
