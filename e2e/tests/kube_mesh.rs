@@ -1031,3 +1031,106 @@ fn kubectl_and_weftctl_reach_pods_through_the_api_server_and_the_nodes_kubelets(
         );
     }
 }
+
+/// Who holds the controller's Lease (a controller pod's name).
+fn lease_holder(cluster: &KubeCluster) -> Option<String> {
+    cluster
+        .kubectl()
+        .get_json(&["lease", "-n", "weft-system", "weft-controller"])
+        .ok()
+        .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_string))
+        .filter(|h| !h.is_empty())
+}
+
+#[test]
+fn killing_the_leading_controller_pod_moves_the_lease_and_traffic_never_stops() {
+    let _one = common::serial();
+    let cluster = mesh();
+    let k = cluster.kubectl();
+    enrolled_namespace(k, "shop");
+    k.apply(ACCOUNTS).expect("accounts");
+    k.apply(
+        &[
+            echo_deployment("server", "server", 2, ""),
+            echo_deployment("client", "client", 1, ""),
+        ]
+        .join("---"),
+    )
+    .expect("apps");
+    for app in ["server", "client"] {
+        k.wait_for("shop", "Available", &format!("deployment/{app}"), 90)
+            .unwrap_or_else(|e| panic!("{app} Available: {e}"));
+    }
+    let (client, server) = (pod_of(&cluster, "client"), pod_of(&cluster, "server"));
+    wait_until("an exchange through the mesh", SETTLE, || {
+        client.tcp_echo(server.echo_tcp(), "warm").is_ok()
+    })
+    .expect("the mesh carries traffic");
+    wait_until("a leader", SETTLE, || lease_holder(&cluster).is_some()).expect("a leader");
+    let leader = lease_holder(&cluster).expect("leader");
+    let pods = k
+        .get_json(&[
+            "pods",
+            "-n",
+            "weft-system",
+            "-l",
+            "app.kubernetes.io/name=weft-controller",
+        ])
+        .expect("controller pods");
+    assert!(
+        pods["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|p| p["metadata"]["name"] == leader.as_str()),
+        "the Lease names a controller pod: {leader}"
+    );
+
+    // New connections at a steady rate while the leader's pod is killed
+    // without a grace period: its config streams break, and the ztunnels
+    // reconnect to the other replica through the Service.
+    let report = std::thread::scope(|s| {
+        let traffic = s.spawn(|| common::load(&client, server.echo_tcp(), 20, 45));
+        std::thread::sleep(Duration::from_secs(5));
+        k.run(&[
+            "delete",
+            "pod",
+            "-n",
+            "weft-system",
+            &leader,
+            "--grace-period=0",
+            "--force",
+        ])
+        .expect("kill the leader");
+        let killed = std::time::Instant::now();
+        // The other replica takes the Lease once it expires, and writes
+        // status: a Gateway applied now is Accepted.
+        wait_until("another leader", Duration::from_secs(40), || {
+            lease_holder(&cluster).is_some_and(|h| h != leader)
+        })
+        .expect("the other replica takes the Lease");
+        let took_over = killed.elapsed();
+        k.apply(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: after, namespace: shop}\nspec:\n  gatewayClassName: weft-waypoint\n  listeners: [{name: mesh, port: 15008, protocol: HBONE}]\n",
+        )
+        .expect("gateway");
+        wait_until("the new leader's status", SETTLE, || {
+            k.get_json(&["gateway", "-n", "shop", "after"])
+                .ok()
+                .and_then(|gw| common::kube::condition(&gw, "Accepted"))
+                .is_some_and(|c| c["status"] == "True")
+        })
+        .expect("the new leader writes status");
+        eprintln!(
+            "the Lease moved {:.1} s after the leader's pod was killed",
+            took_over.as_secs_f64()
+        );
+        assert!(
+            took_over <= Duration::from_secs(30),
+            "taken over within two lease durations (15 s), not {took_over:?}"
+        );
+        traffic.join().expect("load thread")
+    });
+    assert!(report.succeeded > 500, "{report:?}");
+    assert_eq!(report.failed, 0, "new connections failed: {report:?}");
+}
