@@ -25,13 +25,28 @@ use crate::waypoint::WaypointSpec;
 const CONVERGE: Duration = Duration::from_secs(20);
 
 /// The demo's running tally of claims that did not hold.
-struct Demo {
+pub(crate) struct Demo {
     n: Arc<Narrator>,
     failed: usize,
 }
 
 impl Demo {
-    fn check(&mut self, ok: bool, claim: &str) {
+    pub(crate) fn new(n: Arc<Narrator>) -> Demo {
+        Demo { n, failed: 0 }
+    }
+
+    /// Err naming how many claims did not hold, if any.
+    pub(crate) fn finish(&self) -> Result<()> {
+        if self.failed > 0 {
+            return Err(Error::Invalid(format!(
+                "{} claim(s) of the demo did not hold",
+                self.failed
+            )));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn check(&mut self, ok: bool, claim: &str) {
         if ok {
             self.n.ok(claim);
         } else {
@@ -44,10 +59,7 @@ impl Demo {
 /// Runs the demo; with `keep`, leaves the cluster up and says how to reach it.
 pub fn run(keep: bool) -> Result<()> {
     let n = Arc::new(Narrator::new());
-    let mut demo = Demo {
-        n: n.clone(),
-        failed: 0,
-    };
+    let mut demo = Demo::new(n.clone());
     n.section("A cluster made of network namespaces");
     n.say(
         "Two nodes, each a network namespace with its own pod bridge and pod CIDR, joined by an\n\
@@ -131,7 +143,7 @@ pub fn run(keep: bool) -> Result<()> {
         n.say(
             "ztunnel is not built, so the mesh's traffic has nowhere to go: the demo stops here.",
         );
-        return finish(c, &n, demo.failed, keep);
+        return finish(c, &n, &demo, keep);
     }
 
     n.section("Traffic across nodes, through the tunnel");
@@ -156,31 +168,7 @@ pub fn run(keep: bool) -> Result<()> {
     );
 
     n.section("Only mTLS on 15008 crosses the underlay");
-    let between_pods: Vec<&str> = capture
-        .packets()
-        .into_iter()
-        .filter(|l| l.matches("10.244.").count() == 2)
-        .collect();
-    n.command(
-        "tcpdump -n (underlay, between the two pods)",
-        &between_pods
-            .iter()
-            .take(8)
-            .copied()
-            .collect::<Vec<_>>()
-            .join("\n"),
-    );
-    let off_port = between_pods
-        .iter()
-        .filter(|l| !l.contains(".15008"))
-        .count();
-    demo.check(
-        !between_pods.is_empty() && off_port == 0 && !capture.contains(secret),
-        &format!(
-            "{} packets between the pods, all to or from port 15008; \"{secret}\" appears nowhere",
-            between_pods.len()
-        ),
-    );
+    only_hbone_between_pods(&mut demo, &n, &capture, secret);
     let capture = c.capture("demo-plain")?;
     outsider.tcp_echo(db.echo_tcp(), "legacy-says-hi")?;
     let plain = capture.finish()?;
@@ -202,9 +190,13 @@ pub fn run(keep: bool) -> Result<()> {
         policy,
     );
     c.apply("deny-client", policy)?;
-    c.wait_for_ztunnels("deny-client in force", "/policies", CONVERGE, |v| {
-        v.to_string().contains("deny-client")
-    })?;
+    c.wait_for_ztunnel_of(
+        &server,
+        "deny-client in force",
+        "/policies",
+        CONVERGE,
+        |v| v.to_string().contains("deny-client"),
+    )?;
     let denied = client.tcp_echo_result(server.echo_tcp(), "let me in")?;
     n.command(
         &format!(
@@ -260,7 +252,7 @@ pub fn run(keep: bool) -> Result<()> {
     );
     c.unapply("strict")?;
 
-    finish(c, &n, demo.failed, keep)
+    finish(c, &n, &demo, keep)
 }
 
 /// A waypoint for `shop/server`'s Service and an L7 AuthorizationPolicy
@@ -347,7 +339,7 @@ fn ignore_without_ztunnel(c: &Cluster, e: Error) -> Result<()> {
     if c.has_ztunnel() { Err(e) } else { Ok(()) }
 }
 
-fn finish(c: Cluster, n: &Narrator, failed: usize, keep: bool) -> Result<()> {
+fn finish(c: Cluster, n: &Narrator, demo: &Demo, keep: bool) -> Result<()> {
     n.section("Done");
     if keep {
         let bins = c.binaries().clone();
@@ -360,12 +352,7 @@ fn finish(c: Cluster, n: &Narrator, failed: usize, keep: bool) -> Result<()> {
             n.fail(&e);
         }
     }
-    if failed > 0 {
-        return Err(Error::Invalid(format!(
-            "{failed} claim(s) of the demo did not hold"
-        )));
-    }
-    Ok(())
+    demo.finish()
 }
 
 /// The workloads, as `weftctl workloads` shows them (or from the
@@ -434,7 +421,7 @@ fn weftctl(c: &Cluster, args: &[&str]) -> Option<String> {
 }
 
 /// A connection from `client` to `server`'s echo port, kept open.
-fn hold_connection(client: &Pod, server: &Pod) -> Result<TcpStream> {
+pub(crate) fn hold_connection(client: &Pod, server: &Pod) -> Result<TcpStream> {
     let to = server.echo_tcp();
     let mut stream = client
         .netns()
@@ -454,7 +441,40 @@ fn hold_connection(client: &Pod, server: &Pod) -> Result<TcpStream> {
     Ok(stream)
 }
 
-fn trim_lines(text: &str, max: usize) -> String {
+/// Shows the captured packets between the two pods and checks that all are
+/// to or from port 15008 and that `secret` appears nowhere on the wire.
+pub(crate) fn only_hbone_between_pods(
+    demo: &mut Demo,
+    n: &Narrator,
+    capture: &crate::capture::CaptureText,
+    secret: &str,
+) {
+    let between_pods: Vec<&str> = capture
+        .packets()
+        .into_iter()
+        .filter(|l| l.matches("10.244.").count() == 2)
+        .collect();
+    n.command(
+        "tcpdump -n (underlay, between the two pods)",
+        &between_pods
+            .iter()
+            .take(8)
+            .copied()
+            .collect::<Vec<_>>()
+            .join("\n"),
+    );
+    demo.check(
+        !between_pods.is_empty()
+            && between_pods.iter().all(|l| l.contains(".15008"))
+            && !capture.contains(secret),
+        &format!(
+            "{} packets between the pods, all to or from port 15008; \"{secret}\" appears nowhere",
+            between_pods.len()
+        ),
+    );
+}
+
+pub(crate) fn trim_lines(text: &str, max: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     if lines.len() <= max {
         return text.to_string();

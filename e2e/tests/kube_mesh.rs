@@ -8,6 +8,7 @@ mod common;
 use std::time::Duration;
 
 use weft_e2e::Pod;
+use weft_e2e::kube::apps::{GET_ONLY, SHOP_WAYPOINT, echo_deployment};
 use weft_e2e::kube::{KubeCluster, KubeClusterConfig, install};
 use weft_e2e::process::wait_until;
 
@@ -49,43 +50,19 @@ kind: ServiceAccount
 metadata: {name: server, namespace: shop}
 "#;
 
-/// A Deployment in `shop` of one echo server `name` on node `node`, as
-/// ServiceAccount `account`, Ready once it listens; `labels` are extra pod
-/// labels (`key: value, …`).
-fn echo_deployment(name: &str, account: &str, node: usize, labels: &str) -> String {
-    let labels = if labels.is_empty() {
-        String::new()
-    } else {
-        format!(", {labels}")
-    };
-    format!(
-        r#"
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: {name}, namespace: shop}}
-spec:
-  selector: {{matchLabels: {{app: {name}}}}}
-  template:
-    metadata: {{labels: {{app: {name}{labels}}}}}
-    spec:
-      serviceAccountName: {account}
-      nodeSelector: {{kubernetes.io/hostname: node-{node}}}
-      containers:
-        - name: main
-          image: e2e-app
-          args: ["serve", "--name", "shop/{name}"]
-          readinessProbe: {{tcpSocket: {{port: 9000}}, periodSeconds: 1}}
-"#
-    )
-}
-
 /// The server, the client and a pod that opts out of the mesh whatever its
 /// namespace says.
 fn apps() -> String {
     [
-        echo_deployment("server", "server", 2, ""),
-        echo_deployment("client", "client", 1, ""),
-        echo_deployment("legacy", "default", 1, "weft.dev/dataplane-mode: none"),
+        echo_deployment("shop", "server", "server", 2, ""),
+        echo_deployment("shop", "client", "client", 1, ""),
+        echo_deployment(
+            "shop",
+            "legacy",
+            "default",
+            1,
+            "weft.dev/dataplane-mode: none",
+        ),
     ]
     .join("---")
 }
@@ -489,9 +466,9 @@ spec:
     );
 }
 
-/// With the server of [`echo_deployment`]: a client, the Service bound to
-/// the waypoint, and the waypoint's Gateway.
-const WAYPOINTED: &str = r#"
+/// With the server of [`echo_deployment`]: a client on the other node (the
+/// Service bound to the waypoint and the Gateway are [`SHOP_WAYPOINT`]).
+const CLIENT: &str = r#"
 apiVersion: v1
 kind: Pod
 metadata: {name: client, namespace: shop}
@@ -500,23 +477,6 @@ spec:
   nodeName: node-1
   containers:
     - {name: main, image: e2e-app, args: ["serve", "--name", "shop/client"]}
----
-apiVersion: v1
-kind: Service
-metadata:
-  name: server
-  namespace: shop
-  labels: {weft.dev/use-waypoint: shop-waypoint}
-spec:
-  selector: {app: server}
-  ports: [{name: http, port: 80, targetPort: 8080, appProtocol: http}]
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {name: shop-waypoint, namespace: shop}
-spec:
-  gatewayClassName: weft-waypoint
-  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
 "#;
 
 /// With its [`echo_deployment`]: server-v2's Service and the route that
@@ -540,17 +500,6 @@ spec:
     - backendRefs: [{name: server, port: 80}]
 "#;
 
-const GET_ONLY: &str = r#"
-apiVersion: security.weft.dev/v1alpha1
-kind: AuthorizationPolicy
-metadata: {name: get-only, namespace: shop}
-spec:
-  targetRefs: [{group: "", kind: Service, name: server}]
-  action: ALLOW
-  rules:
-    - to: [{operation: {methods: [GET]}}]
-"#;
-
 #[test]
 fn a_gateway_applied_with_kubectl_runs_a_waypoint_that_enforces_l7_policy_and_fails_closed_when_deleted()
  {
@@ -559,9 +508,10 @@ fn a_gateway_applied_with_kubectl_runs_a_waypoint_that_enforces_l7_policy_and_fa
     let k = cluster.kubectl();
     enrolled_namespace(k, "shop");
     k.apply(ACCOUNTS).expect("accounts");
-    k.apply(&echo_deployment("server", "server", 2, ""))
+    k.apply(&echo_deployment("shop", "server", "server", 2, ""))
         .expect("server");
-    k.apply(WAYPOINTED).expect("client, Service and Gateway");
+    k.apply(CLIENT).expect("client");
+    k.apply(SHOP_WAYPOINT).expect("Service and Gateway");
     // The controller deploys the waypoint; the control plane makes its pod;
     // the kubelet runs it from the deployer's spec; it reports Programmed.
     for (object, condition) in [
@@ -610,7 +560,7 @@ fn a_gateway_applied_with_kubectl_runs_a_waypoint_that_enforces_l7_policy_and_fa
     .expect("POST before any policy");
 
     // An HTTPRoute applied with kubectl: the waypoint routes by header.
-    k.apply(&echo_deployment("server-v2", "server", 2, ""))
+    k.apply(&echo_deployment("shop", "server-v2", "server", 2, ""))
         .expect("v2");
     k.apply(V2).expect("v2's Service and route");
     k.wait_for("shop", "Available", "deployment/server-v2", 90)
@@ -771,27 +721,9 @@ fn enrolled_namespace(k: &weft_e2e::kube::Kubectl, name: &str) {
     .expect("label");
 }
 
-/// weftctl as a user runs it: a process with the admin kubeconfig, in the
-/// control plane's network namespace (where the API server is reachable).
+/// weftctl as a user runs it, against the cluster.
 fn weftctl(cluster: &KubeCluster, args: &[&str]) -> std::process::Output {
-    let plane = cluster.control_plane();
-    let binary = weft_e2e::binaries::Binaries::locate()
-        .and_then(|b| b.require(weft_e2e::binaries::WEFTCTL))
-        .expect("weftctl built (cargo build --workspace --bins)");
-    let netns = plane
-        .toolchain()
-        .netns()
-        .expect("the kube cluster's control plane has a namespace");
-    let mut cmd = std::process::Command::new("ip");
-    cmd.args(["netns", "exec", netns])
-        .arg(binary)
-        .arg("--kubeconfig")
-        .arg(plane.kubectl().kubeconfig())
-        .args(args);
-    for var in ["WEFT_RUN_DIR", "WEFT_MANIFESTS", "KUBECONFIG"] {
-        cmd.env_remove(var);
-    }
-    cmd.output().expect("run weftctl")
+    cluster.weftctl(args).expect("run weftctl")
 }
 
 fn succeeded(what: &str, out: &std::process::Output) -> String {
@@ -836,8 +768,8 @@ fn kubectl_and_weftctl_reach_pods_through_the_api_server_and_the_nodes_kubelets(
     k.apply(ACCOUNTS).expect("accounts");
     k.apply(
         &[
-            echo_deployment("server", "server", 2, ""),
-            echo_deployment("client", "client", 1, ""),
+            echo_deployment("shop", "server", "server", 2, ""),
+            echo_deployment("shop", "client", "client", 1, ""),
         ]
         .join("---"),
     )
@@ -1051,8 +983,8 @@ fn killing_the_leading_controller_pod_moves_the_lease_and_traffic_never_stops() 
     k.apply(ACCOUNTS).expect("accounts");
     k.apply(
         &[
-            echo_deployment("server", "server", 2, ""),
-            echo_deployment("client", "client", 1, ""),
+            echo_deployment("shop", "server", "server", 2, ""),
+            echo_deployment("shop", "client", "client", 1, ""),
         ]
         .join("---"),
     )
@@ -1133,4 +1065,12 @@ fn killing_the_leading_controller_pod_moves_the_lease_and_traffic_never_stops() 
     });
     assert!(report.succeeded > 500, "{report:?}");
     assert_eq!(report.failed, 0, "new connections failed: {report:?}");
+}
+
+#[test]
+fn the_demo_runs_on_the_kube_cluster_and_every_claim_holds() {
+    let _one = common::serial();
+    // `make demo`: each claim is checked as it is shown; one that does not
+    // hold is an error.
+    weft_e2e::kube::demo::run().expect("every claim of the demo holds");
 }

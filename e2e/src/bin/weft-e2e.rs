@@ -4,7 +4,7 @@
 //! weft-e2e up [--nodes 2] [--keep]   bring a cluster up (until Ctrl-C, or left running with --keep)
 //! weft-e2e down [RUN_ID] [--force]   tear down kept runs and leftovers of killed ones
 //! weft-e2e status [RUN_ID]           what runs exist and what they hold
-//! weft-e2e demo [--keep]             the narrated tour
+//! weft-e2e demo [--netns [--keep]]   the narrated tour
 //! ```
 
 use std::sync::Arc;
@@ -57,10 +57,16 @@ enum Cmd {
         /// Only this run.
         run_id: Option<String>,
     },
-    /// The narrated demo: a two-node mesh, traffic, mTLS on the wire, policy.
+    /// The narrated demo: weft installed with kubectl on a real control
+    /// plane whose two nodes are network namespaces; traffic, mTLS on the
+    /// wire, policy, a waypoint.
     Demo {
-        /// Leave the cluster running afterwards.
+        /// The first wave's demo instead: the nodes, controller and proxies
+        /// as processes in network namespaces, with a files registry.
         #[arg(long)]
+        netns: bool,
+        /// Leave the cluster running afterwards (with --netns).
+        #[arg(long, requires = "netns")]
         keep: bool,
     },
 }
@@ -145,6 +151,7 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Cmd::Demo { keep } => Ok(demo::run(keep)?),
+        Cmd::Demo { netns: true, keep } => Ok(demo::run(keep)?),
+        Cmd::Demo { netns: false, .. } => Ok(weft_e2e::kube::demo::run()?),
     }
 }

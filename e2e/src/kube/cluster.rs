@@ -416,6 +416,26 @@ impl KubeCluster {
         crate::http::get_unix(&socket, path)?.json()
     }
 
+    /// weftctl as a user runs it: the cluster's build of it with the admin
+    /// kubeconfig, in the control plane's network namespace (where the API
+    /// server is reachable), with nothing chosen by the caller's environment.
+    pub fn weftctl(&self, args: &[&str]) -> Result<std::process::Output> {
+        let binary = self.bins.require(crate::binaries::WEFTCTL)?;
+        let plane = self.plane()?;
+        let mut cmd = std::process::Command::new("ip");
+        if let Some(netns) = plane.toolchain().netns() {
+            cmd.args(["netns", "exec", netns]);
+        }
+        cmd.arg(binary)
+            .arg("--kubeconfig")
+            .arg(plane.kubectl().kubeconfig())
+            .args(args);
+        for var in ["WEFT_RUN_DIR", "WEFT_MANIFESTS", "KUBECONFIG"] {
+            cmd.env_remove(var);
+        }
+        exec::output(&mut cmd)
+    }
+
     /// Stops node `index`'s kubelet (its pods keep running; the node goes
     /// NotReady once its Lease expires).
     pub fn stop_kubelet(&mut self, index: usize) -> Result<()> {

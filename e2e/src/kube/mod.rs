@@ -14,12 +14,16 @@
 //!   chain, containers under runc from the images' binaries.
 //! - [`cluster`]: [`KubeCluster`], the netns nodes as a Kubernetes cluster:
 //!   the control plane on the underlay, a kubelet and kube-proxy per node.
+//! - [`apps`]: the echo servers tests and the demo run on it.
+//! - [`demo`]: the narrated demo on it (`make demo`).
 //! - [`KubeRun`]: a control plane owning a run of its own (run id, files,
 //!   teardown on drop, panic or Ctrl-C), for tests that need no nodes.
 
+pub mod apps;
 pub mod cluster;
 pub mod control_plane;
 pub mod controller;
+pub mod demo;
 pub mod dns;
 pub mod install;
 pub mod kubeconfig;
