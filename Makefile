@@ -24,11 +24,13 @@ kube:
 build: deps
 	$(CARGO) build --release --workspace --bins --examples
 
-## demo: set everything up and run the demo: a two-node mesh in network
-## namespaces, real traffic, the tunnels as weftctl shows them (DEMO_ARGS=--keep
-## leaves the cluster up; `weft-e2e down` removes it). The demo uses the
+## demo: set everything up and run the demo: weft installed with kubectl on
+## a real control plane (built from Go modules, `kube`) whose two nodes are
+## network namespaces; real traffic, the tunnels as weftctl shows them.
+## DEMO_ARGS=--netns runs the first wave's netns demo instead (add --keep to
+## leave its cluster up; `weft-e2e down` removes it). The demo uses the
 ## binaries just built (a per-package rebuild would resolve features anew).
-demo: deps
+demo: deps kube
 	$(CARGO) build --release --workspace --bins
 	WEFT_E2E_NO_BUILD=1 $(CARGO) run --release -q -p weft-e2e --bin weft-e2e -- demo $(DEMO_ARGS)
 
