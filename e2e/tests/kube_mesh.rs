@@ -1074,3 +1074,129 @@ fn the_demo_runs_on_the_kube_cluster_and_every_claim_holds() {
     // hold is an error.
     weft_e2e::kube::demo::run().expect("every claim of the demo holds");
 }
+
+#[test]
+fn a_ztunnel_pods_own_token_gets_its_nodes_identities_and_nothing_else() {
+    let _one = common::serial();
+    let cluster = mesh();
+    let k = cluster.kubectl();
+    enrolled_namespace(k, "shop");
+    k.apply(ACCOUNTS).expect("accounts");
+    k.apply(
+        &[
+            echo_deployment("shop", "server", "server", 2, ""),
+            echo_deployment("shop", "client", "client", 1, ""),
+        ]
+        .join("---"),
+    )
+    .expect("apps");
+    for app in ["server", "client"] {
+        k.wait_for("shop", "Available", &format!("deployment/{app}"), 90)
+            .unwrap_or_else(|e| panic!("{app} Available: {e}"));
+    }
+    let (client, server) = (pod_of(&cluster, "client"), pod_of(&cluster, "server"));
+
+    // The token the kubelet projected into node 1's ztunnel pod (weft's
+    // audience, bound to that pod), read where the kubelet wrote it.
+    let ztunnel_1 = daemon_pod(&cluster, "ztunnel", "node-1");
+    let uid = k
+        .run(&[
+            "get",
+            "pod",
+            "-n",
+            "weft-system",
+            &ztunnel_1,
+            "-o",
+            "jsonpath={.metadata.uid}",
+        ])
+        .expect("uid");
+    let token_file = cluster
+        .dir()
+        .join("nodes/node-1/kubelet/pods")
+        .join(uid.trim())
+        .join("volumes/weft-token/token");
+    let token = std::fs::read_to_string(&token_file)
+        .unwrap_or_else(|e| panic!("{}: {e}", token_file.display()));
+    let root = k
+        .run(&[
+            "get",
+            "configmap",
+            "-n",
+            "weft-system",
+            "weft-ca-root",
+            "-o",
+            "jsonpath={.data.root-cert\\.pem}",
+        ])
+        .expect("the CA root");
+    let vip = k
+        .run(&[
+            "get",
+            "service",
+            "-n",
+            "weft-system",
+            "weft-controller",
+            "-o",
+            "jsonpath={.spec.clusterIP}",
+        ])
+        .expect("the controller's cluster IP");
+    let url = format!("https://{}:15012", vip.trim());
+    // Asked as node 1's ztunnel asks: from node 1, through the Service.
+    let ask = |token: &str, node: &str, pod: &Pod| {
+        let identity = common::identity(pod);
+        cluster
+            .node(1)
+            .expect("node 1")
+            .netns()
+            .run(|| {
+                common::ask_ca_named(
+                    &url,
+                    Some("weft-controller.weft-system.svc"),
+                    &root,
+                    token,
+                    node,
+                    &identity,
+                )
+            })
+            .expect("enter node 1")
+    };
+
+    ask(&token, "node-1", &client).expect("the identity of a pod on its own node");
+    let refused = ask(&token, "node-1", &server).expect_err("a pod of node 2");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused}");
+    let refused = ask(&token, "node-2", &server).expect_err("posing as node 2");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused}");
+    assert!(refused.message().contains("node-1"), "{refused}");
+
+    // Another ServiceAccount's token with weft's audience, bound to a pod
+    // on the same node, is not a ztunnel's.
+    let app_token = cluster
+        .control_plane()
+        .token(
+            "shop",
+            "client",
+            &["weft.dev/controller"],
+            Some(client.name()),
+        )
+        .expect("the client's token");
+    let refused = ask(&app_token, "node-1", &client).expect_err("an application's token");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused}");
+    let forged = format!("{}x", token.trim());
+    let refused = ask(&forged, "node-1", &client).expect_err("a tampered token");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused}");
+
+    // Once the ztunnel pod is deleted (the DaemonSet makes a new one), the
+    // token bound to it is refused: the API server checks the binding.
+    k.run(&[
+        "delete",
+        "pod",
+        "-n",
+        "weft-system",
+        &ztunnel_1,
+        "--wait=true",
+    ])
+    .expect("delete node 1's ztunnel pod");
+    wait_until("the old pod's token refused", SETTLE, || {
+        ask(&token, "node-1", &client).is_err()
+    })
+    .expect("a token bound to a deleted pod is refused");
+}

@@ -74,6 +74,19 @@ pub fn ask_ca(
     node: &str,
     identity: &str,
 ) -> Result<Vec<String>, tonic::Status> {
+    ask_ca_named(url, None, root_pem, token, node, identity)
+}
+
+/// [`ask_ca`], checking the CA's certificate for `tls_name` rather than the
+/// URL's host (a Service reached by its cluster IP).
+pub fn ask_ca_named(
+    url: &str,
+    tls_name: Option<&str>,
+    root_pem: &str,
+    token: &str,
+    node: &str,
+    identity: &str,
+) -> Result<Vec<String>, tonic::Status> {
     use tonic::transport::{Certificate, Channel, ClientTlsConfig};
     use weft_api::ca::CreateCertificateRequest;
     use weft_api::ca::certificate_authority_client::CertificateAuthorityClient;
@@ -87,7 +100,13 @@ pub fn ask_ca(
     rt.block_on(async move {
         let channel = Channel::from_shared(url.to_string())
             .expect("url")
-            .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(root_pem)))
+            .tls_config({
+                let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(root_pem));
+                match tls_name {
+                    Some(name) => tls.domain_name(name),
+                    None => tls,
+                }
+            })
             .expect("tls")
             .connect_timeout(Duration::from_secs(5))
             .connect()
