@@ -185,7 +185,8 @@ fn weftctl_on_a_real_cluster() {
         )
         .expect("service");
     c.apply("weftctl-policies", POLICIES).expect("apply");
-    c.wait_for_ztunnels("policies", "/policies", CONVERGE, |v| {
+    // Every one selects a pod on node 2, so only its ztunnel is sent them.
+    c.wait_for_ztunnel_of(&pods.server, "policies", "/policies", CONVERGE, |v| {
         let t = v.to_string();
         [
             "allow-client",
@@ -821,7 +822,7 @@ fn waypoint_apply_serves_traffic(
         names.iter().all(|p| t.contains(p))
     })
     .expect("policies reach the waypoint");
-    c.wait_for_ztunnels("policies", "/policies", CONVERGE, |v| {
+    c.wait_for_ztunnel_of(&api, "policies", "/policies", CONVERGE, |v| {
         v.to_string().contains("api-own")
     })
     .expect("policies reach the ztunnels");

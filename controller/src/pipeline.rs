@@ -2,8 +2,9 @@
 //!
 //! One task watches the registry, waits for a burst of changes to settle,
 //! rebuilds the model (off the async threads: it is CPU work), diffs it
-//! against the previous version and publishes both. Subscribers that are one
-//! version behind send the shared diff; others diff for themselves.
+//! against the previous version, works out what each node's ztunnel and each
+//! waypoint is sent of it (`Views`), and publishes them. Subscribers that are
+//! one version behind send the shared diff; others diff for themselves.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,6 +12,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use weft_cluster::model::audience::Views;
 use weft_cluster::model::{self, Delta, Model, ModelConfig};
 use weft_cluster::registry::ClusterState;
 
@@ -25,6 +27,8 @@ pub struct ModelVersion {
     pub previous: u64,
     /// The change from `previous` to `version`.
     pub delta: Arc<Delta>,
+    /// What each node's ztunnel and each waypoint is sent of `model`.
+    pub views: Arc<Views>,
     /// When the registry change that caused this version was first seen.
     pub changed_at: Instant,
 }
@@ -37,6 +41,7 @@ impl ModelVersion {
             model: Arc::new(Model::default()),
             previous: 0,
             delta: Arc::new(Delta::default()),
+            views: Arc::new(Views::default()),
             changed_at: Instant::now(),
         }
     }
@@ -97,10 +102,11 @@ pub fn spawn(
             let built = tokio::task::spawn_blocking(move || {
                 let model = model::build(&state, &config);
                 let delta = Model::diff(&previous, &model);
-                (model, delta)
+                let views = Views::build(&model);
+                (model, delta, views)
             })
             .await;
-            let Ok((model, delta)) = built else {
+            let Ok((model, delta, views)) = built else {
                 tracing::error!("model build panicked; keeping version {}", current.version);
                 continue;
             };
@@ -115,6 +121,7 @@ pub fn spawn(
                 model: Arc::new(model),
                 previous: current.version,
                 delta: Arc::new(delta),
+                views: Arc::new(views),
                 changed_at,
             });
             tracing::debug!(

@@ -400,3 +400,140 @@ async fn one_caller_cannot_take_every_snapshot_slot() {
     held[0].ack(&snaps[0]).await;
     assert!(held[2].next().await.full_snapshot);
 }
+
+fn authorization_keys(r: &ConfigResponse) -> Vec<String> {
+    let mut keys: Vec<String> = r
+        .resources
+        .iter()
+        .filter_map(|res| match &res.kind {
+            Some(resource::Kind::Authorization(p)) => Some(format!("{}/{}", p.namespace, p.name)),
+            _ => None,
+        })
+        .collect();
+    keys.sort();
+    keys
+}
+
+fn policy(ns: &str, name: &str, spec: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({"apiVersion": "security.weft.dev/v1alpha1", "kind": "AuthorizationPolicy",
+        "metadata": {"name": name, "namespace": ns}, "spec": spec})
+}
+
+/// A pod with labels (`pod` has none).
+fn labelled_pod(ns: &str, name: &str, node: &str, ip: &str, app: &str) -> serde_json::Value {
+    let mut p = pod(ns, name, node, name, ip);
+    p["metadata"]["labels"] = serde_json::json!({"app": app});
+    p
+}
+
+/// Security finding 5: each proxy is sent the policies and routes it
+/// enforces, not the whole mesh's. A node's ztunnel gets the mesh-wide
+/// policies and those of the workloads on its node; when a workload of
+/// another namespace lands on the node, that namespace's policies follow in
+/// a delta, and go again when it leaves. A waypoint gets the policies that
+/// target its Gateway or the Services bound to it, and those of the
+/// workloads it forwards to.
+#[tokio::test]
+async fn each_proxy_is_sent_only_the_policies_it_enforces() {
+    let allow = serde_json::json!({"rules": [{"from": [{"source": {"namespaces": ["shop"]}}]}]});
+    let mut objects = vec![
+        ambient_namespace(),
+        serde_json::json!({"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": "bank", "labels": {"weft.dev/dataplane-mode": "ambient"}}}),
+        waypoint_class(),
+        waypoint_gateway("shop-waypoint"),
+        deployed_service_account("shop", "shop-waypoint", "shop-waypoint-uid"),
+        serde_json::json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "web", "namespace": "shop",
+                         "labels": {"weft.dev/use-waypoint": "shop-waypoint"}},
+            "spec": {"clusterIP": "10.96.0.5", "selector": {"app": "web"},
+                     "ports": [{"name": "http", "port": 80}]}}),
+        labelled_pod("shop", "web-1", "node-a", "10.244.1.5", "web"),
+        labelled_pod("bank", "vault-1", "node-b", "10.244.2.5", "vault"),
+        policy("weft-system", "mesh-wide", allow.clone()),
+        policy("shop", "shop-ns", allow.clone()),
+        policy("bank", "bank-ns", allow.clone()),
+        policy(
+            "bank",
+            "vault-only",
+            serde_json::json!({"selector": {"matchLabels": {"app": "vault"}}, "rules": [{}]}),
+        ),
+        policy(
+            "shop",
+            "at-the-waypoint",
+            serde_json::json!({"targetRefs": [{"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "shop-waypoint"}],
+                               "rules": [{}]}),
+        ),
+    ];
+    let h = Harness::start(state(&objects), Arc::new(AllowAll)).await;
+    let mut node_a = Subscriber::connect(h.channel().await, None, "node-a")
+        .await
+        .expect("node-a");
+    let mut node_b = Subscriber::connect(h.channel().await, None, "node-b")
+        .await
+        .expect("node-b");
+    let mut waypoint = Subscriber::connect_as(
+        h.channel().await,
+        None,
+        waypoint_proxy("shop", "shop-waypoint"),
+    )
+    .await
+    .expect("waypoint");
+
+    let a = node_a.next().await;
+    assert_eq!(
+        authorization_keys(&a),
+        ["shop/shop-ns", "weft-system/mesh-wide"]
+    );
+    // Every workload still: routing and identity need them.
+    assert_eq!(workload_uids(&a).len(), 2);
+    node_a.ack(&a).await;
+    let b = node_b.next().await;
+    assert_eq!(
+        authorization_keys(&b),
+        ["bank/bank-ns", "bank/vault-only", "weft-system/mesh-wide"]
+    );
+    node_b.ack(&b).await;
+    let w = waypoint.next().await;
+    assert_eq!(
+        authorization_keys(&w),
+        [
+            "shop/at-the-waypoint",
+            "shop/shop-ns",
+            "weft-system/mesh-wide"
+        ]
+    );
+    waypoint.ack(&w).await;
+
+    // A bank pod lands on node-a: bank's namespace policy follows it there
+    // (not vault-only: the pod does not select it).
+    let teller = labelled_pod("bank", "teller-1", "node-a", "10.244.1.6", "teller");
+    objects.push(teller);
+    h.set_state(&objects);
+    let came = node_a.next().await;
+    assert_eq!(workload_uids(&came), ["uid-teller-1"]);
+    assert_eq!(authorization_keys(&came), ["bank/bank-ns"]);
+    assert!(came.removed.is_empty());
+    node_a.ack(&came).await;
+    // node-b learns of the workload, not of any policy.
+    let b_delta = node_b.next().await;
+    assert_eq!(workload_uids(&b_delta), ["uid-teller-1"]);
+    assert!(authorization_keys(&b_delta).is_empty());
+    node_b.ack(&b_delta).await;
+
+    // It leaves: the policy goes from node-a's ztunnel with it.
+    objects.pop();
+    h.set_state(&objects);
+    let went = node_a.next().await;
+    assert_eq!(
+        removed(&went),
+        [
+            (ResourceType::Workload as i32, "uid-teller-1".to_string()),
+            (
+                ResourceType::Authorization as i32,
+                "bank/bank-ns".to_string()
+            ),
+        ]
+    );
+    node_a.ack(&went).await;
+}

@@ -7,11 +7,12 @@ mod common;
 use common::*;
 use weft_e2e::{Cluster, Pod, PodSpec};
 
-/// Applies `yaml` as `name` and waits until node 2's ztunnel enforces it
-/// (its `/policies` shows the policy) and no longer shows `gone`.
-fn apply_policy(c: &Cluster, name: &str, yaml: &str, gone: &[&str]) {
+/// Applies `yaml` as `name` and waits until the ztunnel of `server`'s node
+/// enforces it (its `/policies` shows the policy) and no longer shows `gone`.
+fn apply_policy(c: &Cluster, server: &Pod, name: &str, yaml: &str, gone: &[&str]) {
     c.apply(name, yaml).expect("apply");
-    c.wait_for_ztunnels(
+    c.wait_for_ztunnel_of(
+        server,
         &format!("policy {name} in force"),
         "/policies",
         CONVERGE,
@@ -69,6 +70,7 @@ fn l4_allow_and_deny_by_principal_namespace_and_port() {
     // DENY by principal.
     apply_policy(
         &c,
+        &server,
         "deny-intruder",
         r#"
 apiVersion: security.weft.dev/v1alpha1
@@ -94,6 +96,7 @@ spec:
     c.unapply("deny-intruder").expect("unapply");
     apply_policy(
         &c,
+        &server,
         "deny-other",
         r#"
 apiVersion: security.weft.dev/v1alpha1
@@ -114,6 +117,7 @@ spec:
     c.unapply("deny-other").expect("unapply");
     apply_policy(
         &c,
+        &server,
         "allow-shop-tcp",
         r#"
 apiVersion: security.weft.dev/v1alpha1

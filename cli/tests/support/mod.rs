@@ -17,7 +17,6 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -115,9 +114,7 @@ pub async fn serve_controller(manifests: &Path) -> std::net::SocketAddr {
     let version = ModelVersion {
         version: 1,
         model: Arc::new(model),
-        previous: 0,
-        delta: Arc::new(Default::default()),
-        changed_at: Instant::now(),
+        ..ModelVersion::initial()
     };
     let (_models_tx, models) = tokio::sync::watch::channel(Arc::new(version));
     let (_states_tx, states) = tokio::sync::watch::channel(Arc::new(state));

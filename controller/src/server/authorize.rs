@@ -1,18 +1,21 @@
-//! Who may subscribe to the config stream, and as what.
+//! Who may subscribe to the config stream, as what, and so what they get.
 //!
-//! The stream carries every workload, service, policy and route of the mesh,
-//! so being authenticated is not enough: in Kubernetes mode every pod's
-//! ServiceAccount token authenticates. A node's ztunnel may subscribe as the
-//! ztunnel of its node, a waypoint's ServiceAccount as that waypoint, and no
-//! one else at all. Whether a ServiceAccount is a waypoint's is the same rule
-//! the CA applies ([`waypoints_run_by`]).
+//! The stream carries every workload and service of the mesh and the
+//! policies and routes its subscriber enforces, so being authenticated is
+//! not enough: in Kubernetes mode every pod's ServiceAccount token
+//! authenticates. A node's ztunnel may subscribe as the ztunnel of its node,
+//! a waypoint's ServiceAccount as that waypoint, and no one else at all.
+//! Whether a ServiceAccount is a waypoint's is the same rule the CA applies
+//! ([`waypoints_run_by`]). What it may subscribe as decides what it is sent
+//! ([`audience`]).
 
 use tonic::Status;
 use weft_api::config::{ProxyInfo, ProxyKind};
 
 use crate::auth::Caller;
+use weft_cluster::model::audience::Audience;
 use weft_cluster::model::waypoints::waypoints_run_by;
-use weft_cluster::registry::ClusterState;
+use weft_cluster::registry::{ClusterState, ObjectKey};
 
 /// How a kind reads in a refusal.
 fn kind_name(kind: i32) -> &'static str {
@@ -87,6 +90,20 @@ pub(crate) fn subscriber(
             }
             Ok(())
         }
+    }
+}
+
+/// The view of the config `proxy` is sent, once [`subscriber`] has tied its
+/// kind, node and Gateway to the caller's credential: a ztunnel, what its
+/// node enforces; a waypoint, what its Gateway does; anything else (a CLI,
+/// where authentication is off), everything.
+pub(crate) fn audience(proxy: &ProxyInfo) -> Audience {
+    match ProxyKind::try_from(proxy.kind) {
+        Ok(ProxyKind::Ztunnel) => Audience::Ztunnel(proxy.node.clone()),
+        Ok(ProxyKind::Waypoint) => {
+            Audience::Waypoint(ObjectKey::new(proxy.namespace.clone(), proxy.name.clone()))
+        }
+        _ => Audience::Everything,
     }
 }
 

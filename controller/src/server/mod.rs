@@ -225,6 +225,7 @@ impl ConfigDiscovery for ConfigServer {
         let stream = SubscriberStream {
             id,
             types,
+            audience: authorize::audience(&proxy),
             models: self.models.clone(),
             subscribers: self.subscribers.clone(),
             tx,

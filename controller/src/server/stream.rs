@@ -15,12 +15,20 @@ use weft_api::config::{ConfigRequest, ConfigResponse, ResourceType, config_reque
 use super::callers::CallerStream;
 use super::subscribers::Subscribers;
 use crate::pipeline::ModelVersion;
+use weft_cluster::model::audience::{Audience, Visible};
 use weft_cluster::model::{Delta, Model};
+
+/// What a subscriber holds: a model version as seen through its view.
+#[derive(Clone)]
+struct Seen {
+    version: u64,
+    model: Arc<Model>,
+    view: Option<Arc<Visible>>,
+}
 
 struct Pending {
     nonce: String,
-    version: u64,
-    model: Arc<Model>,
+    seen: Seen,
     /// Held from building a full snapshot until the proxy answers it (or
     /// [`SNAPSHOT_ANSWER_TIMEOUT`] passes), so that a thousand proxies
     /// reconnecting at once do not hold a thousand snapshots in memory at
@@ -41,6 +49,8 @@ const SNAPSHOT_ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_s
 pub(crate) struct SubscriberStream {
     pub id: u64,
     pub types: Vec<ResourceType>,
+    /// Who it is for, and so which view of the model it gets.
+    pub audience: Audience,
     pub models: watch::Receiver<Arc<ModelVersion>>,
     pub subscribers: Arc<Subscribers>,
     pub tx: mpsc::Sender<Result<ConfigResponse, Status>>,
@@ -53,14 +63,14 @@ pub(crate) struct SubscriberStream {
 
 impl SubscriberStream {
     pub(crate) async fn run(mut self, mut requests: Streaming<ConfigRequest>) {
-        let mut acked: Option<(u64, Arc<Model>)> = None;
+        let mut acked: Option<Seen> = None;
         let mut pending: Option<Pending> = None;
         let mut nacked_version: Option<u64> = None;
         let mut sent: u64 = 0;
         loop {
             if pending.is_none() {
                 let current = self.models.borrow_and_update().clone();
-                let up_to_date = acked.as_ref().is_some_and(|(v, _)| *v == current.version);
+                let up_to_date = acked.as_ref().is_some_and(|a| a.version == current.version);
                 if current.version > 0 && !up_to_date && nacked_version != Some(current.version) {
                     let responded = tokio::select! {
                         r = self.respond(&current, acked.as_ref(), &mut sent) => r,
@@ -68,9 +78,7 @@ impl SubscriberStream {
                     };
                     match responded {
                         Respond::Sent(p) => pending = Some(p),
-                        Respond::NothingForUs => {
-                            acked = Some((current.version, current.model.clone()))
-                        }
+                        Respond::NothingForUs(seen) => acked = Some(seen),
                         Respond::Closed => break,
                     }
                 }
@@ -96,10 +104,10 @@ impl SubscriberStream {
                             if pending.as_ref().is_some_and(|p| p.nonce == ack.nonce) {
                                 let p = pending.take().expect("checked above");
                                 self.subscribers.update(self.id, |i| {
-                                    i.acked_version = p.version;
+                                    i.acked_version = p.seen.version;
                                     i.pending_nonce = None;
                                 });
-                                acked = Some((p.version, p.model));
+                                acked = Some(p.seen);
                             } else {
                                 tracing::debug!(stream = self.id, nonce = ack.nonce, "ACK for an unknown nonce");
                             }
@@ -107,14 +115,14 @@ impl SubscriberStream {
                         Some(config_request::Kind::Nack(nack)) => {
                             if pending.as_ref().is_some_and(|p| p.nonce == nack.nonce) {
                                 let p = pending.take().expect("checked above");
-                                tracing::warn!(stream = self.id, version = p.version, "subscriber rejected config: {}", nack.message);
+                                tracing::warn!(stream = self.id, version = p.seen.version, "subscriber rejected config: {}", nack.message);
                                 metrics::counter!("weft_config_nacks_total").increment(1);
                                 self.subscribers.update(self.id, |i| {
                                     i.nacks += 1;
                                     i.last_nack = Some(nack.message.clone());
                                     i.pending_nonce = None;
                                 });
-                                nacked_version = Some(p.version);
+                                nacked_version = Some(p.seen.version);
                             }
                         }
                         Some(config_request::Kind::Subscribe(_)) | None => {
@@ -133,9 +141,15 @@ impl SubscriberStream {
     async fn respond(
         &self,
         current: &ModelVersion,
-        acked: Option<&(u64, Arc<Model>)>,
+        acked: Option<&Seen>,
         sent: &mut u64,
     ) -> Respond {
+        let seen = Seen {
+            version: current.version,
+            model: current.model.clone(),
+            view: current.views.of(&self.audience),
+        };
+        let view = seen.view.as_deref();
         let mut permit = None;
         let (full_snapshot, resources, removed) = match acked {
             None => {
@@ -158,21 +172,22 @@ impl SubscriberStream {
                 let resources = self
                     .types
                     .iter()
-                    .flat_map(|t| current.model.resources(*t).into_iter().map(|(_, r)| r))
+                    .flat_map(|t| current.model.visible_resources(*t, view))
                     .collect();
                 (true, resources, Vec::new())
             }
-            Some((version, model)) => {
+            Some(acked) => {
                 let own;
-                let delta: &Delta = if *version == current.previous {
+                let delta: &Delta = if acked.version == current.previous {
                     &current.delta
                 } else {
-                    own = Model::diff(model, &current.model);
+                    own = Model::diff(&acked.model, &current.model);
                     &own
                 };
-                let (resources, removed) = delta.select(&self.types);
+                let (resources, removed) =
+                    delta.select_visible(&self.types, &current.model, acked.view.as_deref(), view);
                 if resources.is_empty() && removed.is_empty() {
-                    return Respond::NothingForUs;
+                    return Respond::NothingForUs(seen);
                 }
                 (false, resources, removed)
             }
@@ -199,8 +214,7 @@ impl SubscriberStream {
         });
         Respond::Sent(Pending {
             nonce,
-            version: current.version,
-            model: current.model.clone(),
+            seen,
             snapshot: permit,
             sent_at: tokio::time::Instant::now(),
         })
@@ -209,6 +223,7 @@ impl SubscriberStream {
 
 enum Respond {
     Sent(Pending),
-    NothingForUs,
+    /// Nothing changed in its view: it is up to date with this version.
+    NothingForUs(Seen),
     Closed,
 }

@@ -81,6 +81,39 @@ impl Cluster {
         })
     }
 
+    /// The index (1-based) of the node `pod` runs on.
+    fn node_index_of(&self, pod: &Pod) -> Result<usize> {
+        self.nodes
+            .iter()
+            .position(|n| n.name() == pod.node())
+            .map(|i| i + 1)
+            .ok_or_else(|| Error::Invalid(format!("no node {}", pod.node())))
+    }
+
+    /// Waits until the ztunnel of `pod`'s node, the one that enforces its
+    /// inbound policy, has an admin `path` that satisfies `check`. Policies
+    /// reach only the ztunnels whose workloads they apply to (docs/design.md
+    /// §6), so this, not [`Cluster::wait_for_ztunnels`], is how to wait for
+    /// a selector or namespace policy.
+    pub fn wait_for_ztunnel_of(
+        &self,
+        pod: &Pod,
+        what: &str,
+        path: &str,
+        limit: Duration,
+        mut check: impl FnMut(&serde_json::Value) -> bool,
+    ) -> Result<()> {
+        if !self.ztunnel {
+            return Err(Error::Invalid("this cluster runs no ztunnel".into()));
+        }
+        let index = self.node_index_of(pod)?;
+        process::wait_until(
+            &format!("the ztunnel of {}: {what}", pod.node()),
+            limit,
+            || self.ztunnel_admin(index, path).is_ok_and(|v| check(&v)),
+        )
+    }
+
     /// Waits until `pod` is fully in the mesh: its redirect rules are in
     /// place, ztunnel listens inside it (15001, 15006, 15008), its node's
     /// ztunnel holds its certificate, and every ztunnel knows it as an HBONE
@@ -117,12 +150,7 @@ impl Cluster {
             pod.namespace(),
             pod.service_account()
         );
-        let index = self
-            .nodes
-            .iter()
-            .position(|n| n.name() == pod.node())
-            .map(|i| i + 1)
-            .ok_or_else(|| Error::Invalid(format!("no node {}", pod.node())))?;
+        let index = self.node_index_of(pod)?;
         process::wait_until(
             &format!("{} holds a certificate for {identity}", pod.node()),
             limit,

@@ -4,6 +4,7 @@
 //! [`Model::diff`] turns two models into the minimal change a subscriber
 //! needs.
 
+pub mod audience;
 mod authorization;
 mod diff;
 pub mod labels;
