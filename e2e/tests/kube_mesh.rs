@@ -946,6 +946,43 @@ fn kubectl_and_weftctl_reach_pods_through_the_api_server_and_the_nodes_kubelets(
     let events = succeeded("weftctl tap", &tap);
     assert!(events.contains(&client_id), "{events}");
 
+    // weftctl explain agrees with real traffic, before and under a DENY.
+    let explain = || {
+        let out = weftctl(
+            &cluster,
+            &[
+                "explain",
+                "-o",
+                "json",
+                "--from",
+                &format!("shop/{}", client.name()),
+                "--to",
+                &format!("pod/shop/{}:9000", server.name()),
+            ],
+        );
+        let verdict: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("explain: {e}: {out:?}"));
+        (
+            out.status.code(),
+            verdict["verdict"].as_str().map(str::to_string),
+        )
+    };
+    assert_eq!(explain(), (Some(0), Some("allowed".into())));
+    assert!(client.tcp_echo(server.echo_tcp(), "allowed").is_ok());
+    k.apply(
+        "apiVersion: security.weft.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: deny-client, namespace: shop}\nspec:\n  selector: {matchLabels: {app: server}}\n  action: DENY\n  rules:\n  - from:\n    - source: {principals: [\"cluster.local/ns/shop/sa/client\"]}\n",
+    )
+    .expect("policy");
+    wait_until("the DENY in force", SETTLE, || {
+        client
+            .tcp_echo_result(server.echo_tcp(), "denied")
+            .is_ok_and(|r| r.is_err())
+    })
+    .expect("the connection is refused");
+    assert_eq!(explain(), (Some(6), Some("denied".into())));
+    k.run(&["delete", "authorizationpolicy", "-n", "shop", "deny-client"])
+        .expect("delete the policy");
+
     // weftctl check: the node agents through exec, the ztunnels through
     // port-forward, the controller; all pass.
     let check = weftctl(&cluster, &["check", "-o", "json"]);
