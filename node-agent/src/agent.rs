@@ -268,6 +268,9 @@ impl NodeAgent {
             self.sweep_leftovers(&state).await;
         }
         drop(state);
+        // ztunnels get snapshots from now on: before, one would be missing
+        // every pod, and a reconnecting ztunnel would drop them all.
+        self.hub.mark_synced();
         self.synced.notify_waiters();
     }
 

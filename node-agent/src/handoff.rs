@@ -12,10 +12,19 @@
 //! over and gets the snapshot again; two ztunnels (an upgrade) each get
 //! everything. An `AddPod` for a uid ztunnel already has replaces it (the
 //! pod's sandbox, and so its netns, was re-created).
+//!
+//! The hub also holds each pod's listening sockets ([`listeners`]): made when
+//! the pod is added, sent with every `AddPod`, and, when the ports are
+//! already held (by a ztunnel, after this agent restarted), taken back from
+//! the `Ack` of the `KeepPod` that ztunnel gets. No snapshot is served before
+//! the agent's first sync ([`HandoffHub::mark_synced`]): an empty one would
+//! make a reconnecting ztunnel drop every pod, and with it the sockets.
+
+mod listeners;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,13 +35,14 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 use weft_api::handoff_wire;
 use weft_api::nodeagent::{
-    AddPod, AgentMessage, DeletePod, KeepPod, PodIdentity, SnapshotSent, ZtunnelMessage,
+    AddPod, AgentMessage, DeletePod, KeepPod, Listener, PodIdentity, SnapshotSent, ZtunnelMessage,
     agent_message, ztunnel_message,
 };
 use weft_cni::report::AckStatus;
 use weft_netns::fd::register;
 
 use crate::netns::NetNs;
+pub use listeners::{ListenerError, PodListener, PodListeners};
 
 /// Default path of the handoff socket on the node.
 pub const DEFAULT_HANDOFF_SOCKET: &str = "/var/run/weft/ztunnel.sock";
@@ -67,6 +77,16 @@ pub enum HandoffError {
     /// ztunnel did not ack in time.
     #[error("ztunnel did not acknowledge within {0:?}")]
     AckTimeout(Duration),
+    /// ztunnel speaks another version of the handoff.
+    #[error(
+        "ztunnel speaks handoff version {got}, this agent version {want}: upgrade the older of the two (version 2 moved the pods' listeners to the agent)"
+    )]
+    Version {
+        /// What ztunnel said in `Hello`.
+        got: u32,
+        /// What this agent speaks.
+        want: u32,
+    },
 }
 
 #[derive(Default)]
@@ -75,23 +95,45 @@ struct HubState {
     subscribers: Vec<(u64, mpsc::UnboundedSender<Change>)>,
     next_id: u64,
     acks: HashMap<String, AckStatus>,
+    /// Each pod's listening sockets, by uid, once made or taken back.
+    listeners: HashMap<String, Arc<PodListeners>>,
 }
 
-/// The enrolled pods and the connected ztunnels.
-#[derive(Default)]
+/// The enrolled pods, their listeners, and the connected ztunnels.
 pub struct HandoffHub {
     state: Mutex<HubState>,
+    /// Serialises making and adopting listeners: two binds racing for one
+    /// pod would fail each other.
+    binding: Mutex<()>,
+    /// Whether the agent has synced with its registry once.
+    synced: tokio::sync::watch::Sender<bool>,
 }
 
 impl HandoffHub {
-    /// An empty hub.
+    /// An empty hub, serving no snapshot until [`HandoffHub::mark_synced`].
     pub fn new() -> Arc<HandoffHub> {
-        Arc::new(HandoffHub::default())
+        Arc::new(HandoffHub {
+            state: Mutex::default(),
+            binding: Mutex::new(()),
+            synced: tokio::sync::watch::channel(false).0,
+        })
     }
 
-    /// Adds (or replaces) a pod and tells every connected ztunnel.
+    /// The agent knows which pods are enrolled: snapshots may be served.
+    pub fn mark_synced(&self) {
+        self.synced.send_replace(true);
+    }
+
+    /// Adds (or replaces) a pod and tells every connected ztunnel. Its
+    /// listeners are made now, so the ports are held from enrollment on;
+    /// a pod whose netns is unchanged keeps the ones it has.
     pub fn add(&self, pod: HandoffPod) {
         let pod = Arc::new(pod);
+        if let Err(e) = self.listeners_for(&pod) {
+            // After an agent restart, the ztunnel holding them gives them
+            // back in its KeepPod ack; otherwise AddPod reports the error.
+            tracing::info!(uid = %pod.identity.uid, error = %e, "pod listeners not made yet");
+        }
         let mut st = self.state.lock();
         st.pods.insert(pod.identity.uid.clone(), pod.clone());
         st.acks.insert(pod.identity.uid.clone(), AckStatus::Pending);
@@ -99,11 +141,12 @@ impl HandoffHub {
             .retain(|(_, tx)| tx.send(Change::Add(pod.clone())).is_ok());
     }
 
-    /// Removes a pod and tells every connected ztunnel. Unknown uids are
-    /// ignored.
+    /// Removes a pod (closing the agent's copies of its listeners) and tells
+    /// every connected ztunnel. Unknown uids are ignored.
     pub fn delete(&self, uid: &str) {
         let mut st = self.state.lock();
         st.acks.remove(uid);
+        st.listeners.remove(uid);
         if st.pods.remove(uid).is_some() {
             st.subscribers
                 .retain(|(_, tx)| tx.send(Change::Delete(uid.to_string())).is_ok());
@@ -113,6 +156,63 @@ impl HandoffHub {
     /// The uids of the pods ztunnel should have.
     pub fn pod_uids(&self) -> Vec<String> {
         self.state.lock().pods.keys().cloned().collect()
+    }
+
+    /// The listeners the agent holds for `uid`.
+    pub fn listeners(&self, uid: &str) -> Option<Arc<PodListeners>> {
+        self.state.lock().listeners.get(uid).cloned()
+    }
+
+    /// The pod's listeners: those held if they are in its current netns,
+    /// else new ones.
+    fn listeners_for(&self, pod: &HandoffPod) -> Result<Arc<PodListeners>, ListenerError> {
+        let _one = self.binding.lock();
+        let uid = &pod.identity.uid;
+        let inode = pod.netns.inode();
+        if let Some(held) = self.state.lock().listeners.get(uid)
+            && held.netns_inode == inode
+        {
+            return Ok(held.clone());
+        }
+        // The old netns's sockets (a re-created sandbox) go now: the pod's
+        // ztunnels replace the pod, and so drop theirs, on this AddPod.
+        self.state.lock().listeners.remove(uid);
+        let made = Arc::new(PodListeners::bind(&pod.netns, &pod.addresses)?);
+        self.state
+            .lock()
+            .listeners
+            .insert(uid.clone(), made.clone());
+        Ok(made)
+    }
+
+    /// Takes back the listeners a ztunnel returned for `uid` if the agent
+    /// has none (it restarted while the ztunnel held them); otherwise the
+    /// returned copies are closed: they are the same sockets, since no two
+    /// can listen on one port of a pod.
+    fn adopt(&self, uid: &str, described: &[Listener], fds: Vec<OwnedFd>) {
+        let _one = self.binding.lock();
+        let Some(pod) = self.state.lock().pods.get(uid).cloned() else {
+            return;
+        };
+        if self
+            .state
+            .lock()
+            .listeners
+            .get(uid)
+            .is_some_and(|held| held.netns_inode == pod.netns.inode())
+        {
+            return;
+        }
+        match PodListeners::adopt(&pod.netns, &pod.addresses, described, fds) {
+            Ok(adopted) => {
+                tracing::info!(%uid, "pod listeners taken back from ztunnel");
+                self.state
+                    .lock()
+                    .listeners
+                    .insert(uid.to_string(), Arc::new(adopted));
+            }
+            Err(e) => tracing::warn!(%uid, error = %e, "cannot take back the pod's listeners"),
+        }
     }
 
     /// What ztunnel last answered for `uid`.
@@ -231,27 +331,41 @@ pub async fn serve_connection(
     };
     let hello = match conn.recv().await? {
         None => return Ok(()),
-        Some(ZtunnelMessage {
-            kind: Some(ztunnel_message::Kind::Hello(hello)),
-        }) => hello,
-        Some(other) => {
+        Some((
+            ZtunnelMessage {
+                kind: Some(ztunnel_message::Kind::Hello(hello)),
+            },
+            _,
+        )) => hello,
+        Some((other, _)) => {
             return Err(HandoffError::Protocol(format!(
                 "expected Hello, got {other:?}"
             )));
         }
     };
+    if hello.version != handoff_wire::PROTOCOL_VERSION {
+        return Err(HandoffError::Version {
+            got: hello.version,
+            want: handoff_wire::PROTOCOL_VERSION,
+        });
+    }
     tracing::info!(
         version = hello.version,
         known = hello.known_pod_uids.len(),
         "ztunnel connected"
     );
+    let mut synced = hub.synced.subscribe();
+    // Err: the hub is gone, and so is the agent.
+    let _ = synced.wait_for(|synced| *synced).await;
     let (snapshot, mut sub) = hub.subscribe();
     for pod in snapshot {
         let uid = pod.identity.uid.clone();
         let status = if hello.known_pod_uids.contains(&uid) {
-            conn.exchange(&keep(&uid), None).await?
+            let reply = conn.exchange(&keep(&uid), &[]).await?;
+            hub.adopt(&uid, &reply.listeners, reply.fds);
+            reply.status
         } else {
-            conn.exchange(&add(&pod), Some(&pod.netns)).await?
+            conn.add(hub, &pod).await?
         };
         hub.record_ack(&uid, status);
     }
@@ -259,19 +373,19 @@ pub async fn serve_connection(
         &AgentMessage {
             kind: Some(agent_message::Kind::SnapshotSent(SnapshotSent {})),
         },
-        None,
+        &[],
     )
     .await?;
     loop {
         tokio::select! {
             change = sub.rx.recv() => match change {
                 Some(Change::Add(pod)) => {
-                    let status = conn.exchange(&add(&pod), Some(&pod.netns)).await?;
+                    let status = conn.add(hub, &pod).await?;
                     hub.record_ack(&pod.identity.uid, status);
                 }
                 Some(Change::Delete(uid)) => {
                     let msg = AgentMessage { kind: Some(agent_message::Kind::Delete(DeletePod { uid })) };
-                    conn.exchange(&msg, None).await?;
+                    conn.exchange(&msg, &[]).await?;
                 }
                 None => return Ok(()),
             },
@@ -279,17 +393,18 @@ pub async fn serve_connection(
             // its disconnect (or a protocol violation).
             msg = conn.recv() => match msg? {
                 None => return Ok(()),
-                Some(other) => return Err(HandoffError::Protocol(format!("unsolicited message {other:?}"))),
+                Some((other, _)) => return Err(HandoffError::Protocol(format!("unsolicited message {other:?}"))),
             },
         }
     }
 }
 
-fn add(pod: &HandoffPod) -> AgentMessage {
+fn add(pod: &HandoffPod, listeners: &PodListeners) -> AgentMessage {
     AgentMessage {
         kind: Some(agent_message::Kind::Add(AddPod {
             pod: Some(pod.identity.clone()),
             addresses: pod.addresses.clone(),
+            listeners: listeners.describe(),
         })),
     }
 }
@@ -307,27 +422,49 @@ struct Conn {
     ack_timeout: Duration,
 }
 
+/// ztunnel's answer to one message.
+struct Reply {
+    status: AckStatus,
+    /// What the fds are (an `Ack` to `KeepPod` returns the pod's listeners).
+    listeners: Vec<Listener>,
+    fds: Vec<OwnedFd>,
+}
+
 impl Conn {
-    async fn recv(&self) -> Result<Option<ZtunnelMessage>, HandoffError> {
-        let got = self
+    async fn recv(&self) -> Result<Option<(ZtunnelMessage, Vec<OwnedFd>)>, HandoffError> {
+        Ok(self
             .fd
             .async_io(Interest::READABLE, |fd| {
                 handoff_wire::recv::<ZtunnelMessage>(fd.as_fd())
             })
-            .await?;
-        // ztunnel never sends fds; one that arrives anyway is closed here.
-        Ok(got.map(|(msg, _fd)| msg))
+            .await?)
+    }
+
+    /// Sends `AddPod` with the pod's netns and listeners. Without listeners
+    /// (the ports are held by something else in the pod) ztunnel is not
+    /// asked: the pod's status says why.
+    async fn add(&self, hub: &HandoffHub, pod: &HandoffPod) -> Result<AckStatus, HandoffError> {
+        let listeners = match hub.listeners_for(pod) {
+            Ok(listeners) => listeners,
+            Err(e) => {
+                tracing::warn!(uid = %pod.identity.uid, error = %e, "pod not handed over");
+                return Ok(AckStatus::Failed(e.to_string()));
+            }
+        };
+        let mut fds = vec![pod.netns.as_fd()];
+        fds.extend(listeners.fds());
+        Ok(self.exchange(&add(pod, &listeners), &fds).await?.status)
     }
 
     /// Sends one message and waits for its ack.
     async fn exchange(
         &self,
         msg: &AgentMessage,
-        netns: Option<&NetNs>,
-    ) -> Result<AckStatus, HandoffError> {
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<Reply, HandoffError> {
         self.fd
             .async_io(Interest::WRITABLE, |fd| {
-                handoff_wire::send(fd.as_fd(), msg, netns.map(|n| n.as_fd()))
+                handoff_wire::send(fd.as_fd(), msg, fds)
             })
             .await?;
         let reply = tokio::time::timeout(self.ack_timeout, self.recv())
@@ -338,16 +475,25 @@ impl Conn {
                 io::ErrorKind::UnexpectedEof,
                 "ztunnel closed before acking",
             ))),
-            Some(ZtunnelMessage {
-                kind: Some(ztunnel_message::Kind::Ack(ack)),
-            }) if ack.error.is_empty() => Ok(AckStatus::Acked),
-            Some(ZtunnelMessage {
-                kind: Some(ztunnel_message::Kind::Ack(ack)),
-            }) => {
-                tracing::warn!(error = %ack.error, "ztunnel reported an error for a handoff message");
-                Ok(AckStatus::Failed(ack.error))
+            Some((
+                ZtunnelMessage {
+                    kind: Some(ztunnel_message::Kind::Ack(ack)),
+                },
+                fds,
+            )) => {
+                let status = if ack.error.is_empty() {
+                    AckStatus::Acked
+                } else {
+                    tracing::warn!(error = %ack.error, "ztunnel reported an error for a handoff message");
+                    AckStatus::Failed(ack.error)
+                };
+                Ok(Reply {
+                    status,
+                    listeners: ack.listeners,
+                    fds,
+                })
             }
-            Some(other) => Err(HandoffError::Protocol(format!(
+            Some((other, _)) => Err(HandoffError::Protocol(format!(
                 "expected Ack, got {other:?}"
             ))),
         }

@@ -141,6 +141,24 @@ impl Bed {
     }
 }
 
+/// A pod's listener on `port` as ztunnel gets it: a copy of the socket the
+/// agent made in the pod when it enrolled it.
+fn agent_listener(bed: &Bed, uid: &str, port: u16) -> std::net::TcpListener {
+    let listeners = bed
+        .agent
+        .hub()
+        .listeners(uid)
+        .expect("the agent holds the pod's listeners");
+    let fd = listeners
+        .get(port, false)
+        .unwrap_or_else(|| panic!("no listener on {port}"))
+        .try_clone_to_owned()
+        .expect("dup");
+    let listener = std::net::TcpListener::from(fd);
+    listener.set_nonblocking(true).expect("nonblocking");
+    listener
+}
+
 fn capture_scenario(backend: Backend) {
     let bed = Bed::new(
         backend,
@@ -172,10 +190,11 @@ fn capture_scenario(backend: Backend) {
     let (ip_a, ip_b) = (result_ip(&ra.stdout), result_ip(&rb.stdout));
     let (na, nb) = (a_ns.open(), b_ns.open());
 
-    // Stand-ins for ztunnel's listeners in A, a trap in B, servers on 8080.
-    let a_out = listen_in(&na, 15001);
-    let a_in = listen_in(&na, 15006);
-    let a_hbone = listen_in(&na, 15008);
+    // ztunnel's listeners in A (the agent made them: nothing else there may
+    // bind those ports), a trap in B, servers on 8080.
+    let a_out = agent_listener(&bed, &a.uid, 15001);
+    let a_in = agent_listener(&bed, &a.uid, 15006);
+    let a_hbone = agent_listener(&bed, &a.uid, 15008);
     let a_app = listen_in(&na, 8080);
     let b_trap = listen_in(&nb, 15001);
     let b_app = listen_in(&nb, 8080);
@@ -306,8 +325,14 @@ fn capture_scenario(backend: Backend) {
     let r = check();
     assert!(r.ok, "CHECK of a covered pod failed: {}", r.stdout);
 
-    // A listener disappears: drift is reported, and CHECK fails.
-    drop(a_hbone);
+    // A listener disappears: drift is reported, and CHECK fails. Closing
+    // one copy is not enough (the agent and ztunnel hold the socket too);
+    // a shutdown stops it listening for every holder.
+    nix::sys::socket::shutdown(
+        std::os::fd::AsRawFd::as_raw_fd(&a_hbone),
+        nix::sys::socket::Shutdown::Both,
+    )
+    .expect("shutdown 15008");
     let r = check();
     assert!(!r.ok, "CHECK passed without ztunnel's 15008 listener");
     assert_eq!(json(&r.stdout)["code"], 100);

@@ -4,8 +4,10 @@
 //! follow adds and deletes. Every agent message is acknowledged, with an
 //! error text if ztunnel could not act on it.
 //!
-//! A pod's listeners live as long as the pod is enrolled; removing a pod
-//! stops its listeners while its open connections drain.
+//! A pod's listeners are the sockets the agent made in the pod and sent with
+//! its `AddPod`; ztunnel serves them while the pod is enrolled, keeps a copy
+//! of each to give back when a restarted agent sends `KeepPod`, and, when
+//! the pod is removed, stops accepting while its open connections drain.
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -20,7 +22,9 @@ use tokio::io::unix::AsyncFd;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use weft_api::handoff_wire;
-use weft_api::nodeagent::{Ack, AddPod, Hello, ZtunnelMessage, agent_message, ztunnel_message};
+use weft_api::nodeagent::{
+    Ack, AddPod, Hello, Listener, ZtunnelMessage, agent_message, ztunnel_message,
+};
 use weft_hbone::SpiffeId;
 use weft_runtime::backoff::Backoff;
 
@@ -31,6 +35,8 @@ use crate::socket::Netns;
 struct Enrolled {
     pod: Arc<Pod>,
     stop: CancellationToken,
+    /// Copies of the pod's listening sockets, for the agent's `KeepPod`.
+    listeners: Vec<(Listener, OwnedFd)>,
 }
 
 /// The pods handed over by the node agent, and their listeners.
@@ -65,9 +71,38 @@ impl Pods {
     }
 
     /// Starts serving a pod; replaces it if already known (a re-created
-    /// sandbox brings a new netns).
-    pub fn add(&self, add: AddPod, netns: OwnedFd) -> Result<(), String> {
+    /// sandbox brings a new netns). `fds`: the pod's netns, then one
+    /// listening socket per entry of `add.listeners`.
+    pub fn add(&self, add: AddPod, fds: Vec<OwnedFd>) -> Result<(), String> {
         let info = add.pod.ok_or("AddPod without pod")?;
+        let mut fds = fds.into_iter();
+        let netns = fds.next().ok_or("AddPod without a network namespace fd")?;
+        if add.listeners.is_empty() {
+            return Err(format!(
+                "AddPod without listening sockets: the node agent speaks an older handoff than version {}; upgrade it",
+                handoff_wire::PROTOCOL_VERSION
+            ));
+        }
+        let sockets: Vec<OwnedFd> = fds.collect();
+        if sockets.len() != add.listeners.len() {
+            return Err(format!(
+                "AddPod describes {} listeners but carries {} sockets",
+                add.listeners.len(),
+                sockets.len()
+            ));
+        }
+        let mut served = HashMap::new();
+        let mut copies = Vec::new();
+        for (listener, fd) in add.listeners.iter().zip(sockets) {
+            let port = u16::try_from(listener.port)
+                .map_err(|_| format!("listener port {} out of range", listener.port))?;
+            copies.push((
+                *listener,
+                fd.try_clone()
+                    .map_err(|e| format!("duplicating a listener: {e}"))?,
+            ));
+            served.insert((port, listener.ipv6), fd);
+        }
         let identity = SpiffeId::new(&self.trust_domain, &info.namespace, &info.service_account)
             .map_err(|e| format!("pod {}/{}: {e}", info.namespace, info.name))?;
         let addresses = add
@@ -92,6 +127,7 @@ impl Pods {
             network: Box::new(NetnsNetwork {
                 netns,
                 home: self.home.clone(),
+                listeners: Mutex::new(served),
             }),
         });
         self.remove(&pod.uid);
@@ -100,13 +136,38 @@ impl Pods {
             .map_err(|e| format!("listening in {}: {e}", pod.workload_name()))?;
         self.proxy.certs.want(&pod.identity);
         info!(pod = %pod.workload_name(), uid = %pod.uid, addresses = ?pod.addresses, "pod enrolled");
-        self.enrolled
-            .lock()
-            .insert(pod.uid.clone(), Enrolled { pod, stop });
+        self.enrolled.lock().insert(
+            pod.uid.clone(),
+            Enrolled {
+                pod,
+                stop,
+                listeners: copies,
+            },
+        );
         Ok(())
     }
 
-    /// Stops serving a pod: its listeners close, its connections drain.
+    /// Copies of a pod's listening sockets, to give back to the agent.
+    fn listener_copies(&self, uid: &str) -> Result<(Vec<Listener>, Vec<OwnedFd>), String> {
+        let enrolled = self.enrolled.lock();
+        let pod = enrolled
+            .get(uid)
+            .ok_or_else(|| format!("KeepPod for unknown pod {uid}"))?;
+        let mut described = Vec::new();
+        let mut fds = Vec::new();
+        for (listener, fd) in &pod.listeners {
+            described.push(*listener);
+            fds.push(
+                fd.try_clone()
+                    .map_err(|e| format!("duplicating a listener: {e}"))?,
+            );
+        }
+        Ok((described, fds))
+    }
+
+    /// Stops serving a pod: it stops accepting and closes its copies of the
+    /// pod's listeners (the agent closes its own when the pod leaves the
+    /// mesh), and its connections drain.
     pub fn remove(&self, uid: &str) -> bool {
         let Some(enrolled) = self.enrolled.lock().remove(uid) else {
             return false;
@@ -191,6 +252,7 @@ async fn session(socket: &std::path::Path, pods: &Pods) -> std::io::Result<()> {
             version: handoff_wire::PROTOCOL_VERSION,
             known_pod_uids: pods.uids(),
         }),
+        &[],
     )
     .await?;
     info!("connected to the node agent");
@@ -201,29 +263,25 @@ async fn session(socket: &std::path::Path, pods: &Pods) -> std::io::Result<()> {
                 handoff_wire::recv::<weft_api::nodeagent::AgentMessage>(fd.as_fd())
             })
             .await?;
-        let Some((message, netns)) = received else {
+        let Some((message, fds)) = received else {
             return Ok(());
         };
+        // What the ack carries back: the listeners of a kept pod.
+        let mut returned = (Vec::new(), Vec::new());
         let result = match message.kind {
             Some(agent_message::Kind::Add(add)) => {
                 let uid = add.pod.as_ref().map(|p| p.uid.clone()).unwrap_or_default();
                 if let Some(seen) = in_snapshot.as_mut() {
                     seen.insert(uid);
                 }
-                match netns {
-                    Some(netns) => pods.add(add, netns),
-                    None => Err("AddPod without a network namespace fd".into()),
-                }
+                pods.add(add, fds)
             }
             Some(agent_message::Kind::Keep(keep)) => {
                 if let Some(seen) = in_snapshot.as_mut() {
                     seen.insert(keep.uid.clone());
                 }
-                if pods.uids().contains(&keep.uid) {
-                    Ok(())
-                } else {
-                    Err(format!("KeepPod for unknown pod {}", keep.uid))
-                }
+                pods.listener_copies(&keep.uid)
+                    .map(|copies| returned = copies)
             }
             Some(agent_message::Kind::Delete(delete)) => {
                 pods.remove(&delete.uid);
@@ -246,14 +304,21 @@ async fn session(socket: &std::path::Path, pods: &Pods) -> std::io::Result<()> {
         if !error.is_empty() {
             warn!(%error, "could not act on a node agent message");
         }
-        send(&fd, ztunnel_message::Kind::Ack(Ack { error })).await?;
+        let (listeners, fds) = returned;
+        let ack = Ack { error, listeners };
+        send(&fd, ztunnel_message::Kind::Ack(ack), &fds).await?;
     }
 }
 
-async fn send(fd: &AsyncFd<OwnedFd>, kind: ztunnel_message::Kind) -> std::io::Result<()> {
+async fn send(
+    fd: &AsyncFd<OwnedFd>,
+    kind: ztunnel_message::Kind,
+    fds: &[OwnedFd],
+) -> std::io::Result<()> {
     let msg = ZtunnelMessage { kind: Some(kind) };
-    fd.async_io(Interest::WRITABLE, |fd| {
-        handoff_wire::send(fd.as_fd(), &msg, None)
+    let fds: Vec<_> = fds.iter().map(|fd| fd.as_fd()).collect();
+    fd.async_io(Interest::WRITABLE, |sock| {
+        handoff_wire::send(sock.as_fd(), &msg, &fds)
     })
     .await
 }

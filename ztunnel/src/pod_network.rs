@@ -1,9 +1,10 @@
 //! The seam between ztunnel's data path and the pods' networks: every
 //! socket the proxy opens for a pod goes through its [`PodNetwork`].
 //!
-//! - [`NetnsNetwork`]: production. The pod's listeners and connections are
-//!   created inside its network namespace (`socket`), and the original
-//!   destination of a captured connection comes from `SO_ORIGINAL_DST`.
+//! - [`NetnsNetwork`]: production. The pod's listeners are the sockets the
+//!   node agent made inside its network namespace, its connections are
+//!   created there (`socket`), and the original destination of a captured
+//!   connection comes from `SO_ORIGINAL_DST`.
 //! - [`Fabric`] / [`InProcessNetwork`]: tests. Pods are addresses in a
 //!   table; their listeners are loopback sockets, connections to a pod
 //!   address are sent to whatever listens for it, and a test "captures" a
@@ -16,6 +17,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::fd::OwnedFd;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -43,11 +45,23 @@ pub trait PodNetwork: std::fmt::Debug + Send + Sync + 'static {
 pub struct NetnsNetwork {
     pub netns: Netns,
     pub home: Arc<Netns>,
+    /// The listening sockets the node agent sent, by (port, IPv6), each
+    /// taken once by [`PodNetwork::listen`].
+    pub listeners: Mutex<HashMap<(u16, bool), OwnedFd>>,
 }
 
 impl PodNetwork for NetnsNetwork {
     fn listen(&self, port: u16, v6: bool) -> io::Result<TcpListener> {
-        socket::listen_in(&self.netns, &self.home, port, v6)
+        let fd = self.listeners.lock().remove(&(port, v6)).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!(
+                    "the node agent sent no {} listener for port {port}",
+                    if v6 { "IPv6" } else { "IPv4" }
+                ),
+            )
+        })?;
+        socket::adopt_listener(fd, port, v6)
     }
 
     fn connect(&self, dst: SocketAddr, options: ConnectOptions) -> Connecting<'_> {

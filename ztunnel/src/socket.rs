@@ -1,10 +1,12 @@
 //! Sockets inside pod network namespaces.
 //!
 //! ztunnel lives in the node's network namespace but listens and connects
-//! inside each pod's. A socket belongs to the namespace of the thread that
-//! created it, so creating one is: `setns` into the pod, `socket()`, `setns`
-//! back — synchronously, on the current thread, with nothing else running
-//! on it in between. After that the socket is used from any thread.
+//! inside each pod's. The listeners come from the node agent, made inside
+//! the pod ([`adopt_listener`]). A socket belongs to the namespace of the
+//! thread that created it, so creating a connection is: `setns` into the
+//! pod, `socket()`, `setns` back — synchronously, on the current thread,
+//! with nothing else running on it in between. After that the socket is used
+//! from any thread.
 //!
 //! Every socket ztunnel connects from inside a pod carries `SO_MARK 0x539`,
 //! which the pod's redirect rules skip, so ztunnel's own traffic is never
@@ -12,6 +14,7 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::OwnedFd;
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -19,42 +22,27 @@ pub use weft_netns::NetNs as Netns;
 
 /// The mark on ztunnel's own sockets in pod namespaces.
 pub const ZTUNNEL_MARK: u32 = 0x539;
-/// Accept backlog of the per-pod listeners.
-const BACKLOG: i32 = 1024;
-
-/// Binds a listener on `port` (all addresses of the family) inside `netns`
-/// with `SO_REUSEPORT`, so a second ztunnel can bind beside this one during
-/// a restart. Also enables `tcp_migrate_req` there, so connections queued on
-/// a listener that closes move to the other one instead of being reset.
-pub fn listen_in(netns: &Netns, home: &Netns, port: u16, v6: bool) -> io::Result<TcpListener> {
-    let socket = netns.run_here(home, || {
-        // Best effort: kernels before 5.14 lack it; restarts then rely on the
-        // new listener being up before the old one closes.
-        let _ = std::fs::write("/proc/sys/net/ipv4/tcp_migrate_req", "1");
-        let (domain, addr) = if v6 {
-            (
-                Domain::IPV6,
-                SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port),
-            )
-        } else {
-            (
-                Domain::IPV4,
-                SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port),
-            )
-        };
-        let socket = Socket::new(domain, Type::STREAM.nonblocking(), Some(Protocol::TCP))?;
-        if v6 {
-            socket.set_only_v6(true)?;
-        }
-        socket.set_reuse_address(true)?;
-        socket.set_reuse_port(true)?;
-        // Accepted sockets inherit it: one `setsockopt` per listener instead
-        // of one per connection.
-        socket.set_tcp_nodelay(true)?;
-        socket.bind(&SockAddr::from(addr))?;
-        socket.listen(BACKLOG)?;
-        Ok(socket)
+/// Takes a pod's listening socket from the node agent (docs/design.md §7):
+/// the agent made it inside the pod, without `SO_REUSEPORT`, so nothing else
+/// there can bind the port, and it holds a copy, so the socket and the
+/// connections in its backlog outlive this process. Checks that it listens
+/// on `port` of the family `v6` says before serving it.
+pub fn adopt_listener(fd: OwnedFd, port: u16, v6: bool) -> io::Result<TcpListener> {
+    let socket = Socket::from(fd);
+    let local = socket.local_addr()?.as_socket().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("the socket for port {port} is not an IP socket"),
+        )
     })?;
+    if local.port() != port || local.is_ipv6() != v6 || !socket.is_listener()? {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("the socket for port {port} is not a listener there (bound to {local})"),
+        ));
+    }
+    // The agent creates it non-blocking; say so anyway, tokio depends on it.
+    socket.set_nonblocking(true)?;
     TcpListener::from_std(socket.into())
 }
 

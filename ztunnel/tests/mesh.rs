@@ -292,6 +292,31 @@ services:
 
 #[test]
 fn restarting_ztunnel_under_load_fails_no_new_connection() {
+    // The client side's ztunnel, then the server side's: a new one beside
+    // the old (both accept from the pods' sockets, which the agent made and
+    // both were sent), then the old one drains and exits.
+    restart_under_load(|c, node| {
+        c.start_ztunnel(node);
+        c.stop_oldest_ztunnel(node);
+    });
+}
+
+#[test]
+fn a_ztunnel_stopped_then_started_again_fails_no_new_connection() {
+    // No overlap: the only ztunnel exits, and for a while none runs. The
+    // pods' sockets stay open (the agent holds them), so new connections
+    // wait in their backlog instead of being refused, and the next ztunnel
+    // serves them.
+    restart_under_load(|c, node| {
+        c.stop_oldest_ztunnel(node);
+        std::thread::sleep(Duration::from_millis(300));
+        c.start_ztunnel(node);
+    });
+}
+
+/// Restarts each node's ztunnel with `restart` while a client on node 1
+/// opens connections to a server on node 2; none may fail.
+fn restart_under_load(restart: impl Fn(&mut Cluster, usize)) {
     let _one = serial();
     let mut c = Cluster::new(2);
     let client = c.add_pod(PodSpec::meshed("shop", "client", "client", 1));
@@ -304,13 +329,9 @@ fn restarting_ztunnel_under_load_fails_no_new_connection() {
     eventually("the load to run", Duration::from_secs(10), || {
         load.ok.load(Ordering::SeqCst) > 20
     });
-
-    // The client side's ztunnel, then the server side's: a new one beside
-    // the old (SO_REUSEPORT), then the old one drains and exits.
     for node in [1, 2] {
-        c.start_ztunnel(node);
         let before = load.ok.load(Ordering::SeqCst);
-        c.stop_oldest_ztunnel(node);
+        restart(&mut c, node);
         eventually(
             "the load to continue after the restart",
             Duration::from_secs(10),
@@ -326,6 +347,55 @@ fn restarting_ztunnel_under_load_fails_no_new_connection() {
         ok + errors.len()
     );
     assert!(ok > 60);
+}
+
+/// Finding 11 of the hardening issue: ztunnel's listeners in a pod used
+/// `SO_REUSEPORT`, so a root process in the pod could bind 15006 or 15008
+/// beside them, get part of the pod's inbound, and skip policy. Every bind
+/// of those ports must fail while the pod is served.
+#[test]
+fn a_root_process_in_a_pod_cannot_bind_ztunnels_ports() {
+    let _one = serial();
+    let mut c = Cluster::new(1);
+    let a = c.add_pod(PodSpec::meshed("shop", "a", "a", 1));
+    c.write_config("");
+    c.start_ztunnel(1);
+    eventually("pod a to be served", Duration::from_secs(10), || {
+        c.admin_json(1, "/config_dump")["pods"]
+            .to_string()
+            .contains(&c.pod(a).uid)
+    });
+    let ip = c.pod(a).ip;
+    let attempts = c.in_pod(a, move || {
+        let mut attempts = Vec::new();
+        for port in [15001, 15006, 15008] {
+            for reuse_port in [false, true] {
+                for host in [IpAddr::from([0, 0, 0, 0]), IpAddr::V4(ip)] {
+                    let bound = (|| {
+                        let socket = socket2::Socket::new(
+                            socket2::Domain::IPV4,
+                            socket2::Type::STREAM,
+                            None,
+                        )?;
+                        socket.set_reuse_address(true)?;
+                        socket.set_reuse_port(reuse_port)?;
+                        socket.bind(&SocketAddr::new(host, port).into())?;
+                        socket.listen(16)
+                    })();
+                    attempts.push((port, reuse_port, host, bound));
+                }
+            }
+        }
+        attempts
+    });
+    for (port, reuse_port, host, bound) in attempts {
+        match bound {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {}
+            other => {
+                panic!("binding {host}:{port} (SO_REUSEPORT {reuse_port}) in the pod: {other:?}")
+            }
+        }
+    }
 }
 
 #[test]

@@ -11,10 +11,17 @@
 //!   message); the agent sends `AgentMessage`s. The agent sends nothing until
 //!   it has received `Hello`, and sends its next message only after the `Ack`
 //!   of the previous one: at most one message is in flight per direction.
-//! - An `AddPod` datagram carries the pod's network namespace fd as one
-//!   `SCM_RIGHTS` control message; no other message carries an fd. A received
-//!   fd is opened close-on-exec and owned by the receiver ([`OwnedFd`]); a
-//!   datagram carrying more than one fd is rejected (the extra fds are closed).
+//! - An `AddPod` datagram carries, as one `SCM_RIGHTS` control message, the
+//!   pod's network namespace fd and then one fd per entry of its `listeners`
+//!   (the pod's listening sockets, which the agent created); the `Ack` of a
+//!   `KeepPod` carries the listeners ztunnel holds for that pod the same way.
+//!   No other message carries fds. Received fds are opened close-on-exec and
+//!   owned by the receiver ([`OwnedFd`]); a datagram carrying more than
+//!   [`MAX_FDS`] is rejected (its fds are closed). Whether the count matches
+//!   the message is the receiver's check: only it knows the message.
+//! - `Hello.version` is [`PROTOCOL_VERSION`]; the agent refuses any other
+//!   version (closing the connection and saying why in its log), since a
+//!   peer of another version would, silently, not hold the pods' listeners.
 //! - A datagram is at most [`MAX_MESSAGE_LEN`] bytes; a longer one is
 //!   rejected as truncated rather than decoded from a prefix.
 //! - A zero-length read means the peer closed the connection. Every message
@@ -40,15 +47,17 @@ use prost::Message;
 /// 1 KiB; the bound only protects the receiver from hostile sizes.
 pub const MAX_MESSAGE_LEN: usize = 64 * 1024;
 
-/// The protocol version ztunnel states in `Hello.version`.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// The protocol version ztunnel states in `Hello.version`. 2: the agent
+/// creates the pods' listeners and both sides hold them.
+pub const PROTOCOL_VERSION: u32 = 2;
 
-/// Sends `msg` as one datagram, with `fd` (a pod netns) as `SCM_RIGHTS` if given.
-pub fn send<M: Message>(
-    sock: BorrowedFd<'_>,
-    msg: &M,
-    fd: Option<BorrowedFd<'_>>,
-) -> io::Result<()> {
+/// Most fds one datagram may carry: a netns and three listeners per address
+/// family.
+pub const MAX_FDS: usize = 7;
+
+/// Sends `msg` as one datagram, with `fds` (a pod netns, listening sockets)
+/// as `SCM_RIGHTS`.
+pub fn send<M: Message>(sock: BorrowedFd<'_>, msg: &M, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
     let buf = msg.encode_to_vec();
     if buf.is_empty() {
         return Err(io::Error::new(
@@ -65,15 +74,16 @@ pub fn send<M: Message>(
             ),
         ));
     }
+    if fds.len() > MAX_FDS {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} fds exceed the {MAX_FDS}-fd limit", fds.len()),
+        ));
+    }
     let iov = [IoSlice::new(&buf)];
-    let raw_fds;
-    let cmsgs: &[ControlMessage<'_>] = match fd {
-        Some(fd) => {
-            raw_fds = [fd.as_raw_fd()];
-            &[ControlMessage::ScmRights(&raw_fds)]
-        }
-        None => &[],
-    };
+    let raw_fds: Vec<_> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
+    let rights = [ControlMessage::ScmRights(&raw_fds)];
+    let cmsgs: &[ControlMessage<'_>] = if raw_fds.is_empty() { &[] } else { &rights };
     // MSG_NOSIGNAL: a peer that went away must be an error, not a SIGPIPE.
     let sent = socket::sendmsg::<()>(sock.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None)
         .map_err(io::Error::from)?;
@@ -88,16 +98,14 @@ pub fn send<M: Message>(
     Ok(())
 }
 
-/// Receives one datagram and decodes it as `M`, with the fd it carried.
+/// Receives one datagram and decodes it as `M`, with the fds it carried.
 /// `Ok(None)`: the peer closed the connection.
-pub fn recv<M: Message + Default>(
-    sock: BorrowedFd<'_>,
-) -> io::Result<Option<(M, Option<OwnedFd>)>> {
+pub fn recv<M: Message + Default>(sock: BorrowedFd<'_>) -> io::Result<Option<(M, Vec<OwnedFd>)>> {
     // One byte more than the limit, so an over-long datagram is detectable
     // even where MSG_TRUNC is not reported.
     let mut buf = vec![0u8; MAX_MESSAGE_LEN + 1];
     let received = weft_netns::fd::recv_with_fds(sock, &mut buf)?;
-    let (len, mut fds) = (received.len, received.fds);
+    let (len, fds) = (received.len, received.fds);
     if received.control_truncated {
         return Err(invalid(
             "control data truncated (too many fds in one datagram)",
@@ -111,15 +119,15 @@ pub fn recv<M: Message + Default>(
     if len == 0 {
         return Ok(None);
     }
-    if fds.len() > 1 {
+    if fds.len() > MAX_FDS {
         // Dropping `fds` closes them all.
         return Err(invalid(format!(
-            "datagram carried {} fds, at most one is allowed",
+            "datagram carried {} fds, at most {MAX_FDS} are allowed",
             fds.len()
         )));
     }
     let msg = M::decode(&buf[..len]).map_err(|e| invalid(format!("undecodable message: {e}")))?;
-    Ok(Some((msg, fds.pop())))
+    Ok(Some((msg, fds)))
 }
 
 /// Binds and listens on a SEQPACKET socket at `path`, replacing a stale
@@ -207,15 +215,17 @@ mod tests {
                     service_account: "sa".into(),
                 }),
                 addresses: vec!["10.0.0.1".into()],
+                listeners: vec![],
             })),
         };
-        send(a.as_fd(), &msg, Some(file.as_fd())).expect("send");
-        let (got, fd) = recv::<AgentMessage>(b.as_fd())
+        send(a.as_fd(), &msg, &[file.as_fd(), file.as_fd()]).expect("send");
+        let (got, mut fds) = recv::<AgentMessage>(b.as_fd())
             .expect("recv")
             .expect("not eof");
         assert_eq!(got, msg);
+        assert_eq!(fds.len(), 2, "every fd arrives, in order");
         // The received fd refers to the same open file.
-        let mut f = std::fs::File::from(fd.expect("fd passed"));
+        let mut f = std::fs::File::from(fds.remove(0));
         f.rewind().expect("rewind");
         let mut s = String::new();
         f.read_to_string(&mut s).expect("read");
@@ -228,18 +238,34 @@ mod tests {
         let ack = ZtunnelMessage {
             kind: Some(ztunnel_message::Kind::Ack(Default::default())),
         };
-        send(a.as_fd(), &ack, None).expect("send ack");
-        let (got, fd) = recv::<ZtunnelMessage>(b.as_fd())
+        send(a.as_fd(), &ack, &[]).expect("send ack");
+        let (got, fds) = recv::<ZtunnelMessage>(b.as_fd())
             .expect("recv")
             .expect("not eof");
         assert_eq!(got, ack);
-        assert!(fd.is_none());
+        assert!(fds.is_empty());
         // Raw garbage: an invalid varint tag.
         nix::sys::socket::send(a.as_raw_fd(), &[0xff; 11], MsgFlags::empty()).expect("raw send");
         let err = recv::<ZtunnelMessage>(b.as_fd()).expect_err("garbage must not decode");
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
         // An empty message is refused at the sender.
-        assert!(send(a.as_fd(), &ZtunnelMessage::default(), None).is_err());
+        assert!(send(a.as_fd(), &ZtunnelMessage::default(), &[]).is_err());
+        // More fds than any message needs: refused at the sender, and at the
+        // receiver (a peer not using this module), their fds closed.
+        let file = tempfile_like();
+        let many = vec![file.as_fd(); MAX_FDS + 1];
+        assert!(send(a.as_fd(), &ack, &many).is_err());
+        let raw: Vec<_> = many.iter().map(|fd| fd.as_raw_fd()).collect();
+        nix::sys::socket::sendmsg::<()>(
+            a.as_raw_fd(),
+            &[IoSlice::new(&ack.encode_to_vec())],
+            &[ControlMessage::ScmRights(&raw)],
+            MsgFlags::empty(),
+            None,
+        )
+        .expect("raw sendmsg");
+        let err = recv::<ZtunnelMessage>(b.as_fd()).expect_err("too many fds");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
         drop(a);
         assert!(recv::<ZtunnelMessage>(b.as_fd()).expect("recv").is_none());
     }

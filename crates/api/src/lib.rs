@@ -6,7 +6,7 @@
 //! - [`nodeagent`]: the node agent -> ztunnel handoff of pod network namespaces.
 //! - [`authz`]: authorization semantics shared by ztunnel, waypoint and CLI.
 //! - [`admin`]: the JSON of the proxies' admin API, shared with weftctl.
-//! - [`handoff_wire`]: the SEQPACKET framing of that handoff (one message, one optional fd).
+//! - [`handoff_wire`]: the SEQPACKET framing of that handoff (one message, and the fds it carries).
 //! - [`yaml`]: YAML reading and writing, multi-document files split per document.
 
 pub mod admin;

@@ -24,11 +24,11 @@ pub struct Received {
 }
 
 /// Receives one datagram into `buf` with the fds it carries (room for up to
-/// four, so a peer that sends more is detected rather than leaking them in
-/// flight). Works on blocking and non-blocking sockets alike.
+/// sixteen, so a peer that sends more is detected rather than leaking them
+/// in flight; callers bound the count further). Works on blocking and non-blocking sockets alike.
 #[allow(unsafe_code)]
 pub fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Received> {
-    let mut cmsg_space = nix::cmsg_space!([RawFd; 4]);
+    let mut cmsg_space = nix::cmsg_space!([RawFd; 16]);
     let mut iov = [IoSliceMut::new(buf)];
     let msg = socket::recvmsg::<()>(
         sock.as_raw_fd(),
@@ -110,7 +110,7 @@ mod tests {
         assert_eq!((got.len, got.fds.len()), (2, 1));
         assert!(!got.truncated && !got.control_truncated);
 
-        let many = [file.as_raw_fd(); 8];
+        let many = [file.as_raw_fd(); 20];
         let rights = [ControlMessage::ScmRights(&many)];
         socket::sendmsg::<()>(
             a.as_raw_fd(),
@@ -121,6 +121,6 @@ mod tests {
         )
         .expect("send");
         let got = recv_with_fds(b.as_fd(), &mut buf).expect("recv");
-        assert!(got.control_truncated, "eight fds fit in room for four");
+        assert!(got.control_truncated, "twenty fds fit in room for sixteen");
     }
 }

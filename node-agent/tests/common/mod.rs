@@ -386,63 +386,100 @@ pub fn labels(pairs: &[(&str, &str)]) -> Option<BTreeMap<String, String>> {
     )
 }
 
+/// The listening sockets a [`FakeZtunnel`] holds, by pod uid.
+pub type HeldListeners = std::sync::Arc<
+    std::sync::Mutex<
+        std::collections::HashMap<
+            String,
+            Vec<(weft_api::nodeagent::Listener, std::os::fd::OwnedFd)>,
+        >,
+    >,
+>;
+
 /// A stand-in ztunnel on the handoff socket: says Hello, acks everything,
-/// records what it got (and the netns inode of every AddPod fd).
+/// records what it got (and the netns inode of every AddPod fd), holds the
+/// listeners each AddPod carried and gives them back in its KeepPod acks, as
+/// ztunnel does.
 pub struct FakeZtunnel {
     pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    pub held: HeldListeners,
     pub thread: Option<std::thread::JoinHandle<()>>,
     stop: std::os::fd::OwnedFd,
 }
 
 impl FakeZtunnel {
     pub fn connect(path: &Path, known: Vec<String>) -> FakeZtunnel {
+        Self::connect_holding(path, known, HeldListeners::default())
+    }
+
+    /// Connects holding `held` already (a ztunnel that outlived its agent):
+    /// its Hello names those pods.
+    pub fn connect_holding(path: &Path, known: Vec<String>, held: HeldListeners) -> FakeZtunnel {
         use weft_api::handoff_wire;
         use weft_api::nodeagent::{Ack, Hello, ZtunnelMessage, agent_message, ztunnel_message};
         let sock = handoff_wire::connect(path).expect("connect handoff socket");
         let stop = sock.try_clone().expect("dup");
         let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let log2 = log.clone();
+        let held2 = held.clone();
         handoff_wire::send(
             sock.as_fd(),
             &ZtunnelMessage {
                 kind: Some(ztunnel_message::Kind::Hello(Hello {
-                    version: 1,
+                    version: handoff_wire::PROTOCOL_VERSION,
                     known_pod_uids: known,
                 })),
             },
-            None,
+            &[],
         )
         .expect("hello");
         let thread = std::thread::spawn(move || {
-            while let Ok(Some((msg, fd))) =
+            while let Ok(Some((msg, fds))) =
                 handoff_wire::recv::<weft_api::nodeagent::AgentMessage>(sock.as_fd())
             {
+                let mut ack = Ack::default();
+                let mut returned = Vec::new();
                 let entry = match msg.kind {
                     Some(agent_message::Kind::Add(add)) => {
                         let uid = add.pod.map(|p| p.uid).unwrap_or_default();
-                        let inode = fd
+                        let mut fds = fds.into_iter();
+                        let inode = fds
+                            .next()
                             .map(|fd| nix::sys::stat::fstat(&fd).map(|s| s.st_ino).unwrap_or(0))
                             .unwrap_or(0);
+                        let listeners = add.listeners.into_iter().zip(fds).collect();
+                        held2.lock().expect("held").insert(uid.clone(), listeners);
                         format!("add {uid} {inode}")
                     }
-                    Some(agent_message::Kind::Keep(k)) => format!("keep {}", k.uid),
-                    Some(agent_message::Kind::Delete(d)) => format!("delete {}", d.uid),
+                    Some(agent_message::Kind::Keep(k)) => {
+                        if let Some(listeners) = held2.lock().expect("held").get(&k.uid) {
+                            for (l, fd) in listeners {
+                                ack.listeners.push(*l);
+                                returned.push(fd.try_clone().expect("dup"));
+                            }
+                        }
+                        format!("keep {}", k.uid)
+                    }
+                    Some(agent_message::Kind::Delete(d)) => {
+                        held2.lock().expect("held").remove(&d.uid);
+                        format!("delete {}", d.uid)
+                    }
                     Some(agent_message::Kind::SnapshotSent(_)) => "snapshot_sent".to_string(),
                     None => "empty".to_string(),
                 };
                 log2.lock().expect("log").push(entry);
                 let ack = ZtunnelMessage {
-                    kind: Some(ztunnel_message::Kind::Ack(Ack {
-                        error: String::new(),
-                    })),
+                    kind: Some(ztunnel_message::Kind::Ack(ack)),
                 };
-                if handoff_wire::send(sock.as_fd(), &ack, None).is_err() {
+                let fds: Vec<_> = returned.iter().map(|fd| fd.as_fd()).collect();
+                if handoff_wire::send(sock.as_fd(), &ack, &fds).is_err() {
                     break;
                 }
             }
         });
         FakeZtunnel {
             log,
+            held,
             thread: Some(thread),
             stop,
         }

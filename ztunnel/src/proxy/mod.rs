@@ -247,8 +247,9 @@ pub struct Captured {
 }
 
 /// Accepts until `stop`, spawning `handle` per captured connection.
-/// Dropping the listener on stop hands new connections to a ztunnel bound
-/// beside us.
+/// Dropping the listener on stop closes only our copy: the node agent (and a
+/// newer ztunnel) hold the same socket, so new connections wait in its
+/// backlog for whoever accepts next.
 async fn accept_loop<F, Fut>(
     listener: TcpListener,
     pod: Arc<Pod>,

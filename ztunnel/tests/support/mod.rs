@@ -227,6 +227,8 @@ impl Cluster {
         let node_dir = self.dir.join(format!("node-{index}"));
         std::fs::create_dir_all(&node_dir).expect("node dir");
         let hub = HandoffHub::new();
+        // The test is the agent, and knows its pods from the start.
+        hub.mark_synced();
         let handoff_socket = node_dir.join("ztunnel.sock");
         let server = {
             let _guard = self.runtime.enter();
