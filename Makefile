@@ -10,7 +10,7 @@ export CARGO_TARGET_DIR ?= /var/cache/weft/target
 # edited again and again, and grew to 28 GB there in a day of builds.
 export CARGO_INCREMENTAL ?= 0
 
-.PHONY: demo test deps kube build lint unit clean
+.PHONY: demo test deps kube helm manifests build lint unit clean
 
 deps:
 	@./scripts/install-deps.sh
@@ -20,6 +20,17 @@ deps:
 # warm); see docs/e2e.md.
 kube:
 	@./scripts/build-kube.sh >/dev/null
+
+# Helm from Go modules, for the chart's tests and `make manifests`: built
+# once per machine into /var/cache/weft/helm-<key> (scripts/build-helm.sh).
+helm:
+	@./scripts/build-helm.sh >/dev/null
+
+## manifests: render deploy/base/weft.yaml from the Helm chart, its one source
+manifests:
+	@helm=$$(./scripts/build-helm.sh) && $$helm template weft deploy/charts/weft --include-crds \
+	  > deploy/base/weft.yaml.tmp && \
+	  mv deploy/base/weft.yaml.tmp deploy/base/weft.yaml
 
 build: deps
 	$(CARGO) build --release --workspace --bins --examples
@@ -35,7 +46,7 @@ demo: deps kube
 	WEFT_E2E_NO_BUILD=1 $(CARGO) run --release -q -p weft-e2e --bin weft-e2e -- demo $(DEMO_ARGS)
 
 ## test: every test of the workspace, plus format and lint checks
-test: deps kube lint unit
+test: deps kube helm lint unit
 
 lint:
 	$(CARGO) fmt --all -- --check

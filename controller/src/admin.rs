@@ -1,4 +1,5 @@
-//! The metrics endpoint (:15014) and the debug API (127.0.0.1:15000).
+//! The metrics endpoint (:15014, also `/healthz/ready` for the kubelet) and
+//! the debug API (127.0.0.1:15000).
 //!
 //! Plain HTTP/1 with hyper: a handful of GET routes that render JSON or
 //! Prometheus text.
@@ -102,17 +103,7 @@ pub async fn serve_debug(listener: TcpListener, state: DebugState) {
                         "invalid": s.invalid,
                     })))
                 }
-                "/healthz/ready" => {
-                    if state.models.borrow().version > 0 {
-                        respond(StatusCode::OK, "text/plain", "ready\n".into())
-                    } else {
-                        respond(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "text/plain",
-                            "registry not synced\n".into(),
-                        )
-                    }
-                }
+                "/healthz/ready" => readiness(&state.models),
                 _ => respond(
                     StatusCode::NOT_FOUND,
                     "text/plain",
@@ -124,13 +115,35 @@ pub async fn serve_debug(listener: TcpListener, state: DebugState) {
     .await
 }
 
-/// Serves Prometheus text on `/metrics`.
-pub async fn serve_metrics(listener: TcpListener, handle: PrometheusHandle) {
+/// Ready once a model has been built from a synced registry: before that
+/// the controller would serve proxies an empty mesh.
+fn readiness(models: &watch::Receiver<Arc<ModelVersion>>) -> Response<Full<Bytes>> {
+    if models.borrow().version > 0 {
+        respond(StatusCode::OK, "text/plain", "ready\n".into())
+    } else {
+        respond(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "registry not synced\n".into(),
+        )
+    }
+}
+
+/// Serves Prometheus text on `/metrics`, and the readiness of
+/// `/healthz/ready` again: this port is on the pod's address, where the
+/// kubelet's probe reaches it, while the debug API stays on loopback.
+pub async fn serve_metrics(
+    listener: TcpListener,
+    handle: PrometheusHandle,
+    models: watch::Receiver<Arc<ModelVersion>>,
+) {
     serve(listener, move |req| {
         let handle = handle.clone();
+        let models = models.clone();
         async move {
             match req.uri().path() {
                 "/metrics" => respond(StatusCode::OK, "text/plain; version=0.0.4", handle.render()),
+                "/healthz/ready" => readiness(&models),
                 _ => respond(StatusCode::NOT_FOUND, "text/plain", String::new()),
             }
         }

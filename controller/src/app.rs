@@ -203,7 +203,7 @@ pub async fn run(
                 upkeep.run_upkeep();
             }
         });
-        tokio::spawn(admin::serve_metrics(listener, handle));
+        tokio::spawn(admin::serve_metrics(listener, handle, models.clone()));
     }
     let writers_stop = tokio_util::sync::CancellationToken::new();
     let writers = client.map(|client| {

@@ -54,8 +54,18 @@ async fn debug_api_shows_model_registry_and_readiness() {
         },
     ));
 
+    // The same readiness on the metrics port, which the kubelet can reach.
+    let metrics = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let metrics_addr = metrics.local_addr().expect("addr");
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .build_recorder()
+        .handle();
+    tokio::spawn(admin::serve_metrics(metrics, handle, models.clone()));
+
     let (status, _) = get(addr, "/healthz/ready").await;
     assert_eq!(status, 503, "not ready before the registry has synced");
+    let (status, _) = get(metrics_addr, "/healthz/ready").await;
+    assert_eq!(status, 503, "the metrics port says the same");
 
     states_tx.send_replace(Arc::new(state(&[pod(
         "shop",
@@ -72,6 +82,8 @@ async fn debug_api_shows_model_registry_and_readiness() {
 
     let (status, _) = get(addr, "/healthz/ready").await;
     assert_eq!(status, 200);
+    let (status, body) = get(metrics_addr, "/healthz/ready").await;
+    assert_eq!((status, body.as_str()), (200, "ready\n"));
     let (status, body) = get(addr, "/model").await;
     assert_eq!(status, 200);
     let model: serde_json::Value = serde_json::from_str(&body).expect("JSON");

@@ -1,10 +1,10 @@
-//! The CRD manifests in deploy/base/crds are generated from the Rust types.
+//! The CRD manifests in deploy/charts/weft/crds (the chart's, rendered into deploy/base) are generated from the Rust types.
 
 use std::path::PathBuf;
 
 #[test]
 fn crds_are_current() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/base/crds");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/charts/weft/crds");
     let update = std::env::var_os("WEFT_UPDATE_CRDS").is_some();
     let mut stale = Vec::new();
     for (file, yaml) in weft_cluster::crd::crd_manifests() {

@@ -16,9 +16,7 @@
 mod common;
 
 use common::kube::*;
-
-use std::path::PathBuf;
-use std::process::Command;
+use common::weftctl::Weftctl;
 
 use serde_json::Value;
 use weft_e2e::kube::{ControllerProcess, KubeRun};
@@ -26,81 +24,9 @@ use weft_e2e::process::wait_until;
 
 const AMBIENT: (&str, &str) = ("weft.dev/dataplane-mode", "ambient");
 
-/// What one weftctl process did.
-struct Ran {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl Ran {
-    fn ok(self, what: &str) -> Ran {
-        assert_eq!(
-            self.code,
-            Some(0),
-            "weftctl {what}: exit {:?}\nstdout: {}\nstderr: {}",
-            self.code,
-            self.stdout,
-            self.stderr
-        );
-        self
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
-    }
-}
-
-/// The weftctl binary with the admin kubeconfig.
-struct Weftctl {
-    binary: PathBuf,
-    kubeconfig: PathBuf,
-}
-
-impl Weftctl {
-    fn new(run: &KubeRun) -> Weftctl {
-        let binary = weft_e2e::binaries::Binaries::locate()
-            .and_then(|b| b.require(weft_e2e::binaries::WEFTCTL))
-            .expect("weftctl built (cargo build --workspace --bins)");
-        Weftctl {
-            binary,
-            kubeconfig: run.plane().kubectl().kubeconfig().to_path_buf(),
-        }
-    }
-
-    /// A command with no cluster chosen by the environment: neither a local
-    /// run nor a kubeconfig leaks in from the caller's.
-    fn bare(&self) -> Command {
-        let mut cmd = Command::new(&self.binary);
-        for var in ["WEFT_RUN_DIR", "WEFT_MANIFESTS", "KUBECONFIG"] {
-            cmd.env_remove(var);
-        }
-        cmd
-    }
-
-    fn output(cmd: &mut Command) -> Ran {
-        let out = cmd.output().expect("run weftctl");
-        Ran {
-            code: out.status.code(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-    }
-
-    /// `weftctl --kubeconfig <admin> args...`.
-    fn run(&self, args: &[&str]) -> Ran {
-        let mut cmd = self.bare();
-        cmd.arg("--kubeconfig").arg(&self.kubeconfig).args(args);
-        Weftctl::output(&mut cmd)
-    }
-
-    /// `KUBECONFIG=<admin> weftctl args...`.
-    fn run_with_env(&self, args: &[&str]) -> Ran {
-        let mut cmd = self.bare();
-        cmd.env("KUBECONFIG", &self.kubeconfig).args(args);
-        Weftctl::output(&mut cmd)
-    }
+/// weftctl with the run's admin kubeconfig.
+fn admin_weftctl(run: &KubeRun) -> Weftctl {
+    Weftctl::new(run.plane().kubectl().kubeconfig())
 }
 
 fn namespace_labels(run: &KubeRun, ns: &str) -> Value {
@@ -146,7 +72,7 @@ fn enroll_unenroll_explain_and_reads_against_the_api_server() {
     let _one = common::serial();
     let run = installed();
     let k = run.plane().kubectl().clone();
-    let weftctl = Weftctl::new(&run);
+    let weftctl = admin_weftctl(&run);
 
     k.run(&["create", "namespace", "shop"]).expect("namespace");
     k.run(&["label", "namespace", "shop", "team=payments"])
@@ -333,7 +259,7 @@ fn waypoint_apply_list_delete_against_the_api_server_and_the_deployer() {
     let controller =
         ControllerProcess::start(&mut run, "weft-controller-0", &[]).expect("controller serving");
     let k = run.plane().kubectl().clone();
-    let weftctl = Weftctl::new(&run);
+    let weftctl = admin_weftctl(&run);
     k.run(&["create", "namespace", "shop"]).expect("namespace");
     k.run(&["create", "namespace", "web"]).expect("namespace");
 

@@ -2,9 +2,9 @@
 //! admin APIs through its port-forward, the node agent's coverage through
 //! exec.
 //!
-//! weft's own pods are found in the system namespace by their name label
-//! (`app.kubernetes.io/name`, as deploy/ sets it, or `app`): see [`ZTUNNEL_APP`], [`AGENT_APP`],
-//! [`CONTROLLER_APP`].
+//! weft's own pods are found in the system namespace by the name label
+//! deploy/ and the chart set (`app.kubernetes.io/name`): see
+//! [`ZTUNNEL_APP`], [`AGENT_APP`], [`CONTROLLER_APP`].
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -17,10 +17,9 @@ use serde_json::Value;
 
 use crate::exit::{CliError, Result};
 
-/// The label deploy/ names weft's pods by (`app.kubernetes.io/name`); the
-/// plain `app` label is accepted as well.
+/// The label deploy/ names weft's pods by.
 pub const NAME_LABEL: &str = "app.kubernetes.io/name";
-/// Name (`app.kubernetes.io/name` or `app` label) of the ztunnel DaemonSet's pods.
+/// Name label of the ztunnel DaemonSet's pods.
 pub const ZTUNNEL_APP: &str = "ztunnel";
 /// Name label of the node agent DaemonSet's pods.
 pub const AGENT_APP: &str = "weft-node-agent";
@@ -115,14 +114,11 @@ impl KubeCluster {
         Api::namespaced(self.client.clone(), &self.system_namespace)
     }
 
-    /// weft's pods named `app` by [`NAME_LABEL`] (what deploy/ sets) or by
-    /// `app`, by node.
+    /// weft's pods named `app` by [`NAME_LABEL`], by node.
     pub async fn system_pods(&self, app: &str) -> Result<Vec<SystemPod>> {
-        // A label selector cannot say "either key": list the namespace (weft's
-        // own, a handful of pods) and pick here.
         let list = self
             .system_pods_api()
-            .list(&ListParams::default())
+            .list(&ListParams::default().labels(&format!("{NAME_LABEL}={app}")))
             .await
             .map_err(|e| {
                 kube_error(
@@ -133,11 +129,6 @@ impl KubeCluster {
         let mut pods: Vec<SystemPod> = list
             .items
             .iter()
-            .filter(|pod| {
-                let labels = pod.labels();
-                labels.get(NAME_LABEL).map(String::as_str) == Some(app)
-                    || labels.get("app").map(String::as_str) == Some(app)
-            })
             .map(|pod| SystemPod {
                 name: pod.name_any(),
                 node: pod

@@ -222,7 +222,7 @@ impl Cluster {
             ),
             Mode::Local { .. } => CliError::NotFound("the run directory lists no nodes".into()),
             Mode::Kube(k) => CliError::NotFound(format!(
-                "no ztunnel pods (app.kubernetes.io/name or app={ZTUNNEL_APP}) in namespace {}; is weft installed? (--system-namespace)",
+                "no ztunnel pods (app.kubernetes.io/name={ZTUNNEL_APP}) in namespace {}; is weft installed? (--system-namespace)",
                 k.system_namespace
             )),
         }
@@ -366,7 +366,7 @@ impl Cluster {
                         CliError::unreachable(
                             "the controller",
                             format!(
-                                "no pod with app.kubernetes.io/name or app={CONTROLLER_APP} in {}",
+                                "no pod with app.kubernetes.io/name={CONTROLLER_APP} in {}",
                                 k.system_namespace
                             ),
                             "is weft installed? (--system-namespace)",

@@ -49,6 +49,8 @@ pub const CONTROLLERS: &[&str] = &[
     "daemonset-controller",
     "pod-garbage-collector-controller",
     "clusterrole-aggregation-controller",
+    // PodDisruptionBudgets' status (the controller's budget).
+    "disruption-controller",
     // Lifts the not-ready taint admission puts on a new Node once its
     // kubelet reports Ready, and marks a node whose kubelet stops renewing
     // its Lease NotReady.

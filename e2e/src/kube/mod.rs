@@ -8,6 +8,7 @@
 //!   kubeconfig per identity ([`kubeconfig`]).
 //! - [`kubectl`]: kubectl at the same release, run as users run it.
 //! - [`install`]: the Gateway API CRDs and `deploy/`, applied with kubectl.
+//! - [`helm`]: Helm from Go modules, for the chart (`deploy/charts/weft`).
 //! - [`controller`]: weft's controller run as its own ServiceAccount.
 //! - [`dns`]: the cluster DNS add-on (CoreDNS) of a kube cluster.
 //! - [`kubelet`]: the netns nodes' kubelet: Nodes, pods through the CNI
@@ -25,6 +26,7 @@ pub mod control_plane;
 pub mod controller;
 pub mod demo;
 pub mod dns;
+pub mod helm;
 pub mod install;
 pub mod kubeconfig;
 pub mod kubectl;

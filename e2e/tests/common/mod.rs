@@ -5,6 +5,8 @@
 #![allow(dead_code)]
 
 pub mod kube;
+pub mod nodes;
+pub mod weftctl;
 
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! weft's own custom resources, in `security.weft.dev/v1alpha1`.
 //!
 //! The Rust types are the source of truth; the CRD manifests under
-//! `deploy/base/crds/` are generated from them by [`crd_manifests`] (and a test
+//! `deploy/charts/weft/crds/` are generated from them by [`crd_manifests`] (and a test
 //! fails when the checked-in YAML is stale; regenerate with
 //! `WEFT_UPDATE_CRDS=1 cargo test -p weft-controller crds_are_current`).
 

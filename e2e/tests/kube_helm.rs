@@ -1,0 +1,273 @@
+//! weft's Helm chart (`deploy/charts/weft`, docs/install.md): the one source
+//! of deploy/base, its values schema, and `helm install`, `upgrade` and
+//! `uninstall` on the kube cluster, with Helm built from Go modules
+//! (`scripts/build-helm.sh`). Needs root.
+
+mod common;
+
+use common::nodes::files;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use weft_e2e::kube::helm::{self, Helm};
+use weft_e2e::kube::{KubeCluster, KubeClusterConfig, install};
+use weft_e2e::process::wait_until;
+
+/// `helm template` of the chart as `make manifests` runs it, plus `extra`.
+fn template(extra: &[&str]) -> std::process::Output {
+    let binary = helm::binary().expect("helm (scripts/build-helm.sh)");
+    let chart = helm::chart();
+    Command::new(binary)
+        .args(["template", "weft"])
+        .arg(&chart)
+        .arg("--include-crds")
+        .args(extra)
+        .output()
+        .expect("run helm")
+}
+
+/// A directory of this test process's own for values files.
+fn scratch() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("weft-helm-values-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+fn values_file(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("values file");
+    path
+}
+
+#[test]
+fn deploy_base_is_the_charts_default_rendering() {
+    let rendered = template(&[]);
+    assert!(rendered.status.success(), "{rendered:?}");
+    let base = install::deploy_base().join("weft.yaml");
+    let checked_in = std::fs::read(&base).expect("deploy/base/weft.yaml");
+    assert!(
+        rendered.stdout == checked_in,
+        "deploy/base/weft.yaml is not `helm template` of deploy/charts/weft with default values: run `make manifests`"
+    );
+    // The comparison sees a changed value.
+    let other = template(&["--set", "image.tag=v9.9.9"]);
+    assert!(other.status.success(), "{other:?}");
+    assert_ne!(other.stdout, checked_in);
+    let text = String::from_utf8_lossy(&other.stdout);
+    for image in ["controller", "ztunnel", "node-agent", "waypoint"] {
+        assert!(
+            text.contains(&format!("ghcr.io/weft-mesh/{image}:v9.9.9")),
+            "{image} takes the tag"
+        );
+    }
+}
+
+#[test]
+fn the_values_schema_refuses_unknown_keys_and_wrong_types_by_name() {
+    let dir = scratch();
+    for (file, text, named) in [
+        ("unknown.yaml", "controller:\n  replicaz: 3\n", "replicaz"),
+        ("top.yaml", "trustDomian: example.org\n", "trustDomian"),
+        (
+            "type.yaml",
+            "controller:\n  replicas: two\n",
+            "/controller/replicas",
+        ),
+        (
+            "enum.yaml",
+            "nodeAgent:\n  redirect: ebpf\n",
+            "/nodeAgent/redirect",
+        ),
+        (
+            "bool.yaml",
+            "namespace:\n  create: \"yes\"\n",
+            "/namespace/create",
+        ),
+    ] {
+        let path = values_file(&dir, file, text);
+        let out = template(&["-f", &path.display().to_string()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{file} must be refused");
+        assert!(stderr.contains(named), "{file}: {stderr}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The names of the pods in weft-system that are not Ready, and how many
+/// there are in all.
+fn unready(cluster: &KubeCluster) -> (Vec<String>, usize) {
+    let pods = cluster
+        .kubectl()
+        .get_json(&["pods", "-n", "weft-system"])
+        .expect("pods");
+    let items = pods["items"].as_array().cloned().unwrap_or_default();
+    let not_ready = items
+        .iter()
+        .filter(|p| {
+            !p["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
+        .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
+        .collect();
+    (not_ready, items.len())
+}
+
+#[test]
+fn helm_installs_upgrades_and_uninstalls_weft_leaving_the_crds_and_the_nodes_as_found() {
+    let _one = common::serial();
+    let cluster = KubeCluster::up(KubeClusterConfig::default()).expect("kube cluster up");
+    let conf_dirs: Vec<PathBuf> = cluster.nodes().iter().map(|n| n.cni_conf_dir()).collect();
+    let before: Vec<_> = conf_dirs.iter().map(|d| files(d)).collect();
+    let plane = cluster.control_plane();
+    install::gateway_api(plane).expect("Gateway API CRDs");
+    let helm = Helm::new(plane).expect("helm");
+    let chart = helm::chart().display().to_string();
+    let k = cluster.kubectl();
+    let install = |extra: &[&str]| {
+        let mut args = vec![
+            "install",
+            "weft",
+            &chart,
+            // Helm's record of the release; weft itself goes to weft-system.
+            "--namespace",
+            "default",
+        ];
+        args.extend_from_slice(extra);
+        helm.output(&args).expect("run helm")
+    };
+
+    // Bad values are refused by name before anything is created.
+    let bad = values_file(cluster.dir(), "bad.yaml", "ztunnel:\n  resourcez: {}\n");
+    let refused = install(&["-f", &bad.display().to_string()]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("resourcez"), "{stderr}");
+    assert!(
+        k.get_json(&["namespace", "weft-system"]).is_err(),
+        "a refused install creates nothing"
+    );
+
+    // Install: every weft pod Ready, the namespace labelled by the chart.
+    let installed = install(&["--wait", "--timeout=5m"]);
+    if !installed.status.success() {
+        cluster.print_logs();
+        panic!("helm install: {installed:?}");
+    }
+    install::rolled_out(plane, 120).expect("rolled out");
+    wait_until("every weft pod Ready", Duration::from_secs(60), || {
+        let (not_ready, all) = unready(&cluster);
+        not_ready.is_empty() && all == 2 + 2 * cluster.nodes().len()
+    })
+    .unwrap_or_else(|e| panic!("{e}: {:?}", unready(&cluster)));
+    let ns = k
+        .get_json(&["namespace", "weft-system"])
+        .expect("namespace");
+    assert_eq!(
+        ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"],
+        "privileged"
+    );
+    for dir in &conf_dirs {
+        let (_, list) = weft_e2e::cni::active_conflist(dir).expect("conflist");
+        assert_eq!(
+            weft_e2e::cni::plugin_types(&list)
+                .last()
+                .map(String::as_str),
+            Some("weft-cni")
+        );
+    }
+
+    // Upgrade: a changed value takes effect (a third controller replica,
+    // the node components' log level, which rolls both DaemonSets).
+    let upgraded = helm.output(&[
+        "upgrade",
+        "weft",
+        &chart,
+        "--namespace",
+        "default",
+        "--reuse-values",
+        "--set",
+        "controller.replicas=3",
+        "--set",
+        "logLevel=debug",
+        "--wait",
+        "--timeout=5m",
+    ]);
+    let upgraded = upgraded.expect("run helm");
+    assert!(upgraded.status.success(), "helm upgrade: {upgraded:?}");
+    install::rolled_out(plane, 120).expect("rolled out after upgrade");
+    let controller = k
+        .get_json(&["deployment", "-n", "weft-system", "weft-controller"])
+        .expect("deployment");
+    assert_eq!(controller["status"]["readyReplicas"], 3);
+    let agent = k
+        .get_json(&[
+            "pods",
+            "-n",
+            "weft-system",
+            "-l",
+            "app.kubernetes.io/name=weft-node-agent",
+        ])
+        .expect("pods");
+    for pod in agent["items"].as_array().into_iter().flatten() {
+        let env = pod["spec"]["containers"][0]["env"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert!(
+            env.iter()
+                .any(|e| e["name"] == "RUST_LOG" && e["value"] == "debug"),
+            "{}: {env:?}",
+            pod["metadata"]["name"]
+        );
+    }
+
+    // Uninstall: no weft object left but the CRDs, every node as before.
+    let removed = helm
+        .output(&[
+            "uninstall",
+            "weft",
+            "--namespace",
+            "default",
+            "--wait",
+            "--timeout=3m",
+        ])
+        .expect("run helm");
+    assert!(removed.status.success(), "helm uninstall: {removed:?}");
+    for (i, dir) in conf_dirs.iter().enumerate() {
+        wait_until(
+            &format!("node-{}'s CNI config as before install", i + 1),
+            Duration::from_secs(60),
+            || files(dir) == before[i],
+        )
+        .unwrap_or_else(|e| {
+            cluster.print_logs();
+            panic!("{e}")
+        });
+    }
+    wait_until("weft-system gone", Duration::from_secs(120), || {
+        k.get_json(&["namespace", "weft-system"]).is_err()
+    })
+    .expect("namespace deleted");
+    let left = k
+        .run(&[
+            "get",
+            "clusterroles,clusterrolebindings,gatewayclasses",
+            "-l",
+            "app.kubernetes.io/part-of=weft",
+            "-o",
+            "name",
+        ])
+        .expect("list");
+    assert_eq!(left.trim(), "", "cluster-scoped weft objects left");
+    for crd in [
+        "authorizationpolicies.security.weft.dev",
+        "peerauthentications.security.weft.dev",
+    ] {
+        k.run(&["get", "crd", crd]).expect("CRDs are kept");
+    }
+}
