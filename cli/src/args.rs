@@ -124,6 +124,18 @@ pub enum Command {
     /// ready, every pod that should be in the mesh redirected, certificates
     /// not near expiry, controller reachable. Exit code 5 on any problem.
     Check(CheckArgs),
+    /// Install weft: the manifests embedded in weftctl (deploy/base, the Helm
+    /// chart's default rendering), applied server-side as field manager
+    /// `weftctl`, then wait for the rollouts. Needs cluster-admin and the
+    /// Gateway API CRDs.
+    Install(InstallArgs),
+    /// Upgrade an installed weft to the manifests of this weftctl (from a
+    /// kubectl, Helm or weftctl install), then wait for the rollouts.
+    Upgrade(InstallArgs),
+    /// Remove weft: everything the manifests made but the CRDs (unless
+    /// --crds), then wait until the node agents have restored every node's
+    /// CNI config and weft's namespace is gone.
+    Uninstall(UninstallArgs),
     /// Print a shell completion script: `weftctl completion bash > /etc/bash_completion.d/weftctl`.
     Completion(CompletionArgs),
 }
@@ -327,6 +339,41 @@ pub struct CheckArgs {
     /// A certificate expiring within this many hours is a problem.
     #[arg(long, default_value_t = 2.0, value_name = "HOURS")]
     pub cert_expiry_hours: f64,
+    /// Before install: what would not work (API server version, Gateway
+    /// API CRDs, privileged pods in weft's namespace, and on every node the
+    /// CNI config and plugins, nftables or iptables), checked by a
+    /// short-lived pod per node.
+    #[arg(long)]
+    pub pre: bool,
+}
+
+/// `install` and `upgrade`.
+#[derive(Debug, Clone, Args)]
+pub struct InstallArgs {
+    /// Print the manifests (YAML; a JSON list with -o json) and change
+    /// nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Seconds to wait for the controller and the DaemonSets to roll out
+    /// (0: do not wait).
+    #[arg(long, default_value_t = 300.0, value_name = "SECONDS")]
+    pub wait: f64,
+}
+
+/// `uninstall`.
+#[derive(Debug, Clone, Args)]
+pub struct UninstallArgs {
+    /// List what would be deleted and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Delete weft's CRDs too, and with them every AuthorizationPolicy and
+    /// PeerAuthentication in the cluster.
+    #[arg(long)]
+    pub crds: bool,
+    /// Seconds to wait for the node agents to restore the nodes' CNI
+    /// configs and for weft's namespace to go (0: do not wait).
+    #[arg(long, default_value_t = 300.0, value_name = "SECONDS")]
+    pub wait: f64,
 }
 
 /// `completion`.

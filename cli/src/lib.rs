@@ -9,6 +9,8 @@
 //!   cluster (kubeconfig; admin APIs through the API server's port-forward).
 //! - [`admin`]: a small HTTP/1 client for the admin APIs (ztunnel, waypoint,
 //!   controller debug) over any byte stream.
+//! - [`install`]: weft's own manifests, embedded; applying, deleting and
+//!   waiting for rollouts.
 //! - [`manifests`]: atomic edits of a directory of Kubernetes YAML (files mode
 //!   writes).
 //! - [`commands`]: one module per command.
@@ -19,6 +21,7 @@ pub mod cluster;
 pub mod commands;
 pub mod exit;
 pub mod format;
+pub mod install;
 pub mod manifests;
 pub mod output;
 
@@ -41,5 +44,8 @@ pub async fn run(cli: Cli) -> Result<Outcome, CliError> {
         Command::Unenroll(args) => commands::enroll::run(global, args, false).await,
         Command::Waypoint(cmd) => commands::waypoint::run(global, cmd).await,
         Command::Check(args) => commands::check::run(global, args).await,
+        Command::Install(args) => commands::install::install(global, args, false).await,
+        Command::Upgrade(args) => commands::install::install(global, args, true).await,
+        Command::Uninstall(args) => commands::install::uninstall(global, args).await,
     }
 }

@@ -10,7 +10,7 @@
 //! - [`enrollment`]: the enrollment rule, the plugin <-> agent request
 //!   protocol, and the enrollment cache the plugin falls back on.
 //! - [`report`]: the coverage report's types (the agent's answer to
-//!   `Coverage`, read by weftctl).
+//!   `Coverage`, read by weftctl), and a node's preflight answer.
 //! - [`files`]: atomic writes of the files runtimes and the plugin read.
 
 pub mod cni;

@@ -108,3 +108,22 @@ pub enum AckStatus {
     /// ztunnel answered with this error.
     Failed(String),
 }
+
+/// What a node offers weft before install: `weft-node-agent preflight`'s
+/// answer, read by `weftctl check --pre`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeReport {
+    /// The active network config (the lexically first), if any.
+    pub cni_config: Option<std::path::PathBuf>,
+    /// Why it could not be used, if it cannot.
+    pub cni_config_error: Option<String>,
+    /// The plugin types of its chain.
+    pub plugins: Vec<String>,
+    /// Plugin types with no binary in any of the bin dirs looked at.
+    pub missing_plugins: Vec<String>,
+    /// `nft` runs and the kernel answers.
+    pub nftables: bool,
+    /// `iptables` runs and the kernel answers.
+    pub iptables: bool,
+}

@@ -11,6 +11,8 @@
 //!   plugin's requests (the protocol is `weft_cni::enrollment`'s).
 //! - [`coverage`]: is every pod that should be in the mesh covered?
 //! - [`peers`]: who may use the agent's sockets.
+//! - [`preflight`]: what a node offers weft before install (`weftctl
+//!   check --pre`).
 //! - [`on_exit`]: whether a stop is a restart (keep everything) or weft
 //!   leaving the node (restore the conflist).
 
@@ -21,5 +23,6 @@ pub mod install;
 pub mod netns;
 pub mod on_exit;
 pub mod peers;
+pub mod preflight;
 pub mod probes;
 pub mod redirect;

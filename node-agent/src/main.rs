@@ -37,6 +37,21 @@ enum Cmd {
     /// Remove weft-cni from the CNI config and bin dirs, restoring the
     /// original config.
     Uninstall(InstallDirs),
+    /// Before install: print (JSON) the node's active CNI config, its
+    /// plugins missing from the bin dirs, and whether nftables and iptables
+    /// work here.
+    Preflight {
+        /// Where the runtime reads network configs.
+        #[arg(long, default_value = "/etc/cni/net.d")]
+        cni_conf_dir: PathBuf,
+        /// Where the runtime looks for plugins (repeat for several).
+        #[arg(long = "cni-bin-dir", default_value = "/opt/cni/bin")]
+        cni_bin_dirs: Vec<PathBuf>,
+        /// After printing, wait for SIGTERM: the caller reads the report
+        /// from the running pod's log, then deletes the pod.
+        #[arg(long)]
+        hold: bool,
+    },
     /// Ask a running agent for its coverage report (JSON); exit 1 on drift.
     Coverage {
         /// The agent's request socket.
@@ -156,6 +171,20 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Uninstall(dirs) => {
             init_logging(false);
             uninstall(&dirs)
+        }
+        Cmd::Preflight {
+            cni_conf_dir,
+            cni_bin_dirs,
+            hold,
+        } => {
+            let report = weft_node_agent::preflight::gather(&cni_conf_dir, &cni_bin_dirs);
+            println!("{}", serde_json::to_string(&report)?);
+            if hold {
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+                term.recv().await;
+            }
+            Ok(())
         }
         Cmd::Coverage { agent_socket } => {
             let response = ask_agent(

@@ -61,10 +61,11 @@ pub struct Report {
     pub findings: Vec<Finding>,
 }
 
-struct Findings(Vec<Finding>);
+/// What a check found so far.
+pub(crate) struct Findings(pub(crate) Vec<Finding>);
 
 impl Findings {
-    fn add(
+    pub(crate) fn add(
         &mut self,
         check: &str,
         target: &str,
@@ -88,6 +89,9 @@ impl Findings {
 
 /// Runs the command.
 pub async fn run(global: &GlobalArgs, args: &CheckArgs) -> Result<Outcome> {
+    if args.pre {
+        return super::preflight::run(global).await;
+    }
     let cluster = Cluster::connect(global).await?;
     let mut f = Findings(Vec::new());
     controller(&cluster, &mut f).await;
@@ -147,6 +151,11 @@ pub async fn run(global: &GlobalArgs, args: &CheckArgs) -> Result<Outcome> {
             }
         }
     }
+    report(global, f)
+}
+
+/// Prints the findings as the format asks; exit 5 if any failed.
+pub(crate) fn report(global: &GlobalArgs, f: Findings) -> Result<Outcome> {
     let ok = f.0.iter().all(|x| x.status != Status::Fail);
     let report = Report { ok, findings: f.0 };
     let text = match global.output {

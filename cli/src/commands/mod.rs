@@ -6,6 +6,8 @@ pub mod check;
 pub mod completion;
 pub mod enroll;
 pub mod explain;
+pub mod install;
+pub mod preflight;
 pub mod resources;
 pub mod tap;
 pub mod tunnels;

@@ -1,0 +1,321 @@
+//! weft's own install, embedded in the binary: deploy/base/weft.yaml, the
+//! Helm chart's default rendering (`make manifests`), so `weftctl install`
+//! installs exactly what `kubectl apply -k deploy/base` and `helm install`
+//! do. Applied server-side with the field manager `weftctl`, removed in
+//! reverse order.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams, PropagationPolicy};
+use kube::core::GroupVersionKind;
+use kube::discovery::{self, ApiResource, Scope};
+use kube::{Api, Client};
+use serde_json::Value;
+
+use crate::cluster::kube::{FIELD_MANAGER, kube_error};
+use crate::exit::{CliError, Result};
+
+/// The manifests, as `make manifests` rendered them.
+pub const MANIFESTS: &str = include_str!("../../deploy/base/weft.yaml");
+
+/// One object of the manifests.
+#[derive(Clone, Debug)]
+pub struct Object {
+    /// `apiVersion`.
+    pub api_version: String,
+    /// `kind`.
+    pub kind: String,
+    /// `metadata.name`.
+    pub name: String,
+    /// `metadata.namespace`, if namespaced.
+    pub namespace: Option<String>,
+    /// The whole object.
+    pub body: Value,
+}
+
+impl Object {
+    /// `Kind/name` or `Kind namespace/name`, for progress lines.
+    pub fn describe(&self) -> String {
+        match &self.namespace {
+            Some(ns) => format!("{} {ns}/{}", self.kind, self.name),
+            None => format!("{} {}", self.kind, self.name),
+        }
+    }
+
+    /// A CustomResourceDefinition.
+    pub fn is_crd(&self) -> bool {
+        self.kind == "CustomResourceDefinition"
+    }
+}
+
+/// The embedded manifests as objects, in install order: CRDs, then the
+/// Namespace, then the rest as rendered (Helm's kind order).
+pub fn objects() -> Result<Vec<Object>> {
+    let mut out = Vec::new();
+    for doc in weft_api::yaml::documents(MANIFESTS) {
+        let body: Value = doc
+            .parse()
+            .map_err(|e| CliError::other(format!("the embedded manifests: {e}")))?;
+        if body.is_null() {
+            continue;
+        }
+        let text = |v: &Value| v.as_str().map(str::to_string);
+        let (Some(api_version), Some(kind), Some(name)) = (
+            text(&body["apiVersion"]),
+            text(&body["kind"]),
+            text(&body["metadata"]["name"]),
+        ) else {
+            return Err(CliError::other(format!(
+                "the embedded manifests: document {} is not an object",
+                doc.index
+            )));
+        };
+        out.push(Object {
+            api_version,
+            kind,
+            name,
+            namespace: text(&body["metadata"]["namespace"]),
+            body,
+        });
+    }
+    let rank = |o: &Object| match o.kind.as_str() {
+        "CustomResourceDefinition" => 0,
+        "Namespace" => 1,
+        _ => 2,
+    };
+    // Stable: within a rank, the rendered order.
+    out.sort_by_key(rank);
+    Ok(out)
+}
+
+/// The namespace weft runs in, as the manifests say.
+pub fn system_namespace(objects: &[Object]) -> Option<&str> {
+    objects
+        .iter()
+        .find(|o| o.kind == "Namespace")
+        .map(|o| o.name.as_str())
+}
+
+/// The workloads whose rollout install and upgrade wait for.
+pub fn workloads(objects: &[Object]) -> Vec<&Object> {
+    objects
+        .iter()
+        .filter(|o| matches!(o.kind.as_str(), "Deployment" | "DaemonSet"))
+        .collect()
+}
+
+/// Resolves objects' kinds against the API server, once per kind.
+pub struct Resolver {
+    client: Client,
+    known: BTreeMap<(String, String), (ApiResource, Scope)>,
+}
+
+impl Resolver {
+    /// A resolver on `client`.
+    pub fn new(client: Client) -> Resolver {
+        Resolver {
+            client,
+            known: BTreeMap::new(),
+        }
+    }
+
+    /// The dynamic API for `object`.
+    pub async fn api(&mut self, object: &Object) -> Result<Api<DynamicObject>> {
+        let key = (object.api_version.clone(), object.kind.clone());
+        if !self.known.contains_key(&key) {
+            let (group, version) = match object.api_version.split_once('/') {
+                Some((g, v)) => (g, v),
+                None => ("", object.api_version.as_str()),
+            };
+            let gvk = GroupVersionKind::gvk(group, version, &object.kind);
+            let (resource, caps) =
+                discovery::pinned_kind(&self.client, &gvk)
+                    .await
+                    .map_err(|e| {
+                        kube_error(
+                            &format!(
+                                "{} {} (is its API installed? `weftctl check --pre`)",
+                                object.api_version, object.kind
+                            ),
+                            e,
+                        )
+                    })?;
+            self.known.insert(key.clone(), (resource, caps.scope));
+        }
+        let (resource, scope) = &self.known[&key];
+        Ok(match (scope, &object.namespace) {
+            (Scope::Namespaced, Some(ns)) => {
+                Api::namespaced_with(self.client.clone(), ns, resource)
+            }
+            _ => Api::all_with(self.client.clone(), resource),
+        })
+    }
+
+    /// Server-side applies `object`, taking over fields others set (an
+    /// upgrade from a kubectl or Helm install).
+    pub async fn apply(&mut self, object: &Object) -> Result<()> {
+        let api = self.api(object).await?;
+        api.patch(
+            &object.name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&object.body),
+        )
+        .await
+        .map_err(|e| kube_error(&object.describe(), e))?;
+        Ok(())
+    }
+
+    /// Deletes `object` (its dependents in the background); absent is fine.
+    /// Returns whether it was there.
+    pub async fn delete(&mut self, object: &Object) -> Result<bool> {
+        let api = self.api(object).await?;
+        let params = DeleteParams {
+            propagation_policy: Some(PropagationPolicy::Background),
+            ..DeleteParams::default()
+        };
+        match api.delete(&object.name, &params).await {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(status)) if status.code == 404 => Ok(false),
+            Err(e) => Err(kube_error(&object.describe(), e)),
+        }
+    }
+
+    /// Whether `object` exists.
+    pub async fn exists(&mut self, object: &Object) -> Result<bool> {
+        let api = self.api(object).await?;
+        api.get_opt(&object.name)
+            .await
+            .map(|o| o.is_some())
+            .map_err(|e| kube_error(&object.describe(), e))
+    }
+}
+
+/// How far one workload's rollout is.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Rollout {
+    /// `deployment/name` or `daemonset/name`.
+    pub workload: String,
+    /// Pods of the current spec that are ready.
+    pub ready: i32,
+    /// Pods wanted.
+    pub wanted: i32,
+    /// The controller has seen the current spec and every pod is current.
+    pub done: bool,
+}
+
+/// Reads the rollout of a Deployment or DaemonSet.
+pub async fn rollout(client: &Client, object: &Object) -> Result<Rollout> {
+    let ns = object.namespace.as_deref().unwrap_or("default");
+    let what = format!("{}/{}", object.kind.to_lowercase(), object.name);
+    let generation_seen = |generation: Option<i64>, observed: Option<i64>| {
+        observed.unwrap_or(0) >= generation.unwrap_or(0)
+    };
+    if object.kind == "Deployment" {
+        let d = Api::<Deployment>::namespaced(client.clone(), ns)
+            .get(&object.name)
+            .await
+            .map_err(|e| kube_error(&what, e))?;
+        let wanted = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+        let status = d.status.unwrap_or_default();
+        let ready = status.ready_replicas.unwrap_or(0);
+        let done = generation_seen(d.metadata.generation, status.observed_generation)
+            && status.updated_replicas.unwrap_or(0) == wanted
+            && status.replicas.unwrap_or(0) == wanted
+            && status.available_replicas.unwrap_or(0) == wanted;
+        Ok(Rollout {
+            workload: what,
+            ready,
+            wanted,
+            done,
+        })
+    } else {
+        let d = Api::<DaemonSet>::namespaced(client.clone(), ns)
+            .get(&object.name)
+            .await
+            .map_err(|e| kube_error(&what, e))?;
+        let status = d.status.unwrap_or_default();
+        let wanted = status.desired_number_scheduled;
+        let done = generation_seen(d.metadata.generation, status.observed_generation)
+            && status.updated_number_scheduled.unwrap_or(0) == wanted
+            && status.number_ready == wanted
+            && status.number_available.unwrap_or(0) == wanted;
+        Ok(Rollout {
+            workload: what,
+            ready: status.number_ready,
+            wanted,
+            done,
+        })
+    }
+}
+
+/// Waits until every workload has rolled out, calling `progress` whenever
+/// one's state changes; gives up after `limit`.
+pub async fn wait_rolled_out(
+    client: &Client,
+    workloads: &[&Object],
+    limit: Duration,
+    mut progress: impl FnMut(&Rollout),
+) -> Result<Vec<Rollout>> {
+    let deadline = Instant::now() + limit;
+    let mut last: BTreeMap<String, Rollout> = BTreeMap::new();
+    loop {
+        let mut all = Vec::new();
+        for w in workloads {
+            let r = rollout(client, w).await?;
+            if last.get(&r.workload) != Some(&r) {
+                progress(&r);
+                last.insert(r.workload.clone(), r.clone());
+            }
+            all.push(r);
+        }
+        if all.iter().all(|r| r.done) {
+            return Ok(all);
+        }
+        if Instant::now() >= deadline {
+            let pending: Vec<String> = all
+                .iter()
+                .filter(|r| !r.done)
+                .map(|r| format!("{} ({}/{} ready)", r.workload, r.ready, r.wanted))
+                .collect();
+            return Err(CliError::other(format!(
+                "not rolled out within {limit:?}: {}",
+                pending.join(", ")
+            )));
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_manifests_are_weft_in_install_order() {
+        let objects = objects().expect("objects");
+        assert!(objects[0].is_crd() && objects[1].is_crd());
+        assert_eq!(objects[2].kind, "Namespace");
+        assert_eq!(system_namespace(&objects), Some("weft-system"));
+        let names: Vec<String> = workloads(&objects)
+            .iter()
+            .map(|o| format!("{}/{}", o.kind, o.name))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "DaemonSet/weft-node-agent",
+                "DaemonSet/ztunnel",
+                "Deployment/weft-controller"
+            ]
+        );
+        for o in &objects[3..] {
+            assert!(
+                o.namespace.as_deref().is_none_or(|ns| ns == "weft-system"),
+                "{}",
+                o.describe()
+            );
+        }
+    }
+}
