@@ -104,6 +104,9 @@ pub fn teardown(state: &RunState) -> Report {
         .extend(crate::kube::kubelet::runtime::delete_all(&runc_root(
             &state.dir,
         )));
+    report
+        .errors
+        .extend(crate::kube::kubelet::runtime::remove_cgroups(&state.run_id));
 
     // 3. The namespaces, newest first (pods before their nodes).
     for name in namespaces.iter().rev() {
