@@ -721,6 +721,28 @@ fn enrolled_namespace(k: &weft_e2e::kube::Kubectl, name: &str) {
     .expect("label");
 }
 
+/// In an enrolled `shop`: a client on node 1 and a server on node 2, each a
+/// Deployment, both Available.
+fn enrolled_client_and_server(cluster: &KubeCluster) -> (Pod, Pod) {
+    let k = cluster.kubectl();
+    enrolled_namespace(k, "shop");
+    k.apply(ACCOUNTS).expect("accounts");
+    k.apply(
+        &[
+            echo_deployment("shop", "server", "server", 2, ""),
+            echo_deployment("shop", "client", "client", 1, ""),
+        ]
+        .join("---"),
+    )
+    .expect("apps");
+    for app in ["server", "client"] {
+        k.wait_for("shop", "Available", &format!("deployment/{app}"), 90)
+            .unwrap_or_else(|e| panic!("{app} Available: {e}"));
+    }
+    let (client, server) = (pod_of(cluster, "client"), pod_of(cluster, "server"));
+    (client, server)
+}
+
 /// weftctl as a user runs it, against the cluster.
 fn weftctl(cluster: &KubeCluster, args: &[&str]) -> std::process::Output {
     cluster.weftctl(args).expect("run weftctl")
@@ -764,21 +786,7 @@ fn kubectl_and_weftctl_reach_pods_through_the_api_server_and_the_nodes_kubelets(
     let _one = common::serial();
     let cluster = mesh();
     let k = cluster.kubectl();
-    enrolled_namespace(k, "shop");
-    k.apply(ACCOUNTS).expect("accounts");
-    k.apply(
-        &[
-            echo_deployment("shop", "server", "server", 2, ""),
-            echo_deployment("shop", "client", "client", 1, ""),
-        ]
-        .join("---"),
-    )
-    .expect("apps");
-    for app in ["server", "client"] {
-        k.wait_for("shop", "Available", &format!("deployment/{app}"), 90)
-            .unwrap_or_else(|e| panic!("{app} Available: {e}"));
-    }
-    let (client, server) = (pod_of(&cluster, "client"), pod_of(&cluster, "server"));
+    let (client, server) = enrolled_client_and_server(&cluster);
     for pod in [&client, &server] {
         wait_until(&format!("ztunnel in {}", pod.key()), SETTLE, || {
             pod.netns()
@@ -1016,21 +1024,7 @@ fn killing_the_leading_controller_pod_moves_the_lease_and_traffic_never_stops() 
     let _one = common::serial();
     let cluster = mesh();
     let k = cluster.kubectl();
-    enrolled_namespace(k, "shop");
-    k.apply(ACCOUNTS).expect("accounts");
-    k.apply(
-        &[
-            echo_deployment("shop", "server", "server", 2, ""),
-            echo_deployment("shop", "client", "client", 1, ""),
-        ]
-        .join("---"),
-    )
-    .expect("apps");
-    for app in ["server", "client"] {
-        k.wait_for("shop", "Available", &format!("deployment/{app}"), 90)
-            .unwrap_or_else(|e| panic!("{app} Available: {e}"));
-    }
-    let (client, server) = (pod_of(&cluster, "client"), pod_of(&cluster, "server"));
+    let (client, server) = enrolled_client_and_server(&cluster);
     wait_until("an exchange through the mesh", SETTLE, || {
         client.tcp_echo(server.echo_tcp(), "warm").is_ok()
     })
@@ -1117,21 +1111,7 @@ fn a_ztunnel_pods_own_token_gets_its_nodes_identities_and_nothing_else() {
     let _one = common::serial();
     let cluster = mesh();
     let k = cluster.kubectl();
-    enrolled_namespace(k, "shop");
-    k.apply(ACCOUNTS).expect("accounts");
-    k.apply(
-        &[
-            echo_deployment("shop", "server", "server", 2, ""),
-            echo_deployment("shop", "client", "client", 1, ""),
-        ]
-        .join("---"),
-    )
-    .expect("apps");
-    for app in ["server", "client"] {
-        k.wait_for("shop", "Available", &format!("deployment/{app}"), 90)
-            .unwrap_or_else(|e| panic!("{app} Available: {e}"));
-    }
-    let (client, server) = (pod_of(&cluster, "client"), pod_of(&cluster, "server"));
+    let (client, server) = enrolled_client_and_server(&cluster);
 
     // The token the kubelet projected into node 1's ztunnel pod (weft's
     // audience, bound to that pod), read where the kubelet wrote it.
