@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::Bytes;
+use rustls::crypto::CryptoProvider;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -23,6 +24,7 @@ use weft_hbone::{
     WorkloadCertificate, tls,
 };
 
+use crate::crypto::Crypto;
 use crate::stats::{Latencies, median, round2};
 
 #[derive(clap::Args)]
@@ -45,19 +47,26 @@ pub struct Args {
     /// Only run one bulk transfer, `tcp` or `hbone` (for profiling).
     #[arg(long)]
     profile_bulk: Option<String>,
+    /// The TLS provider and key exchange of both ends of the tunnel.
+    #[arg(long, value_enum, default_value_t = Crypto::AwsLcRs)]
+    crypto: Crypto,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
-    // The receiving side gets its own runtime (its own thread), as it would
-    // be its own process on a node; both transports use the same split.
-    let server_runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("bench-server")
-        .enable_all()
-        .build()?;
+    let server_runtime = server_runtime()?;
     let result = measure(args, server_runtime.handle().clone()).await;
     server_runtime.shutdown_background();
     result
+}
+
+/// The receiving side's own runtime (its own thread), as it would be its
+/// own process on a node; every transport measured uses the same split.
+pub(crate) fn server_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("bench-server")
+        .enable_all()
+        .build()
 }
 
 async fn measure(args: Args, server: Handle) -> anyhow::Result<serde_json::Value> {
@@ -65,7 +74,7 @@ async fn measure(args: Args, server: Handle) -> anyhow::Result<serde_json::Value
     if let Some(frame) = args.frame_size {
         h2.max_frame_size = frame;
     }
-    let mesh = Mesh::new(h2, &server).await?;
+    let mesh = Mesh::new(h2, &server, args.crypto.provider()).await?;
     let duration = Duration::from_secs_f64(args.seconds);
     match args.profile_bulk.as_deref() {
         Some("tcp") => {
@@ -118,28 +127,34 @@ async fn measure(args: Args, server: Handle) -> anyhow::Result<serde_json::Value
         "seconds_per_round": args.seconds,
         "rounds": args.rounds,
         "requests": args.requests,
+        "crypto": args.crypto.name(),
     }))
 }
 
-/// A CA, a client certificate, and HBONE servers for the two handlers.
-struct Mesh {
+/// A CA, a client certificate, and HBONE servers for the two handlers, all
+/// with one crypto provider.
+pub(crate) struct Mesh {
     client: Arc<WorkloadCertificate>,
     server_id: SpiffeId,
     bundle: TrustBundle,
-    sink_addr: std::net::SocketAddr,
+    pub(crate) sink_addr: std::net::SocketAddr,
     echo_addr: std::net::SocketAddr,
     pool_settings: PoolSettings,
 }
 
 impl Mesh {
-    async fn new(h2: weft_hbone::H2Settings, server: &Handle) -> anyhow::Result<Self> {
+    pub(crate) async fn new(
+        h2: weft_hbone::H2Settings,
+        server: &Handle,
+        crypto: Arc<CryptoProvider>,
+    ) -> anyhow::Result<Self> {
         let ca = CertificateAuthority::generate("cluster.local", Duration::from_secs(3600))?;
         let bundle = TrustBundle::from_pems("cluster.local", &[ca.root_pem()])?;
         let client_id = SpiffeId::new("cluster.local", "bench", "client")?;
         let server_id = SpiffeId::new("cluster.local", "bench", "server")?;
         let client = Arc::new(ca.issue(&client_id, Duration::from_secs(3600))?);
         let server_cert = ca.issue(&server_id, Duration::from_secs(3600))?;
-        let config = tls::server_config(&server_cert, &bundle)?;
+        let config = tls::server_config_with(crypto.clone(), &server_cert, &bundle)?;
 
         let server_settings = ServerSettings {
             h2: h2.clone(),
@@ -155,13 +170,14 @@ impl Mesh {
             echo_addr,
             pool_settings: PoolSettings {
                 h2,
+                crypto,
                 ..PoolSettings::default()
             },
         })
     }
 
     /// A fresh pool per measurement, so each starts from a new connection.
-    async fn tunnel(&self, addr: std::net::SocketAddr) -> anyhow::Result<H2Stream> {
+    pub(crate) async fn tunnel(&self, addr: std::net::SocketAddr) -> anyhow::Result<H2Stream> {
         let pool = TunnelPool::new(self.pool_settings.clone(), self.bundle.clone());
         let target = TunnelTarget {
             hbone_addr: addr,
@@ -172,6 +188,17 @@ impl Mesh {
             baggage: None,
         };
         Ok(pool.connect(&self.client, &target, &DirectDialer).await?)
+    }
+
+    /// The client's TLS config, as the pool builds it.
+    pub(crate) fn client_config(&self) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+        let crypto = self.pool_settings.crypto.clone();
+        Ok(tls::client_config_with(
+            crypto,
+            &self.client,
+            &self.bundle,
+            &self.server_id,
+        )?)
     }
 }
 
@@ -268,7 +295,11 @@ async fn bulk_tcp(server: &Handle, duration: Duration, write_size: usize) -> any
     Ok(gbps(total, start.elapsed()))
 }
 
-async fn bulk_hbone(mesh: &Mesh, duration: Duration, write_size: usize) -> anyhow::Result<f64> {
+pub(crate) async fn bulk_hbone(
+    mesh: &Mesh,
+    duration: Duration,
+    write_size: usize,
+) -> anyhow::Result<f64> {
     let tunnel = mesh.tunnel(mesh.sink_addr).await?;
     let (mut send, mut recv) = tunnel.split();
     // One buffer, shared by reference: the tunnel takes `Bytes` without a

@@ -3,6 +3,7 @@
 //! a JSON object with the ratios as its last line.
 
 mod controller;
+mod crypto;
 mod hbone_loopback;
 mod l4;
 mod loadgen;
@@ -30,6 +31,9 @@ enum Command {
     /// HBONE client -> server on loopback vs plain TCP on loopback: bulk
     /// throughput on one connection and 1 KiB request/response latency.
     HboneLoopback(hbone_loopback::Args),
+    /// The tunnel with ring, aws-lc-rs, and aws-lc-rs with post-quantum key
+    /// exchange, side by side: bulk throughput and new connections/s.
+    HboneCrypto(crypto::Args),
     /// The controller: propagation of pod changes to 1k subscribers over
     /// real gRPC (10k pods, 1k services).
     Controller(controller::ControllerBenchArgs),
@@ -57,11 +61,16 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // This binary compiles two providers (ring is `hbone-crypto`'s
+    // baseline), so rustls cannot pick a default by itself for the
+    // libraries that ask it for one (tonic, kube): weft's, explicitly.
+    weft_hbone::tls::install_process_provider();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     let report = match cli.command {
         Command::HboneLoopback(args) => runtime.block_on(hbone_loopback::run(args))?,
+        Command::HboneCrypto(args) => runtime.block_on(crypto::run(args))?,
         Command::StoreMemory { workloads } => store_memory::measure(workloads)?,
         Command::PolicyLookup(args) => policy_lookup::run(args)?,
         Command::Controller(args) => runtime.block_on(controller::run(args))?,

@@ -134,8 +134,10 @@ pub enum TlsConfigError {
 
 /// The server side of :15012's TLS: the serving chain, no client
 /// certificates (callers prove who they are with bearer tokens), ALPN `h2`
-/// (tonic's clients require it), and what tonic's own TLS offered (ring's
-/// default suites and groups), so that every existing client still connects.
+/// (tonic's clients require it), and weft's process provider: the hybrid
+/// post-quantum key exchange preferred (certificates and config cross here
+/// too), with the classical groups and default suites tonic's TLS offered
+/// before, so that every existing client still connects.
 pub fn server_config(tls: &ServerTls) -> Result<Arc<rustls::ServerConfig>, TlsConfigError> {
     let chain = tls
         .chain_pem
@@ -144,12 +146,11 @@ pub fn server_config(tls: &ServerTls) -> Result<Arc<rustls::ServerConfig>, TlsCo
         .collect::<Result<Vec<_>, _>>()
         .map_err(TlsConfigError::Chain)?;
     let key = PrivateKeyDer::from_pem_slice(tls.key_pem.as_bytes()).map_err(TlsConfigError::Key)?;
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_no_client_auth()
-    .with_single_cert(chain, key)?;
+    let mut config =
+        rustls::ServerConfig::builder_with_provider(weft_identity::tls::process_provider())
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))
 }
@@ -585,6 +586,69 @@ mod tests {
         assert_eq!(fitted.max_connections, 1024 - RESERVED_FILES as usize);
         assert!(fitted.max_pending_handshakes <= fitted.max_connections / 2);
         assert_eq!(fitted.handshake_timeout, limits.handshake_timeout);
+    }
+
+    /// Moves what `from` has to send into `to`.
+    fn pump(from: &mut rustls::Connection, to: &mut rustls::Connection) {
+        let mut sent = Vec::new();
+        while from.wants_write() {
+            from.write_tls(&mut sent).expect("write");
+        }
+        let mut rest = sent.as_slice();
+        while !rest.is_empty() {
+            to.read_tls(&mut rest).expect("read");
+            to.process_new_packets().expect("handshake");
+        }
+    }
+
+    #[test]
+    fn grpc_tls_prefers_the_post_quantum_hybrid_and_still_accepts_x25519() {
+        use rustls::NamedGroup;
+        use rustls::crypto::{CryptoProvider, aws_lc_rs};
+        let ttl = Duration::from_secs(3600);
+        let ca = weft_identity::CertificateAuthority::generate("cluster.local", ttl).expect("ca");
+        let (chain_pem, key_pem) = ca
+            .issue_serving(&["localhost".to_string()], &[], ttl)
+            .expect("serving cert");
+        let server = server_config(&ServerTls { chain_pem, key_pem }).expect("server config");
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(ca.root_pem().as_bytes()).expect("root"))
+            .expect("root");
+        let x25519_only = CryptoProvider {
+            kx_groups: vec![aws_lc_rs::kx_group::X25519],
+            ..aws_lc_rs::default_provider()
+        };
+        // tonic's client uses aws-lc-rs's default provider unless weft's is
+        // installed: both offer the hybrid first.
+        for (client, expected) in [
+            (aws_lc_rs::default_provider(), NamedGroup::X25519MLKEM768),
+            (
+                CryptoProvider::clone(&weft_identity::tls::process_provider()),
+                NamedGroup::X25519MLKEM768,
+            ),
+            (x25519_only, NamedGroup::X25519),
+        ] {
+            let config = rustls::ClientConfig::builder_with_provider(Arc::new(client))
+                .with_safe_default_protocol_versions()
+                .expect("versions")
+                .with_root_certificates(roots.clone())
+                .with_no_client_auth();
+            let name = "localhost".try_into().expect("name");
+            let mut c: rustls::Connection = rustls::ClientConnection::new(Arc::new(config), name)
+                .expect("client")
+                .into();
+            let mut s: rustls::Connection = rustls::ServerConnection::new(server.clone())
+                .expect("server")
+                .into();
+            for _ in 0..4 {
+                pump(&mut c, &mut s);
+                pump(&mut s, &mut c);
+            }
+            assert!(!c.is_handshaking() && !s.is_handshaking());
+            let group = c.negotiated_key_exchange_group().map(|g| g.name());
+            assert_eq!(group, Some(expected));
+        }
     }
 
     #[test]

@@ -290,7 +290,8 @@ impl TunnelPool {
     ) -> Result<Arc<PooledConnection>, HboneError> {
         let settings = &self.inner.settings;
         let bundle = self.inner.bundle.read().clone();
-        let config = tls::client_config(source, &bundle, &key.expected)?;
+        let config =
+            tls::client_config_with(settings.crypto.clone(), source, &bundle, &key.expected)?;
         let addr = key.hbone_addr;
         let (send, connection) = timeout(settings.connect_timeout, async {
             let tcp = dialer

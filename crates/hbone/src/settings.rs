@@ -3,7 +3,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustls::crypto::CryptoProvider;
+
 use crate::handshake_gate::HandshakeGate;
+use crate::tls;
 
 /// HTTP/2 settings. The defaults are tuned for throughput (MiB-scale windows
 /// rather than HTTP/2's 64 KiB) and were measured with
@@ -58,6 +61,9 @@ pub struct PoolSettings {
     /// From sending CONNECT to the peer's answer.
     pub response_timeout: Duration,
     pub h2: H2Settings,
+    /// The TLS crypto: `tls::provider()`, weft's one choice, except in the
+    /// benchmark that compares providers.
+    pub crypto: Arc<CryptoProvider>,
 }
 
 impl Default for PoolSettings {
@@ -68,6 +74,7 @@ impl Default for PoolSettings {
             connect_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(10),
             h2: H2Settings::default(),
+            crypto: tls::provider(),
         }
     }
 }

@@ -406,9 +406,8 @@ fn random_serial() -> SerialNumber {
 }
 
 fn rcgen_random(out: &mut [u8]) {
-    use rustls::crypto::ring::default_provider;
-    // The ring provider's secure random; failure here means the OS RNG is gone.
-    if default_provider().secure_random.fill(out).is_err() {
+    // The TLS provider's secure random; failure here means the OS RNG is gone.
+    if crate::tls::provider().secure_random.fill(out).is_err() {
         // Fall back to time-derived bytes rather than panicking; serial
         // uniqueness is not a security property here.
         let nanos = SystemTime::now()

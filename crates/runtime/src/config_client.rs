@@ -46,6 +46,9 @@ impl TokenSource {
 
 /// A lazily connecting TLS channel to the controller.
 pub fn channel(address: &str, root_pem: &str) -> Result<Channel, tonic::transport::Error> {
+    // tonic builds its rustls config from the process default provider:
+    // make that weft's (post-quantum key exchange first) before it does.
+    weft_hbone::tls::install_process_provider();
     let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(root_pem));
     Ok(Endpoint::from_shared(address.to_owned())?
         .tls_config(tls)?
