@@ -167,3 +167,23 @@ pub struct Options {
     #[arg(long, env = "WEFT_LOG_JSON")]
     pub log_json: bool,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The deployer's default is the chart's waypoint image (the one image
+    /// table, crates/image/src/names.rs), so a controller started without
+    /// the chart's `WEFT_WAYPOINT_IMAGE` deploys the same image.
+    #[test]
+    fn the_default_waypoint_image_is_the_charts() {
+        let options = Options::try_parse_from(["weft-controller"]).expect("defaults parse");
+        let chart = weft_image::ImageNames::chart();
+        assert_eq!(
+            options.waypoint_image,
+            chart
+                .reference("waypoint")
+                .expect("the chart names the waypoint")
+        );
+    }
+}
