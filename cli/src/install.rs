@@ -90,6 +90,94 @@ pub fn objects() -> Result<Vec<Object>> {
     Ok(out)
 }
 
+/// The label every object of weft's manifests carries (the chart's
+/// `weft.labels`).
+pub const PART_OF: (&str, &str) = ("app.kubernetes.io/part-of", "weft");
+
+/// Kinds a release of weft may have shipped besides those of the current
+/// manifests, looked at for pruning: an object of a kind the new release no
+/// longer has at all must still go.
+const PRUNABLE_KINDS: &[(&str, &str)] = &[
+    ("v1", "ConfigMap"),
+    ("v1", "Service"),
+    ("v1", "ServiceAccount"),
+    ("apps/v1", "Deployment"),
+    ("apps/v1", "DaemonSet"),
+    ("policy/v1", "PodDisruptionBudget"),
+    ("rbac.authorization.k8s.io/v1", "Role"),
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"),
+    ("rbac.authorization.k8s.io/v1", "ClusterRole"),
+    ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"),
+];
+
+/// Whether weftctl itself applied `object` (its field manager, operation
+/// Apply): only such objects are pruned, never what the controller made
+/// (the CA Secret, waypoints) or what a user labelled alike.
+fn applied_by_weftctl(object: &DynamicObject) -> bool {
+    object.metadata.managed_fields.iter().flatten().any(|m| {
+        m.manager.as_deref() == Some(FIELD_MANAGER) && m.operation.as_deref() == Some("Apply")
+    })
+}
+
+/// Objects an earlier release installed that the current manifests no
+/// longer have: labelled as weft's, applied by weftctl, of a kind weft
+/// ships, in weft's namespace or cluster-scoped. CRDs and the Namespace are
+/// never pruned. Found with the same discovery [`Resolver`] uses.
+pub async fn stale(resolver: &mut Resolver, objects: &[Object]) -> Result<Vec<Object>> {
+    let namespace = system_namespace(objects)
+        .unwrap_or("weft-system")
+        .to_string();
+    let current: std::collections::BTreeSet<(String, Option<String>, String)> = objects
+        .iter()
+        .map(|o| (o.kind.clone(), o.namespace.clone(), o.name.clone()))
+        .collect();
+    let mut kinds: Vec<(String, String)> = PRUNABLE_KINDS
+        .iter()
+        .map(|(v, k)| (v.to_string(), k.to_string()))
+        .collect();
+    for o in objects {
+        let kind = (o.api_version.clone(), o.kind.clone());
+        if !o.is_crd() && o.kind != "Namespace" && !kinds.contains(&kind) {
+            kinds.push(kind);
+        }
+    }
+    let selector = format!("{}={}", PART_OF.0, PART_OF.1);
+    let mut out = Vec::new();
+    for (api_version, kind) in kinds {
+        let probe = Object {
+            api_version: api_version.clone(),
+            kind: kind.clone(),
+            name: String::new(),
+            namespace: Some(namespace.clone()),
+            body: Value::Null,
+        };
+        let api = resolver.api(&probe).await?;
+        let found = api
+            .list(&kube::api::ListParams::default().labels(&selector))
+            .await
+            .map_err(|e| kube_error(&format!("listing {kind}s to prune"), e))?;
+        for item in found.items {
+            let (name, ns) = (
+                item.metadata.name.clone().unwrap_or_default(),
+                item.metadata.namespace.clone(),
+            );
+            if current.contains(&(kind.clone(), ns.clone(), name.clone()))
+                || !applied_by_weftctl(&item)
+            {
+                continue;
+            }
+            out.push(Object {
+                api_version: api_version.clone(),
+                kind: kind.clone(),
+                name,
+                namespace: ns,
+                body: Value::Null,
+            });
+        }
+    }
+    Ok(out)
+}
+
 /// The namespace weft runs in, as the manifests say.
 pub fn system_namespace(objects: &[Object]) -> Option<&str> {
     objects

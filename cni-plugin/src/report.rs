@@ -126,4 +126,9 @@ pub struct NodeReport {
     pub nftables: bool,
     /// `iptables` runs and the kernel answers.
     pub iptables: bool,
+    /// Why the kernel would refuse the rules the agent installs (the in-pod
+    /// redirect rules with the tool the agent would pick, the host's probe
+    /// SNAT table); none when it takes them. Absent from older agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rules_error: Option<String>,
 }

@@ -94,8 +94,13 @@ fn the_controller_runs_under_the_rbac_deploy_ships_and_deploys_waypoints() {
     let lease = get(&run, &["lease", "-n", "weft-system", "weft-controller"]).expect("lease");
     assert_eq!(lease["spec"]["holderIdentity"], "weft-controller-0");
 
-    // A waypoint, as a user applies it.
-    k.run(&["create", "namespace", "shop"]).expect("namespace");
+    // A waypoint, as a user applies it, in a namespace that enforces the
+    // `restricted` Pod Security Standard: the API server's admission
+    // refuses any pod of the deployer's that falls short of it.
+    k.apply(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n  labels: {pod-security.kubernetes.io/enforce: restricted}\n",
+    )
+    .expect("namespace");
     k.apply(
         "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: waypoint, namespace: shop}\nspec:\n  gatewayClassName: weft-waypoint\n  listeners: [{name: mesh, port: 15008, protocol: HBONE}]\n",
     )
@@ -117,6 +122,17 @@ fn the_controller_runs_under_the_rbac_deploy_ships_and_deploys_waypoints() {
             .unwrap_or(false)
     })
     .expect("the waypoint Deployment makes a pod");
+    // Its budget: one pod at a time, owned by the Gateway like the rest.
+    wait_until("the waypoint's PodDisruptionBudget", SETTLE, || {
+        get(&run, &["pdb", "-n", "shop", "waypoint"]).is_some()
+    })
+    .expect("the deployer makes the waypoint's PodDisruptionBudget");
+    let pdb = get(&run, &["pdb", "-n", "shop", "waypoint"]).expect("pdb");
+    assert_eq!(pdb["spec"]["maxUnavailable"], 1, "{pdb}");
+    assert_eq!(
+        pdb["metadata"]["ownerReferences"][0]["kind"], "Gateway",
+        "{pdb}"
+    );
     waypoint_identities_go_only_to_the_deployers_service_accounts(&run, &controller, &deployment);
 
     // Deleting the Gateway garbage-collects what was made for it. The

@@ -415,6 +415,11 @@ fn weftctl_checks_installs_upgrades_and_uninstalls_weft() {
     for node in ["node-1", "node-2"] {
         assert_eq!(status(&findings, "cni", node), "ok", "{findings:?}");
         assert_eq!(status(&findings, "redirect", node), "ok", "{findings:?}");
+        assert_eq!(
+            status(&findings, "redirect-rules", node),
+            "ok",
+            "{findings:?}"
+        );
         let detail = &findings[&("cni".to_string(), node.to_string())]["detail"];
         assert!(
             detail.as_str().is_some_and(|d| d.contains("bridge")),
@@ -509,8 +514,37 @@ fn weftctl_checks_installs_upgrades_and_uninstalls_weft() {
         let (_, list) = weft_e2e::cni::active_conflist(dir).expect("conflist");
         assert!(chained(&weft_e2e::cni::plugin_types(&list)));
     }
+    // An upgrade prunes what an earlier release installed and this one no
+    // longer ships (as weftctl applied it), and nothing else: not the same
+    // kind labelled alike by someone else, not what the controller made.
+    let leftover = |name: &str| {
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  namespace: weft-system\n  labels: {{app.kubernetes.io/part-of: weft}}\n"
+        )
+    };
+    k.apply_as(&leftover("weft-retired"), "weftctl")
+        .expect("an earlier release's object");
+    k.apply(&leftover("weft-users-own"))
+        .expect("a user's object");
+    let ran = weftctl.run(&["upgrade", "-o", "json"]).ok("upgrade");
+    let done: serde_json::Value = serde_json::from_str(&ran.stdout).expect("JSON");
+    assert_eq!(
+        done["pruned"],
+        serde_json::json!(["ConfigMap weft-system/weft-retired"]),
+        "{done}"
+    );
+    assert!(
+        k.get_json(&["configmap", "-n", "weft-system", "weft-retired"])
+            .is_err()
+    );
+    for kept in ["weft-users-own", "weft-ca-root"] {
+        k.get_json(&["configmap", "-n", "weft-system", kept])
+            .unwrap_or_else(|e| panic!("{kept} pruned: {e}"));
+    }
     // An upgrade to the same manifests is a no-op that still waits.
-    weftctl.run(&["upgrade"]).ok("upgrade");
+    let ran = weftctl.run(&["upgrade", "-o", "json"]).ok("upgrade");
+    let done: serde_json::Value = serde_json::from_str(&ran.stdout).expect("JSON");
+    assert!(done["pruned"].is_null(), "{done}");
 
     // Uninstall returns once every node is as it was; the CRDs stay.
     let ran = weftctl.run(&["uninstall"]).ok("uninstall");

@@ -1217,3 +1217,65 @@ fn a_ztunnel_pods_own_token_gets_its_nodes_identities_and_nothing_else() {
     })
     .expect("a token bound to a deleted pod is refused");
 }
+
+/// Issue 13: a `kubectl rollout restart` of the ztunnel DaemonSet under a
+/// steady stream of new connections between two nodes fails none: the
+/// DaemonSet surges (a new ztunnel beside the old on each node, the old one
+/// removed only once the new one is Ready), and a pod's listeners stay open
+/// throughout because the node agent holds them and hands them to both.
+#[test]
+fn a_rollout_restart_of_ztunnel_under_load_fails_no_new_connection() {
+    let _one = common::serial();
+    let cluster = mesh();
+    let k = cluster.kubectl();
+    let (client, server) = enrolled_client_and_server(&cluster);
+    assert_ne!(client.node(), server.node(), "the load crosses nodes");
+    wait_until("an exchange through the mesh", SETTLE, || {
+        client.tcp_echo(server.echo_tcp(), "warm").is_ok()
+    })
+    .expect("the mesh carries traffic");
+    let before: Vec<String> = ["node-1", "node-2"]
+        .iter()
+        .map(|n| daemon_pod(&cluster, "ztunnel", n))
+        .collect();
+
+    let report = std::thread::scope(|s| {
+        let traffic = s.spawn(|| common::load(&client, server.echo_tcp(), 20, 75));
+        std::thread::sleep(Duration::from_secs(5));
+        let started = std::time::Instant::now();
+        k.run(&[
+            "rollout",
+            "restart",
+            "-n",
+            "weft-system",
+            "daemonset/ztunnel",
+        ])
+        .expect("rollout restart");
+        k.run(&[
+            "rollout",
+            "status",
+            "-n",
+            "weft-system",
+            "daemonset/ztunnel",
+            "--timeout=60s",
+        ])
+        .expect("the restart rolls out");
+        eprintln!(
+            "ztunnel rolled out on both nodes in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        traffic.join().expect("load thread")
+    });
+    for old in &before {
+        wait_until("the old ztunnel gone", SETTLE, || {
+            k.get_json(&["pod", "-n", "weft-system", old]).is_err()
+        })
+        .expect("the old ztunnel pods drain and go");
+    }
+    assert!(report.succeeded > 1000, "{report:?}");
+    assert_eq!(report.failed, 0, "new connections failed: {report:?}");
+    // Still mTLS end to end with the new ztunnels.
+    client
+        .tcp_echo(server.echo_tcp(), "after")
+        .expect("an exchange after the rollout");
+}

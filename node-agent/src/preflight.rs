@@ -1,7 +1,9 @@
 //! What a node offers weft before it is installed (`weft-node-agent
 //! preflight`, run by `weftctl check --pre` in a short-lived pod per node):
 //! the CNI config the agent would chain weft-cni into, whether the plugins
-//! it names are on the node, and whether nftables or iptables work.
+//! it names are on the node, whether nftables or iptables work, and whether
+//! the kernel takes the very rules the agent would install (weft redirects
+//! with nat `redirect`, not TPROXY, so that is what is checked).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -9,6 +11,8 @@ use std::process::{Command, Stdio};
 use weft_cni::report::NodeReport;
 
 use crate::install::ConfInstaller;
+use crate::probes::HostProbes;
+use crate::redirect::{Backend, DEFAULT_PROBE_SOURCE, Redirector, check_nft};
 
 /// Looks at `conf_dir` and `bin_dirs` and tries both rule tools.
 pub fn gather(conf_dir: &Path, bin_dirs: &[PathBuf]) -> NodeReport {
@@ -37,6 +41,7 @@ pub fn gather(conf_dir: &Path, bin_dirs: &[PathBuf]) -> NodeReport {
         }
         Err(e) => report.cni_config_error = Some(e.to_string()),
     }
+    report.rules_error = rules_refused(report.nftables, report.iptables);
     report.missing_plugins = report
         .plugins
         .iter()
@@ -65,6 +70,28 @@ fn plugin_types(text: &str) -> Result<Vec<String>, String> {
         return Err("neither a `plugins` list nor a plugin `type`".into());
     }
     Ok(types)
+}
+
+/// Why the kernel would refuse the agent's rules, checked without
+/// committing them: the in-pod redirect rules with the tool the agent would
+/// pick (nftables when it works), and the host's probe SNAT table, which is
+/// nftables only.
+fn rules_refused(nftables: bool, iptables: bool) -> Option<String> {
+    let source = DEFAULT_PROBE_SOURCE;
+    let probe_target = [(std::net::Ipv4Addr::new(10, 0, 0, 1), 8080)].into();
+    let backend = match (nftables, iptables) {
+        (true, _) => Backend::Nftables,
+        (false, true) => Backend::Iptables,
+        (false, false) => return None,
+    };
+    let redirect = Redirector::new(backend, source)
+        .check(backend)
+        .map_err(|e| format!("the in-pod redirect rules: {e}"));
+    let probes = || {
+        check_nft(&HostProbes::new(source).ruleset(&probe_target))
+            .map_err(|e| format!("the host's probe SNAT table: {e}"))
+    };
+    redirect.and_then(|()| probes()).err()
 }
 
 fn works(program: &str, args: &[&str]) -> bool {
@@ -109,5 +136,26 @@ mod tests {
         std::fs::write(conf.join("00-bad.conf"), "{").expect("write");
         let report = gather(&conf, &[]);
         assert!(report.cni_config_error.is_some());
+    }
+
+    /// Needs root and nftables, as the node agent does; this machine has
+    /// both (as CI's does), so a refusal here is a real one.
+    #[test]
+    fn the_kernel_is_asked_for_the_agents_own_rules_and_nothing_is_committed() {
+        let before = std::process::Command::new("nft")
+            .args(["list", "tables"])
+            .output()
+            .expect("nft");
+        assert_eq!(rules_refused(true, false), None);
+        let after = std::process::Command::new("nft")
+            .args(["list", "tables"])
+            .output()
+            .expect("nft");
+        assert_eq!(before.stdout, after.stdout, "a check committed a table");
+        let refused = check_nft(
+            "table inet weft_check { chain c { type nat hook output priority 0; bogus } }",
+        )
+        .expect_err("a rule the kernel does not know");
+        assert!(refused.to_string().contains("bogus"), "{refused}");
     }
 }

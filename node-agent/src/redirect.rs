@@ -295,6 +295,20 @@ table inet {NFT_TABLE} {{
         )
     }
 
+    /// Whether the current namespace's kernel and tools would take these
+    /// rules with `backend`, committing nothing (`nft --check`,
+    /// `iptables-restore --test`); `Auto` checks nftables.
+    pub fn check(&self, backend: Backend) -> Result<(), RedirectError> {
+        match backend {
+            Backend::Iptables => run(
+                Command::new("iptables-restore").args(["--test", "--noflush"]),
+                Some(&self.iptables_ruleset(&IPT_JUMPS)),
+            )?
+            .map(|_| ()),
+            Backend::Nftables | Backend::Auto => check_nft(&self.nft_ruleset()),
+        }
+    }
+
     fn apply_iptables(&self, ns: &NetNs) -> Result<(), RedirectError> {
         let missing: Vec<_> = IPT_JUMPS
             .into_iter()
@@ -405,6 +419,17 @@ fn ignore_missing(
 /// transaction).
 pub fn run_nft(ruleset: &str) -> Result<(), RedirectError> {
     run(Command::new("nft").args(["-f", "-"]), Some(ruleset))?.map(|_| ())
+}
+
+/// Asks the kernel whether it would take an nftables ruleset, committing
+/// nothing (`nft --check`: the transaction is built, validated and aborted,
+/// so a missing nat or redirect module shows here).
+pub fn check_nft(ruleset: &str) -> Result<(), RedirectError> {
+    run(
+        Command::new("nft").args(["--check", "-f", "-"]),
+        Some(ruleset),
+    )?
+    .map(|_| ())
 }
 
 /// Runs `cmd`, feeding `stdin`. Outer error: it could not be started;

@@ -28,6 +28,10 @@ struct Done {
     /// Each workload's rollout when the command ended (install, upgrade).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     rollouts: Vec<Rollout>,
+    /// `Kind namespace/name` of what an upgrade removed: objects of an
+    /// earlier release that this one no longer has.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pruned: Vec<String>,
 }
 
 pub(crate) async fn client(global: &GlobalArgs) -> Result<Client> {
@@ -103,6 +107,7 @@ pub async fn install(global: &GlobalArgs, args: &InstallArgs, upgrade: bool) -> 
         action: verb,
         objects: Vec::new(),
         rollouts: Vec::new(),
+        pruned: Vec::new(),
     };
     let mut crds_pending = Vec::new();
     for object in &objects {
@@ -116,6 +121,16 @@ pub async fn install(global: &GlobalArgs, args: &InstallArgs, upgrade: bool) -> 
         done.objects.push(object.describe());
         if object.is_crd() {
             crds_pending.push(object.name.clone());
+        }
+    }
+    if upgrade {
+        // After the new objects are applied, so nothing the new release
+        // still needs under an old name goes first.
+        for object in install::stale(&mut resolver, &objects).await? {
+            if resolver.delete(&object).await? {
+                progress(&format!("pruned {}", object.describe()));
+                done.pruned.push(object.describe());
+            }
         }
     }
     if args.wait > 0.0 {
@@ -132,9 +147,17 @@ pub async fn install(global: &GlobalArgs, args: &InstallArgs, upgrade: bool) -> 
         .await?;
     }
     let line = format!(
-        "weft {}: {} objects applied (field manager weftctl){}",
+        "weft {}: {} objects applied (field manager weftctl){}{}",
         if upgrade { "upgraded" } else { "installed" },
         done.objects.len(),
+        if done.pruned.is_empty() {
+            String::new()
+        } else {
+            format!(
+                ", {} left over from the earlier release pruned",
+                done.pruned.len()
+            )
+        },
         if args.wait > 0.0 {
             ", every workload rolled out"
         } else {
@@ -188,6 +211,7 @@ pub async fn uninstall(global: &GlobalArgs, args: &UninstallArgs) -> Result<Outc
             action: "uninstall (dry run)",
             objects: doomed.iter().map(|o| o.describe()).collect(),
             rollouts: Vec::new(),
+            pruned: Vec::new(),
         };
         let line = done.objects.join("\n");
         return finish(global, &done, line);
@@ -198,7 +222,18 @@ pub async fn uninstall(global: &GlobalArgs, args: &UninstallArgs) -> Result<Outc
         action: "uninstall",
         objects: Vec::new(),
         rollouts: Vec::new(),
+        pruned: Vec::new(),
     };
+    // What an earlier release left behind goes too: no trace.
+    for object in install::stale(&mut resolver, &objects).await? {
+        if resolver.delete(&object).await? {
+            progress(&format!(
+                "deleted {} (from an earlier release)",
+                object.describe()
+            ));
+            done.pruned.push(object.describe());
+        }
+    }
     for object in &doomed {
         if resolver.delete(object).await? {
             progress(&format!("deleted {}", object.describe()));

@@ -7,7 +7,9 @@
 //!   SYS_ADMIN), so PodSecurity and any admission webhook answer for real;
 //! - on every node, from a short-lived host-network pod running
 //!   `weft-node-agent preflight` from the node agent's image: the active CNI
-//!   config weft-cni would chain onto and its plugins, nftables or iptables.
+//!   config weft-cni would chain onto and its plugins, nftables or iptables,
+//!   and whether the kernel takes the agent's own rules (checked, not
+//!   committed; weft redirects with nat `redirect`, so no TPROXY is needed).
 //!
 //! The namespace is created from the manifests if it is missing (labelled as
 //! install would) and deleted again afterwards, with the check's pods.
@@ -385,4 +387,13 @@ fn node_findings(node: &str, r: &NodeReport, f: &mut Findings) {
         detail,
         "install nftables (or iptables) on the node; the redirect rules need one",
     );
+    if let Some(error) = &r.rules_error {
+        f.add(
+            "redirect-rules",
+            node,
+            Status::Fail,
+            format!("the kernel refuses weft's rules: {error}"),
+            "load the nftables nat and redirect modules (nf_nat, nft_redir) or use a kernel that has them",
+        );
+    }
 }

@@ -1,17 +1,25 @@
 //! The waypoint deployer: for every Gateway of class `weft-waypoint`, a
-//! ServiceAccount, a Deployment and a Service, owned by the Gateway (so they
-//! go when it goes) and written with server-side apply.
+//! ServiceAccount, a Deployment, a Service and a PodDisruptionBudget, owned
+//! by the Gateway (so they go when it goes) and written with server-side
+//! apply.
+//!
+//! The pods pass the `restricted` Pod Security Standard, so a waypoint can
+//! be deployed into any namespace a platform team locks down; they carry
+//! the Prometheus scrape annotations every other component has.
 
 use std::collections::BTreeMap;
 
 use gateway_api::gateways::Gateway;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
-    ObjectFieldSelector, PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource, Service,
-    ServiceAccount, ServiceAccountTokenProjection, ServicePort, ServiceSpec, Volume, VolumeMount,
-    VolumeProjection,
+    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
+    HTTPGetAction, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecurityContext, Service,
+    ServiceAccount, ServiceAccountTokenProjection, ServicePort, ServiceSpec, TCPSocketAction,
+    Volume, VolumeMount, VolumeProjection,
 };
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
@@ -46,7 +54,15 @@ const TOKEN_SECONDS: i64 = 3600;
 /// Where a waypoint finds the root that signs the controller's certificate.
 pub const ROOT_CERT_PATH: &str = "/var/run/weft/ca/root-cert.pem";
 
-/// The three objects of one waypoint.
+/// The user id the waypoint runs as (distroless' `nonroot`, the image's
+/// user); stated in the pod too, so `runAsNonRoot` can be checked.
+const WAYPOINT_UID: i64 = 65532;
+
+/// The waypoint's metrics and health ports (design.md §3).
+const METRICS_PORT: i32 = 15020;
+const HEALTH_PORT: i32 = 15021;
+
+/// The objects of one waypoint.
 pub struct WaypointObjects {
     /// Its identity.
     pub service_account: ServiceAccount,
@@ -54,6 +70,55 @@ pub struct WaypointObjects {
     pub deployment: Deployment,
     /// Its VIP, on the HBONE port.
     pub service: Service,
+    /// At most one of its pods evicted at a time.
+    pub disruption_budget: PodDisruptionBudget,
+}
+
+/// What each waypoint container asks for: enough to start and proxy a
+/// modest load; the memory limit bounds a leak or a flood to the waypoint
+/// itself. No CPU limit: throttling a proxy adds latency to every request
+/// it carries, and the request already buys its share under contention.
+fn resources() -> ResourceRequirements {
+    let q = |v: &str| Quantity(v.to_string());
+    ResourceRequirements {
+        requests: Some(
+            [
+                ("cpu".to_string(), q("100m")),
+                ("memory".to_string(), q("128Mi")),
+            ]
+            .into(),
+        ),
+        limits: Some([("memory".to_string(), q("1Gi"))].into()),
+        ..ResourceRequirements::default()
+    }
+}
+
+/// The `restricted` Pod Security Standard, pod and container halves.
+fn restricted() -> (PodSecurityContext, SecurityContext) {
+    let seccomp = SeccompProfile {
+        type_: "RuntimeDefault".to_string(),
+        ..SeccompProfile::default()
+    };
+    (
+        PodSecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(WAYPOINT_UID),
+            run_as_group: Some(WAYPOINT_UID),
+            seccomp_profile: Some(seccomp.clone()),
+            ..PodSecurityContext::default()
+        },
+        SecurityContext {
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".to_string()]),
+                ..Capabilities::default()
+            }),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            seccomp_profile: Some(seccomp),
+            ..SecurityContext::default()
+        },
+    )
 }
 
 fn owner(gw: &Gateway) -> Option<OwnerReference> {
@@ -78,6 +143,15 @@ pub fn waypoint_objects(gw: &Gateway, config: &DeployerConfig) -> WaypointObject
     let mut pod_labels = selector.clone();
     // A waypoint speaks HBONE itself; its traffic is never captured.
     pod_labels.insert(DATAPLANE_MODE.to_string(), DATAPLANE_NONE.to_string());
+    let scrape: BTreeMap<String, String> = [
+        ("prometheus.io/scrape", "true".to_string()),
+        ("prometheus.io/port", METRICS_PORT.to_string()),
+        ("prometheus.io/path", "/metrics".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let (pod_security, container_security) = restricted();
     let env = |name: &str, value: &str| EnvVar {
         name: name.to_string(),
         value: Some(value.to_string()),
@@ -173,28 +247,44 @@ pub fn waypoint_objects(gw: &Gateway, config: &DeployerConfig) -> WaypointObject
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(pod_labels),
+                    annotations: Some(scrape),
                     ..ObjectMeta::default()
                 }),
                 spec: Some(PodSpec {
                     service_account_name: Some(sa.clone()),
+                    security_context: Some(pod_security),
                     containers: vec![Container {
                         name: "waypoint".to_string(),
                         image: Some(config.image.clone()),
                         env: Some(env_vars),
                         ports: Some(vec![
                             port("hbone", hbone),
-                            port("metrics", 15020),
-                            port("health", 15021),
+                            port("metrics", METRICS_PORT),
+                            port("health", HEALTH_PORT),
                         ]),
                         volume_mounts: Some(mounts),
                         readiness_probe: Some(Probe {
                             http_get: Some(HTTPGetAction {
                                 path: Some("/healthz/ready".to_string()),
-                                port: IntOrString::Int(15021),
+                                port: IntOrString::Int(HEALTH_PORT),
                                 ..HTTPGetAction::default()
                             }),
                             ..Probe::default()
                         }),
+                        // Alive while its admin server accepts; readiness
+                        // (config and certificate) may come and go without
+                        // a restart helping.
+                        liveness_probe: Some(Probe {
+                            tcp_socket: Some(TCPSocketAction {
+                                port: IntOrString::Int(HEALTH_PORT),
+                                ..TCPSocketAction::default()
+                            }),
+                            period_seconds: Some(10),
+                            failure_threshold: Some(3),
+                            ..Probe::default()
+                        }),
+                        resources: Some(resources()),
+                        security_context: Some(container_security),
                         ..Container::default()
                     }],
                     volumes: Some(volumes),
@@ -219,6 +309,22 @@ pub fn waypoint_objects(gw: &Gateway, config: &DeployerConfig) -> WaypointObject
         }),
         ..Service::default()
     };
+    // `maxUnavailable: 1` rather than `minAvailable`: with several replicas
+    // a drain takes them one at a time, and a single replica never blocks a
+    // node drain forever. Unhealthy pods may always go.
+    let disruption_budget = PodDisruptionBudget {
+        metadata: meta(gw, name, &selector),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector {
+                match_labels: Some(selector.clone()),
+                ..LabelSelector::default()
+            }),
+            unhealthy_pod_eviction_policy: Some("AlwaysAllow".to_string()),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        ..PodDisruptionBudget::default()
+    };
     WaypointObjects {
         service_account: ServiceAccount {
             metadata: meta(gw, sa, &selector),
@@ -226,6 +332,7 @@ pub fn waypoint_objects(gw: &Gateway, config: &DeployerConfig) -> WaypointObject
         },
         deployment,
         service,
+        disruption_budget,
     }
 }
 
@@ -301,6 +408,7 @@ mod tests {
             (&objects.service_account.metadata, "waypoint-weft-waypoint"),
             (&objects.deployment.metadata, "waypoint"),
             (&objects.service.metadata, "waypoint"),
+            (&objects.disruption_budget.metadata, "waypoint"),
         ] {
             assert_eq!(meta.name.as_deref(), Some(name));
             assert_eq!(meta.namespace.as_deref(), Some("shop"));
@@ -329,5 +437,80 @@ mod tests {
                 .as_ref()
                 .and_then(|s| s.selector.as_ref())
         );
+    }
+
+    /// What the `restricted` Pod Security Standard checks
+    /// (https://kubernetes.io/docs/concepts/security/pod-security-standards/),
+    /// on the pod the deployer makes; the kube e2e test deploys one into a
+    /// namespace that enforces it.
+    #[test]
+    fn the_waypoint_pod_meets_the_restricted_standard_and_is_scraped() {
+        let objects = waypoint_objects(&gateway(), &config());
+        let template = &objects.deployment.spec.as_ref().expect("spec").template;
+        let pod = template.spec.as_ref().expect("pod spec");
+        let pod_sc = pod.security_context.as_ref().expect("pod securityContext");
+        assert_eq!(pod_sc.run_as_non_root, Some(true));
+        assert!(pod_sc.run_as_user.is_some_and(|u| u != 0));
+        assert!(pod.host_network.is_none() && pod.host_pid.is_none());
+        for c in &pod.containers {
+            let sc = c.security_context.as_ref().expect("securityContext");
+            assert_eq!(sc.allow_privilege_escalation, Some(false), "{}", c.name);
+            let caps = sc.capabilities.as_ref().expect("capabilities");
+            assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_string()][..]));
+            assert!(caps.add.is_none());
+            assert_eq!(
+                sc.seccomp_profile.as_ref().map(|p| p.type_.as_str()),
+                Some("RuntimeDefault")
+            );
+            assert!(sc.privileged != Some(true));
+            let resources = c.resources.as_ref().expect("resources");
+            assert!(
+                resources
+                    .requests
+                    .as_ref()
+                    .is_some_and(|r| r.contains_key("memory"))
+            );
+            assert!(
+                resources
+                    .limits
+                    .as_ref()
+                    .is_some_and(|l| l.contains_key("memory"))
+            );
+            assert!(c.liveness_probe.is_some() && c.readiness_probe.is_some());
+        }
+        // Only volume kinds `restricted` allows.
+        for v in pod.volumes.iter().flatten() {
+            assert!(
+                v.config_map.is_some() || v.projected.is_some(),
+                "volume {} is of a kind restricted may refuse",
+                v.name
+            );
+        }
+        let annotations = template
+            .metadata
+            .as_ref()
+            .and_then(|m| m.annotations.as_ref())
+            .expect("annotations");
+        assert_eq!(annotations["prometheus.io/scrape"], "true");
+        assert_eq!(annotations["prometheus.io/port"], "15020");
+    }
+
+    #[test]
+    fn the_disruption_budget_lets_one_pod_go_and_never_blocks_a_drain() {
+        let objects = waypoint_objects(&gateway(), &config());
+        let spec = objects.disruption_budget.spec.as_ref().expect("spec");
+        assert_eq!(spec.max_unavailable, Some(IntOrString::Int(1)));
+        assert!(spec.min_available.is_none());
+        assert_eq!(
+            spec.selector.as_ref().and_then(|s| s.match_labels.as_ref()),
+            objects
+                .deployment
+                .spec
+                .as_ref()
+                .and_then(|d| d.selector.match_labels.as_ref())
+        );
+        let body = with_type_meta(&objects.disruption_budget);
+        assert_eq!(body["apiVersion"], "policy/v1");
+        assert_eq!(body["kind"], "PodDisruptionBudget");
     }
 }

@@ -17,6 +17,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff;
 use kube::api::{Patch, PatchParams, PostParams};
@@ -381,6 +382,13 @@ impl Writer {
             Api::<Service>::namespaced(self.client.clone(), &ns),
             &gw.name_any(),
             with_type_meta(&objects.service),
+            false,
+        )
+        .await;
+        self.apply_once(
+            Api::<PodDisruptionBudget>::namespaced(self.client.clone(), &ns),
+            &gw.name_any(),
+            with_type_meta(&objects.disruption_budget),
             false,
         )
         .await;

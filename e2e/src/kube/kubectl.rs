@@ -52,7 +52,18 @@ impl Kubectl {
     /// `kubectl apply -f -` of `manifest`; returns what kubectl printed, or
     /// the refusal.
     pub fn apply(&self, manifest: &str) -> Result<String> {
-        let mut cmd = self.command(&["apply", "-f", "-"]);
+        self.apply_args(manifest, &["apply", "-f", "-"])
+    }
+
+    /// `kubectl apply --server-side` of `manifest` as `field_manager` (as
+    /// weftctl or a controller applies).
+    pub fn apply_as(&self, manifest: &str, field_manager: &str) -> Result<String> {
+        let manager = format!("--field-manager={field_manager}");
+        self.apply_args(manifest, &["apply", "--server-side", &manager, "-f", "-"])
+    }
+
+    fn apply_args(&self, manifest: &str, args: &[&str]) -> Result<String> {
+        let mut cmd = self.command(args);
         let out = exec::output_with_stdin(&mut cmd, manifest.as_bytes())?;
         if !out.status.success() {
             return Err(Error::Command {
