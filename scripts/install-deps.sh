@@ -13,6 +13,7 @@ packages=(
   haproxy                      # the L7 baseline of the waypoint benchmark
   runc                         # the kube-mode kubelet's OCI runtime (pods' containers)
   conntrack                    # kube-proxy clears stale UDP flows with it
+  python3-venv                 # kubernetes-validate (PyPI), the manifests' first check
 )
 
 missing=()

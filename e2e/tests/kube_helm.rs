@@ -41,6 +41,56 @@ fn values_file(dir: &Path, name: &str, text: &str) -> PathBuf {
     path
 }
 
+/// `kubernetes-validate` from PyPI (`scripts/kubernetes-validate.sh`).
+fn kubernetes_validate() -> PathBuf {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/kubernetes-validate.sh");
+    let out = Command::new(&script)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .expect("run scripts/kubernetes-validate.sh");
+    assert!(out.status.success(), "scripts/kubernetes-validate.sh failed");
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+/// The fast first check, before any cluster: every built-in kind of
+/// deploy/base validates strictly (an unknown field is an error) against
+/// the API schemas of the oldest Kubernetes the chart supports and of the
+/// one the tests run. The Gateway API's GatewayClass has no built-in
+/// schema; the kube tests apply it to a real API server.
+#[test]
+fn deploy_base_validates_strictly_against_the_kubernetes_api_schemas() {
+    let validate = kubernetes_validate();
+    let base = install::deploy_base().join("weft.yaml");
+    for version in ["1.30.0", "1.37.0"] {
+        let out = Command::new(&validate)
+            .args(["--strict", "--quiet", "-k", version])
+            .arg(&base)
+            .output()
+            .expect("run kubernetes-validate");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "Kubernetes {version}: {text}");
+        for line in text.lines().filter(|l| l.starts_with("WARN")) {
+            assert!(line.contains("kind GatewayClass"), "unexpected: {line}");
+        }
+    }
+    // It can fail: a field the API does not have, where a typo would put it.
+    let broken = std::fs::read_to_string(&base)
+        .expect("weft.yaml")
+        .replacen("priorityClassName:", "priorityClasName:", 1);
+    let dir = scratch();
+    let path = values_file(&dir, "broken.yaml", &broken);
+    let out = Command::new(&validate)
+        .args(["--strict", "--quiet", "-k", "1.37.0"])
+        .arg(&path)
+        .output()
+        .expect("run kubernetes-validate");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned()
+        + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a misspelt field passed: {text}");
+    assert!(text.contains("priorityClasName"), "{text}");
+}
+
 #[test]
 fn deploy_base_is_the_charts_default_rendering() {
     let rendered = template(&[]);
