@@ -48,7 +48,10 @@ fn kubernetes_validate() -> PathBuf {
         .stderr(std::process::Stdio::inherit())
         .output()
         .expect("run scripts/kubernetes-validate.sh");
-    assert!(out.status.success(), "scripts/kubernetes-validate.sh failed");
+    assert!(
+        out.status.success(),
+        "scripts/kubernetes-validate.sh failed"
+    );
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
@@ -75,9 +78,11 @@ fn deploy_base_validates_strictly_against_the_kubernetes_api_schemas() {
         }
     }
     // It can fail: a field the API does not have, where a typo would put it.
-    let broken = std::fs::read_to_string(&base)
-        .expect("weft.yaml")
-        .replacen("priorityClassName:", "priorityClasName:", 1);
+    let broken = std::fs::read_to_string(&base).expect("weft.yaml").replacen(
+        "priorityClassName:",
+        "priorityClasName:",
+        1,
+    );
     let dir = scratch();
     let path = values_file(&dir, "broken.yaml", &broken);
     let out = Command::new(&validate)
@@ -85,8 +90,8 @@ fn deploy_base_validates_strictly_against_the_kubernetes_api_schemas() {
         .arg(&path)
         .output()
         .expect("run kubernetes-validate");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned()
-        + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "a misspelt field passed: {text}");
     assert!(text.contains("priorityClasName"), "{text}");
 }
