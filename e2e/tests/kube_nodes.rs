@@ -18,6 +18,25 @@ fn up() -> KubeCluster {
     KubeCluster::up(KubeClusterConfig::default()).expect("kube cluster up")
 }
 
+/// A cluster with deploy/ applied with kubectl and the controller Available.
+fn installed() -> KubeCluster {
+    let cluster = up();
+    weft_e2e::kube::install::weft(cluster.control_plane()).expect("install weft with kubectl");
+    cluster
+        .kubectl()
+        .wait_for(
+            "weft-system",
+            "Available",
+            "deployment/weft-controller",
+            120,
+        )
+        .unwrap_or_else(|e| {
+            cluster.print_logs();
+            panic!("the controller Deployment becomes Available: {e}")
+        });
+    cluster
+}
+
 fn pod_json(cluster: &KubeCluster, namespace: &str, name: &str) -> Option<Value> {
     cluster
         .kubectl()
@@ -300,6 +319,29 @@ spec:
       args: [serve]
       volumeMounts: [{name: c, mountPath: /c}]
   volumes: [{name: c, configMap: {name: nowhere}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: missing-entrypoint, namespace: bad}
+spec:
+  nodeName: node-2
+  containers: [{name: main, image: broken-entrypoint}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: wrong-user, namespace: bad}
+spec:
+  nodeName: node-1
+  containers: [{name: main, image: root-only, args: [serve]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: wrong-digest, namespace: bad}
+spec:
+  nodeName: node-2
+  containers:
+    - name: main
+      image: e2e-app@sha256:0000000000000000000000000000000000000000000000000000000000000000
 "#;
     k.apply(manifest).expect("pods");
     let waiting = |name: &str| -> Option<(String, String)> {
@@ -318,6 +360,19 @@ spec:
             "CreateContainerConfigError",
             "ConfigMap \"nowhere\" not found",
         ),
+        // The image's entrypoint is not in its filesystem.
+        (
+            "missing-entrypoint",
+            "RunContainerError",
+            "\"/usr/local/bin/not-in-this-image\": no such file in the image",
+        ),
+        // Its entrypoint is root's alone (0700) and it runs as 65532.
+        (
+            "wrong-user",
+            "RunContainerError",
+            "\"/usr/local/bin/weft-e2e-app\": permission denied",
+        ),
+        ("wrong-digest", "ErrImagePull", "not the pinned digest"),
     ] {
         wait_until(&format!("{name} to say {reason}"), READY_WITHIN, || {
             waiting(name).is_some_and(|(r, m)| r == reason && m.contains(says))
@@ -339,24 +394,33 @@ spec:
         phase(&cluster, "bad", "missing-config") == "Running"
     })
     .expect("the pod starts once its ConfigMap exists");
+    // And an image whose entrypoint its user may run runs it from its own
+    // filesystem: weftctl's (the deploy/ tests run the controller, node
+    // agent and ztunnel images, kube_mesh the waypoint's).
+    let log = run_to_completion(
+        &cluster,
+        "bad",
+        "weftctl",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: weftctl, namespace: bad}
+spec:
+  nodeName: node-1
+  restartPolicy: Never
+  securityContext: {runAsNonRoot: true}
+  containers:
+    - {name: main, image: ghcr.io/weft-mesh/weftctl:latest, args: [--version]}
+"#,
+    );
+    assert!(log.contains("weftctl"), "{log}");
 }
 
 #[test]
 fn deploy_installs_and_its_controller_pods_run_on_the_nodes_until_ready() {
     let _one = common::serial();
-    let cluster = up();
-    weft_e2e::kube::install::weft(cluster.control_plane()).expect("install weft with kubectl");
+    let cluster = installed();
     let k = cluster.kubectl();
-    k.wait_for(
-        "weft-system",
-        "Available",
-        "deployment/weft-controller",
-        120,
-    )
-    .unwrap_or_else(|e| {
-        cluster.print_logs();
-        panic!("the controller Deployment becomes Available: {e}")
-    });
     let pods = k
         .get_json(&[
             "pods",
@@ -455,5 +519,60 @@ fn deploy_installs_and_its_controller_pods_run_on_the_nodes_until_ready() {
             .container_log("weft-system", name, "controller")
             .expect("controller log");
         assert!(!log.contains("forbidden"), "{name}: {log}");
+    }
+}
+
+/// The components' processes of this run, by cgroup: (name, VmRSS in kB).
+fn component_rss(cluster: &KubeCluster) -> Vec<(String, u64)> {
+    let run = cluster.state().run_id.as_str().to_string();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let dir = entry.path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        let comm = comm.trim();
+        if !["weft-controller", "ztunnel", "weft-node-agent", "waypoint"].contains(&comm) {
+            continue;
+        }
+        let cgroup = std::fs::read_to_string(dir.join("cgroup")).unwrap_or_default();
+        if !cgroup.contains(&run) {
+            continue;
+        }
+        let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
+        let rss = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok());
+        if let Some(rss) = rss {
+            found.push((comm.to_string(), rss));
+        }
+    }
+    found.sort();
+    found
+}
+
+/// Idle memory of each component as its image runs in the cluster, for
+/// docs/benchmarks.md (a measurement, not a check): deploy/ installed, a
+/// waypoint deployed for a Gateway, no traffic, a minute to settle. Run
+/// with the shipped binaries:
+/// `WEFT_E2E_BIN_DIR=<dir with the dist build> cargo test -p weft-e2e --test kube_nodes idle_rss -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement for docs/benchmarks.md"]
+fn idle_rss_of_each_component() {
+    let _one = common::serial();
+    let cluster = installed();
+    let k = cluster.kubectl();
+    k.run(&["create", "namespace", "shop"]).expect("namespace");
+    k.apply(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: waypoint, namespace: shop}\nspec:\n  gatewayClassName: weft-waypoint\n  listeners: [{name: mesh, port: 15008, protocol: HBONE}]\n",
+    )
+    .expect("gateway");
+    wait_until("a waypoint process", Duration::from_secs(120), || {
+        component_rss(&cluster).iter().any(|(c, _)| c == "waypoint")
+    })
+    .expect("the deployer runs a waypoint");
+    std::thread::sleep(Duration::from_secs(60));
+    eprintln!("component        VmRSS");
+    for (component, rss) in component_rss(&cluster) {
+        eprintln!("{component:<16} {:.1} MiB", rss as f64 / 1024.0);
     }
 }

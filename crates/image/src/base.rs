@@ -28,8 +28,9 @@ pub enum Base {
     /// glibc and libgcc: what every Rust binary of weft loads (distroless
     /// `cc`'s role).
     Cc,
-    /// `cc` and the netfilter tools the node agent runs in pods'
-    /// namespaces: `nft`, and `iptables`/`iptables-restore` (nft backend).
+    /// `cc` and the tools the node agent runs in pods' namespaces: `nft`,
+    /// `iptables`/`iptables-restore` (nft backend) and `ip` (the policy
+    /// routing TPROXY needs).
     Netfilter,
     /// `cc` and a shell with coreutils and `getent`: the e2e workload's
     /// image, whose tests run shell commands in it.
@@ -38,7 +39,7 @@ pub enum Base {
 
 /// glibc and the unwinder.
 const CC: &[&str] = &["libc6", "libgcc-s1"];
-/// `nft` and `iptables` and the libraries they load.
+/// `nft`, `iptables` and `ip`, and the libraries they load.
 const NETFILTER: &[&str] = &[
     "nftables",
     "libnftables1",
@@ -56,6 +57,11 @@ const NETFILTER: &[&str] = &[
     "libip6tc2",
     "libnetfilter-conntrack3",
     "libnfnetlink0",
+    "iproute2",
+    "libbpf1",
+    "libelf1",
+    "libcap2",
+    "zlib1g",
 ];
 /// A shell, coreutils, `getent`, and their libraries.
 const SHELL: &[&str] = &[

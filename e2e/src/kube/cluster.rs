@@ -203,10 +203,12 @@ impl KubeCluster {
         self.plane = Some(plane);
 
         let count = self.config.nodes;
-        let images = Images::new(bins.clone()).with(
-            kubelet::images::repository(super::dns::IMAGE),
-            toolchain.dns_binary(),
-        );
+        progress("images: assembling and caching the OCI archives (weft-image)");
+        let images = Images::assemble(
+            bins,
+            (super::dns::IMAGE, toolchain.dns_binary()),
+            &dir.join("images"),
+        )?;
         for index in 1..=count {
             let name = addresses::node_name(index);
             progress(&format!(

@@ -1,125 +1,182 @@
-//! What the harness' kubelet runs for an image: no registry and no layers
-//! yet, but the binary built for that image, at the path and as the user
-//! the image would give it. The image's repository (the last path segment,
-//! without tag or digest) picks the binary; an image the table does not know
-//! fails the container the way a pull failure does.
+//! The images the harness' kubelet runs: OCI image archives, assembled by
+//! `weft-image` (crates/image, the code behind `make images`) from this
+//! build's binaries, as a registry would serve them. A pod's `image:` is
+//! looked up by its repository name (`ghcr.io/weft-mesh/controller:latest`
+//! → `controller`; the registry and tag are not checked, a digest is);
+//! the archive is unpacked once per run into `<run>/images/<name>/`, its
+//! blobs' digests checked; each container then runs from its own copy of
+//! that root ([`weft_image::unpack::copy_root`]) as the image config says.
+//! An unknown, unbuilt or corrupt image fails the container's pull
+//! (`ErrImagePull`) with the reason.
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use weft_image::archive::{FileSpec, ImageSpec};
+use weft_image::base::{self, Base, NONROOT};
+use weft_image::names::{pinned_digest, repository};
+use weft_image::recipes::{self, PATH};
+use weft_image::{ImageNames, Unpacked};
 
 use crate::binaries::{self, Binaries};
+use crate::error::{Error, Result};
 
-/// The user images run as unless they need root: distroless' `nonroot`.
-pub const NONROOT: u32 = 65532;
+/// Where archives and base layers are cached between runs.
+pub const CACHE: &str = "/var/cache/weft/images";
 
-/// An image, as the kubelet runs it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Image {
-    /// The binary on this machine.
-    pub binary: PathBuf,
-    /// Where the image has it: its entrypoint.
-    pub entrypoint: String,
-    /// The image's user and group.
-    pub user: (u32, u32),
-    /// Other binaries the image carries: (on this machine, in the image).
-    pub extra: Vec<(PathBuf, String)>,
+/// The e2e workload's image (`e2e-app`): the app on a shell base, since
+/// tests run shell commands in it.
+fn app(bins: &Binaries) -> ImageSpec {
+    let entry = format!("/usr/local/bin/{}", binaries::APP);
+    ImageSpec {
+        name: "e2e-app".into(),
+        reference: "e2e-app:latest".into(),
+        files: vec![FileSpec {
+            source: bins.path(binaries::APP),
+            path: entry.clone(),
+            mode: 0o755,
+        }],
+        entrypoint: vec![entry],
+        cmd: Vec::new(),
+        user: format!("{NONROOT}:{NONROOT}"),
+        env: vec![PATH.into()],
+        working_dir: "/".into(),
+        labels: BTreeMap::new(),
+    }
 }
 
-/// The images the harness can run: the repository name, the binary, other
-/// binaries it carries, and whether it runs as root (the node components
-/// must).
-const TABLE: &[(&str, &str, &[&str], bool)] = &[
-    ("controller", binaries::CONTROLLER, &[], false),
-    ("waypoint", binaries::WAYPOINT, &[], false),
-    ("ztunnel", binaries::ZTUNNEL, &[], true),
-    // The node agent installs the plugin onto the node from its image.
-    (
-        "node-agent",
-        binaries::NODE_AGENT,
-        &[binaries::CNI_PLUGIN],
-        true,
-    ),
-    ("weftctl", binaries::WEFTCTL, &[], false),
-    ("e2e-app", binaries::APP, &[], false),
-];
-
-/// The repository name of an image reference: `ghcr.io/weft-mesh/controller:v1`
-/// and `controller@sha256:…` are both `controller`.
-pub fn repository(image: &str) -> &str {
-    let without_digest = image.split('@').next().unwrap_or(image);
-    let last = without_digest.rsplit('/').next().unwrap_or(without_digest);
-    last.split(':').next().unwrap_or(last)
+/// Images that must not run, for the tests that prove a broken image
+/// fails: `broken-entrypoint` names a file it does not carry, `root-only`
+/// carries its entrypoint with mode 0700 but runs as `nonroot`.
+fn broken(bins: &Binaries) -> [ImageSpec; 2] {
+    let mut missing = app(bins);
+    missing.name = "broken-entrypoint".into();
+    missing.reference = "broken-entrypoint:latest".into();
+    missing.entrypoint = vec!["/usr/local/bin/not-in-this-image".into()];
+    let mut root_only = app(bins);
+    root_only.name = "root-only".into();
+    root_only.reference = "root-only:latest".into();
+    root_only.files[0].mode = 0o700;
+    [missing, root_only]
 }
 
-/// The images of one machine's build.
+/// CoreDNS as its upstream image lays it out: `/coredns`, user 65532.
+fn coredns(reference: &str, binary: PathBuf) -> ImageSpec {
+    ImageSpec {
+        name: repository(reference).into(),
+        reference: reference.into(),
+        files: vec![FileSpec {
+            source: binary,
+            path: "/coredns".into(),
+            mode: 0o755,
+        }],
+        entrypoint: vec!["/coredns".into()],
+        cmd: Vec::new(),
+        user: format!("{NONROOT}:{NONROOT}"),
+        env: vec![PATH.into()],
+        working_dir: "/".into(),
+        labels: BTreeMap::new(),
+    }
+}
+
+/// An image the kubelet can run: its archive, unpacked on first use.
+#[derive(Debug)]
+struct Entry {
+    archive: Result<PathBuf, String>,
+    unpacked: Option<Result<Arc<Unpacked>, String>>,
+}
+
+/// The images of one run.
 #[derive(Clone, Debug)]
 pub struct Images {
-    bins: Binaries,
-    /// Images of programs built elsewhere (the cluster add-ons): the
-    /// repository and the binary; they run as `nonroot`.
-    others: Vec<(String, PathBuf)>,
+    /// Where they are unpacked (`<run>/images`).
+    dir: PathBuf,
+    entries: Arc<Mutex<BTreeMap<String, Entry>>>,
 }
 
 impl Images {
-    /// The images whose binaries are in `bins`.
-    pub fn new(bins: Binaries) -> Images {
-        Images {
-            bins,
-            others: Vec::new(),
-        }
-    }
-
-    /// Adds repository `name`, run from `binary`.
-    pub fn with(mut self, name: &str, binary: PathBuf) -> Images {
-        self.others.push((name.to_string(), binary));
-        self
-    }
-
-    /// The image `reference` names, or why it cannot be run.
-    pub fn resolve(&self, reference: &str) -> Result<Image, String> {
-        let name = repository(reference);
-        if let Some((repo, binary)) = self.others.iter().find(|(repo, _)| repo == name) {
-            return Ok(Image {
-                binary: binary.clone(),
-                entrypoint: format!("/usr/local/bin/{repo}"),
-                user: (NONROOT, NONROOT),
-                extra: Vec::new(),
-            });
-        }
-        let (_, binary, extra, root) = TABLE
-            .iter()
-            .find(|(repo, _, _, _)| *repo == name)
-            .ok_or_else(|| {
-                format!(
-                    "image {reference:?}: the harness has no build of repository {name:?} (it runs {})",
-                    TABLE
-                        .iter()
-                        .map(|t| t.0)
-                        .chain(self.others.iter().map(|o| o.0.as_str()))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
-            })?;
-        let built = |binary: &str| {
-            let path = self.bins.path(binary);
-            if path.is_file() {
-                Ok(path)
-            } else {
-                Err(format!(
-                    "image {reference:?}: {} is not built",
-                    path.display()
-                ))
+    /// Assembles the images of the components in `bins` (those built), the
+    /// e2e app, the broken test images and CoreDNS (`dns` is its image
+    /// reference and binary), into the cache; `dir` is where this run
+    /// unpacks them.
+    pub fn assemble(bins: &Binaries, dns: (&str, PathBuf), dir: &Path) -> Result<Images> {
+        let cache = Path::new(CACHE);
+        let out = cache.join("e2e");
+        let names = ImageNames::chart();
+        let invalid = |e: weft_image::Error| Error::Invalid(format!("images: {e}"));
+        let mut specs: Vec<(Base, ImageSpec)> = Vec::new();
+        let mut entries = BTreeMap::new();
+        for recipe in recipes::COMPONENTS {
+            let spec = recipe
+                .spec(&names, env!("CARGO_PKG_VERSION"), |b| bins.path(b))
+                .map_err(invalid)?;
+            match recipe.binaries.iter().find(|b| !bins.has(b)) {
+                None => specs.push((recipe.base, spec)),
+                Some(missing) => {
+                    let why = format!(
+                        "image {:?}: {} is not built",
+                        spec.reference,
+                        bins.path(missing).display()
+                    );
+                    entries.insert(
+                        spec.name,
+                        Entry {
+                            archive: Err(why),
+                            unpacked: None,
+                        },
+                    );
+                }
             }
-        };
-        let id = if *root { 0 } else { NONROOT };
-        Ok(Image {
-            binary: built(binary)?,
-            entrypoint: format!("/usr/local/bin/{binary}"),
-            user: (id, id),
-            extra: extra
-                .iter()
-                .map(|b| Ok((built(b)?, format!("/usr/local/bin/{b}"))))
-                .collect::<Result<_, String>>()?,
+        }
+        specs.push((Base::Shell, app(bins)));
+        specs.extend(broken(bins).map(|s| (Base::Shell, s)));
+        specs.push((Base::Cc, coredns(dns.0, dns.1)));
+        for (base, spec) in specs {
+            let layer = base::prepare(base, cache).map_err(invalid)?;
+            let built = weft_image::archive::build(&spec, &layer, &out).map_err(invalid)?;
+            entries.insert(
+                spec.name,
+                Entry {
+                    archive: Ok(built.archive),
+                    unpacked: None,
+                },
+            );
+        }
+        Ok(Images {
+            dir: dir.to_path_buf(),
+            entries: Arc::new(Mutex::new(entries)),
         })
+    }
+
+    /// The image `reference` names, unpacked, or why it cannot be pulled.
+    pub fn resolve(&self, reference: &str) -> Result<Arc<Unpacked>, String> {
+        let name = repository(reference);
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let known = entries.keys().cloned().collect::<Vec<_>>().join(", ");
+        let entry = entries.get_mut(name).ok_or_else(|| {
+            format!("image {reference:?}: the harness has no image of repository {name:?} (it has {known})")
+        })?;
+        let archive = entry.archive.clone()?;
+        let dir = self.dir.join(name);
+        let unpacked = entry
+            .unpacked
+            .get_or_insert_with(|| {
+                let _ = std::fs::remove_dir_all(&dir);
+                weft_image::unpack::unpack(&archive, &dir)
+                    .map(Arc::new)
+                    .map_err(|e| format!("pulling {reference:?}: {e}"))
+            })
+            .clone()?;
+        if let Some(pinned) = pinned_digest(reference)
+            && pinned != unpacked.digest
+        {
+            return Err(format!(
+                "image {reference:?}: the harness' {name} is {}, not the pinned digest",
+                unpacked.digest
+            ));
+        }
+        Ok(unpacked)
     }
 }
 
@@ -128,19 +185,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_repository_is_the_last_segment_without_tag_or_digest() {
-        assert_eq!(
-            repository("ghcr.io/weft-mesh/controller:latest"),
-            "controller"
-        );
-        assert_eq!(repository("localhost:5000/waypoint"), "waypoint");
-        assert_eq!(repository("ztunnel@sha256:abcd"), "ztunnel");
-        assert_eq!(repository("e2e-app"), "e2e-app");
-    }
-
-    #[test]
-    fn an_unknown_image_is_refused_by_name() {
-        let images = Images::new(Binaries::in_dir("/nonexistent"));
+    fn an_unknown_or_unbuilt_image_is_refused_by_name() {
+        let images = Images {
+            dir: PathBuf::from("/nonexistent"),
+            entries: Arc::new(Mutex::new(BTreeMap::from([(
+                "controller".to_string(),
+                Entry {
+                    archive: Err("image \"ghcr.io/weft-mesh/controller:latest\": /x/weft-controller is not built".into()),
+                    unpacked: None,
+                },
+            )]))),
+        };
         let err = images.resolve("docker.io/library/nginx:1").unwrap_err();
         assert!(err.contains("\"nginx\""), "{err}");
         let err = images

@@ -5,7 +5,8 @@
 //! pods bound to the node and runs each ([`pod`]): a sandbox through the
 //! node's real CNI chain, volumes ([`volumes`]), the environment
 //! ([`env`]), each container as an OCI bundle under runc ([`spec`],
-//! [`runtime`]) with the binary its image names ([`images`]), probes from
+//! [`runtime`]) from its own copy of its image's root filesystem, run as
+//! the image config says ([`images`]), probes from
 //! the node's network namespace ([`probes`]), `pods/status`, and deletion
 //! within the grace period. It authenticates as `system:node:<name>`, so the
 //! API server's Node authorizer limits it as it limits a real kubelet.

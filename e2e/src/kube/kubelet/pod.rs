@@ -680,8 +680,19 @@ impl Worker {
             runtime::cgroup_root(&self.ctx.run_id),
             self.uid
         );
+        let bundle = self
+            .dir
+            .join("containers")
+            .join(format!("{}-{restart}", c.name));
+        let rootfs = bundle.join("rootfs");
+        // A retried start lays the root out afresh.
+        let _ = std::fs::remove_dir_all(&bundle);
+        spec::make_rootfs(&rootfs, &image)
+            .map_err(|e| config_error(format!("laying out {}: {e}", rootfs.display())))?;
+        let image_user = image.config.image_user(&rootfs).map_err(config_error)?;
         let inputs = spec::Inputs {
             image: &image,
+            image_user,
             env: &env,
             binds: &binds,
             netns: &sandbox.netns_path,
@@ -689,15 +700,11 @@ impl Worker {
             pod_security: pod_security.as_ref(),
             cgroup: &cgroup,
         };
-        let bundle = self
-            .dir
-            .join("containers")
-            .join(format!("{}-{restart}", c.name));
-        let (rootfs, local) = (bundle.join("rootfs"), bundle.join("local"));
-        let user = spec::user(c, pod_security.as_ref(), &image).map_err(config_error)?;
-        spec::make_rootfs(&rootfs, &local, &image, user)
-            .map_err(|e| config_error(format!("laying out {}: {e}", rootfs.display())))?;
-        let runtime = spec::runtime_spec(c, &inputs, &rootfs, &local).map_err(config_error)?;
+        spec::user(c, pod_security.as_ref(), image_user).map_err(config_error)?;
+        // The program must be in the image and executable by its user, as
+        // a runtime's exec would find: else the start fails, with the file.
+        let runtime = spec::runtime_spec(c, &inputs, &rootfs)
+            .map_err(|e| ("RunContainerError".to_string(), e))?;
         let config = bundle.join("config.json");
         let text = serde_json::to_vec_pretty(&runtime).map_err(|e| config_error(e.to_string()))?;
         std::fs::write(&config, text)

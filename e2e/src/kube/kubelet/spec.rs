@@ -5,8 +5,9 @@
 //! `/etc/hosts`, `/etc/hostname`, `/etc/resolv.conf`) and the namespaces
 //! (the pod's network namespace, or the node's for `hostNetwork`).
 //!
-//! The root filesystem stands in for the image (see [`super::images`]): the
-//! machine's `/usr` read-only, and the image's binary at its entrypoint.
+//! The root filesystem is the container's own copy of its image's root
+//! (see [`super::images`]); the image config gives the entrypoint, command,
+//! user, environment and working directory where the pod spec does not.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -14,8 +15,10 @@ use std::path::{Path, PathBuf};
 use k8s_openapi::api::core::v1::{Container, PodSecurityContext, SecurityContext};
 use serde_json::{Value, json};
 
+use weft_image::Unpacked;
+use weft_image::unpack::ImageUser;
+
 use super::env::expand;
-use super::images::Image;
 
 /// The capabilities a runtime gives a container by default (containerd's
 /// and CRI-O's set).
@@ -99,7 +102,9 @@ pub struct Bind {
 #[derive(Clone, Debug)]
 pub struct Inputs<'a> {
     /// The image it runs.
-    pub image: &'a Image,
+    pub image: &'a Unpacked,
+    /// The image's user.
+    pub image_user: ImageUser,
     /// Its resolved environment.
     pub env: &'a BTreeMap<String, String>,
     /// Volumes and kubelet files, in mount order.
@@ -158,11 +163,12 @@ pub fn capabilities(security: Option<&SecurityContext>) -> Vec<String> {
 }
 
 /// The user and group the container runs as: its security context's, else
-/// the pod's, else the image's; refused when `runAsNonRoot` meets root.
+/// the pod's, else the image's; refused when `runAsNonRoot` meets root, or
+/// an image user given by name (which, as a kubelet, it cannot verify).
 pub fn user(
     container: &Container,
     pod: Option<&PodSecurityContext>,
-    image: &Image,
+    image: ImageUser,
 ) -> Result<(u32, u32), String> {
     let own = container.security_context.as_ref();
     let pick = |c: Option<i64>, p: Option<i64>| c.or(p).map(|v| v as u32);
@@ -170,16 +176,12 @@ pub fn user(
         own.and_then(|s| s.run_as_user),
         pod.and_then(|s| s.run_as_user),
     )
-    .unwrap_or(image.user.0);
+    .unwrap_or(image.uid);
     let gid = pick(
         own.and_then(|s| s.run_as_group),
         pod.and_then(|s| s.run_as_group),
     )
-    .unwrap_or(if uid == image.user.0 {
-        image.user.1
-    } else {
-        uid
-    });
+    .unwrap_or(if uid == image.uid { image.gid } else { uid });
     let non_root = own
         .and_then(|s| s.run_as_non_root)
         .or(pod.and_then(|s| s.run_as_non_root))
@@ -190,18 +192,71 @@ pub fn user(
             container.name
         ));
     }
+    let own_uid = own
+        .and_then(|s| s.run_as_user)
+        .or(pod.and_then(|s| s.run_as_user));
+    if non_root && own_uid.is_none() && !image.numeric {
+        return Err(format!(
+            "container {} has runAsNonRoot and its image names its user (uid {uid}) by name, which cannot be verified: give the image a numeric user or set runAsUser",
+            container.name
+        ));
+    }
     Ok((uid, gid))
 }
 
-/// The process' argv: `command` (else the image's entrypoint) and `args`,
-/// with `$(VAR)` expanded from the environment.
-pub fn argv(container: &Container, image: &Image, env: &BTreeMap<String, String>) -> Vec<String> {
-    let mut argv: Vec<String> = match &container.command {
-        Some(cmd) if !cmd.is_empty() => cmd.iter().map(|c| expand(c, env)).collect(),
-        _ => vec![image.entrypoint.clone()],
+/// The process' argv as Kubernetes composes it: `command` (else the
+/// image's `Entrypoint`), then `args` (else, when `command` is not given,
+/// the image's `Cmd`); `$(VAR)` expanded in the pod spec's parts.
+pub fn argv(
+    container: &Container,
+    image: &Unpacked,
+    env: &BTreeMap<String, String>,
+) -> Vec<String> {
+    let command = container.command.as_ref().filter(|c| !c.is_empty());
+    let args = container.args.as_ref().filter(|a| !a.is_empty());
+    let mut argv: Vec<String> = match command {
+        Some(cmd) => cmd.iter().map(|c| expand(c, env)).collect(),
+        None => image.config.entrypoint.clone(),
     };
-    argv.extend(container.args.iter().flatten().map(|a| expand(a, env)));
+    match args {
+        Some(args) => argv.extend(args.iter().map(|a| expand(a, env))),
+        None if command.is_none() => argv.extend(image.config.cmd.iter().cloned()),
+        None => {}
+    }
     argv
+}
+
+/// The process' environment: the image's, the hostname, then the pod
+/// spec's (which wins over the image's for the same name); a default
+/// `PATH` when neither gives one, as runtimes add.
+pub fn environment(
+    image: &Unpacked,
+    hostname: &str,
+    env: &BTreeMap<String, String>,
+) -> Vec<(String, String)> {
+    let mut all: Vec<(String, String)> = Vec::new();
+    let mut set = |k: &str, v: &str| {
+        all.retain(|(name, _)| name != k);
+        all.push((k.to_string(), v.to_string()));
+    };
+    for pair in &image.config.env {
+        let (k, v) = pair.split_once('=').unwrap_or((pair.as_str(), ""));
+        set(k, v);
+    }
+    set("HOSTNAME", hostname);
+    for (k, v) in env {
+        set(k, v);
+    }
+    if !all.iter().any(|(k, _)| k == "PATH") {
+        all.insert(
+            0,
+            (
+                "PATH".into(),
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+            ),
+        );
+    }
+    all
 }
 
 fn bind(b: &Bind) -> Value {
@@ -215,32 +270,34 @@ fn bind(b: &Bind) -> Value {
     json!({"destination": b.destination, "type": "bind", "source": b.source, "options": options})
 }
 
-/// A read-only bind of `source` at `destination`.
-fn ro(destination: &str, source: &Path) -> Bind {
-    Bind {
-        destination: destination.to_string(),
-        source: source.to_path_buf(),
-        read_only: true,
-        host_to_container: false,
-    }
-}
-
-/// The OCI runtime spec of `container`; `rootfs` is the bundle's root and
-/// `local` its `/usr/local` (holding the entrypoint's mount point).
+/// The OCI runtime spec of `container`; `rootfs` is the bundle's root,
+/// the container's copy of its image's. Refused when the program to run
+/// is not in the image or its user may not execute it.
 pub fn runtime_spec(
     container: &Container,
     inputs: &Inputs<'_>,
     rootfs: &Path,
-    local: &Path,
 ) -> Result<Value, String> {
     let security = container.security_context.as_ref();
-    let (uid, gid) = user(container, inputs.pod_security, inputs.image)?;
+    let (uid, gid) = user(container, inputs.pod_security, inputs.image_user)?;
     let caps = capabilities(security);
-    let mut env: Vec<String> = vec![
-        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
-        format!("HOSTNAME={}", inputs.hostname),
-    ];
-    env.extend(inputs.env.iter().map(|(k, v)| format!("{k}={v}")));
+    let environment = environment(inputs.image, inputs.hostname, inputs.env);
+    let args = argv(container, inputs.image, inputs.env);
+    let Some(program) = args.first() else {
+        return Err(format!(
+            "container {}: neither its command nor its image's entrypoint names a program",
+            container.name
+        ));
+    };
+    let path = environment
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map_or("", |(_, v)| v.as_str());
+    weft_image::unpack::check_executable(rootfs, program, path, uid, gid)?;
+    let env: Vec<String> = environment
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
     let no_new_privileges = security.and_then(|s| s.allow_privilege_escalation) == Some(false);
     let mut mounts = vec![
         json!({"destination": "/proc", "type": "proc", "source": "proc"}),
@@ -254,17 +311,7 @@ pub fn runtime_spec(
                "options": ["nosuid", "noexec", "nodev"]}),
         json!({"destination": "/sys", "type": "sysfs", "source": "sysfs",
                "options": ["nosuid", "noexec", "nodev", "ro"]}),
-        bind(&ro("/usr", Path::new("/usr"))),
-        bind(&ro("/usr/local", local)),
-        bind(&ro(&inputs.image.entrypoint, &inputs.image.binary)),
     ];
-    mounts.extend(
-        inputs
-            .image
-            .extra
-            .iter()
-            .map(|(source, at)| bind(&ro(at, source))),
-    );
     mounts.extend(inputs.binds.iter().map(bind));
     let caps_json: Vec<&str> = caps.iter().map(String::as_str).collect();
     Ok(json!({
@@ -272,9 +319,13 @@ pub fn runtime_spec(
         "process": {
             "terminal": false,
             "user": {"uid": uid, "gid": gid},
-            "args": argv(container, inputs.image, inputs.env),
+            "args": args,
             "env": env,
-            "cwd": container.working_dir.clone().unwrap_or_else(|| "/".into()),
+            "cwd": container
+                .working_dir
+                .clone()
+                .filter(|w| !w.is_empty())
+                .unwrap_or_else(|| inputs.image.config.working_dir.clone()),
             "noNewPrivileges": no_new_privileges,
             "capabilities": {
                 "bounding": caps_json,
@@ -303,59 +354,19 @@ pub fn runtime_spec(
     }))
 }
 
-/// Lays out a bundle's root filesystem in `rootfs` and its `/usr/local` in
-/// `local`: mount points, the usual symlinks into `/usr`, a writable `/tmp`,
-/// and `/etc/passwd` naming the container's user.
-pub fn make_rootfs(
-    rootfs: &Path,
-    local: &Path,
-    image: &Image,
-    user: (u32, u32),
-) -> std::io::Result<()> {
-    use std::os::unix::fs::{PermissionsExt, symlink};
-    for dir in ["usr", "proc", "dev", "sys", "etc", "tmp", "run", "var"] {
-        std::fs::create_dir_all(rootfs.join(dir))?;
-    }
-    // As in distroless and Debian images: /var/run is /run.
-    let var_run = rootfs.join("var/run");
-    if std::fs::symlink_metadata(&var_run).is_err() {
-        symlink("../run", &var_run)?;
-    }
-    std::fs::set_permissions(rootfs.join("tmp"), std::fs::Permissions::from_mode(0o1777))?;
-    for (link, target) in [
-        ("bin", "usr/bin"),
-        ("sbin", "usr/sbin"),
-        ("lib", "usr/lib"),
-        ("lib64", "usr/lib64"),
-    ] {
-        let path = rootfs.join(link);
+/// Makes `rootfs` the container's own copy of its image's root, with the
+/// mount points the runtime spec needs and a writable `/tmp`.
+pub fn make_rootfs(rootfs: &Path, image: &Unpacked) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    weft_image::unpack::copy_root(&image.rootfs, rootfs).map_err(|e| e.to_string())?;
+    for dir in ["proc", "dev", "sys", "etc", "tmp"] {
+        let path = rootfs.join(dir);
         if std::fs::symlink_metadata(&path).is_err() {
-            symlink(target, &path)?;
-        }
-    }
-    std::fs::write(
-        rootfs.join("etc/passwd"),
-        format!(
-            "root:x:0:0:root:/root:/bin/sh\nnonroot:x:{}:{}:nonroot:/tmp:/bin/sh\n",
-            user.0, user.1
-        ),
-    )?;
-    std::fs::write(
-        rootfs.join("etc/group"),
-        format!("root:x:0:\nnonroot:x:{}:\n", user.1),
-    )?;
-    let bin = local.join("bin");
-    std::fs::create_dir_all(&bin)?;
-    // Mount points for the image's binaries inside the read-only /usr/local.
-    let in_image = std::iter::once(image.entrypoint.as_str())
-        .chain(image.extra.iter().map(|(_, at)| at.as_str()));
-    for at in in_image {
-        let point = at
-            .strip_prefix("/usr/local/")
-            .map(|rel| local.join(rel))
-            .unwrap_or_else(|| rootfs.join(at.trim_start_matches('/')));
-        if !point.exists() {
-            std::fs::write(&point, b"")?;
+            let made = std::fs::create_dir_all(&path).and_then(|()| {
+                let mode = if dir == "tmp" { 0o1777 } else { 0o755 };
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+            });
+            made.map_err(|e| format!("{}: {e}", path.display()))?;
         }
     }
     Ok(())
@@ -365,17 +376,39 @@ pub fn make_rootfs(
 mod tests {
     use super::*;
     use serde_json::json;
+    use std::os::unix::fs::PermissionsExt;
+    use weft_image::RunConfig;
 
-    fn image(root: bool) -> Image {
+    /// An image whose root is `rootfs`, holding `weft-controller` with
+    /// `mode`.
+    fn image(rootfs: &Path, mode: u32) -> Unpacked {
+        let bin = rootfs.join("usr/local/bin");
+        std::fs::create_dir_all(&bin).expect("mkdir");
+        std::fs::write(bin.join("weft-controller"), b"").expect("write");
+        std::fs::set_permissions(
+            bin.join("weft-controller"),
+            std::fs::Permissions::from_mode(mode),
+        )
+        .expect("chmod");
+        Unpacked {
+            rootfs: rootfs.to_path_buf(),
+            config: RunConfig {
+                entrypoint: vec!["/usr/local/bin/weft-controller".into()],
+                cmd: vec!["--serve".into()],
+                user: "65532".into(),
+                env: vec!["PATH=/usr/local/bin:/bin".into(), "MODE=image".into()],
+                working_dir: "/home".into(),
+            },
+            digest: "sha256:00".into(),
+        }
+    }
+
+    fn user_of(root: bool, numeric: bool) -> ImageUser {
         let id = if root { 0 } else { 65532 };
-        Image {
-            binary: PathBuf::from("/bins/weft-controller"),
-            entrypoint: "/usr/local/bin/weft-controller".into(),
-            user: (id, id),
-            extra: vec![(
-                PathBuf::from("/bins/weft-cni"),
-                "/usr/local/bin/weft-cni".into(),
-            )],
+        ImageUser {
+            uid: id,
+            gid: id,
+            numeric,
         }
     }
 
@@ -404,42 +437,61 @@ mod tests {
     }
 
     #[test]
-    fn run_as_non_root_refuses_a_root_image_and_accepts_an_explicit_user() {
+    fn run_as_non_root_refuses_a_root_or_named_image_user_and_accepts_an_explicit_one() {
         let c = container(json!({"name": "c", "securityContext": {"runAsNonRoot": true}}));
-        let err = user(&c, None, &image(true)).unwrap_err();
+        let err = user(&c, None, user_of(true, true)).unwrap_err();
         assert!(err.contains("runAsNonRoot"), "{err}");
-        assert_eq!(user(&c, None, &image(false)).expect("user"), (65532, 65532));
+        assert_eq!(
+            user(&c, None, user_of(false, true)).expect("user"),
+            (65532, 65532)
+        );
+        let err = user(&c, None, user_of(false, false)).unwrap_err();
+        assert!(err.contains("by name"), "{err}");
         let c = container(
             json!({"name": "c", "securityContext": {"runAsNonRoot": true, "runAsUser": 1000}}),
         );
-        assert_eq!(user(&c, None, &image(true)).expect("user"), (1000, 1000));
+        assert_eq!(
+            user(&c, None, user_of(true, false)).expect("user"),
+            (1000, 1000)
+        );
         let pod: PodSecurityContext =
             serde_json::from_value(json!({"runAsUser": 7, "runAsGroup": 8})).expect("psc");
         let c = container(json!({"name": "c"}));
-        assert_eq!(user(&c, Some(&pod), &image(true)).expect("user"), (7, 8));
+        assert_eq!(
+            user(&c, Some(&pod), user_of(true, true)).expect("user"),
+            (7, 8)
+        );
     }
 
     #[test]
-    fn argv_is_the_entrypoint_or_command_with_expanded_args() {
+    fn argv_composes_command_args_entrypoint_and_cmd_as_kubernetes_does() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let image = image(tmp.path(), 0o755);
         let env: BTreeMap<String, String> = [("PORT".to_string(), "80".to_string())].into();
+        let c = container(json!({"name": "c"}));
+        assert_eq!(
+            argv(&c, &image, &env),
+            ["/usr/local/bin/weft-controller", "--serve"]
+        );
         let c = container(json!({"name": "c", "args": ["--port", "$(PORT)"]}));
         assert_eq!(
-            argv(&c, &image(false), &env),
-            vec!["/usr/local/bin/weft-controller", "--port", "80"]
+            argv(&c, &image, &env),
+            ["/usr/local/bin/weft-controller", "--port", "80"]
         );
         let c =
             container(json!({"name": "c", "command": ["/bin/sh", "-c"], "args": ["echo $(PORT)"]}));
-        assert_eq!(
-            argv(&c, &image(false), &env),
-            vec!["/bin/sh", "-c", "echo 80"]
-        );
+        assert_eq!(argv(&c, &image, &env), ["/bin/sh", "-c", "echo 80"]);
+        let c = container(json!({"name": "c", "command": ["/bin/true"]}));
+        assert_eq!(argv(&c, &image, &env), ["/bin/true"], "no image Cmd");
     }
 
     #[test]
-    fn the_runtime_spec_carries_the_security_context() {
+    fn the_runtime_spec_carries_the_image_config_and_the_security_context() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let image = image(tmp.path(), 0o755);
         let c = container(json!({"name": "c", "securityContext": {
             "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]}}}));
-        let env = BTreeMap::new();
+        let env: BTreeMap<String, String> = [("MODE".to_string(), "pod".to_string())].into();
         let binds = [
             Bind {
                 destination: "/etc/hosts".into(),
@@ -455,7 +507,8 @@ mod tests {
             },
         ];
         let inputs = Inputs {
-            image: &image(false),
+            image: &image,
+            image_user: user_of(false, true),
             env: &env,
             binds: &binds,
             netns: Path::new("/run/netns/p"),
@@ -463,29 +516,31 @@ mod tests {
             pod_security: None,
             cgroup: "/weft-e2e/run/kubepods/besteffort/podU/c",
         };
-        let spec =
-            runtime_spec(&c, &inputs, Path::new("/b/rootfs"), Path::new("/b/local")).expect("spec");
+        let spec = runtime_spec(&c, &inputs, tmp.path()).expect("spec");
         assert_eq!(spec["process"]["noNewPrivileges"], true);
         assert_eq!(spec["root"]["readonly"], true);
         assert_eq!(spec["process"]["capabilities"]["bounding"], json!([]));
         assert_eq!(spec["process"]["user"]["uid"], 65532);
+        assert_eq!(spec["process"]["cwd"], "/home", "the image's WorkingDir");
+        assert_eq!(
+            spec["process"]["args"],
+            json!(["/usr/local/bin/weft-controller", "--serve"])
+        );
+        let env = spec["process"]["env"].as_array().expect("env");
+        assert!(env.contains(&json!("PATH=/usr/local/bin:/bin")), "{env:?}");
+        assert!(env.contains(&json!("MODE=pod")), "the pod's wins: {env:?}");
+        assert!(!env.contains(&json!("MODE=image")), "{env:?}");
         let mounts = spec["mounts"].as_array().expect("mounts");
+        assert!(
+            !mounts.iter().any(|m| m["destination"] == "/usr"),
+            "nothing of the machine's /usr"
+        );
         assert!(mounts.iter().any(|m| {
             m["destination"] == "/etc/hosts"
                 && m["options"]
                     .as_array()
                     .is_some_and(|o| o.contains(&json!("ro")))
         }));
-        assert!(
-            mounts
-                .iter()
-                .any(|m| m["destination"] == "/usr/local/bin/weft-controller")
-        );
-        assert!(
-            mounts
-                .iter()
-                .any(|m| m["destination"] == "/usr/local/bin/weft-cni")
-        );
         assert!(mounts.iter().any(|m| {
             m["destination"] == "/var/run/netns"
                 && m["options"]
@@ -497,5 +552,39 @@ mod tests {
             "/weft-e2e/run/kubepods/besteffort/podU/c"
         );
         assert_eq!(spec["linux"]["namespaces"][4]["path"], "/run/netns/p");
+
+        // A command the image does not carry, by path and by PATH.
+        let c = container(json!({"name": "c", "command": ["/usr/local/bin/absent"]}));
+        let err = runtime_spec(&c, &inputs, tmp.path()).unwrap_err();
+        assert!(
+            err.contains("\"/usr/local/bin/absent\": no such file"),
+            "{err}"
+        );
+        let c = container(json!({"name": "c", "command": ["sh"]}));
+        let err = runtime_spec(&c, &inputs, tmp.path()).unwrap_err();
+        assert!(err.contains("not found in $PATH"), "{err}");
+    }
+
+    #[test]
+    fn an_entrypoint_its_user_may_not_execute_is_refused() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let image = image(tmp.path(), 0o700);
+        let env = BTreeMap::new();
+        let inputs = Inputs {
+            image: &image,
+            image_user: user_of(false, true),
+            env: &env,
+            binds: &[],
+            netns: Path::new("/run/netns/p"),
+            hostname: "p",
+            pod_security: None,
+            cgroup: "/c",
+        };
+        let err = runtime_spec(&container(json!({"name": "c"})), &inputs, tmp.path()).unwrap_err();
+        assert!(err.contains("permission denied"), "{err}");
+        assert!(err.contains("weft-controller"), "{err}");
+        // Root may.
+        let c = container(json!({"name": "c", "securityContext": {"runAsUser": 0}}));
+        runtime_spec(&c, &inputs, tmp.path()).expect("root runs it");
     }
 }
