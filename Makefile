@@ -10,7 +10,7 @@ export CARGO_TARGET_DIR ?= /var/cache/weft/target
 # edited again and again, and grew to 28 GB there in a day of builds.
 export CARGO_INCREMENTAL ?= 0
 
-.PHONY: demo test deps kube helm kubernetes-validate manifests build lint unit clean
+.PHONY: demo test deps kube helm kubernetes-validate manifests build images lint unit clean
 
 deps:
 	@./scripts/install-deps.sh
@@ -39,6 +39,17 @@ manifests:
 
 build: deps
 	$(CARGO) build --release --workspace --bins --examples
+
+## images: every component's image as an OCI archive, without a container
+## engine (docs/images.md): $(IMAGES_DIR)/<name>.oci.tar and images.json
+## (references, digests, sizes). The `dist` profile; weft-cni static.
+IMAGES_DIR ?= $(CARGO_TARGET_DIR)/images
+images:
+	$(CARGO) build --profile dist -p weft-controller -p weft-ztunnel -p weft-waypoint \
+	  -p weft-node-agent -p weftctl --bins
+	cni=$$(./scripts/build-cni-static.sh dist) && \
+	  $(CARGO) run -q --release -p weft-image -- build \
+	    --bin-dir $(CARGO_TARGET_DIR)/dist --cni-plugin $$cni --out $(IMAGES_DIR) --strip-debug
 
 ## demo: set everything up and run the demo: weft installed with kubectl on
 ## a real control plane (built from Go modules, `kube`) whose two nodes are
