@@ -150,6 +150,46 @@ fn the_values_schema_refuses_unknown_keys_and_wrong_types_by_name() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A digest in `image.digests` (as `make images`' images.json gives it)
+/// pins that image: the DaemonSet and the controller's waypoint image
+/// (what the deployer hands its Deployments) by digest, the others still by
+/// tag; something that is not a digest is refused by the schema, by name.
+#[test]
+fn an_image_digest_in_the_values_pins_that_image() {
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    let dir = scratch();
+    let pinned = values_file(
+        &dir,
+        "digests.yaml",
+        &format!("image:\n  digests:\n    ztunnel: {digest}\n    waypoint: {digest}\n"),
+    );
+    let out = template(&["-f", &pinned.display().to_string()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains(&format!("image: ghcr.io/weft-mesh/ztunnel@{digest}\n")),
+        "ztunnel by digest"
+    );
+    assert!(
+        text.contains(&format!("value: ghcr.io/weft-mesh/waypoint@{digest}\n")),
+        "the deployer's waypoint image by digest"
+    );
+    assert!(text.contains("image: ghcr.io/weft-mesh/controller:latest\n"));
+    let bad = values_file(
+        &dir,
+        "bad-digest.yaml",
+        "image:\n  digests:\n    ztunnel: latest\n",
+    );
+    let out = template(&["-f", &bad.display().to_string()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a tag given as a digest is refused");
+    assert!(err.contains("/image/digests/ztunnel"), "{err}");
+}
+
 /// The names of the pods in weft-system that are not Ready, and how many
 /// there are in all.
 fn unready(cluster: &KubeCluster) -> (Vec<String>, usize) {

@@ -10,11 +10,19 @@ app.kubernetes.io/part-of: weft
 app.kubernetes.io/name: {{ . }}
 {{- end }}
 
-{{/* A component's image, from the one image table of values.yaml. */}}
+{{/* A component's image, from the one image table of values.yaml: by
+digest when image.digests gives one (`make images` writes them to
+images.json), else by tag. */}}
 {{- define "weft.image" -}}
 {{- $root := index . 0 -}}
-{{- $name := index $root.Values.image.names (index . 1) -}}
+{{- $key := index . 1 -}}
+{{- $name := index $root.Values.image.names $key -}}
+{{- $digest := index ($root.Values.image.digests | default dict) $key -}}
+{{- if $digest -}}
+{{ printf "%s/%s@%s" $root.Values.image.registry $name $digest }}
+{{- else -}}
 {{ printf "%s/%s:%s" $root.Values.image.registry $name $root.Values.image.tag }}
+{{- end }}
 {{- end }}
 
 {{/* Prometheus scrape annotations for a metrics port (design.md §3). */}}
