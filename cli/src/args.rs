@@ -101,6 +101,12 @@ pub enum Command {
     /// Certificates each ztunnel holds: identity, serial, expiry, time to
     /// rotation.
     Certs(ReadArgs),
+    /// The config each proxy runs: the version its controller last sent it,
+    /// the one it acknowledged, the one it refused and why. A proxy is
+    /// `synced`, `pending` (a push on its way), `stale` (behind for 30 s or
+    /// more) or `nacked` (it refused the last version and runs an older
+    /// one); `weftctl check` fails on the last two.
+    ProxyStatus(WatchArgs),
     /// A live stream of connection events (open, close, deny; requests and
     /// status codes seen by waypoints). Bounded on the proxy side: a slow
     /// reader loses events (counted), never slows traffic.

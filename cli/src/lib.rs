@@ -35,6 +35,7 @@ pub async fn run(cli: Cli) -> Result<Outcome, CliError> {
         Command::Completion(args) => commands::completion::run(args),
         Command::Tunnels(args) => commands::tunnels::run(global, args).await,
         Command::Certs(args) => commands::certs::run(global, args).await,
+        Command::ProxyStatus(args) => commands::proxy_status::run(global, args).await,
         Command::Workloads(args) => commands::resources::workloads(global, args).await,
         Command::Services(args) => commands::resources::services(global, args).await,
         Command::Policies(args) => commands::resources::policies(global, args).await,

@@ -20,6 +20,7 @@ use tokio::sync::watch;
 
 use crate::pipeline::ModelVersion;
 use crate::server::subscribers::Subscribers;
+use weft_api::admin::{ConfigSync, ProxyStatus, ProxyStatusReport};
 use weft_cluster::model::Model;
 use weft_cluster::registry::ClusterState;
 
@@ -32,6 +33,45 @@ pub struct DebugState {
     pub states: watch::Receiver<Arc<ClusterState>>,
     /// The config stream's subscribers.
     pub subscribers: Arc<Subscribers>,
+    /// This replica's name, in `/proxy-status`.
+    pub replica: String,
+}
+
+/// The `/proxy-status` document: each proxy streaming from this replica,
+/// with its state under [`ConfigSync::of`].
+fn proxy_status(state: &DebugState) -> ProxyStatusReport {
+    let current = state.models.borrow().clone();
+    let model_age_seconds = current.changed_at.elapsed().as_secs();
+    let proxies = state
+        .subscribers
+        .list()
+        .into_iter()
+        // weftctl's own streams are readers, not proxies.
+        .filter(|s| s.kind != weft_api::config::ProxyKind::Cli.as_str_name())
+        .map(|s| ProxyStatus {
+            sync: ConfigSync::of(
+                current.version,
+                model_age_seconds,
+                s.acked_version,
+                s.nacked_version,
+            ),
+            proxy_id: s.proxy_id,
+            kind: s.kind,
+            node: s.node,
+            waypoint: s.waypoint,
+            connected_at: s.connected_at,
+            sent_version: s.sent_version,
+            acked_version: s.acked_version,
+            nacked_version: s.nacked_version,
+            nack: s.last_nack,
+        })
+        .collect();
+    ProxyStatusReport {
+        controller: state.replica.clone(),
+        model_version: current.version,
+        model_age_seconds,
+        proxies,
+    }
 }
 
 /// The `/model` document.
@@ -95,6 +135,7 @@ pub async fn serve_debug(listener: TcpListener, state: DebugState) {
                     json(dump_model(current.version, &current.model))
                 }
                 "/subscribers" => json(serde_json::to_string_pretty(&state.subscribers.list())),
+                "/proxy-status" => json(serde_json::to_string_pretty(&proxy_status(&state))),
                 "/registry" => {
                     let s = state.states.borrow().clone();
                     json(serde_json::to_string_pretty(&serde_json::json!({
@@ -107,7 +148,7 @@ pub async fn serve_debug(listener: TcpListener, state: DebugState) {
                 _ => respond(
                     StatusCode::NOT_FOUND,
                     "text/plain",
-                    "routes: /model /subscribers /registry /healthz/ready\n".into(),
+                    "routes: /model /subscribers /proxy-status /registry /healthz/ready\n".into(),
                 ),
             }
         }

@@ -192,6 +192,7 @@ pub async fn run(
             models: models.clone(),
             states: states.clone(),
             subscribers,
+            replica: options.replica_name(),
         },
     ));
     if let Some(handle) = metrics {

@@ -168,6 +168,18 @@ pub struct Options {
     pub log_json: bool,
 }
 
+impl Options {
+    /// This replica's name: in the Lease, and in what its debug API says
+    /// (`--replica`, else the host name, else the process id).
+    pub fn replica_name(&self) -> String {
+        self.replica.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| format!("weft-controller-{}", std::process::id()))
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,12 +10,14 @@ use support::{Harness, Subscriber, pod, state};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use weft_api::admin::ConfigSync;
 use weft_cluster::model::ModelConfig;
 use weft_cluster::registry::ClusterState;
 use weft_controller::admin::{self, DebugState};
 use weft_controller::auth::AllowAll;
 use weft_controller::pipeline::{self, Debounce};
 use weft_controller::server::subscribers::Subscribers;
+use weft_testkit::eventually_async;
 
 async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
@@ -51,6 +53,7 @@ async fn debug_api_shows_model_registry_and_readiness() {
             models: models.clone(),
             states,
             subscribers: Arc::new(Subscribers::default()),
+            replica: "weft-controller-0".to_string(),
         },
     ));
 
@@ -115,6 +118,7 @@ async fn subscribers_are_listed() {
             models,
             states,
             subscribers: h.subscribers.clone(),
+            replica: "weft-controller-0".to_string(),
         },
     ));
     let (status, body) = get(addr, "/subscribers").await;
@@ -123,4 +127,75 @@ async fn subscribers_are_listed() {
     assert_eq!(list[0]["node"], "node-a");
     assert_eq!(list[0]["kind"], "PROXY_KIND_ZTUNNEL");
     assert_eq!(list[0]["types"].as_array().map(Vec::len), Some(5));
+}
+
+/// Issue 17: each proxy's last version sent, acknowledged and refused (with
+/// the refusal's message), and where that leaves it, as `weftctl
+/// proxy-status` and `weftctl check` read it.
+#[tokio::test]
+async fn proxy_status_says_what_each_proxy_was_sent_acked_and_refused() {
+    let a = pod("shop", "a", "node-a", "web", "10.244.1.1");
+    let h = Harness::start(state(std::slice::from_ref(&a)), Arc::new(AllowAll)).await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(admin::serve_debug(
+        listener,
+        DebugState {
+            models: h.models.clone(),
+            states: h.states_rx.clone(),
+            subscribers: h.subscribers.clone(),
+            replica: "weft-controller-0".to_string(),
+        },
+    ));
+    let status = async || -> weft_api::admin::ProxyStatusReport {
+        let (code, body) = get(addr, "/proxy-status").await;
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).expect("the report's JSON")
+    };
+    let mut sub = Subscriber::connect(h.channel().await, None, "node-a")
+        .await
+        .expect("subscribe");
+    let snap = sub.next().await;
+    sub.ack(&snap).await;
+    eventually_async("the ack recorded", Duration::from_secs(5), async || {
+        status().await.proxies.first().map(|p| p.sync) == Some(ConfigSync::Synced)
+    })
+    .await;
+    let report = status().await;
+    assert_eq!(report.controller, "weft-controller-0");
+    let proxy = &report.proxies[0];
+    assert_eq!(
+        (proxy.node.as_str(), proxy.kind.as_str()),
+        ("node-a", "PROXY_KIND_ZTUNNEL")
+    );
+    assert_eq!(proxy.sent_version, report.model_version);
+    assert_eq!(proxy.acked_version, report.model_version);
+    assert_eq!(proxy.nacked_version, None);
+
+    // A version it refuses: it runs the older one, and says why.
+    h.set_state(&[a.clone(), pod("shop", "b", "node-a", "web", "10.244.1.2")]);
+    let refused = sub.next().await;
+    sub.nack(&refused, "route r1: unknown filter").await;
+    eventually_async("the nack recorded", Duration::from_secs(5), async || {
+        status().await.proxies.first().map(|p| p.sync) == Some(ConfigSync::Nacked)
+    })
+    .await;
+    let report = status().await;
+    let proxy = &report.proxies[0];
+    assert_eq!(proxy.nacked_version, Some(report.model_version));
+    assert!(proxy.acked_version < report.model_version);
+    assert_eq!(proxy.nack.as_deref(), Some("route r1: unknown filter"));
+
+    // The next version it takes clears it.
+    h.set_state(&[
+        a.clone(),
+        pod("shop", "b", "node-a", "web", "10.244.1.2"),
+        pod("shop", "c", "node-a", "web", "10.244.1.3"),
+    ]);
+    let next = sub.next().await;
+    sub.ack(&next).await;
+    eventually_async("synced again", Duration::from_secs(5), async || {
+        status().await.proxies.first().map(|p| p.sync) == Some(ConfigSync::Synced)
+    })
+    .await;
 }

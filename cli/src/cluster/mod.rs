@@ -336,43 +336,30 @@ impl Cluster {
         }
     }
 
-    /// The controller's debug API (`/model`, `/subscribers`).
-    pub async fn controller(&self) -> Result<AdminEndpoint> {
-        match &self.mode {
-            Mode::Local { state, .. } => state
-                .controller
-                .as_ref()
-                .and_then(|c| {
-                    self.local_endpoint(
-                        "the controller's debug API".into(),
-                        c,
-                        "is the controller running? its debug address is listed in the run's state.json",
-                    )
-                })
-                .ok_or_else(|| {
-                    CliError::unreachable(
-                        "the controller's debug API",
-                        "the run directory does not say where it is",
-                        "read what the ztunnels hold instead (--from ztunnel)",
-                    )
-                }),
-            Mode::Kube(k) => {
-                let pods = k.system_pods(CONTROLLER_APP).await?;
-                let pod = pods
-                    .iter()
-                    .find(|p| p.ready)
-                    .or(pods.first())
-                    .ok_or_else(|| {
-                        CliError::unreachable(
-                            "the controller",
-                            format!(
-                                "no pod with app.kubernetes.io/name={CONTROLLER_APP} in {}",
-                                k.system_namespace
-                            ),
-                            "is weft installed? (--system-namespace)",
-                        )
-                    })?;
-                Ok(AdminEndpoint::new(
+    /// Every controller replica's debug API: each proxy streams from one of
+    /// them, so what the proxies were sent is the union. On Kubernetes the
+    /// ready replicas come first.
+    pub async fn controllers(&self) -> Result<Vec<AdminEndpoint>> {
+        let k = match &self.mode {
+            Mode::Local { state, .. } => return Ok(vec![self.local_controller(state)?]),
+            Mode::Kube(k) => k,
+        };
+        let mut pods = k.system_pods(CONTROLLER_APP).await?;
+        if pods.is_empty() {
+            return Err(CliError::unreachable(
+                "the controller",
+                format!(
+                    "no pod with app.kubernetes.io/name={CONTROLLER_APP} in {}",
+                    k.system_namespace
+                ),
+                "is weft installed? (--system-namespace)",
+            ));
+        }
+        pods.sort_by_key(|p| !p.ready);
+        Ok(pods
+            .iter()
+            .map(|pod| {
+                AdminEndpoint::new(
                     format!("the controller (pod {})", pod.name),
                     Dialer::PortForward {
                         pods: k.system_pods_api(),
@@ -380,9 +367,42 @@ impl Cluster {
                         port: ADMIN_PORT,
                     },
                     self.timeout,
-                ))
+                )
+            })
+            .collect())
+    }
+
+    /// The controller's debug API (`/model`, `/subscribers`): on
+    /// Kubernetes a ready replica's, if any.
+    pub async fn controller(&self) -> Result<AdminEndpoint> {
+        match &self.mode {
+            Mode::Local { state, .. } => self.local_controller(state),
+            Mode::Kube(_) => {
+                let mut all = self.controllers().await?;
+                Ok(all.swap_remove(0))
             }
         }
+    }
+
+    /// The local cluster's controller, as its run state names it.
+    fn local_controller(&self, state: &RunState) -> Result<AdminEndpoint> {
+        state
+            .controller
+            .as_ref()
+            .and_then(|c| {
+                self.local_endpoint(
+                    "the controller's debug API".into(),
+                    c,
+                    "is the controller running? its debug address is listed in the run's state.json",
+                )
+            })
+            .ok_or_else(|| {
+                CliError::unreachable(
+                    "the controller's debug API",
+                    "the run directory does not say where it is",
+                    "read what the ztunnels hold instead (--from ztunnel)",
+                )
+            })
     }
 
     /// The node agents.

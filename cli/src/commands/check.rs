@@ -12,7 +12,7 @@
 //!   `--cert-expiry-hours`.
 
 use serde::Serialize;
-use weft_api::admin::{CertState, CertsResponse};
+use weft_api::admin::{CertState, CertsResponse, ConfigSync};
 
 use crate::args::{CheckArgs, Format, GlobalArgs};
 use crate::cluster::kube::{AGENT_APP, ZTUNNEL_APP};
@@ -117,6 +117,7 @@ pub async fn run(global: &GlobalArgs, args: &CheckArgs) -> Result<Outcome> {
             "deploy the node agent and ztunnel DaemonSets (deploy/), or bring the local cluster up",
         );
     }
+    proxies(&cluster, &mut f).await;
     let ztunnels: Vec<NodeAdmin> = cluster.ztunnels(None).await.unwrap_or_default();
     let agents = cluster.agents().await.unwrap_or_default();
     let ztunnel_pods = cluster.system_pods(ZTUNNEL_APP).await.unwrap_or_default();
@@ -164,6 +165,62 @@ pub(crate) fn report(global: &GlobalArgs, f: Findings) -> Result<Outcome> {
     };
     output::print(&text);
     Ok(if ok { Outcome::Ok } else { Outcome::Problems })
+}
+
+/// Every proxy on its controller's current config: a refused version or
+/// one stuck behind fails ([`ConfigSync::is_problem`], the rule
+/// `weftctl proxy-status` shows).
+async fn proxies(cluster: &Cluster, f: &mut Findings) {
+    let Ok((reports, _)) = super::proxy_status::fetch(cluster).await else {
+        // The controller finding already says why it cannot be read.
+        return;
+    };
+    let mut synced = 0;
+    for report in &reports {
+        for p in &report.proxies {
+            let target = if p.waypoint.is_empty() {
+                format!("{} ({})", p.node, p.proxy_id)
+            } else {
+                format!("{} ({})", p.waypoint, p.proxy_id)
+            };
+            match p.sync {
+                ConfigSync::Nacked => f.add(
+                    "config",
+                    &target,
+                    Status::Fail,
+                    format!(
+                        "refused config version {} and runs {}: {}",
+                        p.nacked_version.unwrap_or_default(),
+                        p.acked_version,
+                        p.nack.as_deref().unwrap_or("no reason given")
+                    ),
+                    "read the proxy's log for the object it refused; fix or delete that object",
+                ),
+                ConfigSync::Stale => f.add(
+                    "config",
+                    &target,
+                    Status::Fail,
+                    format!(
+                        "behind: runs version {} of {} for {} s or more",
+                        p.acked_version,
+                        report.model_version,
+                        weft_api::admin::STALE_AFTER_SECONDS
+                    ),
+                    "is the proxy overloaded or wedged? read its log; restarting it gets a full snapshot",
+                ),
+                ConfigSync::Synced | ConfigSync::Pending => synced += 1,
+            }
+        }
+    }
+    if synced > 0 {
+        f.add(
+            "config",
+            "cluster",
+            Status::Ok,
+            format!("{synced} proxies on their controller's current config (or receiving it)"),
+            "",
+        );
+    }
 }
 
 async fn controller(cluster: &Cluster, f: &mut Findings) {

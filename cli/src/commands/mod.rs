@@ -8,6 +8,7 @@ pub mod enroll;
 pub mod explain;
 pub mod install;
 pub mod preflight;
+pub mod proxy_status;
 pub mod resources;
 pub mod tap;
 pub mod tunnels;

@@ -129,6 +129,7 @@ pub async fn serve_controller(manifests: &Path) -> std::net::SocketAddr {
                 models,
                 states,
                 subscribers: Default::default(),
+                replica: "weft-controller-test".to_string(),
             },
         )
         .await

@@ -78,7 +78,11 @@ impl SubscriberStream {
                     };
                     match responded {
                         Respond::Sent(p) => pending = Some(p),
-                        Respond::NothingForUs(seen) => acked = Some(seen),
+                        Respond::NothingForUs(seen) => {
+                            self.subscribers
+                                .update(self.id, |i| i.acked_version = seen.version);
+                            acked = Some(seen);
+                        }
                         Respond::Closed => break,
                     }
                 }
@@ -120,6 +124,7 @@ impl SubscriberStream {
                                 self.subscribers.update(self.id, |i| {
                                     i.nacks += 1;
                                     i.last_nack = Some(nack.message.clone());
+                                    i.nacked_version = Some(p.seen.version);
                                     i.pending_nonce = None;
                                 });
                                 nacked_version = Some(p.seen.version);
@@ -210,6 +215,7 @@ impl SubscriberStream {
             .record(current.changed_at.elapsed().as_secs_f64());
         self.subscribers.update(self.id, |i| {
             i.responses += 1;
+            i.sent_version = current.version;
             i.pending_nonce = Some(nonce.clone());
         });
         Respond::Sent(Pending {

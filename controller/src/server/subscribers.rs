@@ -23,8 +23,13 @@ pub struct SubscriberInfo {
     pub types: Vec<String>,
     /// Seconds since the epoch.
     pub connected_at: u64,
-    /// The last model version the subscriber acknowledged.
+    /// The last model version sent to the subscriber.
+    pub sent_version: u64,
+    /// The last model version the subscriber acknowledged (or was told
+    /// nothing about, having nothing in it).
     pub acked_version: u64,
+    /// The last model version it refused.
+    pub nacked_version: Option<u64>,
     /// The nonce of the response awaiting an answer.
     pub pending_nonce: Option<String>,
     /// Responses sent.

@@ -75,11 +75,7 @@ pub async fn run(
         }
         return;
     }
-    let identity = options.replica.clone().unwrap_or_else(|| {
-        std::fs::read_to_string("/etc/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or_else(|_| format!("weft-controller-{}", std::process::id()))
-    });
+    let identity = options.replica_name();
     let fence = Fence {
         leases: Api::namespaced(client.clone(), &options.root_namespace),
         name: options.lease_name.clone(),

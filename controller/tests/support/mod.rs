@@ -108,6 +108,10 @@ pub struct Harness {
     pub root_pem: String,
     pub ca: Arc<CertificateAuthority>,
     pub subscribers: Arc<Subscribers>,
+    /// The models the server streams, for the debug API.
+    pub models: watch::Receiver<Arc<weft_controller::pipeline::ModelVersion>>,
+    /// The registry's states, for the debug API.
+    pub states_rx: watch::Receiver<Arc<ClusterState>>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -172,12 +176,17 @@ impl Harness {
             max_delay: Duration::from_millis(20),
         };
         let (models, _task) = pipeline::spawn(states_rx.clone(), config, debounce);
-        let config_server = ConfigServer::new(models, auth.clone())
+        let config_server = ConfigServer::new(models.clone(), auth.clone())
             .with_concurrent_snapshots(limits.concurrent_snapshots)
             .with_caller_limits(limits.streams_per_caller, limits.snapshots_per_caller)
             .with_cluster_state(states_rx.clone());
         let subscribers = config_server.subscribers();
-        let ca_service = CaService::new(ca.clone(), auth, states_rx, Duration::from_secs(3600));
+        let ca_service = CaService::new(
+            ca.clone(),
+            auth,
+            states_rx.clone(),
+            Duration::from_secs(3600),
+        );
         let (chain_pem, key_pem) = ca
             .issue_serving(
                 &["localhost".to_string()],
@@ -204,6 +213,8 @@ impl Harness {
             root_pem: ca.root_pem().to_string(),
             ca,
             subscribers,
+            models,
+            states_rx,
             shutdown: Some(tx),
         }
     }

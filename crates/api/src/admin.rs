@@ -201,3 +201,115 @@ pub struct LoggingResponse {
     /// The active `tracing` filter, e.g. `info,weft_ztunnel=debug`.
     pub filter: String,
 }
+
+/// The controller's `GET /proxy-status`: what each proxy streaming from it
+/// was last sent, acknowledged and refused (`weftctl proxy-status`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyStatusReport {
+    /// The controller answering (its pod, or process id locally).
+    pub controller: String,
+    /// Its current model version.
+    pub model_version: u64,
+    /// Seconds the model has been at that version.
+    pub model_age_seconds: u64,
+    /// The proxies connected to it.
+    pub proxies: Vec<ProxyStatus>,
+}
+
+/// One proxy's config, as its controller sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyStatus {
+    /// `ProxyInfo.id` (the pod name).
+    pub proxy_id: String,
+    /// `ztunnel` or `waypoint`.
+    pub kind: String,
+    /// A ztunnel's node.
+    pub node: String,
+    /// A waypoint's `namespace/name`.
+    pub waypoint: String,
+    /// When its stream opened (seconds since the epoch).
+    pub connected_at: u64,
+    /// The last model version sent to it (0: nothing yet).
+    pub sent_version: u64,
+    /// The last version it acknowledged (a version with nothing for it
+    /// counts as acknowledged).
+    pub acked_version: u64,
+    /// The last version it refused, if any.
+    pub nacked_version: Option<u64>,
+    /// Why it refused it.
+    pub nack: Option<String>,
+    /// Where that leaves it ([`ConfigSync::of`]).
+    pub sync: ConfigSync,
+}
+
+/// Where a proxy's config stands against its controller's model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConfigSync {
+    /// It runs the current model.
+    Synced,
+    /// It is behind, for less than [`STALE_AFTER_SECONDS`]: a push is on
+    /// its way.
+    Pending,
+    /// It has been behind for longer: stuck (slow, wedged or starved of a
+    /// snapshot slot).
+    Stale,
+    /// It refused the last version sent and runs an older one.
+    Nacked,
+}
+
+/// How long a proxy may stay behind a model version before it counts as
+/// stuck: pushes take milliseconds, a snapshot under load a few seconds.
+pub const STALE_AFTER_SECONDS: u64 = 30;
+
+impl ConfigSync {
+    /// The one rule for a proxy's state, applied by the controller when it
+    /// answers and read by `weftctl proxy-status` and `weftctl check`:
+    /// a refusal newer than what it runs wins; otherwise it is synced when
+    /// it acknowledged `model_version`, and behind (pending, then stale once
+    /// the model has been at that version for [`STALE_AFTER_SECONDS`])
+    /// when not.
+    pub fn of(
+        model_version: u64,
+        model_age_seconds: u64,
+        acked_version: u64,
+        nacked_version: Option<u64>,
+    ) -> ConfigSync {
+        if nacked_version.is_some_and(|n| n > acked_version) {
+            ConfigSync::Nacked
+        } else if acked_version >= model_version {
+            ConfigSync::Synced
+        } else if model_age_seconds >= STALE_AFTER_SECONDS {
+            ConfigSync::Stale
+        } else {
+            ConfigSync::Pending
+        }
+    }
+
+    /// Whether `weftctl check` fails on it.
+    pub fn is_problem(self) -> bool {
+        matches!(self, ConfigSync::Stale | ConfigSync::Nacked)
+    }
+}
+
+#[cfg(test)]
+mod proxy_status_tests {
+    use super::*;
+
+    #[test]
+    fn a_proxy_is_synced_pending_stale_or_nacked_by_one_rule() {
+        assert_eq!(ConfigSync::of(7, 100, 7, None), ConfigSync::Synced);
+        // Ahead of a controller that restarted with a lower count is fine.
+        assert_eq!(ConfigSync::of(3, 100, 7, None), ConfigSync::Synced);
+        assert_eq!(ConfigSync::of(8, 2, 7, None), ConfigSync::Pending);
+        assert_eq!(ConfigSync::of(8, 30, 7, None), ConfigSync::Stale);
+        // Refused the last version sent: it runs 7.
+        assert_eq!(ConfigSync::of(8, 2, 7, Some(8)), ConfigSync::Nacked);
+        // An old refusal, since superseded by an accepted version.
+        assert_eq!(ConfigSync::of(9, 2, 9, Some(8)), ConfigSync::Synced);
+        assert!(ConfigSync::Nacked.is_problem() && ConfigSync::Stale.is_problem());
+        assert!(!ConfigSync::Pending.is_problem() && !ConfigSync::Synced.is_problem());
+    }
+}
