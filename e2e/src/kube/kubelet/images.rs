@@ -10,6 +10,7 @@
 //! (`ErrImagePull`) with the reason.
 
 use std::collections::BTreeMap;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -102,7 +103,11 @@ impl Images {
     /// unpacks them.
     pub fn assemble(bins: &Binaries, dns: (&str, PathBuf), dir: &Path) -> Result<Images> {
         let cache = Path::new(CACHE);
-        let out = cache.join("e2e");
+        // One directory per binaries' directory: test processes running
+        // other builds (debug, release) at the same time never replace
+        // each other's archives.
+        let key = weft_image::digest_of(bins.dir().as_os_str().as_bytes());
+        let out = cache.join("e2e").join(&key[7..19]);
         let names = ImageNames::chart();
         let invalid = |e: weft_image::Error| Error::Invalid(format!("images: {e}"));
         let mut specs: Vec<(Base, ImageSpec)> = Vec::new();
