@@ -15,4 +15,6 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/cache/weft/target}
 export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
 RUSTFLAGS="-C target-feature=+crt-static" \
   cargo build -q --profile "$profile" --target "$target" -p weft-cni --bin weft-cni >&2
-echo "$CARGO_TARGET_DIR/$target/$profile/weft-cni"
+dir=$profile
+[ "$profile" = dev ] && dir=debug
+echo "$CARGO_TARGET_DIR/$target/$dir/weft-cni"

@@ -16,10 +16,12 @@ fn the_static_build_answers_version_alone_in_an_empty_root() {
         env!("CARGO_MANIFEST_DIR"),
         "/../scripts/build-cni-static.sh"
     );
-    // The release profile: the same flags as `make images`' dist build,
-    // without paying for fat LTO in a test.
+    // The dev profile, the one `make test` builds: the same flags as
+    // `make images`' dist build without fat LTO, and its host artifacts
+    // (target/debug) are already built, where a release build of another
+    // process could hold target/release for minutes.
     let built = Command::new(script)
-        .arg("release")
+        .arg("dev")
         .stderr(Stdio::inherit())
         .output()
         .expect("run build-cni-static.sh");
