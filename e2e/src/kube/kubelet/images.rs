@@ -154,6 +154,26 @@ impl Images {
         })
     }
 
+    /// A container status' `imageID`: the reference by the digest of the
+    /// image pulled for it (`ghcr.io/weft-mesh/ztunnel@sha256:…`), empty
+    /// while none is (as a kubelet reports before the pull).
+    pub fn image_id(&self, reference: &str) -> String {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let pulled = entries
+            .get(repository(reference))
+            .and_then(|e| e.unpacked.as_ref()?.as_ref().ok().cloned());
+        let Some(image) = pulled else {
+            return String::new();
+        };
+        let unpinned = reference.split('@').next().unwrap_or(reference);
+        // Without its tag: a `:` after the last `/` (not a registry port).
+        let name = match unpinned.rsplit_once(':') {
+            Some((name, tag)) if !tag.contains('/') => name,
+            _ => unpinned,
+        };
+        format!("{name}@{}", image.digest)
+    }
+
     /// The image `reference` names, unpacked, or why it cannot be pulled.
     pub fn resolve(&self, reference: &str) -> Result<Arc<Unpacked>, String> {
         let name = repository(reference);
@@ -207,5 +227,33 @@ mod tests {
             .resolve("ghcr.io/weft-mesh/controller:1")
             .unwrap_err();
         assert!(err.contains("is not built"), "{err}");
+    }
+
+    #[test]
+    fn the_image_id_is_the_reference_by_the_pulled_digest() {
+        let pulled = Unpacked {
+            rootfs: PathBuf::from("/nonexistent"),
+            config: weft_image::RunConfig::default(),
+            digest: "sha256:ab".into(),
+        };
+        let images = Images {
+            dir: PathBuf::from("/nonexistent"),
+            entries: Arc::new(Mutex::new(BTreeMap::from([(
+                "ztunnel".to_string(),
+                Entry {
+                    archive: Ok(PathBuf::from("/nonexistent/ztunnel.oci.tar")),
+                    unpacked: Some(Ok(Arc::new(pulled))),
+                },
+            )]))),
+        };
+        assert_eq!(
+            images.image_id("ghcr.io/weft-mesh/ztunnel:latest"),
+            "ghcr.io/weft-mesh/ztunnel@sha256:ab"
+        );
+        assert_eq!(
+            images.image_id("localhost:5000/ztunnel"),
+            "localhost:5000/ztunnel@sha256:ab"
+        );
+        assert_eq!(images.image_id("controller:1"), "", "not pulled");
     }
 }

@@ -866,7 +866,11 @@ impl Worker {
         let image_ids: Vec<String> = self
             .containers
             .iter()
-            .map(|c| format!("weft-e2e://{}", c.spec.image.clone().unwrap_or_default()))
+            .map(|c| {
+                self.ctx
+                    .images
+                    .image_id(c.spec.image.as_deref().unwrap_or_default())
+            })
             .collect();
         let statuses = |init: bool| -> Vec<Value> {
             self.containers
