@@ -255,6 +255,62 @@ impl Resolver {
         Ok(())
     }
 
+    /// Takes the live copy of `object` over from the other field managers
+    /// that wrote it (a `kubectl apply` or Helm install), by applying its
+    /// live fields back unchanged as weftctl. Server-side apply removes only
+    /// what the applying manager owned and now leaves out, so without this
+    /// a field an earlier release set and this one dropped (a container
+    /// port, say) would stay for ever under its old owner. Returns whether
+    /// anything was taken over; status writers do not count.
+    pub async fn adopt(&mut self, object: &Object) -> Result<bool> {
+        let api = self.api(object).await?;
+        let live = api
+            .get_opt(&object.name)
+            .await
+            .map_err(|e| kube_error(&object.describe(), e))?;
+        let Some(live) = live else {
+            return Ok(false);
+        };
+        let foreign = live.metadata.managed_fields.iter().flatten().any(|m| {
+            m.manager.as_deref() != Some(FIELD_MANAGER)
+                && m.subresource.as_deref().unwrap_or_default().is_empty()
+        });
+        if !foreign {
+            return Ok(false);
+        }
+        let what = || format!("taking over {}", object.describe());
+        let body = adoptable(object, &live);
+        let owned = api
+            .patch(
+                &object.name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&body),
+            )
+            .await
+            .map_err(|e| kube_error(&what(), e))?;
+        // Applying the same values makes weftctl a co-owner, not the owner:
+        // the other managers' entries go, so that what the next apply leaves
+        // out has nobody left to keep it. Status writers stay.
+        let kept: Vec<_> = owned
+            .metadata
+            .managed_fields
+            .into_iter()
+            .flatten()
+            .filter(|m| {
+                m.manager.as_deref() == Some(FIELD_MANAGER)
+                    || !m.subresource.as_deref().unwrap_or_default().is_empty()
+            })
+            .collect();
+        api.patch(
+            &object.name,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"metadata": {"managedFields": kept}})),
+        )
+        .await
+        .map_err(|e| kube_error(&what(), e))?;
+        Ok(true)
+    }
+
     /// Deletes `object` (its dependents in the background); absent is fine.
     /// Returns whether it was there.
     pub async fn delete(&mut self, object: &Object) -> Result<bool> {
@@ -278,6 +334,37 @@ impl Resolver {
             .map(|o| o.is_some())
             .map_err(|e| kube_error(&object.describe(), e))
     }
+}
+
+/// The live object as an apply body: its fields as they are, without what
+/// the API server keeps for itself (status, uid, versions, managed fields)
+/// or the client-side apply annotation.
+fn adoptable(object: &Object, live: &DynamicObject) -> Value {
+    let mut body = serde_json::to_value(live).unwrap_or(Value::Null);
+    if let Some(map) = body.as_object_mut() {
+        map.insert("apiVersion".into(), object.api_version.clone().into());
+        map.insert("kind".into(), object.kind.clone().into());
+        map.remove("status");
+    }
+    let mut metadata = serde_json::Map::new();
+    metadata.insert("name".into(), object.name.clone().into());
+    if let Some(ns) = &object.namespace {
+        metadata.insert("namespace".into(), ns.clone().into());
+    }
+    if let Some(labels) = &live.metadata.labels {
+        metadata.insert("labels".into(), serde_json::json!(labels));
+    }
+    if let Some(annotations) = &live.metadata.annotations {
+        let kept: BTreeMap<&String, &String> = annotations
+            .iter()
+            .filter(|(k, _)| k.as_str() != "kubectl.kubernetes.io/last-applied-configuration")
+            .collect();
+        if !kept.is_empty() {
+            metadata.insert("annotations".into(), serde_json::json!(kept));
+        }
+    }
+    body["metadata"] = Value::Object(metadata);
+    body
 }
 
 /// How far one workload's rollout is.

@@ -991,13 +991,49 @@ fn kubectl_and_weftctl_reach_pods_through_the_api_server_and_the_nodes_kubelets(
     k.run(&["delete", "authorizationpolicy", "-n", "shop", "deny-client"])
         .expect("delete the policy");
 
+    // weftctl proxy-status: both controller replicas answer (through
+    // port-forward), and between them every node's ztunnel is on its
+    // controller's current config.
+    wait_until("every ztunnel synced", SETTLE, || {
+        let out = weftctl(&cluster, &["proxy-status", "-o", "json"]);
+        let reports: serde_json::Value =
+            serde_json::from_str(&succeeded("weftctl proxy-status", &out)).expect("json");
+        let reports = reports.as_array().cloned().unwrap_or_default();
+        let ztunnels: Vec<(String, String)> = reports
+            .iter()
+            .flat_map(|r| r["proxies"].as_array().cloned().unwrap_or_default())
+            .filter(|p| p["kind"] == "PROXY_KIND_ZTUNNEL")
+            .map(|p| {
+                (
+                    p["node"].as_str().unwrap_or_default().to_string(),
+                    p["sync"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect();
+        reports.len() == 2
+            && ["node-1", "node-2"].iter().all(|n| {
+                ztunnels
+                    .iter()
+                    .any(|(node, sync)| node == n && sync == "synced")
+            })
+    })
+    .expect("proxy-status shows both replicas and every ztunnel synced");
+    let table = succeeded(
+        "weftctl proxy-status",
+        &weftctl(&cluster, &["proxy-status"]),
+    );
+    assert!(
+        table.starts_with("PROXY") && table.contains("ztunnel") && table.contains("synced"),
+        "{table}"
+    );
+
     // weftctl check: the node agents through exec, the ztunnels through
     // port-forward, the controller; all pass.
     let check = weftctl(&cluster, &["check", "-o", "json"]);
     let report: serde_json::Value =
         serde_json::from_str(&succeeded("weftctl check", &check)).expect("json");
     assert_eq!(report["ok"], true, "{report}");
-    for kind in ["agent", "ztunnel", "coverage", "certs"] {
+    for kind in ["agent", "ztunnel", "coverage", "certs", "config"] {
         assert!(
             report["findings"]
                 .as_array()
@@ -1278,4 +1314,110 @@ fn a_rollout_restart_of_ztunnel_under_load_fails_no_new_connection() {
     client
         .tcp_echo(server.echo_tcp(), "after")
         .expect("an exchange after the rollout");
+}
+
+/// Only `shop/client` may reach the server: config that must survive an
+/// upgrade.
+const ONLY_THE_CLIENT: &str = r#"
+apiVersion: security.weft.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: only-the-client, namespace: shop}
+spec:
+  selector: {matchLabels: {app: server}}
+  action: ALLOW
+  rules:
+    - from: [{source: {principals: [cluster.local/ns/shop/sa/client]}}]
+"#;
+
+/// Issue 13: from the previous release's manifests (installed with kubectl,
+/// as that release documented) to this release's with `weftctl upgrade`,
+/// under a steady stream of new cross-node connections: none fails, the
+/// config is kept (a policy applied before still decides after: the client
+/// passes, a pod outside the mesh is refused), and every workload ends
+/// rolled out on the new spec.
+#[test]
+fn upgrading_from_the_previous_release_under_load_fails_no_new_connection_and_keeps_the_config() {
+    let _one = common::serial();
+    let cluster = KubeCluster::up(KubeClusterConfig::default()).expect("kube cluster up");
+    let plane = cluster.control_plane();
+    let k = cluster.kubectl();
+    let previous =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/previous-release.yaml");
+    let previous = std::fs::read_to_string(previous).expect("the previous release's manifests");
+    install::weft_manifests(plane, &previous).expect("install the previous release");
+    if let Err(e) = install::rolled_out(plane, 120) {
+        cluster.print_logs();
+        panic!("the previous release rolls out: {e}");
+    }
+    let (client, server) = enrolled_client_and_server(&cluster);
+    k.apply(&echo_deployment(
+        "shop",
+        "legacy",
+        "default",
+        1,
+        "weft.dev/dataplane-mode: none",
+    ))
+    .expect("a pod outside the mesh");
+    k.wait_for("shop", "Available", "deployment/legacy", 90)
+        .expect("legacy Available");
+    let legacy = pod_of(&cluster, "legacy");
+    k.apply(ONLY_THE_CLIENT).expect("policy");
+    let refused = |from: &Pod| {
+        from.tcp_echo_result(server.echo_tcp(), "outsider")
+            .is_ok_and(|r| r.is_err())
+    };
+    wait_until("the policy in force", SETTLE, || {
+        refused(&legacy) && client.tcp_echo(server.echo_tcp(), "insider").is_ok()
+    })
+    .expect("only the client reaches the server");
+
+    let weftctl = common::weftctl::Weftctl::for_cluster(&cluster);
+    let (report, upgrade) = std::thread::scope(|s| {
+        let traffic = s.spawn(|| common::load(&client, server.echo_tcp(), 20, 90));
+        std::thread::sleep(Duration::from_secs(5));
+        let started = std::time::Instant::now();
+        let upgrade = weftctl.run(&["upgrade", "--wait", "120", "-o", "json"]);
+        if upgrade.code != Some(0) {
+            for args in [
+                vec!["get", "ds", "-n", "weft-system", "ztunnel", "-o", "yaml"],
+                vec!["get", "pods", "-A", "-o", "wide"],
+                vec!["get", "events", "-n", "weft-system"],
+            ] {
+                eprintln!(
+                    "DEBUG {args:?}:\n{}",
+                    k.run(&args).unwrap_or_else(|e| e.to_string())
+                );
+            }
+        }
+        let upgrade = upgrade.ok("weftctl upgrade");
+        eprintln!(
+            "upgraded and rolled out in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        (traffic.join().expect("load thread"), upgrade)
+    });
+    let done: serde_json::Value = serde_json::from_str(&upgrade.stdout).expect("JSON");
+    assert!(
+        done["rollouts"]
+            .as_array()
+            .is_some_and(|r| r.len() == 3 && r.iter().all(|r| r["done"] == true)),
+        "{done}"
+    );
+    let ztunnel = k
+        .get_json(&["daemonset", "-n", "weft-system", "ztunnel"])
+        .expect("ztunnel");
+    assert_eq!(
+        ztunnel["spec"]["updateStrategy"]["rollingUpdate"]["maxSurge"], 1,
+        "the new release's spec: {ztunnel}"
+    );
+    assert!(report.succeeded > 1000, "{report:?}");
+    assert_eq!(report.failed, 0, "new connections failed: {report:?}");
+    // The config came through: same decisions as before.
+    assert!(
+        refused(&legacy),
+        "a pod outside the mesh passes after the upgrade"
+    );
+    client
+        .tcp_echo(server.echo_tcp(), "after")
+        .expect("the client still reaches the server");
 }

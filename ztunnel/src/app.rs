@@ -69,11 +69,23 @@ pub async fn run(options: Options, log: LogControl) -> anyhow::Result<()> {
         flags.trust_domain.clone(),
         drain.clone(),
     );
-    tokio::spawn(follow_agent(
+    // Pods are taken from the node agent only once a first config has
+    // arrived. Beside an older ztunnel (a rolling update), both accept from
+    // the same pod sockets, and one without config would refuse what it
+    // took; alone, the connections wait in the sockets' backlog instead.
+    let mut versions = store.subscribe();
+    let (socket, agent_pods, agent_shutdown) = (
         options.handoff_socket.clone(),
         pods.clone(),
         shutdown.clone(),
-    ));
+    );
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = agent_shutdown.cancelled() => return,
+            first = versions.wait_for(|v| *v > 0) => if first.is_err() { return },
+        }
+        follow_agent(socket, agent_pods, agent_shutdown).await;
+    });
 
     let ready = Readiness {
         proxy: proxy.clone(),

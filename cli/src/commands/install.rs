@@ -116,6 +116,12 @@ pub async fn install(global: &GlobalArgs, args: &InstallArgs, upgrade: bool) -> 
             wait_established(&client, &crds_pending).await?;
             crds_pending.clear();
         }
+        if resolver.adopt(object).await? {
+            progress(&format!(
+                "took over {} from its earlier field managers",
+                object.describe()
+            ));
+        }
         resolver.apply(object).await?;
         progress(&format!("applied {}", object.describe()));
         done.objects.push(object.describe());

@@ -39,11 +39,28 @@ pub fn gateway_api(plane: &ControlPlane) -> Result<()> {
 /// awaited, so that the custom resources in the same kustomization find
 /// their kinds.
 pub fn weft(plane: &ControlPlane) -> Result<()> {
-    gateway_api(plane)?;
     let base = deploy_base();
     let rendered = plane
         .kubectl()
         .run(&["kustomize", &base.display().to_string()])?;
+    crds_first(plane, &rendered)?;
+    plane
+        .kubectl()
+        .run(&["apply", "-k", &base.display().to_string()])?;
+    Ok(())
+}
+
+/// Installs weft from `manifests` (a rendering of deploy/base, e.g. an
+/// earlier release's) as a user does with `kubectl apply -f`.
+pub fn weft_manifests(plane: &ControlPlane, manifests: &str) -> Result<()> {
+    crds_first(plane, manifests)?;
+    plane.kubectl().apply(manifests)?;
+    Ok(())
+}
+
+/// The Gateway API's and weft's CRDs of `rendered`, applied and served.
+fn crds_first(plane: &ControlPlane, rendered: &str) -> Result<()> {
+    gateway_api(plane)?;
     let crds: String = rendered
         .split("\n---\n")
         .filter(|doc| doc.contains("kind: CustomResourceDefinition"))
@@ -56,11 +73,7 @@ pub fn weft(plane: &ControlPlane) -> Result<()> {
             "authorizationpolicies.security.weft.dev",
             "peerauthentications.security.weft.dev",
         ],
-    )?;
-    plane
-        .kubectl()
-        .run(&["apply", "-k", &base.display().to_string()])?;
-    Ok(())
+    )
 }
 
 /// The workloads `deploy/` runs, as `kind/name` in `weft-system`.
