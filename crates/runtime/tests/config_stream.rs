@@ -143,6 +143,10 @@ async fn acks_nacks_keeps_the_last_good_config_and_resnapshots_after_reconnect()
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    // tonic's server builds its rustls config from the process default
+    // provider, which the workspace's two compiled providers leave unset;
+    // weft's processes install theirs the same way.
+    weft_hbone::tls::install_process_provider();
     let tls = ServerTlsConfig::new().identity(Identity::from_pem(chain.concat(), key));
     let server = Server::builder()
         .tls_config(tls)
