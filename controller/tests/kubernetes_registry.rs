@@ -283,8 +283,11 @@ async fn leader_writes_waypoints_and_status() {
             .contains("fail-closed")
     );
 
-    // Nothing changed: a second pass writes nothing.
+    // Nothing changed: a second pass writes nothing, even one in a later
+    // second from the same (now stale) state, where every condition it
+    // builds carries a new time.
     let patches = api.status_patches().len();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     writer.reconcile(&state, &version).await;
     assert_eq!(api.status_patches().len(), patches);
 }

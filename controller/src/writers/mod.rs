@@ -310,7 +310,13 @@ impl Writer {
         K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
     {
         let memo = format!("{}/{}/{name}/{status}", K::kind(&()), api.resource_url());
-        if self.written.get(&memo) == Some(&body) {
+        // The state a pass reads may not show what the last pass wrote yet;
+        // a condition that differs only in its time is the same write.
+        if self
+            .written
+            .get(&memo)
+            .is_some_and(|w| without_transition_times(w) == without_transition_times(&body))
+        {
             return;
         }
         let params = PatchParams::apply(FIELD_MANAGER).force();
@@ -442,26 +448,26 @@ impl Writer {
 
     async fn gateway_class_status(&mut self, class: &GatewayClass) {
         let now = Time(k8s_openapi::jiff::Timestamp::now());
-        let accepted = status::condition(
+        let mut accepted = [status::condition(
             "Accepted",
             true,
             "Accepted",
             format!("handled by {WAYPOINT_CONTROLLER} as {WAYPOINT_CLASS}"),
             class.metadata.generation,
             now,
-        );
+        )];
         let current = class
             .status
             .as_ref()
             .and_then(|s| s.conditions.clone())
             .unwrap_or_default();
-        if status::same_conditions(&current, std::slice::from_ref(&accepted)) {
+        if status::settle(&current, &mut accepted) {
             return;
         }
         let body = json!({
             "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
             "metadata": {"name": class.name_any()},
-            "status": {"conditions": [accepted]},
+            "status": {"conditions": accepted},
         });
         self.apply_once(
             Api::<GatewayClass>::all(self.client.clone()),
@@ -481,7 +487,7 @@ impl Writer {
         let now = Time(k8s_openapi::jiff::Timestamp::now());
         let addresses = status::gateway_addresses(service);
         let generation = gw.metadata.generation;
-        let conditions = vec![
+        let mut conditions = vec![
             status::condition(
                 "Accepted",
                 true,
@@ -530,7 +536,7 @@ impl Writer {
             .and_then(|s| s.addresses.as_ref())
             .map(|a| a.iter().map(|a| a.value.clone()).collect())
             .unwrap_or_default();
-        if status::same_conditions(&current, &conditions) && current_addresses == addresses {
+        if status::settle(&current, &mut conditions) && current_addresses == addresses {
             return;
         }
         let body = json!({
@@ -574,7 +580,7 @@ impl Writer {
             .into_iter()
             .filter(|c| c.type_ == status::WAYPOINT_BOUND)
             .collect();
-        let conditions = match binding {
+        let mut conditions = match binding {
             None if current.is_empty() => return,
             None => Vec::new(),
             Some(r) => {
@@ -602,7 +608,7 @@ impl Writer {
                 )]
             }
         };
-        if status::same_conditions(&current, &conditions) {
+        if status::settle(&current, &mut conditions) {
             return;
         }
         // Server-side apply merges conditions by type: only ours is touched.
@@ -713,13 +719,13 @@ impl Writer {
         report: &weft_cluster::model::PolicyReport,
     ) {
         let now = Time(k8s_openapi::jiff::Timestamp::now());
-        let conditions = status::policy_conditions(report, policy.metadata.generation, now);
+        let mut conditions = status::policy_conditions(report, policy.metadata.generation, now);
         let current = policy
             .status
             .as_ref()
             .map(|s| s.conditions.clone())
             .unwrap_or_default();
-        if status::same_conditions(&current, &conditions) {
+        if status::settle(&current, &mut conditions) {
             return;
         }
         let body = json!({
@@ -735,4 +741,21 @@ impl Writer {
         )
         .await;
     }
+}
+
+/// `body` with its conditions' transition times removed, for comparing what
+/// a write would say.
+fn without_transition_times(body: &serde_json::Value) -> serde_json::Value {
+    let mut body = body.clone();
+    if let Some(conditions) = body
+        .pointer_mut("/status/conditions")
+        .and_then(|c| c.as_array_mut())
+    {
+        for c in conditions {
+            if let Some(c) = c.as_object_mut() {
+                c.remove("lastTransitionTime");
+            }
+        }
+    }
+    body
 }

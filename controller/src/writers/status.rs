@@ -90,11 +90,21 @@ pub fn gateway_addresses(service: Option<&Service>) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Compares conditions ignoring transition times, so an unchanged status is
-/// not rewritten.
-pub fn same_conditions(a: &[Condition], b: &[Condition]) -> bool {
-    a.len() == b.len()
-        && a.iter().zip(b).all(|(x, y)| {
+/// Settles `desired` against the object's `current` conditions: a condition
+/// whose type and status did not change keeps its transition time (that is
+/// what the time means), and the answer says whether anything but the times
+/// differs, so an unchanged status is not rewritten.
+pub fn settle(current: &[Condition], desired: &mut [Condition]) -> bool {
+    for d in desired.iter_mut() {
+        if let Some(c) = current
+            .iter()
+            .find(|c| c.type_ == d.type_ && c.status == d.status)
+        {
+            d.last_transition_time = c.last_transition_time.clone();
+        }
+    }
+    current.len() == desired.len()
+        && current.iter().zip(desired.iter()).all(|(x, y)| {
             x.type_ == y.type_
                 && x.status == y.status
                 && x.reason == y.reason
@@ -127,4 +137,61 @@ pub fn binding_condition(state: BindingState, message: String, now: Time) -> Con
         BindingState::WaypointNotReady => (false, "WaypointNotReady"),
     };
     condition(WAYPOINT_BOUND, ok, reason, message, None, now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(seconds: i64) -> Time {
+        Time(k8s_openapi::jiff::Timestamp::from_second(seconds).expect("in range"))
+    }
+
+    #[test]
+    fn an_unchanged_status_keeps_its_transition_time_and_a_changed_one_takes_the_new() {
+        let current = [condition(
+            "Programmed",
+            false,
+            "Pending",
+            "wait".into(),
+            Some(1),
+            at(10),
+        )];
+        let mut same = [condition(
+            "Programmed",
+            false,
+            "Pending",
+            "wait".into(),
+            Some(1),
+            at(20),
+        )];
+        assert!(settle(&current, &mut same));
+        assert_eq!(same[0].last_transition_time, at(10));
+
+        let mut message = [condition(
+            "Programmed",
+            false,
+            "Pending",
+            "later".into(),
+            Some(1),
+            at(20),
+        )];
+        assert!(!settle(&current, &mut message), "a new message is a write");
+        assert_eq!(
+            message[0].last_transition_time,
+            at(10),
+            "but not a transition"
+        );
+
+        let mut flipped = [condition(
+            "Programmed",
+            true,
+            "Programmed",
+            "ok".into(),
+            Some(1),
+            at(20),
+        )];
+        assert!(!settle(&current, &mut flipped));
+        assert_eq!(flipped[0].last_transition_time, at(20));
+    }
 }
