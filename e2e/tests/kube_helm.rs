@@ -277,7 +277,9 @@ fn helm_installs_upgrades_and_uninstalls_weft_leaving_the_crds_and_the_nodes_as_
     }
 
     // Upgrade: a changed value takes effect (a third controller replica,
-    // the node components' log level, which rolls both DaemonSets).
+    // the node components' log level, which rolls both DaemonSets, and the
+    // PodMonitors of a cluster that runs the Prometheus Operator).
+    install::pod_monitor_crd(plane).expect("PodMonitor CRD");
     let upgraded = helm.output(&[
         "upgrade",
         "weft",
@@ -289,6 +291,8 @@ fn helm_installs_upgrades_and_uninstalls_weft_leaving_the_crds_and_the_nodes_as_
         "controller.replicas=3",
         "--set",
         "logLevel=debug",
+        "--set",
+        "monitoring.podMonitors.enabled=true",
         "--wait",
         "--timeout=5m",
     ]);
@@ -318,6 +322,79 @@ fn helm_installs_upgrades_and_uninstalls_weft_leaving_the_crds_and_the_nodes_as_
                 .any(|e| e["name"] == "RUST_LOG" && e["value"] == "debug"),
             "{}: {env:?}",
             pod["metadata"]["name"]
+        );
+    }
+
+    // The PodMonitors are what the operator's own schema accepts, field by
+    // field (strict: an unknown field is an error, not pruned), and select
+    // the pods deploy/ labels on the ports they serve metrics on.
+    let monitors = template(&[
+        "--set",
+        "monitoring.podMonitors.enabled=true",
+        "--show-only",
+        "templates/monitoring/podmonitors.yaml",
+    ]);
+    assert!(monitors.status.success(), "{monitors:?}");
+    let rendered = values_file(
+        cluster.dir(),
+        "podmonitors.yaml",
+        &String::from_utf8_lossy(&monitors.stdout),
+    );
+    k.run(&[
+        "apply",
+        "--server-side",
+        "--dry-run=server",
+        "--validate=strict",
+        "--field-manager=helm-test",
+        "-f",
+        &rendered.display().to_string(),
+    ])
+    .expect("PodMonitors valid against the operator's CRD");
+    let listed = k
+        .get_json(&["podmonitors", "-n", "weft-system"])
+        .expect("podmonitors");
+    let mut endpoints: Vec<(String, i64)> = listed["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| {
+            (
+                m["metadata"]["name"].as_str().unwrap_or("").to_string(),
+                m["spec"]["podMetricsEndpoints"][0]["portNumber"]
+                    .as_i64()
+                    .unwrap_or(0),
+            )
+        })
+        .collect();
+    endpoints.sort();
+    assert_eq!(
+        endpoints,
+        [
+            ("weft-controller".to_string(), 15014),
+            ("weft-waypoints".to_string(), 15020),
+            ("ztunnel".to_string(), 15020),
+        ]
+    );
+    for (monitor, selector) in [
+        ("weft-controller", "app.kubernetes.io/name=weft-controller"),
+        ("ztunnel", "app.kubernetes.io/name=ztunnel"),
+    ] {
+        let pods = k
+            .get_json(&["pods", "-n", "weft-system", "-l", selector])
+            .expect("pods");
+        let annotated = pods["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p["metadata"]["annotations"]["prometheus.io/port"].as_str())
+            .collect::<Vec<_>>();
+        let port = endpoints
+            .iter()
+            .find(|(name, _)| name == monitor)
+            .map(|(_, port)| port.to_string());
+        assert!(
+            !annotated.is_empty() && annotated.iter().all(|p| Some(p.to_string()) == port),
+            "{monitor} selects pods whose metrics port is {annotated:?}"
         );
     }
 

@@ -24,7 +24,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 
-use weft_cluster::model::labels::{DATAPLANE_MODE, DATAPLANE_NONE, GATEWAY_NAME, HBONE_PORT};
+use weft_cluster::model::labels::{
+    DATAPLANE_MODE, DATAPLANE_NONE, GATEWAY_CLASS_NAME, GATEWAY_NAME, HBONE_PORT, WAYPOINT_CLASS,
+};
 use weft_cluster::model::waypoints::waypoint_service_account;
 
 /// What the deployer needs besides the Gateway.
@@ -143,6 +145,7 @@ pub fn waypoint_objects(gw: &Gateway, config: &DeployerConfig) -> WaypointObject
     let mut pod_labels = selector.clone();
     // A waypoint speaks HBONE itself; its traffic is never captured.
     pod_labels.insert(DATAPLANE_MODE.to_string(), DATAPLANE_NONE.to_string());
+    pod_labels.insert(GATEWAY_CLASS_NAME.to_string(), WAYPOINT_CLASS.to_string());
     let scrape: BTreeMap<String, String> = [
         ("prometheus.io/scrape", "true".to_string()),
         ("prometheus.io/port", METRICS_PORT.to_string()),
@@ -493,6 +496,13 @@ mod tests {
             .expect("annotations");
         assert_eq!(annotations["prometheus.io/scrape"], "true");
         assert_eq!(annotations["prometheus.io/port"], "15020");
+        // deploy/'s waypoint PodMonitor selects by class.
+        let labels = template
+            .metadata
+            .as_ref()
+            .and_then(|m| m.labels.as_ref())
+            .expect("labels");
+        assert_eq!(labels[GATEWAY_CLASS_NAME], WAYPOINT_CLASS);
     }
 
     #[test]

@@ -34,6 +34,44 @@ pub fn gateway_api(plane: &ControlPlane) -> Result<()> {
     )
 }
 
+/// The Prometheus Operator release whose PodMonitor CRD the chart's
+/// `monitoring.podMonitors` objects are checked against.
+pub const PROMETHEUS_OPERATOR: &str = "v0.85.0";
+
+/// Applies the Prometheus Operator's PodMonitor CRD (from its Go module, as
+/// the proxy serves it) and waits until the API serves it.
+pub fn pod_monitor_crd(plane: &ControlPlane) -> Result<()> {
+    let module =
+        format!("github.com/prometheus-operator/prometheus-operator@{PROMETHEUS_OPERATOR}");
+    let out = std::process::Command::new("go")
+        .args(["mod", "download", "-json", &module])
+        // Outside any module: only the module cache is touched.
+        .current_dir(std::env::temp_dir())
+        .output()
+        .map_err(|e| Error::Missing {
+            what: "go".into(),
+            hint: format!("install Go to fetch {module}: {e}"),
+        })?;
+    if !out.status.success() {
+        return Err(Error::Command {
+            command: format!("go mod download {module}"),
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| Error::Invalid(format!("go mod download -json: {e}")))?;
+    let dir = info["Dir"]
+        .as_str()
+        .ok_or_else(|| Error::Invalid(format!("go mod download {module}: no Dir")))?;
+    let crd = Path::new(dir)
+        .join("example/prometheus-operator-crd/monitoring.coreos.com_podmonitors.yaml");
+    plane
+        .kubectl()
+        .run(&["apply", "--server-side", "-f", &crd.display().to_string()])?;
+    wait_established(plane, &["podmonitors.monitoring.coreos.com"])
+}
+
 /// `kubectl apply -k deploy/base`, as the install guide says, after the
 /// Gateway API CRDs its GatewayClass needs. The CRDs are applied first and
 /// awaited, so that the custom resources in the same kustomization find

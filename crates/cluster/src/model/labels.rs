@@ -20,6 +20,9 @@ pub const WAYPOINT_CLASS: &str = "weft-waypoint";
 pub const WAYPOINT_CONTROLLER: &str = "weft.dev/waypoint-controller";
 /// Set on a waypoint's pods by the deployer (the Gateway API convention).
 pub const GATEWAY_NAME: &str = "gateway.networking.k8s.io/gateway-name";
+/// Set on a waypoint's pods by the deployer: their class, so a PodMonitor
+/// (deploy/) selects weft's waypoints and no other Gateway's pods.
+pub const GATEWAY_CLASS_NAME: &str = "gateway.networking.k8s.io/gateway-class-name";
 /// The port waypoints and ztunnels accept HBONE on.
 pub const HBONE_PORT: u32 = 15008;
 /// In files mode, the harness records a pod's netns path here.
