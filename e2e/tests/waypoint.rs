@@ -96,12 +96,13 @@ spec:
     )
 }
 
-/// The sum of `weft_requests_total` samples whose labels contain every
-/// one of `labels` (`key="value"`).
-fn requests_counted(metrics: &str, labels: &[&str]) -> f64 {
+/// The sum of the samples of `name` whose labels contain every one of
+/// `labels` (`key="value"`).
+fn counted(metrics: &str, name: &str, labels: &[&str]) -> f64 {
+    let prefix = format!("{name}{{");
     metrics
         .lines()
-        .filter(|l| l.starts_with("weft_requests_total{"))
+        .filter(|l| l.starts_with(&prefix))
         .filter(|l| labels.iter().all(|want| l.contains(want)))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
@@ -148,8 +149,9 @@ fn an_l7_policy_at_the_waypoint_allows_get_and_refuses_post() {
 
     // The waypoint counted the refusal, with the client's identity.
     let metrics = wp.metrics().expect("metrics");
-    let refused = requests_counted(
+    let refused = counted(
         &metrics,
+        "weft_requests_total",
         &[
             "reporter=\"waypoint\"",
             "response_code=\"403\"",
@@ -158,8 +160,33 @@ fn an_l7_policy_at_the_waypoint_allows_get_and_refuses_post() {
     );
     assert!(refused >= 1.0, "a 403 counted in:\n{metrics}");
     assert!(
-        requests_counted(&metrics, &["response_code=\"200\""]) >= 2.0,
+        counted(&metrics, "weft_requests_total", &["response_code=\"200\""]) >= 2.0,
         "the 200s are counted too"
+    );
+    // The same requests in Istio's names and labels, as its dashboards and
+    // Kiali query them: the Service by host, the client by canonical name.
+    let istio = [
+        "reporter=\"waypoint\"",
+        "response_code=\"403\"",
+        "source_principal=\"spiffe://cluster.local/ns/shop/sa/client\"",
+        "destination_service=\"server.shop.svc.cluster.local\"",
+        "destination_service_name=\"server\"",
+        "destination_service_namespace=\"shop\"",
+        "source_workload_namespace=\"shop\"",
+        "request_protocol=\"http\"",
+        "connection_security_policy=\"mutual_tls\"",
+    ];
+    assert!(
+        counted(&metrics, "istio_requests_total", &istio) >= 1.0,
+        "the 403 in Istio's names:\n{metrics}"
+    );
+    assert!(
+        counted(
+            &metrics,
+            "istio_request_duration_milliseconds_bucket",
+            &["response_code=\"200\"", "le=\"3600000\""]
+        ) >= 2.0,
+        "Istio's duration histogram, in milliseconds with its buckets:\n{metrics}"
     );
 
     // The policy is gone: POST goes through again.

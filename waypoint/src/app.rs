@@ -188,13 +188,16 @@ impl Waypoint {
 /// The process: runs until SIGTERM/SIGINT and the drain that follows.
 pub async fn run(options: Options, log: LogControl) -> anyhow::Result<()> {
     let flags = &options.proxy;
-    let recorder = install_metrics(&[(
-        "weft_request_duration_seconds",
-        &[
-            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-            30.0,
-        ],
-    )])?;
+    let recorder = install_metrics(
+        flags,
+        &[(
+            "weft_request_duration_seconds",
+            &[
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0, 30.0,
+            ],
+        )],
+    )?;
     let shutdown = CancellationToken::new();
     let store = WorkloadStore::default();
     let name = WaypointName {

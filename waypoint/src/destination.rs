@@ -66,6 +66,14 @@ impl Destination {
         }
     }
 
+    /// The Service addressed, if one was.
+    pub fn addressed_service(&self) -> Option<&Arc<Service>> {
+        match self {
+            Destination::Service { service, .. } => Some(service),
+            Destination::Workload { .. } => None,
+        }
+    }
+
     /// The Service, as `(namespace, name)`, when addressed to one.
     pub fn service(&self) -> Option<(&str, &str)> {
         match self {

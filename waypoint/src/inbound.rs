@@ -73,7 +73,9 @@ async fn handle(proxy: Arc<Proxy>, tunnel: InboundTunnel) {
                 address: authority.to_string(),
                 ..Peer::default()
             };
-            proxy.observer.deny_tunnel(&client, peer, &e.to_string());
+            proxy
+                .observer
+                .deny_tunnel(&client, peer, "no_destination", &e.to_string());
             tunnel.refuse(e.status());
             return;
         }
@@ -89,9 +91,12 @@ async fn handle(proxy: Arc<Proxy>, tunnel: InboundTunnel) {
         let (endpoint, upstream) = match upstream {
             Ok(connected) => connected,
             Err(refusal) => {
-                proxy
-                    .observer
-                    .deny_tunnel(&client, destination_peer(&dest), &refusal.reason);
+                proxy.observer.deny_tunnel(
+                    &client,
+                    destination_peer(&dest),
+                    refusal.label(),
+                    &refusal.reason,
+                );
                 tunnel.refuse(refusal.status);
                 return;
             }
@@ -142,18 +147,22 @@ async fn handle(proxy: Arc<Proxy>, tunnel: InboundTunnel) {
                 tcp::copy(&proxy, &client, &endpoint, io, upstream, counters).await;
             }
             Err(refusal) => {
-                proxy
-                    .observer
-                    .deny_tunnel(&client, destination_peer(&dest), &refusal.reason);
+                proxy.observer.deny_tunnel(
+                    &client,
+                    destination_peer(&dest),
+                    refusal.label(),
+                    &refusal.reason,
+                );
                 let mut io = io;
                 io.inner_mut().reset(h2::Reason::REFUSED_STREAM);
             }
         }
         return;
     }
-    let guard = proxy
-        .observer
-        .open_tunnel(&client, destination_peer(&dest), Mode::Http, counters);
+    let guard =
+        proxy
+            .observer
+            .open_tunnel(&client, destination_peer(&dest), None, Mode::Http, counters);
     let context = Arc::new(TunnelContext {
         id: guard.id,
         client,

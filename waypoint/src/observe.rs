@@ -18,7 +18,8 @@ use http::{Method, StatusCode};
 use parking_lot::Mutex;
 use tokio::sync::broadcast;
 use weft_api::admin::{ConnectionInfo, Direction, Peer, TapEvent, TapKind, Transport};
-use weft_api::config::Workload;
+use weft_api::config::{Service, Workload};
+use weft_runtime::standard_metrics::{self, End, HttpSeries, Reporter, TcpSeries, Traffic};
 use weft_runtime::store::workload_identity;
 
 use crate::policy::Client;
@@ -37,7 +38,8 @@ pub enum Mode {
 struct LiveTunnel {
     source: Peer,
     destination: Peer,
-    mode: Mode,
+    /// A TCP tunnel's series; HTTP tunnels count requests instead.
+    series: Option<TcpSeries>,
     counters: Arc<Counters>,
     opened: Instant,
     opened_at_ms: u64,
@@ -83,8 +85,7 @@ struct MetricEntry {
     destination: Option<String>,
     service: Option<String>,
     code: u16,
-    requests: metrics::Counter,
-    duration: metrics::Histogram,
+    series: HttpSeries,
 }
 
 /// Distinct label sets cached per tunnel; past this, handles are looked up
@@ -102,8 +103,8 @@ pub struct RequestRecord<'a> {
     pub path: &'a str,
     /// What the client addressed (VIP:port or pod IP:port).
     pub authority: SocketAddr,
-    /// `namespace/name` of the Service addressed, if any.
-    pub service: Option<&'a str>,
+    /// The Service addressed, if any.
+    pub service: Option<&'a Service>,
     /// The endpoint that answered (or was tried last).
     pub endpoint: Option<(&'a Workload, SocketAddr)>,
     /// `namespace/name` of the route and rule index, if one matched.
@@ -122,10 +123,58 @@ fn unix_ms() -> u64 {
         .unwrap_or_default()
 }
 
+/// `namespace/name` of a Service, as weft's labels and logs name it.
+fn service_key(s: &Service) -> String {
+    format!("{}/{}", s.namespace, s.name)
+}
+
 fn split_workload(w: Option<&Workload>) -> (String, String) {
     match w {
         Some(w) => (w.namespace.clone(), w.name.clone()),
         None => ("unknown".into(), "unknown".into()),
+    }
+}
+
+/// What Istio's labels of a TCP tunnel are made of.
+fn tcp_traffic<'a>(
+    client: &'a Client,
+    destination: &'a Peer,
+    destination_workload: Option<&'a Workload>,
+) -> Traffic<'a> {
+    Traffic {
+        reporter: Reporter::Waypoint,
+        source: End {
+            workload: client.workload.as_deref(),
+            principal: Some(&client.principal),
+        },
+        destination: End {
+            workload: destination_workload,
+            principal: destination.identity.as_deref(),
+        },
+        service: None,
+        protocol: "tcp",
+        mutual_tls: true,
+    }
+}
+
+/// What Istio's labels of a request are made of (docs/design.md §9).
+fn request_traffic<'a>(
+    r: &RequestRecord<'a>,
+    destination_principal: Option<&'a str>,
+) -> Traffic<'a> {
+    Traffic {
+        reporter: Reporter::Waypoint,
+        source: End {
+            workload: r.client.workload.as_deref(),
+            principal: Some(&r.client.principal),
+        },
+        destination: End {
+            workload: r.endpoint.map(|(w, _)| w),
+            principal: destination_principal,
+        },
+        service: r.service,
+        protocol: "http",
+        mutual_tls: true,
     }
 }
 
@@ -150,7 +199,9 @@ fn request_labels(r: &RequestRecord<'_>) -> [(&'static str, String); 9] {
         ),
         (
             "destination_service",
-            r.service.unwrap_or("unknown").to_owned(),
+            r.service
+                .map(service_key)
+                .unwrap_or_else(|| "unknown".to_owned()),
         ),
         ("response_code", r.status.as_u16().to_string()),
     ]
@@ -172,21 +223,26 @@ impl Observer {
         self: &Arc<Self>,
         client: &Client,
         destination: Peer,
+        destination_workload: Option<&Workload>,
         mode: Mode,
         counters: Arc<Counters>,
     ) -> TunnelGuard {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let live = LiveTunnel {
+        let mut live = LiveTunnel {
             source: client.peer(),
             destination,
-            mode,
+            series: None,
             counters,
             opened: Instant::now(),
             opened_at_ms: unix_ms(),
         };
         if mode == Mode::Tcp {
-            metrics::counter!("weft_tcp_connections_opened_total", &self.tcp_labels(&live))
-                .increment(1);
+            let series = TcpSeries::new(
+                &self.tcp_labels(&live),
+                &tcp_traffic(client, &live.destination, destination_workload),
+            );
+            series.opened();
+            live.series = Some(series);
             self.emit(
                 TapKind::Open,
                 self.info(id, &live),
@@ -206,13 +262,11 @@ impl Observer {
         let Some(live) = self.tunnels.lock().remove(&id) else {
             return;
         };
-        if live.mode == Mode::Tcp {
-            let labels = self.tcp_labels(&live);
-            metrics::counter!("weft_tcp_connections_closed_total", &labels).increment(1);
-            metrics::counter!("weft_tcp_received_bytes_total", &labels)
-                .increment(live.counters.received.load(Ordering::Relaxed));
-            metrics::counter!("weft_tcp_sent_bytes_total", &labels)
-                .increment(live.counters.sent.load(Ordering::Relaxed));
+        if let Some(series) = &live.series {
+            series.closed(
+                live.counters.sent.load(Ordering::Relaxed),
+                live.counters.received.load(Ordering::Relaxed),
+            );
             let info = self.info(id, &live);
             if self.access_log {
                 tracing::info!(
@@ -232,18 +286,28 @@ impl Observer {
         }
     }
 
-    /// A tunnel refused before or after it opened (policy, no destination).
-    pub fn deny_tunnel(&self, client: &Client, destination: Peer, reason: &str) {
+    /// A tunnel refused before or after it opened (policy, no destination):
+    /// `label` is the metric's `reason`, `reason` the sentence for the log.
+    pub fn deny_tunnel(
+        &self,
+        client: &Client,
+        destination: Peer,
+        label: &'static str,
+        reason: &str,
+    ) {
         let live = LiveTunnel {
             source: client.peer(),
             destination,
-            mode: Mode::Tcp,
+            series: None,
             counters: Arc::default(),
             opened: Instant::now(),
             opened_at_ms: unix_ms(),
         };
-        metrics::counter!("weft_tcp_connections_denied_total", &self.tcp_labels(&live))
-            .increment(1);
+        standard_metrics::denied(
+            &self.tcp_labels(&live),
+            label,
+            &tcp_traffic(client, &live.destination, None),
+        );
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let info = self.info(id, &live);
         if self.access_log {
@@ -262,7 +326,6 @@ impl Observer {
 
     /// Records one request: metrics, access log, tap.
     pub fn request(&self, r: &RequestRecord<'_>) {
-        let seconds = r.duration.as_secs_f64();
         let code = r.status.as_u16();
         let destination = r.endpoint.map(|(w, _)| w.uid.as_str());
         {
@@ -270,26 +333,28 @@ impl Observer {
             let hit = entries.iter().find(|e| {
                 e.code == code
                     && e.destination.as_deref() == destination
-                    && e.service.as_deref() == r.service
+                    && e.service.as_deref() == r.service.map(|s| s.hostname.as_str())
             });
             match hit {
-                Some(e) => {
-                    e.requests.increment(1);
-                    e.duration.record(seconds);
-                }
+                Some(e) => e.series.record(r.duration),
                 None => {
-                    let labels = request_labels(r);
-                    let requests = metrics::counter!("weft_requests_total", &labels);
-                    let duration = metrics::histogram!("weft_request_duration_seconds", &labels);
-                    requests.increment(1);
-                    duration.record(seconds);
+                    let principal = r
+                        .endpoint
+                        .and_then(|(w, _)| workload_identity(w).ok())
+                        .map(|id| id.to_string());
+                    let series = HttpSeries::new(
+                        &request_labels(r),
+                        &request_traffic(r, principal.as_deref()),
+                        code,
+                        None,
+                    );
+                    series.record(r.duration);
                     if entries.len() < TUNNEL_METRICS_CAP {
                         entries.push(MetricEntry {
                             destination: destination.map(str::to_owned),
-                            service: r.service.map(str::to_owned),
+                            service: r.service.map(|s| s.hostname.clone()),
                             code,
-                            requests,
-                            duration,
+                            series,
                         });
                     }
                 }
@@ -307,7 +372,7 @@ impl Observer {
                 src = %r.client.ip,
                 src_identity = %r.client.principal,
                 authority = %r.authority,
-                service = r.service.unwrap_or("-"),
+                service = r.service.map(service_key).as_deref().unwrap_or("-"),
                 route = %r.route.map(|(n, i)| format!("{n}#{i}")).unwrap_or_else(|| "-".into()),
                 upstream = upstream.as_deref().unwrap_or("-"),
                 dst_workload = %r.endpoint.map(|(w, _)| format!("{}/{}", w.namespace, w.name)).unwrap_or_else(|| "-".into()),
@@ -332,7 +397,7 @@ impl Observer {
                     workload: r
                         .endpoint
                         .map(|(w, _)| format!("{}/{}", w.namespace, w.name))
-                        .or_else(|| r.service.map(str::to_owned)),
+                        .or_else(|| r.service.map(service_key)),
                     identity: dst_principal,
                 },
                 waypoint: Some(self.waypoint.clone()),

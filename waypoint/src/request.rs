@@ -66,7 +66,7 @@ enum Target {
 /// What happened to a request, for the record.
 struct Trace {
     path: String,
-    service: Option<String>,
+    service: Option<Arc<Service>>,
     endpoint: Option<(Arc<Workload>, SocketAddr)>,
     route: Option<(String, usize)>,
     attempts: u32,
@@ -259,7 +259,7 @@ fn admit(
                 e.to_string(),
             )
         })?;
-    trace.service = dest.service().map(|(ns, n)| format!("{ns}/{n}"));
+    trace.service = dest.addressed_service().cloned();
     let (parts, body) = request.into_parts();
     let path = match path::normalize(parts.uri.path()) {
         Ok(p) => p.into_owned(),

@@ -29,6 +29,18 @@ pub struct Refusal {
     pub reason: String,
 }
 
+impl Refusal {
+    /// The denial metric's `reason` label: a policy said no, or there was
+    /// nowhere to go.
+    pub fn label(&self) -> &'static str {
+        if self.status == StatusCode::UNAUTHORIZED {
+            "policy"
+        } else {
+            "unavailable"
+        }
+    }
+}
+
 /// Authorizes a TCP tunnel and picks the endpoint it goes to.
 pub fn authorize(proxy: &Proxy, client: &Client, dest: &Destination) -> Result<Endpoint, Refusal> {
     let snapshot = proxy.config.snapshot();
@@ -122,9 +134,10 @@ pub async fn copy(
             .ok()
             .map(|id| id.to_string()),
     };
-    let _guard = proxy
-        .observer
-        .open_tunnel(client, peer, Mode::Tcp, counters);
+    let _guard =
+        proxy
+            .observer
+            .open_tunnel(client, peer, Some(&endpoint.workload), Mode::Tcp, counters);
     if let Err(e) = tokio::io::copy_bidirectional(&mut tunnel, &mut upstream).await {
         debug!(error = %e, "TCP tunnel ended with an error");
         tunnel.inner_mut().reset(h2::Reason::CANCEL);

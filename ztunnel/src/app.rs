@@ -29,7 +29,7 @@ use crate::socket::Netns;
 /// Runs ztunnel until SIGTERM/SIGINT and the drain that follows.
 pub async fn run(options: Options, log: LogControl) -> anyhow::Result<()> {
     let flags = &options.proxy;
-    let recorder = install_metrics(&[])?;
+    let recorder = install_metrics(flags, &[])?;
     let shutdown = CancellationToken::new();
     let drain = CancellationToken::new();
     let store = WorkloadStore::default();

@@ -15,7 +15,9 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use parking_lot::Mutex;
 use tokio::sync::broadcast;
 use weft_api::admin::{ConnectionInfo, Direction, Peer, TapEvent, TapKind, Transport};
+use weft_api::config::{Service, Workload};
 use weft_hbone::ByteCounters;
+use weft_runtime::standard_metrics::{self, End, Reporter, TcpSeries, Traffic};
 
 /// How many tap events may queue per reader before the oldest are dropped:
 /// a slow `weftctl tap` loses events, it never slows the data path.
@@ -33,36 +35,25 @@ pub struct ConnectionMeta {
     pub source: Peer,
     pub destination: Peer,
     pub waypoint: Option<String>,
+    /// The model's view of the ends and the Service addressed, for Istio's
+    /// labels (canonical names, service host).
+    pub known: Known,
+}
+
+/// What the model knows of a connection beyond its addresses.
+#[derive(Debug, Clone, Default)]
+pub struct Known {
+    pub source: Option<Arc<Workload>>,
+    pub destination: Option<Arc<Workload>>,
+    pub service: Option<Arc<Service>>,
 }
 
 struct Live {
     meta: ConnectionMeta,
     counters: Arc<ByteCounters>,
-    metrics: Arc<SeriesCounters>,
+    metrics: Arc<TcpSeries>,
     opened: Instant,
     opened_at_ms: u64,
-}
-
-/// The counters of one label set, resolved once: looking a series up in the
-/// recorder builds and hashes its eight labels, which is a measurable part
-/// of a short connection's cost.
-struct SeriesCounters {
-    opened: metrics::Counter,
-    closed: metrics::Counter,
-    sent: metrics::Counter,
-    received: metrics::Counter,
-}
-
-impl SeriesCounters {
-    fn new(meta: &ConnectionMeta) -> Self {
-        let labels = labels(meta);
-        SeriesCounters {
-            opened: metrics::counter!("weft_tcp_connections_opened_total", &labels),
-            closed: metrics::counter!("weft_tcp_connections_closed_total", &labels),
-            sent: metrics::counter!("weft_tcp_sent_bytes_total", &labels),
-            received: metrics::counter!("weft_tcp_received_bytes_total", &labels),
-        }
-    }
 }
 
 /// What the labels of a connection's series are made of.
@@ -73,6 +64,7 @@ struct SeriesKey {
     source_identity: Option<String>,
     destination_workload: Option<String>,
     destination_identity: Option<String>,
+    service: Option<String>,
 }
 
 impl SeriesKey {
@@ -84,6 +76,7 @@ impl SeriesKey {
             source_identity: meta.source.identity.clone(),
             destination_workload: meta.destination.workload.clone(),
             destination_identity: meta.destination.identity.clone(),
+            service: service_of(meta).map(str::to_owned),
         }
     }
 
@@ -98,6 +91,7 @@ impl SeriesKey {
             &meta.source.identity,
             &meta.destination.workload,
             &meta.destination.identity,
+            service_of(meta),
         )
             .hash(&mut hasher);
         hasher.finish()
@@ -110,6 +104,7 @@ impl SeriesKey {
             && self.source_identity == meta.source.identity
             && self.destination_workload == meta.destination.workload
             && self.destination_identity == meta.destination.identity
+            && self.service.as_deref() == service_of(meta)
     }
 }
 
@@ -122,7 +117,7 @@ struct Inner {
     next_id: AtomicU64,
     live: Mutex<HashMap<u64, Live>>,
     /// Resolved counters by [`SeriesKey::hash_of`].
-    series: Mutex<HashMap<u64, (SeriesKey, Arc<SeriesCounters>)>>,
+    series: Mutex<HashMap<u64, (SeriesKey, Arc<TcpSeries>)>>,
     tap: broadcast::Sender<TapEvent>,
     deny_lines: DenyLogLimiter,
 }
@@ -224,7 +219,7 @@ impl ConnectionRegistry {
             opened: Instant::now(),
             opened_at_ms: unix_ms(),
         };
-        live.metrics.opened.increment(1);
+        live.metrics.opened();
         self.emit(TapKind::Open, || info(id, &live), Some("allow".into()));
         self.inner.live.lock().insert(id, live);
         ConnectionGuard {
@@ -240,9 +235,7 @@ impl ConnectionRegistry {
     pub fn deny(&self, meta: ConnectionMeta, label: &'static str, reason: &str) {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         // Denials are rare next to connections: no cached handle.
-        let mut labels = labels(&meta);
-        labels.push(("reason", label.to_owned()));
-        metrics::counter!("weft_tcp_connections_denied_total", &labels).increment(1);
+        standard_metrics::denied(&labels(&meta), label, &traffic(&meta));
         let live = Live {
             metrics: self.series(&meta),
             meta,
@@ -272,7 +265,7 @@ impl ConnectionRegistry {
     }
 
     /// The counters for `meta`'s label set, resolved at most once per set.
-    fn series(&self, meta: &ConnectionMeta) -> Arc<SeriesCounters> {
+    fn series(&self, meta: &ConnectionMeta) -> Arc<TcpSeries> {
         let hash = SeriesKey::hash_of(meta);
         let mut series = self.inner.series.lock();
         if let Some((key, counters)) = series.get(&hash)
@@ -285,7 +278,7 @@ impl ConnectionRegistry {
         }
         // A hash collision replaces the other set's entry: it is only a
         // shortcut, the recorder still holds both series.
-        let counters = Arc::new(SeriesCounters::new(meta));
+        let counters = Arc::new(TcpSeries::new(&labels(meta), &traffic(meta)));
         series.insert(hash, (SeriesKey::of(meta), counters.clone()));
         counters
     }
@@ -314,9 +307,8 @@ impl ConnectionRegistry {
         let Some(live) = self.inner.live.lock().remove(&id) else {
             return;
         };
-        live.metrics.closed.increment(1);
-        live.metrics.sent.increment(live.counters.sent());
-        live.metrics.received.increment(live.counters.received());
+        live.metrics
+            .closed(live.counters.sent(), live.counters.received());
         let info = info(id, &live);
         access_log(&info, "allow", None);
         self.emit(TapKind::Close, || info, None);
@@ -363,6 +355,32 @@ fn info(id: u64, live: &Live) -> ConnectionInfo {
         bytes_received: live.counters.received(),
         opened_at_ms: live.opened_at_ms,
         age_ms: live.opened.elapsed().as_millis() as u64,
+    }
+}
+
+/// The Service a connection addressed, by host: part of its Istio labels.
+fn service_of(meta: &ConnectionMeta) -> Option<&str> {
+    meta.known.service.as_deref().map(|s| s.hostname.as_str())
+}
+
+/// What Istio's labels are made of (docs/design.md §9).
+fn traffic(meta: &ConnectionMeta) -> Traffic<'_> {
+    Traffic {
+        reporter: match meta.direction {
+            Direction::Outbound => Reporter::Source,
+            Direction::Inbound => Reporter::Destination,
+        },
+        source: End {
+            workload: meta.known.source.as_deref(),
+            principal: meta.source.identity.as_deref(),
+        },
+        destination: End {
+            workload: meta.known.destination.as_deref(),
+            principal: meta.destination.identity.as_deref(),
+        },
+        service: meta.known.service.as_deref(),
+        protocol: "tcp",
+        mutual_tls: meta.transport == Transport::Hbone,
     }
 }
 
@@ -453,6 +471,7 @@ mod tests {
             source: peer(source),
             destination: peer(destination),
             waypoint: None,
+            known: Known::default(),
         }
     }
 

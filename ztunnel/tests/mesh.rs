@@ -95,6 +95,36 @@ fn pod_to_pod_across_nodes_is_mtls_only_and_the_server_sees_the_client_ip() {
                 && l.contains("reporter=\"destination\"")),
         "{metrics}"
     );
+    // The same in Istio's names, with the labels its dashboards and Kiali
+    // read; nothing the proxy knows is `unknown`.
+    let istio = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("istio_tcp_connections_opened_total{")
+                && l.contains("reporter=\"destination\"")
+        })
+        .unwrap_or_else(|| panic!("no istio_tcp_connections_opened_total:\n{metrics}"));
+    for label in [
+        "source_workload_namespace=\"shop\"",
+        "source_principal=\"spiffe://cluster.local/ns/shop/sa/client\"",
+        "destination_workload_namespace=\"shop\"",
+        "destination_principal=\"spiffe://cluster.local/ns/shop/sa/server\"",
+        "destination_cluster=\"Kubernetes\"",
+        "request_protocol=\"tcp\"",
+        "connection_security_policy=\"mutual_tls\"",
+    ] {
+        assert!(istio.contains(label), "{label} missing from {istio}");
+    }
+    for known in [
+        "source_workload",
+        "destination_workload",
+        "destination_canonical_service",
+    ] {
+        assert!(
+            !istio.contains(&format!("{known}=\"unknown\"")),
+            "{known} unknown in {istio}"
+        );
+    }
     assert_eq!(
         c.node_http(2, 15021, "/healthz/ready").map(|r| r.0),
         Some(200)

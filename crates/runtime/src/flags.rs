@@ -62,6 +62,15 @@ pub struct ProxyFlags {
     /// Readiness (`/healthz/ready`).
     #[arg(long, env = "WEFT_READINESS_ADDR", default_value = "0.0.0.0:15021")]
     pub readiness_addr: SocketAddr,
+    /// Metric names: `weft` (`weft_*`), `istio` (`istio_*` with Istio's
+    /// standard labels, what Istio's Grafana dashboards and Kiali read) or
+    /// `both` (docs/observability.md).
+    #[arg(long, env = "WEFT_METRIC_NAMES", value_enum, default_value = "both")]
+    pub metric_names: crate::standard_metrics::MetricNames,
+    /// The cluster's name in Istio's `source_cluster` and
+    /// `destination_cluster` labels.
+    #[arg(long, env = "WEFT_CLUSTER_ID", default_value = crate::standard_metrics::DEFAULT_CLUSTER)]
+    pub cluster_id: String,
 
     /// On SIGTERM, how long open connections may take to finish, in seconds.
     #[arg(long, env = "WEFT_DRAIN_SECONDS", default_value_t = 30)]

@@ -7,7 +7,8 @@
 //! controller's CA or a local root ([`certs`]), verified against one
 //! [`trust`] handle). It picks Service endpoints with one load balancer
 //! ([`lb`]), serves its admin API, metrics and readiness on [`listen`]ed
-//! sockets ([`admin`]), logs with [`logging`], paces reconnects with
+//! sockets ([`admin`]) in weft's and Istio's metric names
+//! ([`standard_metrics`]), logs with [`logging`], paces reconnects with
 //! [`backoff`], and on SIGTERM drains ([`admin::socket::wait_for_signal`]),
 //! leaving the admin socket to its replacement.
 
@@ -20,6 +21,7 @@ pub mod lb;
 pub mod listen;
 pub mod local_config;
 pub mod logging;
+pub mod standard_metrics;
 pub mod startup;
 pub mod store;
 pub mod trust;

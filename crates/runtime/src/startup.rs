@@ -17,6 +17,7 @@ use crate::certs::{CaClient, GrpcCa, LocalCa};
 use crate::config_client::{ConfigClient, TokenSource, channel};
 use crate::flags::ProxyFlags;
 use crate::local_config::LocalConfigSource;
+use crate::standard_metrics;
 use crate::store::WorkloadStore;
 
 /// Where a running proxy's config and certificates come from.
@@ -72,10 +73,22 @@ pub fn start_sources(
 }
 
 /// Installs the process's Prometheus recorder, with explicit buckets for
-/// the named histograms (the rest get the exporter's summaries).
-pub fn install_metrics(histograms: &[(&str, &[f64])]) -> anyhow::Result<PrometheusHandle> {
+/// the named histograms (the rest get the exporter's summaries) and Istio's
+/// for its request duration, and sets the metric names `flags` choose.
+pub fn install_metrics(
+    flags: &ProxyFlags,
+    histograms: &[(&str, &[f64])],
+) -> anyhow::Result<PrometheusHandle> {
+    standard_metrics::configure(standard_metrics::Dialect {
+        names: flags.metric_names,
+        cluster: flags.cluster_id.clone(),
+    });
     let mut builder = PrometheusBuilder::new();
-    for (name, buckets) in histograms {
+    let istio = [(
+        standard_metrics::ISTIO_REQUEST_DURATION,
+        standard_metrics::ISTIO_DURATION_BUCKETS_MS,
+    )];
+    for (name, buckets) in histograms.iter().chain(&istio) {
         builder = builder
             .set_buckets_for_metric(Matcher::Full((*name).to_owned()), buckets)
             .with_context(|| format!("histogram buckets of {name}"))?;

@@ -18,7 +18,7 @@ use weft_hbone::{InboundTunnel, TunnelHandler, copy_bidirectional};
 use weft_mesh::{Denial, Path, admit_hbone, check_destination, client_address};
 
 use super::{Pod, Proxy};
-use crate::connections::ConnectionMeta;
+use crate::connections::{ConnectionMeta, Known};
 use crate::socket::ConnectOptions;
 
 pub struct InboundHandler {
@@ -71,6 +71,11 @@ async fn handle(proxy: &Proxy, pod: &Pod, tunnel: InboundTunnel) {
             .waypoint
             .as_ref()
             .map(|w| format!("{}/{}", w.namespace, w.name)),
+        known: Known {
+            source: source_workload.clone(),
+            destination: Some(workload.clone()),
+            service: None,
+        },
     };
 
     // Before policy: a destination that is this pod's and not ztunnel's own

@@ -12,12 +12,13 @@ use std::time::Instant;
 use tokio::net::TcpStream;
 use tracing::debug;
 use weft_api::admin::{Direction, Peer, Transport};
+use weft_api::config::Workload;
 use weft_hbone::{TunnelTarget, copy_bidirectional};
 use weft_mesh::{Path, check_destination};
 
 use super::route::{Route, Tunnel, route};
 use super::{Captured, Pod, PodDialer, Proxy};
-use crate::connections::ConnectionMeta;
+use crate::connections::{ConnectionMeta, Known};
 use crate::socket::{self, ConnectOptions};
 use weft_runtime::store::workload_identity;
 
@@ -37,6 +38,7 @@ pub async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, captured: Captured) {
         return refuse(
             &proxy,
             source,
+            &source_workload,
             dst,
             refused.label(),
             &refused.to_string(),
@@ -57,18 +59,25 @@ pub async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, captured: Captured) {
                 return refuse(
                     &proxy,
                     source,
+                    &source_workload,
                     dst,
                     refused.label(),
                     &refused.to_string(),
                     &client,
                 );
             }
+            let (destination, destination_workload) = destination(&proxy, dst);
             let meta = ConnectionMeta {
                 direction: Direction::Outbound,
                 transport: Transport::Tcp,
                 source,
-                destination: destination_peer(&proxy, dst, None),
+                destination,
                 waypoint: None,
+                known: Known {
+                    source: Some(source_workload.clone()),
+                    destination: destination_workload,
+                    service: None,
+                },
             };
             let started = Instant::now();
             let mut upstream = match proxy
@@ -92,12 +101,30 @@ pub async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, captured: Captured) {
             super::plaintext::copy_plain(&mut client, &mut upstream, &guard.counters).await;
         }
         Route::Direct(tunnel) | Route::Waypoint(tunnel) => {
-            tunnel_out(&proxy, &pod, client, client_addr, source, tunnel).await;
+            tunnel_out(
+                &proxy,
+                &pod,
+                client,
+                client_addr,
+                source,
+                &source_workload,
+                tunnel,
+            )
+            .await;
         }
-        Route::Unreachable { reason } => refuse(&proxy, source, dst, "no_route", &reason, &client),
+        Route::Unreachable { reason } => refuse(
+            &proxy,
+            source,
+            &source_workload,
+            dst,
+            "no_route",
+            &reason,
+            &client,
+        ),
         Route::Refused(denial) => refuse(
             &proxy,
             source,
+            &source_workload,
             dst,
             denial.label(),
             &denial.to_string(),
@@ -110,17 +137,24 @@ pub async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, captured: Captured) {
 fn refuse(
     proxy: &Proxy,
     source: Peer,
+    source_workload: &Arc<Workload>,
     dst: SocketAddr,
     label: &'static str,
     reason: &str,
     client: &TcpStream,
 ) {
+    let (destination, destination_workload) = destination(proxy, dst);
     let meta = ConnectionMeta {
         direction: Direction::Outbound,
         transport: Transport::Tcp,
         source,
-        destination: destination_peer(proxy, dst, None),
+        destination,
         waypoint: None,
+        known: Known {
+            source: Some(source_workload.clone()),
+            destination: destination_workload,
+            service: None,
+        },
     };
     proxy.connections.deny(meta, label, reason);
     socket::reset_on_close(client);
@@ -132,6 +166,7 @@ async fn tunnel_out(
     mut client: TcpStream,
     client_addr: std::net::SocketAddr,
     source: Peer,
+    source_workload: &Arc<Workload>,
     tunnel: Tunnel,
 ) {
     let meta = ConnectionMeta {
@@ -153,6 +188,11 @@ async fn tunnel_out(
             identity: Some(tunnel.identity.to_string()),
         },
         waypoint: tunnel.waypoint.clone(),
+        known: Known {
+            source: Some(source_workload.clone()),
+            destination: tunnel.workload.clone(),
+            service: tunnel.service.clone(),
+        },
     };
     let cert = match proxy.certs.get(&pod.identity).await {
         Ok(cert) => cert,
@@ -202,18 +242,19 @@ async fn tunnel_out(
     drop(tunnel.load);
 }
 
-fn destination_peer(proxy: &Proxy, dst: std::net::SocketAddr, identity: Option<String>) -> Peer {
+/// The destination of a connection not tunnelled: what the model knows of
+/// the workload at `dst`.
+fn destination(proxy: &Proxy, dst: std::net::SocketAddr) -> (Peer, Option<Arc<Workload>>) {
     let workload = proxy.store.workload_by_ip(dst.ip());
-    Peer {
+    let peer = Peer {
         address: dst.to_string(),
         workload: workload
             .as_ref()
             .map(|w| format!("{}/{}", w.namespace, w.name)),
-        identity: identity.or_else(|| {
-            workload
-                .as_ref()
-                .and_then(|w| workload_identity(w).ok())
-                .map(|i| i.to_string())
-        }),
-    }
+        identity: workload
+            .as_ref()
+            .and_then(|w| workload_identity(w).ok())
+            .map(|i| i.to_string()),
+    };
+    (peer, workload)
 }

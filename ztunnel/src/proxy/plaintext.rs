@@ -18,7 +18,7 @@ use weft_mesh::{Denial, Path, admit_plaintext, check_destination};
 
 use super::inbound::transparent_source;
 use super::{Captured, Pod, Proxy};
-use crate::connections::ConnectionMeta;
+use crate::connections::{ConnectionMeta, Known};
 use crate::socket::{self, ConnectOptions};
 
 pub async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, captured: Captured) {
@@ -46,6 +46,11 @@ pub async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, captured: Captured) {
             identity: Some(pod.identity.to_string()),
         },
         waypoint: None,
+        known: Known {
+            source: source_workload.clone(),
+            destination: Some(workload.clone()),
+            service: None,
+        },
     };
     // Before policy: this pod's address and not ztunnel's own listener, a
     // pod whose config is known, not STRICT, and not bound to a waypoint
