@@ -32,6 +32,7 @@ pub mod kubeconfig;
 pub mod kubectl;
 pub mod kubelet;
 pub mod pki;
+pub mod prometheus;
 pub mod toolchain;
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
