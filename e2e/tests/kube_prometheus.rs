@@ -85,6 +85,8 @@ fn shop_pod(cluster: &KubeCluster, app: &str) -> Pod {
 #[test]
 fn prometheus_discovers_weft_by_its_annotations_and_sees_mesh_traffic_and_denials() {
     let _one = common::serial();
+    // Built (minutes on a cold machine) before there is a cluster to idle.
+    weft_e2e::kube::prometheus::binary().expect("prometheus built");
     let cluster = KubeCluster::up(KubeClusterConfig::default()).expect("kube cluster up");
     let plane = cluster.control_plane();
     install::weft(plane).expect("install weft with kubectl");

@@ -167,7 +167,12 @@ impl Prometheus {
         // Long enough for any test; the API server caps it at its maximum.
         let token = kubectl.run(&["create", "token", ACCOUNT, "-n", NAMESPACE, "--duration=2h"])?;
 
-        let dir = cluster.dir().join("prometheus");
+        // A free port in the namespace Prometheus listens in, not ours.
+        let addr = netns
+            .run(|| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).and_then(|l| l.local_addr()))?
+            .map_err(|e| Error::Invalid(format!("no free port in {}: {e}", netns.name())))?;
+        // Named by its port, so that two of them never share files.
+        let dir = cluster.dir().join(format!("prometheus-{}", addr.port()));
         let data = dir.join("data");
         std::fs::create_dir_all(&data).map_err(Error::io(&data))?;
         let token_file = dir.join("token");
@@ -177,10 +182,6 @@ impl Prometheus {
             .map_err(|e| Error::decode("Prometheus's config", e))?;
         std::fs::write(&config_file, text).map_err(Error::io(&config_file))?;
 
-        // A free port in the namespace Prometheus listens in, not ours.
-        let addr = netns
-            .run(|| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).and_then(|l| l.local_addr()))?
-            .map_err(|e| Error::Invalid(format!("no free port in {}: {e}", netns.name())))?;
         let mut cmd = netns.command(&binary);
         cmd.current_dir(&dir)
             .arg(format!("--config.file={}", config_file.display()))
