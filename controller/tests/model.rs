@@ -7,7 +7,9 @@ use std::sync::Arc;
 use support::deployed_service_account;
 
 use serde_json::json;
-use weft_api::config::{Action, HealthStatus, MtlsMode, PolicyScope, ResourceType, TunnelProtocol};
+use weft_api::config::{
+    Action, HealthStatus, MtlsMode, PolicyScope, ResourceType, TunnelProtocol, path_modifier,
+};
 use weft_cluster::model::{self, Model, ModelConfig};
 use weft_cluster::registry::{AnyObject, ClusterState, Kind};
 
@@ -621,6 +623,123 @@ fn routes_attach_to_services_and_waypoints_only() {
     assert_eq!(rule.backends[1].namespace, "in");
     assert_eq!(rule.timeout_ms, 1500);
     assert_eq!(rule.request_header_modifiers.len(), 2);
+}
+
+/// Issue 16: every HTTPRoute filter of the standard channel, the backend
+/// timeout and regex query matches reach the waypoint's config; GRPCRoute
+/// gets the filters its spec has.
+#[test]
+fn route_filters_timeouts_and_query_regexes_are_converted() {
+    let mut objects = vec![
+        json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"name": "filters", "namespace": "in"},
+            "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "web"}], "rules": [
+                {
+                    "matches": [{"queryParams": [
+                        {"type": "RegularExpression", "name": "v", "value": "[0-9]+"},
+                        {"name": "exact", "value": "1"}]}],
+                    "timeouts": {"request": "5s", "backendRequest": "250ms"},
+                    "filters": [
+                        {"type": "ResponseHeaderModifier", "responseHeaderModifier": {"add": [{"name": "x-served-by", "value": "weft"}]}},
+                        {"type": "URLRewrite", "urlRewrite": {"hostname": "api.internal", "path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/v2"}}},
+                        {"type": "RequestMirror", "requestMirror": {"backendRef": {"name": "shadow", "port": 8080}, "percent": 10}},
+                        {"type": "RequestMirror", "requestMirror": {"backendRef": {"name": "audit", "namespace": "ops", "port": 80}, "fraction": {"numerator": 1, "denominator": 3}}}
+                    ],
+                    "backendRefs": [{"name": "web", "port": 80}]
+                },
+                {
+                    "filters": [{"type": "RequestRedirect", "requestRedirect": {
+                        "scheme": "https", "hostname": "example.com", "port": 8443, "statusCode": 301,
+                        "path": {"type": "ReplaceFullPath", "replaceFullPath": "/moved"}}}]
+                }
+            ]}
+        }),
+        json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GRPCRoute",
+            "metadata": {"name": "grpc", "namespace": "in"},
+            "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "rpc"}], "rules": [{
+                "filters": [
+                    {"type": "ResponseHeaderModifier", "responseHeaderModifier": {"remove": ["x-internal"]}},
+                    {"type": "RequestMirror", "requestMirror": {"backendRef": {"name": "rpc-shadow", "port": 9090}}}
+                ]
+            }]}
+        }),
+    ];
+    objects.extend(waypoint("in", "wp", None));
+    let m = build(&objects);
+    let rules = &m.routes["in/filters"].rules;
+    let query = &rules[0].matches[0].query_params;
+    assert_eq!(
+        (query[0].regex.as_str(), query[0].exact.as_str()),
+        ("[0-9]+", "")
+    );
+    assert_eq!(
+        (query[1].regex.as_str(), query[1].exact.as_str()),
+        ("", "1")
+    );
+    assert_eq!(
+        (rules[0].timeout_ms, rules[0].backend_timeout_ms),
+        (5000, 250)
+    );
+    let response = &rules[0].response_header_modifiers;
+    assert_eq!(
+        (
+            response[0].op.as_str(),
+            response[0].name.as_str(),
+            response[0].value.as_str()
+        ),
+        ("ADD", "x-served-by", "weft")
+    );
+    let rewrite = rules[0].rewrite.as_ref().expect("rewrite");
+    assert_eq!(rewrite.hostname, "api.internal");
+    assert_eq!(
+        rewrite.path.as_ref().and_then(|p| p.kind.clone()),
+        Some(path_modifier::Kind::Prefix("/v2".into()))
+    );
+    let mirrors: Vec<(String, String, u32, u32, u32)> = rules[0]
+        .mirrors
+        .iter()
+        .map(|m| {
+            let b = m.backend.clone().unwrap_or_default();
+            (b.namespace, b.name, b.port, m.numerator, m.denominator)
+        })
+        .collect();
+    assert_eq!(
+        mirrors,
+        vec![
+            ("in".into(), "shadow".into(), 8080, 10, 100),
+            ("ops".into(), "audit".into(), 80, 1, 3),
+        ]
+    );
+    let redirect = rules[1].redirect.as_ref().expect("redirect");
+    assert_eq!(
+        (
+            redirect.scheme.as_str(),
+            redirect.hostname.as_str(),
+            redirect.port,
+            redirect.status
+        ),
+        ("https", "example.com", 8443, 301)
+    );
+    assert_eq!(
+        redirect.path.as_ref().and_then(|p| p.kind.clone()),
+        Some(path_modifier::Kind::Full("/moved".into()))
+    );
+    assert!(rules[1].backends.is_empty());
+
+    let grpc = &m.routes["in/grpc"].rules[0];
+    assert_eq!(grpc.response_header_modifiers[0].op, "REMOVE");
+    let shadow = &grpc.mirrors[0];
+    assert_eq!(
+        (
+            shadow.backend.as_ref().map(|b| b.name.as_str()),
+            shadow.numerator,
+            shadow.denominator
+        ),
+        (Some("rpc-shadow"), 0, 0),
+        "no share given: every request"
+    );
 }
 
 #[test]

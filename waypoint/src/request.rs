@@ -24,6 +24,7 @@ use http::request::Parts;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::{Body, Incoming};
+use tracing::debug;
 use weft_api::authz::RequestAttrs;
 use weft_api::config::{Service, Workload};
 
@@ -32,7 +33,7 @@ use crate::observe::{RequestRecord, TunnelMetrics};
 use crate::path;
 use crate::policy::{self, Client};
 use crate::proxy::Proxy;
-use crate::routing::{BackendChoice, RequestView, RetryRule, Rule};
+use crate::routing::{Backend, BackendChoice, MirrorRule, RequestView, RetryRule, Rule, Selected};
 use crate::snapshot::Snapshot;
 use crate::upstream::pool::{Failed, PoolKey, PooledBody, RequestBody, SendError};
 use crate::upstream::{ConnectError, Endpoint};
@@ -144,7 +145,7 @@ fn refuse(trace: &mut Trace, refusal: Refusal) -> Response<ResponseBody> {
 }
 
 async fn serve(
-    proxy: &Proxy,
+    proxy: &Arc<Proxy>,
     tunnel: &TunnelContext,
     request: Request<Incoming>,
     trace: &mut Trace,
@@ -159,7 +160,7 @@ async fn serve(
 /// Authorize, route, forward. Every refusal comes back as `Err`, so the
 /// verdict is recorded in one place, by `serve`.
 async fn exchange(
-    proxy: &Proxy,
+    proxy: &Arc<Proxy>,
     tunnel: &TunnelContext,
     request: Request<Incoming>,
     trace: &mut Trace,
@@ -172,6 +173,20 @@ async fn exchange(
         Routed::Answer(status) => {
             let mut response = local(status, "");
             *response.body_mut() = Either::Right(Full::new(Bytes::new()));
+            return Ok(response);
+        }
+        Routed::Redirect { status, location } => {
+            let mut response = local(status, "");
+            *response.body_mut() = Either::Right(Full::new(Bytes::new()));
+            let location = HeaderValue::from_str(&location).map_err(|e| {
+                Refusal::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "bad redirect\n",
+                    format!("redirect location: {e}"),
+                )
+            })?;
+            response.headers_mut().insert(header::LOCATION, location);
+            response.headers_mut().remove(header::CONTENT_TYPE);
             return Ok(response);
         }
         Routed::Forward(rule) => rule,
@@ -193,7 +208,13 @@ async fn exchange(
         started,
     );
 
-    let mut body = prepare_body(body, retries.may_retry(), proxy.settings.max_retry_body).await;
+    let mirrors = rule.as_deref().map_or(&[][..], |r| r.mirrors.as_slice());
+    let mut body = prepare_body(
+        body,
+        retries.may_retry() || !mirrors.is_empty(),
+        proxy.settings.max_retry_body,
+    )
+    .await;
     if matches!(body, PreparedBody::Failed) {
         return Err(Refusal::new(
             StatusCode::BAD_REQUEST,
@@ -210,7 +231,13 @@ async fn exchange(
         path: &path,
         host: &host,
         http2: parts.version == Version::HTTP_2 || dest.wants_h2(),
+        backend_timeout: rule.as_deref().and_then(|r| r.backend_timeout),
     };
+    for m in mirrors {
+        if m.takes(|n| rand::random_range(0..n)) {
+            forward.mirror(proxy, m, port, &mut body);
+        }
+    }
     // The deadline covers every attempt and backoff up to the response
     // head; the response body streams on after it.
     let deadline = retries.deadline;
@@ -227,7 +254,11 @@ async fn exchange(
                 )
             })??,
     };
-    Ok(respond(response))
+    let mut response = respond(response);
+    for op in rule.iter().flat_map(|r| &r.response_header_ops) {
+        op.apply(response.headers_mut());
+    }
+    Ok(response)
 }
 
 /// A request this waypoint's own policies let through.
@@ -302,6 +333,11 @@ fn admit(
 enum Routed {
     /// The rule answers with a status of its own; nothing goes upstream.
     Answer(StatusCode),
+    /// The rule redirects the client.
+    Redirect {
+        status: StatusCode,
+        location: String,
+    },
     /// On to a backend, by this rule (`None`: to the destination).
     Forward(Option<Arc<Rule>>),
 }
@@ -320,18 +356,50 @@ fn route(
         headers: &request.parts.headers,
         host: &request.host,
     };
-    let rule = select_rule(snapshot, &request.dest, &view, port)
+    let selected = select_rule(snapshot, &request.dest, &view, port)
         .map_err(|()| Refusal::new(StatusCode::NOT_FOUND, "no route\n", "no route matched"))?;
-    if let Some(rule) = &rule {
-        trace.route = Some((rule.route.clone(), rule.index));
-        if let Some(status) = rule.direct_status {
-            return Ok(Routed::Answer(status));
-        }
-        for op in &rule.header_ops {
-            op.apply(&mut request.parts.headers);
-        }
+    let Some((rule, prefix)) = selected else {
+        return Ok(Routed::Forward(None));
+    };
+    trace.route = Some((rule.route.clone(), rule.index));
+    if let Some(redirect) = &rule.redirect {
+        let location = redirect.location(
+            &request.host,
+            port,
+            &request.path,
+            request.parts.uri.query(),
+            prefix.as_deref(),
+        );
+        return Ok(Routed::Redirect {
+            status: redirect.status,
+            location,
+        });
     }
-    Ok(Routed::Forward(rule))
+    if let Some(status) = rule.direct_status {
+        return Ok(Routed::Answer(status));
+    }
+    for op in &rule.header_ops {
+        op.apply(&mut request.parts.headers);
+    }
+    if let Some(rewrite) = &rule.rewrite {
+        if let Some(change) = &rewrite.path {
+            request.path = change.apply(&request.path, prefix.as_deref());
+        }
+        if let Some(hostname) = &rewrite.hostname {
+            let value = HeaderValue::from_str(hostname).map_err(|e| {
+                Refusal::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "bad rewrite\n",
+                    format!("rewrite hostname: {e}"),
+                )
+            })?;
+            request.parts.headers.insert(header::HOST, value);
+            request.host.clone_from(hostname);
+        }
+        // The endpoint's policies judge the request it will receive.
+        request.attrs = LazyAttrs::default();
+    }
+    Ok(Routed::Forward(Some(rule)))
 }
 
 /// One request's retry state: how many attempts it may make, the backoff
@@ -424,21 +492,26 @@ impl Retries {
     }
 }
 
-/// The route rule for a request: `Ok(None)` = no route applies (go to the
-/// destination), `Err` = routes apply and none matched (404).
+/// A rule a request matched and the path prefix of that match, owned.
+type MatchedRule = (Arc<Rule>, Option<String>);
+
+/// The route rule for a request and the path prefix its match had:
+/// `Ok(None)` = no route applies (go to the destination), `Err` = routes
+/// apply and none matched (404).
 fn select_rule(
     snapshot: &Snapshot,
     dest: &Destination,
     view: &RequestView<'_>,
     port: u16,
-) -> Result<Option<Arc<Rule>>, ()> {
+) -> Result<Option<MatchedRule>, ()> {
+    let owned = |s: Selected<'_>| (s.rule.clone(), s.prefix.map(str::to_owned));
     if let Some((ns, name)) = dest.service()
         && let Some(table) = snapshot.routes.for_service(ns, name)
         && !table.is_empty_for(port)
     {
-        return table.find(view, port, false).cloned().map(Some).ok_or(());
+        return table.find(view, port, false).map(owned).map(Some).ok_or(());
     }
-    Ok(snapshot.routes.gateway().find(view, port, true).cloned())
+    Ok(snapshot.routes.gateway().find(view, port, true).map(owned))
 }
 
 fn choose_target(
@@ -466,25 +539,36 @@ fn choose_target(
             "route {} rule {}: every backend has weight 0",
             rule.route, rule.index
         )),
-        BackendChoice::Backend(b) => {
-            let key = format!("{}/{}", b.namespace, b.name);
-            let service = store
-                .service(&key)
-                .ok_or_else(|| format!("backend service {key} does not exist"))?;
-            let port_number = if b.port == 0 {
-                u32::from(request_port)
-            } else {
-                b.port
-            };
-            let port = service
-                .ports
-                .iter()
-                .position(|p| p.service_port == port_number)
-                .ok_or_else(|| format!("backend service {key} has no port {port_number}"))?;
-            Ok(Target::Service { service, port })
-        }
+        BackendChoice::Backend(b) => backend_target(store, b, request_port),
     }
 }
+
+/// A backend Service's port (0 = the port the request came for).
+fn backend_target(
+    store: &weft_runtime::store::WorkloadStore,
+    b: &Backend,
+    request_port: u16,
+) -> Result<Target, String> {
+    let key = format!("{}/{}", b.namespace, b.name);
+    let service = store
+        .service(&key)
+        .ok_or_else(|| format!("backend service {key} does not exist"))?;
+    let port_number = if b.port == 0 {
+        u32::from(request_port)
+    } else {
+        b.port
+    };
+    let port = service
+        .ports
+        .iter()
+        .position(|p| p.service_port == port_number)
+        .ok_or_else(|| format!("backend service {key} has no port {port_number}"))?;
+    Ok(Target::Service { service, port })
+}
+
+/// How long a mirrored copy may take before it is dropped: the client never
+/// waits for it, but it holds a connection and a drain slot.
+const MIRROR_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What one attempt needs.
 struct Forward<'a> {
@@ -495,6 +579,8 @@ struct Forward<'a> {
     path: &'a str,
     host: &'a str,
     http2: bool,
+    /// Each attempt's limit, from the rule.
+    backend_timeout: Option<Duration>,
 }
 
 impl Forward<'_> {
@@ -527,7 +613,30 @@ impl Forward<'_> {
             let upstream = self
                 .request(request_body)
                 .map_err(|why| Refusal::new(StatusCode::BAD_REQUEST, "bad request\n", why))?;
-            match self.send(&endpoint, upstream).await {
+            let sent = match self.backend_timeout {
+                None => self.send(&endpoint, upstream).await,
+                Some(limit) => {
+                    match tokio::time::timeout(limit, self.send(&endpoint, upstream)).await {
+                        Ok(sent) => sent,
+                        Err(_) => {
+                            if let Some(load) = &endpoint.load {
+                                load.failed();
+                            }
+                            retries.record_failure(Refusal::new(
+                                StatusCode::GATEWAY_TIMEOUT,
+                                "upstream request timeout\n",
+                                "backend request timeout",
+                            ));
+                            if !retries.should_retry_failure(false, body) {
+                                return Err(retries.give_up());
+                            }
+                            retries.backoff().await;
+                            continue;
+                        }
+                    }
+                }
+            };
+            match sent {
                 Ok(response) => {
                     let status = response.status();
                     if !retries.should_retry_status(status, body) {
@@ -553,6 +662,65 @@ impl Forward<'_> {
             }
             retries.backoff().await;
         }
+    }
+
+    /// Sends a copy of the request to `mirror`'s backend and forgets it: the
+    /// answer is drained and dropped, a failure only counted. Only a body
+    /// held in memory can be copied, so a streamed one is not mirrored.
+    fn mirror(&self, proxy: &Arc<Proxy>, mirror: &MirrorRule, port: u16, body: &mut PreparedBody) {
+        let skipped = |reason: &'static str| {
+            metrics::counter!("weft_mirror_requests_total", "result" => reason).increment(1);
+        };
+        if !body.replayable() {
+            return skipped("streamed_body");
+        }
+        let Some(copy) = body.take() else {
+            return skipped("no_body");
+        };
+        let prepared = backend_target(&proxy.config.store, &mirror.backend, port)
+            .and_then(|target| self.pick(&target))
+            .and_then(|endpoint| {
+                // The mirror's workload judges the copy as it would the
+                // request itself.
+                let mut attrs = LazyAttrs::default();
+                self.authorize_endpoint(&endpoint, &mut attrs)?;
+                Ok((endpoint, self.request(copy)?))
+            });
+        let (endpoint, request) = match prepared {
+            Ok(prepared) => prepared,
+            Err(why) => {
+                debug!(backend = %mirror.backend.name, %why, "request not mirrored");
+                return skipped("unavailable");
+            }
+        };
+        let key = PoolKey {
+            addr: endpoint.addr,
+            transport: endpoint.transport.clone(),
+            http2: self.http2,
+        };
+        let proxy = proxy.clone();
+        let tracked = proxy.tasks.token();
+        tokio::spawn(async move {
+            // A drain waits for the copy too.
+            let _tracked = tracked;
+            let started = Instant::now();
+            let sent = tokio::time::timeout(MIRROR_TIMEOUT, proxy.http.send(&key, request)).await;
+            let result = match sent {
+                Ok(Ok(response)) => {
+                    drain_briefly(response).await;
+                    "sent"
+                }
+                Ok(Err(_)) | Err(_) => "failed",
+            };
+            if let Some(load) = &endpoint.load {
+                if result == "sent" {
+                    load.connected(started.elapsed());
+                } else {
+                    load.failed();
+                }
+            }
+            metrics::counter!("weft_mirror_requests_total", "result" => result).increment(1);
+        });
     }
 
     /// Sends one attempt, telling the endpoint's load tracker how it went.

@@ -24,6 +24,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use regex::Regex;
 use weft_api::config::{
     HeaderMatch, PathMatch, Route, RouteKind, RouteMatch, RouteRule, header_match, path_match,
+    path_modifier,
 };
 
 use crate::destination::WaypointName;
@@ -109,6 +110,118 @@ impl RetryRule {
     }
 }
 
+/// A path change of a redirect or rewrite.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathChange {
+    /// The whole path.
+    Full(String),
+    /// The prefix the rule matched (the whole path when the match was not a
+    /// prefix match).
+    Prefix(String),
+}
+
+impl PathChange {
+    /// `path` changed; `matched` is the prefix the rule's match had.
+    pub fn apply(&self, path: &str, matched: Option<&str>) -> String {
+        match self {
+            PathChange::Full(full) => full.clone(),
+            PathChange::Prefix(replacement) => {
+                let rest = matched.and_then(|m| path.strip_prefix(m)).unwrap_or("");
+                let replacement = replacement.trim_end_matches('/');
+                match (replacement.is_empty(), rest.is_empty()) {
+                    (true, true) => "/".to_owned(),
+                    (true, false) => rest.to_owned(),
+                    (false, _) => format!("{replacement}{rest}"),
+                }
+            }
+        }
+    }
+}
+
+/// An HTTP redirect the waypoint answers with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedirectRule {
+    pub scheme: Option<String>,
+    pub hostname: Option<String>,
+    pub path: Option<PathChange>,
+    pub port: Option<u16>,
+    pub status: StatusCode,
+}
+
+impl RedirectRule {
+    /// The `Location` for a request to `host` (`Host`, maybe with a port)
+    /// on `path` (normalized) with `query`, received on `listener_port`;
+    /// `matched` is the prefix the rule matched.
+    pub fn location(
+        &self,
+        host: &str,
+        listener_port: u16,
+        path: &str,
+        query: Option<&str>,
+        matched: Option<&str>,
+    ) -> String {
+        let scheme = self.scheme.as_deref().unwrap_or("http");
+        let hostname = self.hostname.as_deref().unwrap_or_else(|| strip_port(host));
+        // Gateway API: a scheme change without a port goes to the scheme's
+        // own port; otherwise the port the request came to. The scheme's
+        // well-known port is left out of the URL.
+        let port = match (self.port, &self.scheme) {
+            (Some(port), _) => port,
+            (None, Some(scheme)) if scheme == "https" => 443,
+            (None, Some(_)) => 80,
+            (None, None) => listener_port,
+        };
+        let default = matches!((scheme, port), ("http", 80) | ("https", 443));
+        let host = if hostname.contains(':') && !hostname.starts_with('[') {
+            format!("[{hostname}]")
+        } else {
+            hostname.to_owned()
+        };
+        let path = match &self.path {
+            Some(change) => change.apply(path, matched),
+            None => path.to_owned(),
+        };
+        let mut location = if default {
+            format!("{scheme}://{host}{path}")
+        } else {
+            format!("{scheme}://{host}:{port}{path}")
+        };
+        if let Some(q) = query {
+            location.push('?');
+            location.push_str(q);
+        }
+        location
+    }
+}
+
+/// A change to the request sent upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RewriteRule {
+    pub hostname: Option<String>,
+    pub path: Option<PathChange>,
+}
+
+/// A copy of each request (or a share of them) sent to another backend,
+/// its answer ignored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MirrorRule {
+    pub backend: Backend,
+    /// Mirrored share: numerator of denominator (1 of 1 = all).
+    pub numerator: u32,
+    pub denominator: u32,
+}
+
+impl MirrorRule {
+    /// Whether this request is mirrored; `roll` returns a number below its
+    /// argument.
+    pub fn takes(&self, roll: impl FnOnce(u64) -> u64) -> bool {
+        if self.numerator >= self.denominator {
+            return true;
+        }
+        roll(u64::from(self.denominator)) < u64::from(self.numerator)
+    }
+}
+
 /// One compiled rule of a route.
 #[derive(Debug)]
 pub struct Rule {
@@ -117,9 +230,23 @@ pub struct Rule {
     pub index: usize,
     pub backends: Vec<Backend>,
     pub timeout: Option<Duration>,
+    /// Each attempt's limit (`timeouts.backendRequest`).
+    pub backend_timeout: Option<Duration>,
     pub retry: Option<RetryRule>,
     pub header_ops: Vec<HeaderOp>,
+    pub response_header_ops: Vec<HeaderOp>,
     pub direct_status: Option<StatusCode>,
+    pub redirect: Option<RedirectRule>,
+    pub rewrite: Option<RewriteRule>,
+    pub mirrors: Vec<MirrorRule>,
+}
+
+/// The rule a request matched, and the path prefix of the match that
+/// selected it (for `ReplacePrefixMatch`).
+#[derive(Debug, Clone, Copy)]
+pub struct Selected<'a> {
+    pub rule: &'a Arc<Rule>,
+    pub prefix: Option<&'a str>,
 }
 
 /// Where a rule sends a request.
@@ -188,7 +315,8 @@ struct Matcher {
     /// `None` when a header name is invalid: the match can never hold.
     headers: Option<Vec<(HeaderName, ValueMatcher)>>,
     method: Option<Method>,
-    query: Vec<(String, String)>,
+    /// `None` when a query regex is invalid: the match can never hold.
+    query: Option<Vec<(String, ValueMatcher)>>,
 }
 
 /// Gateway API precedence, most specific first.
@@ -229,13 +357,24 @@ impl RouteTable {
 
     /// The rule that takes the request, if any. `check_hosts` applies the
     /// routes' `hostnames` (Gateway parents; Service parents ignore them).
-    pub fn find(&self, req: &RequestView<'_>, port: u16, check_hosts: bool) -> Option<&Arc<Rule>> {
+    pub fn find(
+        &self,
+        req: &RequestView<'_>,
+        port: u16,
+        check_hosts: bool,
+    ) -> Option<Selected<'_>> {
         self.entries
             .iter()
             .filter(|e| e.port == 0 || e.port == u32::from(port))
             .filter(|e| !check_hosts || host_allowed(&e.hostnames, req.host))
             .find(|e| e.matcher.matches(req))
-            .map(|e| &e.rule)
+            .map(|e| Selected {
+                rule: &e.rule,
+                prefix: match &e.matcher.path {
+                    PathMatcher::Prefix(p) => Some(p.as_str()),
+                    _ => None,
+                },
+            })
     }
 
     /// True if some route of this table accepts the request's host.
@@ -328,20 +467,23 @@ impl Routes {
 }
 
 fn compile_rule(route: &str, index: usize, rule: &RouteRule, warnings: &mut Vec<String>) -> Rule {
-    let header_ops = rule
-        .request_header_modifiers
-        .iter()
-        .filter_map(|m| {
-            let op = compile_header_op(m);
-            if op.is_none() {
-                warnings.push(format!(
-                    "route {route} rule {index}: header modifier {} {:?} is not valid; ignored",
-                    m.op, m.name
-                ));
-            }
-            op
-        })
-        .collect();
+    let mut header_ops = |what: &str, modifiers: &[weft_api::config::HeaderModifier]| {
+        modifiers
+            .iter()
+            .filter_map(|m| {
+                let op = compile_header_op(m);
+                if op.is_none() {
+                    warnings.push(format!(
+                        "route {route} rule {index}: {what} modifier {} {:?} is not valid; ignored",
+                        m.op, m.name
+                    ));
+                }
+                op
+            })
+            .collect::<Vec<_>>()
+    };
+    let response_header_ops = header_ops("response header", &rule.response_header_modifiers);
+    let header_ops = header_ops("header", &rule.request_header_modifiers);
     let direct_status = match rule.direct_status {
         0 => None,
         code => {
@@ -356,9 +498,62 @@ fn compile_rule(route: &str, index: usize, rule: &RouteRule, warnings: &mut Vec<
             Some(status.unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
         }
     };
+    let path_change = |p: &Option<weft_api::config::PathModifier>| {
+        p.as_ref().and_then(|p| p.kind.as_ref()).map(|k| match k {
+            path_modifier::Kind::Full(f) => PathChange::Full(f.clone()),
+            path_modifier::Kind::Prefix(p) => PathChange::Prefix(p.clone()),
+        })
+    };
+    let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+    let redirect = rule.redirect.as_ref().map(|r| RedirectRule {
+        scheme: non_empty(&r.scheme),
+        hostname: non_empty(&r.hostname),
+        path: path_change(&r.path),
+        port: u16::try_from(r.port).ok().filter(|p| *p != 0),
+        status: match r.status {
+            0 => StatusCode::FOUND,
+            code => u16::try_from(code)
+                .ok()
+                .and_then(|c| StatusCode::from_u16(c).ok())
+                .filter(StatusCode::is_redirection)
+                .unwrap_or_else(|| {
+                    warnings.push(format!(
+                        "route {route} rule {index}: redirect status {code} is not a redirect; 302 instead"
+                    ));
+                    StatusCode::FOUND
+                }),
+        },
+    });
+    let rewrite = rule.rewrite.as_ref().map(|r| RewriteRule {
+        hostname: non_empty(&r.hostname),
+        path: path_change(&r.path),
+    });
+    let mirrors = rule
+        .mirrors
+        .iter()
+        .filter_map(|m| {
+            let b = m.backend.as_ref()?;
+            Some(MirrorRule {
+                backend: Backend {
+                    namespace: b.namespace.clone(),
+                    name: b.name.clone(),
+                    port: b.port,
+                    weight: 1,
+                },
+                numerator: if m.denominator == 0 { 1 } else { m.numerator },
+                denominator: m.denominator.max(1),
+            })
+        })
+        .collect();
     Rule {
         route: route.to_owned(),
         index,
+        backend_timeout: (rule.backend_timeout_ms > 0)
+            .then(|| Duration::from_millis(rule.backend_timeout_ms)),
+        response_header_ops,
+        redirect,
+        rewrite,
+        mirrors,
         backends: rule
             .backends
             .iter()
@@ -411,7 +606,7 @@ fn compile_match(
             path: PathMatcher::Any,
             headers: Some(Vec::new()),
             method: None,
-            query: Vec::new(),
+            query: Some(Vec::new()),
         };
     };
     let mut warn =
@@ -444,7 +639,7 @@ fn compile_match(
                     path: PathMatcher::Invalid,
                     headers,
                     method: None,
-                    query: Vec::new(),
+                    query: Some(Vec::new()),
                 };
             }
         }
@@ -456,7 +651,18 @@ fn compile_match(
         query: m
             .query_params
             .iter()
-            .map(|q| (q.name.clone(), q.exact.clone()))
+            .map(|q| {
+                if q.regex.is_empty() {
+                    return Some((q.name.clone(), ValueMatcher::Exact(q.exact.clone())));
+                }
+                match full_regex(&q.regex) {
+                    Ok(re) => Some((q.name.clone(), ValueMatcher::Regex(re))),
+                    Err(e) => {
+                        warn(format!("query parameter {} regex: {e}", q.name));
+                        None
+                    }
+                }
+            })
             .collect(),
     }
 }
@@ -523,7 +729,7 @@ impl Matcher {
             path_len,
             method: self.method.is_some(),
             headers: self.headers.as_ref().map_or(0, Vec::len),
-            query: self.query.len(),
+            query: self.query.as_ref().map_or(0, Vec::len),
         }
     }
 
@@ -563,11 +769,16 @@ impl Matcher {
                 ValueMatcher::Regex(re) => values.any(|v| re.is_match(v)),
             }
         });
+        let Some(query) = &self.query else {
+            return false;
+        };
         headers_ok
-            && self
-                .query
-                .iter()
-                .all(|(name, want)| query_value(req.query, name) == Some(want.as_str()))
+            && query.iter().all(|(name, want)| {
+                query_value(req.query, name).is_some_and(|v| match want {
+                    ValueMatcher::Exact(want) => v == want,
+                    ValueMatcher::Regex(re) => re.is_match(v),
+                })
+            })
     }
 }
 

@@ -9,8 +9,9 @@ use std::time::Duration;
 use support::*;
 use weft_api::authz::parse_string_match;
 use weft_api::config::{
-    Action, BackendRef, HeaderMatch, Operation, PathMatch, RetryPolicy, Route, RouteKind,
-    RouteMatch, RouteParent, RouteRule, Rule, Source, header_match, path_match,
+    Action, BackendRef, HeaderMatch, Mirror, Operation, PathMatch, PathModifier, Redirect,
+    RetryPolicy, Rewrite, Route, RouteKind, RouteMatch, RouteParent, RouteRule, Rule, Source,
+    header_match, path_match, path_modifier,
 };
 
 fn allow_get_from(principal: &str) -> Rule {
@@ -615,4 +616,214 @@ async fn tap_streams_request_events() {
             .unwrap()
             .contains("no rule of the ALLOW policies")
     );
+}
+
+/// Issue 16: HTTPRoute's `ResponseHeaderModifier` changes what the client
+/// receives, not what the app sent.
+#[tokio::test]
+async fn response_headers_are_modified_on_the_way_back() {
+    let mut mesh = Mesh::new().await;
+    let pod = mesh.pod("reviews-1", "reviews").await;
+    let vip = mesh.service("reviews", &[&pod], true);
+    mesh.routes.push(route_to(
+        "stamp",
+        vec![RouteRule {
+            response_header_modifiers: vec![
+                weft_api::config::HeaderModifier {
+                    name: "x-served-by".into(),
+                    value: "weft".into(),
+                    op: "SET".into(),
+                },
+                weft_api::config::HeaderModifier {
+                    name: "content-type".into(),
+                    value: String::new(),
+                    op: "REMOVE".into(),
+                },
+            ],
+            ..Default::default()
+        }],
+    ));
+    mesh.apply();
+    let reply = mesh.client(NS, "web").get(vip, "/").await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.headers["x-served-by"], "weft");
+    assert!(!reply.headers.contains_key("content-type"));
+    assert!(
+        !reply.json()["headers"]
+            .as_object()
+            .is_some_and(|h| h.contains_key("x-served-by")),
+        "a response header never reaches the app"
+    );
+}
+
+/// `RequestRedirect` answers without a backend: scheme, host, port and a
+/// prefix replacement as the Gateway API says, the query kept.
+#[tokio::test]
+async fn a_redirect_answers_with_its_location() {
+    let mut mesh = Mesh::new().await;
+    let pod = mesh.pod("reviews-1", "reviews").await;
+    let vip = mesh.service("reviews", &[&pod], true);
+    mesh.routes.push(route_to(
+        "moved",
+        vec![RouteRule {
+            matches: vec![RouteMatch {
+                path: Some(PathMatch {
+                    kind: Some(path_match::Kind::Prefix("/old".into())),
+                }),
+                ..Default::default()
+            }],
+            redirect: Some(Redirect {
+                scheme: "https".into(),
+                hostname: "reviews.example.com".into(),
+                path: Some(PathModifier {
+                    kind: Some(path_modifier::Kind::Prefix("/new".into())),
+                }),
+                port: 0,
+                status: 301,
+            }),
+            ..Default::default()
+        }],
+    ));
+    mesh.apply();
+    let reply = mesh.client(NS, "web").get(vip, "/old/page?x=1").await;
+    assert_eq!(reply.status, 301);
+    assert_eq!(
+        reply.headers["location"],
+        "https://reviews.example.com/new/page?x=1"
+    );
+    assert_eq!(
+        pod.state.requests.load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+}
+
+/// `URLRewrite`: the app receives the rewritten path and host; the match
+/// that selected the rule is what a prefix replacement replaces.
+#[tokio::test]
+async fn a_rewrite_changes_the_path_and_host_the_app_sees() {
+    let mut mesh = Mesh::new().await;
+    let pod = mesh.pod("reviews-1", "reviews").await;
+    let vip = mesh.service("reviews", &[&pod], true);
+    let rewrite = |prefix: &str, path: path_modifier::Kind, host: &str| RouteRule {
+        matches: vec![RouteMatch {
+            path: Some(PathMatch {
+                kind: Some(path_match::Kind::Prefix(prefix.into())),
+            }),
+            ..Default::default()
+        }],
+        rewrite: Some(Rewrite {
+            hostname: host.into(),
+            path: Some(PathModifier { kind: Some(path) }),
+        }),
+        ..Default::default()
+    };
+    mesh.routes.push(route_to(
+        "rewrite",
+        vec![
+            rewrite(
+                "/api",
+                path_modifier::Kind::Prefix("/v2".into()),
+                "internal.reviews",
+            ),
+            rewrite("/all", path_modifier::Kind::Full("/one".into()), ""),
+        ],
+    ));
+    mesh.apply();
+    let web = mesh.client(NS, "web");
+    let reply = web.get(vip, "/api/items?page=2").await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let seen = reply.json();
+    assert_eq!(seen["path"], "/v2/items");
+    assert_eq!(seen["query"], "page=2");
+    assert_eq!(seen["headers"]["host"], "internal.reviews");
+    let reply = web.get(vip, "/all/of/it").await;
+    assert_eq!(reply.json()["path"], "/one");
+    assert_eq!(
+        reply.json()["headers"]["host"],
+        "reviews.shop.svc.cluster.local",
+        "no hostname: the client's"
+    );
+}
+
+/// `RequestMirror`: the mirror gets a copy (body included), the client
+/// gets the real backend's answer, and a mirror that fails costs the
+/// client nothing.
+#[tokio::test]
+async fn a_mirror_gets_a_copy_and_the_client_the_real_answer() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let mut mesh = Mesh::new().await;
+    let pod = mesh.pod("reviews-1", "reviews").await;
+    let shadow = mesh.pod("shadow-1", "shadow").await;
+    let vip = mesh.service("reviews", &[&pod], true);
+    mesh.service("shadow", &[&shadow], false);
+    let mirror_to = |name: &str| Mirror {
+        backend: Some(backend(name, 1)),
+        numerator: 0,
+        denominator: 0,
+    };
+    mesh.routes.push(route_to(
+        "mirror",
+        vec![RouteRule {
+            mirrors: vec![mirror_to("shadow"), mirror_to("missing")],
+            ..Default::default()
+        }],
+    ));
+    mesh.apply();
+    let web = mesh.client(NS, "web");
+    for _ in 0..3 {
+        let reply = web.request(vip, "POST", "/orders", &[]).await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.pod(), "reviews-1");
+        assert_eq!(reply.json()["body_len"], 11);
+    }
+    let mirrored = tokio::time::timeout(Duration::from_secs(10), async {
+        while shadow.state.requests.load(SeqCst) < 3 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(
+        mirrored.is_ok(),
+        "the mirror saw {}",
+        shadow.state.requests.load(SeqCst)
+    );
+    assert_eq!(pod.state.requests.load(SeqCst), 3);
+}
+
+/// `timeouts.backendRequest` limits each attempt; a retry gets a fresh
+/// limit, and the client gets 504 once the attempts are spent.
+#[tokio::test]
+async fn a_backend_timeout_limits_each_attempt() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let mut mesh = Mesh::new().await;
+    let pod = mesh.pod("reviews-1", "reviews").await;
+    let vip = mesh.service("reviews", &[&pod], true);
+    mesh.routes.push(route_to(
+        "per-try",
+        vec![RouteRule {
+            timeout_ms: 10_000,
+            backend_timeout_ms: 200,
+            retry: Some(RetryPolicy {
+                attempts: 1,
+                codes: vec![503],
+                backoff_ms: 1,
+            }),
+            ..Default::default()
+        }],
+    ));
+    mesh.apply();
+    let web = mesh.client(NS, "web");
+    let started = std::time::Instant::now();
+    let reply = web.get(vip, "/slow").await;
+    assert_eq!(reply.status, 504, "{}", reply.body);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "each attempt was cut at its limit, not the route's"
+    );
+    assert_eq!(
+        pod.state.requests.load(SeqCst),
+        2,
+        "the first attempt and one retry"
+    );
+    assert_eq!(web.get(vip, "/fast").await.status, 200);
 }

@@ -99,7 +99,7 @@ impl Req {
 }
 
 fn target(table: &RouteTable, req: &Req) -> Option<String> {
-    let rule = table.find(&req.view(), 80, false)?;
+    let rule = table.find(&req.view(), 80, false)?.rule;
     match rule.choose(|_| 0) {
         BackendChoice::Backend(b) => Some(b.name.clone()),
         other => Some(format!("{other:?}")),
@@ -164,6 +164,7 @@ fn headers_and_query_match() {
         query_params: vec![QueryParamMatch {
             name: "canary".into(),
             exact: "1".into(),
+            ..Default::default()
         }],
         ..Default::default()
     };
@@ -214,6 +215,7 @@ fn weights_split_and_zero_weights_are_unavailable() {
         .unwrap()
         .find(&Req::get("/").view(), 80, false)
         .unwrap()
+        .rule
         .clone();
     let picks: Vec<String> = (0..4)
         .map(|i| {
@@ -238,9 +240,14 @@ fn weights_split_and_zero_weights_are_unavailable() {
             weight: 0,
         }],
         timeout: None,
+        backend_timeout: None,
         retry: None,
         header_ops: vec![],
+        response_header_ops: vec![],
         direct_status: None,
+        redirect: None,
+        rewrite: None,
+        mirrors: vec![],
     };
     assert_eq!(zero.choose(|_| 0), BackendChoice::Unavailable);
 }
@@ -352,6 +359,7 @@ fn header_modifiers() {
         .unwrap()
         .find(&Req::get("/").view(), 80, false)
         .unwrap()
+        .rule
         .clone();
     let mut headers = HeaderMap::new();
     headers.insert("x-set", HeaderValue::from_static("0"));
@@ -364,4 +372,130 @@ fn header_modifiers() {
     assert_eq!(headers.get_all("x-add").iter().count(), 2);
     assert!(headers.get("x-gone").is_none());
     assert_eq!(rule.choose(|_| 0), BackendChoice::Destination);
+}
+
+#[test]
+fn a_prefix_change_replaces_what_the_match_matched() {
+    let cases = [
+        // (replacement, matched prefix, path, result)
+        ("/v2", Some("/api"), "/api/items", "/v2/items"),
+        ("/v2", Some("/api"), "/api", "/v2"),
+        ("/", Some("/api"), "/api/items", "/items"),
+        ("/", Some("/api"), "/api", "/"),
+        ("/v2/", Some("/api"), "/api/x", "/v2/x"),
+        ("/v2", Some(""), "/anything", "/v2/anything"),
+        ("/v2", None, "/exact", "/v2"),
+    ];
+    for (replacement, matched, path, want) in cases {
+        assert_eq!(
+            PathChange::Prefix(replacement.into()).apply(path, matched),
+            want,
+            "{replacement} over {matched:?} of {path}"
+        );
+    }
+    assert_eq!(
+        PathChange::Full("/moved".into()).apply("/a/b", Some("/a")),
+        "/moved"
+    );
+}
+
+#[test]
+fn a_redirect_location_follows_the_gateway_api_port_rules() {
+    let redirect = |scheme: Option<&str>, port: Option<u16>| RedirectRule {
+        scheme: scheme.map(str::to_owned),
+        hostname: None,
+        path: None,
+        port,
+        status: StatusCode::FOUND,
+    };
+    let loc = |r: &RedirectRule| r.location("web.shop:8080", 8080, "/a", Some("q=1"), None);
+    // Same scheme, no port: the listener's port.
+    assert_eq!(loc(&redirect(None, None)), "http://web.shop:8080/a?q=1");
+    // A scheme change without a port: the scheme's own, left out.
+    assert_eq!(
+        loc(&redirect(Some("https"), None)),
+        "https://web.shop/a?q=1"
+    );
+    // An explicit well-known port is left out too; another is kept.
+    assert_eq!(
+        loc(&redirect(Some("http"), Some(80))),
+        "http://web.shop/a?q=1"
+    );
+    assert_eq!(
+        loc(&redirect(None, Some(9090))),
+        "http://web.shop:9090/a?q=1"
+    );
+    let moved = RedirectRule {
+        hostname: Some("example.com".into()),
+        path: Some(PathChange::Prefix("/new".into())),
+        ..redirect(None, Some(80))
+    };
+    assert_eq!(
+        moved.location("web", 80, "/old/page", None, Some("/old")),
+        "http://example.com/new/page"
+    );
+}
+
+#[test]
+fn a_mirror_takes_its_share() {
+    let mirror = |numerator, denominator| MirrorRule {
+        backend: Backend {
+            namespace: "shop".into(),
+            name: "shadow".into(),
+            port: 0,
+            weight: 1,
+        },
+        numerator,
+        denominator,
+    };
+    assert!(mirror(1, 1).takes(|_| unreachable!("all: no roll")));
+    let ten_percent = mirror(10, 100);
+    assert!(ten_percent.takes(|n| {
+        assert_eq!(n, 100);
+        9
+    }));
+    assert!(!ten_percent.takes(|_| 10));
+    assert!(!mirror(0, 100).takes(|_| 0));
+}
+
+#[test]
+fn query_parameters_match_by_regex_and_a_bad_regex_matches_nothing() {
+    let by = |regex: &str| RouteMatch {
+        query_params: vec![QueryParamMatch {
+            name: "v".into(),
+            regex: regex.into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let (routes, warnings) = Routes::build(
+        &[
+            route(
+                "good",
+                "Service",
+                "reviews",
+                vec![rule(vec![by("[0-9]+")], "digits")],
+            ),
+            route(
+                "bad",
+                "Service",
+                "other",
+                vec![rule(vec![by("(")], "never")],
+            ),
+        ],
+        &wp(),
+    );
+    let table = routes.for_service("shop", "reviews").unwrap();
+    let hit = |path: &str| table.find(&Req::get(path).view(), 80, false).is_some();
+    assert!(hit("/?v=42"));
+    assert!(!hit("/?v=4x"), "the whole value must match");
+    assert!(!hit("/"));
+    let other = routes.for_service("shop", "other").unwrap();
+    assert!(other.find(&Req::get("/?v=(").view(), 80, false).is_none());
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("route shop/bad") && w.contains("regex")),
+        "{warnings:?}"
+    );
 }

@@ -13,9 +13,9 @@
 //! - the waypoint of Gateway G: the policies targeting G or a Service bound
 //!   to G; the routes whose parent is G or a Service bound to G; and, for
 //!   the workloads it may forward to (the workloads bound to G, the
-//!   endpoints of Services bound to G and of its routes' backends), the
-//!   mesh-wide, namespace and selector policies that apply to them (a
-//!   waypoint enforces the destination's own policies too).
+//!   endpoints of Services bound to G and of its routes' backends and
+//!   mirrors), the mesh-wide, namespace and selector policies that apply to
+//!   them (a waypoint enforces the destination's own policies too).
 //!
 //! [`Views::build`] works this out once per model version for every node
 //! and waypoint, as sets of keys: a view shares the model's resources, so
@@ -237,7 +237,13 @@ fn waypoint_reach(model: &Model) -> HashMap<ObjectKey, Reach<'_>> {
             for owner in owners {
                 let r = reach.entry(owner).or_default();
                 r.routes.insert(key.clone());
-                let backends = route.rules.iter().flat_map(|rule| &rule.backends);
+                // Mirrors are forwarded to as well: their policies judge
+                // the copies.
+                let backends = route.rules.iter().flat_map(|rule| {
+                    rule.backends
+                        .iter()
+                        .chain(rule.mirrors.iter().filter_map(|m| m.backend.as_ref()))
+                });
                 for b in backends {
                     r.workloads
                         .extend(endpoints(&key_of(&b.namespace, &b.name)));
@@ -530,5 +536,45 @@ mod tests {
         // A snapshot through the view copies only what it shows.
         let sent = model.visible_resources(ResourceType::Route, Some(&wp));
         assert_eq!(sent.len(), 2);
+    }
+
+    #[test]
+    fn a_waypoint_gets_the_policies_of_what_its_routes_mirror_to() {
+        let (key, mut mirrored) = route("shop", "mirrored", ("Service", "web"), ("shop", "web"));
+        mirrored.rules[0].mirrors.push(weft_api::config::Mirror {
+            backend: Some(BackendRef {
+                namespace: "other".into(),
+                name: "shadow".into(),
+                ..BackendRef::default()
+            }),
+            ..Default::default()
+        });
+        let model = Model {
+            workloads: [
+                workload("web-1", "shop", "node-a", &[]),
+                workload("shadow-1", "other", "node-b", &["other/shadow-only"]),
+            ]
+            .into(),
+            services: [
+                service("shop", "web", &["web-1"], Some("wp")),
+                service("other", "shadow", &["shadow-1"], None),
+            ]
+            .into(),
+            authorizations: [
+                policy("other", "shadow-only", PolicyScope::WorkloadSelector, None),
+                policy("other", "other-ns", PolicyScope::Namespace, None),
+            ]
+            .into(),
+            routes: [(key, mirrored)].into(),
+            ..Model::default()
+        };
+        let views = Views::build(&model);
+        let wp = views
+            .of(&Audience::Waypoint(ObjectKey::new("shop", "wp")))
+            .expect("a view");
+        assert_eq!(
+            keys(&wp.authorizations),
+            ["other/other-ns", "other/shadow-only"]
+        );
     }
 }

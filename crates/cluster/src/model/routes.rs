@@ -7,15 +7,18 @@
 use std::collections::BTreeMap;
 use std::str::FromStr;
 
-use gateway_api::grpcroutes::{GrpcRoute, GrpcRouteRulesMatchesHeadersType};
+use gateway_api::grpcroutes::{GrpcRoute, GrpcRouteRulesFilters, GrpcRouteRulesMatchesHeadersType};
 use gateway_api::httproutes::{
-    HttpRoute, HttpRouteRulesFiltersRequestHeaderModifier, HttpRouteRulesMatchesHeadersType,
-    HttpRouteRulesMatchesPathType,
+    HttpRoute, HttpRouteRulesFilters, HttpRouteRulesFiltersRequestRedirectPathType,
+    HttpRouteRulesFiltersRequestRedirectScheme, HttpRouteRulesFiltersUrlRewritePathType,
+    HttpRouteRulesMatchesHeadersType, HttpRouteRulesMatchesPathType,
+    HttpRouteRulesMatchesQueryParamsType,
 };
 use kube::ResourceExt;
 use weft_api::config::{
-    BackendRef, HeaderMatch, HeaderModifier, PathMatch, QueryParamMatch, Route, RouteKind,
-    RouteMatch, RouteParent, RouteRule, header_match, path_match,
+    BackendRef, HeaderMatch, HeaderModifier, Mirror, PathMatch, PathModifier, QueryParamMatch,
+    Redirect, Rewrite, Route, RouteKind, RouteMatch, RouteParent, RouteRule, header_match,
+    path_match, path_modifier,
 };
 
 use super::waypoints::is_waypoint_gateway;
@@ -101,7 +104,37 @@ fn backend(
     }
 }
 
-fn header_modifiers(m: Option<&HttpRouteRulesFiltersRequestHeaderModifier>) -> Vec<HeaderModifier> {
+/// The `set`, `add` and `remove` lists of a header modifier filter (request
+/// or response, HTTPRoute or GRPCRoute: the same shape in four types).
+struct HeaderLists<'a> {
+    set: Vec<(&'a str, &'a str)>,
+    add: Vec<(&'a str, &'a str)>,
+    remove: Vec<&'a str>,
+}
+
+/// Borrows a header modifier filter of any of the generated types as
+/// [`HeaderLists`].
+macro_rules! header_lists {
+    ($m:expr) => {
+        $m.map(|m| HeaderLists {
+            set: m
+                .set
+                .iter()
+                .flatten()
+                .map(|h| (h.name.as_str(), h.value.as_str()))
+                .collect(),
+            add: m
+                .add
+                .iter()
+                .flatten()
+                .map(|h| (h.name.as_str(), h.value.as_str()))
+                .collect(),
+            remove: m.remove.iter().flatten().map(String::as_str).collect(),
+        })
+    };
+}
+
+fn header_modifiers(m: Option<HeaderLists<'_>>) -> Vec<HeaderModifier> {
     let Some(m) = m else { return Vec::new() };
     let op = |op: &str, name: &str, value: &str| HeaderModifier {
         name: name.to_string(),
@@ -109,10 +142,126 @@ fn header_modifiers(m: Option<&HttpRouteRulesFiltersRequestHeaderModifier>) -> V
         op: op.to_string(),
     };
     let mut out: Vec<HeaderModifier> = Vec::new();
-    out.extend(m.set.iter().flatten().map(|h| op("SET", &h.name, &h.value)));
-    out.extend(m.add.iter().flatten().map(|h| op("ADD", &h.name, &h.value)));
-    out.extend(m.remove.iter().flatten().map(|n| op("REMOVE", n, "")));
+    out.extend(m.set.iter().map(|(n, v)| op("SET", n, v)));
+    out.extend(m.add.iter().map(|(n, v)| op("ADD", n, v)));
+    out.extend(m.remove.iter().map(|n| op("REMOVE", n, "")));
     out
+}
+
+/// A `RequestMirror` filter of either route kind (the same shape in two
+/// generated types) as a [`Mirror`].
+macro_rules! mirror {
+    ($route_ns:expr, $m:expr) => {{
+        let b = &$m.backend_ref;
+        let share = $m
+            .fraction
+            .as_ref()
+            .map(|f| (f.numerator, f.denominator))
+            .or($m.percent.map(|p| (p, Some(100))));
+        mirror($route_ns, b.namespace.as_ref(), &b.name, b.port, share)
+    }};
+}
+
+/// A mirror's share: `percent`, or `fraction` (denominator 100 when unset);
+/// neither = every request.
+fn mirror(
+    route_ns: &str,
+    namespace: Option<&String>,
+    name: &str,
+    port: Option<i32>,
+    share: Option<(i32, Option<i32>)>,
+) -> Mirror {
+    let (numerator, denominator) = match share {
+        Some((n, d)) => (
+            u32::try_from(n).unwrap_or(0),
+            u32::try_from(d.unwrap_or(100)).unwrap_or(0),
+        ),
+        None => (0, 0),
+    };
+    Mirror {
+        backend: Some(backend(route_ns, namespace, name, port, None)),
+        numerator,
+        denominator,
+    }
+}
+
+fn path_modifier(full: bool, full_path: Option<&String>, prefix: Option<&String>) -> PathModifier {
+    PathModifier {
+        kind: Some(if full {
+            path_modifier::Kind::Full(full_path.cloned().unwrap_or_else(|| "/".into()))
+        } else {
+            path_modifier::Kind::Prefix(prefix.cloned().unwrap_or_else(|| "/".into()))
+        }),
+    }
+}
+
+/// The filters of an HTTPRoute rule, into the rule.
+fn http_filters(route_ns: &str, filters: &[HttpRouteRulesFilters], rule: &mut RouteRule) {
+    for f in filters {
+        rule.request_header_modifiers
+            .extend(header_modifiers(header_lists!(
+                f.request_header_modifier.as_ref()
+            )));
+        rule.response_header_modifiers
+            .extend(header_modifiers(header_lists!(
+                f.response_header_modifier.as_ref()
+            )));
+        if let Some(r) = &f.request_redirect {
+            rule.redirect = Some(Redirect {
+                scheme: match r.scheme {
+                    Some(HttpRouteRulesFiltersRequestRedirectScheme::Https) => "https".into(),
+                    Some(HttpRouteRulesFiltersRequestRedirectScheme::Http) => "http".into(),
+                    None => String::new(),
+                },
+                hostname: r.hostname.clone().unwrap_or_default(),
+                path: r.path.as_ref().map(|p| {
+                    path_modifier(
+                        p.r#type == HttpRouteRulesFiltersRequestRedirectPathType::ReplaceFullPath,
+                        p.replace_full_path.as_ref(),
+                        p.replace_prefix_match.as_ref(),
+                    )
+                }),
+                port: r.port.and_then(|p| u32::try_from(p).ok()).unwrap_or(0),
+                status: r
+                    .status_code
+                    .and_then(|c| u32::try_from(c).ok())
+                    .unwrap_or(0),
+            });
+        }
+        if let Some(r) = &f.url_rewrite {
+            rule.rewrite = Some(Rewrite {
+                hostname: r.hostname.clone().unwrap_or_default(),
+                path: r.path.as_ref().map(|p| {
+                    path_modifier(
+                        p.r#type == HttpRouteRulesFiltersUrlRewritePathType::ReplaceFullPath,
+                        p.replace_full_path.as_ref(),
+                        p.replace_prefix_match.as_ref(),
+                    )
+                }),
+            });
+        }
+        if let Some(m) = &f.request_mirror {
+            rule.mirrors.push(mirror!(route_ns, m));
+        }
+    }
+}
+
+/// The filters of a GRPCRoute rule (headers and mirrors; the spec has no
+/// redirect or rewrite for gRPC).
+fn grpc_filters(route_ns: &str, filters: &[GrpcRouteRulesFilters], rule: &mut RouteRule) {
+    for f in filters {
+        rule.request_header_modifiers
+            .extend(header_modifiers(header_lists!(
+                f.request_header_modifier.as_ref()
+            )));
+        rule.response_header_modifiers
+            .extend(header_modifiers(header_lists!(
+                f.response_header_modifier.as_ref()
+            )));
+        if let Some(m) = &f.request_mirror {
+            rule.mirrors.push(mirror!(route_ns, m));
+        }
+    }
 }
 
 fn http_route(state: &ClusterState, route: &HttpRoute) -> Option<Route> {
@@ -183,9 +332,19 @@ fn http_route(state: &ClusterState, route: &HttpRoute) -> Option<Route> {
                         .query_params
                         .iter()
                         .flatten()
-                        .map(|q| QueryParamMatch {
-                            name: q.name.clone(),
-                            exact: q.value.clone(),
+                        .map(|q| match q.r#type {
+                            Some(HttpRouteRulesMatchesQueryParamsType::RegularExpression) => {
+                                QueryParamMatch {
+                                    name: q.name.clone(),
+                                    regex: q.value.clone(),
+                                    ..QueryParamMatch::default()
+                                }
+                            }
+                            _ => QueryParamMatch {
+                                name: q.name.clone(),
+                                exact: q.value.clone(),
+                                ..QueryParamMatch::default()
+                            },
                         })
                         .collect(),
                     grpc_service: String::new(),
@@ -199,14 +358,17 @@ fn http_route(state: &ClusterState, route: &HttpRoute) -> Option<Route> {
                 .map(|b| backend(&ns, b.namespace.as_ref(), &b.name, b.port, b.weight))
                 .collect(),
             timeout_ms: timeout_ms(rule.timeouts.as_ref().and_then(|t| t.request.as_deref())),
-            retry: None,
-            request_header_modifiers: rule
-                .filters
-                .iter()
-                .flatten()
-                .flat_map(|f| header_modifiers(f.request_header_modifier.as_ref()))
-                .collect(),
-            direct_status: 0,
+            backend_timeout_ms: timeout_ms(
+                rule.timeouts
+                    .as_ref()
+                    .and_then(|t| t.backend_request.as_deref()),
+            ),
+            ..RouteRule::default()
+        })
+        .zip(route.spec.rules.iter().flatten())
+        .map(|(mut out, rule)| {
+            http_filters(&ns, rule.filters.as_deref().unwrap_or_default(), &mut out);
+            out
         })
         .collect();
     Some(Route {
@@ -284,10 +446,12 @@ fn grpc_route(state: &ClusterState, route: &GrpcRoute) -> Option<Route> {
                 .flatten()
                 .map(|b| backend(&ns, b.namespace.as_ref(), &b.name, b.port, b.weight))
                 .collect(),
-            timeout_ms: 0,
-            retry: None,
-            request_header_modifiers: Vec::new(),
-            direct_status: 0,
+            ..RouteRule::default()
+        })
+        .zip(route.spec.rules.iter().flatten())
+        .map(|(mut out, rule)| {
+            grpc_filters(&ns, rule.filters.as_deref().unwrap_or_default(), &mut out);
+            out
         })
         .collect();
     Some(Route {
