@@ -34,16 +34,30 @@ const TRAFFIC: &[(&str, &str)] = &[
         "the client's ztunnel counts them too, as their source",
         r#"sum by (reporter, source_workload_namespace, destination_workload_namespace, connection_security_policy) (weft_tcp_connections_opened_total{reporter="source", source_workload_namespace="shop", destination_workload_namespace="shop", connection_security_policy="mutual_tls", source_principal="spiffe://cluster.local/ns/shop/sa/client"}) > 0"#,
     ),
+    (
+        "Istio's names: the server's ztunnel, as Kiali's graph and Istio's dashboards query it",
+        r#"sum by (source_workload, destination_workload, destination_service_name) (rate(istio_tcp_connections_opened_total{reporter="destination", source_workload="client", source_workload_namespace="shop", source_canonical_service="client", destination_workload="server", destination_workload_namespace="shop", destination_canonical_service="server", destination_cluster="Kubernetes", connection_security_policy="mutual_tls", request_protocol="tcp"}[1m])) > 0"#,
+    ),
+    (
+        "Istio's names: the bytes of those connections, at the client's ztunnel",
+        r#"sum(istio_tcp_sent_bytes_total{reporter="source", source_workload="client", destination_workload="server"}) + sum(istio_tcp_received_bytes_total{reporter="source", source_workload="client", destination_workload="server"}) > 0"#,
+    ),
 ];
 
 /// What a connection refused by [`DENY_CLIENT`] must show.
-const DENIAL: &[(&str, &str)] = &[(
-    "ztunnel counts the refusal with its reason",
-    r#"sum by (reporter, reason, source_workload_namespace, destination_workload_namespace) (weft_tcp_connections_denied_total{reason="policy", source_workload_namespace="shop", destination_workload_namespace="shop", source_principal="spiffe://cluster.local/ns/shop/sa/client"}) > 0"#,
-)];
+const DENIAL: &[(&str, &str)] = &[
+    (
+        "ztunnel counts the refusal with its reason",
+        r#"sum by (reporter, reason, source_workload_namespace, destination_workload_namespace) (weft_tcp_connections_denied_total{reason="policy", source_workload_namespace="shop", destination_workload_namespace="shop", source_principal="spiffe://cluster.local/ns/shop/sa/client"}) > 0"#,
+    ),
+    (
+        "Istio's names: the refused connection, flagged DENY",
+        r#"sum(istio_tcp_connections_opened_total{response_flags="DENY", source_workload="client", destination_workload="server"}) > 0"#,
+    ),
+];
 
 /// Shown beside a failed claim: every weft TCP series Prometheus has.
-const TCP_SERIES: &str = r#"count by (__name__, reporter, reason, source_workload_namespace, destination_workload_namespace, connection_security_policy, instance) ({__name__=~"weft_tcp_connections_.*"})"#;
+const TCP_SERIES: &str = r#"count by (__name__, reporter, reason, source_workload_namespace, destination_workload_namespace, connection_security_policy, instance) ({__name__=~"(weft|istio)_tcp_connections_.*"})"#;
 
 /// The namespace of the client and the server, in the mesh.
 const SHOP: &str = "apiVersion: v1
@@ -149,6 +163,14 @@ fn prometheus_discovers_weft_by_its_annotations_and_sees_mesh_traffic_and_denial
         "cross-node connections: {report:?}"
     );
     expect_series(&prometheus, TRAFFIC);
+    // Cardinality (docs/observability.md): the series each name set holds
+    // for this cluster, by the component that reports them.
+    for set in ["weft", "istio"] {
+        let promql = format!(r#"count by (pod) ({{__name__=~"{set}_.*"}})"#);
+        let total = format!(r#"count({{__name__=~"{set}_.*"}})"#);
+        let (by, total) = (prometheus.query(&promql), prometheus.query(&total));
+        eprintln!("{set}_* series: {total:?}; {by:?}");
+    }
 
     // A DENY for the client: its connections are refused and counted.
     k.apply(DENY_CLIENT).expect("policy");
