@@ -142,6 +142,13 @@ pub enum Command {
     /// --crds), then wait until the node agents have restored every node's
     /// CNI config and weft's namespace is gone.
     Uninstall(UninstallArgs),
+    /// Collect what a bug report needs into one .tar.gz: every component's
+    /// admin documents (config dumps, workloads, certificates, connections,
+    /// proxy status, the model), versions, recent logs and `check`'s
+    /// report, with private keys, tokens and other secrets replaced by
+    /// `<redacted>`. Exit code 7 when some component could not be read (the
+    /// archive has the rest, and errors.json says what is missing).
+    BugReport(BugReportArgs),
     /// Print a shell completion script: `weftctl completion bash > /etc/bash_completion.d/weftctl`.
     Completion(CompletionArgs),
 }
@@ -339,11 +346,14 @@ pub struct WaypointDeleteArgs {
     pub name: String,
 }
 
+/// `check --cert-expiry-hours` when not given.
+pub const DEFAULT_CERT_EXPIRY_HOURS: f64 = 2.0;
+
 /// `check`.
 #[derive(Debug, Clone, Args)]
 pub struct CheckArgs {
     /// A certificate expiring within this many hours is a problem.
-    #[arg(long, default_value_t = 2.0, value_name = "HOURS")]
+    #[arg(long, default_value_t = DEFAULT_CERT_EXPIRY_HOURS, value_name = "HOURS")]
     pub cert_expiry_hours: f64,
     /// Before install: what would not work (API server version, Gateway
     /// API CRDs, privileged pods in weft's namespace, and on every node the
@@ -351,6 +361,22 @@ pub struct CheckArgs {
     /// short-lived pod per node.
     #[arg(long)]
     pub pre: bool,
+}
+
+/// `bug-report`.
+#[derive(Debug, Clone, Args)]
+pub struct BugReportArgs {
+    /// Where to write the archive (default:
+    /// `weft-bug-report-<UTC time>.tar.gz` in the current directory).
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// How far back logs go: 90s, 30m, 1h, 2h30m, 1d (or seconds).
+    #[arg(long, default_value = "1h", value_name = "DURATION",
+          value_parser = crate::commands::bug_report::parse_since)]
+    pub since: std::time::Duration,
+    /// At most this many lines of each log (the newest).
+    #[arg(long, default_value_t = 10000, value_name = "LINES")]
+    pub tail: u64,
 }
 
 /// `install` and `upgrade`.

@@ -203,6 +203,22 @@ impl Cluster {
         matches!(self.mode, Mode::Local { .. })
     }
 
+    /// A local cluster's run directory (also when found as the newest run).
+    pub fn run_dir(&self) -> Option<&std::path::Path> {
+        match &self.mode {
+            Mode::Local { run_dir, .. } => run_dir.as_deref(),
+            Mode::Kube(_) => None,
+        }
+    }
+
+    /// The Kubernetes cluster, when that is where the mesh is.
+    pub fn kube(&self) -> Option<&KubeCluster> {
+        match &self.mode {
+            Mode::Kube(k) => Some(k),
+            Mode::Local { .. } => None,
+        }
+    }
+
     fn local_endpoint(&self, label: String, reach: &Reach, hint: &str) -> Option<AdminEndpoint> {
         let dialer = match (&reach.admin_socket, reach.admin_address) {
             (Some(path), _) => Dialer::Unix(path.clone()),

@@ -65,6 +65,15 @@ pub struct Report {
 pub(crate) struct Findings(pub(crate) Vec<Finding>);
 
 impl Findings {
+    /// The report: ok when no finding failed.
+    pub(crate) fn into_report(self) -> Report {
+        let ok = self.0.iter().all(|x| x.status != Status::Fail);
+        Report {
+            ok,
+            findings: self.0,
+        }
+    }
+
     pub(crate) fn add(
         &mut self,
         check: &str,
@@ -93,8 +102,15 @@ pub async fn run(global: &GlobalArgs, args: &CheckArgs) -> Result<Outcome> {
         return super::preflight::run(global).await;
     }
     let cluster = Cluster::connect(global).await?;
+    let f = findings(&cluster, args).await;
+    report(global, f)
+}
+
+/// Every finding of `check` on `cluster`, unprinted (`bug-report` archives
+/// them).
+pub(crate) async fn findings(cluster: &Cluster, args: &CheckArgs) -> Findings {
     let mut f = Findings(Vec::new());
-    controller(&cluster, &mut f).await;
+    controller(cluster, &mut f).await;
     let nodes = match cluster.nodes().await {
         Ok(nodes) => nodes,
         Err(e) => {
@@ -117,13 +133,13 @@ pub async fn run(global: &GlobalArgs, args: &CheckArgs) -> Result<Outcome> {
             "deploy the node agent and ztunnel DaemonSets (deploy/), or bring the local cluster up",
         );
     }
-    proxies(&cluster, &mut f).await;
+    proxies(cluster, &mut f).await;
     let ztunnels: Vec<NodeAdmin> = cluster.ztunnels(None).await.unwrap_or_default();
     let agents = cluster.agents().await.unwrap_or_default();
     let ztunnel_pods = cluster.system_pods(ZTUNNEL_APP).await.unwrap_or_default();
     let agent_pods = cluster.system_pods(AGENT_APP).await.unwrap_or_default();
     for node in &nodes {
-        cni(&cluster, node, &agent_pods, &mut f);
+        cni(cluster, node, &agent_pods, &mut f);
         match agents.iter().find(|a| &a.node == node) {
             None => f.add(
                 "agent",
@@ -152,13 +168,13 @@ pub async fn run(global: &GlobalArgs, args: &CheckArgs) -> Result<Outcome> {
             }
         }
     }
-    report(global, f)
+    f
 }
 
 /// Prints the findings as the format asks; exit 5 if any failed.
 pub(crate) fn report(global: &GlobalArgs, f: Findings) -> Result<Outcome> {
-    let ok = f.0.iter().all(|x| x.status != Status::Fail);
-    let report = Report { ok, findings: f.0 };
+    let report = f.into_report();
+    let ok = report.ok;
     let text = match global.output {
         Format::Table | Format::Wide => text(&report, global.output == Format::Wide),
         other => output::render(other, &report, |_| Table::default())?,

@@ -1,6 +1,7 @@
 //! One module per command. Each takes the global arguments and its own, and
 //! returns the [`Outcome`](crate::exit::Outcome) that becomes the exit code.
 
+pub mod bug_report;
 pub mod certs;
 pub mod check;
 pub mod completion;
