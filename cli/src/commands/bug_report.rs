@@ -80,6 +80,10 @@ const LOG_CONCURRENCY: usize = 8;
 /// A secret file larger than this is no token or key of the run.
 const MAX_SECRET_FILE: u64 = 64 << 10;
 
+/// What `manifest.json` says of redaction (itself redacted like the rest:
+/// a test keeps it intact).
+const REDACTION_NOTE: &str = "private keys, JWTs, Authorization/Bearer values, secret-named fields and the run's known secrets are replaced by <redacted> (docs/weftctl.md, bug-report)";
+
 /// Local runs: where the e2e harness keeps the CA and the bootstrap tokens
 /// (e2e/src/components/controller.rs), relative to the run directory.
 const LOCAL_CA_DIR: &str = "controller/ca";
@@ -332,7 +336,7 @@ pub async fn run(global: &GlobalArgs, args: &BugReportArgs) -> Result<Outcome> {
         mode,
         log_since_seconds: args.since.as_secs(),
         log_tail_lines: args.tail,
-        redaction: "private keys, JWTs, Authorization and Bearer values, secret-named fields and the run's known secrets are replaced by <redacted> (docs/weftctl.md#bug-report)",
+        redaction: REDACTION_NOTE,
         files: sealed
             .0
             .iter()
@@ -1039,6 +1043,11 @@ mod tests {
             "{\"timestamp\":\"2026-01-01T10:30:00Z\",\"msg\":\"new json\"}\n"
         );
         assert_eq!(recent("", cutoff, 10), "");
+    }
+
+    #[test]
+    fn the_manifests_note_survives_redaction() {
+        assert_eq!(Redactor::new().text(REDACTION_NOTE), REDACTION_NOTE);
     }
 
     #[test]

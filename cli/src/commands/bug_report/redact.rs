@@ -10,7 +10,7 @@
 //! - JWT-shaped strings: three base64url segments, the first starting `eyJ`
 //!   (`{"` encoded);
 //! - the value of an `Authorization` header (its scheme is kept) and any
-//!   `Bearer <credential>`;
+//!   `Bearer <credential>` (of 8 characters or more);
 //! - `NAME=VALUE`, `"NAME": VALUE` and `NAME: "VALUE"` (and `NAME: VALUE`
 //!   at the start of a line, as YAML writes it) where NAME looks like a
 //!   secret ([`is_secret_name`]);
@@ -181,8 +181,10 @@ static AUTHORIZATION: LazyLock<Regex> = LazyLock::new(|| {
     )
 });
 
+/// `Bearer` and a credential: 8 characters or more, so that prose
+/// (`bearer token`, `Bearer values`) stays.
 static BEARER: LazyLock<Regex> =
-    LazyLock::new(|| compile(r"(?i)(\bbearer)\s+[A-Za-z0-9\-._~+/]+=*"));
+    LazyLock::new(|| compile(r"(?i)(\bbearer)\s+[A-Za-z0-9\-._~+/]{8,}=*"));
 
 /// `NAME<sep>VALUE`: the name optionally quoted, the value a quoted string
 /// or a run up to a delimiter. Whether NAME is secret is decided in code.
@@ -457,6 +459,7 @@ mod tests {
                 "GET /join?token=abcdef12&node=n1".into(),
                 format!("GET /join?token={REDACTED}&node=n1"),
             ),
+            ("missing bearer token".into(), "missing bearer token".into()),
             // Prose that mentions a secret is not an assignment.
             (
                 "no token: the CA refused".into(),
