@@ -528,3 +528,43 @@ fn json_is_a_stable_document() {
         "spiffe://cluster.local/ns/mesh/sa/client"
     );
 }
+
+/// Issue 16: a route on the destination Service that weft cannot honour
+/// as written is named by `explain`, with its status reason and field.
+#[test]
+fn routes_with_a_problem_are_named_with_their_reason() {
+    let mut state = state();
+    add_objects(
+        &mut state,
+        "routes.yaml",
+        r#"apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: bad-regex, namespace: wp}
+spec:
+  parentRefs: [{group: "", kind: Service, name: api}]
+  rules: [{matches: [{path: {type: RegularExpression, value: "/(a"}}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: elsewhere, namespace: wp}
+spec:
+  parentRefs: [{group: "", kind: Service, name: api}]
+  rules: [{backendRefs: [{name: backend, namespace: wl, port: 80}]}]
+"#,
+    )
+    .expect("routes");
+    let c = case("", "client", "wp/api:80", Allowed, &[], None).request("GET", "/api/items");
+    let e = run(&c, &state);
+    let said = |needle: &str| e.warnings.iter().any(|w| w.contains(needle));
+    assert!(
+        said("route wp/bad-regex is not in effect here (UnsupportedValue)")
+            && said("spec.rules[0].matches[0].path.value"),
+        "{:?}",
+        e.warnings
+    );
+    assert!(
+        said("route wp/elsewhere has a backend it cannot use (RefNotPermitted)"),
+        "{:?}",
+        e.warnings
+    );
+}

@@ -292,6 +292,83 @@ async fn leader_writes_waypoints_and_status() {
     assert_eq!(api.status_patches().len(), patches);
 }
 
+/// Issue 16: the leader writes each route's status per parent weft serves
+/// (`Accepted`, `ResolvedRefs` with the Gateway API's reasons), keeps the
+/// entries other controllers wrote for their parents (the list is atomic),
+/// and writes nothing again while nothing changes.
+#[tokio::test]
+async fn leader_writes_route_status_per_parent_and_keeps_other_controllers() {
+    const HTTPROUTES: &str = "apis/gateway.networking.k8s.io/v1/httproutes";
+    let collections = [COLLECTIONS, &[HTTPROUTES]].concat();
+    let api = FakeApiServer::start(&collections).await;
+    api.apply(namespace());
+    api.apply(json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "web", "namespace": "shop", "uid": "web-uid"},
+        "spec": {"clusterIP": "10.96.0.10", "ports": [{"port": 80}]}}));
+    let theirs = json!({
+        "parentRef": {"name": "ingress"},
+        "controllerName": "example.com/ingress",
+        "conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted", "message": "",
+                        "lastTransitionTime": "2026-01-01T00:00:00Z"}]
+    });
+    api.apply(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": {"name": "split", "namespace": "shop", "generation": 2},
+        "spec": {
+            "parentRefs": [{"group": "", "kind": "Service", "name": "web", "port": 80}, {"name": "ingress"}],
+            "rules": [{"backendRefs": [{"name": "web", "port": 80}, {"name": "gone", "port": 80}]}]
+        },
+        "status": {"parents": [theirs.clone()]}
+    }));
+    let (state, version, mut writer) = leader_pass(&api).await;
+
+    let route = api.get(HTTPROUTES, "shop", "split").expect("route");
+    let parents = route["status"]["parents"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(parents.len(), 2, "{parents:?}");
+    assert!(
+        parents.contains(&theirs),
+        "the other controller's entry is kept: {parents:?}"
+    );
+    let ours = parents
+        .iter()
+        .find(|p| p["controllerName"] == "weft.dev/waypoint-controller")
+        .expect("weft's entry");
+    assert_eq!(
+        ours["parentRef"],
+        json!({"group": "", "kind": "Service", "name": "web", "port": 80}),
+        "the parentRef as the route wrote it"
+    );
+    let condition = |type_: &str| {
+        ours["conditions"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["type"] == type_))
+            .cloned()
+            .unwrap_or_else(|| panic!("no {type_}: {ours}"))
+    };
+    assert_eq!(condition("Accepted")["status"], "True");
+    assert_eq!(condition("Accepted")["observedGeneration"], 2);
+    let resolved = condition("ResolvedRefs");
+    assert_eq!(
+        (resolved["status"].as_str(), resolved["reason"].as_str()),
+        (Some("False"), Some("BackendNotFound"))
+    );
+    assert!(
+        resolved["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("spec.rules[0].backendRefs[1]") && m.contains("shop/gone")),
+        "{resolved}"
+    );
+
+    // Nothing changed: a later pass from the same state writes nothing.
+    let patches = api.status_patches().len();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    writer.reconcile(&state, &version).await;
+    assert_eq!(api.status_patches().len(), patches);
+}
+
 /// Security finding 11: a ServiceAccount that exists under the name the
 /// deployer would give a Gateway's waypoint, made by someone else, is not
 /// taken over (a forced apply would have made it the Gateway's, and every

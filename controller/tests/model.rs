@@ -603,6 +603,7 @@ fn routes_attach_to_services_and_waypoints_only() {
         ),
         route("to-wp", json!({"name": "wp"})),
         route("elsewhere", json!({"name": "ingress"})),
+        service("in", "web", "10.96.0.1", json!({})),
         json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
                "metadata": {"name": "ingress", "namespace": "in"},
                "spec": {"gatewayClassName": "other", "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]}}),
@@ -666,6 +667,18 @@ fn route_filters_timeouts_and_query_regexes_are_converted() {
             }]}
         }),
     ];
+    objects.extend([
+        service("in", "web", "10.96.0.1", json!({})),
+        service("in", "rpc", "10.96.0.2", json!({})),
+        service("in", "shadow", "10.96.0.3", json!({})),
+        service("in", "rpc-shadow", "10.96.0.4", json!({})),
+        service("ops", "audit", "10.96.0.5", json!({})),
+        // The mirror in ops is another namespace's: allowed by its owner.
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "ReferenceGrant",
+               "metadata": {"name": "from-in", "namespace": "ops"},
+               "spec": {"from": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "namespace": "in"}],
+                        "to": [{"group": "", "kind": "Service"}]}}),
+    ]);
     objects.extend(waypoint("in", "wp", None));
     let m = build(&objects);
     let rules = &m.routes["in/filters"].rules;
@@ -740,6 +753,140 @@ fn route_filters_timeouts_and_query_regexes_are_converted() {
         (Some("rpc-shadow"), 0, 0),
         "no share given: every request"
     );
+}
+
+/// Issue 16: what each route's status says, per parent, with the Gateway
+/// API's reasons; a route with a field weft cannot honour is attached
+/// nowhere, and the other routes are unaffected.
+#[test]
+fn route_reports_say_why_with_the_gateway_api_reasons() {
+    use weft_cluster::model::route_report::Reason;
+    let route = |name: &str, parent: serde_json::Value, rule: serde_json::Value| {
+        json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"name": name, "namespace": "in", "generation": 4},
+            "spec": {"parentRefs": [parent], "rules": [rule]}
+        })
+    };
+    let web = json!({"group": "", "kind": "Service", "name": "web"});
+    let to = |ns: &str, name: &str| json!({"backendRefs": [{"name": name, "namespace": ns, "port": 80}]});
+    let mut objects = vec![
+        service("in", "web", "10.96.0.1", json!({})),
+        service("other", "granted", "10.96.0.2", json!({})),
+        service("other", "private", "10.96.0.3", json!({})),
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "ReferenceGrant",
+               "metadata": {"name": "granted-only", "namespace": "other"},
+               "spec": {"from": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "namespace": "in"}],
+                        "to": [{"group": "", "kind": "Service", "name": "granted"}]}}),
+        route("ok", web.clone(), to("in", "web")),
+        route("granted", web.clone(), to("other", "granted")),
+        route("not-granted", web.clone(), to("other", "private")),
+        route("missing", web.clone(), to("in", "nothing")),
+        route(
+            "wrong-kind",
+            web.clone(),
+            json!({"backendRefs": [{"group": "example.com", "kind": "Bucket", "name": "b"}]}),
+        ),
+        route(
+            "bad-regex",
+            web.clone(),
+            json!({"matches": [{"headers": [{"type": "RegularExpression", "name": "x", "value": "(unclosed"}]}]}),
+        ),
+        route(
+            "cors",
+            web.clone(),
+            json!({"filters": [{"type": "CORS", "cors": {"allowOrigins": ["https://a.example"]}}]}),
+        ),
+        route(
+            "no-parent",
+            json!({"group": "", "kind": "Service", "name": "ghost"}),
+            to("in", "web"),
+        ),
+        route(
+            "foreign-gateway",
+            json!({"name": "ingress"}),
+            to("in", "web"),
+        ),
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+               "metadata": {"name": "ingress", "namespace": "in"},
+               "spec": {"gatewayClassName": "other", "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]}}),
+        // A waypoint in another namespace admits only its own namespace's
+        // routes (the listeners' default).
+        json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"name": "across", "namespace": "in"},
+            "spec": {"parentRefs": [{"name": "wp", "namespace": "mesh"}], "rules": [to("in", "web")]}
+        }),
+    ];
+    objects.extend(waypoint("mesh", "wp", None));
+    let m = build(&objects);
+    let verdicts = |name: &str| {
+        let report = &m.route_reports[&format!("in/{name}")];
+        let p = &report.parents[0];
+        (
+            p.accepted.as_ref().err().map(|e| e.reason),
+            p.resolved_refs.as_ref().err().map(|e| e.reason),
+        )
+    };
+    assert_eq!(verdicts("ok"), (None, None));
+    assert_eq!(verdicts("granted"), (None, None));
+    assert_eq!(
+        verdicts("not-granted"),
+        (None, Some(Reason::RefNotPermitted))
+    );
+    assert_eq!(verdicts("missing"), (None, Some(Reason::BackendNotFound)));
+    assert_eq!(verdicts("wrong-kind"), (None, Some(Reason::InvalidKind)));
+    assert_eq!(
+        verdicts("bad-regex"),
+        (Some(Reason::UnsupportedValue), None)
+    );
+    assert_eq!(verdicts("cors"), (Some(Reason::UnsupportedValue), None));
+    assert_eq!(
+        verdicts("no-parent"),
+        (Some(Reason::NoMatchingParent), None)
+    );
+    assert_eq!(
+        verdicts("across"),
+        (Some(Reason::NotAllowedByListeners), None)
+    );
+    assert!(
+        !m.route_reports.contains_key("in/foreign-gateway"),
+        "another controller's Gateway: not ours to report"
+    );
+    let message = |name: &str| {
+        m.route_reports[&format!("in/{name}")].parents[0]
+            .accepted
+            .as_ref()
+            .err()
+            .map(|e| e.message.clone())
+            .unwrap_or_default()
+    };
+    assert!(
+        message("bad-regex").contains("spec.rules[0].matches[0].headers[0].value"),
+        "{}",
+        message("bad-regex")
+    );
+    assert!(
+        message("cors").contains("spec.rules[0].filters[0]") && message("cors").contains("CORS")
+    );
+    assert_eq!(m.route_reports["in/ok"].generation, Some(4));
+
+    // Refused routes are attached nowhere; the rest are served, and an
+    // unresolved backend is kept, marked, to be answered 500.
+    let served: Vec<&str> = m.routes.keys().map(String::as_str).collect();
+    assert_eq!(
+        served,
+        [
+            "in/granted",
+            "in/missing",
+            "in/not-granted",
+            "in/ok",
+            "in/wrong-kind"
+        ]
+    );
+    let unresolved = &m.routes["in/not-granted"].rules[0].backends[0].unresolved;
+    assert!(unresolved.contains("ReferenceGrant"), "{unresolved}");
+    assert!(m.routes["in/ok"].rules[0].backends[0].unresolved.is_empty());
 }
 
 #[test]

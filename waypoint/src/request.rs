@@ -550,6 +550,9 @@ fn backend_target(
     request_port: u16,
 ) -> Result<Target, String> {
     let key = format!("{}/{}", b.namespace, b.name);
+    if let Some(why) = &b.unresolved {
+        return Err(format!("backend {key}: {why}"));
+    }
     let service = store
         .service(&key)
         .ok_or_else(|| format!("backend service {key} does not exist"))?;

@@ -50,6 +50,9 @@ pub struct Backend {
     pub name: String,
     pub port: u32,
     pub weight: u32,
+    /// Why the controller could not resolve it: requests it is picked for
+    /// get 500 (the Gateway API's rule for an invalid backend).
+    pub unresolved: Option<String>,
 }
 
 /// A request header change.
@@ -539,6 +542,7 @@ fn compile_rule(route: &str, index: usize, rule: &RouteRule, warnings: &mut Vec<
                     name: b.name.clone(),
                     port: b.port,
                     weight: 1,
+                    unresolved: None,
                 },
                 numerator: if m.denominator == 0 { 1 } else { m.numerator },
                 denominator: m.denominator.max(1),
@@ -562,6 +566,7 @@ fn compile_rule(route: &str, index: usize, rule: &RouteRule, warnings: &mut Vec<
                 name: b.name.clone(),
                 port: b.port,
                 weight: b.weight,
+                unresolved: (!b.unresolved.is_empty()).then(|| b.unresolved.clone()),
             })
             .collect(),
         timeout: (rule.timeout_ms > 0).then(|| Duration::from_millis(rule.timeout_ms)),

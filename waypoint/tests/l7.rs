@@ -50,6 +50,7 @@ fn backend(name: &str, weight: u32) -> BackendRef {
         name: name.into(),
         port: u32::from(SVC_PORT),
         weight,
+        unresolved: String::new(),
     }
 }
 
@@ -826,4 +827,40 @@ async fn a_backend_timeout_limits_each_attempt() {
         "the first attempt and one retry"
     );
     assert_eq!(web.get(vip, "/fast").await.status, 200);
+}
+
+/// Issue 16: a backend the controller could not resolve (no ReferenceGrant,
+/// missing, not a Service) takes its share of requests and answers them
+/// 500, as the Gateway API says; the other backends go on serving.
+#[tokio::test]
+async fn an_unresolved_backend_answers_500_for_its_share() {
+    let mut mesh = Mesh::new().await;
+    let v1 = mesh.pod("reviews-v1", "reviews").await;
+    let vip = mesh.service("reviews", &[&v1], true);
+    mesh.service("reviews-v1", &[&v1], false);
+    let mut refused = backend("reviews-v1", 1);
+    refused.unresolved = "no ReferenceGrant".into();
+    mesh.routes.push(route_to(
+        "half-refused",
+        vec![
+            RouteRule {
+                matches: vec![RouteMatch {
+                    path: Some(PathMatch {
+                        kind: Some(path_match::Kind::Prefix("/refused".into())),
+                    }),
+                    ..Default::default()
+                }],
+                backends: vec![refused],
+                ..Default::default()
+            },
+            RouteRule {
+                backends: vec![backend("reviews-v1", 1)],
+                ..Default::default()
+            },
+        ],
+    ));
+    mesh.apply();
+    let web = mesh.client(NS, "web");
+    assert_eq!(web.get(vip, "/refused").await.status, 500);
+    assert_eq!(web.get(vip, "/served").await.status, 200);
 }

@@ -297,6 +297,9 @@ impl Writer {
                     self.policy_status(key, policy, report).await;
                 }
             }
+            for (key, report) in &model.model.route_reports {
+                self.route_status(key, report, state).await;
+            }
         }
     }
 
@@ -712,6 +715,87 @@ impl Writer {
         self.announced.retain(|key, _| refused.contains_key(key));
     }
 
+    /// A route's status: per parent weft serves, `Accepted` and
+    /// `ResolvedRefs`. `status.parents` is an atomic list, so other
+    /// controllers' entries (their Gateways' parents) are written back as
+    /// they are.
+    async fn route_status(
+        &mut self,
+        key: &str,
+        report: &weft_cluster::model::route_report::RouteReport,
+        state: &ClusterState,
+    ) {
+        let Some((namespace, name)) = key.split_once('/') else {
+            return;
+        };
+        let object_key = ObjectKey::new(namespace, name);
+        let current = if report.grpc {
+            state
+                .grpc_routes
+                .get(&object_key)
+                .and_then(|r| serde_json::to_value(&r.status).ok())
+        } else {
+            state
+                .http_routes
+                .get(&object_key)
+                .and_then(|r| serde_json::to_value(&r.status).ok())
+        };
+        let current_parents = current
+            .as_ref()
+            .and_then(|s| s.get("parents"))
+            .and_then(|p| p.as_array())
+            .cloned()
+            .unwrap_or_default();
+        let (ours, others): (Vec<_>, Vec<_>) = current_parents
+            .into_iter()
+            .partition(|p| p["controllerName"] == WAYPOINT_CONTROLLER);
+        let now = Time(k8s_openapi::jiff::Timestamp::now());
+        let mut unchanged = ours.len() == report.parents.len();
+        let mut entries = Vec::with_capacity(report.parents.len());
+        for parent in &report.parents {
+            let parent_ref = status::parent_ref(&parent.parent_ref);
+            let mut conditions = status::route_conditions(parent, report.generation, now.clone());
+            let current: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> = ours
+                .iter()
+                .find(|p| p["parentRef"] == parent_ref)
+                .and_then(|p| serde_json::from_value(p["conditions"].clone()).ok())
+                .unwrap_or_default();
+            unchanged &= status::settle(&current, &mut conditions);
+            entries.push(json!({
+                "parentRef": parent_ref,
+                "controllerName": WAYPOINT_CONTROLLER,
+                "conditions": conditions,
+            }));
+        }
+        if unchanged {
+            return;
+        }
+        let parents: Vec<serde_json::Value> = others.into_iter().chain(entries).collect();
+        let (api_version, kind) = if report.grpc {
+            ("gateway.networking.k8s.io/v1", "GRPCRoute")
+        } else {
+            ("gateway.networking.k8s.io/v1", "HTTPRoute")
+        };
+        let body = json!({
+            "apiVersion": api_version, "kind": kind,
+            "metadata": {"name": name, "namespace": namespace},
+            "status": {"parents": parents},
+        });
+        if report.grpc {
+            let api = Api::<gateway_api::grpcroutes::GrpcRoute>::namespaced(
+                self.client.clone(),
+                namespace,
+            );
+            self.apply_once(api, name, body, true).await;
+        } else {
+            let api = Api::<gateway_api::httproutes::HttpRoute>::namespaced(
+                self.client.clone(),
+                namespace,
+            );
+            self.apply_once(api, name, body, true).await;
+        }
+    }
+
     async fn policy_status(
         &mut self,
         key: &ObjectKey,
@@ -746,16 +830,20 @@ impl Writer {
 /// `body` with its conditions' transition times removed, for comparing what
 /// a write would say.
 fn without_transition_times(body: &serde_json::Value) -> serde_json::Value {
-    let mut body = body.clone();
-    if let Some(conditions) = body
-        .pointer_mut("/status/conditions")
-        .and_then(|c| c.as_array_mut())
-    {
-        for c in conditions {
-            if let Some(c) = c.as_object_mut() {
-                c.remove("lastTransitionTime");
+    fn strip(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(map) => {
+                map.remove("lastTransitionTime");
+                map.values_mut().for_each(strip);
             }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(strip),
+            _ => {}
         }
+    }
+    let mut body = body.clone();
+    // Conditions sit in `status.conditions`, or per parent of a route.
+    if let Some(status) = body.get_mut("status") {
+        strip(status);
     }
     body
 }

@@ -4,6 +4,7 @@
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use weft_cluster::model::route_report::{ParentRef, ParentReport, Problem};
 
 use weft_cluster::model::PolicyReport;
 
@@ -111,6 +112,68 @@ pub fn settle(current: &[Condition], desired: &mut [Condition]) -> bool {
                 && x.message == y.message
                 && x.observed_generation == y.observed_generation
         })
+}
+
+/// A route's parent reference in its status: as the route wrote it.
+pub fn parent_ref(p: &ParentRef) -> serde_json::Value {
+    let mut out = serde_json::Map::new();
+    if let Some(group) = &p.group {
+        out.insert("group".into(), group.clone().into());
+    }
+    if let Some(kind) = &p.kind {
+        out.insert("kind".into(), kind.clone().into());
+    }
+    if let Some(namespace) = &p.namespace {
+        out.insert("namespace".into(), namespace.clone().into());
+    }
+    out.insert("name".into(), p.name.clone().into());
+    if let Some(port) = p.port {
+        out.insert("port".into(), port.into());
+    }
+    serde_json::Value::Object(out)
+}
+
+/// `Accepted` and `ResolvedRefs` of one parent of a route, with the Gateway
+/// API's reasons.
+pub fn route_conditions(
+    parent: &ParentReport,
+    generation: Option<i64>,
+    now: Time,
+) -> Vec<Condition> {
+    let one = |type_: &str, ok_reason: &str, verdict: &Result<(), Problem>, ok_message: &str| {
+        match verdict {
+            Ok(()) => condition(
+                type_,
+                true,
+                ok_reason,
+                ok_message.into(),
+                generation,
+                now.clone(),
+            ),
+            Err(p) => condition(
+                type_,
+                false,
+                p.reason.as_str(),
+                p.message.clone(),
+                generation,
+                now.clone(),
+            ),
+        }
+    };
+    vec![
+        one(
+            "Accepted",
+            "Accepted",
+            &parent.accepted,
+            "the route is in effect",
+        ),
+        one(
+            "ResolvedRefs",
+            "ResolvedRefs",
+            &parent.resolved_refs,
+            "every backend resolves",
+        ),
+    ]
 }
 
 /// The condition type on a Service that carries a `weft.dev/use-waypoint`

@@ -14,6 +14,7 @@ fn backend(name: &str, weight: u32) -> BackendRef {
         name: name.into(),
         port: 80,
         weight,
+        unresolved: String::new(),
     }
 }
 
@@ -238,6 +239,7 @@ fn weights_split_and_zero_weights_are_unavailable() {
             name: "x".into(),
             port: 0,
             weight: 0,
+            unresolved: None,
         }],
         timeout: None,
         backend_timeout: None,
@@ -444,6 +446,7 @@ fn a_mirror_takes_its_share() {
             name: "shadow".into(),
             port: 0,
             weight: 1,
+            unresolved: None,
         },
         numerator,
         denominator,

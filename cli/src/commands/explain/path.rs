@@ -559,6 +559,45 @@ impl<'a> Analysis<'a> {
         hop_from(enforcer, "L4", sees, &policies, &decision, self.model)
     }
 
+    /// Routes that would decide this request at `wref` (attached to the
+    /// destination Service or to the waypoint) but cannot as written: what
+    /// their status says (issue 16).
+    fn note_routes(&mut self, wref: &WaypointRef) {
+        let mut notes = Vec::new();
+        for (key, report) in &self.model.route_reports {
+            let route_ns = key.split_once('/').map_or("", |(ns, _)| ns);
+            for parent in &report.parents {
+                let p = &parent.parent_ref;
+                let ns = p.namespace.as_deref().unwrap_or(route_ns);
+                let here = if p.kind.as_deref() == Some("Service") {
+                    self.dest.kind == "service"
+                        && ns == self.dest.namespace
+                        && p.name == self.dest.name
+                } else {
+                    ns == wref.namespace && p.name == wref.name
+                };
+                if !here {
+                    continue;
+                }
+                if let Err(problem) = &parent.accepted {
+                    notes.push(format!(
+                        "route {key} is not in effect here ({}): {}",
+                        problem.reason, problem.message
+                    ));
+                }
+                if let Err(problem) = &parent.resolved_refs {
+                    notes.push(format!(
+                        "route {key} has a backend it cannot use ({}): {}; requests routed to it get 500",
+                        problem.reason, problem.message
+                    ));
+                }
+            }
+        }
+        for note in notes {
+            self.warn(note);
+        }
+    }
+
     /// The waypoint, and the identity and address it connects onward from.
     fn waypoint_hop(
         &mut self,
@@ -603,6 +642,7 @@ impl<'a> Analysis<'a> {
                 None,
             );
         }
+        self.note_routes(wref);
         let policies: Vec<&Authorization> = self
             .model
             .authorizations

@@ -9,6 +9,7 @@ mod authorization;
 mod diff;
 pub mod labels;
 mod mtls;
+pub mod route_report;
 mod routes;
 mod services;
 pub mod waypoints;
@@ -66,6 +67,9 @@ pub struct Model {
     pub trust_bundles: BTreeMap<String, TrustBundle>,
     /// Per AuthorizationPolicy, what the controller found (for its status).
     pub policy_reports: BTreeMap<String, PolicyReport>,
+    /// Per HTTPRoute and GRPCRoute weft serves, what it found (for its
+    /// status), by `namespace/name`.
+    pub route_reports: BTreeMap<String, route_report::RouteReport>,
 }
 
 /// Builds the model of `state`.
@@ -75,7 +79,7 @@ pub fn build(state: &ClusterState, config: &ModelConfig) -> Model {
     let policies = authorization::compile_all(state, config);
     let workloads = workloads::build(state, config, &waypoints, &peer_auth, &policies);
     let services = services::build(state, config, &waypoints, &workloads);
-    let routes = routes::build(state);
+    let (routes, route_reports) = routes::build(state);
     let mut trust_bundles = BTreeMap::new();
     if !config.roots_pem.is_empty() {
         trust_bundles.insert(
@@ -93,6 +97,7 @@ pub fn build(state: &ClusterState, config: &ModelConfig) -> Model {
         routes,
         trust_bundles,
         policy_reports: policies.reports,
+        route_reports,
     }
 }
 

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::str::FromStr;
 
+use gateway_api::gateways::{Gateway, GatewayListenersAllowedRoutesNamespacesFrom};
 use gateway_api::grpcroutes::{GrpcRoute, GrpcRouteRulesFilters, GrpcRouteRulesMatchesHeadersType};
 use gateway_api::httproutes::{
     HttpRoute, HttpRouteRulesFilters, HttpRouteRulesFiltersRequestRedirectPathType,
@@ -21,65 +22,406 @@ use weft_api::config::{
     path_match, path_modifier,
 };
 
+use super::route_report::{ParentRef, ParentReport, Problem, Reason, RouteReport, first_of};
 use super::waypoints::is_waypoint_gateway;
 use crate::registry::{ClusterState, ObjectKey};
 
-pub(crate) fn build(state: &ClusterState) -> BTreeMap<String, Route> {
-    let mut out = BTreeMap::new();
+/// What a route says that its config form does not keep: its parents as
+/// written, its backends' kinds and the filters weft does not support.
+struct Written {
+    grpc: bool,
+    namespace: String,
+    generation: Option<i64>,
+    parents: Vec<ParentRef>,
+    /// Per rule: (group, kind) of each backend, then of each mirror, in
+    /// the config's order.
+    backend_kinds: Vec<Vec<(Option<String>, Option<String>)>>,
+    mirror_kinds: Vec<Vec<(Option<String>, Option<String>)>>,
+    /// Fields weft ignores, as `spec.rules[i]...: why`.
+    unsupported: Vec<String>,
+}
+
+/// [`Written`] of an HTTPRoute or GRPCRoute (the same field names in two
+/// generated types).
+macro_rules! written {
+    ($route:expr, $grpc:expr) => {{
+        let route = $route;
+        let rules = route.spec.rules.as_deref().unwrap_or_default();
+        let mut unsupported = Vec::new();
+        for (i, rule) in rules.iter().enumerate() {
+            for (j, f) in rule.filters.iter().flatten().enumerate() {
+                let kind = serde_json::to_value(&f.r#type)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                if !SUPPORTED_FILTERS.contains(&kind.as_str()) {
+                    unsupported.push(format!(
+                        "spec.rules[{i}].filters[{j}]: filter type {kind} is not supported"
+                    ));
+                }
+            }
+            for (j, b) in rule.backend_refs.iter().flatten().enumerate() {
+                if b.filters.as_ref().is_some_and(|f| !f.is_empty()) {
+                    unsupported.push(format!(
+                        "spec.rules[{i}].backendRefs[{j}].filters: filters on a backend are not supported"
+                    ));
+                }
+            }
+        }
+        Written {
+            grpc: $grpc,
+            namespace: route.namespace().unwrap_or_default(),
+            generation: route.metadata.generation,
+            parents: route
+                .spec
+                .parent_refs
+                .iter()
+                .flatten()
+                .map(|p| ParentRef {
+                    group: p.group.clone(),
+                    kind: p.kind.clone(),
+                    namespace: p.namespace.clone(),
+                    name: p.name.clone(),
+                    port: p.port,
+                })
+                .collect(),
+            backend_kinds: rules
+                .iter()
+                .map(|r| {
+                    r.backend_refs
+                        .iter()
+                        .flatten()
+                        .map(|b| (b.group.clone(), b.kind.clone()))
+                        .collect()
+                })
+                .collect(),
+            mirror_kinds: rules
+                .iter()
+                .map(|r| {
+                    r.filters
+                        .iter()
+                        .flatten()
+                        .filter_map(|f| f.request_mirror.as_ref())
+                        .map(|m| (m.backend_ref.group.clone(), m.backend_ref.kind.clone()))
+                        .collect()
+                })
+                .collect(),
+            unsupported,
+        }
+    }};
+}
+
+/// The filter types weft applies (docs/waypoint.md).
+const SUPPORTED_FILTERS: &[&str] = &[
+    "RequestHeaderModifier",
+    "ResponseHeaderModifier",
+    "RequestRedirect",
+    "URLRewrite",
+    "RequestMirror",
+];
+
+/// The routes weft serves, by `namespace/name`, and what it found of each
+/// (for its status).
+pub(crate) fn build(
+    state: &ClusterState,
+) -> (BTreeMap<String, Route>, BTreeMap<String, RouteReport>) {
+    let mut routes = BTreeMap::new();
+    let mut reports = BTreeMap::new();
     for (key, route) in &state.http_routes {
-        if let Some(r) = http_route(state, route) {
-            out.insert(key.to_string(), r);
+        let written = written!(route, false);
+        let converted = http_route(route);
+        if let Some((r, report)) = check(state, written, converted) {
+            routes.extend(r.map(|r| (key.to_string(), r)));
+            reports.insert(key.to_string(), report);
         }
     }
     for (key, route) in &state.grpc_routes {
         // An HttpRoute and a GrpcRoute of the same name: the HttpRoute wins,
         // as the older API.
-        if out.contains_key(&key.to_string()) {
+        if reports.contains_key(&key.to_string()) {
             continue;
         }
-        if let Some(r) = grpc_route(state, route) {
-            out.insert(key.to_string(), r);
+        let written = written!(route, true);
+        let converted = grpc_route(route);
+        if let Some((r, report)) = check(state, written, converted) {
+            routes.extend(r.map(|r| (key.to_string(), r)));
+            reports.insert(key.to_string(), report);
+        }
+    }
+    (routes, reports)
+}
+
+/// Checks a converted route against the cluster: which parents it attaches
+/// to, whether every backend resolves (one that does not is kept, marked,
+/// and gets 500s), whether it uses anything weft does not support (then it
+/// is attached nowhere). `None`: no parent is weft's.
+fn check(
+    state: &ClusterState,
+    written: Written,
+    mut route: Route,
+) -> Option<(Option<Route>, RouteReport)> {
+    let ns = written.namespace.clone();
+    let route_kind = if written.grpc {
+        "GRPCRoute"
+    } else {
+        "HTTPRoute"
+    };
+    let mut invalid = written
+        .unsupported
+        .iter()
+        .map(|m| Problem::new(Reason::UnsupportedValue, m.clone()))
+        .collect::<Vec<_>>();
+    invalid.extend(invalid_regexes(&route));
+    let mut unresolved = Vec::new();
+    for (i, rule) in route.rules.iter_mut().enumerate() {
+        for (j, b) in rule.backends.iter_mut().enumerate() {
+            let kind = written.backend_kinds.get(i).and_then(|k| k.get(j));
+            if let Some(problem) = backend_problem(state, route_kind, &ns, kind, b) {
+                b.unresolved = problem.message.clone();
+                unresolved.push(Problem::new(
+                    problem.reason,
+                    format!("spec.rules[{i}].backendRefs[{j}]: {}", problem.message),
+                ));
+            }
+        }
+        let mut k = 0;
+        rule.mirrors.retain(|m| {
+            let kind = written.mirror_kinds.get(i).and_then(|kinds| kinds.get(k));
+            k += 1;
+            let Some(b) = &m.backend else { return false };
+            match backend_problem(state, route_kind, &ns, kind, b) {
+                None => true,
+                Some(problem) => {
+                    unresolved.push(Problem::new(
+                        problem.reason,
+                        format!("spec.rules[{i}] RequestMirror: {}", problem.message),
+                    ));
+                    false
+                }
+            }
+        });
+    }
+    let mut parents = Vec::new();
+    let mut attached = Vec::new();
+    for parent_ref in written.parents {
+        let Some((parent, problem)) = parent(state, &ns, route_kind, &parent_ref) else {
+            continue;
+        };
+        let accepted = match problem {
+            Some(p) => Err(p),
+            None => first_of(invalid.clone()),
+        };
+        if accepted.is_ok() {
+            attached.push(parent);
+        }
+        parents.push(ParentReport {
+            parent_ref,
+            accepted,
+            resolved_refs: first_of(unresolved.clone()),
+        });
+    }
+    if parents.is_empty() {
+        return None;
+    }
+    let report = RouteReport {
+        grpc: written.grpc,
+        generation: written.generation,
+        parents,
+    };
+    route.parents = attached;
+    Some(((!route.parents.is_empty()).then_some(route), report))
+}
+
+/// Regexes the waypoint could not compile: the whole route is refused, not
+/// left to match nothing in silence.
+fn invalid_regexes(route: &Route) -> Vec<Problem> {
+    let mut out = Vec::new();
+    for (i, rule) in route.rules.iter().enumerate() {
+        for (j, m) in rule.matches.iter().enumerate() {
+            let mut check = |field: String, pattern: &str| {
+                if let Err(e) = regex::Regex::new(&format!("^(?:{pattern})$")) {
+                    let first = e.to_string();
+                    let first = first.lines().last().unwrap_or_default().trim().to_owned();
+                    out.push(Problem::new(
+                        Reason::UnsupportedValue,
+                        format!("spec.rules[{i}].matches[{j}].{field}: invalid regular expression {pattern:?}: {first}"),
+                    ));
+                }
+            };
+            if let Some(path_match::Kind::Regex(p)) = m.path.as_ref().and_then(|p| p.kind.as_ref())
+            {
+                check("path.value".into(), p);
+            }
+            for (k, h) in m.headers.iter().enumerate() {
+                if let Some(header_match::Kind::Regex(p)) = &h.kind {
+                    check(format!("headers[{k}].value"), p);
+                }
+            }
+            for (k, q) in m.query_params.iter().enumerate() {
+                if !q.regex.is_empty() {
+                    check(format!("queryParams[{k}].value"), &q.regex);
+                }
+            }
         }
     }
     out
 }
 
-struct ParentIn<'a> {
-    group: Option<&'a str>,
-    kind: Option<&'a str>,
-    namespace: Option<&'a str>,
-    name: &'a str,
-    port: Option<i32>,
+/// Why a backend cannot be used, if it cannot: not a Service, in another
+/// namespace without a ReferenceGrant there, or missing.
+fn backend_problem(
+    state: &ClusterState,
+    route_kind: &str,
+    route_ns: &str,
+    kind: Option<&(Option<String>, Option<String>)>,
+    b: &BackendRef,
+) -> Option<Problem> {
+    let (group, kind) = kind.cloned().unwrap_or_default();
+    let group = group.unwrap_or_default();
+    let kind = kind.unwrap_or_else(|| "Service".into());
+    if !matches!(group.as_str(), "" | "core") || kind != "Service" {
+        return Some(Problem::new(
+            Reason::InvalidKind,
+            format!(
+                "{kind} {}/{} is not a Service (group {group:?})",
+                b.namespace, b.name
+            ),
+        ));
+    }
+    if b.namespace != route_ns
+        && !reference_granted(state, route_kind, route_ns, &b.namespace, &b.name)
+    {
+        return Some(Problem::new(
+            Reason::RefNotPermitted,
+            format!(
+                "Service {}/{} is in another namespace and no ReferenceGrant there allows {route_kind}s from {route_ns}",
+                b.namespace, b.name
+            ),
+        ));
+    }
+    if !state
+        .services
+        .contains_key(&ObjectKey::new(b.namespace.clone(), &b.name))
+    {
+        return Some(Problem::new(
+            Reason::BackendNotFound,
+            format!("Service {}/{} does not exist", b.namespace, b.name),
+        ));
+    }
+    None
 }
 
-fn parents(state: &ClusterState, route_ns: &str, refs: Vec<ParentIn<'_>>) -> Vec<RouteParent> {
-    refs.into_iter()
-        .filter_map(|p| {
-            let namespace = p.namespace.unwrap_or(route_ns).to_string();
-            let key = ObjectKey::new(namespace.clone(), p.name);
-            let kind = match (
-                p.group.unwrap_or("gateway.networking.k8s.io"),
-                p.kind.unwrap_or("Gateway"),
-            ) {
-                ("" | "core", "Service") => "Service",
-                ("gateway.networking.k8s.io", "Gateway")
-                    if state
-                        .gateways
-                        .get(&key)
-                        .is_some_and(|g| is_waypoint_gateway(g)) =>
-                {
-                    "Gateway"
-                }
-                _ => return None,
-            };
-            Some(RouteParent {
-                kind: kind.to_string(),
-                namespace,
-                name: p.name.to_string(),
-                port: p.port.and_then(|p| u32::try_from(p).ok()).unwrap_or(0),
+/// Whether a ReferenceGrant in `to_ns` lets `route_kind`s of `from_ns`
+/// name the Service `to_ns/name`.
+pub(crate) fn reference_granted(
+    state: &ClusterState,
+    route_kind: &str,
+    from_ns: &str,
+    to_ns: &str,
+    name: &str,
+) -> bool {
+    state
+        .reference_grants
+        .iter()
+        .filter(|(key, _)| key.namespace == to_ns)
+        .any(|(_, grant)| {
+            grant.spec.from.iter().any(|f| {
+                f.group == "gateway.networking.k8s.io"
+                    && f.kind == route_kind
+                    && f.namespace == from_ns
+            }) && grant.spec.to.iter().any(|t| {
+                matches!(t.group.as_str(), "" | "core")
+                    && t.kind == "Service"
+                    && t.name.as_deref().is_none_or(|n| n == name)
             })
         })
-        .collect()
+}
+
+/// One parent of a route, if it is weft's (a Service, or a Gateway of class
+/// `weft-waypoint`): its config form, and why the route cannot attach to
+/// it, if it cannot.
+fn parent(
+    state: &ClusterState,
+    route_ns: &str,
+    route_kind: &str,
+    p: &ParentRef,
+) -> Option<(RouteParent, Option<Problem>)> {
+    let namespace = p.namespace.clone().unwrap_or_else(|| route_ns.to_string());
+    let key = ObjectKey::new(namespace.clone(), &p.name);
+    let group = p.group.as_deref().unwrap_or("gateway.networking.k8s.io");
+    let kind = p.kind.as_deref().unwrap_or("Gateway");
+    let problem = match (group, kind) {
+        ("" | "core", "Service") => (!state.services.contains_key(&key)).then(|| {
+            Problem::new(
+                Reason::NoMatchingParent,
+                format!("Service {key} does not exist"),
+            )
+        }),
+        ("gateway.networking.k8s.io", "Gateway") => {
+            let gw = state
+                .gateways
+                .get(&key)
+                .filter(|g| is_waypoint_gateway(g))?;
+            (!listeners_admit(state, gw, route_ns, route_kind)).then(|| {
+                Problem::new(
+                    Reason::NotAllowedByListeners,
+                    format!(
+                        "no listener of waypoint {key} allows {route_kind}s from namespace {route_ns}"
+                    ),
+                )
+            })
+        }
+        _ => return None,
+    };
+    let kind = if kind == "Service" {
+        "Service"
+    } else {
+        "Gateway"
+    };
+    Some((
+        RouteParent {
+            kind: kind.to_string(),
+            namespace,
+            name: p.name.clone(),
+            port: p.port.and_then(|p| u32::try_from(p).ok()).unwrap_or(0),
+        },
+        problem,
+    ))
+}
+
+/// Whether some listener of `gw` admits routes of `route_kind` from
+/// `route_ns` (`allowedRoutes`: `Same` namespace by default, `All`, or a
+/// `Selector` on the namespace's labels; kinds, if listed).
+fn listeners_admit(state: &ClusterState, gw: &Gateway, route_ns: &str, route_kind: &str) -> bool {
+    let gw_ns = gw.namespace().unwrap_or_default();
+    gw.spec.listeners.iter().any(|l| {
+        let allowed = l.allowed_routes.as_ref();
+        let kinds_ok = allowed
+            .and_then(|a| a.kinds.as_ref())
+            .is_none_or(|kinds| kinds.is_empty() || kinds.iter().any(|k| k.kind == route_kind));
+        let namespaces = allowed.and_then(|a| a.namespaces.as_ref());
+        let ns_ok = match namespaces.and_then(|n| n.from.as_ref()) {
+            Some(GatewayListenersAllowedRoutesNamespacesFrom::All) => true,
+            Some(GatewayListenersAllowedRoutesNamespacesFrom::Selector) => {
+                let labels = state
+                    .namespaces
+                    .get(&ObjectKey::new("", route_ns))
+                    .map(|n| n.labels().clone())
+                    .unwrap_or_default();
+                namespaces
+                    .and_then(|n| n.selector.as_ref())
+                    .is_some_and(|sel| {
+                        sel.match_labels
+                            .iter()
+                            .flatten()
+                            .all(|(k, v)| labels.get(k) == Some(v))
+                            && sel.match_expressions.as_ref().is_none_or(Vec::is_empty)
+                    })
+            }
+            _ => route_ns == gw_ns,
+        };
+        kinds_ok && ns_ok
+    })
 }
 
 fn timeout_ms(value: Option<&str>) -> u64 {
@@ -101,6 +443,7 @@ fn backend(
         name: name.to_string(),
         port: port.and_then(|p| u32::try_from(p).ok()).unwrap_or(0),
         weight: weight.map_or(1, |w| u32::try_from(w).unwrap_or(0)),
+        unresolved: String::new(),
     }
 }
 
@@ -264,25 +607,10 @@ fn grpc_filters(route_ns: &str, filters: &[GrpcRouteRulesFilters], rule: &mut Ro
     }
 }
 
-fn http_route(state: &ClusterState, route: &HttpRoute) -> Option<Route> {
+/// The config form of an HttpRoute, before [`check`] decides its parents and
+/// backends.
+fn http_route(route: &HttpRoute) -> Route {
     let ns = route.namespace().unwrap_or_default();
-    let refs = route
-        .spec
-        .parent_refs
-        .iter()
-        .flatten()
-        .map(|p| ParentIn {
-            group: p.group.as_deref(),
-            kind: p.kind.as_deref(),
-            namespace: p.namespace.as_deref(),
-            name: &p.name,
-            port: p.port,
-        })
-        .collect();
-    let parents = parents(state, &ns, refs);
-    if parents.is_empty() {
-        return None;
-    }
     let rules = route
         .spec
         .rules
@@ -371,35 +699,20 @@ fn http_route(state: &ClusterState, route: &HttpRoute) -> Option<Route> {
             out
         })
         .collect();
-    Some(Route {
+    Route {
         name: route.name_any(),
         namespace: ns,
         kind: RouteKind::Http as i32,
-        parents,
+        parents: Vec::new(),
         hostnames: route.spec.hostnames.clone().unwrap_or_default(),
         rules,
-    })
+    }
 }
 
-fn grpc_route(state: &ClusterState, route: &GrpcRoute) -> Option<Route> {
+/// The config form of a GrpcRoute, before [`check`] decides its parents and
+/// backends.
+fn grpc_route(route: &GrpcRoute) -> Route {
     let ns = route.namespace().unwrap_or_default();
-    let refs = route
-        .spec
-        .parent_refs
-        .iter()
-        .flatten()
-        .map(|p| ParentIn {
-            group: p.group.as_deref(),
-            kind: p.kind.as_deref(),
-            namespace: p.namespace.as_deref(),
-            name: &p.name,
-            port: p.port,
-        })
-        .collect();
-    let parents = parents(state, &ns, refs);
-    if parents.is_empty() {
-        return None;
-    }
     let rules = route
         .spec
         .rules
@@ -454,12 +767,12 @@ fn grpc_route(state: &ClusterState, route: &GrpcRoute) -> Option<Route> {
             out
         })
         .collect();
-    Some(Route {
+    Route {
         name: route.name_any(),
         namespace: ns,
         kind: RouteKind::Grpc as i32,
-        parents,
+        parents: Vec::new(),
         hostnames: route.spec.hostnames.clone().unwrap_or_default(),
         rules,
-    })
+    }
 }

@@ -14,6 +14,7 @@ use gateway_api::gatewayclasses::GatewayClass;
 use gateway_api::gateways::Gateway;
 use gateway_api::grpcroutes::GrpcRoute;
 use gateway_api::httproutes::HttpRoute;
+use gateway_api::referencegrants::ReferenceGrant;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::WatchStreamExt;
@@ -134,6 +135,14 @@ pub(super) fn start(
                 cfg.labels(GATEWAY_NAME),
                 kind,
                 AnyObject::ServiceAccount,
+                tx,
+            ),
+            Kind::ReferenceGrant => spawn::<ReferenceGrant>(
+                &mut tasks,
+                Api::all(client),
+                cfg,
+                kind,
+                AnyObject::ReferenceGrant,
                 tx,
             ),
         }

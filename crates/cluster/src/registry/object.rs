@@ -7,6 +7,7 @@ use gateway_api::gatewayclasses::GatewayClass;
 use gateway_api::gateways::Gateway;
 use gateway_api::grpcroutes::GrpcRoute;
 use gateway_api::httproutes::HttpRoute;
+use gateway_api::referencegrants::ReferenceGrant;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
@@ -39,11 +40,14 @@ pub enum Kind {
     /// v1 ServiceAccount: only waypoints' (those labelled with their
     /// Gateway's name), to tell the deployer's from one a user named alike.
     ServiceAccount,
+    /// gateway.networking.k8s.io/v1 ReferenceGrant: what a route may name
+    /// in another namespace.
+    ReferenceGrant,
 }
 
 impl Kind {
     /// Every kind, in a stable order.
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 12] = [
         Kind::Namespace,
         Kind::Pod,
         Kind::Service,
@@ -55,6 +59,7 @@ impl Kind {
         Kind::AuthorizationPolicy,
         Kind::PeerAuthentication,
         Kind::ServiceAccount,
+        Kind::ReferenceGrant,
     ];
 
     /// (apiVersion, kind) as written in manifests.
@@ -71,6 +76,7 @@ impl Kind {
             Kind::AuthorizationPolicy => ("security.weft.dev/v1alpha1", "AuthorizationPolicy"),
             Kind::PeerAuthentication => ("security.weft.dev/v1alpha1", "PeerAuthentication"),
             Kind::ServiceAccount => ("v1", "ServiceAccount"),
+            Kind::ReferenceGrant => ("gateway.networking.k8s.io/v1", "ReferenceGrant"),
         }
     }
 
@@ -92,7 +98,7 @@ pub struct Kinds(u16);
 
 impl Kinds {
     /// Everything the controller watches.
-    pub const ALL: Kinds = Kinds(0x7ff);
+    pub const ALL: Kinds = Kinds(0xfff);
     /// What the node agent needs: Namespaces and Pods.
     pub const NODE_AGENT: Kinds = Kinds(1 << (Kind::Namespace as u16) | 1 << (Kind::Pod as u16));
 
@@ -133,6 +139,7 @@ pub enum AnyObject {
     AuthorizationPolicy(Arc<AuthorizationPolicy>),
     PeerAuthentication(Arc<PeerAuthentication>),
     ServiceAccount(Arc<ServiceAccount>),
+    ReferenceGrant(Arc<ReferenceGrant>),
 }
 
 macro_rules! dispatch {
@@ -149,6 +156,7 @@ macro_rules! dispatch {
             AnyObject::AuthorizationPolicy($obj) => $body,
             AnyObject::PeerAuthentication($obj) => $body,
             AnyObject::ServiceAccount($obj) => $body,
+            AnyObject::ReferenceGrant($obj) => $body,
         }
     };
 }
@@ -168,6 +176,7 @@ impl AnyObject {
             AnyObject::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
             AnyObject::PeerAuthentication(_) => Kind::PeerAuthentication,
             AnyObject::ServiceAccount(_) => Kind::ServiceAccount,
+            AnyObject::ReferenceGrant(_) => Kind::ReferenceGrant,
         }
     }
 
@@ -198,6 +207,7 @@ impl AnyObject {
             Kind::AuthorizationPolicy => AnyObject::AuthorizationPolicy(de(value)?),
             Kind::PeerAuthentication => AnyObject::PeerAuthentication(de(value)?),
             Kind::ServiceAccount => AnyObject::ServiceAccount(de(value)?),
+            Kind::ReferenceGrant => AnyObject::ReferenceGrant(de(value)?),
         })
     }
 
@@ -218,6 +228,7 @@ impl AnyObject {
             }
             AnyObject::PeerAuthentication(o) => state.peer_authentications.insert(key, o).map(drop),
             AnyObject::ServiceAccount(o) => state.service_accounts.insert(key, o).map(drop),
+            AnyObject::ReferenceGrant(o) => state.reference_grants.insert(key, o).map(drop),
         };
     }
 }
@@ -236,6 +247,7 @@ pub(crate) fn remove_from(state: &mut ClusterState, kind: Kind, key: &ObjectKey)
         Kind::AuthorizationPolicy => state.authorization_policies.remove(key).map(drop),
         Kind::PeerAuthentication => state.peer_authentications.remove(key).map(drop),
         Kind::ServiceAccount => state.service_accounts.remove(key).map(drop),
+        Kind::ReferenceGrant => state.reference_grants.remove(key).map(drop),
     };
 }
 
@@ -253,5 +265,6 @@ pub(crate) fn clear_kind(state: &mut ClusterState, kind: Kind) {
         Kind::AuthorizationPolicy => state.authorization_policies.clear(),
         Kind::PeerAuthentication => state.peer_authentications.clear(),
         Kind::ServiceAccount => state.service_accounts.clear(),
+        Kind::ReferenceGrant => state.reference_grants.clear(),
     }
 }

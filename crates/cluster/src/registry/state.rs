@@ -8,6 +8,7 @@ use gateway_api::gatewayclasses::GatewayClass;
 use gateway_api::gateways::Gateway;
 use gateway_api::grpcroutes::GrpcRoute;
 use gateway_api::httproutes::HttpRoute;
+use gateway_api::referencegrants::ReferenceGrant;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
@@ -108,6 +109,8 @@ pub struct ClusterState {
     /// (`gateway.networking.k8s.io/gateway-name`): the waypoints' candidates.
     /// Others are not watched; none of them can be a waypoint's.
     pub service_accounts: Objects<ServiceAccount>,
+    /// Gateway API ReferenceGrants.
+    pub reference_grants: Objects<ReferenceGrant>,
     /// True once every watched kind has been read completely at least once.
     /// Before that, absence of an object means nothing.
     pub synced: bool,
@@ -129,6 +132,7 @@ impl ClusterState {
             + self.authorization_policies.len()
             + self.peer_authentications.len()
             + self.service_accounts.len()
+            + self.reference_grants.len()
     }
 
     /// True when no object of any kind is known.

@@ -42,7 +42,7 @@ and the waypoints' pods. Shared by the view and admin roles. */}}
   resources: [endpointslices]
   verbs: [get, list, watch]
 - apiGroups: [gateway.networking.k8s.io]
-  resources: [gateways, gatewayclasses, httproutes, grpcroutes]
+  resources: [gateways, gatewayclasses, httproutes, grpcroutes, referencegrants]
   verbs: [get, list, watch]
 - apiGroups: [security.weft.dev]
   resources: [authorizationpolicies, peerauthentications]
