@@ -44,6 +44,16 @@ fn route_to(name: &str, rules: Vec<RouteRule>) -> Route {
     }
 }
 
+/// A rule's matches: one path prefix.
+fn on_prefix(prefix: &str) -> Vec<RouteMatch> {
+    vec![RouteMatch {
+        path: Some(PathMatch {
+            kind: Some(path_match::Kind::Prefix(prefix.into())),
+        }),
+        ..Default::default()
+    }]
+}
+
 fn backend(name: &str, weight: u32) -> BackendRef {
     BackendRef {
         namespace: NS.into(),
@@ -194,12 +204,7 @@ async fn routes_by_path_and_unmatched_requests_get_404() {
     mesh.routes.push(route_to(
         "api-only",
         vec![RouteRule {
-            matches: vec![RouteMatch {
-                path: Some(PathMatch {
-                    kind: Some(path_match::Kind::Prefix("/api".into())),
-                }),
-                ..Default::default()
-            }],
+            matches: on_prefix("/api"),
             ..Default::default()
         }],
     ));
@@ -667,12 +672,7 @@ async fn a_redirect_answers_with_its_location() {
     mesh.routes.push(route_to(
         "moved",
         vec![RouteRule {
-            matches: vec![RouteMatch {
-                path: Some(PathMatch {
-                    kind: Some(path_match::Kind::Prefix("/old".into())),
-                }),
-                ..Default::default()
-            }],
+            matches: on_prefix("/old"),
             redirect: Some(Redirect {
                 scheme: "https".into(),
                 hostname: "reviews.example.com".into(),
@@ -706,12 +706,7 @@ async fn a_rewrite_changes_the_path_and_host_the_app_sees() {
     let pod = mesh.pod("reviews-1", "reviews").await;
     let vip = mesh.service("reviews", &[&pod], true);
     let rewrite = |prefix: &str, path: path_modifier::Kind, host: &str| RouteRule {
-        matches: vec![RouteMatch {
-            path: Some(PathMatch {
-                kind: Some(path_match::Kind::Prefix(prefix.into())),
-            }),
-            ..Default::default()
-        }],
+        matches: on_prefix(prefix),
         rewrite: Some(Rewrite {
             hostname: host.into(),
             path: Some(PathModifier { kind: Some(path) }),
@@ -844,12 +839,7 @@ async fn an_unresolved_backend_answers_500_for_its_share() {
         "half-refused",
         vec![
             RouteRule {
-                matches: vec![RouteMatch {
-                    path: Some(PathMatch {
-                        kind: Some(path_match::Kind::Prefix("/refused".into())),
-                    }),
-                    ..Default::default()
-                }],
+                matches: on_prefix("/refused"),
                 backends: vec![refused],
                 ..Default::default()
             },
