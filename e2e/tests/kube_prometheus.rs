@@ -2,17 +2,23 @@
 //! upstream Prometheus, built from Go modules, discovers weft's pods on the
 //! kube cluster through the API server by the `prometheus.io/*` annotations
 //! deploy/ ships, scrapes them, and PromQL through its HTTP API finds mesh
-//! traffic and a policy denial with the labels dashboards group by. Needs
-//! root.
+//! traffic and a policy denial with the labels dashboards group by; then,
+//! with a waypoint in front of the server (HTTP with 403s, a mirror, TCP
+//! tunnels), every query of every dashboard deploy/dashboards ships returns
+//! data. Needs root (the well-formedness test does not).
 
 mod common;
 
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
 
 use weft_e2e::Pod;
-use weft_e2e::kube::apps::{echo_deployment, service_accounts};
+use weft_e2e::kube::apps::{GET_ONLY, SHOP_WAYPOINT, echo_deployment, service_accounts};
+use weft_e2e::kube::dashboards::{self, Dashboard};
 use weft_e2e::kube::prometheus::{JOB, Prometheus};
 use weft_e2e::kube::{KubeCluster, KubeClusterConfig, install};
+use weft_e2e::netns::Netns;
 use weft_e2e::process::wait_until;
 
 /// How long the cluster may take to run what was applied.
@@ -72,6 +78,60 @@ metadata: {name: deny-client, namespace: shop}
 spec: {selector: {matchLabels: {app: server}}, action: DENY, rules: [{from: [{source: {principals: ["cluster.local/ns/shop/sa/client"]}}]}]}
 "#;
 
+/// The Service bound to the waypoint also carries the echo server's TCP
+/// port, with no HTTP on it: the waypoint tunnels it as TCP.
+const TCP_PORT: &str = r#"[{"op":"add","path":"/spec/ports/-","value":{"name":"tcp","port":9000,"targetPort":9000,"appProtocol":"tcp"}}]"#;
+
+/// A copy of every request to `shop/server` goes to it again: the
+/// waypoint counts the mirror's result.
+const MIRRORED: &str = r#"apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: mirrored, namespace: shop}
+spec:
+  parentRefs: [{group: "", kind: Service, name: server, port: 80}]
+  rules:
+    - backendRefs: [{name: server, port: 80}]
+      filters: [{type: RequestMirror, requestMirror: {backendRef: {name: server, port: 80}}}]
+"#;
+
+/// Dashboard panels whose series only exist after an event this test does
+/// not cause, as (dashboard uid, panel title, the metric, why). Their
+/// queries must still be valid PromQL, and the metric a name weft's sources
+/// count; only the requirement of data is waived.
+const NO_DATA_EXPECTED: &[(&str, &str, &str, &str)] = &[
+    (
+        "weft-ztunnel",
+        "Config NACKs",
+        "weft_config_nacks_total",
+        "counted on a rejected config only; nothing registers it at zero",
+    ),
+    (
+        "weft-controller",
+        "Config NACKs received",
+        "weft_config_nacks_total",
+        "counted on a rejected config only; nothing registers it at zero",
+    ),
+    (
+        "weft-controller",
+        "Registry errors/s by kind",
+        "weft_registry_errors_total",
+        "counted when a watch of the API server fails only; nothing registers it at zero",
+    ),
+    (
+        "weft-controller",
+        "Writer errors/s by kind",
+        "weft_writer_errors_total",
+        "counted when a write to the API server fails only; nothing registers it at zero",
+    ),
+];
+
+/// Where weft's metrics are counted, to check an allow-listed name.
+const SOURCES: &[&str] = &["crates", "controller", "ztunnel", "waypoint"];
+
+/// How long every dashboard query together may retry before its panel is
+/// reported empty (scrapes every 2 s; the last events are seconds old).
+const PANELS_SETTLE: Duration = Duration::from_secs(30);
+
 /// Waits for each claim of `claims`, failing with what Prometheus has.
 fn expect_series(prometheus: &Prometheus, claims: &[(&str, &str)]) {
     for (what, promql) in claims {
@@ -94,6 +154,219 @@ fn shop_pod(cluster: &KubeCluster, app: &str) -> Pod {
     let get = ["get", "pods", "--namespace=shop", &selector, jsonpath];
     let name = cluster.kubectl().run(&get).expect("the pod's name");
     cluster.pod("shop", name.trim()).expect("pod")
+}
+
+/// Whether `name` appears quoted in weft's Rust sources.
+fn counted_in_sources(name: &str) -> bool {
+    fn search(dir: &std::path::Path, needle: &str) -> bool {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return false;
+        };
+        entries.filter_map(Result::ok).any(|e| {
+            let path = e.path();
+            if path.is_dir() {
+                search(&path, needle)
+            } else {
+                path.extension().is_some_and(|x| x == "rs")
+                    && std::fs::read_to_string(&path).is_ok_and(|t| t.contains(needle))
+            }
+        })
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let needle = format!("\"{name}\"");
+    SOURCES.iter().any(|dir| search(&root.join(dir), &needle))
+}
+
+/// The values each dashboard variable takes in this cluster; a variable
+/// with several runs the dashboard once per value. A variable not listed
+/// takes what its own query returns (all of them for a multi-value one, as
+/// Grafana's "All").
+fn preferred(server_node: &str) -> BTreeMap<&'static str, Vec<String>> {
+    BTreeMap::from([
+        ("namespace", vec!["shop".to_string()]),
+        // Inbound panels have data for the server, outbound for the client.
+        ("workload", vec!["server".to_string(), "client".to_string()]),
+        ("node", vec![server_node.to_string()]),
+    ])
+}
+
+/// The variable bindings `dashboard` is run with: each variable's values
+/// from Prometheus (its `label_values` query must return some), narrowed
+/// to the preferred ones.
+fn bindings(
+    prometheus: &Prometheus,
+    dashboard: &Dashboard,
+    preferred: &BTreeMap<&str, Vec<String>>,
+) -> Vec<BTreeMap<String, String>> {
+    let base = BTreeMap::from([("__rate_interval".to_string(), "1m".to_string())]);
+    let mut bindings = vec![base];
+    for var in dashboard.variables() {
+        let Some(query) = var.query.as_deref() else {
+            continue; // the datasource
+        };
+        let (selector, label) = dashboards::label_values(query).expect("label_values");
+        bindings = bindings
+            .into_iter()
+            .flat_map(|binding| {
+                let promql =
+                    dashboards::values_promql(&dashboards::substitute(&selector, &binding), &label);
+                let found: Vec<String> = match prometheus.wait_for(&promql, PANELS_SETTLE) {
+                    Ok(series) => series
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|s| s["metric"][&label].as_str().map(str::to_string))
+                        .collect(),
+                    Err(e) => panic!(
+                        "{}: variable {} ({query}) has no values: {e}",
+                        dashboard.title(),
+                        var.name
+                    ),
+                };
+                let chosen: Vec<String> = match preferred.get(var.name.as_str()) {
+                    Some(values) => values.clone(),
+                    None if var.multi => vec![dashboards::regex_of(&found)],
+                    None => found.into_iter().take(1).collect(),
+                };
+                let name = var.name.clone();
+                chosen.into_iter().map(move |value| {
+                    let mut next = binding.clone();
+                    next.insert(name.clone(), value);
+                    next
+                })
+            })
+            .collect();
+    }
+    bindings
+}
+
+/// Runs every target of every dashboard with each of its bindings; a
+/// target must return series under at least one, unless its panel is in
+/// [`NO_DATA_EXPECTED`]. Panics listing every empty or failing one.
+fn every_panel_has_data(prometheus: &Prometheus, server_node: &str) {
+    let preferred = preferred(server_node);
+    let mut pending = Vec::new();
+    for dashboard in dashboards::load().expect("deploy/dashboards") {
+        let bindings = bindings(prometheus, &dashboard, &preferred);
+        for target in dashboard.targets() {
+            let allowed = NO_DATA_EXPECTED
+                .iter()
+                .find(|(uid, panel, _, _)| *uid == dashboard.uid() && *panel == target.panel);
+            let exprs: Vec<(String, String)> = bindings
+                .iter()
+                .map(|b| {
+                    let expr = dashboards::substitute(&target.expr, b);
+                    let named: Vec<String> = b
+                        .iter()
+                        .filter(|(k, _)| !k.starts_with("__") && target.expr.contains(k.as_str()))
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect();
+                    (named.join(", "), expr)
+                })
+                .collect();
+            let what = format!(
+                "{} / {} [{}]",
+                dashboard.title(),
+                target.panel,
+                target.ref_id
+            );
+            pending.push((what, target.expr.clone(), exprs, allowed));
+        }
+    }
+    assert!(!pending.is_empty(), "no dashboard queries");
+    let total = pending.len();
+    let deadline = Instant::now() + PANELS_SETTLE;
+    let mut failures = Vec::new();
+    let mut allowed_empty = 0;
+    while !pending.is_empty() {
+        let last = Instant::now() >= deadline;
+        let mut next = Vec::new();
+        for (what, expr, exprs, allowed) in pending {
+            let mut answers = Vec::new();
+            let mut found = None;
+            for (binding, promql) in &exprs {
+                assert!(
+                    !promql.contains('$') && !promql.contains("[["),
+                    "{what}: a variable left in `{promql}`"
+                );
+                match prometheus.query(promql) {
+                    Ok(v) if v.as_array().is_some_and(|a| !a.is_empty()) => {
+                        found = Some((binding.clone(), v.as_array().map_or(0, Vec::len)));
+                        break;
+                    }
+                    Ok(_) => answers.push(format!("empty with {binding}: {promql}")),
+                    // Not valid PromQL: no wait mends it, allow-listed or not.
+                    Err(e) => failures.push(format!("{what}: `{expr}`: {e}")),
+                }
+            }
+            match (found, allowed) {
+                (Some((binding, n)), _) => eprintln!("panel {what}: {n} series ({binding})"),
+                (None, Some((_, _, metric, why))) if answers.len() == exprs.len() => {
+                    assert!(
+                        expr.contains(metric) && counted_in_sources(metric),
+                        "{what}: allow-listed for {metric}, which it does not query or weft does not count"
+                    );
+                    eprintln!("panel {what}: no data, allowed: {metric} {why}");
+                    allowed_empty += 1;
+                }
+                (None, _) if answers.len() < exprs.len() => {}
+                (None, _) if last => {
+                    failures.push(format!(
+                        "{what}: `{expr}` has no data:\n    {}",
+                        answers.join("\n    ")
+                    ));
+                }
+                (None, _) => next.push((what, expr, exprs, allowed)),
+            }
+        }
+        pending = next;
+        if !pending.is_empty() {
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {total} dashboard queries failed:\n  {}\nprometheus's targets:\n{}",
+        failures.len(),
+        failures.join("\n  "),
+        prometheus.describe_targets()
+    );
+    eprintln!("{total} dashboard queries: all returned data but {allowed_empty} allow-listed");
+}
+
+/// Fills `addr`'s admin server (128 connections) and one more, so that it
+/// refuses and counts it: `weft_admin_connections_refused_total` exists.
+fn overflow_admin(netns: &Netns, addr: SocketAddr) {
+    let held = netns
+        .run(move || {
+            (0..140)
+                .filter_map(|_| TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok())
+                .collect::<Vec<_>>()
+        })
+        .expect("connect in the control plane's namespace");
+    assert!(held.len() > 128, "{} connections to {addr}", held.len());
+    std::thread::sleep(Duration::from_secs(1));
+    drop(held);
+}
+
+#[test]
+fn dashboards_parse_with_unique_panels_on_the_datasource_variable() {
+    let dashboards = dashboards::load().expect("deploy/dashboards");
+    assert_eq!(
+        dashboards.len(),
+        5,
+        "mesh, workload, ztunnel, waypoint, controller"
+    );
+    for d in &dashboards {
+        assert_eq!(d.problems(), Vec::<String>::new(), "{}", d.file);
+    }
+    for (uid, panel, _, _) in NO_DATA_EXPECTED {
+        let d = dashboards.iter().find(|d| d.uid() == *uid).expect(uid);
+        assert!(
+            d.targets().iter().any(|t| t.panel == *panel),
+            "{uid}: {panel}"
+        );
+    }
 }
 
 #[test]
@@ -181,4 +454,91 @@ fn prometheus_discovers_weft_by_its_annotations_and_sees_mesh_traffic_and_denial
     })
     .expect("the DENY in force");
     expect_series(&prometheus, DENIAL);
+
+    // A waypoint in front of the server, the DENY lifted: HTTP through it
+    // (mirrored), then an L7 policy refusing POST with 403; TCP tunnels on
+    // a port without HTTP, refused by the same policy once it applies.
+    k.run(&["delete", "authorizationpolicy", "-n", "shop", "deny-client"])
+        .expect("lift the DENY");
+    k.apply(SHOP_WAYPOINT)
+        .expect("the waypoint and its Service");
+    k.run(&[
+        "patch",
+        "service",
+        "server",
+        "-n",
+        "shop",
+        "--type=json",
+        "-p",
+        TCP_PORT,
+    ])
+    .expect("the TCP port");
+    k.apply(MIRRORED).expect("the mirrored route");
+    for (object, condition) in [
+        ("deployment/shop-waypoint", "Available"),
+        ("gateway/shop-waypoint", "Programmed"),
+    ] {
+        if let Err(e) = k.wait_for("shop", condition, object, 120) {
+            cluster.print_logs();
+            panic!("{object} {condition}: {e}");
+        }
+    }
+    let service = k.get_json(&["service", "-n", "shop", "server"]);
+    let vip = service.expect("the Service")["spec"]["clusterIP"]
+        .as_str()
+        .map(str::parse);
+    let vip: std::net::Ipv4Addr = vip.expect("a cluster IP").expect("an IPv4 cluster IP");
+    let to = format!("http://{vip}:80/orders");
+    let tcp = SocketAddr::from((vip, 9000));
+    let status = |method: &str| client.http(method, &to, &[]).map_or(0, |(s, _)| s);
+    wait_until("the Service answering through the waypoint", SETTLE, || {
+        status("POST") == 200 && client.tcp_echo(tcp, "tunnel").is_ok()
+    })
+    .expect("HTTP and TCP through the waypoint");
+    for _ in 0..10 {
+        assert_eq!(status("GET"), 200);
+        assert_eq!(status("POST"), 200);
+        client.tcp_echo(tcp, "tunnel").expect("a TCP tunnel");
+    }
+    k.apply(GET_ONLY).expect("GET only");
+    wait_until("POST refused at the waypoint", SETTLE, || {
+        status("POST") == 403
+    })
+    .expect("the L7 policy in force");
+    wait_until("TCP refused at the waypoint", SETTLE, || {
+        client
+            .tcp_echo_result(tcp, "refused")
+            .is_ok_and(|r| r.is_err())
+    })
+    .expect("an ALLOW with L7 rules refuses TCP");
+    for _ in 0..10 {
+        assert_eq!(status("POST"), 403);
+        assert_eq!(status("GET"), 200);
+    }
+
+    // The ztunnel on the server's node refuses admin connections over its
+    // limit, once.
+    let server_node = server.node();
+    let on_node = format!("--field-selector=spec.nodeName={server_node}");
+    let ztunnels = [
+        "pods",
+        "-n",
+        "weft-system",
+        "-l",
+        "app.kubernetes.io/name=ztunnel",
+    ];
+    let ztunnels = k.get_json(&[&ztunnels[..], &[on_node.as_str()]].concat());
+    let ztunnel = ztunnels.expect("the server node's ztunnel")["items"][0]["status"]["podIP"]
+        .as_str()
+        .map(str::parse::<std::net::Ipv4Addr>);
+    let ztunnel = ztunnel.expect("its pod").expect("its address");
+    let plane = cluster
+        .control_plane()
+        .toolchain()
+        .netns()
+        .expect("a namespace");
+    let netns = Netns::open(plane).expect("the control plane's namespace");
+    overflow_admin(&netns, SocketAddr::from((ztunnel, 15020)));
+
+    every_panel_has_data(&prometheus, server_node);
 }

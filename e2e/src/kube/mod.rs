@@ -24,6 +24,7 @@ pub mod apps;
 pub mod cluster;
 pub mod control_plane;
 pub mod controller;
+pub mod dashboards;
 pub mod demo;
 pub mod dns;
 pub mod helm;
