@@ -204,10 +204,13 @@ async fn serve_http(
             }
         }
     } else {
+        // With upgrades: a WebSocket (or other `Upgrade`) request that the
+        // endpoint accepts with 101 turns the connection into a stream.
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(proxy.settings.header_read_timeout)
-            .serve_connection(io, service);
+            .serve_connection(io, service)
+            .with_upgrades();
         let mut connection = std::pin::pin!(connection);
         tokio::select! {
             result = connection.as_mut() => log_end(result),

@@ -24,6 +24,7 @@ use http::request::Parts;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::{Body, Incoming};
+use hyper_util::rt::TokioIo;
 use tracing::debug;
 use weft_api::authz::RequestAttrs;
 use weft_api::config::{Service, Workload};
@@ -193,7 +194,7 @@ async fn exchange(
     };
     let Admitted {
         dest,
-        parts,
+        mut parts,
         body,
         path,
         host,
@@ -201,6 +202,39 @@ async fn exchange(
     } = admitted;
     let target = choose_target(&proxy.config.store, rule.as_deref(), &dest, port)
         .map_err(|why| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, "no backend\n", why))?;
+    // An `Upgrade` (WebSocket, ...) the server side can hand over: policy
+    // and routing applied to it above like any request, then one attempt
+    // on a connection of its own.
+    if let Some(protocol) = upgrade_protocol(&parts)
+        && let Some(client) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
+    {
+        let forward = Forward {
+            proxy,
+            snapshot: &snapshot,
+            tunnel,
+            parts: &parts,
+            path: &path,
+            host: &host,
+            http2: false,
+            backend_timeout: rule.as_deref().and_then(|r| r.backend_timeout),
+        };
+        let deadline = rule.as_deref().and_then(|r| r.timeout);
+        let upgrade = forward.upgrade(&target, protocol, client, body, &mut attrs, trace);
+        let mut response = match deadline {
+            None => upgrade.await?,
+            Some(limit) => tokio::time::timeout(limit, upgrade).await.map_err(|_| {
+                Refusal::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "upstream request timeout\n",
+                    "route timeout",
+                )
+            })??,
+        };
+        for op in rule.iter().flat_map(|r| &r.response_header_ops) {
+            op.apply(response.headers_mut());
+        }
+        return Ok(response);
+    }
     let retries = Retries::new(
         rule.as_deref(),
         &proxy.settings.default_retry,
@@ -726,6 +760,78 @@ impl Forward<'_> {
         });
     }
 
+    /// An `Upgrade` request: one attempt, on a connection of its own. On 101
+    /// the client's connection and the endpoint's are joined until either
+    /// closes; any other answer goes back as it is.
+    async fn upgrade(
+        &self,
+        target: &Target,
+        protocol: HeaderValue,
+        client: hyper::upgrade::OnUpgrade,
+        body: Incoming,
+        attrs: &mut LazyAttrs,
+        trace: &mut Trace,
+    ) -> Result<Response<ResponseBody>, Refusal> {
+        trace.attempts = 1;
+        let endpoint = self.pick(target).map_err(|why| {
+            Refusal::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no healthy upstream\n",
+                why,
+            )
+        })?;
+        trace.endpoint = Some((endpoint.workload.clone(), endpoint.addr));
+        self.authorize_endpoint(&endpoint, attrs)
+            .map_err(|why| Refusal::new(StatusCode::FORBIDDEN, "access denied\n", why))?;
+        let mut request = self
+            .request(Either::Left(body))
+            .map_err(|why| Refusal::new(StatusCode::BAD_REQUEST, "bad request\n", why))?;
+        // Hop-by-hop, but the point of this hop: the endpoint must see them.
+        let headers = request.headers_mut();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, protocol);
+        let key = PoolKey {
+            addr: endpoint.addr,
+            transport: endpoint.transport.clone(),
+            http2: false,
+        };
+        let sent_at = Instant::now();
+        let sent = self.proxy.http.send_upgrade(&key, request).await;
+        if let Some(load) = &endpoint.load {
+            match &sent {
+                Ok(_) => load.connected(sent_at.elapsed()),
+                Err(_) => load.failed(),
+            }
+        }
+        let mut response = sent.map_err(|f| failure(&f.error))?;
+        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+            return Ok(respond(response.map(PooledBody::unpooled)));
+        }
+        let upstream = hyper::upgrade::on(&mut response);
+        let tracked = self.proxy.tasks.token();
+        tokio::spawn(async move {
+            // A drain waits for upgraded streams too.
+            let _tracked = tracked;
+            match tokio::try_join!(client, upstream) {
+                Ok((client, upstream)) => {
+                    let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+                    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await
+                    {
+                        debug!(error = %e, "upgraded stream ended");
+                    }
+                }
+                Err(e) => debug!(error = %e, "upgrade not completed"),
+            }
+        });
+        let (mut parts, _) = response.into_parts();
+        parts.headers.remove(header::TRANSFER_ENCODING);
+        parts.headers.remove("keep-alive");
+        Ok(Response::from_parts(
+            parts,
+            Either::Right(Full::new(Bytes::new())),
+        ))
+    }
+
     /// Sends one attempt, telling the endpoint's load tracker how it went.
     async fn send(
         &self,
@@ -863,6 +969,23 @@ impl LazyAttrs {
         }
         self.attrs.get_or_insert_with(RequestAttrs::default)
     }
+}
+
+/// The protocol an HTTP/1.1 request asks to switch to (`Connection:
+/// upgrade` and `Upgrade: X`), if it does.
+fn upgrade_protocol(parts: &Parts) -> Option<HeaderValue> {
+    if parts.version != Version::HTTP_11 {
+        return None;
+    }
+    let asks = parts
+        .headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    asks.then(|| parts.headers.get(header::UPGRADE).cloned())
+        .flatten()
 }
 
 /// The request's host: `:authority`, else `Host`, else the tunnel's address.

@@ -854,3 +854,93 @@ async fn an_unresolved_backend_answers_500_for_its_share() {
     assert_eq!(web.get(vip, "/refused").await.status, 500);
     assert_eq!(web.get(vip, "/served").await.status, 200);
 }
+
+/// Issue 16: a WebSocket through the waypoint. The upgrade request is an
+/// HTTP request: the waypoint's L7 policy decides it (a GET upgrade is
+/// allowed, the same upgrade from another identity is refused with 403
+/// before anything reaches the app), and once the app accepts, messages
+/// flow both ways over the joined connections.
+#[tokio::test]
+async fn a_websocket_passes_the_waypoint_under_its_l7_policy() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut mesh = Mesh::new().await;
+    let pod = mesh.pod("reviews-1", "reviews").await;
+    let vip = mesh.service("reviews", &[&pod], true);
+    mesh.policies.push(waypoint_policy(
+        "web-may-get",
+        "Service",
+        "reviews",
+        Action::Allow,
+        vec![allow_get_from("cluster.local/ns/shop/sa/web")],
+    ));
+    mesh.apply();
+    let request = || {
+        "ws://reviews.shop.svc.cluster.local/chat"
+            .into_client_request()
+            .expect("request")
+    };
+
+    let web = mesh.client(NS, "web");
+    let stream = web.tunnel(vip).await.expect("tunnel");
+    let (mut ws, response) = tokio_tungstenite::client_async(request(), stream)
+        .await
+        .expect("the WebSocket handshake passes the waypoint");
+    assert_eq!(response.status(), 101);
+    for text in ["hello", "again"] {
+        ws.send(Message::Text(text.into())).await.expect("send");
+        let echo = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("an echo in time")
+            .expect("a message")
+            .expect("not an error");
+        assert_eq!(echo, Message::Text(format!("reviews-1: {text}").into()));
+    }
+    ws.close(None).await.expect("close");
+
+    let requests = pod.state.requests.load(std::sync::atomic::Ordering::SeqCst);
+    let intruder = mesh.client("other", "web");
+    let stream = intruder.tunnel(vip).await.expect("tunnel");
+    match tokio_tungstenite::client_async(request(), stream).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 403)
+        }
+        other => panic!(
+            "the policy refuses the upgrade: {:?}",
+            other.map(|(_, r)| r.status())
+        ),
+    }
+    assert_eq!(
+        pod.state.requests.load(std::sync::atomic::Ordering::SeqCst),
+        requests,
+        "the refused upgrade never reached the app"
+    );
+}
+
+/// Issue 16: an HTTP/1.0 client (no `Host` required, the connection closes
+/// after the answer) is served, and its answer is HTTP/1.x, not upgraded to
+/// a version it cannot read.
+#[tokio::test]
+async fn an_http_1_0_client_is_served_and_the_connection_closes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut mesh = Mesh::new().await;
+    let pod = mesh.pod("reviews-1", "reviews").await;
+    let vip = mesh.service("reviews", &[&pod], true);
+    mesh.apply();
+    let web = mesh.client(NS, "web");
+    let mut stream = web.tunnel(vip).await.expect("tunnel");
+    stream
+        .write_all(b"GET /legacy HTTP/1.0\r\n\r\n")
+        .await
+        .expect("request");
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+        .await
+        .expect("the waypoint closes the connection after answering")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1."), "{answer}");
+    assert!(answer.contains(" 200 "), "{answer}");
+    assert!(answer.contains("\"path\":\"/legacy\""), "{answer}");
+}

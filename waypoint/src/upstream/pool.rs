@@ -261,6 +261,34 @@ impl HttpPool {
         }
     }
 
+    /// Sends an HTTP/1.1 `Upgrade` request (WebSocket and the like) on a
+    /// connection of its own, never pooled: if the endpoint answers 101,
+    /// the connection becomes the upgraded stream (`hyper::upgrade::on` the
+    /// response).
+    pub async fn send_upgrade(
+        &self,
+        key: &PoolKey,
+        request: Request<RequestBody>,
+    ) -> Result<Response<Incoming>, Failed> {
+        let io = match self.connect(key).await {
+            Ok(io) => io,
+            Err(e) => return Err(Failed::unsent(e, request)),
+        };
+        let (mut sender, conn) = match http1::Builder::new()
+            .handshake::<_, RequestBody>(TokioIo::new(io))
+            .await
+        {
+            Ok(pair) => pair,
+            Err(e) => return Err(Failed::unsent(e, request)),
+        };
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                debug!(error = %e, "upstream upgrade connection ended");
+            }
+        });
+        sender.send_request(request).await.map_err(Failed::sent)
+    }
+
     async fn connect(&self, key: &PoolKey) -> Result<UpstreamIo, ConnectError> {
         self.inner.connector.connect(key.addr, &key.transport).await
     }
@@ -373,6 +401,16 @@ pin_project_lite::pin_project! {
         #[pin]
         body: Incoming,
         checkin: Option<Checkin>,
+    }
+}
+
+impl PooledBody {
+    /// The body of a response on a connection that is not pooled.
+    pub fn unpooled(body: Incoming) -> PooledBody {
+        PooledBody {
+            body,
+            checkin: None,
+        }
     }
 }
 

@@ -65,13 +65,21 @@ pub struct AppState {
 }
 
 /// The app: JSON about the request. `/slow` takes 30 s; a pod with
-/// `fail_first` answers 503 first.
+/// `fail_first` answers 503 first; a WebSocket upgrade gets a WebSocket
+/// that echoes each message, prefixed with the pod's name.
 async fn app(
     state: Arc<AppState>,
     peer: Option<String>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
     state.requests.fetch_add(1, Ordering::SeqCst);
+    if req
+        .headers()
+        .get("upgrade")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
+    {
+        return websocket_echo(&state.name, &mut req);
+    }
     let (parts, body) = req.into_parts();
     let body = body
         .collect()
@@ -107,6 +115,51 @@ async fn app(
     response
 }
 
+/// Accepts a WebSocket handshake with a real WebSocket implementation and
+/// echoes every text message as `<pod>: <message>`.
+fn websocket_echo(pod: &str, req: &mut Request<Incoming>) -> Response<Full<Bytes>> {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{Message, handshake::derive_accept_key, protocol::Role};
+    let Some(key) = req.headers().get("sec-websocket-key") else {
+        let mut bad = Response::new(Full::new(Bytes::from_static(b"no key")));
+        *bad.status_mut() = StatusCode::BAD_REQUEST;
+        return bad;
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    let upgrade = hyper::upgrade::on(req);
+    let pod = pod.to_owned();
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else { return };
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            Role::Server,
+            None,
+        )
+        .await;
+        while let Some(Ok(message)) = ws.next().await {
+            match message {
+                Message::Text(text) => {
+                    let reply = format!("{pod}: {text}");
+                    if ws.send(Message::Text(reply.into())).await.is_err() {
+                        return;
+                    }
+                }
+                Message::Close(_) => return,
+                _ => {}
+            }
+        }
+    });
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert("connection", http::HeaderValue::from_static("upgrade"));
+    headers.insert("upgrade", http::HeaderValue::from_static("websocket"));
+    if let Ok(accept) = http::HeaderValue::from_str(&accept) {
+        headers.insert("sec-websocket-accept", accept);
+    }
+    response
+}
+
 /// Serves the app (HTTP/1.1 or HTTP/2) on one byte stream.
 async fn serve_app<IO>(io: IO, state: Arc<AppState>, peer: Option<String>)
 where
@@ -117,7 +170,7 @@ where
         async move { Ok::<_, Infallible>(app(state, peer, req).await) }
     });
     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-        .serve_connection(TokioIo::new(io), service)
+        .serve_connection_with_upgrades(TokioIo::new(io), service)
         .await;
 }
 
