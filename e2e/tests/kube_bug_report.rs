@@ -1,8 +1,8 @@
 //! `weftctl bug-report` on the kube cluster (docs/e2e.md, docs/weftctl.md):
-//! weft installed by `weftctl install` on the netns nodes, then one report
-//! that reaches every component through the API server (port-forward to
-//! each admin API, exec into each node agent, `pods/log` of every weft
-//! pod) and holds neither the CA's private key (its Secret) nor the token
+//! weft installed by `weftctl install` on the netns nodes and a waypoint
+//! by `weftctl waypoint apply`, then one report that reaches every
+//! component through the API server (port-forward to each admin API, exec
+//! into each node agent, `pods/log` of every weft pod) and holds neither the CA's private key (its Secret) nor the token
 //! the kubelet projected into a ztunnel pod. Needs root.
 
 mod common;
@@ -34,6 +34,16 @@ fn a_bug_report_of_the_kube_cluster_reaches_every_component_and_holds_no_secret(
     install::gateway_api(cluster.control_plane()).expect("Gateway API CRDs");
     let weftctl = Weftctl::for_cluster(&cluster);
     weftctl.run(&["install", "--wait", "180"]).ok("install");
+    // A waypoint, deployed by the controller from the Gateway weftctl writes.
+    k.run(&["create", "namespace", "shop"]).expect("namespace");
+    weftctl
+        .run(&["waypoint", "apply", "-n", "shop"])
+        .ok("waypoint apply");
+    k.wait_for("shop", "Available", "deployment/waypoint", 120)
+        .unwrap_or_else(|e| {
+            cluster.print_logs();
+            panic!("the waypoint's Deployment: {e}")
+        });
 
     let out = tempfile::Builder::new()
         .prefix("weft-bug-report-")
@@ -91,10 +101,11 @@ fn a_bug_report_of_the_kube_cluster_reaches_every_component_and_holds_no_secret(
         let coverage = doc(&format!("node-agent/{node}/coverage.json"));
         assert_eq!(coverage["node"], node, "{coverage}");
     }
-    let pods = k
-        .get_json(&["pods", "-n", "weft-system"])
-        .expect("weft's pods");
-    let pods = pods["items"].as_array().expect("items").clone();
+    let pods_in = |ns: &str| -> Vec<serde_json::Value> {
+        let list = k.get_json(&["pods", "-n", ns]).expect("pods");
+        list["items"].as_array().cloned().unwrap_or_default()
+    };
+    let pods = pods_in("weft-system");
     assert!(!pods.is_empty());
     for pod in &pods {
         let name = pod["metadata"]["name"].as_str().expect("name");
@@ -115,6 +126,20 @@ fn a_bug_report_of_the_kube_cluster_reaches_every_component_and_holds_no_secret(
             assert!(!text.is_empty(), "{log} is empty");
         }
     }
+    let waypoints = pods_in("shop");
+    assert!(!waypoints.is_empty());
+    for pod in &waypoints {
+        let name = pod["metadata"]["name"].as_str().expect("name");
+        let dump = doc(&format!("waypoint/shop/waypoint/{name}/config_dump.json"));
+        assert!(dump["version"].as_u64().is_some_and(|v| v > 0), "{dump}");
+        let routes = format!("waypoint/shop/waypoint/{name}/routes.json");
+        assert!(files.contains_key(&routes), "{routes} missing");
+        let log = format!("logs/shop/{name}/waypoint.log");
+        assert!(
+            files.get(&log).is_some_and(|l| !l.is_empty()),
+            "{log} missing or empty: {names:?}"
+        );
+    }
     let versions = doc("versions.json");
     assert!(
         versions["kubernetes"]["gitVersion"]
@@ -124,7 +149,7 @@ fn a_bug_report_of_the_kube_cluster_reaches_every_component_and_holds_no_secret(
     );
     assert_eq!(
         versions["pods"].as_array().map(Vec::len),
-        Some(pods.len()),
+        Some(pods.len() + waypoints.len()),
         "{versions}"
     );
     let check = doc("check.json");

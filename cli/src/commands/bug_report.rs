@@ -40,6 +40,7 @@ use serde::Serialize;
 use serde_json::Value;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+use weft_cluster::model::labels;
 
 use self::redact::Redactor;
 use crate::admin::{AdminEndpoint, Dialer};
@@ -624,8 +625,14 @@ async fn kube_environment(
             kube_error("listing pods", e),
         ),
     }
+    // weft's waypoints only, by the class label the deployer sets: another
+    // implementation's Gateway pods (and their logs) are not weft's to take.
     let waypoint_pods: Api<Pod> = Api::all(k.client.clone());
-    let selector = ListParams::default().labels(weft_cluster::model::labels::GATEWAY_NAME);
+    let selector = ListParams::default().labels(&format!(
+        "{}={}",
+        labels::GATEWAY_CLASS_NAME,
+        labels::WAYPOINT_CLASS
+    ));
     match waypoint_pods.list(&selector).await {
         Ok(list) => {
             for pod in list.items {
