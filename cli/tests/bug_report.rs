@@ -258,6 +258,10 @@ async fn a_bug_report_holds_every_component_and_no_secret() {
     let secrets = make_secrets(&r);
     serve_ztunnel(&r, 0, &secrets);
     serve_ztunnel(&r, 2, &secrets);
+    // node-3's ztunnel refuses one endpoint, naming the secrets in its
+    // answer: an error entry, redacted like the files.
+    let refusal = format!("caller presented {} ({})", secrets.token, secrets.jwt);
+    r.set(2, "/logging", Answer::Status(500, refusal));
     write_logs(&r, &secrets);
     serve_waypoint(&r);
     // node-2's ztunnel is down.
@@ -346,6 +350,7 @@ async fn a_bug_report_holds_every_component_and_no_secret() {
     let ztunnel_files: Vec<String> = ["node-1", "node-3"]
         .iter()
         .flat_map(|n| per_ztunnel.iter().map(move |f| format!("ztunnel/{n}/{f}")))
+        .filter(|f| f != "ztunnel/node-3/logging.json")
         .chain(
             ["node-1", "node-2", "node-3"]
                 .iter()
@@ -385,10 +390,11 @@ async fn a_bug_report_holds_every_component_and_no_secret() {
     }
     assert_eq!(manifest["logSinceSeconds"], 3600);
 
-    // The component that was down, named, and why.
+    // The component that was down, named, and why; the endpoint that
+    // failed, without the secrets its answer held.
     let errors = json(&files, "errors.json");
     let errors = errors.as_array().expect("errors");
-    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors.len(), 2, "{errors:?}");
     assert!(
         errors[0]["component"]
             .as_str()
@@ -401,7 +407,23 @@ async fn a_bug_report_holds_every_component_and_no_secret() {
             .is_some_and(|e| e.contains("unreachable")),
         "{errors:?}"
     );
-    assert_eq!(summary["errors"].as_array().map(Vec::len), Some(1));
+    assert!(
+        errors[1]["component"]
+            .as_str()
+            .is_some_and(|c| c.contains("ztunnel on node-3")),
+        "{errors:?}"
+    );
+    assert_eq!(errors[1]["item"], "/logging");
+    assert_eq!(
+        errors[1]["error"],
+        "answered 500 Internal Server Error: caller presented <redacted> (<redacted>)"
+    );
+    assert!(!names.contains(&"ztunnel/node-3/logging.json"), "{names:?}");
+    assert_eq!(summary["errors"].as_array(), Some(errors));
+    for printed in [&out.stdout, &out.stderr] {
+        assert!(!printed.contains(&secrets.token), "{printed}");
+        assert!(!printed.contains(&secrets.jwt), "{printed}");
+    }
 
     // Real content: the ztunnel's workload, the controller's model of the
     // fixture, the check's findings, versions.

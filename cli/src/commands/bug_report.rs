@@ -105,6 +105,16 @@ pub struct Missing {
     pub error: String,
 }
 
+impl Missing {
+    fn redacted(&self, redactor: &Redactor) -> Missing {
+        Missing {
+            component: redactor.text(&self.component),
+            item: self.item.as_deref().map(|i| redactor.text(i)),
+            error: redactor.text(&self.error),
+        }
+    }
+}
+
 /// What was collected from one component (or the cluster), unredacted.
 #[derive(Default)]
 struct Part {
@@ -136,7 +146,7 @@ impl Part {
             eprintln!("{label}: {} file(s)", self.files.len());
         }
         for m in &self.missing {
-            eprintln!("weftctl: warning: {}", redactor.text(&describe(m)));
+            eprintln!("weftctl: warning: {}", describe(&m.redacted(redactor)));
         }
         self
     }
@@ -326,7 +336,8 @@ pub async fn run(global: &GlobalArgs, args: &BugReportArgs) -> Result<Outcome> {
     }
     let versions = versions(&all.files, kube_versions);
     all.file("versions.json", json_bytes(&versions));
-    let errors = all.missing.clone();
+    // Redacted here too: the summary prints them on stdout.
+    let errors: Vec<Missing> = all.missing.iter().map(|m| m.redacted(&redactor)).collect();
     all.file("errors.json", json_bytes(&errors));
 
     let mut sealed = seal(&redactor, all.files);
@@ -398,14 +409,14 @@ fn json_bytes<T: Serialize>(value: &T) -> Vec<u8> {
     text.into_bytes()
 }
 
-/// `/config_dump` → `config_dump.json`, `/healthz/ready` → `ready.txt`.
+/// `/config_dump` → `config_dump.json`.
 fn file_name(path: &str) -> String {
     format!("{}.json", path.trim_start_matches('/').replace('/', "_"))
 }
 
-/// One admin API, and its label: its readiness (which also says whether it is reachable
-/// at all: an unreachable one is one error, not one per endpoint), then
-/// every path at once.
+/// One admin API, and its label: its readiness (which also says whether it
+/// is reachable at all: an unreachable one is one error, not one per
+/// endpoint), then every path at once.
 async fn admin(dir: &str, endpoint: &AdminEndpoint, paths: &[&str]) -> (String, Part) {
     let mut part = Part::default();
     match endpoint.get_text("/healthz/ready").await {
