@@ -29,6 +29,7 @@ use crate::destination::WaypointName;
 use crate::inbound::InboundHandler;
 use crate::observe::Observer;
 use crate::options::Options;
+use crate::otel::{Tracing, TracingSettings};
 use crate::proxy::{Proxy, ProxySettings};
 use crate::snapshot::ConfigView;
 use crate::tls::WaypointTls;
@@ -49,6 +50,8 @@ pub struct WaypointSettings {
     pub http_pool: HttpPoolSettings,
     /// One log line per request (target `access`).
     pub access_log: bool,
+    /// OpenTelemetry spans per request (`None`: off).
+    pub tracing: Option<Tracing>,
 }
 
 impl WaypointSettings {
@@ -61,6 +64,7 @@ impl WaypointSettings {
             tunnels: PoolSettings::default(),
             http_pool: HttpPoolSettings::default(),
             access_log: true,
+            tracing: None,
         }
     }
 }
@@ -94,6 +98,7 @@ impl Waypoint {
         };
         let proxy = Arc::new(Proxy {
             observer: Observer::new(settings.name.key(), settings.access_log),
+            tracing: settings.tracing,
             config: ConfigView::new(store, settings.name.clone()),
             me: settings.name,
             http: HttpPool::new(connector, settings.http_pool),
@@ -223,6 +228,13 @@ pub async fn run(options: Options, log: LogControl) -> anyhow::Result<()> {
     settings.access_log = !options.no_access_log;
     settings.proxy.upstream_hbone_port = options.upstream_hbone_port;
     settings.proxy.sniff_timeout = Duration::from_millis(options.sniff_timeout_ms);
+    if let Some(endpoint) = &options.otlp_endpoint {
+        let mut tracing =
+            TracingSettings::new(endpoint, format!("{}.{}", name.name, name.namespace));
+        tracing.sampling = options.trace_sampling;
+        settings.tracing = Some(Tracing::new(&tracing)?);
+        info!(endpoint = %endpoint, sampling = options.trace_sampling, "tracing to OTLP");
+    }
     let waypoint = Waypoint::new(settings, store, ca, trust);
     waypoint.spawn_upkeep(flags.trust_domain.clone(), shutdown.clone());
 
@@ -285,6 +297,9 @@ pub async fn run(options: Options, log: LogControl) -> anyhow::Result<()> {
         );
     }
     shutdown.cancel();
+    if let Some(tracing) = &waypoint.proxy.tracing {
+        tracing.shutdown().await;
+    }
     // Only our own socket: a replacement may have bound the path since.
     if let Some(socket) = admin_socket {
         socket.release();

@@ -14,7 +14,8 @@
 //! balancing, admin plumbing, start-up), compiled per config version into
 //! the waypoint's own view ([`snapshot`]); [`tls`] serves its certificate.
 //! Every request is recorded once for metrics, the access log and `/tap`
-//! ([`observe`]); [`admin`] serves the admin API, metrics and readiness.
+//! ([`observe`]), and traced with OpenTelemetry when an OTLP collector is
+//! configured ([`otel`]); [`admin`] serves the admin API, metrics and readiness.
 //! [`app`] wires it together and drains on SIGTERM; [`options`] are its
 //! flags. [`path`] normalizes request paths so that policy, routing and the
 //! application see the same one.
@@ -25,6 +26,7 @@ pub mod destination;
 pub mod inbound;
 pub mod observe;
 pub mod options;
+pub mod otel;
 pub mod path;
 pub mod policy;
 pub mod proxy;

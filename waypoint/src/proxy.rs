@@ -9,6 +9,7 @@ use weft_runtime::lb::LoadBalancer;
 
 use crate::destination::WaypointName;
 use crate::observe::Observer;
+use crate::otel::Tracing;
 use crate::routing::RetryRule;
 use crate::snapshot::ConfigView;
 use crate::upstream::pool::HttpPool;
@@ -49,6 +50,8 @@ pub struct Proxy {
     pub http: HttpPool,
     pub lb: LoadBalancer,
     pub observer: Arc<Observer>,
+    /// Spans per request, when an OTLP endpoint is configured.
+    pub tracing: Option<Tracing>,
     pub settings: ProxySettings,
     /// Fires on SIGTERM: HTTP connections finish their request and close.
     pub drain: CancellationToken,

@@ -31,6 +31,7 @@ use weft_api::config::{Service, Workload};
 
 use crate::destination::{self, Destination};
 use crate::observe::{RequestRecord, TunnelMetrics};
+use crate::otel::{ClientSpan, Outcome, ServerSpan};
 use crate::path;
 use crate::policy::{self, Client};
 use crate::proxy::Proxy;
@@ -73,6 +74,8 @@ struct Trace {
     route: Option<(String, usize)>,
     attempts: u32,
     verdict: String,
+    /// The request's SERVER span, when tracing is on.
+    span: Option<ServerSpan>,
 }
 
 /// Serves one request.
@@ -90,8 +93,29 @@ pub async fn handle(
         route: None,
         attempts: 0,
         verdict: "allow".into(),
+        span: proxy.tracing.as_ref().map(|t| {
+            t.server(
+                &request,
+                tunnel.authority,
+                &tunnel.client.principal,
+                tunnel.client.ip,
+            )
+        }),
     };
     let response = serve(&proxy, &tunnel, request, &mut trace, started).await;
+    if let Some(span) = trace.span.take() {
+        span.end(Outcome {
+            status: response.status(),
+            verdict: &trace.verdict,
+            route: trace.route.as_ref().map(|(r, i)| (r.as_str(), *i)),
+            service: trace.service.as_deref().map(|s| s.hostname.as_str()),
+            endpoint: trace
+                .endpoint
+                .as_ref()
+                .map(|(w, a)| (format!("{}/{}", w.namespace, w.name), *a)),
+            attempts: trace.attempts,
+        });
+    }
     proxy.observer.request(&RequestRecord {
         tunnel: tunnel.id,
         metrics: &tunnel.metrics,
@@ -647,15 +671,19 @@ impl Forward<'_> {
                 // The body went out with an earlier attempt.
                 return Err(retries.give_up());
             };
-            let upstream = self
+            let mut upstream = self
                 .request(request_body)
                 .map_err(|why| Refusal::new(StatusCode::BAD_REQUEST, "bad request\n", why))?;
+            let span = client_span(trace, &mut upstream, &endpoint);
             let sent = match self.backend_timeout {
                 None => self.send(&endpoint, upstream).await,
                 Some(limit) => {
                     match tokio::time::timeout(limit, self.send(&endpoint, upstream)).await {
                         Ok(sent) => sent,
                         Err(_) => {
+                            if let Some(span) = span {
+                                span.failed("timeout", "backend request timeout".into());
+                            }
                             if let Some(load) = &endpoint.load {
                                 load.failed();
                             }
@@ -673,6 +701,12 @@ impl Forward<'_> {
                     }
                 }
             };
+            if let Some(span) = span {
+                match &sent {
+                    Ok(response) => span.answered(response.status()),
+                    Err(Failed { error, .. }) => span.failed(error_type(error), error.to_string()),
+                }
+            }
             match sent {
                 Ok(response) => {
                     let status = response.status();
@@ -790,6 +824,7 @@ impl Forward<'_> {
         let headers = request.headers_mut();
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, protocol);
+        let span = client_span(trace, &mut request, &endpoint);
         let key = PoolKey {
             addr: endpoint.addr,
             transport: endpoint.transport.clone(),
@@ -797,6 +832,12 @@ impl Forward<'_> {
         };
         let sent_at = Instant::now();
         let sent = self.proxy.http.send_upgrade(&key, request).await;
+        if let Some(span) = span {
+            match &sent {
+                Ok(response) => span.answered(response.status()),
+                Err(Failed { error, .. }) => span.failed(error_type(error), error.to_string()),
+            }
+        }
         if let Some(load) = &endpoint.load {
             match &sent {
                 Ok(_) => load.connected(sent_at.elapsed()),
@@ -1079,6 +1120,27 @@ async fn drain_briefly(response: Response<PooledBody>) {
     {
         let _ =
             tokio::time::timeout(Duration::from_millis(100), response.into_body().collect()).await;
+    }
+}
+
+/// The CLIENT span of an attempt, its context put on `request`, when the
+/// request is traced.
+fn client_span<B>(
+    trace: &Trace,
+    request: &mut Request<B>,
+    endpoint: &Endpoint,
+) -> Option<ClientSpan> {
+    let span = trace.span.as_ref()?;
+    let workload = format!("{}/{}", endpoint.workload.namespace, endpoint.workload.name);
+    Some(span.attempt(request, endpoint.addr, &workload, trace.attempts))
+}
+
+/// An attempt's failure, for the span's `error.type`.
+fn error_type(error: &SendError) -> &'static str {
+    match error {
+        SendError::Connect(ConnectError::Timeout(_)) => "connect_timeout",
+        SendError::Connect(_) => "connect_error",
+        SendError::Http(_) => "http_error",
     }
 }
 

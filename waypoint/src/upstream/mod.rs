@@ -132,6 +132,17 @@ impl Connector {
         addr: SocketAddr,
         transport: &Transport,
     ) -> Result<UpstreamIo, ConnectError> {
+        self.connect_traced(addr, transport, None).await
+    }
+
+    /// [`Connector::connect`], whose HBONE `CONNECT` carries `traceparent`
+    /// (the traced request attempt that opens the connection).
+    pub async fn connect_traced(
+        &self,
+        addr: SocketAddr,
+        transport: &Transport,
+        traceparent: Option<String>,
+    ) -> Result<UpstreamIo, ConnectError> {
         match transport {
             Transport::Hbone {
                 hbone_addr,
@@ -145,7 +156,7 @@ impl Connector {
                     // Upstream connections are pooled across clients, so no
                     // single client address belongs on them.
                     client_ip: None,
-                    traceparent: None,
+                    traceparent,
                     baggage: None,
                 };
                 let stream = self.tunnels.connect(&cert, &target, &DirectDialer).await?;

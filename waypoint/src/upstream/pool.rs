@@ -27,6 +27,7 @@ use parking_lot::Mutex;
 use tracing::debug;
 
 use super::{ConnectError, Connector, Transport, UpstreamIo};
+use crate::otel::ConnectTraceparent;
 
 /// What the waypoint sends upstream: the client's body as it streams in, or
 /// a buffered copy that can be sent again on a retry.
@@ -169,7 +170,10 @@ impl HttpPool {
         loop {
             let mut conn = match self.checkout(key).await {
                 Some(conn) => conn,
-                None => match self.connect_http1(key).await {
+                None => match self
+                    .connect_http1(key, ConnectTraceparent::of(&request))
+                    .await
+                {
                     Ok(conn) => conn,
                     Err(e) => return Err(Failed::unsent(e, request)),
                 },
@@ -200,8 +204,12 @@ impl HttpPool {
         }
     }
 
-    async fn connect_http1(&self, key: &PoolKey) -> Result<Http1Conn, SendError> {
-        let io = self.connect(key).await?;
+    async fn connect_http1(
+        &self,
+        key: &PoolKey,
+        traceparent: Option<String>,
+    ) -> Result<Http1Conn, SendError> {
+        let io = self.connect(key, traceparent).await?;
         let (sender, conn) = http1::Builder::new()
             .handshake::<_, RequestBody>(TokioIo::new(io))
             .await?;
@@ -223,7 +231,7 @@ impl HttpPool {
         let mut sender = match existing {
             Some(sender) => sender,
             None => {
-                let io = match self.connect(key).await {
+                let io = match self.connect(key, ConnectTraceparent::of(&request)).await {
                     Ok(io) => io,
                     Err(e) => return Err(Failed::unsent(e, request)),
                 };
@@ -270,7 +278,7 @@ impl HttpPool {
         key: &PoolKey,
         request: Request<RequestBody>,
     ) -> Result<Response<Incoming>, Failed> {
-        let io = match self.connect(key).await {
+        let io = match self.connect(key, ConnectTraceparent::of(&request)).await {
             Ok(io) => io,
             Err(e) => return Err(Failed::unsent(e, request)),
         };
@@ -289,8 +297,15 @@ impl HttpPool {
         sender.send_request(request).await.map_err(Failed::sent)
     }
 
-    async fn connect(&self, key: &PoolKey) -> Result<UpstreamIo, ConnectError> {
-        self.inner.connector.connect(key.addr, &key.transport).await
+    async fn connect(
+        &self,
+        key: &PoolKey,
+        traceparent: Option<String>,
+    ) -> Result<UpstreamIo, ConnectError> {
+        self.inner
+            .connector
+            .connect_traced(key.addr, &key.transport, traceparent)
+            .await
     }
 
     /// An idle HTTP/1.1 connection to the endpoint, ready for a request.
