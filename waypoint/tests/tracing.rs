@@ -116,15 +116,16 @@ impl Collector {
     }
 
     fn tracing(&self) -> Tracing {
-        self.tracing_sampled(1.0)
+        self.tracing_with(|_| {})
     }
 
-    /// A waypoint's tracer recording `ratio` of new traces.
-    fn tracing_sampled(&self, ratio: f64) -> Tracing {
+    /// A waypoint's tracer sending here, batches every 100 ms unless
+    /// `tune` says otherwise.
+    fn tracing_with(&self, tune: impl FnOnce(&mut TracingSettings)) -> Tracing {
         let mut settings =
             TracingSettings::new(format!("http://{}", self.endpoint), "waypoint.shop");
         settings.batch_delay = Duration::from_millis(100);
-        settings.sampling = ratio;
+        tune(&mut settings);
         Tracing::new(&settings).expect("tracing")
     }
 
@@ -261,8 +262,9 @@ fn parse_traceparent(value: &str) -> (String, String, String) {
     (parts[1].into(), parts[2].into(), parts[3].into())
 }
 
-async fn traced_mesh(collector: &Collector) -> (Mesh, SocketAddr, Pod) {
-    let tracing = collector.tracing();
+/// A mesh whose waypoint traces with `tracing`, and a Service `reviews`
+/// bound to it over one pod.
+async fn traced_mesh(tracing: Tracing) -> (Mesh, SocketAddr, Pod) {
     let mut mesh = Mesh::with(|s| s.tracing = Some(tracing)).await;
     let pod = mesh.pod("reviews-1", "reviews").await;
     let vip = mesh.service("reviews", &[&pod], true);
@@ -272,7 +274,7 @@ async fn traced_mesh(collector: &Collector) -> (Mesh, SocketAddr, Pod) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_continues_the_clients_trace_through_the_waypoint() {
     let collector = Collector::start();
-    let (mut mesh, vip, _pod) = traced_mesh(&collector).await;
+    let (mut mesh, vip, _pod) = traced_mesh(collector.tracing()).await;
     mesh.apply();
     let web = mesh.client(NS, "web");
 
@@ -344,7 +346,7 @@ async fn a_request_continues_the_clients_trace_through_the_waypoint() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_without_traceparent_starts_a_trace() {
     let collector = Collector::start();
-    let (mut mesh, vip, _pod) = traced_mesh(&collector).await;
+    let (mut mesh, vip, _pod) = traced_mesh(collector.tracing()).await;
     mesh.apply();
     let web = mesh.client(NS, "web");
 
@@ -371,7 +373,7 @@ async fn a_request_without_traceparent_starts_a_trace() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_request_has_its_server_span_with_403() {
     let collector = Collector::start();
-    let (mut mesh, vip, pod) = traced_mesh(&collector).await;
+    let (mut mesh, vip, pod) = traced_mesh(collector.tracing()).await;
     let no_posts = Rule {
         to: vec![Operation {
             methods: vec!["POST".into()],
@@ -426,10 +428,8 @@ async fn a_refused_request_has_its_server_span_with_403() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sampling_is_parent_based() {
     let collector = Collector::start();
-    let tracing = collector.tracing_sampled(0.0);
-    let mut mesh = Mesh::with(|s| s.tracing = Some(tracing)).await;
-    let pod = mesh.pod("reviews-1", "reviews").await;
-    let vip = mesh.service("reviews", &[&pod], true);
+    let tracing = collector.tracing_with(|s| s.sampling = 0.0);
+    let (mut mesh, vip, _pod) = traced_mesh(tracing).await;
     mesh.apply();
     let web = mesh.client(NS, "web");
 
@@ -467,6 +467,31 @@ async fn sampling_is_parent_based() {
             .all(|s| s.trace_id() != unsampled && s.trace_id() != declined),
         "unsampled traces were recorded: {spans:#?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_still_batched_are_sent_on_shutdown() {
+    let collector = Collector::start();
+    // A batch that would wait a minute.
+    let tracing = collector.tracing_with(|s| s.batch_delay = Duration::from_secs(60));
+    let (mut mesh, vip, _pod) = traced_mesh(tracing.clone()).await;
+    mesh.apply();
+    let web = mesh.client(NS, "web");
+    let (trace, _, traceparent) = client_trace("01");
+    let reply = web
+        .request(vip, "GET", "/", &[("traceparent", &traceparent)])
+        .await;
+    assert_eq!(reply.status, 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        of_kind(&collector.spans(), &trace, SERVER).is_empty(),
+        "the batch waits"
+    );
+    // What the waypoint process does after its drain.
+    tracing.shutdown().await;
+    let (server, client) = server_and_client(&collector.spans(), &trace)
+        .expect("the batch was sent before shutdown returned");
+    assert_eq!(client.parent(), server.span_id());
 }
 
 /// A pod whose stand-in ztunnel records each HBONE `CONNECT`'s
