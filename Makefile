@@ -10,7 +10,7 @@ export CARGO_TARGET_DIR ?= /var/cache/weft/target
 # edited again and again, and grew to 28 GB there in a day of builds.
 export CARGO_INCREMENTAL ?= 0
 
-.PHONY: demo test deps kube helm prometheus kubernetes-validate manifests build images lint unit clean
+.PHONY: demo test deps kube helm prometheus otelcol kubernetes-validate manifests build images lint unit clean
 
 deps:
 	@./scripts/install-deps.sh
@@ -30,6 +30,12 @@ helm:
 # into /var/cache/weft/prometheus-<key> (scripts/build-prometheus.sh).
 prometheus:
 	@./scripts/build-prometheus.sh >/dev/null
+
+# The OpenTelemetry Collector from Go modules, for waypoint/tests/tracing.rs:
+# built once per machine into /var/cache/weft/otelcol-<key>
+# (scripts/build-otelcol.sh).
+otelcol:
+	@./scripts/build-otelcol.sh >/dev/null
 
 # kubernetes-validate (PyPI) for the manifests' strict schema check, in a
 # virtualenv cached in /var/cache/weft (scripts/kubernetes-validate.sh).
@@ -67,7 +73,7 @@ demo: deps kube
 	WEFT_E2E_NO_BUILD=1 $(CARGO) run --release -q -p weft-e2e --bin weft-e2e -- demo $(DEMO_ARGS)
 
 ## test: every test of the workspace, plus format and lint checks
-test: deps kube helm prometheus kubernetes-validate lint unit
+test: deps kube helm prometheus otelcol kubernetes-validate lint unit
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -112,6 +112,25 @@ pub fn spawn(
             };
             metrics::histogram!("weft_model_build_seconds").record(started.elapsed().as_secs_f64());
             if delta.is_empty() && current.version > 0 {
+                // Nothing a proxy sees changed, but what the controller
+                // found of its objects may have (a route that cannot be
+                // attached changes no config): the status writers need that
+                // model. Same version: no subscriber is sent anything.
+                if model.policy_reports != current.model.policy_reports
+                    || model.route_reports != current.model.route_reports
+                {
+                    current = Arc::new(ModelVersion {
+                        version: current.version,
+                        model: Arc::new(model),
+                        previous: current.previous,
+                        delta: current.delta.clone(),
+                        views: current.views.clone(),
+                        changed_at: current.changed_at,
+                    });
+                    if tx.send(current.clone()).is_err() {
+                        return;
+                    }
+                }
                 continue;
             }
             metrics::gauge!("weft_model_resources").set(model.len() as f64);

@@ -1421,3 +1421,228 @@ fn upgrading_from_the_previous_release_under_load_fails_no_new_connection_and_ke
         .tcp_echo(server.echo_tcp(), "after")
         .expect("the client still reaches the server");
 }
+
+/// With the shop waypoint: `shop/server`'s route with a redirect, a
+/// rewrite and a backend in another namespace (`store/catalog`), which
+/// needs a ReferenceGrant there.
+const ROUTES: &str = r#"
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: catalog, namespace: store}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: catalog, namespace: store}
+spec:
+  selector: {app: catalog}
+  ports: [{name: http, port: 80, targetPort: 8080, appProtocol: http}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: filters, namespace: shop}
+spec:
+  parentRefs: [{group: "", kind: Service, name: server, port: 80}]
+  rules:
+    - matches: [{path: {type: PathPrefix, value: /old}}]
+      filters: [{type: RequestRedirect, requestRedirect: {statusCode: 301, path: {type: ReplacePrefixMatch, replacePrefixMatch: /new}}}]
+    - matches: [{path: {type: PathPrefix, value: /api}}]
+      filters: [{type: URLRewrite, urlRewrite: {hostname: internal.shop, path: {type: ReplacePrefixMatch, replacePrefixMatch: /v2}}}]
+      backendRefs: [{name: server, port: 80}]
+    - matches: [{path: {type: PathPrefix, value: /catalog}}]
+      backendRefs: [{name: catalog, namespace: store, port: 80}]
+    - backendRefs: [{name: server, port: 80}]
+"#;
+
+/// What `store` grants `shop`'s routes.
+const GRANT: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: ReferenceGrant
+metadata: {name: shop-routes, namespace: store}
+spec:
+  from: [{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: shop}]
+  to: [{group: "", kind: Service, name: catalog}]
+"#;
+
+/// A route weft cannot honour: a regex that does not compile.
+const BROKEN: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: broken, namespace: shop}
+spec:
+  parentRefs: [{group: "", kind: Service, name: server}]
+  rules:
+    - matches: [{headers: [{type: RegularExpression, name: x-id, value: "(unclosed"}]}]
+      backendRefs: [{name: server, port: 80}]
+"#;
+
+/// Issue 16 on the real control plane: a waypoint scaled to two replicas
+/// behind its Service VIP serves a route with a redirect, a rewrite and a
+/// cross-namespace backend; the route's status, written by the leader and
+/// read with kubectl, says `RefNotPermitted` until a ReferenceGrant allows
+/// the backend (which answers 500 meanwhile), then `ResolvedRefs`; a route
+/// with a bad regex says `UnsupportedValue` naming the field, and the other
+/// route goes on working; both replicas take requests.
+#[test]
+fn routes_filters_reference_grants_and_status_through_a_two_replica_waypoint() {
+    let _one = common::serial();
+    let cluster = mesh();
+    let k = cluster.kubectl();
+    enrolled_namespace(k, "shop");
+    enrolled_namespace(k, "store");
+    k.apply(ACCOUNTS).expect("accounts");
+    k.apply(&echo_deployment("shop", "server", "server", 2, ""))
+        .expect("server");
+    k.apply(&echo_deployment("store", "catalog", "catalog", 2, ""))
+        .expect("catalog");
+    k.apply(CLIENT).expect("client");
+    k.apply(SHOP_WAYPOINT).expect("Service and Gateway");
+    k.apply(ROUTES).expect("routes");
+    for (ns, object, condition) in [
+        ("shop", "deployment/server", "Available"),
+        ("store", "deployment/catalog", "Available"),
+        ("shop", "pod/client", "Ready"),
+        ("shop", "deployment/shop-waypoint", "Available"),
+        ("shop", "gateway/shop-waypoint", "Programmed"),
+    ] {
+        k.wait_for(ns, condition, object, 120).unwrap_or_else(|e| {
+            cluster.print_logs();
+            panic!("{object} {condition}: {e}")
+        });
+    }
+    // Two replicas behind the VIP: the deployer leaves the count to users.
+    k.run(&[
+        "scale",
+        "-n",
+        "shop",
+        "deployment/shop-waypoint",
+        "--replicas=2",
+    ])
+    .expect("scale the waypoint");
+    wait_until("two waypoint replicas Ready", SETTLE, || {
+        k.get_json(&["deployment", "-n", "shop", "shop-waypoint"])
+            .is_ok_and(|d| d["status"]["readyReplicas"] == 2)
+    })
+    .unwrap_or_else(|e| {
+        cluster.print_logs();
+        panic!("{e}")
+    });
+
+    let client = cluster.pod("shop", "client").expect("client");
+    let vip = k
+        .run(&[
+            "get",
+            "service",
+            "-n",
+            "shop",
+            "server",
+            "-o",
+            "jsonpath={.spec.clusterIP}",
+        ])
+        .expect("cluster IP");
+    let get = |path: &str| {
+        client
+            .http("GET", &format!("http://{vip}:80{path}"), &[])
+            .unwrap_or((0, String::new()))
+    };
+    let condition = |route: &str, type_: &str| {
+        k.get_json(&["httproute", "-n", "shop", route])
+            .ok()
+            .and_then(|r| {
+                r["status"]["parents"]
+                    .as_array()?
+                    .iter()
+                    .find(|p| p["controllerName"] == "weft.dev/waypoint-controller")?["conditions"]
+                    .as_array()?
+                    .iter()
+                    .find(|c| c["type"] == type_)
+                    .cloned()
+            })
+            .unwrap_or_default()
+    };
+
+    // The cross-namespace backend is not permitted yet: the status says so,
+    // and requests routed to it get 500; the rest of the route works.
+    wait_until("RefNotPermitted on the route", SETTLE, || {
+        condition("filters", "ResolvedRefs")["reason"] == "RefNotPermitted"
+    })
+    .unwrap_or_else(|e| panic!("{e}: {}", condition("filters", "ResolvedRefs")));
+    assert_eq!(condition("filters", "Accepted")["status"], "True");
+    wait_until("the route in effect at the waypoint", SETTLE, || {
+        get("/old/page").0 == 301
+    })
+    .expect("the redirect answers");
+    assert_eq!(get("/catalog/items").0, 500);
+    let (status, body) = get("/api/items");
+    assert_eq!(status, 200, "{body}");
+    let seen: serde_json::Value = serde_json::from_str(body.trim()).expect("echo JSON");
+    assert_eq!(seen["path"], "/v2/items", "{seen}");
+    assert_eq!(seen["headers"]["host"], "internal.shop", "{seen}");
+
+    // The owner of `store` grants it: resolved, and served from there.
+    k.apply(GRANT).expect("ReferenceGrant");
+    wait_until("ResolvedRefs on the route", SETTLE, || {
+        condition("filters", "ResolvedRefs")["status"] == "True"
+    })
+    .unwrap_or_else(|e| panic!("{e}: {}", condition("filters", "ResolvedRefs")));
+    wait_until("the catalog served across namespaces", SETTLE, || {
+        let (status, body) = get("/catalog/items");
+        status == 200 && body.contains("store/catalog")
+    })
+    .expect("served once granted");
+
+    // A route with a regex that does not compile: not accepted, the field
+    // named; the other route is unaffected.
+    k.apply(BROKEN).expect("broken route");
+    wait_until("UnsupportedValue on the broken route", SETTLE, || {
+        condition("broken", "Accepted")["reason"] == "UnsupportedValue"
+    })
+    .unwrap_or_else(|e| {
+        cluster.print_logs();
+        panic!(
+            "{e}: {:?}",
+            k.get_json(&["httproute", "-n", "shop", "broken"])
+        )
+    });
+    let message = condition("broken", "Accepted")["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        message.contains("spec.rules[0].matches[0].headers[0].value"),
+        "{message}"
+    );
+    assert_eq!(get("/api/items").0, 200, "the good route still applies");
+
+    // Both replicas took requests through the VIP.
+    for _ in 0..20 {
+        get("/api/items");
+    }
+    let pods = k
+        .get_json(&[
+            "pods",
+            "-n",
+            "shop",
+            "-l",
+            "gateway.networking.k8s.io/gateway-name=shop-waypoint",
+        ])
+        .expect("waypoint pods");
+    let names: Vec<String> = pods["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    for name in names {
+        let waypoint = cluster.pod("shop", &name).expect("waypoint pod");
+        let (_, metrics) = waypoint
+            .http("GET", "http://127.0.0.1:15020/metrics", &[])
+            .expect("the waypoint's metrics");
+        let served: f64 = metrics
+            .lines()
+            .filter(|l| l.starts_with("weft_requests_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        assert!(served > 0.0, "{name} served no request through the VIP");
+    }
+}

@@ -63,7 +63,7 @@ pub fn route(
         return route_service(store, lb, node, source, service, dst);
     }
     match store.workload_by_ip(dst.ip()) {
-        Some(workload) => route_workload(source, workload, dst, None, None),
+        Some(workload) => route_workload(store, lb, source, workload, dst, None, None),
         None => Route::Passthrough { dst, load: None },
     }
 }
@@ -89,7 +89,7 @@ fn route_service(
         Err(denial) => return Route::Refused(denial),
         // The waypoint resolves the Service itself: it must see the VIP.
         Ok(Some(waypoint)) => {
-            return match waypoint_tunnel(waypoint, dst, None, Some(service.clone())) {
+            return match waypoint_tunnel(store, lb, waypoint, dst, None, Some(service.clone())) {
                 Some(t) => Route::Waypoint(t),
                 None => unreachable_waypoint(waypoint),
             };
@@ -107,6 +107,8 @@ fn route_service(
         };
     };
     route_workload(
+        store,
+        lb,
         source,
         chosen.workload.clone(),
         chosen.addr,
@@ -116,6 +118,8 @@ fn route_service(
 }
 
 fn route_workload(
+    store: &WorkloadStore,
+    lb: &LoadBalancer,
     source: Option<&Workload>,
     workload: Arc<Workload>,
     dst: SocketAddr,
@@ -125,9 +129,14 @@ fn route_workload(
     match weft_mesh::endpoint_hop(&workload, source) {
         Err(denial) => return Route::Refused(denial),
         Ok(NextHop::Waypoint(waypoint)) => {
-            return match waypoint_tunnel(waypoint, dst, Some(workload.clone()), service) {
+            return match waypoint_tunnel(store, lb, waypoint, dst, Some(workload.clone()), service)
+            {
                 Some(mut t) => {
-                    t.load = load;
+                    // The destination's count, when it was picked from a
+                    // Service, else the waypoint replica's.
+                    if load.is_some() {
+                        t.load = load;
+                    }
                     Route::Waypoint(t)
                 }
                 None => unreachable_waypoint(waypoint),
@@ -152,7 +161,15 @@ fn route_workload(
     })
 }
 
+/// The tunnel to `waypoint`. Its address is usually its Service's VIP; the
+/// VIP is resolved here to one of the waypoint's ready replicas, picked per
+/// connection: HBONE connections are pooled per address, so tunnelling to
+/// the VIP would send every connection from this node to whichever replica
+/// took the pooled connection. An address the store does not know as a
+/// Service is used as it is.
 fn waypoint_tunnel(
+    store: &WorkloadStore,
+    lb: &LoadBalancer,
     waypoint: &WaypointRef,
     authority: SocketAddr,
     workload: Option<Arc<Workload>>,
@@ -163,14 +180,28 @@ fn waypoint_tunnel(
         .ok()
         .filter(|p| *p != 0)
         .unwrap_or(HBONE_PORT);
+    let candidates = store
+        .service_by_vip(ip)
+        .and_then(|svc| {
+            let svc_port = svc
+                .ports
+                .iter()
+                .find(|p| p.service_port == u32::from(port))?;
+            Some(service_candidates(store, &svc, svc_port))
+        })
+        .unwrap_or_default();
+    let (hbone_addr, load) = match lb.pick(&candidates, None) {
+        Some((chosen, load)) => (chosen.addr, Some(load)),
+        None => (SocketAddr::new(ip, port), None),
+    };
     Some(Tunnel {
-        hbone_addr: SocketAddr::new(ip, port),
+        hbone_addr,
         identity: waypoint.identity.parse().ok()?,
         authority,
         workload,
         service,
         waypoint: Some(format!("{}/{}", waypoint.namespace, waypoint.name)),
-        load: None,
+        load,
     })
 }
 
@@ -258,5 +289,94 @@ mod tests {
                 other => panic!("{dst}: {other:?}"),
             }
         }
+    }
+
+    /// A waypoint with two replicas behind its Service VIP: each connection
+    /// picks a replica (pooled HBONE connections to the VIP would pin every
+    /// connection to one), with the waypoint's identity.
+    #[test]
+    fn connections_through_a_waypoint_vip_spread_over_its_replicas() {
+        let store = WorkloadStore::default();
+        let waypoint = WaypointRef {
+            namespace: "shop".into(),
+            name: "wp".into(),
+            addresses: vec!["10.96.0.99".into()],
+            hbone_port: 15008,
+            identity: "spiffe://cluster.local/ns/shop/sa/wp-weft-waypoint".into(),
+            ..Default::default()
+        };
+        let replica = |n: u8| Workload {
+            uid: format!("wp-{n}"),
+            name: format!("wp-{n}"),
+            namespace: "shop".into(),
+            service_account: "wp-weft-waypoint".into(),
+            addresses: vec![format!("10.0.1.{n}")],
+            protocol: TunnelProtocol::Hbone as i32,
+            status: HealthStatus::Healthy as i32,
+            is_waypoint: true,
+            ..Default::default()
+        };
+        let endpoint = |uid: &str| weft_api::config::Endpoint {
+            workload_uid: uid.into(),
+            status: HealthStatus::Healthy as i32,
+            ..Default::default()
+        };
+        let waypoint_service = Service {
+            name: "wp".into(),
+            namespace: "shop".into(),
+            vips: vec!["10.96.0.99".into()],
+            ports: vec![ServicePort {
+                service_port: 15008,
+                target_port: 15008,
+                ..Default::default()
+            }],
+            endpoints: vec![endpoint("wp-1"), endpoint("wp-2")],
+            ..Default::default()
+        };
+        let bound = Service {
+            name: "web".into(),
+            namespace: "shop".into(),
+            vips: vec!["10.96.0.7".into()],
+            ports: vec![ServicePort {
+                service_port: 80,
+                target_port: 8080,
+                ..Default::default()
+            }],
+            waypoint: Some(waypoint),
+            ..Default::default()
+        };
+        store
+            .apply(ConfigUpdate {
+                version: 1,
+                full_snapshot: true,
+                resources: vec![
+                    resource::Kind::Workload(replica(1)),
+                    resource::Kind::Workload(replica(2)),
+                    resource::Kind::Service(waypoint_service),
+                    resource::Kind::Service(bound),
+                ],
+                removed: vec![],
+            })
+            .expect("config");
+        let lb = LoadBalancer::default();
+        let dst: SocketAddr = "10.96.0.7:80".parse().expect("address");
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..64 {
+            match route(&store, &lb, "node-1", None, dst) {
+                Route::Waypoint(t) => {
+                    assert_eq!(t.authority, dst, "the waypoint still sees the VIP");
+                    assert_eq!(
+                        t.identity.to_string(),
+                        "spiffe://cluster.local/ns/shop/sa/wp-weft-waypoint"
+                    );
+                    seen.insert(t.hbone_addr.to_string());
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(
+            seen.into_iter().collect::<Vec<_>>(),
+            ["10.0.1.1:15008", "10.0.1.2:15008"]
+        );
     }
 }
