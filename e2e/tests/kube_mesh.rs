@@ -382,14 +382,7 @@ fn the_kubelets_probes_reach_a_strict_pod_and_nothing_else_from_the_host_does() 
     let _one = common::serial();
     let cluster = mesh();
     let k = cluster.kubectl();
-    k.run(&["create", "namespace", "vault"]).expect("namespace");
-    k.run(&[
-        "label",
-        "namespace",
-        "vault",
-        "weft.dev/dataplane-mode=ambient",
-    ])
-    .expect("label");
+    enrolled_namespace(k, "vault");
     k.apply(PROBED).expect("policy and server");
     // Ready means the kubelet's HTTP and TCP probes, sent from node 2's
     // own namespace, passed through STRICT mTLS and an ALLOW policy that
@@ -536,17 +529,7 @@ fn a_gateway_applied_with_kubectl_runs_a_waypoint_that_enforces_l7_policy_and_fa
         "the Gateway reports an address: {gateway}"
     );
     let client = cluster.pod("shop", "client").expect("client");
-    let vip = k
-        .run(&[
-            "get",
-            "service",
-            "-n",
-            "shop",
-            "server",
-            "-o",
-            "jsonpath={.spec.clusterIP}",
-        ])
-        .expect("cluster IP");
+    let vip = k.cluster_ip("shop", "server").expect("cluster IP");
     let to = format!("http://{vip}:80/orders");
     let status = |method: &str| {
         client
@@ -1182,15 +1165,7 @@ fn a_ztunnel_pods_own_token_gets_its_nodes_identities_and_nothing_else() {
         ])
         .expect("the CA root");
     let vip = k
-        .run(&[
-            "get",
-            "service",
-            "-n",
-            "weft-system",
-            "weft-controller",
-            "-o",
-            "jsonpath={.spec.clusterIP}",
-        ])
+        .cluster_ip("weft-system", "weft-controller")
         .expect("the controller's cluster IP");
     let url = format!("https://{}:15012", vip.trim());
     // Asked as node 1's ztunnel asks: from node 1, through the Service.
@@ -1528,17 +1503,7 @@ fn routes_filters_reference_grants_and_status_through_a_two_replica_waypoint() {
     });
 
     let client = cluster.pod("shop", "client").expect("client");
-    let vip = k
-        .run(&[
-            "get",
-            "service",
-            "-n",
-            "shop",
-            "server",
-            "-o",
-            "jsonpath={.spec.clusterIP}",
-        ])
-        .expect("cluster IP");
+    let vip = k.cluster_ip("shop", "server").expect("cluster IP");
     let get = |path: &str| {
         client
             .http("GET", &format!("http://{vip}:80{path}"), &[])

@@ -164,17 +164,7 @@ fn pods_run_from_their_specs_on_the_netns_nodes_and_services_route() {
     // A one-shot client on node 1 reaches the server through the Service's
     // cluster IP (kube-proxy's rules on node 1) and by pod IP; the reply
     // names the pod from its downward-API environment.
-    let vip = k
-        .run(&[
-            "get",
-            "service",
-            "-n",
-            "apps",
-            "echo",
-            "-o",
-            "jsonpath={.spec.clusterIP}",
-        ])
-        .expect("cluster IP");
+    let vip = k.cluster_ip("apps", "echo").expect("cluster IP");
     // kube-proxy programs the endpoint a moment after the pod is Ready:
     // wait until node 1 itself reaches the Service.
     let app = weft_e2e::binaries::Binaries::locate()

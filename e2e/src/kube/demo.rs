@@ -263,15 +263,7 @@ pub fn run() -> Result<()> {
     k.wait_for("shop", "Programmed", "gateway/shop-waypoint", 180)?;
     kubectl(&n, k, &["get", "gateway", "-n", "shop"])?;
     apply(&n, k, "get-only.yaml", GET_ONLY)?;
-    let vip = k.run(&[
-        "get",
-        "service",
-        "-n",
-        "shop",
-        "server",
-        "-o",
-        "jsonpath={.spec.clusterIP}",
-    ])?;
+    let vip = k.cluster_ip("shop", "server")?;
     let url = format!("http://{vip}/orders");
     let status = |method: &str| {
         exec_app(k, &client, &["http", &url, "--method", method])

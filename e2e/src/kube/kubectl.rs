@@ -103,4 +103,18 @@ impl Kubectl {
         let text = self.run(&all)?;
         serde_json::from_str(&text).map_err(|e| Error::decode("kubectl get -o json", e))
     }
+
+    /// The cluster IP of Service `namespace/name`.
+    pub fn cluster_ip(&self, namespace: &str, name: &str) -> Result<String> {
+        let ip = self.run(&[
+            "get",
+            "service",
+            "-n",
+            namespace,
+            name,
+            "-o",
+            "jsonpath={.spec.clusterIP}",
+        ])?;
+        Ok(ip.trim().to_string())
+    }
 }
