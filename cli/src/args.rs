@@ -149,6 +149,17 @@ pub enum Command {
     /// `<redacted>`. Exit code 7 when some component could not be read (the
     /// archive has the rest, and errors.json says what is missing).
     BugReport(BugReportArgs),
+    /// Who talks to whom: per pair of workloads, connections or requests per
+    /// second, the share answered 5xx, p99 latency, bytes per second, and
+    /// whether it is mutual TLS. From two reads of every ztunnel's and
+    /// waypoint's own counters (Istio's standard series), `--window`
+    /// apart: TCP as the destination's ztunnel counts it, HTTP as the
+    /// waypoint does. `-o wide` adds totals and refusals.
+    Top(TopArgs),
+    /// The same pairs as a Graphviz graph (DOT on stdout; mutual TLS in
+    /// green, plaintext red and dashed): `weftctl graph | dot -Tsvg >
+    /// mesh.svg` draws it.
+    Graph(GraphArgs),
     /// Print a shell completion script: `weftctl completion bash > /etc/bash_completion.d/weftctl`.
     Completion(CompletionArgs),
 }
@@ -363,6 +374,30 @@ pub struct CheckArgs {
     pub pre: bool,
 }
 
+/// `top`.
+#[derive(Debug, Clone, Args)]
+pub struct TopArgs {
+    /// Only pairs with an end in this namespace.
+    #[arg(short, long, value_name = "NS")]
+    pub namespace: Option<String>,
+    /// How long to count between the two reads (`5s`, `1m`).
+    #[arg(long, default_value = "5s", value_parser = crate::commands::bug_report::parse_since)]
+    pub window: std::time::Duration,
+    #[command(flatten)]
+    pub watch: WatchArgs,
+}
+
+/// `graph`.
+#[derive(Debug, Clone, Args)]
+pub struct GraphArgs {
+    /// Only pairs with an end in this namespace.
+    #[arg(short, long, value_name = "NS")]
+    pub namespace: Option<String>,
+    /// How long to count between the two reads (`5s`, `1m`).
+    #[arg(long, default_value = "5s", value_parser = crate::commands::bug_report::parse_since)]
+    pub window: std::time::Duration,
+}
+
 /// `bug-report`.
 #[derive(Debug, Clone, Args)]
 pub struct BugReportArgs {
@@ -414,4 +449,17 @@ pub struct CompletionArgs {
     /// The shell.
     #[arg(value_enum)]
     pub shell: clap_complete::Shell,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// clap checks a command line only when it is built: two arguments of
+    /// one name (a flattened `--interval` and a command's own) would make
+    /// that command panic for its users, not at compile time.
+    #[test]
+    fn every_command_line_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
 }

@@ -46,6 +46,8 @@ pub async fn run(cli: Cli) -> Result<Outcome, CliError> {
         Command::Waypoint(cmd) => commands::waypoint::run(global, cmd).await,
         Command::Check(args) => commands::check::run(global, args).await,
         Command::BugReport(args) => commands::bug_report::run(global, args).await,
+        Command::Top(args) => commands::top::top(global, args).await,
+        Command::Graph(args) => commands::top::graph(global, args).await,
         Command::Install(args) => commands::install::install(global, args, false).await,
         Command::Upgrade(args) => commands::install::install(global, args, true).await,
         Command::Uninstall(args) => commands::install::uninstall(global, args).await,

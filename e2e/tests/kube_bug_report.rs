@@ -39,11 +39,21 @@ fn a_bug_report_of_the_kube_cluster_reaches_every_component_and_holds_no_secret(
     weftctl
         .run(&["waypoint", "apply", "-n", "shop"])
         .ok("waypoint apply");
-    k.wait_for("shop", "Available", "deployment/waypoint", 120)
-        .unwrap_or_else(|e| {
-            cluster.print_logs();
-            panic!("the waypoint's Deployment: {e}")
-        });
+    // The controller makes the Deployment a moment after the Gateway;
+    // `kubectl wait` fails at once on an object that does not exist yet.
+    weft_e2e::process::wait_until(
+        "the waypoint's Deployment made",
+        std::time::Duration::from_secs(60),
+        || {
+            k.get_json(&["deployment", "-n", "shop", "waypoint"])
+                .is_ok()
+        },
+    )
+    .and_then(|()| k.wait_for("shop", "Available", "deployment/waypoint", 120))
+    .unwrap_or_else(|e| {
+        cluster.print_logs();
+        panic!("the waypoint's Deployment: {e}")
+    });
 
     let out = tempfile::Builder::new()
         .prefix("weft-bug-report-")

@@ -516,6 +516,54 @@ fn prometheus_discovers_weft_by_its_annotations_and_sees_mesh_traffic_and_denial
         assert_eq!(status("GET"), 200);
     }
 
+    // `weftctl top` and `graph` (issue 17), from the proxies' own counters
+    // while the client keeps asking: the client → server pair over HTTP at
+    // the waypoint with its rate and 403s, the earlier TCP pair, mTLS.
+    let (top, graph) = std::thread::scope(|scope| {
+        let asking = scope.spawn(|| {
+            for _ in 0..40 {
+                status("GET");
+                status("POST");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        let top = cluster
+            .weftctl(&["top", "-n", "shop", "--window", "3s", "-o", "json"])
+            .expect("run weftctl top");
+        let graph = cluster
+            .weftctl(&["graph", "-n", "shop", "--window", "1s"])
+            .expect("run weftctl graph");
+        asking.join().expect("the client's requests");
+        (top, graph)
+    });
+    assert!(top.status.success(), "weftctl top: {top:?}");
+    let edges: Vec<serde_json::Value> = serde_json::from_slice(&top.stdout).expect("top's JSON");
+    let pair = |protocol: &str| {
+        edges
+            .iter()
+            .find(|e| {
+                e["source"] == "shop/client"
+                    && e["destination"] == "shop/server"
+                    && e["protocol"] == protocol
+            })
+            .cloned()
+            .unwrap_or_else(|| panic!("no {protocol} pair client → server in {edges:?}"))
+    };
+    let http = pair("http");
+    assert_eq!(http["mtls"], true, "{http}");
+    assert!(
+        http["requestsPerSecond"].as_f64().is_some_and(|r| r > 0.0),
+        "{http}"
+    );
+    assert!(http["p99Ms"].is_number(), "{http}");
+    assert_eq!(pair("tcp")["mtls"], true);
+    let graph = String::from_utf8_lossy(&graph.stdout);
+    assert!(
+        graph.starts_with("digraph mesh {")
+            && graph.contains(r#""shop/client" -> "shop/server" [label="http"#),
+        "{graph}"
+    );
+
     // The ztunnel on the server's node refuses admin connections over its
     // limit, once.
     let server_node = server.node();

@@ -19,7 +19,9 @@ use hyper::body::Incoming;
 use serde::Serialize;
 use weft_api::admin::{CertsResponse, ConfigDump, ConnectionsResponse};
 use weft_runtime::admin::http::{self, Body, full, json, query_param, to_json};
-use weft_runtime::admin::{LogControl, certificates, pooled_connections};
+use weft_runtime::admin::{
+    LogControl, PrometheusHandle, certificates, metrics_response, pooled_connections,
+};
 
 use crate::app::Waypoint;
 
@@ -29,6 +31,8 @@ pub struct Admin {
     /// `controller <address>` or `file <path>`.
     pub source: String,
     pub log: LogControl,
+    /// The process's metrics, also served on the admin API.
+    pub metrics: PrometheusHandle,
 }
 
 /// `/config_dump`: ztunnel's shape, plus what only a waypoint has.
@@ -65,6 +69,7 @@ impl Admin {
             }
             (&Method::GET, "/certs") => json(&self.certs()),
             (&Method::GET, "/connections") => json(&self.connections()),
+            (&Method::GET, "/metrics") => metrics_response(&self.metrics),
             (&Method::GET, "/tap") => http::tap(&req, self.waypoint.proxy.observer.subscribe_tap()),
             (&Method::GET, "/logging") => http::logging(&self.log, None),
             (&Method::POST, "/logging") => {
@@ -74,7 +79,7 @@ impl Admin {
             (_, "/") => full(
                 StatusCode::OK,
                 "text/plain",
-                "endpoints: /config_dump /workloads /services /policies /routes /certs /connections /tap /logging /healthz/ready\n",
+                "endpoints: /config_dump /workloads /services /policies /routes /certs /connections /metrics /tap /logging /healthz/ready\n",
             ),
             _ => full(
                 StatusCode::NOT_FOUND,

@@ -242,6 +242,7 @@ pub async fn run(options: Options, log: LogControl) -> anyhow::Result<()> {
         waypoint: waypoint.clone(),
         source,
         log,
+        metrics: recorder.clone(),
     });
     let tcp = listen_shared(flags.admin_addr)
         .with_context(|| format!("admin address {}", flags.admin_addr))?;

@@ -13,7 +13,9 @@ use weft_api::admin::{CertsResponse, ConfigDump, ConnectionsResponse, PodInfo};
 use crate::inpod::Pods;
 use crate::proxy::Proxy;
 use weft_runtime::admin::http::{self, Body, full, json, query_param, to_json};
-use weft_runtime::admin::{LogControl, certificates, pooled_connections};
+use weft_runtime::admin::{
+    LogControl, PrometheusHandle, certificates, metrics_response, pooled_connections,
+};
 
 /// Everything the admin endpoints read.
 pub struct Admin {
@@ -22,6 +24,8 @@ pub struct Admin {
     pub source: String,
     pub log: LogControl,
     pub ready: Readiness,
+    /// The process's metrics, also served on the admin API.
+    pub metrics: PrometheusHandle,
 }
 
 /// Why the proxy is not ready, if it is not.
@@ -76,6 +80,7 @@ impl Admin {
                 "policies": self.proxy.store.policies().iter().map(|p| p.as_ref()).collect::<Vec<_>>()
             })),
             (&Method::GET, "/config_dump") => json(&self.config_dump()),
+            (&Method::GET, "/metrics") => metrics_response(&self.metrics),
             (&Method::GET, "/tap") => http::tap(&req, self.proxy.connections.subscribe_tap()),
             (&Method::GET, "/logging") => http::logging(&self.log, None),
             (&Method::POST, "/logging") => {
@@ -85,7 +90,7 @@ impl Admin {
             (_, "/") => full(
                 StatusCode::OK,
                 "text/plain",
-                "endpoints: /connections /certs /workloads /services /policies /config_dump /tap /logging /healthz/ready\n",
+                "endpoints: /connections /certs /workloads /services /policies /config_dump /metrics /tap /logging /healthz/ready\n",
             ),
             _ => full(
                 StatusCode::NOT_FOUND,

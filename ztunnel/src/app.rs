@@ -98,6 +98,7 @@ pub async fn run(options: Options, log: LogControl) -> anyhow::Result<()> {
         source,
         log,
         ready: ready.clone(),
+        metrics: recorder.clone(),
     });
     let tcp = listen_shared(flags.admin_addr)
         .with_context(|| format!("admin address {}", flags.admin_addr))?;

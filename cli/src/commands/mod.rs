@@ -12,6 +12,7 @@ pub mod preflight;
 pub mod proxy_status;
 pub mod resources;
 pub mod tap;
+pub mod top;
 pub mod tunnels;
 pub mod waypoint;
 

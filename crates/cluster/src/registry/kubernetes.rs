@@ -4,7 +4,11 @@
 //! The watchers do list + watch with resource versions and bookmarks, relist
 //! after `410 Gone`, and back off on errors. A kind whose API is not served
 //! (for example the Gateway API CRDs are not installed) counts as empty, so
-//! the rest of the mesh still works; its watcher keeps retrying.
+//! the rest of the mesh still works; its watcher keeps retrying. So does
+//! ReferenceGrant when the role does not allow reading it yet (an upgrade
+//! whose new controller starts before its new ClusterRole is applied): no
+//! grant is known, so every cross-namespace reference is refused, never
+//! allowed, until it can be read.
 
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -216,6 +220,11 @@ fn spawn<K>(
                     if is_not_served(&e) {
                         tracing::debug!(?kind, "API not served; treating as empty: {e}");
                         Update::Replace(kind, Vec::new())
+                    } else if kind == Kind::ReferenceGrant && is_forbidden(&e) {
+                        tracing::warn!(
+                            "cannot read ReferenceGrants (RBAC); until it can, routes' cross-namespace references are refused: {e}"
+                        );
+                        Update::Replace(kind, Vec::new())
                     } else {
                         tracing::warn!(?kind, "watch failed, retrying: {e}");
                         continue;
@@ -227,6 +236,15 @@ fn spawn<K>(
             }
         }
     });
+}
+
+/// A 403 on list: the role does not allow reading the kind.
+fn is_forbidden(e: &watcher::Error) -> bool {
+    match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(status))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(status)) => status.code == 403,
+        _ => false,
+    }
 }
 
 /// A 404 on list means the resource type does not exist on this server.

@@ -12,7 +12,7 @@ use std::time::SystemTime;
 
 use ::http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
-use metrics_exporter_prometheus::PrometheusHandle;
+pub use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::{TcpListener, UnixListener};
 use tokio_util::sync::CancellationToken;
 use weft_api::admin::{CertInfo, PooledConnection};
@@ -30,10 +30,17 @@ pub async fn serve_metrics(
     shutdown: CancellationToken,
 ) {
     let render = move |_req| {
-        let body = handle.render();
-        async move { http::full(StatusCode::OK, "text/plain; version=0.0.4", body) }
+        let response = metrics_response(&handle);
+        async move { response }
     };
     http::serve(listener, render, shutdown).await;
+}
+
+/// The process's metrics as Prometheus text: the metrics port's answer, and
+/// the admin API's `/metrics` (what `weftctl top` reads through the same
+/// path as every other admin read).
+pub fn metrics_response(handle: &PrometheusHandle) -> Response<http::Body> {
+    http::full(StatusCode::OK, "text/plain; version=0.0.4", handle.render())
 }
 
 /// `/healthz/ready` for the kubelet: 200, or 503 with why `check` says the
