@@ -194,7 +194,7 @@ async fn exchange(
     let snapshot = proxy.config.snapshot();
     let mut admitted = admit(proxy, tunnel, &snapshot, request, trace)?;
     let port = tunnel.authority.port();
-    let rule = match route(&snapshot, &mut admitted, port, trace)? {
+    let rule = match route(&snapshot, &mut admitted, tunnel, trace)? {
         Routed::Answer(status) => {
             let mut response = local(status, "");
             *response.body_mut() = Either::Right(Full::new(Bytes::new()));
@@ -404,15 +404,17 @@ enum Routed {
 fn route(
     snapshot: &Snapshot,
     request: &mut Admitted,
-    port: u16,
+    tunnel: &TunnelContext,
     trace: &mut Trace,
 ) -> Result<Routed, Refusal> {
+    let port = tunnel.authority.port();
     let view = RequestView {
         method: &request.parts.method,
         path: &request.path,
         query: request.parts.uri.query(),
         headers: &request.parts.headers,
         host: &request.host,
+        client_namespace: tunnel.client.identity.namespace(),
     };
     let selected = select_rule(snapshot, &request.dest, &view, port)
         .map_err(|()| Refusal::new(StatusCode::NOT_FOUND, "no route\n", "no route matched"))?;
@@ -565,7 +567,7 @@ fn select_rule(
     let owned = |s: Selected<'_>| (s.rule.clone(), s.prefix.map(str::to_owned));
     if let Some((ns, name)) = dest.service()
         && let Some(table) = snapshot.routes.for_service(ns, name)
-        && !table.is_empty_for(port)
+        && !table.is_empty_for(port, view.client_namespace)
     {
         return table.find(view, port, false).map(owned).map(Some).ok_or(());
     }

@@ -40,6 +40,9 @@ pub struct RequestView<'a> {
     pub headers: &'a HeaderMap,
     /// The request's host (`Host` or `:authority`), port included if sent.
     pub host: &'a str,
+    /// The client's namespace (from its proved identity): GAMMA consumer
+    /// routes apply to their own namespace's clients only.
+    pub client_namespace: &'a str,
 }
 
 /// A backend: a Service, a port on it (0 = the port the request came for),
@@ -341,6 +344,10 @@ struct Entry {
     port: u32,
     /// The route's hostnames (empty = any).
     hostnames: Arc<[String]>,
+    /// A consumer route's namespace (a route on a Service in another
+    /// namespace): it applies to that namespace's clients only, and before
+    /// the Service's own (producer) routes. `None`: a producer route.
+    consumer: Option<Arc<str>>,
 }
 
 /// The rules that apply to one parent, most specific first.
@@ -350,12 +357,33 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    /// True if no route applies to `port`.
-    pub fn is_empty_for(&self, port: u16) -> bool {
-        !self
+    /// The entries that apply to a client of `client_namespace` on `port`:
+    /// its namespace's consumer routes if it has any (GAMMA: they replace
+    /// the producer's for that namespace), else the producer routes.
+    fn applicable<'s, 'n>(
+        &'s self,
+        port: u16,
+        client_namespace: &'n str,
+    ) -> impl Iterator<Item = &'s Entry> + use<'s, 'n> {
+        let on_port = move |e: &&Entry| e.port == 0 || e.port == u32::from(port);
+        let consumer = self
             .entries
             .iter()
-            .any(|e| e.port == 0 || e.port == u32::from(port))
+            .filter(on_port)
+            .any(|e| e.consumer.as_deref() == Some(client_namespace));
+        self.entries.iter().filter(on_port).filter(move |e| {
+            if consumer {
+                e.consumer.as_deref() == Some(client_namespace)
+            } else {
+                e.consumer.is_none()
+            }
+        })
+    }
+
+    /// True if no route applies to `port` for a client of
+    /// `client_namespace`.
+    pub fn is_empty_for(&self, port: u16, client_namespace: &str) -> bool {
+        self.applicable(port, client_namespace).next().is_none()
     }
 
     /// The rule that takes the request, if any. `check_hosts` applies the
@@ -366,9 +394,7 @@ impl RouteTable {
         port: u16,
         check_hosts: bool,
     ) -> Option<Selected<'_>> {
-        self.entries
-            .iter()
-            .filter(|e| e.port == 0 || e.port == u32::from(port))
+        self.applicable(port, req.client_namespace)
             .filter(|e| !check_hosts || host_allowed(&e.hostnames, req.host))
             .find(|e| e.matcher.matches(req))
             .map(|e| Selected {
@@ -430,6 +456,11 @@ impl Routes {
                     }
                     _ => continue,
                 };
+                // A route on a Service of another namespace is its
+                // namespace's (a consumer route); a Gateway's is everyone's.
+                let consumer: Option<Arc<str>> = (parent.kind == "Service"
+                    && parent.namespace != route.namespace)
+                    .then(|| Arc::from(route.namespace.as_str()));
                 for (rule, spec) in &rules {
                     let matches: Vec<Option<&RouteMatch>> = if spec.matches.is_empty() {
                         vec![None]
@@ -444,6 +475,7 @@ impl Routes {
                             rule: rule.clone(),
                             port: parent.port,
                             hostnames: hostnames.clone(),
+                            consumer: consumer.clone(),
                         });
                     }
                 }

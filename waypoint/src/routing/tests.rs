@@ -66,6 +66,7 @@ struct Req {
     query: Option<String>,
     headers: HeaderMap,
     host: String,
+    client_namespace: String,
 }
 
 impl Req {
@@ -80,6 +81,7 @@ impl Req {
             query,
             headers: HeaderMap::new(),
             host: "reviews.shop.svc.cluster.local".into(),
+            client_namespace: "shop".into(),
         }
     }
 
@@ -95,6 +97,7 @@ impl Req {
             query: self.query.as_deref(),
             headers: &self.headers,
             host: &self.host,
+            client_namespace: &self.client_namespace,
         }
     }
 }
@@ -277,7 +280,7 @@ fn parent_port_limits_a_route() {
     let t = routes.for_service("shop", "reviews").unwrap();
     assert!(t.find(&Req::get("/").view(), 9080, false).is_some());
     assert!(t.find(&Req::get("/").view(), 80, false).is_none());
-    assert!(t.is_empty_for(80));
+    assert!(t.is_empty_for(80, "shop"));
 }
 
 #[test]
@@ -501,4 +504,37 @@ fn query_parameters_match_by_regex_and_a_bad_regex_matches_nothing() {
             .any(|w| w.contains("route shop/bad") && w.contains("regex")),
         "{warnings:?}"
     );
+}
+
+/// GAMMA: a route in another namespace on `shop/reviews` (a consumer route)
+/// decides for that namespace's clients only, in place of the Service's own
+/// (producer) routes; every other client gets the producer's.
+#[test]
+fn consumer_routes_apply_to_their_namespace_only() {
+    let producer = route("own", "Service", "reviews", vec![rule(vec![], "v1")]);
+    let mut consumer = (*route(
+        "web-view",
+        "Service",
+        "reviews",
+        vec![rule(vec![prefix("/a")], "v2")],
+    ))
+    .clone();
+    consumer.namespace = "web".into();
+    let (routes, _) = Routes::build(&[producer, Arc::new(consumer)], &wp());
+    let table = routes.for_service("shop", "reviews").unwrap();
+    let from = |ns: &str, path: &str| {
+        let mut req = Req::get(path);
+        req.client_namespace = ns.into();
+        req
+    };
+    assert_eq!(target(table, &from("shop", "/a")).as_deref(), Some("v1"));
+    assert_eq!(target(table, &from("other", "/a")).as_deref(), Some("v1"));
+    assert_eq!(target(table, &from("web", "/a")).as_deref(), Some("v2"));
+    assert_eq!(
+        target(table, &from("web", "/b")),
+        None,
+        "the consumer's routes replace the producer's for web: no match"
+    );
+    assert!(!table.is_empty_for(80, "web"));
+    assert!(!table.is_empty_for(80, "other"));
 }
