@@ -659,16 +659,7 @@ impl Forward<'_> {
     ) -> Result<Response<PooledBody>, Refusal> {
         loop {
             trace.attempts = retries.begin_attempt();
-            let endpoint = self.pick(target).map_err(|why| {
-                Refusal::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "no healthy upstream\n",
-                    why,
-                )
-            })?;
-            trace.endpoint = Some((endpoint.workload.clone(), endpoint.addr));
-            self.authorize_endpoint(&endpoint, attrs)
-                .map_err(|why| Refusal::new(StatusCode::FORBIDDEN, "access denied\n", why))?;
+            let endpoint = self.endpoint(target, attrs, trace)?;
             let Some(request_body) = body.take() else {
                 // The body went out with an earlier attempt.
                 return Err(retries.give_up());
@@ -796,6 +787,27 @@ impl Forward<'_> {
         });
     }
 
+    /// The endpoint an attempt goes to, recorded in the trace, once the
+    /// destination workload's own policies let the request through.
+    fn endpoint(
+        &self,
+        target: &Target,
+        attrs: &mut LazyAttrs,
+        trace: &mut Trace,
+    ) -> Result<Endpoint, Refusal> {
+        let endpoint = self.pick(target).map_err(|why| {
+            Refusal::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no healthy upstream\n",
+                why,
+            )
+        })?;
+        trace.endpoint = Some((endpoint.workload.clone(), endpoint.addr));
+        self.authorize_endpoint(&endpoint, attrs)
+            .map_err(|why| Refusal::new(StatusCode::FORBIDDEN, "access denied\n", why))?;
+        Ok(endpoint)
+    }
+
     /// An `Upgrade` request: one attempt, on a connection of its own. On 101
     /// the client's connection and the endpoint's are joined until either
     /// closes; any other answer goes back as it is.
@@ -809,16 +821,7 @@ impl Forward<'_> {
         trace: &mut Trace,
     ) -> Result<Response<ResponseBody>, Refusal> {
         trace.attempts = 1;
-        let endpoint = self.pick(target).map_err(|why| {
-            Refusal::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no healthy upstream\n",
-                why,
-            )
-        })?;
-        trace.endpoint = Some((endpoint.workload.clone(), endpoint.addr));
-        self.authorize_endpoint(&endpoint, attrs)
-            .map_err(|why| Refusal::new(StatusCode::FORBIDDEN, "access denied\n", why))?;
+        let endpoint = self.endpoint(target, attrs, trace)?;
         let mut request = self
             .request(Either::Left(body))
             .map_err(|why| Refusal::new(StatusCode::BAD_REQUEST, "bad request\n", why))?;
