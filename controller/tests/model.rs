@@ -755,6 +755,115 @@ fn route_filters_timeouts_and_query_regexes_are_converted() {
     );
 }
 
+/// Issue 16: an HTTPRoute rule's experimental `retry` (GEP-1731) becomes the
+/// rule's retry policy: attempts counted as retries after the first, codes
+/// as written, backoff in milliseconds; unset fields take the waypoint's
+/// defaults, and a rule without `retry` has no policy (the waypoint's
+/// default applies). A bad value refuses the route, naming the field.
+#[test]
+fn route_retry_is_converted_and_bad_values_refuse_the_route() {
+    use weft_api::config::RetryPolicy;
+    use weft_cluster::model::route_report::Reason;
+    let route = |name: &str, rules: serde_json::Value| {
+        json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"name": name, "namespace": "in"},
+            "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "web"}], "rules": rules}
+        })
+    };
+    let to_web = json!([{"name": "web", "port": 80}]);
+    let objects = vec![
+        service("in", "web", "10.96.0.1", json!({})),
+        route(
+            "retry",
+            json!([
+                {"backendRefs": to_web, "retry": {"attempts": 3, "codes": [502, 503], "backoff": "1s250ms"}},
+                {"backendRefs": to_web, "retry": {"codes": [500]}},
+                {"backendRefs": to_web, "retry": {"attempts": 0}},
+                {"backendRefs": to_web}
+            ]),
+        ),
+        route(
+            "bad-backoff",
+            json!([{"backendRefs": to_web, "retry": {"attempts": 1, "backoff": "soon"}}]),
+        ),
+        route(
+            "bad-code",
+            json!([{"backendRefs": to_web}, {"backendRefs": to_web, "retry": {"codes": [503, 302, 600]}}]),
+        ),
+        route(
+            "bad-attempts",
+            json!([{"backendRefs": to_web, "retry": {"attempts": -1}}]),
+        ),
+        // Decoding with the experimental channel's types also keeps a route
+        // with an experimental filter: refused by name, not lost.
+        route(
+            "external-auth",
+            json!([{"backendRefs": to_web, "filters": [{"type": "ExternalAuth",
+                "externalAuth": {"protocol": "HTTP", "backendRef": {"name": "auth"}}}]}]),
+        ),
+    ];
+    let m = build(&objects);
+    let rules = &m.routes["in/retry"].rules;
+    assert_eq!(
+        rules[0].retry,
+        Some(RetryPolicy {
+            attempts: 3,
+            codes: vec![502, 503],
+            backoff_ms: 1250
+        })
+    );
+    assert_eq!(
+        rules[1].retry,
+        Some(RetryPolicy {
+            attempts: 2,
+            codes: vec![500],
+            backoff_ms: 25
+        }),
+        "unset attempts and backoff: the waypoint's defaults"
+    );
+    assert_eq!(
+        rules[2]
+            .retry
+            .as_ref()
+            .map(|r| (r.attempts, r.codes.is_empty())),
+        Some((0, true)),
+        "attempts 0: no retry at all; no codes: any 5xx"
+    );
+    assert_eq!(rules[3].retry, None);
+
+    let refused = |name: &str| {
+        let report = &m.route_reports[&format!("in/{name}")];
+        let problem = report.parents[0].accepted.clone().expect_err("refused");
+        assert_eq!(problem.reason, Reason::UnsupportedValue, "{name}");
+        assert!(
+            !m.routes.contains_key(&format!("in/{name}")),
+            "{name} is attached nowhere"
+        );
+        problem.message
+    };
+    let message = refused("bad-backoff");
+    assert!(
+        message.contains("spec.rules[0].retry.backoff") && message.contains("soon"),
+        "{message}"
+    );
+    let message = refused("bad-code");
+    assert!(
+        message.contains("spec.rules[1].retry.codes[1]")
+            && message.contains("spec.rules[1].retry.codes[2]")
+            && !message.contains("codes[0]"),
+        "{message}"
+    );
+    let message = refused("bad-attempts");
+    assert!(
+        message.contains("spec.rules[0].retry.attempts"),
+        "{message}"
+    );
+    let message = refused("external-auth");
+    assert!(message.contains("ExternalAuth"), "{message}");
+    assert!(m.route_reports["in/retry"].parents[0].accepted.is_ok());
+}
+
 /// Issue 16: what each route's status says, per parent, with the Gateway
 /// API's reasons; a route with a field weft cannot honour is attached
 /// nowhere, and the other routes are unaffected.

@@ -538,10 +538,12 @@ impl Retries {
     }
 
     /// Waits longer after each attempt (capped), jittered so that clients
-    /// retrying together spread out, and never past the deadline.
+    /// retrying together spread out, and never past the deadline. The
+    /// jitter only adds: the rule's backoff is a minimum (an HTTPRoute's
+    /// `retry.backoff`, GEP-1731: never retried sooner).
     async fn backoff(&self) {
         let base = self.rule.backoff.saturating_mul(self.made.min(8));
-        let wait = base.mul_f64(0.5 + rand::random::<f64>());
+        let wait = base.mul_f64(1.0 + rand::random::<f64>() / 2.0);
         let wait = match self.deadline {
             Some(d) => wait.min(d.saturating_duration_since(Instant::now())),
             None => wait,

@@ -303,6 +303,65 @@ async fn a_configured_retry_policy_retries_any_method() {
     assert_eq!(pod.state.requests.load(SeqCst), 4);
 }
 
+/// Issue 16: a rule's retry as the controller converts an HTTPRoute's
+/// `retry` (GEP-1731): only the listed codes are retried (a GET's default
+/// 503 retry is replaced, not added to), and `backoff` is a minimum — the
+/// jitter never makes a retry come sooner; each retry waits longer.
+#[tokio::test]
+async fn a_rule_retry_retries_only_its_codes_and_waits_at_least_its_backoff() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let mut mesh = Mesh::new().await;
+    let pod = mesh.pod("reviews-1", "reviews").await;
+    let vip = mesh.service("reviews", &[&pod], true);
+    mesh.routes.push(route_to(
+        "retry",
+        vec![
+            RouteRule {
+                matches: on_prefix("/listed"),
+                retry: Some(RetryPolicy {
+                    attempts: 2,
+                    codes: vec![503],
+                    backoff_ms: 50,
+                }),
+                ..Default::default()
+            },
+            RouteRule {
+                matches: on_prefix("/unlisted"),
+                retry: Some(RetryPolicy {
+                    attempts: 2,
+                    codes: vec![502],
+                    backoff_ms: 1,
+                }),
+                ..Default::default()
+            },
+        ],
+    ));
+    mesh.apply();
+    let web = mesh.client(NS, "web");
+
+    // Jitter is random: several rounds, so a jitter that could subtract
+    // would show.
+    for round in 1..=5 {
+        pod.state.fail_first.store(2, SeqCst);
+        let started = std::time::Instant::now();
+        let reply = web.get(vip, "/listed").await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        assert_eq!(pod.state.requests.load(SeqCst), 3 * round, "two retries");
+        // 50 ms before the first retry, then 100 ms (the backoff grows
+        // with each attempt); jitter only adds.
+        assert!(
+            started.elapsed() >= Duration::from_millis(150),
+            "retried after {:?}",
+            started.elapsed()
+        );
+    }
+
+    pod.state.fail_first.store(1, SeqCst);
+    let reply = web.get(vip, "/unlisted").await;
+    assert_eq!(reply.status, 503, "503 is not among the rule's codes");
+    assert_eq!(pod.state.requests.load(SeqCst), 16, "not retried");
+}
+
 #[tokio::test]
 async fn a_route_timeout_answers_504() {
     let mut mesh = Mesh::new().await;

@@ -7,19 +7,21 @@
 use std::collections::BTreeMap;
 use std::str::FromStr;
 
-use gateway_api::gateways::{Gateway, GatewayListenersAllowedRoutesNamespacesFrom};
-use gateway_api::grpcroutes::{GrpcRoute, GrpcRouteRulesFilters, GrpcRouteRulesMatchesHeadersType};
-use gateway_api::httproutes::{
+// HTTPRoutes are decoded with the experimental channel's types (a superset
+// of the standard channel's), for `retry`; see the registry.
+use gateway_api::experimental::httproutes::{
     HttpRoute, HttpRouteRulesFilters, HttpRouteRulesFiltersRequestRedirectPathType,
     HttpRouteRulesFiltersRequestRedirectScheme, HttpRouteRulesFiltersUrlRewritePathType,
     HttpRouteRulesMatchesHeadersType, HttpRouteRulesMatchesPathType,
-    HttpRouteRulesMatchesQueryParamsType,
+    HttpRouteRulesMatchesQueryParamsType, HttpRouteRulesRetry,
 };
+use gateway_api::gateways::{Gateway, GatewayListenersAllowedRoutesNamespacesFrom};
+use gateway_api::grpcroutes::{GrpcRoute, GrpcRouteRulesFilters, GrpcRouteRulesMatchesHeadersType};
 use kube::ResourceExt;
 use weft_api::config::{
     BackendRef, HeaderMatch, HeaderModifier, Mirror, PathMatch, PathModifier, QueryParamMatch,
-    Redirect, Rewrite, Route, RouteKind, RouteMatch, RouteParent, RouteRule, header_match,
-    path_match, path_modifier,
+    Redirect, RetryPolicy, Rewrite, Route, RouteKind, RouteMatch, RouteParent, RouteRule,
+    header_match, path_match, path_modifier,
 };
 
 use super::route_report::{ParentRef, ParentReport, Problem, Reason, RouteReport, first_of};
@@ -128,8 +130,8 @@ pub(crate) fn build(
     let mut routes = BTreeMap::new();
     let mut reports = BTreeMap::new();
     for (key, route) in &state.http_routes {
-        let written = written!(route, false);
-        let converted = http_route(route);
+        let mut written = written!(route, false);
+        let converted = http_route(route, &mut written.unsupported);
         if let Some((r, report)) = check(state, written, converted) {
             routes.extend(r.map(|r| (key.to_string(), r)));
             reports.insert(key.to_string(), report);
@@ -424,11 +426,81 @@ fn listeners_admit(state: &ClusterState, gw: &Gateway, route_ns: &str, route_kin
     })
 }
 
+/// A Gateway API Duration (GEP-2257: "1h2m3s4ms") in milliseconds.
+fn duration_ms(value: &str) -> Result<u64, String> {
+    gateway_api::Duration::from_str(value).map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 fn timeout_ms(value: Option<&str>) -> u64 {
-    value
-        .and_then(|v| gateway_api::Duration::from_str(v).ok())
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
+    value.and_then(|v| duration_ms(v).ok()).unwrap_or(0)
+}
+
+/// What weft uses where GEP-1731 leaves `retry.attempts` and
+/// `retry.backoff` to the implementation: the waypoint's default policy's
+/// values (`RetryRule::default_policy` in waypoint/src/routing.rs), so that
+/// `retry: {codes: [502]}` keeps the default's count and pace (though, as
+/// the rule's own policy, it applies to every method).
+const DEFAULT_RETRY_ATTEMPTS: u32 = 2;
+const DEFAULT_RETRY_BACKOFF_MS: u64 = 25;
+
+/// The status codes GEP-1731 allows in `retry.codes`: the CRD's bounds,
+/// checked again because manifests read from files (weftctl, the files
+/// registry) never met an API server.
+const RETRY_CODES: std::ops::RangeInclusive<i64> = 400..=599;
+
+/// Rule `i`'s `retry` (GEP-1731, experimental channel) as the waypoint's
+/// [`RetryPolicy`], or what is wrong with it (`spec.rules[i].retry...: why`),
+/// which refuses the route as a bad regex does.
+///
+/// `attempts` maps as it is: the GEP's "maximum number of times a request
+/// should be retried" counts retries after the first attempt, as
+/// `RetryPolicy.attempts` does (the waypoint makes at most `attempts + 1`
+/// attempts). No `codes`: any 5xx (and connection failures, which the
+/// waypoint retries whatever the codes). `backoff` is the minimum wait
+/// before the first retry; the waypoint grows it and adds jitter on top,
+/// never below it.
+///
+/// Nothing else in the controller sets `RouteRule.retry`, so `retry` is the
+/// only source: with it the rule's policy applies to every method; without
+/// it the waypoint's default (idempotent methods only) applies.
+fn retry(i: usize, r: &HttpRouteRulesRetry) -> Result<RetryPolicy, Vec<String>> {
+    let mut problems = Vec::new();
+    let attempts = match r.attempts {
+        None => DEFAULT_RETRY_ATTEMPTS,
+        Some(n) => u32::try_from(n).unwrap_or_else(|_| {
+            problems.push(format!(
+                "spec.rules[{i}].retry.attempts: {n} is not a number of retries (0 or more)"
+            ));
+            0
+        }),
+    };
+    let mut codes = Vec::new();
+    for (j, &code) in r.codes.iter().flatten().enumerate() {
+        match u32::try_from(code) {
+            Ok(c) if RETRY_CODES.contains(&code) => codes.push(c),
+            _ => problems.push(format!(
+                "spec.rules[{i}].retry.codes[{j}]: {code} is not an HTTP error status (400-599)"
+            )),
+        }
+    }
+    let backoff_ms = match r.backoff.as_deref() {
+        None => DEFAULT_RETRY_BACKOFF_MS,
+        Some(b) => duration_ms(b).unwrap_or_else(|e| {
+            problems.push(format!(
+                "spec.rules[{i}].retry.backoff: invalid duration {b:?}: {e}"
+            ));
+            0
+        }),
+    };
+    if problems.is_empty() {
+        Ok(RetryPolicy {
+            attempts,
+            codes,
+            backoff_ms,
+        })
+    } else {
+        Err(problems)
+    }
 }
 
 fn backend(
@@ -608,8 +680,9 @@ fn grpc_filters(route_ns: &str, filters: &[GrpcRouteRulesFilters], rule: &mut Ro
 }
 
 /// The config form of an HttpRoute, before [`check`] decides its parents and
-/// backends.
-fn http_route(route: &HttpRoute) -> Route {
+/// backends; values it cannot convert (a bad `retry`) go to `invalid`, as
+/// `spec.rules[i]...: why`.
+fn http_route(route: &HttpRoute, invalid: &mut Vec<String>) -> Route {
     let ns = route.namespace().unwrap_or_default();
     let rules = route
         .spec
@@ -694,8 +767,13 @@ fn http_route(route: &HttpRoute) -> Route {
             ..RouteRule::default()
         })
         .zip(route.spec.rules.iter().flatten())
-        .map(|(mut out, rule)| {
+        .enumerate()
+        .map(|(i, (mut out, rule))| {
             http_filters(&ns, rule.filters.as_deref().unwrap_or_default(), &mut out);
+            out.retry = rule
+                .retry
+                .as_ref()
+                .and_then(|r| retry(i, r).map_err(|e| invalid.extend(e)).ok());
             out
         })
         .collect();

@@ -4,10 +4,10 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
+use gateway_api::experimental::httproutes::HttpRoute;
 use gateway_api::gatewayclasses::GatewayClass;
 use gateway_api::gateways::Gateway;
 use gateway_api::grpcroutes::GrpcRoute;
-use gateway_api::httproutes::HttpRoute;
 use gateway_api::referencegrants::ReferenceGrant;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -97,7 +97,9 @@ pub struct ClusterState {
     pub gateways: Objects<Gateway>,
     /// Gateway API GatewayClasses (cluster-scoped).
     pub gateway_classes: Objects<GatewayClass>,
-    /// Gateway API HTTPRoutes.
+    /// Gateway API HTTPRoutes, decoded with the experimental channel's type:
+    /// a superset of the standard one, so `retry` and experimental filters
+    /// survive decoding whichever channel's CRD the cluster has.
     pub http_routes: Objects<HttpRoute>,
     /// Gateway API GRPCRoutes.
     pub grpc_routes: Objects<GrpcRoute>,
