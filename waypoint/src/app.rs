@@ -228,12 +228,11 @@ pub async fn run(options: Options, log: LogControl) -> anyhow::Result<()> {
     settings.access_log = !options.no_access_log;
     settings.proxy.upstream_hbone_port = options.upstream_hbone_port;
     settings.proxy.sniff_timeout = Duration::from_millis(options.sniff_timeout_ms);
-    if let Some(endpoint) = &options.otlp_endpoint {
-        let mut tracing =
-            TracingSettings::new(endpoint, format!("{}.{}", name.name, name.namespace));
-        tracing.sampling = options.trace_sampling;
+    if let Some(tracing) =
+        TracingSettings::from_flags(flags, format!("{}.{}", name.name, name.namespace))
+    {
         settings.tracing = Some(Tracing::new(&tracing)?);
-        info!(endpoint = %endpoint, sampling = options.trace_sampling, "tracing to OTLP");
+        info!(endpoint = %tracing.endpoint, sampling = tracing.sampling, "tracing to OTLP");
     }
     let waypoint = Waypoint::new(settings, store, ca, trust);
     waypoint.spawn_upkeep(flags.trust_domain.clone(), shutdown.clone());

@@ -22,51 +22,17 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-use anyhow::Context as _;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Version};
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
-use opentelemetry::trace::{
-    Span as _, SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _,
-};
+use opentelemetry::trace::{Span as _, SpanKind, Status, TraceContextExt, Tracer as _};
 use opentelemetry::{Context, KeyValue};
-use opentelemetry_otlp::WithExportConfig;
-use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{
-    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider,
-};
-use tracing::warn;
-
-/// Where spans go and how many.
-#[derive(Debug, Clone)]
-pub struct TracingSettings {
-    /// The collector's OTLP/gRPC endpoint, e.g. `http://collector:4317`.
-    pub endpoint: String,
-    /// The share of new traces (requests without a `traceparent`) that are
-    /// recorded, 0.0 to 1.0. A client's own decision is honoured.
-    pub sampling: f64,
-    /// The resource's `service.name`.
-    pub service_name: String,
-    /// How long spans wait to be sent in a batch.
-    pub batch_delay: Duration,
-    /// How long one export may take.
-    pub export_timeout: Duration,
-}
-
-impl TracingSettings {
-    pub fn new(endpoint: impl Into<String>, service_name: impl Into<String>) -> TracingSettings {
-        TracingSettings {
-            endpoint: endpoint.into(),
-            sampling: 1.0,
-            service_name: service_name.into(),
-            batch_delay: Duration::from_secs(5),
-            export_timeout: Duration::from_secs(10),
-        }
-    }
-}
+use opentelemetry_sdk::trace::SdkTracer;
+use weft_runtime::otel::Pipeline;
+pub use weft_runtime::otel::TracingSettings;
 
 /// The tracer of a waypoint with tracing on. Cheap to clone.
 #[derive(Clone)]
@@ -75,9 +41,14 @@ pub struct Tracing {
 }
 
 struct Inner {
-    provider: SdkTracerProvider,
-    tracer: SdkTracer,
+    pipeline: Pipeline,
     propagator: TraceContextPropagator,
+}
+
+impl Inner {
+    fn tracer(&self) -> &SdkTracer {
+        self.pipeline.tracer()
+    }
 }
 
 impl std::fmt::Debug for Tracing {
@@ -87,65 +58,24 @@ impl std::fmt::Debug for Tracing {
 }
 
 impl Tracing {
-    /// Builds the exporter and the tracer. Call inside a Tokio runtime: the
-    /// gRPC channel's worker runs on it (the channel connects lazily, so a
-    /// collector that is not up yet is no error).
+    /// Builds the exporter and the tracer (`weft_runtime::otel::Pipeline`).
     pub fn new(settings: &TracingSettings) -> anyhow::Result<Tracing> {
-        anyhow::ensure!(
-            (0.0..=1.0).contains(&settings.sampling),
-            "trace sampling {} is not between 0.0 and 1.0",
-            settings.sampling
-        );
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .with_endpoint(settings.endpoint.clone())
-            .with_timeout(settings.export_timeout)
-            .build()
-            .with_context(|| format!("OTLP exporter to {}", settings.endpoint))?;
-        let batch = BatchConfigBuilder::default()
-            .with_scheduled_delay(settings.batch_delay)
-            .build();
-        let processor = BatchSpanProcessor::builder(exporter)
-            .with_batch_config(batch)
-            .build();
-        let provider = SdkTracerProvider::builder()
-            .with_span_processor(processor)
-            .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-                settings.sampling,
-            ))))
-            .with_resource(
-                Resource::builder()
-                    .with_service_name(settings.service_name.clone())
-                    .build(),
-            )
-            .build();
-        let tracer = provider.tracer("weft-waypoint");
         Ok(Tracing {
             inner: Arc::new(Inner {
-                provider,
-                tracer,
+                pipeline: Pipeline::new(settings, "weft-waypoint")?,
                 propagator: TraceContextPropagator::new(),
             }),
         })
     }
 
-    /// Sends the spans still waiting. The SDK blocks its caller while its
-    /// export thread works, so this runs on a blocking thread.
+    /// Sends the spans still waiting.
     pub async fn flush(&self) {
-        let inner = self.inner.clone();
-        let flushed = tokio::task::spawn_blocking(move || inner.provider.force_flush()).await;
-        if let Ok(Err(e)) = flushed {
-            warn!(error = %e, "flushing spans");
-        }
+        self.inner.pipeline.flush().await;
     }
 
     /// Flushes and stops the exporter (on shutdown).
     pub async fn shutdown(&self) {
-        let inner = self.inner.clone();
-        let stopped = tokio::task::spawn_blocking(move || inner.provider.shutdown()).await;
-        if let Ok(Err(e)) = stopped {
-            warn!(error = %e, "stopping the span exporter");
-        }
+        self.inner.pipeline.shutdown().await;
     }
 
     /// Starts the SERVER span of a request arriving through a tunnel from
@@ -190,12 +120,12 @@ impl Tracing {
         ];
         let builder = self
             .inner
-            .tracer
+            .tracer()
             .span_builder(method_name(method))
             .with_kind(SpanKind::Server)
             .with_start_time(SystemTime::now())
             .with_attributes(attributes);
-        let span = self.inner.tracer.build_with_context(builder, &parent);
+        let span = self.inner.tracer().build_with_context(builder, &parent);
         ServerSpan {
             tracing: self.clone(),
             cx: parent.with_span(span),
@@ -251,12 +181,12 @@ impl ServerSpan {
             ));
         }
         let builder = inner
-            .tracer
+            .tracer()
             .span_builder(method_name(request.method()))
             .with_kind(SpanKind::Client)
             .with_start_time(SystemTime::now())
             .with_attributes(attributes);
-        let span = inner.tracer.build_with_context(builder, &self.cx);
+        let span = inner.tracer().build_with_context(builder, &self.cx);
         let cx = Context::new().with_remote_span_context(span.span_context().clone());
         let headers = request.headers_mut();
         headers.remove("traceparent");

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use opentelemetry::KeyValue;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use weft_api::config::{ProxyInfo, ProxyKind, ResourceType, Subscribe};
@@ -15,6 +16,7 @@ use weft_runtime::admin::socket::{AdminSocket, wait_for_signal};
 use weft_runtime::admin::{LogControl, serve_metrics, serve_readiness, spawn_admin};
 use weft_runtime::certs::CertManager;
 use weft_runtime::listen::listen_shared;
+use weft_runtime::otel::TracingSettings;
 use weft_runtime::startup::{Sources, install_metrics, start_sources};
 use weft_runtime::store::WorkloadStore;
 use weft_runtime::trust::{TrustState, follow_trust_bundle};
@@ -23,6 +25,7 @@ use crate::admin::{Admin, Readiness};
 use crate::connections::ConnectionRegistry;
 use crate::inpod::{Pods, follow_agent};
 use crate::options::Options;
+use crate::otel::Tracing;
 use crate::proxy::{Proxy, ProxySettings};
 use crate::socket::Netns;
 
@@ -41,6 +44,17 @@ pub async fn run(options: Options, log: LogControl) -> anyhow::Result<()> {
         &shutdown,
     )?;
 
+    let tracing = match TracingSettings::from_flags(flags, "ztunnel") {
+        Some(mut settings) => {
+            settings
+                .resource
+                .push(KeyValue::new("k8s.node.name", options.node.clone()));
+            info!(endpoint = %settings.endpoint, sampling = settings.sampling, "tracing to OTLP");
+            Some(Tracing::new(&settings)?)
+        }
+        None => None,
+    };
+
     let pool = TunnelPool::new(PoolSettings::default(), trust.clone());
     let proxy = Arc::new(Proxy {
         node: options.node.clone(),
@@ -52,6 +66,7 @@ pub async fn run(options: Options, log: LogControl) -> anyhow::Result<()> {
         lb: Default::default(),
         settings: ProxySettings::default(),
         hbone: ServerSettings::default(),
+        tracing,
         tasks: tokio_util::task::TaskTracker::new(),
     });
     tokio::spawn(follow_trust_bundle(
@@ -140,6 +155,9 @@ pub async fn run(options: Options, log: LogControl) -> anyhow::Result<()> {
             open = proxy.connections.len(),
             "drain deadline reached; closing the rest"
         );
+    }
+    if let Some(tracing) = &proxy.tracing {
+        tracing.shutdown().await;
     }
     shutdown.cancel();
     admin_socket.release();

@@ -10,7 +10,8 @@
 //! store, certificates, trust, load balancing, admin plumbing, start-up)
 //! comes from the proxy runtime it shares with the waypoint
 //! (`weft_runtime`). Every connection is recorded once ([`connections`])
-//! for metrics, the access log, `/connections` and `/tap` ([`admin`]).
+//! for metrics, the access log, `/connections` and `/tap` ([`admin`]), and
+//! traced when asked ([`otel`]).
 //! [`app`] wires it together and drains on SIGTERM; [`options`] are its
 //! flags.
 
@@ -19,6 +20,7 @@ pub mod app;
 pub mod connections;
 pub mod inpod;
 pub mod options;
+pub mod otel;
 pub mod pod_network;
 pub mod proxy;
 pub mod socket;

@@ -90,4 +90,36 @@ mod tests {
         }
         assert!(Options::try_parse_from(["ztunnel", "--worker-threads", "0"]).is_err());
     }
+
+    #[test]
+    fn tracing_is_off_without_an_endpoint_and_sampling_is_a_ratio() {
+        use weft_runtime::otel::TracingSettings;
+        if std::env::var_os("WEFT_OTLP_ENDPOINT").is_none() {
+            assert!(TracingSettings::from_flags(&parse(&[]).proxy, "ztunnel").is_none());
+        }
+        let on = parse(&[
+            "--otlp-endpoint",
+            "http://c:4317",
+            "--trace-sampling",
+            "0.25",
+        ]);
+        let settings = TracingSettings::from_flags(&on.proxy, "ztunnel").expect("tracing on");
+        assert_eq!(
+            (settings.endpoint.as_str(), settings.sampling),
+            ("http://c:4317", 0.25)
+        );
+        let base = [
+            "ztunnel",
+            "--node",
+            "n",
+            "--config-file",
+            "/dev/null",
+            "--ca-dir",
+            "/tmp",
+        ];
+        for bad in ["1.5", "-0.1", "x"] {
+            let args = base.iter().copied().chain(["--trace-sampling", bad]);
+            assert!(Options::try_parse_from(args).is_err(), "{bad}");
+        }
+    }
 }

@@ -82,4 +82,23 @@ pub struct ProxyFlags {
     /// Log filter (tracing syntax); `RUST_LOG` works too.
     #[arg(long, env = "WEFT_LOG", default_value = "info")]
     pub log: String,
+
+    /// Send OpenTelemetry spans to this OTLP/gRPC collector, e.g.
+    /// `http://collector:4317` (docs/observability.md, Tracing). Unset: no
+    /// tracing.
+    #[arg(long, env = "WEFT_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// The share of new traces recorded, 0.0 to 1.0; a caller's sampled or
+    /// unsampled `traceparent` decides for its own.
+    #[arg(long, env = "WEFT_TRACE_SAMPLING", default_value_t = 1.0, value_parser = sampling_ratio)]
+    pub trace_sampling: f64,
+}
+
+fn sampling_ratio(text: &str) -> Result<f64, String> {
+    let ratio: f64 = text.parse().map_err(|e| format!("{e}"))?;
+    if (0.0..=1.0).contains(&ratio) {
+        Ok(ratio)
+    } else {
+        Err(format!("{ratio} is not between 0.0 and 1.0"))
+    }
 }

@@ -9,7 +9,8 @@
 //! ([`lb`]), serves its admin API, metrics and readiness on [`listen`]ed
 //! sockets ([`admin`]) in weft's and Istio's metric names
 //! ([`standard_metrics`]), logs with [`logging`], paces reconnects with
-//! [`backoff`], and on SIGTERM drains ([`admin::socket::wait_for_signal`]),
+//! [`backoff`], exports spans over OTLP when asked ([`otel`]), and on
+//! SIGTERM drains ([`admin::socket::wait_for_signal`]),
 //! leaving the admin socket to its replacement.
 
 pub mod admin;
@@ -21,6 +22,7 @@ pub mod lb;
 pub mod listen;
 pub mod local_config;
 pub mod logging;
+pub mod otel;
 pub mod standard_metrics;
 pub mod startup;
 pub mod store;

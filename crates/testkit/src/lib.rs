@@ -8,9 +8,12 @@
 //!   issuing workload certificates, and crafting deliberately bad ones.
 //! - [`hbone`]: HBONE tunnel handlers for test servers (echo, count, refuse,
 //!   forward) and a loopback HBONE server that counts its connections.
+//! - [`otelcol`]: a real OpenTelemetry Collector receiving the proxies'
+//!   spans, and readers of what it wrote.
 
 pub mod ca;
 pub mod hbone;
+pub mod otelcol;
 pub mod wait;
 
 pub use ca::TestCa;

@@ -5,7 +5,10 @@
 //! a waypoint, only that waypoint may reach it directly (no path around L7
 //! policy). Then L4 authorization (docs/design.md §2 semantics, the shared evaluator);
 //! then a connection to the application *from the original client's IP*
-//! (IP_TRANSPARENT), so the application sees the real caller.
+//! (IP_TRANSPARENT), so the application sees the real caller. A `CONNECT`
+//! carrying a sampled `traceparent` gets a connection span when tracing is
+//! on ([`crate::otel`]). The tunnel always ends here, at the application:
+//! there is no onward HBONE hop to pass the trace context to.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -19,6 +22,7 @@ use weft_mesh::{Denial, Path, admit_hbone, check_destination, client_address};
 
 use super::{Pod, Proxy};
 use crate::connections::{ConnectionMeta, Known};
+use crate::otel::ConnectionSpan;
 use crate::socket::ConnectOptions;
 
 pub struct InboundHandler {
@@ -78,6 +82,11 @@ async fn handle(proxy: &Proxy, pod: &Pod, tunnel: InboundTunnel) {
         },
     };
 
+    let span = match &proxy.tracing {
+        Some(tracing) => tracing.inbound(&tunnel.headers, &meta),
+        None => ConnectionSpan::none(),
+    };
+
     // Before policy: a destination that is this pod's and not ztunnel's own
     // listener, a pod whose config is known (without it, its mTLS mode,
     // waypoint and policies are unknown: refuse rather than serve it as an
@@ -94,9 +103,9 @@ async fn handle(proxy: &Proxy, pod: &Pod, tunnel: InboundTunnel) {
             Some(w) => admit_hbone(w, &peer_id).map_err(|denial| (denial, StatusCode::FORBIDDEN)),
         });
     if let Err((denial, status)) = admitted {
-        proxy
-            .connections
-            .deny(meta, denial.label(), &denial.to_string());
+        let reason = denial.to_string();
+        span.refused(denial.label(), &reason, false);
+        proxy.connections.deny(meta, denial.label(), &reason);
         tunnel.refuse(status);
         return;
     }
@@ -113,9 +122,9 @@ async fn handle(proxy: &Proxy, pod: &Pod, tunnel: InboundTunnel) {
         tracing::info!(target: "access", audit = %audit, src = %peer_identity, dst = %dst, "audit");
     }
     if !decision.allowed {
-        proxy
-            .connections
-            .deny(meta, "policy", &decision.reason.to_string());
+        let reason = decision.reason.to_string();
+        span.refused("policy", &reason, false);
+        proxy.connections.deny(meta, "policy", &reason);
         tunnel.refuse(StatusCode::UNAUTHORIZED);
         return;
     }
@@ -127,11 +136,11 @@ async fn handle(proxy: &Proxy, pod: &Pod, tunnel: InboundTunnel) {
         Ok(app) => app,
         Err(e) => {
             debug!(%dst, error = %e, "application refused the connection");
-            proxy.connections.deny(
-                meta,
-                "application_unavailable",
-                &format!("application at {dst}: {e}"),
-            );
+            let reason = format!("application at {dst}: {e}");
+            span.refused("application_unavailable", &reason, true);
+            proxy
+                .connections
+                .deny(meta, "application_unavailable", &reason);
             tunnel.refuse(StatusCode::SERVICE_UNAVAILABLE);
             return;
         }
@@ -140,14 +149,17 @@ async fn handle(proxy: &Proxy, pod: &Pod, tunnel: InboundTunnel) {
         Ok(stream) => stream,
         Err(e) => {
             debug!(error = %e, "client went away before the tunnel opened");
+            span.refused("client_gone", &e.to_string(), false);
             return;
         }
     };
     let guard = proxy.connections.open(meta);
-    if let Err(e) = copy_bidirectional(&mut app, stream, &guard.counters).await {
+    let copied = copy_bidirectional(&mut app, stream, &guard.counters).await;
+    if let Err(e) = &copied {
         debug!(error = %e, "inbound tunnel ended with an error");
         crate::socket::reset_on_close(&app);
     }
+    span.closed(&guard.counters, copied.err().as_ref());
 }
 
 /// The source address to connect to the application from: the original

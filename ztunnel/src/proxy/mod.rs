@@ -93,6 +93,8 @@ pub struct Proxy {
     pub lb: LoadBalancer,
     pub settings: ProxySettings,
     pub hbone: ServerSettings,
+    /// Connection spans; `None` unless `--otlp-endpoint` is set.
+    pub tracing: Option<crate::otel::Tracing>,
     /// Every connection-handling task, so a drain can wait for the ones
     /// between accept and their first byte as well as the established ones.
     pub tasks: TaskTracker,

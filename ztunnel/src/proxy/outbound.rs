@@ -3,7 +3,9 @@
 //! The original destination comes from `SO_ORIGINAL_DST`; the route decides
 //! between a tunnel (to the destination's ztunnel, or to its waypoint) and
 //! plain TCP from the pod's own namespace. A tunnel the peer refuses resets
-//! the client's socket, so the application sees the refusal.
+//! the client's socket, so the application sees the refusal. With tracing
+//! on, a sampled tunnel gets a CLIENT span whose context its `CONNECT`
+//! carries ([`crate::otel`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,6 +21,7 @@ use weft_mesh::{Path, check_destination};
 use super::route::{Route, Tunnel, route};
 use super::{Captured, Pod, PodDialer, Proxy};
 use crate::connections::{ConnectionMeta, Known};
+use crate::otel::ConnectionSpan;
 use crate::socket::{self, ConnectOptions};
 use weft_runtime::store::workload_identity;
 
@@ -194,12 +197,16 @@ async fn tunnel_out(
             service: tunnel.service.clone(),
         },
     };
+    let span = match &proxy.tracing {
+        Some(tracing) => tracing.outbound(&meta),
+        None => ConnectionSpan::none(),
+    };
     let cert = match proxy.certs.get(&pod.identity).await {
         Ok(cert) => cert,
         Err(e) => {
-            proxy
-                .connections
-                .deny(meta, "no_certificate", &e.to_string());
+            let reason = e.to_string();
+            span.refused("no_certificate", &reason, true);
+            proxy.connections.deny(meta, "no_certificate", &reason);
             socket::reset_on_close(&client);
             return;
         }
@@ -209,7 +216,7 @@ async fn tunnel_out(
         expected_identity: tunnel.identity.clone(),
         authority: tunnel.authority,
         client_ip: Some(client_addr.ip()),
-        traceparent: None,
+        traceparent: span.traceparent(),
         baggage: None,
     };
     let dialer = PodDialer { proxy, pod };
@@ -226,7 +233,9 @@ async fn tunnel_out(
             } else {
                 "tunnel_failed"
             };
-            proxy.connections.deny(meta, label, &e.to_string());
+            let reason = e.to_string();
+            span.refused(label, &reason, !e.is_refusal());
+            proxy.connections.deny(meta, label, &reason);
             socket::reset_on_close(&client);
             return;
         }
@@ -235,10 +244,12 @@ async fn tunnel_out(
         load.connected(latency);
     }
     let guard = proxy.connections.open(meta);
-    if let Err(e) = copy_bidirectional(&mut client, stream, &guard.counters).await {
+    let copied = copy_bidirectional(&mut client, stream, &guard.counters).await;
+    if let Err(e) = &copied {
         debug!(error = %e, "outbound tunnel ended with an error");
         socket::reset_on_close(&client);
     }
+    span.closed(&guard.counters, copied.err().as_ref());
     drop(tunnel.load);
 }
 
