@@ -156,9 +156,11 @@ pub enum Command {
     /// apart: TCP as the destination's ztunnel counts it, HTTP as the
     /// waypoint does. `-o wide` adds totals and refusals.
     Top(TopArgs),
-    /// The same pairs as a Graphviz graph (DOT on stdout; mutual TLS in
-    /// green, plaintext red and dashed): `weftctl graph | dot -Tsvg >
-    /// mesh.svg` draws it.
+    /// The same pairs as a picture: a Graphviz graph (DOT on stdout, the
+    /// default: `weftctl graph | dot -Tsvg > mesh.svg`) or, with `--format
+    /// svg`, an SVG drawn by weftctl itself, no Graphviz needed (`weftctl
+    /// graph --format svg > mesh.svg`). Mutual TLS in green, plaintext red
+    /// and dashed.
     Graph(GraphArgs),
     /// Print a shell completion script: `weftctl completion bash > /etc/bash_completion.d/weftctl`.
     Completion(CompletionArgs),
@@ -396,6 +398,22 @@ pub struct GraphArgs {
     /// How long to count between the two reads (`5s`, `1m`).
     #[arg(long, default_value = "5s", value_parser = crate::commands::bug_report::parse_since)]
     pub window: std::time::Duration,
+    /// What to print: `dot` (Graphviz's language, for `dot -Tsvg` or
+    /// `-Tpng`) or `svg` (the picture itself, laid out by weftctl: workloads
+    /// in columns from callers to callees, each arrow labelled with its
+    /// rate, 5xx share, p99 and mTLS). Separate from the global `-o`, which
+    /// picks tables or documents.
+    #[arg(long, value_enum, default_value = "dot", value_name = "FORMAT")]
+    pub format: GraphFormat,
+}
+
+/// `graph --format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GraphFormat {
+    /// Graphviz DOT.
+    Dot,
+    /// SVG, drawn without Graphviz.
+    Svg,
 }
 
 /// `bug-report`.

@@ -11,6 +11,7 @@ pub mod install;
 pub mod preflight;
 pub mod proxy_status;
 pub mod resources;
+pub mod svg;
 pub mod tap;
 pub mod top;
 pub mod tunnels;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use prometheus_parse::{Scrape, Value};
 use serde::Serialize;
 
-use crate::args::{GlobalArgs, GraphArgs, TopArgs};
+use crate::args::{GlobalArgs, GraphArgs, GraphFormat, TopArgs};
 use crate::cluster::Cluster;
 use crate::exit::{CliError, Outcome, Result};
 use crate::format;
@@ -62,12 +62,15 @@ pub async fn top(global: &GlobalArgs, args: &TopArgs) -> Result<Outcome> {
     .await
 }
 
-/// `weftctl graph`: the same edges as a Graphviz graph.
+/// `weftctl graph`: the same edges as a Graphviz graph or an SVG picture.
 pub async fn graph(global: &GlobalArgs, args: &GraphArgs) -> Result<Outcome> {
     let cluster = Cluster::connect(global).await?;
     let (edges, outcome) = measure(&cluster, args.window).await?;
     let edges = in_namespace(edges, args.namespace.as_deref());
-    print!("{}", dot(&edges));
+    match args.format {
+        GraphFormat::Dot => print!("{}", dot(&edges)),
+        GraphFormat::Svg => print!("{}", super::svg::svg(&edges)),
+    }
     Ok(outcome)
 }
 
@@ -372,6 +375,29 @@ fn table(edges: &[Edge], wide: bool) -> Table {
     t
 }
 
+/// What both pictures (DOT and SVG) write on an edge: the protocol, then its
+/// rate, 5xx share and p99 (HTTP) or connection rate (TCP), and refusals.
+pub(crate) fn edge_label(e: &Edge) -> String {
+    let mut label = match (e.requests_per_second, e.connections_per_second) {
+        (Some(rps), _) => {
+            let mut l = format!("{rps:.1} req/s");
+            if let Some(err) = e.error_rate {
+                l.push_str(&format!(", {:.1}% 5xx", err * 100.0));
+            }
+            if let Some(p99) = e.p99_ms {
+                l.push_str(&format!(", p99 {p99:.1}ms"));
+            }
+            l
+        }
+        (None, Some(cps)) => format!("{cps:.1} conn/s"),
+        (None, None) => String::new(),
+    };
+    if e.refused > 0.0 {
+        label.push_str(&format!(", {} refused", e.refused));
+    }
+    format!("{} {}", e.protocol, label.trim())
+}
+
 /// A Graphviz digraph: one node per workload, one edge per pair, labelled
 /// with its rate; mutual TLS solid, plaintext red and dashed, refused
 /// connections noted. `weftctl graph | dot -Tsvg > mesh.svg` draws it.
@@ -380,23 +406,6 @@ pub fn dot(edges: &[Edge]) -> String {
     let mut out =
         String::from("digraph mesh {\n  rankdir=LR;\n  node [shape=box, style=rounded];\n");
     for e in edges {
-        let mut label = match (e.requests_per_second, e.connections_per_second) {
-            (Some(rps), _) => {
-                let mut l = format!("{rps:.1} req/s");
-                if let Some(err) = e.error_rate {
-                    l.push_str(&format!(", {:.1}% 5xx", err * 100.0));
-                }
-                if let Some(p99) = e.p99_ms {
-                    l.push_str(&format!(", p99 {p99:.1}ms"));
-                }
-                l
-            }
-            (None, Some(cps)) => format!("{cps:.1} conn/s"),
-            (None, None) => String::new(),
-        };
-        if e.refused > 0.0 {
-            label.push_str(&format!(", {} refused", e.refused));
-        }
         let style = if e.mtls {
             "color=darkgreen"
         } else {
@@ -406,7 +415,7 @@ pub fn dot(edges: &[Edge]) -> String {
             "  {} -> {} [label={}, {style}];\n",
             quote(&e.source),
             quote(&e.destination),
-            quote(&format!("{} {}", e.protocol, label.trim()))
+            quote(&edge_label(e))
         ));
     }
     out.push_str("}\n");
