@@ -163,9 +163,41 @@ pub struct Options {
         default_value = "https://weft-controller.weft-system.svc:15012"
     )]
     pub controller_address: String,
+    /// Tracing in the waypoints the deployer creates: their OTLP/gRPC
+    /// collector (`WEFT_OTLP_ENDPOINT` in each waypoint Deployment, e.g.
+    /// `http://collector.observability:4317`). Unset: waypoints trace
+    /// nothing.
+    #[arg(long, env = "WEFT_WAYPOINT_OTLP_ENDPOINT", value_parser = non_empty)]
+    pub waypoint_otlp_endpoint: Option<String>,
+    /// The share of new traces the waypoints record, 0.0 to 1.0
+    /// (`WEFT_TRACE_SAMPLING` in each waypoint Deployment). Unset: the
+    /// waypoint's own default, every trace.
+    #[arg(long, env = "WEFT_WAYPOINT_TRACE_SAMPLING", value_parser = sampling_ratio)]
+    pub waypoint_trace_sampling: Option<f64>,
     /// Log as JSON.
     #[arg(long, env = "WEFT_LOG_JSON")]
     pub log_json: bool,
+}
+
+/// An empty endpoint is a mistake (a chart value rendered empty), not "off":
+/// refuse it rather than hand every waypoint an endpoint it cannot use.
+fn non_empty(text: &str) -> Result<String, String> {
+    if text.trim().is_empty() {
+        Err("empty (leave the flag out to turn tracing off)".to_string())
+    } else {
+        Ok(text.to_string())
+    }
+}
+
+/// What the waypoint's `--trace-sampling` accepts (weft-runtime's flags),
+/// checked here so that a bad value stops the controller at start rather
+/// than every waypoint it deploys.
+fn sampling_ratio(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(ratio) if (0.0..=1.0).contains(&ratio) => Ok(ratio),
+        Ok(ratio) => Err(format!("{ratio} is not between 0.0 and 1.0")),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 impl Options {
@@ -183,6 +215,37 @@ impl Options {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn waypoint_tracing_is_off_by_default_and_the_ratio_is_checked() {
+        let options = Options::try_parse_from(["weft-controller"]).expect("defaults parse");
+        assert_eq!(options.waypoint_otlp_endpoint, None);
+        assert_eq!(options.waypoint_trace_sampling, None);
+        let options = Options::try_parse_from([
+            "weft-controller",
+            "--waypoint-otlp-endpoint",
+            "http://collector:4317",
+            "--waypoint-trace-sampling",
+            "0.25",
+        ])
+        .expect("parses");
+        assert_eq!(
+            options.waypoint_otlp_endpoint.as_deref(),
+            Some("http://collector:4317")
+        );
+        assert_eq!(options.waypoint_trace_sampling, Some(0.25));
+        for bad in [
+            ["--waypoint-trace-sampling", "1.5"],
+            ["--waypoint-trace-sampling", "-0.1"],
+            ["--waypoint-trace-sampling", "half"],
+            ["--waypoint-otlp-endpoint", ""],
+        ] {
+            assert!(
+                Options::try_parse_from([&["weft-controller"][..], &bad[..]].concat()).is_err(),
+                "{bad:?} must be refused"
+            );
+        }
+    }
 
     /// The deployer's default is the chart's waypoint image (the one image
     /// table, crates/image/src/names.rs), so a controller started without

@@ -182,6 +182,8 @@ async fn leader_pass(api: &FakeApiServer) -> (Arc<ClusterState>, ModelVersion, W
             root_namespace: "weft-system".into(),
             root_pem: "ROOT".into(),
             token_audience: Some(CONTROLLER_AUDIENCE.into()),
+            otlp_endpoint: None,
+            trace_sampling: None,
         },
     );
     writer.reconcile(&state, &version).await;

@@ -44,6 +44,11 @@ pub struct DeployerConfig {
     /// controller's first `--token-audiences`); `None`: the automounted
     /// token, for the API server's default audience.
     pub token_audience: Option<String>,
+    /// The waypoints' OTLP/gRPC collector (`WEFT_OTLP_ENDPOINT`); `None`:
+    /// no tracing.
+    pub otlp_endpoint: Option<String>,
+    /// The waypoints' `WEFT_TRACE_SAMPLING`; `None`: their default.
+    pub trace_sampling: Option<f64>,
 }
 
 /// Where a waypoint finds its projected token for the controller.
@@ -191,6 +196,15 @@ pub fn waypoint_objects(gw: &Gateway, config: &DeployerConfig) -> WaypointObject
         // The identity it asks the CA for is the one its pod runs as.
         field_env("WEFT_WAYPOINT_SERVICE_ACCOUNT", "spec.serviceAccountName"),
     ];
+    // Only what was asked for: an absent variable keeps the waypoint's own
+    // default, and a Deployment without tracing stays as it was (no
+    // rollout of every waypoint when the controller is upgraded).
+    if let Some(endpoint) = &config.otlp_endpoint {
+        env_vars.push(env("WEFT_OTLP_ENDPOINT", endpoint));
+    }
+    if let Some(ratio) = config.trace_sampling {
+        env_vars.push(env("WEFT_TRACE_SAMPLING", &ratio.to_string()));
+    }
     let mut mounts = vec![VolumeMount {
         name: "ca-root".to_string(),
         mount_path: "/var/run/weft/ca".to_string(),
@@ -382,7 +396,48 @@ mod tests {
             root_namespace: "weft-system".to_string(),
             root_pem: "PEM".to_string(),
             token_audience: Some("weft.dev/controller".to_string()),
+            otlp_endpoint: None,
+            trace_sampling: None,
         }
+    }
+
+    /// The waypoint container's `name` variable, if it has one.
+    fn env_value(objects: &WaypointObjects, name: &str) -> Option<String> {
+        let pod = objects.deployment.spec.as_ref()?.template.spec.as_ref()?;
+        pod.containers[0]
+            .env
+            .iter()
+            .flatten()
+            .find(|v| v.name == name)
+            .map(|v| v.value.clone().unwrap_or_default())
+    }
+
+    #[test]
+    fn tracing_reaches_the_waypoint_env_only_when_set() {
+        let off = waypoint_objects(&gateway(), &config());
+        assert_eq!(env_value(&off, "WEFT_OTLP_ENDPOINT"), None);
+        assert_eq!(env_value(&off, "WEFT_TRACE_SAMPLING"), None);
+        let on = waypoint_objects(
+            &gateway(),
+            &DeployerConfig {
+                otlp_endpoint: Some("http://collector.observability:4317".to_string()),
+                trace_sampling: Some(0.25),
+                ..config()
+            },
+        );
+        assert_eq!(
+            env_value(&on, "WEFT_OTLP_ENDPOINT").as_deref(),
+            Some("http://collector.observability:4317")
+        );
+        assert_eq!(
+            env_value(&on, "WEFT_TRACE_SAMPLING").as_deref(),
+            Some("0.25")
+        );
+        // What the waypoint parses back is the ratio asked for.
+        let ratio: f64 = env_value(&on, "WEFT_TRACE_SAMPLING")
+            .and_then(|v| v.parse().ok())
+            .expect("a number");
+        assert_eq!(ratio, 0.25);
     }
 
     #[test]

@@ -66,6 +66,8 @@ pub async fn run(
         root_namespace: options.root_namespace.clone(),
         root_pem,
         token_audience: crate::app::token_audiences(&options).into_iter().next(),
+        otlp_endpoint: options.waypoint_otlp_endpoint.clone(),
+        trace_sampling: options.waypoint_trace_sampling,
     };
     if !options.leader_elect {
         let (_always, leading) = watch::channel(true);
