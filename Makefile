@@ -10,7 +10,7 @@ export CARGO_TARGET_DIR ?= /var/cache/weft/target
 # edited again and again, and grew to 28 GB there in a day of builds.
 export CARGO_INCREMENTAL ?= 0
 
-.PHONY: demo test deps kube helm prometheus otelcol kubernetes-validate manifests build images lint unit clean
+.PHONY: demo test deps kube helm prometheus otelcol conformance-suite conformance kubernetes-validate manifests build images lint unit clean
 
 deps:
 	@./scripts/install-deps.sh
@@ -36,6 +36,20 @@ prometheus:
 # (scripts/build-otelcol.sh).
 otelcol:
 	@./scripts/build-otelcol.sh >/dev/null
+
+# The Gateway API conformance suite and the echo its mesh tests deploy (Istio's
+# echo server and client), from Go modules: built once per machine into
+# /var/cache/weft/conformance-<key> (scripts/build-conformance.sh).
+conformance-suite:
+	@./scripts/build-conformance.sh >/dev/null
+
+## conformance: run the Gateway API conformance suite's mesh profiles against
+## weft on the real control plane and keep its report in docs/conformance/
+## (docs/conformance.md). `make test` runs the same test, without keeping it.
+conformance: deps kube conformance-suite
+	$(CARGO) build --workspace --bins
+	WEFT_E2E_NO_BUILD=1 WEFT_CONFORMANCE_REPORT=$(CURDIR)/docs/conformance/report.yaml \
+	  $(CARGO) test -p weft-e2e --test kube_conformance -- --nocapture
 
 # kubernetes-validate (PyPI) for the manifests' strict schema check, in a
 # virtualenv cached in /var/cache/weft (scripts/kubernetes-validate.sh).
@@ -73,7 +87,7 @@ demo: deps kube
 	WEFT_E2E_NO_BUILD=1 $(CARGO) run --release -q -p weft-e2e --bin weft-e2e -- demo $(DEMO_ARGS)
 
 ## test: every test of the workspace, plus format and lint checks
-test: deps kube helm prometheus otelcol kubernetes-validate lint unit
+test: deps kube helm prometheus otelcol conformance-suite kubernetes-validate lint unit
 
 lint:
 	$(CARGO) fmt --all -- --check

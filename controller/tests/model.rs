@@ -647,7 +647,10 @@ fn route_filters_timeouts_and_query_regexes_are_converted() {
                         {"type": "RequestMirror", "requestMirror": {"backendRef": {"name": "shadow", "port": 8080}, "percent": 10}},
                         {"type": "RequestMirror", "requestMirror": {"backendRef": {"name": "audit", "namespace": "ops", "port": 80}, "fraction": {"numerator": 1, "denominator": 3}}}
                     ],
-                    "backendRefs": [{"name": "web", "port": 80}]
+                    "backendRefs": [{"name": "web", "port": 80, "filters": [
+                        {"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [{"name": "x-backend", "value": "web"}], "remove": ["x-drop"]}},
+                        {"type": "ResponseHeaderModifier", "responseHeaderModifier": {"add": [{"name": "x-from", "value": "web"}]}}
+                    ]}]
                 },
                 {
                     "filters": [{"type": "RequestRedirect", "requestRedirect": {
@@ -704,6 +707,25 @@ fn route_filters_timeouts_and_query_regexes_are_converted() {
         ),
         ("ADD", "x-served-by", "weft")
     );
+    // A backendRef's own header filters stay with that backend.
+    let ops = |m: &[weft_api::config::HeaderModifier]| -> Vec<(String, String, String)> {
+        m.iter()
+            .map(|h| (h.op.clone(), h.name.clone(), h.value.clone()))
+            .collect()
+    };
+    let web = &rules[0].backends[0];
+    assert_eq!(
+        ops(&web.request_header_modifiers),
+        [
+            ("SET".into(), "x-backend".into(), "web".into()),
+            ("REMOVE".into(), "x-drop".into(), String::new())
+        ]
+    );
+    assert_eq!(
+        ops(&web.response_header_modifiers),
+        [("ADD".into(), "x-from".into(), "web".into())]
+    );
+    assert!(rules[0].request_header_modifiers.is_empty());
     let rewrite = rules[0].rewrite.as_ref().expect("rewrite");
     assert_eq!(rewrite.hostname, "api.internal");
     assert_eq!(
@@ -919,6 +941,27 @@ fn route_reports_say_why_with_the_gateway_api_reasons() {
         json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
                "metadata": {"name": "ingress", "namespace": "in"},
                "spec": {"gatewayClassName": "other", "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]}}),
+        // A consumer route may send to the Service it is attached to, in
+        // the producer's namespace, without a grant; any other Service
+        // there still needs one.
+        route(
+            "consumer",
+            json!({"group": "", "kind": "Service", "name": "private", "namespace": "other"}),
+            to("other", "private"),
+        ),
+        route(
+            "consumer-elsewhere",
+            json!({"group": "", "kind": "Service", "name": "private", "namespace": "other"}),
+            to("other", "granted-not"),
+        ),
+        // Only header changes may sit on a backendRef.
+        route(
+            "backend-redirect",
+            web.clone(),
+            json!({"backendRefs": [{"name": "web", "port": 80, "filters": [
+                {"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [{"name": "x", "value": "1"}]}},
+                {"type": "RequestRedirect", "requestRedirect": {"hostname": "elsewhere.example"}}]}]}),
+        ),
         // A waypoint in another namespace admits only its own namespace's
         // routes (the listeners' default).
         json!({
@@ -942,6 +985,15 @@ fn route_reports_say_why_with_the_gateway_api_reasons() {
     assert_eq!(
         verdicts("not-granted"),
         (None, Some(Reason::RefNotPermitted))
+    );
+    assert_eq!(verdicts("consumer"), (None, None));
+    assert_eq!(
+        verdicts("consumer-elsewhere"),
+        (None, Some(Reason::RefNotPermitted))
+    );
+    assert_eq!(
+        verdicts("backend-redirect"),
+        (Some(Reason::UnsupportedValue), None)
     );
     assert_eq!(verdicts("missing"), (None, Some(Reason::BackendNotFound)));
     assert_eq!(verdicts("wrong-kind"), (None, Some(Reason::InvalidKind)));
@@ -978,6 +1030,11 @@ fn route_reports_say_why_with_the_gateway_api_reasons() {
     assert!(
         message("cors").contains("spec.rules[0].filters[0]") && message("cors").contains("CORS")
     );
+    let why = message("backend-redirect");
+    assert!(
+        why.contains("spec.rules[0].backendRefs[0].filters[1]") && why.contains("RequestRedirect"),
+        "{why}"
+    );
     assert_eq!(m.route_reports["in/ok"].generation, Some(4));
 
     // Refused routes are attached nowhere; the rest are served, and an
@@ -986,6 +1043,8 @@ fn route_reports_say_why_with_the_gateway_api_reasons() {
     assert_eq!(
         served,
         [
+            "in/consumer",
+            "in/consumer-elsewhere",
             "in/granted",
             "in/missing",
             "in/not-granted",

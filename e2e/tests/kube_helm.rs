@@ -140,6 +140,16 @@ fn the_values_schema_refuses_unknown_keys_and_wrong_types_by_name() {
             "namespace:\n  create: \"yes\"\n",
             "/namespace/create",
         ),
+        (
+            "sampling.yaml",
+            "tracing:\n  otlpEndpoint: http://otel:4317\n  sampling: 1.5\n",
+            "/tracing/sampling",
+        ),
+        (
+            "endpoint.yaml",
+            "tracing:\n  otlpEndpoint: otel:4317\n",
+            "/tracing/otlpEndpoint",
+        ),
     ] {
         let path = values_file(&dir, file, text);
         let out = template(&["-f", &path.display().to_string()]);
@@ -148,6 +158,45 @@ fn the_values_schema_refuses_unknown_keys_and_wrong_types_by_name() {
         assert!(stderr.contains(named), "{file}: {stderr}");
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `tracing` sends both proxies' spans to a collector: ztunnel's DaemonSet
+/// gets the endpoint and ratio, and the controller the same for the
+/// waypoints it deploys; without an endpoint nothing of it is rendered.
+#[test]
+fn tracing_values_reach_ztunnel_and_the_waypoints_deployer() {
+    let out = template(&[
+        "--set",
+        "tracing.otlpEndpoint=http://otel.monitoring:4317",
+        "--set",
+        "tracing.sampling=0.25",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for name in [
+        "WEFT_OTLP_ENDPOINT",
+        "WEFT_TRACE_SAMPLING",
+        "WEFT_WAYPOINT_OTLP_ENDPOINT",
+        "WEFT_WAYPOINT_TRACE_SAMPLING",
+    ] {
+        assert!(text.contains(&format!("name: {name}\n")), "{name} rendered");
+    }
+    assert!(text.contains("http://otel.monitoring:4317"));
+    assert!(
+        text.contains("\"0.25\""),
+        "the ratio, as a string env value"
+    );
+    let default = template(&[]);
+    let text = String::from_utf8_lossy(&default.stdout);
+    assert!(default.status.success());
+    assert!(
+        !text.contains("OTLP_ENDPOINT"),
+        "off unless an endpoint is set"
+    );
 }
 
 /// A digest in `image.digests` (as `make images`' images.json gives it)

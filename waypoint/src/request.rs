@@ -224,8 +224,17 @@ async fn exchange(
         host,
         mut attrs,
     } = admitted;
-    let target = choose_target(&proxy.config.store, rule.as_deref(), &dest, port)
+    let (target, backend) = choose_target(&proxy.config.store, rule.as_deref(), &dest, port)
         .map_err(|why| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, "no backend\n", why))?;
+    for op in backend.iter().flat_map(|b| &b.header_ops) {
+        op.apply(&mut parts.headers);
+    }
+    // The rule's response changes, then the backend's own.
+    let response_ops = || {
+        rule.iter()
+            .flat_map(|r| &r.response_header_ops)
+            .chain(backend.iter().flat_map(|b| &b.response_header_ops))
+    };
     // An `Upgrade` (WebSocket, ...) the server side can hand over: policy
     // and routing applied to it above like any request, then one attempt
     // on a connection of its own.
@@ -254,7 +263,7 @@ async fn exchange(
                 )
             })??,
         };
-        for op in rule.iter().flat_map(|r| &r.response_header_ops) {
+        for op in response_ops() {
             op.apply(response.headers_mut());
         }
         return Ok(response);
@@ -313,7 +322,7 @@ async fn exchange(
             })??,
     };
     let mut response = respond(response);
-    for op in rule.iter().flat_map(|r| &r.response_header_ops) {
+    for op in response_ops() {
         op.apply(response.headers_mut());
     }
     Ok(response)
@@ -576,12 +585,14 @@ fn select_rule(
     Ok(snapshot.routes.gateway().find(view, port, true).map(owned))
 }
 
-fn choose_target(
+/// Where the request goes, and the route's backend it went to (`None`: to
+/// its destination, no route or no backends listed).
+fn choose_target<'r>(
     store: &weft_runtime::store::WorkloadStore,
-    rule: Option<&Rule>,
+    rule: Option<&'r Rule>,
     dest: &Destination,
     request_port: u16,
-) -> Result<Target, String> {
+) -> Result<(Target, Option<&'r Backend>), String> {
     let to_destination = || match dest {
         Destination::Service { service, port, .. } => Target::Service {
             service: service.clone(),
@@ -593,15 +604,15 @@ fn choose_target(
         },
     };
     let Some(rule) = rule else {
-        return Ok(to_destination());
+        return Ok((to_destination(), None));
     };
     match rule.choose(|total| rand::random_range(0..total)) {
-        BackendChoice::Destination => Ok(to_destination()),
+        BackendChoice::Destination => Ok((to_destination(), None)),
         BackendChoice::Unavailable => Err(format!(
             "route {} rule {}: every backend has weight 0",
             rule.route, rule.index
         )),
-        BackendChoice::Backend(b) => backend_target(store, b, request_port),
+        BackendChoice::Backend(b) => Ok((backend_target(store, b, request_port)?, Some(b))),
     }
 }
 

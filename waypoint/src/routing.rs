@@ -47,7 +47,7 @@ pub struct RequestView<'a> {
 
 /// A backend: a Service, a port on it (0 = the port the request came for),
 /// and its share of the traffic.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Backend {
     pub namespace: String,
     pub name: String,
@@ -56,10 +56,14 @@ pub struct Backend {
     /// Why the controller could not resolve it: requests it is picked for
     /// get 500 (the Gateway API's rule for an invalid backend).
     pub unresolved: Option<String>,
+    /// The backendRef's own header changes, applied after the rule's to
+    /// requests sent to it and to its responses.
+    pub header_ops: Vec<HeaderOp>,
+    pub response_header_ops: Vec<HeaderOp>,
 }
 
 /// A request header change.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HeaderOp {
     Set(HeaderName, HeaderValue),
     Add(HeaderName, HeaderValue),
@@ -518,6 +522,22 @@ fn compile_rule(route: &str, index: usize, rule: &RouteRule, warnings: &mut Vec<
             .collect::<Vec<_>>()
     };
     let response_header_ops = header_ops("response header", &rule.response_header_modifiers);
+    let backends = rule
+        .backends
+        .iter()
+        .map(|b| Backend {
+            namespace: b.namespace.clone(),
+            name: b.name.clone(),
+            port: b.port,
+            weight: b.weight,
+            unresolved: (!b.unresolved.is_empty()).then(|| b.unresolved.clone()),
+            header_ops: header_ops("backend header", &b.request_header_modifiers),
+            response_header_ops: header_ops(
+                "backend response header",
+                &b.response_header_modifiers,
+            ),
+        })
+        .collect();
     let header_ops = header_ops("header", &rule.request_header_modifiers);
     let direct_status = match rule.direct_status {
         0 => None,
@@ -574,7 +594,7 @@ fn compile_rule(route: &str, index: usize, rule: &RouteRule, warnings: &mut Vec<
                     name: b.name.clone(),
                     port: b.port,
                     weight: 1,
-                    unresolved: None,
+                    ..Backend::default()
                 },
                 numerator: if m.denominator == 0 { 1 } else { m.numerator },
                 denominator: m.denominator.max(1),
@@ -590,17 +610,7 @@ fn compile_rule(route: &str, index: usize, rule: &RouteRule, warnings: &mut Vec<
         redirect,
         rewrite,
         mirrors,
-        backends: rule
-            .backends
-            .iter()
-            .map(|b| Backend {
-                namespace: b.namespace.clone(),
-                name: b.name.clone(),
-                port: b.port,
-                weight: b.weight,
-                unresolved: (!b.unresolved.is_empty()).then(|| b.unresolved.clone()),
-            })
-            .collect(),
+        backends,
         timeout: (rule.timeout_ms > 0).then(|| Duration::from_millis(rule.timeout_ms)),
         retry: rule.retry.as_ref().map(|r| RetryRule {
             attempts: r.attempts,

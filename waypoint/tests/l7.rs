@@ -60,7 +60,7 @@ fn backend(name: &str, weight: u32) -> BackendRef {
         name: name.into(),
         port: u32::from(SVC_PORT),
         weight,
-        unresolved: String::new(),
+        ..BackendRef::default()
     }
 }
 
@@ -153,14 +153,22 @@ async fn deny_by_path_sees_the_normalized_path() {
     );
 }
 
-#[tokio::test]
-async fn routes_by_header() {
-    let mut mesh = Mesh::new().await;
+/// Two pods of `reviews`, `reviews-v1` and `reviews-v2`, behind the
+/// waypoint-bound Service `reviews` (its address returned) and a Service of
+/// each version's own.
+async fn reviews_in_two_versions(mesh: &mut Mesh) -> std::net::SocketAddr {
     let v1 = mesh.pod("reviews-v1", "reviews").await;
     let v2 = mesh.pod("reviews-v2", "reviews").await;
     let vip = mesh.service("reviews", &[&v1, &v2], true);
     mesh.service("reviews-v1", &[&v1], false);
     mesh.service("reviews-v2", &[&v2], false);
+    vip
+}
+
+#[tokio::test]
+async fn routes_by_header() {
+    let mut mesh = Mesh::new().await;
+    let vip = reviews_in_two_versions(&mut mesh).await;
     mesh.routes.push(route_to(
         "by-header",
         vec![
@@ -217,11 +225,7 @@ async fn routes_by_path_and_unmatched_requests_get_404() {
 #[tokio::test]
 async fn weighted_split_over_two_backends() {
     let mut mesh = Mesh::new().await;
-    let v1 = mesh.pod("reviews-v1", "reviews").await;
-    let v2 = mesh.pod("reviews-v2", "reviews").await;
-    let vip = mesh.service("reviews", &[&v1, &v2], true);
-    mesh.service("reviews-v1", &[&v1], false);
-    mesh.service("reviews-v2", &[&v2], false);
+    let vip = reviews_in_two_versions(&mut mesh).await;
     mesh.routes.push(route_to(
         "split",
         vec![RouteRule {
@@ -719,6 +723,59 @@ async fn response_headers_are_modified_on_the_way_back() {
             .is_some_and(|h| h.contains_key("x-served-by")),
         "a response header never reaches the app"
     );
+}
+
+/// Issue 16: a backendRef's own header filters apply only to the requests
+/// sent to that backend and to its responses, after the rule's.
+#[tokio::test]
+async fn a_backends_own_header_filters_apply_to_its_share_only() {
+    let mut mesh = Mesh::new().await;
+    let vip = reviews_in_two_versions(&mut mesh).await;
+    let op = |op: &str, name: &str, value: &str| weft_api::config::HeaderModifier {
+        name: name.into(),
+        value: value.into(),
+        op: op.into(),
+    };
+    let mut to_v1 = backend("reviews-v1", 1);
+    to_v1.request_header_modifiers = vec![op("SET", "x-rule", "backend-wins")];
+    to_v1.response_header_modifiers = vec![op("ADD", "x-answered-by", "v1")];
+    mesh.routes.push(route_to(
+        "per-backend",
+        vec![RouteRule {
+            backends: vec![to_v1, backend("reviews-v2", 1)],
+            request_header_modifiers: vec![op("SET", "x-rule", "rule")],
+            ..Default::default()
+        }],
+    ));
+    mesh.apply();
+    let web = mesh.client(NS, "web");
+    let mut sender = web.http1(vip).await;
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..40 {
+        let reply = send(&mut sender, "GET", "/", &[]).await;
+        assert_eq!(reply.status, 200);
+        let sent = reply.json()["headers"]["x-rule"]
+            .as_str()
+            .map(str::to_owned);
+        let answered = reply
+            .headers
+            .get("x-answered-by")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        match reply.pod().as_str() {
+            "reviews-v1" => {
+                assert_eq!(sent.as_deref(), Some("backend-wins"));
+                assert_eq!(answered.as_deref(), Some("v1"));
+            }
+            other => {
+                assert_eq!(other, "reviews-v2");
+                assert_eq!(sent.as_deref(), Some("rule"), "the rule's change only");
+                assert_eq!(answered, None);
+            }
+        }
+        seen.insert(reply.pod());
+    }
+    assert_eq!(seen.len(), 2, "both backends answered in 40 requests");
 }
 
 /// `RequestRedirect` answers without a backend: scheme, host, port and a

@@ -35,6 +35,8 @@ use crate::process::ManagedProcess;
 use crate::signals;
 use crate::state::RunState;
 use crate::topology;
+use weft_image::archive::ImageSpec;
+use weft_image::base::Base;
 
 /// The pod network of every node together (kube-proxy's cluster CIDR).
 pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
@@ -50,6 +52,9 @@ pub struct KubeClusterConfig {
     pub binaries: Option<Binaries>,
     /// Progress messages.
     pub progress: Progress,
+    /// Images the kubelets can run besides weft's, the e2e app's and
+    /// CoreDNS's (e.g. the conformance suite's echo), each on its base.
+    pub images: Vec<(Base, ImageSpec)>,
 }
 
 impl Default for KubeClusterConfig {
@@ -59,6 +64,7 @@ impl Default for KubeClusterConfig {
             root: names::root_dir(),
             binaries: None,
             progress: Arc::new(|msg| eprintln!("[weft-e2e] {msg}")),
+            images: Vec::new(),
         }
     }
 }
@@ -207,6 +213,7 @@ impl KubeCluster {
         let images = Images::assemble(
             bins,
             (super::dns::IMAGE, toolchain.dns_binary()),
+            &self.config.images,
             &dir.join("images"),
         )?;
         for index in 1..=count {

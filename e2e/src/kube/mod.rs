@@ -10,6 +10,7 @@
 //! - [`install`]: the Gateway API CRDs and `deploy/`, applied with kubectl.
 //! - [`helm`]: Helm from Go modules, for the chart (`deploy/charts/weft`).
 //! - [`controller`]: weft's controller run as its own ServiceAccount.
+//! - [`conformance`]: the Gateway API conformance suite, run against weft.
 //! - [`dns`]: the cluster DNS add-on (CoreDNS) of a kube cluster.
 //! - [`kubelet`]: the netns nodes' kubelet: Nodes, pods through the CNI
 //!   chain, containers under runc from the images' binaries.
@@ -22,6 +23,7 @@
 
 pub mod apps;
 pub mod cluster;
+pub mod conformance;
 pub mod control_plane;
 pub mod controller;
 pub mod dashboards;
@@ -50,6 +52,50 @@ use crate::error::{Error, Result};
 use crate::names::RunId;
 use crate::signals;
 use crate::state::RunState;
+
+/// What `scripts/<script>` built from Go modules (the path it prints), or
+/// `$<env>` when set. A script runs at most once per process (a hash when
+/// warm, minutes when cold; its progress goes to stderr), and a failure is
+/// remembered rather than paid again by every test. `usable` checks what it
+/// printed; `what` names it in errors.
+pub(crate) fn built_by_script(
+    script: &'static str,
+    env: &str,
+    what: &str,
+    usable: fn(&Path) -> bool,
+) -> Result<std::path::PathBuf> {
+    use std::collections::BTreeMap;
+    use std::path::PathBuf;
+    use std::sync::{Mutex, OnceLock};
+    type Built = std::result::Result<PathBuf, String>;
+    static BUILT: OnceLock<Mutex<BTreeMap<&'static str, Built>>> = OnceLock::new();
+    if let Some(path) = std::env::var_os(env) {
+        return Ok(PathBuf::from(path));
+    }
+    let mut built = BUILT
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let result = built.entry(script).or_insert_with(|| {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../scripts")
+            .join(script);
+        crate::exec::run(std::process::Command::new(&path).stderr(std::process::Stdio::inherit()))
+            .map(|out| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+            .map_err(|e| e.to_string())
+    });
+    match result {
+        Ok(path) if usable(path) => Ok(path.clone()),
+        Ok(path) => Err(Error::Missing {
+            what: format!("{what} at {}", path.display()),
+            hint: format!("run scripts/{script}"),
+        }),
+        Err(e) => Err(Error::Missing {
+            what: what.into(),
+            hint: format!("scripts/{script} failed: {e}"),
+        }),
+    }
+}
 
 /// Writes `text` to `path`, readable by its owner only: keys, certificates
 /// and kubeconfigs alike, as a node keeps them.

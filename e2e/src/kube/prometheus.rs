@@ -25,17 +25,15 @@
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
 use super::cluster::KubeCluster;
 use crate::error::{Error, Result};
+use crate::http;
 use crate::netns::Netns;
 use crate::process::{ManagedProcess, TAIL_LINES};
-use crate::{exec, http};
 
 /// How often Prometheus scrapes and re-evaluates: short, so a test sees a
 /// change within seconds.
@@ -80,27 +78,12 @@ subjects: [{kind: ServiceAccount, name: prometheus, namespace: monitoring}]
 /// hash when warm, minutes when cold; its progress goes to stderr), and a
 /// failure is remembered rather than paid again by every test.
 pub fn binary() -> Result<PathBuf> {
-    static BUILT: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
-    if let Some(path) = std::env::var_os("WEFT_PROMETHEUS") {
-        return Ok(PathBuf::from(path));
-    }
-    let built = BUILT.get_or_init(|| {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/build-prometheus.sh");
-        exec::run(Command::new(&script).stderr(std::process::Stdio::inherit()))
-            .map(|out| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
-            .map_err(|e| e.to_string())
-    });
-    match built {
-        Ok(path) if path.is_file() => Ok(path.clone()),
-        Ok(path) => Err(Error::Missing {
-            what: format!("prometheus at {}", path.display()),
-            hint: "run scripts/build-prometheus.sh".into(),
-        }),
-        Err(e) => Err(Error::Missing {
-            what: "prometheus".into(),
-            hint: format!("scripts/build-prometheus.sh failed: {e}"),
-        }),
-    }
+    super::built_by_script(
+        "build-prometheus.sh",
+        "WEFT_PROMETHEUS",
+        "prometheus",
+        Path::is_file,
+    )
 }
 
 /// The scrape configuration: every pod the API server lists, kept if its

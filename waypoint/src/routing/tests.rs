@@ -14,7 +14,7 @@ fn backend(name: &str, weight: u32) -> BackendRef {
         name: name.into(),
         port: 80,
         weight,
-        unresolved: String::new(),
+        ..BackendRef::default()
     }
 }
 
@@ -242,7 +242,7 @@ fn weights_split_and_zero_weights_are_unavailable() {
             name: "x".into(),
             port: 0,
             weight: 0,
-            unresolved: None,
+            ..Backend::default()
         }],
         timeout: None,
         backend_timeout: None,
@@ -449,7 +449,7 @@ fn a_mirror_takes_its_share() {
             name: "shadow".into(),
             port: 0,
             weight: 1,
-            unresolved: None,
+            ..Backend::default()
         },
         numerator,
         denominator,

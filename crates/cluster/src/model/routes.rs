@@ -52,10 +52,7 @@ macro_rules! written {
         let mut unsupported = Vec::new();
         for (i, rule) in rules.iter().enumerate() {
             for (j, f) in rule.filters.iter().flatten().enumerate() {
-                let kind = serde_json::to_value(&f.r#type)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default();
+                let kind = filter_type(&f.r#type);
                 if !SUPPORTED_FILTERS.contains(&kind.as_str()) {
                     unsupported.push(format!(
                         "spec.rules[{i}].filters[{j}]: filter type {kind} is not supported"
@@ -63,10 +60,13 @@ macro_rules! written {
                 }
             }
             for (j, b) in rule.backend_refs.iter().flatten().enumerate() {
-                if b.filters.as_ref().is_some_and(|f| !f.is_empty()) {
-                    unsupported.push(format!(
-                        "spec.rules[{i}].backendRefs[{j}].filters: filters on a backend are not supported"
-                    ));
+                for (k, f) in b.filters.iter().flatten().enumerate() {
+                    let kind = filter_type(&f.r#type);
+                    if !BACKEND_FILTERS.contains(&kind.as_str()) {
+                        unsupported.push(format!(
+                            "spec.rules[{i}].backendRefs[{j}].filters[{k}]: filter type {kind} is not supported on a backend"
+                        ));
+                    }
                 }
             }
         }
@@ -113,6 +113,14 @@ macro_rules! written {
     }};
 }
 
+/// A filter's `type` as the API writes it (`RequestHeaderModifier`).
+fn filter_type(kind: &impl serde::Serialize) -> String {
+    serde_json::to_value(kind)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
 /// The filter types weft applies (docs/waypoint.md).
 const SUPPORTED_FILTERS: &[&str] = &[
     "RequestHeaderModifier",
@@ -121,6 +129,11 @@ const SUPPORTED_FILTERS: &[&str] = &[
     "URLRewrite",
     "RequestMirror",
 ];
+
+/// The filter types weft applies on a backendRef: the header changes (a
+/// redirect or rewrite there would change the rule, which the spec leaves to
+/// the rule's own filters).
+const BACKEND_FILTERS: &[&str] = &["RequestHeaderModifier", "ResponseHeaderModifier"];
 
 /// The routes weft serves, by `namespace/name`, and what it found of each
 /// (for its status).
@@ -178,7 +191,9 @@ fn check(
     for (i, rule) in route.rules.iter_mut().enumerate() {
         for (j, b) in rule.backends.iter_mut().enumerate() {
             let kind = written.backend_kinds.get(i).and_then(|k| k.get(j));
-            if let Some(problem) = backend_problem(state, route_kind, &ns, kind, b) {
+            if let Some(problem) =
+                backend_problem(state, route_kind, &ns, &written.parents, kind, b)
+            {
                 b.unresolved = problem.message.clone();
                 unresolved.push(Problem::new(
                     problem.reason,
@@ -191,7 +206,7 @@ fn check(
             let kind = written.mirror_kinds.get(i).and_then(|kinds| kinds.get(k));
             k += 1;
             let Some(b) = &m.backend else { return false };
-            match backend_problem(state, route_kind, &ns, kind, b) {
+            match backend_problem(state, route_kind, &ns, &written.parents, kind, b) {
                 None => true,
                 Some(problem) => {
                     unresolved.push(Problem::new(
@@ -271,10 +286,17 @@ fn invalid_regexes(route: &Route) -> Vec<Problem> {
 
 /// Why a backend cannot be used, if it cannot: not a Service, in another
 /// namespace without a ReferenceGrant there, or missing.
+///
+/// A consumer route (GAMMA: on a Service of another namespace) may name
+/// the very Service it is attached to as its backend without a grant: the
+/// route changes only its own namespace's requests to that Service, which
+/// they could send anyway, and the mesh conformance suite's consumer route
+/// does exactly that.
 fn backend_problem(
     state: &ClusterState,
     route_kind: &str,
     route_ns: &str,
+    parents: &[ParentRef],
     kind: Option<&(Option<String>, Option<String>)>,
     b: &BackendRef,
 ) -> Option<Problem> {
@@ -290,7 +312,14 @@ fn backend_problem(
             ),
         ));
     }
+    let own_parent = parents.iter().any(|p| {
+        p.kind.as_deref() == Some("Service")
+            && matches!(p.group.as_deref(), None | Some("" | "core"))
+            && p.namespace.as_deref() == Some(b.namespace.as_str())
+            && p.name == b.name
+    });
     if b.namespace != route_ns
+        && !own_parent
         && !reference_granted(state, route_kind, route_ns, &b.namespace, &b.name)
     {
         return Some(Problem::new(
@@ -515,8 +544,28 @@ fn backend(
         name: name.to_string(),
         port: port.and_then(|p| u32::try_from(p).ok()).unwrap_or(0),
         weight: weight.map_or(1, |w| u32::try_from(w).unwrap_or(0)),
-        unresolved: String::new(),
+        ..BackendRef::default()
     }
+}
+
+/// A backendRef of either route kind (the same shape in two generated
+/// types), with its own header filters.
+macro_rules! backend_ref {
+    ($route_ns:expr, $b:expr) => {{
+        let b = $b;
+        let mut out = backend($route_ns, b.namespace.as_ref(), &b.name, b.port, b.weight);
+        for f in b.filters.iter().flatten() {
+            out.request_header_modifiers
+                .extend(header_modifiers(header_lists!(
+                    f.request_header_modifier.as_ref()
+                )));
+            out.response_header_modifiers
+                .extend(header_modifiers(header_lists!(
+                    f.response_header_modifier.as_ref()
+                )));
+        }
+        out
+    }};
 }
 
 /// The `set`, `add` and `remove` lists of a header modifier filter (request
@@ -756,7 +805,7 @@ fn http_route(route: &HttpRoute, invalid: &mut Vec<String>) -> Route {
                 .backend_refs
                 .iter()
                 .flatten()
-                .map(|b| backend(&ns, b.namespace.as_ref(), &b.name, b.port, b.weight))
+                .map(|b| backend_ref!(&ns, b))
                 .collect(),
             timeout_ms: timeout_ms(rule.timeouts.as_ref().and_then(|t| t.request.as_deref())),
             backend_timeout_ms: timeout_ms(
@@ -835,7 +884,7 @@ fn grpc_route(route: &GrpcRoute) -> Route {
                 .backend_refs
                 .iter()
                 .flatten()
-                .map(|b| backend(&ns, b.namespace.as_ref(), &b.name, b.port, b.weight))
+                .map(|b| backend_ref!(&ns, b))
                 .collect(),
             ..RouteRule::default()
         })

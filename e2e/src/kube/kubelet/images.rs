@@ -98,10 +98,15 @@ pub struct Images {
 
 impl Images {
     /// Assembles the images of the components in `bins` (those built), the
-    /// e2e app, the broken test images and CoreDNS (`dns` is its image
-    /// reference and binary), into the cache; `dir` is where this run
-    /// unpacks them.
-    pub fn assemble(bins: &Binaries, dns: (&str, PathBuf), dir: &Path) -> Result<Images> {
+    /// e2e app, the broken test images, CoreDNS (`dns` is its image
+    /// reference and binary) and `extra`, into the cache; `dir` is where
+    /// this run unpacks them.
+    pub fn assemble(
+        bins: &Binaries,
+        dns: (&str, PathBuf),
+        extra: &[(Base, ImageSpec)],
+        dir: &Path,
+    ) -> Result<Images> {
         let cache = Path::new(CACHE);
         // One directory per binaries' directory: test processes running
         // other builds (debug, release) at the same time never replace
@@ -137,6 +142,7 @@ impl Images {
         specs.push((Base::Shell, app(bins)));
         specs.extend(broken(bins).map(|s| (Base::Shell, s)));
         specs.push((Base::Cc, coredns(dns.0, dns.1)));
+        specs.extend(extra.iter().cloned());
         for (base, spec) in specs {
             let layer = base::prepare(base, cache).map_err(invalid)?;
             let built = weft_image::archive::build(&spec, &layer, &out).map_err(invalid)?;
