@@ -235,10 +235,10 @@ async fn exchange(
             .flat_map(|r| &r.response_header_ops)
             .chain(backend.iter().flat_map(|b| &b.response_header_ops))
     };
-    // An `Upgrade` (WebSocket, ...) the server side can hand over: policy
-    // and routing applied to it above like any request, then one attempt
-    // on a connection of its own.
-    if let Some(protocol) = upgrade_protocol(&parts)
+    // An `Upgrade` (WebSocket, ...) or a `CONNECT` the server side can hand
+    // over: policy and routing applied to it above like any request, then
+    // one attempt on a connection of its own.
+    if let Some(switch) = switch_of(&parts)
         && let Some(client) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
     {
         let forward = Forward {
@@ -252,7 +252,7 @@ async fn exchange(
             backend_timeout: rule.as_deref().and_then(|r| r.backend_timeout),
         };
         let deadline = rule.as_deref().and_then(|r| r.timeout);
-        let upgrade = forward.upgrade(&target, protocol, client, body, &mut attrs, trace);
+        let upgrade = forward.upgrade(&target, switch, client, body, &mut attrs, trace);
         let mut response = match deadline {
             None => upgrade.await?,
             Some(limit) => tokio::time::timeout(limit, upgrade).await.map_err(|_| {
@@ -359,7 +359,20 @@ fn admit(
         })?;
     trace.service = dest.addressed_service().cloned();
     let (parts, body) = request.into_parts();
-    let path = match path::normalize(parts.uri.path()) {
+    if parts.method == Method::CONNECT && parts.version == Version::HTTP_2 {
+        return Err(Refusal::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "CONNECT over HTTP/2 is not supported; use HTTP/1.1\n",
+            "CONNECT over HTTP/2",
+        ));
+    }
+    // A CONNECT names a host and port, no path: policies and route matches
+    // see it as `/` (a route selects it by `method: CONNECT`).
+    let target = match parts.method {
+        Method::CONNECT => "/",
+        _ => parts.uri.path(),
+    };
+    let path = match path::normalize(target) {
         Ok(p) => p.into_owned(),
         Err(e) => {
             return Err(Refusal::new(
@@ -821,13 +834,14 @@ impl Forward<'_> {
         Ok(endpoint)
     }
 
-    /// An `Upgrade` request: one attempt, on a connection of its own. On 101
-    /// the client's connection and the endpoint's are joined until either
-    /// closes; any other answer goes back as it is.
+    /// An `Upgrade` or `CONNECT` request: one attempt, on a connection of
+    /// its own. When the endpoint switches (101 to an upgrade, 2xx to a
+    /// CONNECT) the client's connection and the endpoint's are joined until
+    /// either closes; any other answer goes back as it is.
     async fn upgrade(
         &self,
         target: &Target,
-        protocol: HeaderValue,
+        switch: Switch,
         client: hyper::upgrade::OnUpgrade,
         body: Incoming,
         attrs: &mut LazyAttrs,
@@ -838,10 +852,27 @@ impl Forward<'_> {
         let mut request = self
             .request(Either::Left(body))
             .map_err(|why| Refusal::new(StatusCode::BAD_REQUEST, "bad request\n", why))?;
-        // Hop-by-hop, but the point of this hop: the endpoint must see them.
-        let headers = request.headers_mut();
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        headers.insert(header::UPGRADE, protocol);
+        match &switch {
+            Switch::Protocol(protocol) => {
+                // Hop-by-hop, but the point of this hop: the endpoint must
+                // see them.
+                let headers = request.headers_mut();
+                headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                headers.insert(header::UPGRADE, protocol.clone());
+            }
+            // The endpoint (a proxy) gets the client's target, in the
+            // authority form CONNECT is sent in.
+            Switch::Connect => {
+                let target = Uri::try_from(self.host).map_err(|e| {
+                    Refusal::new(
+                        StatusCode::BAD_REQUEST,
+                        "bad request\n",
+                        format!("CONNECT target {:?}: {e}", self.host),
+                    )
+                })?;
+                *request.uri_mut() = target;
+            }
+        }
         let span = client_span(trace, &mut request, &endpoint);
         let key = PoolKey {
             addr: endpoint.addr,
@@ -863,7 +894,11 @@ impl Forward<'_> {
             }
         }
         let mut response = sent.map_err(|f| failure(&f.error))?;
-        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        let switched = match switch {
+            Switch::Protocol(_) => response.status() == StatusCode::SWITCHING_PROTOCOLS,
+            Switch::Connect => response.status().is_success(),
+        };
+        if !switched {
             return Ok(respond(response.map(PooledBody::unpooled)));
         }
         let upstream = hyper::upgrade::on(&mut response);
@@ -884,6 +919,7 @@ impl Forward<'_> {
         });
         let (mut parts, _) = response.into_parts();
         parts.headers.remove(header::TRANSFER_ENCODING);
+        parts.headers.remove(header::CONTENT_LENGTH);
         parts.headers.remove("keep-alive");
         Ok(Response::from_parts(
             parts,
@@ -1028,6 +1064,23 @@ impl LazyAttrs {
         }
         self.attrs.get_or_insert_with(RequestAttrs::default)
     }
+}
+
+/// A request that turns its connection into a byte stream once the
+/// endpoint agrees.
+enum Switch {
+    /// HTTP/1.1 `Connection: upgrade` with `Upgrade: X` (WebSocket, ...).
+    Protocol(HeaderValue),
+    /// An HTTP/1.x `CONNECT` to the endpoint (an HTTP proxy).
+    Connect,
+}
+
+/// What a request asks to switch to, if it does.
+fn switch_of(parts: &Parts) -> Option<Switch> {
+    if parts.method == Method::CONNECT && parts.version <= Version::HTTP_11 {
+        return Some(Switch::Connect);
+    }
+    upgrade_protocol(parts).map(Switch::Protocol)
 }
 
 /// The protocol an HTTP/1.1 request asks to switch to (`Connection:

@@ -1034,6 +1034,78 @@ async fn a_websocket_passes_the_waypoint_under_its_l7_policy() {
     );
 }
 
+/// Issue 16: `CONNECT` through the waypoint to a Service that is an HTTP
+/// proxy: the waypoint's L7 policy decides the CONNECT like any request
+/// (another identity gets 403 and the proxy never sees it); once the proxy
+/// answers 200, bytes flow both ways over the joined connections.
+#[tokio::test]
+async fn a_connect_passes_the_waypoint_under_its_l7_policy() {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let mut mesh = Mesh::new().await;
+    let pod = mesh.pod("egress-proxy-1", "egress-proxy").await;
+    let vip = mesh.service("egress-proxy", &[&pod], true);
+    let mut rule = allow_get_from("cluster.local/ns/shop/sa/web");
+    rule.to[0].methods = vec!["CONNECT".into()];
+    mesh.policies.push(waypoint_policy(
+        "web-may-connect",
+        "Service",
+        "egress-proxy",
+        Action::Allow,
+        vec![rule],
+    ));
+    mesh.apply();
+    let connect = b"CONNECT api.example.com:443 HTTP/1.1\r\nHost: api.example.com:443\r\n\r\n";
+
+    let web = mesh.client(NS, "web");
+    let stream = web.tunnel(vip).await.expect("tunnel");
+    let mut stream = BufReader::new(stream);
+    stream.get_mut().write_all(connect).await.expect("CONNECT");
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read_line(&mut line))
+            .await
+            .expect("an answer in time")
+            .expect("read");
+        assert!(read > 0, "the answer ended early: {head}");
+        head.push_str(&line);
+        if line == "\r\n" {
+            break;
+        }
+    }
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut greeting = String::new();
+    stream.read_line(&mut greeting).await.expect("greeting");
+    assert_eq!(
+        greeting, "egress-proxy-1 api.example.com:443\n",
+        "the proxy got the target"
+    );
+    stream.get_mut().write_all(b"ping").await.expect("write");
+    let mut echo = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut echo))
+        .await
+        .expect("an echo in time")
+        .expect("read");
+    assert_eq!(&echo, b"ping");
+
+    let requests = pod.state.requests.load(std::sync::atomic::Ordering::SeqCst);
+    let intruder = mesh.client("other", "web");
+    let mut stream = intruder.tunnel(vip).await.expect("tunnel");
+    stream.write_all(connect).await.expect("CONNECT");
+    let mut answer = vec![0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer))
+        .await
+        .expect("an answer in time")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    assert_eq!(
+        pod.state.requests.load(std::sync::atomic::Ordering::SeqCst),
+        requests,
+        "the refused CONNECT never reached the proxy"
+    );
+}
+
 /// Issue 16: an HTTP/1.0 client (no `Host` required, the connection closes
 /// after the answer) is served, and its answer is HTTP/1.x, not upgraded to
 /// a version it cannot read.

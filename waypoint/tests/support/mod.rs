@@ -80,6 +80,9 @@ async fn app(
     {
         return websocket_echo(&state.name, &mut req);
     }
+    if req.method() == http::Method::CONNECT {
+        return connect_echo(&state.name, &mut req);
+    }
     let (parts, body) = req.into_parts();
     let body = body
         .collect()
@@ -158,6 +161,24 @@ fn websocket_echo(pod: &str, req: &mut Request<Incoming>) -> Response<Full<Bytes
         headers.insert("sec-websocket-accept", accept);
     }
     response
+}
+
+/// Plays an HTTP proxy's part for `CONNECT`: accepts, says
+/// `<pod> <target>\n` on the new stream, then echoes every byte.
+fn connect_echo(pod: &str, req: &mut Request<Incoming>) -> Response<Full<Bytes>> {
+    use tokio::io::AsyncWriteExt;
+    let upgrade = hyper::upgrade::on(&mut *req);
+    let greeting = format!("{pod} {}\n", req.uri());
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else { return };
+        let mut io = TokioIo::new(upgraded);
+        if io.write_all(greeting.as_bytes()).await.is_err() {
+            return;
+        }
+        let (mut r, mut w) = tokio::io::split(io);
+        let _ = tokio::io::copy(&mut r, &mut w).await;
+    });
+    Response::new(Full::new(Bytes::new()))
 }
 
 /// Serves the app (HTTP/1.1 or HTTP/2) on one byte stream.
