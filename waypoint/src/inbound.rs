@@ -66,6 +66,7 @@ async fn handle(proxy: Arc<Proxy>, tunnel: InboundTunnel) {
     };
     let client = Client::new(tunnel.peer_identity.clone(), client_ip, client_workload);
     let authority = tunnel.authority;
+    let connect_trace = crate::otel::connect_context(&tunnel.headers);
     let dest = match destination::resolve(store, &proxy.me, authority) {
         Ok(dest) => dest,
         Err(e) => {
@@ -168,6 +169,7 @@ async fn handle(proxy: Arc<Proxy>, tunnel: InboundTunnel) {
         client,
         authority,
         metrics: Default::default(),
+        connect_trace,
     });
     serve_http(proxy, context, io, protocol == Protocol::Http2).await;
 }

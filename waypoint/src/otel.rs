@@ -79,18 +79,23 @@ impl Tracing {
     }
 
     /// Starts the SERVER span of a request arriving through a tunnel from
-    /// `client` (its principal and original address).
+    /// `client` (its principal and original address). Its parent is the
+    /// request's own `traceparent`, else the tunnel's CONNECT's
+    /// (`connect_trace`, see [`connect_context`]), so a client ztunnel's
+    /// connection span and the requests it carried form one trace.
     pub fn server<B>(
         &self,
         request: &Request<B>,
+        connect_trace: &http::HeaderMap,
         tunnel_authority: SocketAddr,
         principal: &str,
         peer: std::net::IpAddr,
     ) -> ServerSpan {
-        let parent = self
-            .inner
-            .propagator
-            .extract(&HeaderExtractor(request.headers()));
+        let carrier = match request.headers().contains_key(TRACEPARENT) {
+            true => request.headers(),
+            false => connect_trace,
+        };
+        let parent = self.inner.propagator.extract(&HeaderExtractor(carrier));
         let method = request.method();
         let host = request
             .uri()
@@ -261,6 +266,38 @@ impl ClientSpan {
         self.span.set_status(Status::error(why));
         self.span.end();
     }
+}
+
+const TRACEPARENT: &str = "traceparent";
+const TRACESTATE: &str = "tracestate";
+
+/// The trace context of a tunnel's CONNECT headers, kept only when its
+/// `traceparent` is well-formed (a bad one is ignored, never refused: the
+/// tunnel is the client's traffic, the header only a hint).
+pub fn connect_context(headers: &http::HeaderMap) -> http::HeaderMap {
+    let mut out = http::HeaderMap::new();
+    let Some(traceparent) = headers.get(TRACEPARENT) else {
+        return out;
+    };
+    let valid = traceparent
+        .to_str()
+        .ok()
+        .is_some_and(|v| weft_runtime::otel::TraceParent::parse(v).is_ok());
+    if !valid {
+        tracing::debug!("the tunnel's CONNECT carries a malformed traceparent; ignored");
+        return out;
+    }
+    out.insert(TRACEPARENT, traceparent.clone());
+    if let Some(state) = headers.get(TRACESTATE)
+        && state
+            .to_str()
+            .ok()
+            .and_then(weft_runtime::otel::parse_tracestate)
+            .is_some()
+    {
+        out.insert(TRACESTATE, state.clone());
+    }
+    out
 }
 
 /// The `traceparent` a new upstream connection's HBONE `CONNECT` carries:

@@ -51,6 +51,10 @@ pub struct TunnelContext {
     /// The tunnel's `:authority`.
     pub authority: SocketAddr,
     pub metrics: TunnelMetrics,
+    /// The trace context the tunnel's CONNECT carried (a client ztunnel's
+    /// connection span): the parent of requests that bring none of their
+    /// own. Empty when it carried none, or a malformed one.
+    pub connect_trace: http::HeaderMap,
 }
 
 /// Where a request is going after routing.
@@ -96,6 +100,7 @@ pub async fn handle(
         span: proxy.tracing.as_ref().map(|t| {
             t.server(
                 &request,
+                &tunnel.connect_trace,
                 tunnel.authority,
                 &tunnel.client.principal,
                 tunnel.client.ip,

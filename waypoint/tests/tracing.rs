@@ -110,6 +110,77 @@ async fn a_request_continues_the_clients_trace_through_the_waypoint() {
     assert_eq!(flags, "01");
 }
 
+/// A request that brings no `traceparent` of its own continues the trace of
+/// the tunnel it came in (a client ztunnel's connection span, sent on the
+/// CONNECT); a malformed one on the CONNECT is ignored and the request
+/// starts a trace of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_without_its_own_traceparent_continues_the_tunnels() {
+    use http_body_util::BodyExt;
+    let collector = Collector::start();
+    let (mut mesh, vip, _pod) = traced_mesh(tracing(&collector)).await;
+    mesh.apply();
+    let web = mesh.client(NS, "web");
+    let get = |path: &str| {
+        hyper::Request::get(path)
+            .header("host", "reviews.shop.svc.cluster.local")
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .expect("request")
+    };
+    let send = |stream, request| async move {
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .expect("HTTP/1.1 handshake");
+        tokio::spawn(conn);
+        let response = sender.send_request(request).await.expect("answer");
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        let json: serde_json::Value = serde_json::from_slice(&body).expect("the app's JSON");
+        (
+            status,
+            json["headers"]["traceparent"].as_str().map(str::to_owned),
+        )
+    };
+
+    let (trace, connection_span, traceparent) = client_trace("01");
+    let stream = web
+        .tunnel_traced(vip, Some(traceparent))
+        .await
+        .expect("tunnel");
+    let (status, app) = send(stream, get("/in-a-traced-tunnel")).await;
+    assert_eq!(status, 200);
+    let (app_trace, _, _) = parse_traceparent(&app.expect("the app got a traceparent"));
+    assert_eq!(app_trace, trace, "the request joined the tunnel's trace");
+    let (server, _) = collector
+        .wait_for("the request's spans in the tunnel's trace", |spans| {
+            server_and_client(spans, &trace)
+        })
+        .await;
+    assert_eq!(server.parent(), connection_span, "{server:#?}");
+    server.assert_attrs(&[("url.path", "/in-a-traced-tunnel")]);
+
+    let stream = web
+        .tunnel_traced(vip, Some("00-not-a-trace".into()))
+        .await
+        .expect("a malformed traceparent does not refuse the tunnel");
+    let (status, app) = send(stream, get("/in-a-bad-tunnel")).await;
+    assert_eq!(status, 200);
+    let (own, _, _) = parse_traceparent(&app.expect("the app got a traceparent"));
+    assert_ne!(own, trace);
+    let (server, _) = collector
+        .wait_for("the request's own trace", |spans| {
+            server_and_client(spans, &own)
+        })
+        .await;
+    assert_eq!(server.parent(), "", "a root span: {server:#?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_without_traceparent_starts_a_trace() {
     let collector = Collector::start();

@@ -570,12 +570,22 @@ impl Reply {
 impl Client {
     /// A tunnel to the waypoint for `authority`.
     pub async fn tunnel(&self, authority: SocketAddr) -> Result<H2Stream, weft_hbone::HboneError> {
+        self.tunnel_traced(authority, None).await
+    }
+
+    /// A tunnel whose CONNECT carries `traceparent` (as a client ztunnel's
+    /// connection span sends it).
+    pub async fn tunnel_traced(
+        &self,
+        authority: SocketAddr,
+        traceparent: Option<String>,
+    ) -> Result<H2Stream, weft_hbone::HboneError> {
         let target = TunnelTarget {
             hbone_addr: self.waypoint,
             expected_identity: self.waypoint_identity.clone(),
             authority,
             client_ip: Some(self.ip),
-            traceparent: None,
+            traceparent,
             baggage: None,
         };
         self.pool.connect(&self.cert, &target, &DirectDialer).await
