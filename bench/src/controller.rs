@@ -1,35 +1,39 @@
-//! `weft-bench controller`: how fast a pod change reaches every proxy.
+//! `weft-bench controller`: the controller's memory, and how fast a pod
+//! change reaches every proxy, as the cluster grows.
 //!
-//! One process runs the controller's real pipeline and gRPC server (TLS) and
-//! N subscribers that behave like ztunnels: they subscribe over their own
-//! HTTP/2 connection, decode every response and ACK it. The cluster has
-//! `pods` pods on `subscribers` nodes behind `services` Services (with
-//! EndpointSlices). Once every subscriber holds the snapshot, one pod changes
-//! per `interval_ms` for `duration_secs`; a change's propagation time runs
-//! from the registry update to the moment the last subscriber has decoded it.
-//! The last line is JSON with `p50_propagation_ms`, `p99_propagation_ms` and
-//! `rss_mib` (the whole process: server and all subscribers; each subscriber
-//! keeps a receive buffer the size of the snapshot, `snapshot_bytes`).
+//! This process runs the controller's real pipeline and TLS gRPC server; the
+//! subscribers, which behave like ztunnels (one HTTP/2 connection each,
+//! every response decoded and ACKed), run in a child process
+//! (`controller-load`), so that this process's `VmRSS` and `VmHWM` are the
+//! controller's alone. The cluster has `pods` pods on `proxies` nodes behind
+//! `services` Services (with EndpointSlices). Once every subscriber holds its
+//! snapshot and the process has idled for `settle_secs`, one pod changes per
+//! `interval_ms` for `duration_secs`; a change's propagation runs from the
+//! registry update to the moment the last subscriber has decoded it.
+//!
+//! With `--sizes 2000:200,10000:1000,...` the bench runs itself once per
+//! point, each in a fresh process (a point's memory must not carry over to
+//! the next), and reports how memory and propagation grow between points.
 
+use std::path::PathBuf;
+use std::process::Stdio;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde_json::json;
-use tokio::sync::{Semaphore, mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig};
-use weft_api::config::config_discovery_client::ConfigDiscoveryClient;
-use weft_api::config::{
-    Ack, ConfigRequest, ProxyInfo, ProxyKind, ResourceType, Subscribe, config_request, resource,
-};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::watch;
 use weft_cluster::model::{self, Model, ModelConfig};
 use weft_cluster::registry::{AnyObject, ClusterState, Kind};
 use weft_controller::auth::AllowAll;
 use weft_controller::pipeline::{self, Debounce};
-use weft_controller::server::{self, ConfigServer, ServerTls};
+use weft_controller::server::{self, ConfigServer, ConnectionLimits, ServerTls};
 use weft_hbone::CertificateAuthority;
+
+use crate::controller_load::unix_nanos;
+use crate::stats::round2;
 
 /// Flags of `weft-bench controller`.
 #[derive(Clone, Debug, clap::Args)]
@@ -37,12 +41,18 @@ pub struct ControllerBenchArgs {
     /// Pods in the cluster.
     #[arg(long, default_value_t = 10_000)]
     pub pods: usize,
-    /// Services (each with an EndpointSlice over pods/services pods).
-    #[arg(long, default_value_t = 1_000)]
-    pub services: usize,
-    /// Subscribers (ztunnels, one per node, each on its own connection).
-    #[arg(long, default_value_t = 1_000)]
-    pub subscribers: usize,
+    /// Services (each with an EndpointSlice over pods/services pods);
+    /// default: one per 10 pods.
+    #[arg(long)]
+    pub services: Option<usize>,
+    /// Proxies: ztunnels, one per node, each on its own connection.
+    #[arg(long, alias = "subscribers", default_value_t = 1_000)]
+    pub proxies: usize,
+    /// Several points, `pods:proxies` separated by commas (e.g.
+    /// `2000:200,10000:1000,50000:5000`), each run in a fresh process;
+    /// overrides `--pods` and `--proxies`.
+    #[arg(long)]
+    pub sizes: Option<String>,
     /// How long to keep changing pods, in seconds.
     #[arg(long, default_value_t = 60)]
     pub duration_secs: u64,
@@ -55,26 +65,47 @@ pub struct ControllerBenchArgs {
     /// Subscribers that may be receiving their snapshot at once.
     #[arg(long, default_value_t = 64)]
     pub connect_concurrency: usize,
+    /// Idle time after the initial sync before the idle RSS is read.
+    #[arg(long, default_value_t = 3)]
+    pub settle_secs: u64,
+    /// Give up (rather than push a shared machine into swap or the OOM
+    /// killer) when the controller's RSS passes this many MiB.
+    #[arg(long, default_value_t = 12_288)]
+    pub max_rss_mib: u64,
+}
+
+impl ControllerBenchArgs {
+    fn services(&self) -> usize {
+        self.services.unwrap_or(self.pods / 10).max(1)
+    }
 }
 
 const NAMESPACES: usize = 100;
 
-fn manifests(args: &ControllerBenchArgs) -> Vec<serde_json::Value> {
-    let mut out = Vec::with_capacity(NAMESPACES + args.pods + 2 * args.services);
+/// Puts the bench's cluster into `state`, object by object (a 50k-pod
+/// cluster's JSON all at once would weigh on the controller's peak RSS).
+fn populate(state: &mut ClusterState, args: &ControllerBenchArgs) -> anyhow::Result<()> {
     for n in 0..NAMESPACES {
-        out.push(json!({"apiVersion": "v1", "kind": "Namespace",
-            "metadata": {"name": format!("ns-{n}"), "labels": {"weft.dev/dataplane-mode": "ambient"}}}));
+        insert(
+            state,
+            json!({"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": format!("ns-{n}"), "labels": {"weft.dev/dataplane-mode": "ambient"}}}),
+        )?;
     }
     for i in 0..args.pods {
-        out.push(pod(i, args, 0));
+        insert(state, pod(i, args, 0))?;
     }
-    let per_service = (args.pods / args.services.max(1)).max(1);
-    for s in 0..args.services {
+    let services = args.services();
+    let per_service = (args.pods / services).max(1);
+    for s in 0..services {
         let ns = format!("ns-{}", s % NAMESPACES);
-        out.push(json!({"apiVersion": "v1", "kind": "Service",
+        insert(
+            state,
+            json!({"apiVersion": "v1", "kind": "Service",
             "metadata": {"name": format!("svc-{s}"), "namespace": ns},
             "spec": {"clusterIP": format!("10.96.{}.{}", s / 250, s % 250 + 1),
-                     "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}));
+                     "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}),
+        )?;
         // Pods i with i % NAMESPACES == s % NAMESPACES live in the same namespace.
         let endpoints: Vec<serde_json::Value> = (0..per_service)
             .map(|k| (s % NAMESPACES) + NAMESPACES * ((s / NAMESPACES) * per_service + k))
@@ -82,12 +113,15 @@ fn manifests(args: &ControllerBenchArgs) -> Vec<serde_json::Value> {
             .map(|i| json!({"addresses": [pod_ip(i)],
                             "targetRef": {"kind": "Pod", "name": format!("pod-{i}"), "namespace": ns}}))
             .collect();
-        out.push(json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        insert(
+            state,
+            json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
             "metadata": {"name": format!("svc-{s}-x"), "namespace": ns,
                          "labels": {"kubernetes.io/service-name": format!("svc-{s}")}},
-            "addressType": "IPv4", "ports": [{"name": "http", "port": 8080}], "endpoints": endpoints}));
+            "addressType": "IPv4", "ports": [{"name": "http", "port": 8080}], "endpoints": endpoints}),
+        )?;
     }
-    out
+    Ok(())
 }
 
 fn pod_ip(i: usize) -> String {
@@ -100,7 +134,7 @@ fn pod(i: usize, args: &ControllerBenchArgs, generation: u64) -> serde_json::Val
     json!({"apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": format!("pod-{i}"), "namespace": format!("ns-{}", i % NAMESPACES),
                      "uid": format!("uid-{i}"), "labels": {"app": format!("gen-{generation}")}},
-        "spec": {"nodeName": format!("node-{}", i % args.subscribers.max(1)), "serviceAccountName": "app",
+        "spec": {"nodeName": format!("node-{}", i % args.proxies.max(1)), "serviceAccountName": "app",
                  "containers": [{"name": "app"}]},
         "status": {"podIP": pod_ip(i)}})
 }
@@ -114,92 +148,6 @@ fn insert(state: &mut ClusterState, obj: serde_json::Value) -> anyhow::Result<()
     Ok(())
 }
 
-/// Per change: how many subscribers have it, and when the last one got it.
-struct Arrivals {
-    start: Instant,
-    counts: Vec<AtomicUsize>,
-    last_nanos: Vec<AtomicU64>,
-    snapshots: AtomicUsize,
-}
-
-impl Arrivals {
-    fn record(&self, generation: u64) {
-        let Some(i) = usize::try_from(generation)
-            .ok()
-            .filter(|i| *i < self.counts.len())
-        else {
-            return;
-        };
-        let now = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        self.last_nanos[i].fetch_max(now, Ordering::Relaxed);
-        self.counts[i].fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-async fn subscriber(
-    endpoint: tonic::transport::Endpoint,
-    node: usize,
-    arrivals: Arc<Arrivals>,
-    snapshot_permits: Arc<Semaphore>,
-) -> anyhow::Result<()> {
-    let permit = snapshot_permits.acquire_owned().await?;
-    let channel: Channel = endpoint.connect().await?;
-    let mut client = ConfigDiscoveryClient::new(channel).max_decoding_message_size(256 << 20);
-    let (tx, rx) = mpsc::channel(4);
-    tx.send(ConfigRequest {
-        kind: Some(config_request::Kind::Subscribe(Subscribe {
-            proxy: Some(ProxyInfo {
-                id: format!("ztunnel~node-{node}~bench"),
-                kind: ProxyKind::Ztunnel as i32,
-                node: format!("node-{node}"),
-                ..ProxyInfo::default()
-            }),
-            types: vec![ResourceType::Workload as i32, ResourceType::Service as i32],
-        })),
-    })
-    .await?;
-    let mut responses = client
-        .subscribe(ReceiverStream::new(rx))
-        .await?
-        .into_inner();
-    let mut permit = Some(permit);
-    while let Some(response) = responses.message().await? {
-        for r in &response.resources {
-            if let Some(resource::Kind::Workload(w)) = &r.kind
-                && let Some(generation) = w.canonical_name.strip_prefix("gen-")
-                && let Ok(generation) = generation.parse::<u64>()
-                && generation > 0
-            {
-                arrivals.record(generation);
-            }
-        }
-        if response.full_snapshot {
-            arrivals.snapshots.fetch_add(1, Ordering::Relaxed);
-            permit.take();
-        }
-        tx.send(ConfigRequest {
-            kind: Some(config_request::Kind::Ack(Ack {
-                nonce: response.nonce,
-            })),
-        })
-        .await?;
-    }
-    Ok(())
-}
-
-fn rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map(|kb| (kb / 1024.0 * 10.0).round() / 10.0)
-        .unwrap_or(f64::NAN)
-}
-
 fn quantile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -208,20 +156,108 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
     sorted[rank - 1]
 }
 
-/// Runs the benchmark and returns its report.
+/// Runs the benchmark: one point, or every point of `--sizes` each in its
+/// own process, and returns the report.
 pub async fn run(args: ControllerBenchArgs) -> anyhow::Result<serde_json::Value> {
+    match &args.sizes {
+        Some(sizes) => sweep(&args, &parse_sizes(sizes)?).await,
+        None => point(args).await,
+    }
+}
+
+fn parse_sizes(sizes: &str) -> anyhow::Result<Vec<(usize, usize)>> {
+    sizes
+        .split(',')
+        .map(|p| {
+            let (pods, proxies) = p
+                .trim()
+                .split_once(':')
+                .with_context(|| format!("size {p:?} is not pods:proxies"))?;
+            Ok((pods.parse()?, proxies.parse()?))
+        })
+        .collect()
+}
+
+/// One process per point; then how each figure grows from point to point,
+/// beside how the input grew.
+async fn sweep(
+    args: &ControllerBenchArgs,
+    sizes: &[(usize, usize)],
+) -> anyhow::Result<serde_json::Value> {
+    let exe = std::env::current_exe()?;
+    let mut points = Vec::new();
+    for &(pods, proxies) in sizes {
+        eprintln!("controller: point {pods} pods / {proxies} proxies");
+        let mut cmd = tokio::process::Command::new(&exe);
+        cmd.args(["--no-files", "controller"])
+            .args(["--pods", &pods.to_string()])
+            .args(["--proxies", &proxies.to_string()])
+            .args(["--duration-secs", &args.duration_secs.to_string()])
+            .args(["--interval-ms", &args.interval_ms.to_string()])
+            .args(["--debounce-ms", &args.debounce_ms.to_string()])
+            .args([
+                "--connect-concurrency",
+                &args.connect_concurrency.to_string(),
+            ])
+            .args(["--settle-secs", &args.settle_secs.to_string()])
+            .args(["--max-rss-mib", &args.max_rss_mib.to_string()])
+            .stderr(Stdio::inherit());
+        if let Some(services) = args.services {
+            // A fixed count would not grow with the cluster; scale it.
+            let scaled = services * pods / args.pods.max(1);
+            cmd.args(["--services", &scaled.max(1).to_string()]);
+        }
+        let output = cmd.output().await?;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        anyhow::ensure!(
+            output.status.success(),
+            "point {pods}:{proxies} failed ({})",
+            output.status
+        );
+        let last = stdout.lines().last().context("point printed nothing")?;
+        // Each point as it completes: a later point failing loses nothing.
+        eprintln!("controller: {last}");
+        points.push(serde_json::from_str::<serde_json::Value>(last)?);
+    }
+    let f = |p: &serde_json::Value, key: &str| p[key].as_f64().unwrap_or(f64::NAN);
+    let growth: Vec<serde_json::Value> = points
+        .windows(2)
+        .map(|w| {
+            let (a, b) = (&w[0], &w[1]);
+            let ratio = |key: &str| round2(f(b, key) / f(a, key));
+            let added_proxies = f(b, "proxies") - f(a, "proxies");
+            json!({
+                "from": format!("{}:{}", a["pods"], a["proxies"]),
+                "to": format!("{}:{}", b["pods"], b["proxies"]),
+                "pods_ratio": ratio("pods"),
+                "proxies_ratio": ratio("proxies"),
+                "snapshot_bytes_ratio": ratio("snapshot_bytes"),
+                "idle_rss_ratio": ratio("idle_rss_mib"),
+                "peak_rss_ratio": ratio("peak_rss_mib"),
+                "p50_propagation_ratio": ratio("p50_propagation_ms"),
+                "p99_propagation_ratio": ratio("p99_propagation_ms"),
+                // What one more proxy (with its 10 pods) costs, at the margin.
+                "idle_rss_kib_per_added_proxy": round2(
+                    (f(b, "idle_rss_mib") - f(a, "idle_rss_mib")) * 1024.0 / added_proxies),
+            })
+        })
+        .collect();
+    Ok(json!({ "bench": "controller", "points": points, "growth": growth }))
+}
+
+/// One point: this process is the controller, the subscribers are a child.
+async fn point(args: ControllerBenchArgs) -> anyhow::Result<serde_json::Value> {
     anyhow::ensure!(
-        args.pods > 0 && args.subscribers > 0,
-        "pods and subscribers must be > 0"
+        args.pods > 0 && args.proxies > 0,
+        "pods and proxies must be > 0"
     );
+    let me = std::process::id().to_string();
     let changes = usize::try_from(args.duration_secs * 1000 / args.interval_ms.max(1)).unwrap_or(0);
     let mut state = ClusterState {
         synced: true,
         ..ClusterState::default()
     };
-    for obj in manifests(&args) {
-        insert(&mut state, obj)?;
-    }
+    populate(&mut state, &args)?;
     let ca = CertificateAuthority::generate("cluster.local", Duration::from_secs(3600))?;
     // One full build and diff, outside the server, for the report.
     let build_started = Instant::now();
@@ -248,48 +284,108 @@ pub async fn run(args: ControllerBenchArgs) -> anyhow::Result<serde_json::Value>
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server_task = tokio::spawn(server::serve(
+    // One connection per proxy: above the default cap (4096), as an
+    // operator of a 5k-node cluster sets `--max-connections`.
+    let limits = ConnectionLimits {
+        max_connections: ConnectionLimits::default()
+            .max_connections
+            .max(args.proxies + 64),
+        ..ConnectionLimits::default()
+    };
+    let server_task = tokio::spawn(server::serve_with(
         listener,
         config_server,
         None,
         Some(ServerTls { chain_pem, key_pem }),
+        limits,
         async {
             let _ = stop_rx.await;
         },
     ));
+    let ca_file = std::env::temp_dir().join(format!("weft-bench-controller-ca-{me}.pem"));
+    std::fs::write(&ca_file, ca.root_pem())?;
+    let _remove_ca = RemoveOnDrop(ca_file.clone());
 
-    let arrivals = Arc::new(Arrivals {
-        start: Instant::now(),
-        counts: (0..=changes).map(|_| AtomicUsize::new(0)).collect(),
-        last_nanos: (0..=changes).map(|_| AtomicU64::new(0)).collect(),
-        snapshots: AtomicUsize::new(0),
-    });
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(ca.root_pem()))
-        .domain_name("localhost");
-    let endpoint = Channel::from_shared(format!("https://{addr}"))?
-        .tls_config(tls)?
-        .tcp_nodelay(true);
-    let permits = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
+    // Above --max-rss-mib the point gives up: with one encoded snapshot
+    // per subscriber, 50k pods / 5k proxies would take tens of GiB.
+    let watchdog = {
+        let (me, max) = (me.clone(), args.max_rss_mib as f64);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let rss = status_mib(&me, "VmRSS");
+                if rss > max {
+                    return rss;
+                }
+            }
+        })
+    };
+
+    let mut child = tokio::process::Command::new(std::env::current_exe()?)
+        .arg("controller-load")
+        .args(["--addr", &addr.to_string()])
+        .arg("--ca-file")
+        .arg(&ca_file)
+        .args(["--proxies", &args.proxies.to_string()])
+        .args(["--changes", &changes.to_string()])
+        .args([
+            "--connect-concurrency",
+            &args.connect_concurrency.to_string(),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()?;
+    let child_pid = child
+        .id()
+        .context("subscriber process has no pid")?
+        .to_string();
+    let mut lines = BufReader::new(child.stdout.take().context("child stdout")?).lines();
     let connect_started = Instant::now();
-    let mut clients = tokio::task::JoinSet::new();
-    for node in 0..args.subscribers {
-        clients.spawn(subscriber(
-            endpoint.clone(),
-            node,
-            arrivals.clone(),
-            permits.clone(),
-        ));
-    }
-    while arrivals.snapshots.load(Ordering::Relaxed) < args.subscribers {
-        if let Some(Ok(Err(e))) = clients.try_join_next() {
-            anyhow::bail!("a subscriber failed before its snapshot: {e}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let completed: Arc<Vec<AtomicU64>> =
+        Arc::new((0..=changes).map(|_| AtomicU64::new(0)).collect());
+    let reader = {
+        let completed = completed.clone();
+        tokio::spawn(async move {
+            let mut ready_tx = Some(ready_tx);
+            while let Ok(Some(line)) = lines.next_line().await {
+                let mut words = line.split_whitespace();
+                match (words.next(), words.next(), words.next()) {
+                    (Some("ready"), _, _) => {
+                        if let Some(tx) = ready_tx.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                    (Some("gen"), Some(g), Some(at)) => {
+                        if let (Ok(g), Ok(at)) = (g.parse::<usize>(), at.parse::<u64>())
+                            && let Some(slot) = completed.get(g)
+                        {
+                            slot.store(at, Ordering::Release);
+                        }
+                    }
+                    _ => eprintln!("controller-load: {line}"),
+                }
+            }
+        })
+    };
+    let mut watchdog = watchdog;
+    tokio::select! {
+        r = ready_rx => r.context("the subscriber process ended before every snapshot arrived")?,
+        rss = &mut watchdog => anyhow::bail!("controller RSS {} MiB passed --max-rss-mib", rss.unwrap_or(f64::NAN)),
     }
     let snapshot_seconds = connect_started.elapsed().as_secs_f64();
+    let rss_after_snapshots = status_mib(&me, "VmRSS");
     let snapshot_bytes = models.borrow().model.encoded_len();
-    let rss_after_snapshots = rss_mib();
+    eprintln!(
+        "controller: {} proxies synced in {snapshot_seconds:.1}s; settling {}s",
+        args.proxies, args.settle_secs
+    );
+    tokio::time::sleep(Duration::from_secs(args.settle_secs)).await;
+    let idle_rss = status_mib(&me, "VmRSS");
+    let idle_hwm = status_mib(&me, "VmHWM");
+    let load_rss = status_mib(&child_pid, "VmRSS");
 
     // One pod change per interval, on a pod chosen round-robin.
     let mut change_times = vec![0u64; changes + 1];
@@ -297,58 +393,86 @@ pub async fn run(args: ControllerBenchArgs) -> anyhow::Result<serde_json::Value>
     ticker.tick().await;
     for (generation, changed_at) in change_times.iter_mut().enumerate().skip(1) {
         ticker.tick().await;
+        anyhow::ensure!(
+            !watchdog.is_finished(),
+            "controller RSS passed --max-rss-mib"
+        );
         let i = (generation * 7919) % args.pods;
         let mut next = (**states_tx.borrow()).clone();
         insert(&mut next, pod(i, &args, generation as u64))?;
-        *changed_at = u64::try_from(arrivals.start.elapsed().as_nanos()).unwrap_or(0);
+        *changed_at = u64::try_from(unix_nanos()).unwrap_or(0);
         states_tx.send_replace(Arc::new(next));
     }
     // Let the last change arrive (bounded).
     let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline
-        && arrivals.counts[changes].load(Ordering::Relaxed) < args.subscribers
-    {
+    while Instant::now() < deadline && completed[changes].load(Ordering::Acquire) == 0 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-
     let mut propagation = Vec::with_capacity(changes);
     let mut incomplete = 0;
-    let per_change = arrivals
-        .counts
-        .iter()
-        .zip(&arrivals.last_nanos)
-        .zip(&change_times);
-    for ((count, last), changed_at) in per_change.skip(1) {
-        if count.load(Ordering::Relaxed) < args.subscribers {
-            incomplete += 1;
-            continue;
+    for (done, changed_at) in completed.iter().zip(&change_times).skip(1) {
+        match done.load(Ordering::Acquire) {
+            0 => incomplete += 1,
+            at => propagation.push(at.saturating_sub(*changed_at) as f64 / 1e6),
         }
-        let last = last.load(Ordering::Relaxed);
-        propagation.push(last.saturating_sub(*changed_at) as f64 / 1e6);
     }
     propagation.sort_by(|a, b| a.total_cmp(b));
-    let rss = rss_mib();
+    let rss = status_mib(&me, "VmRSS");
+    let peak_rss = status_mib(&me, "VmHWM");
+    watchdog.abort();
+    drop(child.stdin.take());
+    let _ = child.kill().await;
+    reader.abort();
     let _ = stop_tx.send(());
-    clients.abort_all();
     let _ = server_task.await;
-    let round = |x: f64| (x * 100.0).round() / 100.0;
+    let per = |mib: f64, n: usize| round2(mib * 1024.0 / n as f64);
     Ok(json!({
         "bench": "controller",
         "pods": args.pods,
-        "services": args.services,
-        "subscribers": args.subscribers,
+        "services": args.services(),
+        "proxies": args.proxies,
         "changes": changes,
         "changes_not_everywhere": incomplete,
-        "snapshot_seconds": round(snapshot_seconds),
-        // Each subscriber's gRPC decoder keeps a receive buffer as large as
-        // the largest message it saw (the snapshot), so most of rss_mib is
-        // the subscribers', not the controller's.
+        "snapshot_seconds": round2(snapshot_seconds),
         "snapshot_bytes": snapshot_bytes,
-        "model_build_ms": round(model_build_ms),
+        "model_build_ms": round2(model_build_ms),
+        // The controller process alone; the subscribers' process is
+        // `load_rss_mib`.
         "rss_mib_after_snapshots": rss_after_snapshots,
-        "max_propagation_ms": round(propagation.last().copied().unwrap_or(f64::NAN)),
-        "p50_propagation_ms": round(quantile(&propagation, 0.50)),
-        "p99_propagation_ms": round(quantile(&propagation, 0.99)),
+        "idle_rss_mib": idle_rss,
+        "idle_hwm_mib": idle_hwm,
         "rss_mib": rss,
+        "peak_rss_mib": peak_rss,
+        "idle_rss_kib_per_proxy": per(idle_rss, args.proxies),
+        "idle_rss_kib_per_pod": per(idle_rss, args.pods),
+        "load_rss_mib": load_rss,
+        "max_propagation_ms": round2(propagation.last().copied().unwrap_or(f64::NAN)),
+        "p50_propagation_ms": round2(quantile(&propagation, 0.50)),
+        "p99_propagation_ms": round2(quantile(&propagation, 0.99)),
     }))
+}
+
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// `field` (`VmRSS`, `VmHWM`) of `/proc/<pid>/status`, in MiB.
+fn status_mib(pid: &str, field: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| {
+                    l.strip_prefix(field)
+                        .is_some_and(|rest| rest.starts_with(':'))
+                })
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map(|kb| (kb / 1024.0 * 10.0).round() / 10.0)
+        .unwrap_or(f64::NAN)
 }

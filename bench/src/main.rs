@@ -3,10 +3,12 @@
 //! a JSON object with the ratios as its last line.
 
 mod controller;
+mod controller_load;
 mod crypto;
 mod hbone_loopback;
 mod l4;
 mod loadgen;
+mod plot;
 mod policy_lookup;
 mod stats;
 mod store_memory;
@@ -22,6 +24,13 @@ static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
+    /// Where the report (`<bench>.json`) and its SVG plots are written.
+    #[arg(long, global = true, default_value = "bench/results")]
+    out: std::path::PathBuf,
+    /// Print the report only; write no files (a `controller --sizes`
+    /// point, run as a child, leaves that to its parent).
+    #[arg(long, global = true, hide = true)]
+    no_files: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -34,9 +43,13 @@ enum Command {
     /// The tunnel with ring, aws-lc-rs, and aws-lc-rs with post-quantum key
     /// exchange, side by side: bulk throughput and new connections/s.
     HboneCrypto(crypto::Args),
-    /// The controller: propagation of pod changes to 1k subscribers over
-    /// real gRPC (10k pods, 1k services).
+    /// The controller alone (its subscribers in a child process): RSS and
+    /// propagation of pod changes to every proxy over real gRPC, at one
+    /// cluster size or several (`--sizes`).
     Controller(controller::ControllerBenchArgs),
+    /// The subscribers of `controller` (run as its child).
+    #[command(hide = true)]
+    ControllerLoad(controller_load::LoadArgs),
     /// Pod to pod across two nodes, without the mesh and through ztunnel
     /// (HBONE): throughput, request/response latency, connection rate, RSS.
     L4(l4::Args),
@@ -74,6 +87,10 @@ fn main() -> anyhow::Result<()> {
         Command::StoreMemory { workloads } => store_memory::measure(workloads)?,
         Command::PolicyLookup(args) => policy_lookup::run(args)?,
         Command::Controller(args) => runtime.block_on(controller::run(args))?,
+        Command::ControllerLoad(args) => {
+            runtime.block_on(controller_load::run(args))?;
+            return Ok(());
+        }
         Command::L4(args) => l4::run(args)?,
         Command::Waypoint(args) => runtime.block_on(waypoint::run(args))?,
         Command::LoadServer => {
@@ -82,6 +99,14 @@ fn main() -> anyhow::Result<()> {
         }
         Command::LoadClient(args) => runtime.block_on(loadgen::client(args))?,
     };
+    // The report goes out first: a plot that fails must not lose it.
     println!("{}", serde_json::to_string(&report)?);
+    // The load generator's reports (inside the l4 pods) are not a bench's.
+    let is_load = report["bench"].is_null();
+    if !cli.no_files && !is_load {
+        for file in plot::write(&cli.out, &report)? {
+            eprintln!("wrote {}", file.display());
+        }
+    }
     Ok(())
 }

@@ -209,6 +209,9 @@ async fn start_waypoint(setup: &Setup, bin: &Path) -> anyhow::Result<Waypoint> {
     let readiness = SocketAddr::from(([127, 0, 0, 1], free_port()?));
     let child = Command::new(bin)
         .args(["--namespace", "bench", "--name", "waypoint"])
+        // Its identity is the one the bench issues (by default a waypoint
+        // runs as `<name>-weft-waypoint`, the deployer's ServiceAccount).
+        .args(["--service-account", "waypoint"])
         .arg("--config-file")
         .arg(setup.dir.join("config.yaml"))
         .arg("--ca-dir")

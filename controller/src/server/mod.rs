@@ -2,31 +2,30 @@
 
 mod authorize;
 mod callers;
+mod encoded;
 pub mod incoming;
 mod stream;
 pub mod subscribers;
 
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use futures::Stream;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Request, Status, Streaming};
 use weft_api::ca::certificate_authority_server::CertificateAuthorityServer;
-use weft_api::config::config_discovery_server::{ConfigDiscovery, ConfigDiscoveryServer};
-use weft_api::config::{ConfigRequest, ConfigResponse, ProxyKind, ResourceType, config_request};
+use weft_api::config::{ConfigRequest, ProxyKind, ResourceType, config_request};
 
 use crate::auth::{self, Authenticator};
 use crate::ca::CaService;
 use crate::pipeline::ModelVersion;
 use callers::CallerLimits;
 pub use callers::{DEFAULT_SNAPSHOTS_PER_CALLER, DEFAULT_STREAMS_PER_CALLER};
+pub use encoded::ConfigService;
+use encoded::{Encoded, SnapshotCache};
 pub use incoming::{
     ConnectionLimits, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_PENDING_HANDSHAKES, DEFAULT_MAX_PENDING_HANDSHAKES_PER_SOURCE, TlsConfigError,
@@ -50,6 +49,8 @@ pub struct ConfigServer {
     /// Cancelled when the server shuts down: streams end so that graceful
     /// shutdown does not wait for proxies that never hang up.
     shutdown: CancellationToken,
+    /// Encoded snapshot resources, shared by the streams of a version.
+    snapshot_cache: Arc<SnapshotCache>,
 }
 
 /// Full snapshots being built or awaiting their ACK at once, by default.
@@ -80,6 +81,7 @@ impl ConfigServer {
             // Never synced: no ServiceAccount passes as a waypoint's.
             states: watch::channel(Arc::new(ClusterState::default())).1,
             shutdown: CancellationToken::new(),
+            snapshot_cache: Arc::new(SnapshotCache::default()),
         }
     }
 
@@ -114,16 +116,13 @@ impl ConfigServer {
     }
 }
 
-type ResponseStream = Pin<Box<dyn Stream<Item = Result<ConfigResponse, Status>> + Send>>;
-
-#[tonic::async_trait]
-impl ConfigDiscovery for ConfigServer {
-    type SubscribeStream = ResponseStream;
-
-    async fn subscribe(
+impl ConfigServer {
+    /// `ConfigDiscovery.Subscribe`: checks the caller and its Subscribe,
+    /// then streams its responses (served by [`ConfigService`]).
+    pub(crate) async fn subscribe(
         &self,
         request: Request<Streaming<ConfigRequest>>,
-    ) -> Result<Response<Self::SubscribeStream>, Status> {
+    ) -> Result<mpsc::Receiver<Result<Encoded, Status>>, Status> {
         let refuse = |reason: &'static str| {
             metrics::counter!("weft_config_subscriptions_refused_total", "reason" => reason)
                 .increment(1);
@@ -231,12 +230,13 @@ impl ConfigDiscovery for ConfigServer {
             models: self.models.clone(),
             subscribers: self.subscribers.clone(),
             tx,
+            snapshot_cache: self.snapshot_cache.clone(),
             snapshots: self.snapshots.clone(),
             caller: caller_stream,
             shutdown: self.shutdown.clone(),
         };
         tokio::spawn(stream.run(requests));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(rx)
     }
 }
 
@@ -302,7 +302,7 @@ pub async fn serve_with(
         streams.cancel();
     };
     let router = builder
-        .add_service(ConfigDiscoveryServer::new(config))
+        .add_service(ConfigService::new(config))
         .add_optional_service(ca.map(CertificateAuthorityServer::new));
     router
         .serve_with_incoming_shutdown(incoming::incoming(listener, tls, limits), shutdown)

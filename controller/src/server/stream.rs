@@ -7,12 +7,14 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
 use weft_api::config::{ConfigRequest, ConfigResponse, ResourceType, config_request};
 
 use super::callers::CallerStream;
+use super::encoded::{Encoded, SnapshotCache};
 use super::subscribers::Subscribers;
 use crate::pipeline::ModelVersion;
 use weft_cluster::model::audience::{Audience, Visible};
@@ -37,10 +39,13 @@ struct Pending {
     sent_at: tokio::time::Instant,
 }
 
-/// A slot of the caller's share and one of the global slots, held together.
+/// A slot of the caller's share and one of the global slots, held together,
+/// and the snapshot's encoded resources: held until the answer so that the
+/// snapshots in flight share them (see [`SnapshotCache`]).
 struct SnapshotSlot {
     _caller: Option<OwnedSemaphorePermit>,
     _global: OwnedSemaphorePermit,
+    _encoded: Vec<Arc<Bytes>>,
 }
 
 /// How long a snapshot slot waits for the proxy's answer.
@@ -53,7 +58,9 @@ pub(crate) struct SubscriberStream {
     pub audience: Audience,
     pub models: watch::Receiver<Arc<ModelVersion>>,
     pub subscribers: Arc<Subscribers>,
-    pub tx: mpsc::Sender<Result<ConfigResponse, Status>>,
+    pub tx: mpsc::Sender<Result<Encoded, Status>>,
+    /// Encoded snapshot resources, shared by the streams of a version.
+    pub snapshot_cache: Arc<SnapshotCache>,
     pub snapshots: Arc<Semaphore>,
     /// The caller's place under its stream limit and its snapshot share;
     /// `None` when authentication is off.
@@ -156,6 +163,7 @@ impl SubscriberStream {
         };
         let view = seen.view.as_deref();
         let mut permit = None;
+        let mut shared = Vec::new();
         let (full_snapshot, resources, removed) = match acked {
             None => {
                 // The caller's share first: a caller waiting for its own
@@ -170,16 +178,20 @@ impl SubscriberStream {
                 let Ok(global) = self.snapshots.clone().acquire_owned().await else {
                     return Respond::Closed;
                 };
+                shared = self
+                    .types
+                    .iter()
+                    .map(|t| {
+                        self.snapshot_cache
+                            .resources(current.version, &current.model, *t, view)
+                    })
+                    .collect();
                 permit = Some(SnapshotSlot {
                     _caller: caller,
                     _global: global,
+                    _encoded: shared.clone(),
                 });
-                let resources = self
-                    .types
-                    .iter()
-                    .flat_map(|t| current.model.visible_resources(*t, view))
-                    .collect();
-                (true, resources, Vec::new())
+                (true, Vec::new(), Vec::new())
             }
             Some(acked) => {
                 let own;
@@ -206,7 +218,9 @@ impl SubscriberStream {
             resources,
             removed,
         };
-        if self.tx.send(Ok(response)).await.is_err() {
+        let encoded = Encoded::response(&response, &shared);
+        drop(shared);
+        if self.tx.send(Ok(encoded)).await.is_err() {
             return Respond::Closed;
         }
         metrics::counter!("weft_config_pushes_total", "snapshot" => if full_snapshot { "true" } else { "false" })
