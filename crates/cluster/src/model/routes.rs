@@ -548,6 +548,22 @@ fn backend(
     }
 }
 
+/// Adds a filter's `RequestHeaderModifier` and `ResponseHeaderModifier`
+/// (of any of the generated filter types) to `$out`'s lists (a rule's or a
+/// backendRef's).
+macro_rules! header_filters {
+    ($f:expr, $out:expr) => {{
+        $out.request_header_modifiers
+            .extend(header_modifiers(header_lists!(
+                $f.request_header_modifier.as_ref()
+            )));
+        $out.response_header_modifiers
+            .extend(header_modifiers(header_lists!(
+                $f.response_header_modifier.as_ref()
+            )));
+    }};
+}
+
 /// A backendRef of either route kind (the same shape in two generated
 /// types), with its own header filters.
 macro_rules! backend_ref {
@@ -555,14 +571,7 @@ macro_rules! backend_ref {
         let b = $b;
         let mut out = backend($route_ns, b.namespace.as_ref(), &b.name, b.port, b.weight);
         for f in b.filters.iter().flatten() {
-            out.request_header_modifiers
-                .extend(header_modifiers(header_lists!(
-                    f.request_header_modifier.as_ref()
-                )));
-            out.response_header_modifiers
-                .extend(header_modifiers(header_lists!(
-                    f.response_header_modifier.as_ref()
-                )));
+            header_filters!(f, out);
         }
         out
     }};
@@ -662,14 +671,7 @@ fn path_modifier(full: bool, full_path: Option<&String>, prefix: Option<&String>
 /// The filters of an HTTPRoute rule, into the rule.
 fn http_filters(route_ns: &str, filters: &[HttpRouteRulesFilters], rule: &mut RouteRule) {
     for f in filters {
-        rule.request_header_modifiers
-            .extend(header_modifiers(header_lists!(
-                f.request_header_modifier.as_ref()
-            )));
-        rule.response_header_modifiers
-            .extend(header_modifiers(header_lists!(
-                f.response_header_modifier.as_ref()
-            )));
+        header_filters!(f, rule);
         if let Some(r) = &f.request_redirect {
             rule.redirect = Some(Redirect {
                 scheme: match r.scheme {
@@ -714,14 +716,7 @@ fn http_filters(route_ns: &str, filters: &[HttpRouteRulesFilters], rule: &mut Ro
 /// redirect or rewrite for gRPC).
 fn grpc_filters(route_ns: &str, filters: &[GrpcRouteRulesFilters], rule: &mut RouteRule) {
     for f in filters {
-        rule.request_header_modifiers
-            .extend(header_modifiers(header_lists!(
-                f.request_header_modifier.as_ref()
-            )));
-        rule.response_header_modifiers
-            .extend(header_modifiers(header_lists!(
-                f.response_header_modifier.as_ref()
-            )));
+        header_filters!(f, rule);
         if let Some(m) = &f.request_mirror {
             rule.mirrors.push(mirror!(route_ns, m));
         }
