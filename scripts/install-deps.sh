@@ -14,6 +14,8 @@ packages=(
   runc                         # the kube-mode kubelet's OCI runtime (pods' containers)
   conntrack                    # kube-proxy clears stale UDP flows with it
   python3-venv                 # kubernetes-validate (PyPI), the manifests' first check
+  clang                        # compiles the node agent's BPF program (local-leg bypass)
+  libbpf-dev                   # its BPF helper headers
 )
 
 missing=()

@@ -15,6 +15,61 @@ pub struct CoverageReport {
     pub ztunnels_connected: usize,
     /// One entry per pod on the node the agent knows of.
     pub pods: Vec<PodCoverage>,
+    /// How the node moves bytes between an application and ztunnel.
+    #[serde(default)]
+    pub local_legs: LocalLegs,
+}
+
+/// The path of a node's local legs (application ↔ ztunnel inside a pod),
+/// docs/design.md §7.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LocalLegs {
+    /// `sockmap` (the kernel moves the bytes) or `tcp`.
+    pub path: LocalPath,
+    /// Why the path is `tcp` (the bypass is off, or the kernel refused it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Whether the bypass was asked for (`--local-bypass auto`).
+    #[serde(default)]
+    pub requested: bool,
+    /// Counters of the bypass since it was loaded.
+    #[serde(default)]
+    pub counters: BypassCounters,
+}
+
+/// Which path local legs take.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LocalPath {
+    /// Through the pod's TCP/IP stack, as any connection.
+    #[default]
+    Tcp,
+    /// Socket to socket in the kernel (BPF sockmap).
+    Sockmap,
+}
+
+impl std::fmt::Display for LocalPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LocalPath::Tcp => "tcp",
+            LocalPath::Sockmap => "sockmap",
+        })
+    }
+}
+
+/// What the bypass did, summed over the node's CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BypassCounters {
+    /// Bytes moved socket to socket.
+    pub bypassed_bytes: u64,
+    /// Sends moved socket to socket.
+    pub bypassed_sends: u64,
+    /// Legs whose two sockets were paired.
+    pub paired_legs: u64,
+    /// Sockets whose first send found no peer and so stayed on TCP.
+    pub first_send_over_tcp: u64,
 }
 
 impl CoverageReport {

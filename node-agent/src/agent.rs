@@ -62,6 +62,8 @@ pub struct AgentConfig {
     /// The SNAT that brings the kubelet's probes to enrolled pods from the
     /// probe source (none: leave the node's rules alone, e.g. in tests).
     pub host_probes: Option<crate::probes::HostProbes>,
+    /// The local-leg bypass enrolled pods are added to.
+    pub local_bypass: Arc<crate::bypass::Bypass>,
 }
 
 /// What the agent knows about one pod on its node.
@@ -104,6 +106,8 @@ struct Enrolled {
     /// `default` service account, and must be handed over again once its
     /// real one is known.
     handed_over: (String, Vec<String>),
+    /// The netns cookie the local-leg bypass knows the pod by.
+    bypass_cookie: Option<u64>,
 }
 
 #[derive(Default)]
@@ -546,16 +550,38 @@ impl NodeAgent {
             addresses: view.ips.clone(),
             netns: handoff_ns,
         });
-        tracing::info!(pod = %view.pod_ref(), netns = %path.display(), ?backend, "pod enrolled");
+        let bypass_cookie = self.bypass_enroll(&ns, &view).await;
+        tracing::info!(pod = %view.pod_ref(), netns = %path.display(), ?backend, bypass = bypass_cookie.is_some(), "pod enrolled");
         state.enrolled.insert(
             key.to_string(),
             Enrolled {
                 netns_path: path,
                 netns: ns,
                 handed_over: (view.service_account.clone(), view.ips.clone()),
+                bypass_cookie,
             },
         );
         Ok(())
+    }
+
+    /// Adds the pod to the local-leg bypass, if it runs. A pod the bypass
+    /// cannot take keeps TCP local legs; that is never an enrollment error.
+    async fn bypass_enroll(&self, ns: &NetNs, view: &PodView) -> Option<u64> {
+        self.config.local_bypass.running()?;
+        let ns = ns.try_clone().ok()?;
+        let bypass = self.config.local_bypass.clone();
+        let pod = view.pod_ref();
+        tokio::task::spawn_blocking(move || {
+            let running = bypass.running()?;
+            let added = crate::bypass::netns_cookie(&ns)
+                .and_then(|cookie| running.enroll(cookie).map(|()| cookie));
+            added
+                .inspect_err(|e| tracing::warn!(%pod, error = %e, "pod's local legs stay on TCP"))
+                .ok()
+        })
+        .await
+        .ok()
+        .flatten()
     }
 
     async fn unenroll(&self, state: &mut AgentState, key: &str) {
@@ -563,6 +589,11 @@ impl NodeAgent {
             return;
         };
         self.hub.delete(key);
+        if let (Some(cookie), Some(bypass)) =
+            (enrolled.bypass_cookie, self.config.local_bypass.running())
+        {
+            bypass.forget(cookie);
+        }
         let redirector = self.config.redirector.clone();
         let path = enrolled.netns_path.clone();
         let ns = enrolled.netns;
@@ -591,6 +622,7 @@ impl NodeAgent {
             node: self.config.node.clone(),
             ztunnels_connected: self.hub.connected(),
             pods: Vec::new(),
+            local_legs: self.config.local_bypass.report(),
         };
         for (key, view) in &state.pods {
             let should = state.should_enroll(view);

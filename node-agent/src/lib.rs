@@ -7,6 +7,8 @@
 //! - [`probes`]: the kubelet's probes of enrolled pods, SNATed on the node
 //!   to the source the in-pod rules let through.
 //! - [`handoff`]: the SEQPACKET server that hands pods' netns to ztunnel.
+//! - [`bypass`]: the local-leg bypass (BPF sockmap) between enrolled pods'
+//!   applications and ztunnel, when the kernel allows it.
 //! - [`agent`]: the node's enrolled pods, converged from the registry and the
 //!   plugin's requests (the protocol is `weft_cni::enrollment`'s).
 //! - [`coverage`]: is every pod that should be in the mesh covered?
@@ -17,6 +19,7 @@
 //!   leaving the node (restore the conflist).
 
 pub mod agent;
+pub mod bypass;
 pub mod coverage;
 pub mod handoff;
 pub mod install;

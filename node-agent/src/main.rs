@@ -13,6 +13,7 @@ use weft_cluster::registry::{ClusterState, Kinds, Registry, RegistryConfig};
 use weft_cni::cni::{DEFAULT_AGENT_SOCKET, DEFAULT_ENROLLMENT_CACHE};
 use weft_cni::enrollment::{AgentRequest, AgentResponse, ask_agent};
 use weft_node_agent::agent::{AgentConfig, NetnsDiscovery, NodeAgent, serve_requests};
+use weft_node_agent::bypass::Bypass;
 use weft_node_agent::handoff::{DEFAULT_HANDOFF_SOCKET, HandoffHub, HandoffServer};
 use weft_node_agent::install::{self, ConfInstaller};
 use weft_node_agent::on_exit::{self, OnExit, OwnPod};
@@ -159,9 +160,29 @@ struct RunArgs {
     /// How long ztunnel may take to ack a handoff message, in seconds.
     #[arg(long, default_value_t = 30)]
     ack_timeout_seconds: u64,
+    /// The local-leg bypass: `auto` pairs an enrolled pod's application
+    /// socket with ztunnel's in the kernel (BPF sockmap) when the kernel
+    /// allows it, and keeps TCP otherwise; `off` always keeps TCP. Off by
+    /// default: with it, a blocking read that races a write on the same
+    /// socket can return EAGAIN (docs/design.md §7).
+    #[arg(long, value_enum, default_value = "off")]
+    local_bypass: LocalBypassMode,
+    /// The node's cgroup v2 root, where the bypass attaches (default:
+    /// /sys/fs/cgroup, or /sys/fs/cgroup/unified on a hybrid hierarchy).
+    #[arg(long)]
+    bypass_cgroup: Option<PathBuf>,
     /// Log as JSON.
     #[arg(long)]
     log_json: bool,
+}
+
+/// `--local-bypass`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LocalBypassMode {
+    /// Local legs go through TCP.
+    Off,
+    /// The kernel bypass when it loads, TCP otherwise.
+    Auto,
 }
 
 #[tokio::main]
@@ -245,6 +266,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             // The answer must reach the plugin before it gives up on us.
             identity_wait: Duration::from_millis(args.plugin_timeout_ms * 3 / 4),
             host_probes: (!args.no_probe_snat).then(|| HostProbes::new(args.probe_source)),
+            local_bypass: Arc::new(Bypass::start(
+                args.local_bypass == LocalBypassMode::Auto,
+                &args
+                    .bypass_cgroup
+                    .clone()
+                    .unwrap_or_else(weft_node_agent::bypass::default_cgroup),
+            )),
         },
         hub.clone(),
     );

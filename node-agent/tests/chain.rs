@@ -93,6 +93,7 @@ impl Bed {
                 redirector: Redirector::new(backend, GATEWAY),
                 identity_wait: Duration::from_millis(1500),
                 host_probes: None,
+                local_bypass: std::sync::Arc::new(weft_node_agent::bypass::Bypass::Off),
             },
             hub.clone(),
         );
@@ -483,6 +484,7 @@ fn enrolling_a_namespace_with_running_pods() {
             redirector: Redirector::new(Backend::Auto, GATEWAY),
             identity_wait: Duration::from_millis(1500),
             host_probes: None,
+            local_bypass: std::sync::Arc::new(weft_node_agent::bypass::Bypass::Off),
         },
         hub.clone(),
     );
@@ -507,6 +509,7 @@ fn enrolling_a_namespace_with_running_pods() {
             redirector: redirector.clone(),
             identity_wait: Duration::from_millis(1500),
             host_probes: None,
+            local_bypass: std::sync::Arc::new(weft_node_agent::bypass::Bypass::Off),
         },
         HandoffHub::new(),
     );

@@ -121,6 +121,7 @@ fn only_root_and_the_agent_user_are_answered() {
             redirector: Redirector::new(Backend::Auto, Ipv4Addr::new(10, 250, 0, 1)),
             identity_wait: Duration::from_millis(1500),
             host_probes: None,
+            local_bypass: std::sync::Arc::new(weft_node_agent::bypass::Bypass::Off),
         },
         agent_hub,
     );
@@ -173,6 +174,7 @@ fn an_add_waits_for_the_registry_to_name_the_pods_identity() {
             redirector: Redirector::new(Backend::Auto, Ipv4Addr::new(10, 250, 0, 1)),
             identity_wait: Duration::from_millis(1500),
             host_probes: None,
+            local_bypass: std::sync::Arc::new(weft_node_agent::bypass::Bypass::Off),
         },
         HandoffHub::new(),
     );

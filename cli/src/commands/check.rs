@@ -8,6 +8,8 @@
 //! - coverage: every pod that should be in the mesh is redirected, its
 //!   ztunnel listeners are up, and no pod outside the mesh is redirected (the
 //!   node agent's report);
+//! - datapath: which path each node's local legs take (the kernel bypass,
+//!   or TCP and why);
 //! - certificates: none expired, pending with an error, or expiring within
 //!   `--cert-expiry-hours`.
 
@@ -38,7 +40,7 @@ pub enum Status {
 #[serde(rename_all = "camelCase")]
 pub struct Finding {
     /// What was checked: `controller`, `cni`, `agent`, `ztunnel`,
-    /// `coverage`, `certs`.
+    /// `coverage`, `datapath`, `certs`.
     pub check: String,
     /// Where: `cluster`, a node, or a pod.
     pub target: String,
@@ -358,6 +360,7 @@ async fn coverage(agent: &crate::cluster::Agent, timeout: std::time::Duration, f
         format!("answers; {} pod(s) on the node", report.pods.len()),
         "",
     );
+    local_legs(node, &report.local_legs, f);
     if report.ztunnels_connected == 0 {
         f.add(
             "ztunnel",
@@ -390,6 +393,40 @@ async fn coverage(agent: &crate::cluster::Agent, timeout: std::time::Duration, f
         format!("{covered} enrolled pod(s) redirected"),
         "",
     );
+}
+
+/// Which path the node's local legs take: the bypass asked for but refused
+/// is worth a warning (the node works, on TCP); off is a choice.
+fn local_legs(node: &str, legs: &weft_cni::report::LocalLegs, f: &mut Findings) {
+    use weft_cni::report::LocalPath;
+    let reason = legs.reason.as_deref().unwrap_or("");
+    match (legs.path, legs.requested) {
+        (LocalPath::Sockmap, _) => f.add(
+            "datapath",
+            node,
+            Status::Ok,
+            format!(
+                "local legs: sockmap ({} leg(s) paired, {} moved socket to socket)",
+                legs.counters.paired_legs,
+                format::bytes(legs.counters.bypassed_bytes)
+            ),
+            "",
+        ),
+        (LocalPath::Tcp, true) => f.add(
+            "datapath",
+            node,
+            Status::Warn,
+            format!("local legs: tcp, the bypass was refused: {reason}"),
+            "the node works on TCP; to get the bypass, fix the cause above (kernel with BPF sockmap and cgroup v2, the agent built with clang) and restart the node agent",
+        ),
+        (LocalPath::Tcp, false) => f.add(
+            "datapath",
+            node,
+            Status::Ok,
+            format!("local legs: tcp ({reason})"),
+            "",
+        ),
+    }
 }
 
 async fn ztunnel(z: &NodeAdmin, pod_ready: Option<bool>, f: &mut Findings) {
@@ -526,6 +563,44 @@ mod tests {
             chain_pem: Vec::new(),
             last_error: error.map(str::to_owned),
         }
+    }
+
+    #[test]
+    fn local_legs_say_the_path_and_warn_only_when_the_bypass_was_refused() {
+        use weft_cni::report::{BypassCounters, LocalLegs, LocalPath};
+        let mut f = Findings(Vec::new());
+        let running = LocalLegs {
+            path: LocalPath::Sockmap,
+            reason: None,
+            requested: true,
+            counters: BypassCounters {
+                bypassed_bytes: 3 << 20,
+                paired_legs: 7,
+                ..Default::default()
+            },
+        };
+        local_legs("n1", &running, &mut f);
+        let refused = LocalLegs {
+            path: LocalPath::Tcp,
+            reason: Some("the kernel refused the bypass at loading the object: EPERM".into()),
+            requested: true,
+            counters: BypassCounters::default(),
+        };
+        local_legs("n2", &refused, &mut f);
+        local_legs("n3", &LocalLegs::default(), &mut f);
+        let found: Vec<_> = f.0.iter().map(|x| (x.target.as_str(), x.status)).collect();
+        assert_eq!(
+            found,
+            [("n1", Status::Ok), ("n2", Status::Warn), ("n3", Status::Ok)]
+        );
+        assert!(
+            f.0[0].detail.contains("sockmap (7 leg(s) paired, 3.0MiB"),
+            "{}",
+            f.0[0].detail
+        );
+        assert!(f.0[1].detail.contains("EPERM") && !f.0[1].fix.is_empty());
+        assert!(f.0[2].detail.starts_with("local legs: tcp"));
+        assert!(f.into_report().ok);
     }
 
     #[test]

@@ -206,6 +206,7 @@ pub async fn run(nodes: &[&str], manifests: &str) -> Run {
             node: name.to_string(),
             ztunnels_connected: 1,
             pods: Vec::new(),
+            local_legs: Default::default(),
         }));
         serve_agent(&node_dir.join("cni.sock"), coverage.clone());
         std::fs::create_dir_all(node_dir.join("cni/net.d")).expect("net.d");

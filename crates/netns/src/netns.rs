@@ -131,6 +131,20 @@ impl NetNs {
         })
     }
 
+    /// The kernel's cookie for this namespace (`SO_NETNS_COOKIE`): what a
+    /// BPF program reads with `bpf_get_netns_cookie` to tell namespaces
+    /// apart. Unlike the inode it is never reused while the kernel runs.
+    pub fn cookie(&self) -> Result<u64, NetnsError> {
+        let cookie = self.run(|| -> io::Result<u64> {
+            let socket = std::net::UdpSocket::bind(("127.0.0.1", 0))?;
+            socket_cookie(socket.as_fd())
+        })?;
+        cookie.map_err(|source| NetnsError::Enter {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
     /// Runs `f` on the current thread inside this namespace, then returns to
     /// `home`. For short synchronous steps only (creating a socket: a socket
     /// stays in the namespace it was created in). If the thread cannot
@@ -204,6 +218,31 @@ pub fn listening_ports(table: &str) -> BTreeSet<u16> {
             u16::from_str_radix(port, 16).ok()
         })
         .collect()
+}
+
+/// `SO_NETNS_COOKIE` of a socket: its namespace's cookie.
+#[allow(unsafe_code)]
+fn socket_cookie(socket: BorrowedFd<'_>) -> io::Result<u64> {
+    // Linux's value on every architecture weft builds for (libc does not
+    // export it on all of them).
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cookie`, which
+    // outlives the call, and `socket` is a valid open fd.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cookie)
 }
 
 #[cfg(test)]
