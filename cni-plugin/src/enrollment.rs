@@ -30,6 +30,12 @@ pub const NONE: &str = "none";
 /// Pod annotation carrying the netns path in the files registry (local mode).
 pub const NETNS_ANNOTATION: &str = "weft.dev/netns";
 
+/// The pod label that keeps a pod's local legs on TCP (`off`) on a node
+/// that runs the local-leg bypass, read when the pod is enrolled: for
+/// applications that read and write one blocking socket from two threads
+/// (docs/design.md §7).
+pub const LOCAL_BYPASS_LABEL: &str = "weft.dev/local-bypass";
+
 /// Whether a pod belongs in the mesh: its own label wins (`none` opts out,
 /// `ambient` opts in), otherwise its namespace's label decides.
 pub fn decide(pod_mode: Option<&str>, namespace_mode: Option<&str>) -> bool {

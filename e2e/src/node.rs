@@ -106,6 +106,7 @@ impl Node {
         bins: &Binaries,
         manifests: &Manifests,
         backend: &str,
+        local_bypass: bool,
     ) -> Result<&ManagedProcess> {
         let binary = bins.require(binaries::NODE_AGENT)?;
         let plugin = bins.require(binaries::CNI_PLUGIN)?;
@@ -119,6 +120,7 @@ impl Node {
                 plugin: &plugin,
                 probe_source: self.gateway(),
                 backend,
+                local_bypass,
             },
         );
         let mut process = ManagedProcess::spawn(

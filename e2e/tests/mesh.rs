@@ -213,3 +213,70 @@ fn a_vip_spreads_connections_over_endpoints_on_both_nodes() {
         "not spread over both nodes: {report:?}"
     );
 }
+
+#[test]
+fn with_the_local_bypass_the_local_legs_go_socket_to_socket_and_traffic_is_unchanged() {
+    let _one = serial();
+    let mut c = weft_e2e::Cluster::up(weft_e2e::ClusterConfig {
+        ztunnel: weft_e2e::ZtunnelMode::On,
+        local_bypass: true,
+        ..weft_e2e::ClusterConfig::default()
+    })
+    .expect("cluster up");
+    c.add_namespace("shop", true).expect("namespace");
+    let client = c
+        .add_pod(PodSpec::new("shop", "client").on_node(1))
+        .expect("client");
+    let opted_out = c
+        .add_pod(
+            PodSpec::new("shop", "blocking")
+                .on_node(1)
+                .label("weft.dev/local-bypass", "off"),
+        )
+        .expect("opted-out client");
+    let server = c
+        .add_pod(PodSpec::new("shop", "server").on_node(2).echo_server())
+        .expect("server");
+    for pod in [&client, &opted_out, &server] {
+        c.wait_in_mesh(pod, CONVERGE).expect("in mesh");
+    }
+    let legs = |node: usize| {
+        let (report, covered) = c.coverage(node).expect("coverage");
+        assert!(covered, "{report}");
+        assert_eq!(report["local_legs"]["path"], "sockmap", "{report}");
+        let counters = &report["local_legs"]["counters"];
+        (
+            counters["pairedLegs"].as_u64().expect("pairedLegs"),
+            counters["bypassedBytes"].as_u64().expect("bypassedBytes"),
+        )
+    };
+    let (paired1, _) = legs(1);
+    let (paired2, _) = legs(2);
+
+    let secret = "through-the-kernel-4b1d";
+    let reply = client
+        .tcp_echo(server.echo_tcp(), secret)
+        .expect("echo through the mesh");
+    assert_eq!(reply.message, secret);
+    assert_eq!(reply.peer.ip(), client.ip(), "the source is still preserved");
+    let (status, body) = client
+        .http("GET", &format!("http://{}/bypassed", server.echo_http()), &[])
+        .expect("http through the mesh");
+    assert_eq!(status, 200, "{body}");
+
+    // The client's legs to ztunnel on node 1 and ztunnel's legs to the
+    // server on node 2 were paired and carried the bytes.
+    let (after1, bytes1) = legs(1);
+    let (after2, bytes2) = legs(2);
+    assert!(after1 >= paired1 + 2, "node 1 paired {paired1} → {after1}");
+    assert!(after2 >= paired2 + 2, "node 2 paired {paired2} → {after2}");
+    assert!(bytes1 >= 2 * secret.len() as u64, "{bytes1}");
+    assert!(bytes2 >= 2 * secret.len() as u64, "{bytes2}");
+
+    // The opted-out pod is served on TCP legs: nothing new paired on its node.
+    let reply = opted_out
+        .tcp_echo(server.echo_tcp(), "blocking")
+        .expect("echo from the opted-out pod");
+    assert_eq!(reply.message, "blocking");
+    assert_eq!(legs(1).0, after1, "the opted-out pod's leg was paired");
+}

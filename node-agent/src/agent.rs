@@ -29,8 +29,8 @@ use crate::handoff::{HandoffHub, HandoffPod};
 use crate::netns::{self, NetNs};
 use crate::redirect::{RedirectError, Redirector};
 use weft_cni::enrollment::{
-    AgentRequest, AgentResponse, DATAPLANE_MODE_LABEL, EnrollmentCache, NETNS_ANNOTATION,
-    PodAttachment, decide,
+    AgentRequest, AgentResponse, DATAPLANE_MODE_LABEL, EnrollmentCache, LOCAL_BYPASS_LABEL,
+    NETNS_ANNOTATION, PodAttachment, decide,
 };
 
 /// How the agent finds the netns of a pod it did not see attached.
@@ -76,6 +76,9 @@ struct PodView {
     mode: Option<String>,
     ips: Vec<String>,
     netns_annotation: Option<String>,
+    /// Labelled `weft.dev/local-bypass: off`: its local legs stay on TCP
+    /// even where the node runs the bypass.
+    bypass_opt_out: bool,
     /// From the registry (as opposed to only from a CNI ADD).
     in_registry: bool,
     /// Host-network or finished: never enrolled.
@@ -568,6 +571,10 @@ impl NodeAgent {
     /// cannot take keeps TCP local legs; that is never an enrollment error.
     async fn bypass_enroll(&self, ns: &NetNs, view: &PodView) -> Option<u64> {
         self.config.local_bypass.running()?;
+        if view.bypass_opt_out {
+            tracing::info!(pod = %view.pod_ref(), "pod opted out of the local-leg bypass ({LOCAL_BYPASS_LABEL}=off)");
+            return None;
+        }
         let ns = ns.try_clone().ok()?;
         let bypass = self.config.local_bypass.clone();
         let pod = view.pod_ref();
@@ -731,6 +738,7 @@ impl NodeAgent {
             mode: label(&meta.labels, DATAPLANE_MODE_LABEL),
             ips,
             netns_annotation: label(&meta.annotations, NETNS_ANNOTATION),
+            bypass_opt_out: label(&meta.labels, LOCAL_BYPASS_LABEL).as_deref() == Some("off"),
             in_registry: true,
             // A pod being deleted stays enrolled until its containers have
             // exited (its phase is terminal or it is gone): during its

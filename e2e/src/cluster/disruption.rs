@@ -76,9 +76,10 @@ impl Cluster {
         let name = self.node(index)?.name().to_string();
         self.say(&format!("{name}: restarting weft-node-agent"));
         let (bins, backend) = (self.bins.clone(), self.config.backend.clone());
+        let local_bypass = self.config.local_bypass;
         let node = nth(&mut self.nodes, index)?;
         node.stop_agent();
-        let p = node.start_agent(&bins, &self.manifests, &backend)?;
+        let p = node.start_agent(&bins, &self.manifests, &backend, local_bypass)?;
         record(&mut self.state, p)
     }
 }

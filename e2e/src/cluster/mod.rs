@@ -81,6 +81,9 @@ pub struct ClusterConfig {
     pub binaries: Option<Binaries>,
     /// Progress messages (default: stderr, which tests show on failure).
     pub progress: Progress,
+    /// Run the node agents with `--local-bypass auto` (default: off, as
+    /// the agent ships).
+    pub local_bypass: bool,
 }
 
 impl Default for ClusterConfig {
@@ -93,6 +96,7 @@ impl Default for ClusterConfig {
             build: true,
             binaries: None,
             progress: Arc::new(|msg| eprintln!("[weft-e2e] {msg}")),
+            local_bypass: false,
         }
     }
 }
@@ -331,7 +335,7 @@ impl Cluster {
                 "{}: starting weft-node-agent (installs weft-cni into the node's conflist)",
                 node.name()
             ));
-            let p = node.start_agent(bins, &manifests, &config.backend)?;
+            let p = node.start_agent(bins, &manifests, &config.backend, config.local_bypass)?;
             record(state, p)?;
         }
         if ztunnel {

@@ -111,6 +111,8 @@ pub struct AgentLaunch<'a> {
     pub probe_source: std::net::Ipv4Addr,
     /// `auto`, `nftables` or `iptables`.
     pub backend: &'a str,
+    /// `--local-bypass auto` rather than the default `off`.
+    pub local_bypass: bool,
 }
 
 /// The agent's command line, run inside `node`.
@@ -141,6 +143,8 @@ pub fn command(node: &Netns, launch: &AgentLaunch<'_>) -> Command {
             launch.backend,
             "--resync-seconds",
             "2",
+            "--local-bypass",
+            if launch.local_bypass { "auto" } else { "off" },
         ]);
     super::log_env(&mut cmd);
     cmd
