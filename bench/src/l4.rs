@@ -12,6 +12,7 @@ use std::process::{Child, Stdio};
 
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
+use weft_cni::enrollment::LOCAL_BYPASS_LABEL;
 use weft_e2e::binaries::{self, Binaries};
 use weft_e2e::{Cluster, ClusterConfig, Pod, PodSpec, ZtunnelMode};
 
@@ -42,6 +43,12 @@ pub struct Args {
     /// `release` reuses the build the rest of the cluster runs.
     #[arg(long, default_value = "dist")]
     ztunnel_profile: String,
+    /// Skip the third path: the mesh with the node agents' local-leg bypass
+    /// (BPF sockmap between the pods' sockets and ztunnel's). Measured by
+    /// default, beside the mesh on TCP legs (pods labelled
+    /// `weft.dev/local-bypass=off`) in the same cluster and run.
+    #[arg(long)]
+    no_bypass: bool,
 }
 
 /// The load server, killed when the bench ends.
@@ -139,17 +146,32 @@ pub fn run(args: Args) -> anyhow::Result<Value> {
         ztunnel: ZtunnelMode::On,
         build: false,
         binaries: Some(bins),
+        local_bypass: !args.no_bypass,
         ..ClusterConfig::default()
     })?;
     cluster.add_namespace("mesh", true)?;
     cluster.add_namespace("plain", false)?;
-    let mesh_server = cluster.add_pod(PodSpec::new("mesh", "server").on_node(2))?;
-    let mesh_client = cluster.add_pod(PodSpec::new("mesh", "client").on_node(1))?;
+    // The mesh path keeps TCP local legs even where the agents run the
+    // bypass, so the two mesh paths differ only by it.
+    let tcp_legs = |spec: PodSpec| spec.label(LOCAL_BYPASS_LABEL, "off");
+    let mesh_server = cluster.add_pod(tcp_legs(PodSpec::new("mesh", "server").on_node(2)))?;
+    let mesh_client = cluster.add_pod(tcp_legs(PodSpec::new("mesh", "client").on_node(1)))?;
+    let bypass = if args.no_bypass {
+        None
+    } else {
+        cluster.add_namespace("bypass", true)?;
+        let server = cluster.add_pod(PodSpec::new("bypass", "server").on_node(2))?;
+        let client = cluster.add_pod(PodSpec::new("bypass", "client").on_node(1))?;
+        Some((client, server))
+    };
     let plain_server = cluster.add_pod(PodSpec::new("plain", "server").on_node(2))?;
     let plain_client = cluster.add_pod(PodSpec::new("plain", "client").on_node(1))?;
     let idle_rss = ztunnel_rss_mib(&cluster);
     eprintln!("ztunnel RSS, idle with pods: {idle_rss:?} MiB");
-    let _servers = [start_server(&mesh_server)?, start_server(&plain_server)?];
+    let mut _servers = vec![start_server(&mesh_server)?, start_server(&plain_server)?];
+    if let Some((_, server)) = &bypass {
+        _servers.push(start_server(server)?);
+    }
     // Let the certificates and first HBONE connections settle.
     let warmup = Args {
         seconds: 1.0,
@@ -157,29 +179,23 @@ pub fn run(args: Args) -> anyhow::Result<Value> {
     };
     run_client(&mesh_client, &mesh_server, "conn", &warmup)?;
 
-    let mut results: std::collections::BTreeMap<&str, Vec<Value>> = Default::default();
+    let mut results: std::collections::BTreeMap<String, Vec<Value>> = Default::default();
     for round in 0..args.rounds {
         for mode in args.modes.iter().map(String::as_str) {
-            for (path, client, server) in [
+            let mut paths = vec![
                 ("plain", &plain_client, &plain_server),
                 ("mesh", &mesh_client, &mesh_server),
-            ] {
+            ];
+            if let Some((client, server)) = &bypass {
+                paths.push(("bypass", client, server));
+            }
+            for (path, client, server) in paths {
                 if args.mesh_only && path == "plain" {
                     continue;
                 }
                 let r = run_client(client, server, mode, &args)?;
                 eprintln!("round {} {mode} {path}: {r}", round + 1);
-                results
-                    .entry(match (mode, path) {
-                        ("bulk", "plain") => "bulk_plain",
-                        ("bulk", _) => "bulk_mesh",
-                        ("rr", "plain") => "rr_plain",
-                        ("rr", _) => "rr_mesh",
-                        ("conn", "plain") => "conn_plain",
-                        _ => "conn_mesh",
-                    })
-                    .or_default()
-                    .push(r);
+                results.entry(format!("{mode}_{path}")).or_default().push(r);
             }
         }
     }
@@ -193,7 +209,7 @@ pub fn run(args: Args) -> anyhow::Result<Value> {
     };
     let loaded_rss = ztunnel_rss_mib(&cluster);
     let rss = loaded_rss.iter().copied().fold(0.0, f64::max);
-    let report = json!({
+    let mut report = json!({
         "bench": "l4",
         "ztunnel_profile": args.ztunnel_profile,
         "plain_gbps": round2(med("bulk_plain", "gbps")),
@@ -214,6 +230,30 @@ pub fn run(args: Args) -> anyhow::Result<Value> {
         "seconds": args.seconds,
         "rounds": args.rounds,
     });
+    if bypass.is_some() {
+        let ratio = |mode: &str, field: &str| {
+            round2(med(&format!("{mode}_bypass"), field) / med(&format!("{mode}_plain"), field))
+        };
+        let added = |field: &str| round2(med("rr_bypass", field) - med("rr_plain", field));
+        let extra = json!({
+            "bypass_gbps": round2(med("bulk_bypass", "gbps")),
+            "bypass_throughput_ratio": ratio("bulk", "gbps"),
+            "bypass_conns_per_sec": round2(med("conn_bypass", "conns_per_sec")),
+            "bypass_conn_rate_ratio": ratio("conn", "conns_per_sec"),
+            "bypass_p50_us": round2(med("rr_bypass", "p50_us")),
+            "bypass_p99_us": round2(med("rr_bypass", "p99_us")),
+            "bypass_p50_added_us": added("p50_us"),
+            "bypass_p99_added_us": added("p99_us"),
+            // Proof the bypass carried the third path: what each node's
+            // agent reports for its local legs.
+            "local_legs": (1..=2)
+                .map(|node| cluster.coverage(node).map(|(r, _)| r["local_legs"].clone()))
+                .collect::<Result<Vec<_>, _>>()?,
+        });
+        if let (Some(r), Some(e)) = (report.as_object_mut(), extra.as_object()) {
+            r.extend(e.clone());
+        }
+    }
     drop(_servers);
     let _ = cluster.teardown();
     Ok(report)

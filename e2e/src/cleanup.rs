@@ -116,7 +116,11 @@ pub fn teardown(state: &RunState) -> Report {
         }
     }
 
-    // 4. The files; the logs first, if someone wants them.
+    // 4. Mounts under the run (the node agents' BPF filesystems, where the
+    // local-leg bypass pins its programs: unmounting detaches them).
+    report.errors.extend(unmount_under(&state.dir));
+
+    // 5. The files; the logs first, if someone wants them.
     if let Some(dest) = std::env::var_os("WEFT_E2E_KEEP_LOGS") {
         let dest = PathBuf::from(dest).join(state.run_id.as_str());
         match copy_logs(&state.dir, &dest) {
@@ -132,6 +136,30 @@ pub fn teardown(state: &RunState) -> Report {
             .push(format!("removing {}: {e}", state.dir.display()));
     }
     report
+}
+
+/// Lazily unmounts every mount point under `dir`, deepest first.
+fn unmount_under(dir: &Path) -> Vec<String> {
+    let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    // The fifth field is the mount point (octal escapes aside, which run
+    // directories never contain).
+    let mut points: Vec<PathBuf> = mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(PathBuf::from)
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    points
+        .iter()
+        .filter_map(|p| {
+            nix::mount::umount2(p, nix::mount::MntFlags::MNT_DETACH)
+                .err()
+                .map(|e| format!("unmounting {}: {e}", p.display()))
+        })
+        .collect()
 }
 
 /// Copies every `*.log` under `dir` to `dest`, flattening paths.

@@ -199,6 +199,38 @@ fn tracing_values_reach_ztunnel_and_the_waypoints_deployer() {
     );
 }
 
+/// `nodeAgent.localBypass=auto` gives the agent the flag and the node's
+/// root cgroup (its container's own is only its cgroup namespace); the
+/// default renders neither, and a value outside off/auto is refused.
+#[test]
+fn the_local_bypass_value_reaches_the_node_agent_with_the_hosts_cgroup() {
+    let on = template(&["--set", "nodeAgent.localBypass=auto"]);
+    assert!(
+        on.status.success(),
+        "{}",
+        String::from_utf8_lossy(&on.stderr)
+    );
+    let text = String::from_utf8_lossy(&on.stdout);
+    assert!(text.contains("- --local-bypass=auto\n"), "{text}");
+    assert!(text.contains("- --bypass-cgroup=/host/sys/fs/cgroup\n"));
+    assert!(text.contains("hostPath: {path: /sys/fs/cgroup, type: Directory}"));
+    assert!(text.contains("hostPath: {path: /sys/fs/bpf, type: DirectoryOrCreate}"));
+    let default = template(&[]);
+    let text = String::from_utf8_lossy(&default.stdout);
+    assert!(text.contains("- --local-bypass=off\n"));
+    assert!(
+        !text.contains("/sys/fs/"),
+        "no cgroup or BPF mount when off"
+    );
+    let wrong = template(&["--set", "nodeAgent.localBypass=on"]);
+    assert!(!wrong.status.success());
+    assert!(
+        String::from_utf8_lossy(&wrong.stderr).contains("localBypass"),
+        "{}",
+        String::from_utf8_lossy(&wrong.stderr)
+    );
+}
+
 /// A digest in `image.digests` (as `make images`' images.json gives it)
 /// pins that image: the DaemonSet and the controller's waypoint image
 /// (what the deployer hands its Deployments) by digest, the others still by

@@ -258,9 +258,17 @@ fn with_the_local_bypass_the_local_legs_go_socket_to_socket_and_traffic_is_uncha
         .tcp_echo(server.echo_tcp(), secret)
         .expect("echo through the mesh");
     assert_eq!(reply.message, secret);
-    assert_eq!(reply.peer.ip(), client.ip(), "the source is still preserved");
+    assert_eq!(
+        reply.peer.ip(),
+        client.ip(),
+        "the source is still preserved"
+    );
     let (status, body) = client
-        .http("GET", &format!("http://{}/bypassed", server.echo_http()), &[])
+        .http(
+            "GET",
+            &format!("http://{}/bypassed", server.echo_http()),
+            &[],
+        )
         .expect("http through the mesh");
     assert_eq!(status, 200, "{body}");
 

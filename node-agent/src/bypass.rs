@@ -9,18 +9,38 @@
 //! runs without the bypass and the local legs stay on TCP, exactly as with
 //! `--local-bypass off`; the coverage report (and `weftctl check`) says
 //! which path the node uses and why.
+//!
+//! The maps and the cgroup link are pinned in a BPF filesystem (by default
+//! `/sys/fs/bpf/weft/<object digest>`), so they outlive the agent: a paired
+//! socket's queued bytes belong to the sockhash, and a sockhash freed with
+//! its last holder drops them. An agent restart finds the pins and takes
+//! them over; an agent with another program detaches the old one's link
+//! (its maps stay while they hold sockets); `--local-bypass off` and
+//! uninstall remove the pins.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use aya::maps::{HashMap, MapData, PerCpuArray, SockHash};
+use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{CgroupAttachMode, SkMsg, SockOps};
 use parking_lot::Mutex;
+use sha2::Digest;
 use weft_cni::report::{BypassCounters, LocalLegs, LocalPath};
 use weft_netns::NetNs;
 
 /// The compiled program (empty when the agent was built without clang).
 static OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/local_bypass.bpf.o"));
+
+/// The pin directory's default parent.
+pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/weft";
+
+/// The object's maps, all pinned: sockets and their state must survive the
+/// agent together.
+const MAPS: [&str; 5] = ["pods", "legs", "actives", "state", "counters"];
+
+/// The cgroup link's pin, beside the maps.
+const LINK_PIN: &str = "sockops-link";
 
 /// Indices of the program's `counters` map (`enum counter` in the C).
 const BYPASSED_BYTES: u32 = 0;
@@ -48,6 +68,14 @@ pub enum BypassError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The pin directory could not be made a BPF filesystem.
+    #[error("cannot pin the bypass in {path}: {reason}")]
+    Pins {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// A pod's network namespace cookie could not be read.
     #[error("cannot read the network namespace cookie of {path}: {source}")]
     Cookie {
@@ -73,8 +101,9 @@ fn kernel<E: std::error::Error + Send + Sync + 'static>(
 pub struct LocalBypass {
     pods: Mutex<HashMap<MapData, u64, u32>>,
     counters: PerCpuArray<MapData, u64>,
-    // Holds the programs and their links to the cgroup and the map.
+    // Holds the programs (and, unpinned, their links).
     _ebpf: aya::Ebpf,
+    _link: Option<PinnedLink>,
 }
 
 impl std::fmt::Debug for LocalBypass {
@@ -86,15 +115,22 @@ impl std::fmt::Debug for LocalBypass {
 impl LocalBypass {
     /// Loads the programs and attaches them to the cgroup v2 hierarchy at
     /// `cgroup` (the node's root cgroup, so every pod's sockets are seen).
-    pub fn load(cgroup: &Path) -> Result<LocalBypass, BypassError> {
+    /// With `pin_root`, the maps and the link are pinned under it (see the
+    /// module's docs); without, they live as long as this value.
+    pub fn load(cgroup: &Path, pin_root: Option<&Path>) -> Result<LocalBypass, BypassError> {
         if OBJECT.is_empty() {
             return Err(BypassError::NotBuilt);
         }
-        if !is_cgroup2(cgroup) {
-            return Err(BypassError::NoCgroup2(cgroup.to_path_buf()));
+        let cgroup = cgroup_root(cgroup)?;
+        let cgroup_dir = File::open(&cgroup).map_err(kernel("opening the cgroup"))?;
+        let pins = pin_root.map(prepare_pins).transpose()?;
+        let mut loader = aya::EbpfLoader::new();
+        if let Some(dir) = &pins {
+            for name in MAPS {
+                loader.map_pin_path(name, dir.join(name));
+            }
         }
-        let cgroup_dir = File::open(cgroup).map_err(kernel("opening the cgroup"))?;
-        let mut ebpf = aya::Ebpf::load(OBJECT).map_err(kernel("loading the object"))?;
+        let mut ebpf = loader.load(OBJECT).map_err(kernel("loading the object"))?;
         let legs: SockHash<MapData, [u8; 40]> = SockHash::try_from(
             ebpf.take_map("legs")
                 .ok_or_else(|| missing("the legs map"))?,
@@ -112,9 +148,19 @@ impl LocalBypass {
         sk_msg
             .load()
             .map_err(kernel("loading the sk_msg program"))?;
-        sk_msg
+        let sk_msg_link = sk_msg
             .attach(&legs_fd)
             .map_err(kernel("attaching the sk_msg program to its map"))?;
+        if pins.is_some() {
+            // The pinned sockhash keeps this program after the agent exits
+            // (a restarted agent's attach replaces it); aya would detach it
+            // when the link is dropped, so the link is never dropped.
+            std::mem::forget(
+                sk_msg
+                    .take_link(sk_msg_link)
+                    .map_err(kernel("keeping the sk_msg program attached"))?,
+            );
+        }
         let sockops: &mut SockOps = ebpf
             .program_mut("weft_local_bypass_sockops")
             .ok_or_else(|| missing("the sockops program"))?
@@ -128,9 +174,21 @@ impl LocalBypass {
         // (one per node of the local cluster), each program acting only on
         // its own node's pods. (`AllowMultiple` would pass a flag link
         // creation refuses.)
-        sockops
+        let sockops_link = sockops
             .attach(cgroup_dir, CgroupAttachMode::Single)
             .map_err(kernel("attaching the sockops program to the cgroup"))?;
+        let link = match &pins {
+            Some(dir) => {
+                let link = FdLink::try_from(
+                    sockops
+                        .take_link(sockops_link)
+                        .map_err(kernel("taking the cgroup link"))?,
+                )
+                .map_err(kernel("the cgroup link (this kernel has no BPF links)"))?;
+                Some(replace_pinned_link(dir, link)?)
+            }
+            None => None,
+        };
         let pods = HashMap::try_from(
             ebpf.take_map("pods")
                 .ok_or_else(|| missing("the pods map"))?,
@@ -145,7 +203,28 @@ impl LocalBypass {
             pods: Mutex::new(pods),
             counters,
             _ebpf: ebpf,
+            _link: link,
         })
+    }
+
+    /// Removes every pin under `pin_root`: the programs detach and each
+    /// map is freed once nothing holds it. For `--local-bypass off` and for
+    /// weft leaving the node.
+    pub fn remove_pins(pin_root: &Path) -> std::io::Result<()> {
+        let entries = match std::fs::read_dir(pin_root) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            other => other?,
+        };
+        // The root itself may be the BPF filesystem's mount point, whose
+        // own files (the kernel's `maps.debug`, `progs.debug`) stay: only
+        // the objects' directories go.
+        for entry in entries {
+            let path = entry?.path();
+            if path.is_dir() {
+                remove_tree(&path)?;
+            }
+        }
+        Ok(())
     }
 
     /// Lets the pod whose network namespace has `cookie` take the bypass
@@ -199,12 +278,23 @@ pub enum Bypass {
 }
 
 impl Bypass {
-    /// Starts the bypass if `requested`, logging why not when it cannot.
-    pub fn start(requested: bool, cgroup: &Path) -> Bypass {
+    /// Starts the bypass if `requested`, logging why not when it cannot;
+    /// otherwise removes what an earlier run left pinned under `pin_root`.
+    pub fn start(requested: bool, cgroup: &Path, pin_root: Option<&Path>) -> Bypass {
         if !requested {
+            if let Some(root) = pin_root.filter(|r| r.exists()) {
+                match LocalBypass::remove_pins(root) {
+                    Ok(()) => {
+                        tracing::info!(pins = %root.display(), "local-leg bypass off: removed its pins")
+                    }
+                    Err(e) => {
+                        tracing::warn!(pins = %root.display(), error = %e, "cannot remove the local-leg bypass's pins")
+                    }
+                }
+            }
             return Bypass::Off;
         }
-        match LocalBypass::load(cgroup) {
+        match LocalBypass::load(cgroup, pin_root) {
             Ok(b) => {
                 tracing::info!(cgroup = %cgroup.display(), "local-leg bypass loaded: local legs go socket to socket");
                 Bypass::Running(Box::new(b))
@@ -257,15 +347,103 @@ pub fn netns_cookie(ns: &NetNs) -> Result<u64, BypassError> {
     })
 }
 
-/// The node's cgroup v2 root: `/sys/fs/cgroup` on a unified hierarchy,
-/// `/sys/fs/cgroup/unified` on a hybrid one.
-pub fn default_cgroup() -> PathBuf {
-    let unified = Path::new("/sys/fs/cgroup");
-    if is_cgroup2(unified) {
-        unified.to_path_buf()
-    } else {
-        unified.join("unified")
+/// The node's cgroup mount, where [`LocalBypass::load`] looks for the
+/// cgroup v2 root.
+pub const DEFAULT_CGROUP: &str = "/sys/fs/cgroup";
+
+/// The cgroup v2 root at or under `base`: `base` itself on a unified
+/// hierarchy, `base/unified` on a hybrid one.
+fn cgroup_root(base: &Path) -> Result<PathBuf, BypassError> {
+    [base.to_path_buf(), base.join("unified")]
+        .into_iter()
+        .find(|p| is_cgroup2(p))
+        .ok_or_else(|| BypassError::NoCgroup2(base.to_path_buf()))
+}
+
+/// The pin directory of this build's object under `root`, on a BPF
+/// filesystem (mounted there if `root` is on none). Programs of other
+/// builds lose their cgroup link, so only one pairs new connections; their
+/// maps are removed once they hold no socket.
+fn prepare_pins(root: &Path) -> Result<PathBuf, BypassError> {
+    let fail = |reason: String| BypassError::Pins {
+        path: root.to_path_buf(),
+        reason,
+    };
+    std::fs::create_dir_all(root).map_err(|e| fail(e.to_string()))?;
+    if !is_bpffs(root) {
+        nix::mount::mount(
+            Some("bpf"),
+            root,
+            Some("bpf"),
+            nix::mount::MsFlags::MS_NOSUID
+                | nix::mount::MsFlags::MS_NODEV
+                | nix::mount::MsFlags::MS_NOEXEC,
+            None::<&str>,
+        )
+        .map_err(|e| {
+            fail(format!(
+                "not a BPF filesystem, and mounting one failed: {e}"
+            ))
+        })?;
     }
+    let digest = sha2::Sha256::digest(OBJECT);
+    let version: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+    let entries = std::fs::read_dir(root).map_err(|e| fail(e.to_string()))?;
+    for other in entries.flatten() {
+        if other.path().is_dir() && other.file_name().to_string_lossy() != version.as_str() {
+            retire(&other.path());
+        }
+    }
+    let dir = root.join(version);
+    std::fs::create_dir_all(&dir).map_err(|e| fail(e.to_string()))?;
+    Ok(dir)
+}
+
+/// Detaches another build's program; removes its maps once no socket is
+/// paired in them (their queued bytes would go with them).
+fn retire(dir: &Path) {
+    if let Ok(link) = PinnedLink::from_pin(dir.join(LINK_PIN)) {
+        // Dropping the unpinned link detaches the program.
+        let _ = link.unpin();
+    }
+    let empty = MapData::from_pin(dir.join("legs"))
+        .ok()
+        .and_then(|m| SockHash::<MapData, [u8; 40]>::try_from(aya::maps::Map::SockHash(m)).ok())
+        .is_none_or(|legs| legs.keys().next().is_none());
+    if empty {
+        let _ = remove_tree(dir);
+    }
+}
+
+/// Pins `link` as this build's cgroup link. A link already pinned there
+/// (the agent's previous run) is detached after the new one is attached, so
+/// no connection is established while neither runs.
+fn replace_pinned_link(dir: &Path, link: FdLink) -> Result<PinnedLink, BypassError> {
+    let path = dir.join(LINK_PIN);
+    if let Ok(previous) = PinnedLink::from_pin(&path) {
+        let _ = previous.unpin();
+    }
+    link.pin(&path).map_err(kernel("pinning the cgroup link"))
+}
+
+/// Removes `path` and what is under it. (`std::fs::remove_dir_all` takes
+/// a BPF filesystem's pinned objects for directories and fails on them.)
+fn remove_tree(path: &Path) -> std::io::Result<()> {
+    let named =
+        |e: std::io::Error| std::io::Error::new(e.kind(), format!("{}: {e}", path.display()));
+    if std::fs::symlink_metadata(path).map_err(named)?.is_dir() {
+        for entry in std::fs::read_dir(path).map_err(named)? {
+            remove_tree(&entry?.path())?;
+        }
+        std::fs::remove_dir(path).map_err(named)
+    } else {
+        std::fs::remove_file(path).map_err(named)
+    }
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path)
+        .is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC)
 }
 
 fn is_cgroup2(path: &Path) -> bool {

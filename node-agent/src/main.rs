@@ -13,7 +13,7 @@ use weft_cluster::registry::{ClusterState, Kinds, Registry, RegistryConfig};
 use weft_cni::cni::{DEFAULT_AGENT_SOCKET, DEFAULT_ENROLLMENT_CACHE};
 use weft_cni::enrollment::{AgentRequest, AgentResponse, ask_agent};
 use weft_node_agent::agent::{AgentConfig, NetnsDiscovery, NodeAgent, serve_requests};
-use weft_node_agent::bypass::Bypass;
+use weft_node_agent::bypass::{Bypass, DEFAULT_CGROUP, DEFAULT_PIN_ROOT, LocalBypass};
 use weft_node_agent::handoff::{DEFAULT_HANDOFF_SOCKET, HandoffHub, HandoffServer};
 use weft_node_agent::install::{self, ConfInstaller};
 use weft_node_agent::on_exit::{self, OnExit, OwnPod};
@@ -167,10 +167,15 @@ struct RunArgs {
     /// socket can return EAGAIN (docs/design.md §7).
     #[arg(long, value_enum, default_value = "off")]
     local_bypass: LocalBypassMode,
-    /// The node's cgroup v2 root, where the bypass attaches (default:
-    /// /sys/fs/cgroup, or /sys/fs/cgroup/unified on a hybrid hierarchy).
-    #[arg(long)]
-    bypass_cgroup: Option<PathBuf>,
+    /// The node's cgroup mount: the bypass attaches to the cgroup v2 root
+    /// there (or under its `unified/` on a hybrid hierarchy).
+    #[arg(long, default_value = DEFAULT_CGROUP)]
+    bypass_cgroup: PathBuf,
+    /// Where the bypass pins its maps and link, so that they (and the bytes
+    /// queued in them) outlive a restart; a BPF filesystem is mounted there
+    /// if it is on none. `--local-bypass off` and uninstall remove it.
+    #[arg(long, default_value = DEFAULT_PIN_ROOT)]
+    bpf_pin_dir: PathBuf,
     /// Log as JSON.
     #[arg(long)]
     log_json: bool,
@@ -268,10 +273,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             host_probes: (!args.no_probe_snat).then(|| HostProbes::new(args.probe_source)),
             local_bypass: Arc::new(Bypass::start(
                 args.local_bypass == LocalBypassMode::Auto,
-                &args
-                    .bypass_cgroup
-                    .clone()
-                    .unwrap_or_else(weft_node_agent::bypass::default_cgroup),
+                &args.bypass_cgroup,
+                Some(&args.bpf_pin_dir),
             )),
         },
         hub.clone(),
@@ -388,6 +391,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         agent.release_all().await;
         remove_if_present(&args.enrollment_cache);
         remove_if_present(&args.handoff_socket);
+        if let Err(e) = LocalBypass::remove_pins(&args.bpf_pin_dir) {
+            tracing::warn!(pins = %args.bpf_pin_dir.display(), error = %e, "cannot remove the local-leg bypass's pins");
+        }
     }
     // Otherwise rules stay in place on exit: pods keep their redirection (and
     // keep failing closed) until an agent is back to manage them.

@@ -9,12 +9,13 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use common::*;
 use weft_netns::NetNs;
-use weft_node_agent::bypass::{LocalBypass, default_cgroup};
+use weft_node_agent::bypass::{DEFAULT_CGROUP, LocalBypass};
 use weft_node_agent::redirect::{Backend, DEFAULT_PROBE_SOURCE, Redirector};
 
 const POD_IP: &str = "10.78.0.2";
@@ -50,7 +51,8 @@ fn enrolled_pod() -> (NamedNetns, NetNs, LocalBypass) {
 }
 
 fn load() -> LocalBypass {
-    LocalBypass::load(&default_cgroup()).expect("this kernel offers sockmap and sk_msg")
+    LocalBypass::load(Path::new(DEFAULT_CGROUP), None)
+        .expect("this kernel offers sockmap and sk_msg")
 }
 
 /// ztunnel's stand-in: accepts on the pod's 15001 and echoes every byte,
@@ -211,6 +213,59 @@ fn a_pod_not_enrolled_or_forgotten_keeps_its_legs_on_tcp() {
 #[test]
 fn without_a_cgroup2_hierarchy_the_bypass_is_refused_with_the_reason() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let err = LocalBypass::load(dir.path()).expect_err("a plain directory is no cgroup");
+    let err = LocalBypass::load(dir.path(), None).expect_err("a plain directory is no cgroup");
     assert!(err.to_string().contains("no cgroup v2 hierarchy"), "{err}");
+}
+
+/// An agent restart with pinned maps: the first agent's bypass is dropped
+/// (as at its exit) while a paired connection is open, the connection goes
+/// on with every byte, and the next agent takes over the pins, counters
+/// included, and pairs new connections. Removing the pins detaches it all.
+#[test]
+fn pinned_the_bypass_outlives_the_agent_and_the_next_one_takes_it_over() {
+    let (_ns, netns) = pod();
+    let pins = tempfile::tempdir().expect("tempdir");
+    let root = pins.path().join("weft");
+    let mounted = Unmount(root.clone());
+    let first = LocalBypass::load(Path::new(DEFAULT_CGROUP), Some(&root)).expect("pinned load");
+    first
+        .enroll(netns.cookie().expect("cookie"))
+        .expect("enroll");
+    let read = Arc::new(AtomicU64::new(0));
+    echo_on_15001(&netns, read.clone());
+
+    let mut conn = connect_in(&netns, REMOTE, None);
+    conn.write_all(b"before").expect("write");
+    let mut back = [0u8; 6];
+    conn.read_exact(&mut back).expect("echo");
+    assert_eq!(first.counters().paired_legs, 1);
+    drop(first);
+
+    // The pinned link still pairs, the pinned map still carries the leg.
+    exchange(conn, 5, 512 * 1024);
+    let second = LocalBypass::load(Path::new(DEFAULT_CGROUP), Some(&root)).expect("second load");
+    let counters = second.counters();
+    assert_eq!(counters.paired_legs, 1, "{counters:?}");
+    assert_eq!(
+        counters.bypassed_bytes,
+        2 * (6 + 512 * 1024),
+        "{counters:?}"
+    );
+    exchange(connect_in(&netns, REMOTE, None), 6, 64 * 1024);
+    assert_eq!(second.counters().paired_legs, 2);
+    drop(second);
+
+    LocalBypass::remove_pins(&root).expect("remove pins");
+    exchange(connect_in(&netns, REMOTE, None), 7, 64 * 1024);
+    drop(mounted);
+}
+
+/// Unmounts the BPF filesystem the loader mounted for the test.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = LocalBypass::remove_pins(&self.0);
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
 }

@@ -45,6 +45,11 @@ impl NodeLayout {
     pub fn agent_socket(&self) -> PathBuf {
         self.dir.join("cni.sock")
     }
+    /// Where the agent pins the local-leg bypass (a BPF filesystem it
+    /// mounts; the run's teardown unmounts it).
+    pub fn bpf_pin_dir(&self) -> PathBuf {
+        self.dir.join("bpf")
+    }
     /// The handoff socket ztunnel connects to.
     pub fn handoff_socket(&self) -> PathBuf {
         self.dir.join("ztunnel-handoff.sock")
@@ -145,7 +150,9 @@ pub fn command(node: &Netns, launch: &AgentLaunch<'_>) -> Command {
             "2",
             "--local-bypass",
             if launch.local_bypass { "auto" } else { "off" },
-        ]);
+        ])
+        .arg("--bpf-pin-dir")
+        .arg(l.bpf_pin_dir());
     super::log_env(&mut cmd);
     cmd
 }
