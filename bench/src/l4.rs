@@ -49,6 +49,12 @@ pub struct Args {
     /// `weft.dev/local-bypass=off`) in the same cluster and run.
     #[arg(long)]
     no_bypass: bool,
+    /// Then measure new connections on the mesh path again with this many
+    /// more workloads in every ztunnel's store (pods of no real node),
+    /// between two measurements with the store as small as the cluster:
+    /// the per-connection cost with a production-sized store. 0 skips it.
+    #[arg(long, default_value_t = 0)]
+    store_workloads: usize,
 }
 
 /// The load server, killed when the bench ends.
@@ -207,6 +213,16 @@ pub fn run(args: Args) -> anyhow::Result<Value> {
                 .unwrap_or_default(),
         )
     };
+    let store = if args.store_workloads > 0 {
+        Some(conns_with_a_loaded_store(
+            &cluster,
+            &mesh_client,
+            &mesh_server,
+            &args,
+        )?)
+    } else {
+        None
+    };
     let loaded_rss = ztunnel_rss_mib(&cluster);
     let rss = loaded_rss.iter().copied().fold(0.0, f64::max);
     let mut report = json!({
@@ -230,6 +246,9 @@ pub fn run(args: Args) -> anyhow::Result<Value> {
         "seconds": args.seconds,
         "rounds": args.rounds,
     });
+    if let (Some(r), Some(Value::Object(s))) = (report.as_object_mut(), store) {
+        r.extend(s);
+    }
     if bypass.is_some() {
         let ratio = |mode: &str, field: &str| {
             round2(med(&format!("{mode}_bypass"), field) / med(&format!("{mode}_plain"), field))
@@ -257,4 +276,79 @@ pub fn run(args: Args) -> anyhow::Result<Value> {
     drop(_servers);
     let _ = cluster.teardown();
     Ok(report)
+}
+
+/// New connections on the mesh path with the store as the cluster has it,
+/// then with `--store-workloads` more workloads, then without them again:
+/// the loaded rounds against the median of the small-store rounds before
+/// and after (the store cannot alternate round by round: each change must
+/// reach the ztunnels first).
+fn conns_with_a_loaded_store(
+    cluster: &Cluster,
+    client: &Pod,
+    server: &Pod,
+    args: &Args,
+) -> anyhow::Result<Value> {
+    let n = args.store_workloads;
+    let rounds = |label: &str| -> anyhow::Result<Vec<f64>> {
+        (0..args.rounds)
+            .map(|round| {
+                let r = run_client(client, server, "conn", args)?;
+                eprintln!("store {label}, round {}: {r}", round + 1);
+                Ok(r["conns_per_sec"].as_f64().unwrap_or(f64::NAN))
+            })
+            .collect()
+    };
+    let mut small = rounds("small")?;
+    let ghosts: Vec<Value> = (0..n).map(ghost_pod).collect();
+    cluster.manifests().write("ghosts", &ghosts)?;
+    let known = wait_for_store(cluster, |count| count >= n)?;
+    eprintln!("store loaded: {known} workloads in node 1's ztunnel");
+    let loaded = rounds("loaded")?;
+    cluster.manifests().remove("ghosts")?;
+    wait_for_store(cluster, |count| count < n)?;
+    small.extend(rounds("small again")?);
+    let (small, loaded) = (median(small), median(loaded));
+    Ok(json!({
+        "store_workloads": known,
+        "conn_small_store_per_sec": round2(small),
+        "conn_loaded_store_per_sec": round2(loaded),
+        "store_loaded_conn_ratio": round2(loaded / small),
+    }))
+}
+
+/// A running pod on no real node: a workload every ztunnel knows and no
+/// agent enrolls.
+fn ghost_pod(i: usize) -> Value {
+    let ip = format!("10.{}.{}.{}", 200 + i / 65_536, (i / 256) % 256, i % 256);
+    let (name, uid) = (format!("ghost-{i}"), format!("ghost-uid-{i}"));
+    weft_e2e::manifests::pod(&weft_e2e::manifests::PodObject {
+        namespace: "mesh",
+        name: &name,
+        uid: &uid,
+        labels: &Default::default(),
+        service_account: "ghost",
+        node: "ghost-node",
+        host_ip: "10.250.0.1",
+        ip: &ip,
+        netns_path: std::path::Path::new("/nonexistent"),
+        ports: &[],
+    })
+}
+
+/// Waits (2 minutes at most) until node 1's ztunnel holds a number of
+/// workloads that `done` accepts; returns it.
+fn wait_for_store(cluster: &Cluster, done: impl Fn(usize) -> bool) -> anyhow::Result<usize> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let dump = cluster.ztunnel_admin(1, "/workloads")?;
+        let count = dump["workloads"].as_array().map_or(0, Vec::len);
+        if done(count) {
+            return Ok(count);
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("node 1's ztunnel still holds {count} workloads after 2 minutes");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
 }
