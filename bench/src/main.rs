@@ -6,6 +6,7 @@ mod controller;
 mod controller_load;
 mod crypto;
 mod hbone_loopback;
+mod idle_tunnels;
 mod l4;
 mod loadgen;
 mod plot;
@@ -53,10 +54,13 @@ enum Command {
     /// Pod to pod across two nodes, without the mesh and through ztunnel
     /// (HBONE): throughput, request/response latency, connection rate, RSS.
     L4(l4::Args),
-    /// The load generator's server (run inside a pod by `l4`).
+    /// ztunnel's RSS under many concurrent idle tunnels (pod → pod across
+    /// two nodes, up to 10k): bytes per tunnel on each side.
+    IdleTunnels(idle_tunnels::Args),
+    /// The load generator's server (run inside a pod by `l4`, `idle-tunnels`).
     #[command(hide = true)]
     LoadServer,
-    /// The load generator's client (run inside a pod by `l4`).
+    /// The load generator's client (run inside a pod by `l4`, `idle-tunnels`).
     #[command(hide = true)]
     LoadClient(loadgen::ClientArgs),
     /// The waypoint vs HAProxy: requests/s and p99 with an L7 policy on.
@@ -92,6 +96,7 @@ fn main() -> anyhow::Result<()> {
             return Ok(());
         }
         Command::L4(args) => l4::run(args)?,
+        Command::IdleTunnels(args) => idle_tunnels::run(args)?,
         Command::Waypoint(args) => runtime.block_on(waypoint::run(args))?,
         Command::LoadServer => {
             runtime.block_on(loadgen::server())?;
@@ -101,7 +106,7 @@ fn main() -> anyhow::Result<()> {
     };
     // The report goes out first: a plot that fails must not lose it.
     println!("{}", serde_json::to_string(&report)?);
-    // The load generator's reports (inside the l4 pods) are not a bench's.
+    // The load generator's reports (inside the pods) are not a bench's.
     let is_load = report["bench"].is_null();
     if !cli.no_files && !is_load {
         for file in plot::write(&cli.out, &report)? {

@@ -77,12 +77,7 @@ pub fn write(out: &Path, report: &Value) -> anyhow::Result<Vec<PathBuf>> {
             let Some(points) = report["points"].as_array() else {
                 return Ok(files);
             };
-            let series = |key: &str| -> Vec<(f64, f64)> {
-                points
-                    .iter()
-                    .filter_map(|p| Some((p["pods"].as_f64()?, p[key].as_f64()?)))
-                    .collect()
-            };
+            let series = |key: &str| xy(points, "pods", key);
             let sizes = points
                 .iter()
                 .map(|p| format!("{}/{}", p["pods"], p["proxies"]))
@@ -109,9 +104,31 @@ pub fn write(out: &Path, report: &Value) -> anyhow::Result<Vec<PathBuf>> {
                 ],
             )?);
         }
+        "idle-tunnels" => {
+            let Some(points) = report["points"].as_array() else {
+                return Ok(files);
+            };
+            let rss = |side: &str| xy(points, "connections", &format!("{side}_ztunnel_rss_mib"));
+            let series = [
+                ("client", "client node's ztunnel"),
+                ("server", "server node's ztunnel"),
+            ]
+            .map(|(side, name)| (name, rss(side)));
+            let title = "ztunnel RSS, idle tunnels held open (pod → pod)";
+            let x = "concurrent idle tunnels";
+            files.push(lines(&svg("rss"), title, x, "MiB", &series)?);
+        }
         _ => {}
     }
     Ok(files)
+}
+
+/// `(point[x], point[y])` of the points that have both.
+fn xy(points: &[Value], x: &str, y: &str) -> Vec<(f64, f64)> {
+    points
+        .iter()
+        .filter_map(|p| Some((p[x].as_f64()?, p[y].as_f64()?)))
+        .collect()
 }
 
 /// A path against its baseline, from the keys `<prefix>_gbps`,
@@ -342,10 +359,17 @@ mod tests {
                  "p50_propagation_ms": 20.0, "p99_propagation_ms": 30.0},
                 {"pods": 10000, "proxies": 1000, "idle_rss_mib": 150.0, "peak_rss_mib": 300.0,
                  "p50_propagation_ms": 100.0, "p99_propagation_ms": 150.0}]}),
+            serde_json::json!({"bench": "idle-tunnels", "idle_rss_mib": [12.0, 12.0], "points": [
+                {"connections": 0, "client_ztunnel_rss_mib": 13.0, "server_ztunnel_rss_mib": 12.5},
+                {"connections": 10000, "client_ztunnel_rss_mib": 60.0, "server_ztunnel_rss_mib": 50.0}]}),
         ];
         for report in &reports {
             let files = write(&dir, report)?;
-            let plots = if report["bench"] == "l4" { 3 } else { 2 };
+            let plots = match report["bench"].as_str() {
+                Some("l4") => 3,
+                Some("idle-tunnels") => 1,
+                _ => 2,
+            };
             assert_eq!(files.len(), 1 + plots, "{report}");
             for svg in files
                 .iter()
