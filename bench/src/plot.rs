@@ -34,12 +34,19 @@ pub fn write(out: &Path, report: &Value) -> anyhow::Result<Vec<PathBuf>> {
     let svg = |name: &str| out.join(format!("{bench}-{name}.svg"));
     match bench {
         "hbone-loopback" | "l4" => {
-            let (what, sides, conns) = if bench == "l4" {
-                ("pod → pod", [("no mesh", "plain"), ("mesh", "mesh")], true)
+            let (what, mut sides, conns) = if bench == "l4" {
+                (
+                    "pod → pod",
+                    vec![("no mesh", "plain"), ("mesh", "mesh")],
+                    true,
+                )
             } else {
-                ("loopback", [("TCP", "tcp"), ("HBONE", "hbone")], false)
+                ("loopback", vec![("TCP", "tcp"), ("HBONE", "hbone")], false)
             };
-            files.extend(side_by_side(&svg, &f, what, sides, conns)?);
+            if report["bypass_gbps"].is_number() {
+                sides.push(("mesh, local-leg bypass", "bypass"));
+            }
+            files.extend(side_by_side(&svg, &f, what, &sides, conns)?);
         }
         "waypoint" => {
             let targets = [
@@ -139,7 +146,7 @@ fn side_by_side(
     svg: &dyn Fn(&str) -> PathBuf,
     f: &dyn Fn(&str) -> f64,
     what: &str,
-    sides: [(&str, &str); 2],
+    sides: &[(&str, &str)],
     conns: bool,
 ) -> anyhow::Result<Vec<PathBuf>> {
     let of = |suffixes: &[&str]| -> Vec<(&str, Vec<f64>)> {
@@ -384,6 +391,25 @@ mod tests {
                 );
             }
         }
+        std::fs::remove_dir_all(&dir)?;
+        Ok(())
+    }
+
+    #[test]
+    fn l4_with_the_bypass_draws_a_third_side() -> anyhow::Result<()> {
+        let dir = std::env::temp_dir().join(format!("weft-bench-plot3-{}", std::process::id()));
+        let report = serde_json::json!({"bench": "l4", "plain_gbps": 8.6, "mesh_gbps": 3.7,
+            "bypass_gbps": 4.4, "plain_conns_per_sec": 7900.0, "mesh_conns_per_sec": 2500.0,
+            "bypass_conns_per_sec": 2200.0, "plain_p50_us": 50.0, "plain_p99_us": 380.0,
+            "mesh_p50_us": 280.0, "mesh_p99_us": 2800.0, "bypass_p50_us": 300.0,
+            "bypass_p99_us": 3600.0});
+        let files = write(&dir, &report)?;
+        let throughput = std::fs::read_to_string(dir.join("l4-throughput.svg"))?;
+        assert!(
+            throughput.contains("local-leg bypass"),
+            "the legend names it"
+        );
+        assert_eq!(files.len(), 4);
         std::fs::remove_dir_all(&dir)?;
         Ok(())
     }
