@@ -96,8 +96,9 @@ fn kernel<E: std::error::Error + Send + Sync + 'static>(
     }
 }
 
-/// The loaded bypass. Dropping it detaches the programs; sockets already
-/// paired keep their pairing until they close.
+/// The loaded bypass. Dropping it detaches the programs unless they are
+/// pinned (then they stay, for the next agent); sockets already paired keep
+/// their pairing until they close.
 pub struct LocalBypass {
     pods: Mutex<HashMap<MapData, u64, u32>>,
     counters: PerCpuArray<MapData, u64>,
