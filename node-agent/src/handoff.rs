@@ -19,6 +19,13 @@
 //! the `Ack` of the `KeepPod` that ztunnel gets. No snapshot is served before
 //! the agent's first sync ([`HandoffHub::mark_synced`]): an empty one would
 //! make a reconnecting ztunnel drop every pod, and with it the sockets.
+//!
+//! A connection whose `AddPod` could not be sent for want of listeners (a
+//! restarted agent, with a new ztunnel connected before the old one gave
+//! the sockets back) keeps the pod waiting and sends it as soon as the
+//! listeners are had: taken back from any ztunnel, or bound again once their
+//! last holder has gone. Without that, an agent and a ztunnel rolled
+//! together left the new ztunnel without the pod for good.
 
 mod listeners;
 
@@ -107,6 +114,9 @@ pub struct HandoffHub {
     binding: Mutex<()>,
     /// Whether the agent has synced with its registry once.
     synced: tokio::sync::watch::Sender<bool>,
+    /// Bumped whenever the hub comes to hold a pod's listeners: connections
+    /// with pods waiting for them try again at once.
+    listeners_had: tokio::sync::watch::Sender<u64>,
 }
 
 impl HandoffHub {
@@ -116,6 +126,7 @@ impl HandoffHub {
             state: Mutex::default(),
             binding: Mutex::new(()),
             synced: tokio::sync::watch::channel(false).0,
+            listeners_had: tokio::sync::watch::channel(0).0,
         })
     }
 
@@ -182,6 +193,7 @@ impl HandoffHub {
             .lock()
             .listeners
             .insert(uid.clone(), made.clone());
+        self.listeners_had.send_modify(|n| *n += 1);
         Ok(made)
     }
 
@@ -210,9 +222,19 @@ impl HandoffHub {
                     .lock()
                     .listeners
                     .insert(uid.to_string(), Arc::new(adopted));
+                self.listeners_had.send_modify(|n| *n += 1);
             }
             Err(e) => tracing::warn!(%uid, error = %e, "cannot take back the pod's listeners"),
         }
+    }
+
+    /// `pod` is the hub's pod for its uid, not an older or deleted one.
+    fn is_current(&self, pod: &Arc<HandoffPod>) -> bool {
+        self.state
+            .lock()
+            .pods
+            .get(&pod.identity.uid)
+            .is_some_and(|now| Arc::ptr_eq(now, pod))
     }
 
     /// What ztunnel last answered for `uid`.
@@ -357,17 +379,18 @@ pub async fn serve_connection(
     let mut synced = hub.synced.subscribe();
     // Err: the hub is gone, and so is the agent.
     let _ = synced.wait_for(|synced| *synced).await;
+    let mut listeners_had = hub.listeners_had.subscribe();
     let (snapshot, mut sub) = hub.subscribe();
+    let mut waiting = Waiting::default();
     for pod in snapshot {
         let uid = pod.identity.uid.clone();
-        let status = if hello.known_pod_uids.contains(&uid) {
+        if hello.known_pod_uids.contains(&uid) {
             let reply = conn.exchange(&keep(&uid), &[]).await?;
             hub.adopt(&uid, &reply.listeners, reply.fds);
-            reply.status
+            hub.record_ack(&uid, reply.status);
         } else {
-            conn.add(hub, &pod).await?
-        };
-        hub.record_ack(&uid, status);
+            conn.add(hub, &pod, &mut waiting).await?;
+        }
     }
     conn.exchange(
         &AgentMessage {
@@ -379,16 +402,24 @@ pub async fn serve_connection(
     loop {
         tokio::select! {
             change = sub.rx.recv() => match change {
-                Some(Change::Add(pod)) => {
-                    let status = conn.add(hub, &pod).await?;
-                    hub.record_ack(&pod.identity.uid, status);
-                }
+                Some(Change::Add(pod)) => conn.add(hub, &pod, &mut waiting).await?,
                 Some(Change::Delete(uid)) => {
+                    waiting.pods.remove(&uid);
                     let msg = AgentMessage { kind: Some(agent_message::Kind::Delete(DeletePod { uid })) };
                     conn.exchange(&msg, &[]).await?;
                 }
                 None => return Ok(()),
             },
+            // A pod's listeners were made or taken back somewhere: try now.
+            had = listeners_had.changed(), if !waiting.pods.is_empty() => {
+                if had.is_ok() {
+                    conn.retry(hub, &mut waiting).await?;
+                }
+            }
+            // Or their last holder went, and binding them again may work.
+            () = tokio::time::sleep_until(waiting.next), if !waiting.pods.is_empty() => {
+                conn.retry(hub, &mut waiting).await?;
+            }
             // Between changes ztunnel has nothing to say: readability here is
             // its disconnect (or a protocol violation).
             msg = conn.recv() => match msg? {
@@ -396,6 +427,52 @@ pub async fn serve_connection(
                 Some((other, _)) => return Err(HandoffError::Protocol(format!("unsolicited message {other:?}"))),
             },
         }
+    }
+}
+
+/// The pods one connection could not send yet for want of listeners, and
+/// when to try binding them again.
+struct Waiting {
+    pods: BTreeMap<String, Arc<HandoffPod>>,
+    delays: backon::ExponentialBackoff,
+    next: tokio::time::Instant,
+}
+
+impl Default for Waiting {
+    fn default() -> Self {
+        Waiting {
+            pods: BTreeMap::new(),
+            delays: Waiting::delays(),
+            next: tokio::time::Instant::now(),
+        }
+    }
+}
+
+impl Waiting {
+    /// From 50 ms, doubling to 2 s: the ports free up when the last
+    /// ztunnel holding them exits, and every moment after that refuses
+    /// the pod's connections.
+    fn delays() -> backon::ExponentialBackoff {
+        use backon::BackoffBuilder;
+        backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(50))
+            .with_max_delay(Duration::from_secs(2))
+            .without_max_times()
+            .build()
+    }
+
+    /// Adds a pod; the first one starts the delays over.
+    fn wait(&mut self, pod: &Arc<HandoffPod>) {
+        if self.pods.is_empty() {
+            self.delays = Waiting::delays();
+            self.schedule();
+        }
+        self.pods.insert(pod.identity.uid.clone(), pod.clone());
+    }
+
+    fn schedule(&mut self) {
+        self.next =
+            tokio::time::Instant::now() + self.delays.next().unwrap_or(Duration::from_secs(2));
     }
 }
 
@@ -440,20 +517,69 @@ impl Conn {
             .await?)
     }
 
-    /// Sends `AddPod` with the pod's netns and listeners. Without listeners
-    /// (the ports are held by something else in the pod) ztunnel is not
-    /// asked: the pod's status says why.
-    async fn add(&self, hub: &HandoffHub, pod: &HandoffPod) -> Result<AckStatus, HandoffError> {
+    /// Sends `AddPod` with the pod's netns and listeners, and records
+    /// ztunnel's answer. Without listeners (the ports are held by something
+    /// else: a process of the pod's, or a ztunnel that has not given them
+    /// back yet) ztunnel is not asked: the pod's status says why, and it
+    /// waits in `waiting` for them. A newer `AddPod` replaces a waiting one.
+    async fn add(
+        &self,
+        hub: &HandoffHub,
+        pod: &Arc<HandoffPod>,
+        waiting: &mut Waiting,
+    ) -> Result<(), HandoffError> {
+        waiting.pods.remove(&pod.identity.uid);
+        if !self.try_add(hub, pod, false).await? {
+            waiting.wait(pod);
+        }
+        Ok(())
+    }
+
+    /// Tries again every pod waiting for its listeners.
+    async fn retry(&self, hub: &HandoffHub, waiting: &mut Waiting) -> Result<(), HandoffError> {
+        let pods: Vec<Arc<HandoffPod>> = waiting.pods.values().cloned().collect();
+        for pod in pods {
+            // Replaced or deleted since: the change, queued for this
+            // connection, says what to do; binding for a stale netns would
+            // drop the current one's listeners.
+            if !hub.is_current(&pod) {
+                waiting.pods.remove(&pod.identity.uid);
+                continue;
+            }
+            if self.try_add(hub, &pod, true).await? {
+                waiting.pods.remove(&pod.identity.uid);
+            }
+        }
+        waiting.schedule();
+        Ok(())
+    }
+
+    /// One attempt: whether the `AddPod` was sent (and answered).
+    async fn try_add(
+        &self,
+        hub: &HandoffHub,
+        pod: &HandoffPod,
+        retried: bool,
+    ) -> Result<bool, HandoffError> {
+        let uid = &pod.identity.uid;
         let listeners = match hub.listeners_for(pod) {
             Ok(listeners) => listeners,
             Err(e) => {
-                tracing::warn!(uid = %pod.identity.uid, error = %e, "pod not handed over");
-                return Ok(AckStatus::Failed(e.to_string()));
+                if !retried {
+                    tracing::warn!(%uid, error = %e, "pod not handed over yet: waiting for its listeners");
+                    hub.record_ack(uid, AckStatus::Failed(e.to_string()));
+                }
+                return Ok(false);
             }
         };
+        if retried {
+            tracing::info!(%uid, "pod handed over now that its listeners are had");
+        }
         let mut fds = vec![pod.netns.as_fd()];
         fds.extend(listeners.fds());
-        Ok(self.exchange(&add(pod, &listeners), &fds).await?.status)
+        let status = self.exchange(&add(pod, &listeners), &fds).await?.status;
+        hub.record_ack(uid, status);
+        Ok(true)
     }
 
     /// Sends one message and waits for its ack.

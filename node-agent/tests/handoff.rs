@@ -357,3 +357,88 @@ fn a_restarted_agent_takes_the_listeners_back_from_ztunnel() {
     next.wait_for(2);
     assert_eq!(held_inodes(&next.held, "a"), original);
 }
+
+/// An agent restarted with pod `a` enrolled while a ztunnel (which it
+/// returns) holds a's listeners: the first agent is gone, the second is
+/// serving and could not make a's sockets.
+fn restarted_agent_while_ztunnel_holds_a(
+    rt: &tokio::runtime::Runtime,
+    path: &Path,
+    na: &NamedNetns,
+) -> (Arc<HandoffHub>, HeldListeners, Vec<(u32, u64)>) {
+    let first = HandoffHub::new();
+    first.add(pod("a", na));
+    let server = serve(rt, &first, path);
+    let z = FakeZtunnel::connect(path, vec![]);
+    z.wait_for(2);
+    let original = agent_inodes(&first, "a");
+    let held = z.held.clone();
+    drop(z);
+    server.abort();
+    eventually("the first agent to be gone", Duration::from_secs(5), || {
+        Arc::strong_count(&first) == 1
+    });
+    drop(first);
+    let second = HandoffHub::new();
+    second.add(pod("a", na));
+    assert!(second.listeners("a").is_none());
+    serve(rt, &second, path);
+    (second, held, original)
+}
+
+/// A ztunnel and the agent rolled together (CI found it): the new ztunnel
+/// connects to the new agent before the old ztunnel does, so its snapshot
+/// cannot carry a, whose sockets the old ztunnel holds. When the old
+/// ztunnel gives them back, the new one gets a with those very sockets.
+#[test]
+fn a_ztunnel_that_connected_before_the_listeners_came_back_gets_the_pod_when_they_do() {
+    let (rt, dir) = setup();
+    let path = dir.path().join("ztunnel.sock");
+    let na = NamedNetns::new("wlb");
+    let (hub, held, original) = restarted_agent_while_ztunnel_holds_a(&rt, &path, &na);
+
+    let new = FakeZtunnel::connect(&path, vec![]);
+    assert_eq!(new.wait_for(1), vec!["snapshot_sent"]);
+    eventually(
+        "a's status to say why",
+        Duration::from_secs(5),
+        || match hub.ack_status("a") {
+            Some(AckStatus::Failed(why)) if why.contains("already bound") => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+
+    let old = FakeZtunnel::connect_holding(&path, vec!["a".into()], held);
+    assert_eq!(old.wait_for(2), vec!["keep a", "snapshot_sent"]);
+    let entries = new.wait_for(2);
+    assert!(entries[1].starts_with("add a "), "{entries:?}");
+    assert_eq!(held_inodes(&new.held, "a"), original);
+    assert_eq!(agent_inodes(&hub, "a"), original);
+    assert_eq!(hub.ack_status("a"), Some(AckStatus::Acked));
+}
+
+/// The same, but the old ztunnel exits without ever reconnecting: once its
+/// sockets are closed, the agent binds new ones and the waiting ztunnel
+/// gets them.
+#[test]
+fn a_ztunnel_waiting_for_a_pods_listeners_gets_new_ones_when_their_last_holder_exits() {
+    let (rt, dir) = setup();
+    let path = dir.path().join("ztunnel.sock");
+    let na = NamedNetns::new("wlx");
+    let (hub, held, original) = restarted_agent_while_ztunnel_holds_a(&rt, &path, &na);
+
+    let new = FakeZtunnel::connect(&path, vec![]);
+    assert_eq!(new.wait_for(1), vec!["snapshot_sent"]);
+    // Still held by the old ztunnel: nothing to send a while it lives.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(new.entries(), vec!["snapshot_sent"]);
+
+    held.lock().expect("held").clear();
+    let entries = new.wait_for(2);
+    assert!(entries[1].starts_with("add a "), "{entries:?}");
+    let now = held_inodes(&new.held, "a");
+    assert_eq!(now.len(), original.len());
+    assert_ne!(now, original, "new sockets, the old ones are closed");
+    assert_eq!(agent_inodes(&hub, "a"), now);
+    assert_ports_held(&na, "after the agent bound them again");
+}

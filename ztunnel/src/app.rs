@@ -17,7 +17,7 @@ use weft_runtime::admin::{LogControl, serve_metrics, serve_readiness, spawn_admi
 use weft_runtime::certs::CertManager;
 use weft_runtime::listen::listen_shared;
 use weft_runtime::otel::TracingSettings;
-use weft_runtime::startup::{Sources, install_metrics, start_sources};
+use weft_runtime::startup::{Sources, install_metrics, raise_open_files_limit, start_sources};
 use weft_runtime::store::WorkloadStore;
 use weft_runtime::trust::{TrustState, follow_trust_bundle};
 
@@ -32,6 +32,10 @@ use crate::socket::Netns;
 /// Runs ztunnel until SIGTERM/SIGINT and the drain that follows.
 pub async fn run(options: Options, log: LogControl) -> anyhow::Result<()> {
     let flags = &options.proxy;
+    match raise_open_files_limit() {
+        Ok((before, after)) => tracing::info!(before, after, "open files limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
+    }
     let recorder = install_metrics(flags, &[])?;
     let shutdown = CancellationToken::new();
     let drain = CancellationToken::new();
@@ -147,12 +151,17 @@ pub async fn run(options: Options, log: LogControl) -> anyhow::Result<()> {
     drain.cancel();
     proxy.tasks.close();
     let deadline = Duration::from_secs(flags.drain_seconds);
-    if tokio::time::timeout(deadline, proxy.tasks.wait())
-        .await
-        .is_err()
-    {
+    let drained = async {
+        proxy.tasks.wait().await;
+        if pods.sole_holder() {
+            info!("waiting for the node agent to take back the pods' listeners");
+        }
+        pods.handed_back().await;
+    };
+    if tokio::time::timeout(deadline, drained).await.is_err() {
         warn!(
             open = proxy.connections.len(),
+            pods_only_here = pods.sole_holder(),
             "drain deadline reached; closing the rest"
         );
     }

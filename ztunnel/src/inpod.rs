@@ -51,6 +51,9 @@ pub struct Pods {
     /// Parent of every pod's stop token: cancelling it closes all listeners.
     drain: CancellationToken,
     snapshot_done: Arc<tokio::sync::watch::Sender<bool>>,
+    /// A node agent is connected and has replayed its snapshot, so it holds
+    /// a copy of every listener this ztunnel serves.
+    agent_holds: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Pods {
@@ -67,6 +70,7 @@ impl Pods {
             enrolled: Arc::default(),
             drain,
             snapshot_done: Arc::new(tokio::sync::watch::channel(false).0),
+            agent_holds: Arc::new(tokio::sync::watch::channel(false).0),
         }
     }
 
@@ -211,6 +215,26 @@ impl Pods {
     pub fn snapshot_received(&self) -> bool {
         *self.snapshot_done.borrow()
     }
+
+    /// Whether exiting now would close the last copy of some pod's
+    /// listeners: this ztunnel serves pods and no node agent holds them.
+    pub fn sole_holder(&self) -> bool {
+        !*self.agent_holds.borrow() && !self.enrolled.lock().is_empty()
+    }
+
+    /// Resolves once exiting closes no pod's last listener. A node agent
+    /// restarted together with this ztunnel's rolling update could not
+    /// make the pods' sockets while this ztunnel held them; it takes them
+    /// back when this ztunnel reconnects, and closing them before that
+    /// would refuse the pods' connections until it made new ones.
+    pub async fn handed_back(&self) {
+        let mut holds = self.agent_holds.subscribe();
+        while self.sole_holder() {
+            if holds.changed().await.is_err() {
+                return;
+            }
+        }
+    }
 }
 
 /// Follows the node agent at `socket` until `shutdown`, reconnecting with
@@ -223,6 +247,7 @@ pub async fn follow_agent(socket: PathBuf, pods: Pods, shutdown: CancellationTok
             _ = shutdown.cancelled() => return,
             r = session(&socket, &pods) => r,
         };
+        pods.agent_holds.send_replace(false);
         // A session that lasted was a success: the next failure starts over
         // from the shortest delay (it used to stay at the longest for ever).
         if started.elapsed() > Duration::from_secs(30) {
@@ -292,6 +317,7 @@ async fn session(socket: &std::path::Path, pods: &Pods) -> std::io::Result<()> {
                     pods.retain(&seen);
                 }
                 pods.snapshot_done.send_replace(true);
+                pods.agent_holds.send_replace(true);
                 info!(
                     pods = pods.uids().len(),
                     "snapshot from the node agent applied"

@@ -344,6 +344,49 @@ fn a_ztunnel_stopped_then_started_again_fails_no_new_connection() {
     });
 }
 
+#[test]
+fn rolling_the_node_agent_and_ztunnel_together_fails_no_new_connection() {
+    // Both DaemonSets rolled at once (CI found resets): the agent goes, the
+    // new ztunnel starts while it is away, a new agent comes back and
+    // cannot bind the pods' listeners, which the old ztunnel holds; then
+    // the old ztunnel is stopped. Whichever ztunnel reconnects first, the
+    // new one ends up serving the pods and the old one does not close the
+    // last copy of their sockets.
+    restart_under_load(|c, node| {
+        c.stop_agent(node);
+        c.spawn_ztunnel(node);
+        std::thread::sleep(Duration::from_secs(2));
+        c.start_agent_again(node);
+        c.wait_ready(node);
+        c.stop_oldest_ztunnel(node);
+    });
+}
+
+#[test]
+fn a_ztunnel_stopped_while_the_agent_is_away_waits_to_hand_the_listeners_back() {
+    // The old ztunnel is told to stop before the new agent is up: it alone
+    // holds the pods' sockets, so it drains and waits; connections wait in
+    // the backlog meanwhile, and the agent it reconnects to takes them back
+    // for the new ztunnel.
+    restart_under_load(|c, node| {
+        c.stop_agent(node);
+        c.spawn_ztunnel(node);
+        c.terminate_oldest_ztunnel(node);
+        std::thread::sleep(Duration::from_secs(2));
+        assert!(
+            !c.terminated_ztunnel_exited(node),
+            "the old ztunnel exited holding the only copies of the pods' listeners"
+        );
+        c.start_agent_again(node);
+        c.wait_ready(node);
+        eventually(
+            "the old ztunnel to exit once the agent holds the listeners",
+            Duration::from_secs(15),
+            || c.terminated_ztunnel_exited(node),
+        );
+    });
+}
+
 /// Restarts each node's ztunnel with `restart` while a client on node 1
 /// opens connections to a server on node 2; none may fail.
 fn restart_under_load(restart: impl Fn(&mut Cluster, usize)) {

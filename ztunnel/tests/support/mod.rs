@@ -39,6 +39,25 @@ pub fn require_root() {
     }
 }
 
+/// A node agent's handoff server on `socket`, on a runtime of its own; it
+/// serves snapshots once marked synced.
+fn start_agent(socket: &Path) -> (Arc<HandoffHub>, tokio::runtime::Runtime) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("agent runtime");
+    let hub = HandoffHub::new();
+    let server = {
+        let _guard = runtime.enter();
+        HandoffServer::bind(socket, hub.clone(), Duration::from_secs(30)).expect("handoff socket")
+    };
+    runtime.spawn(async move {
+        let _ = server.run().await;
+    });
+    (hub, runtime)
+}
+
 fn sh(args: &[&str]) -> String {
     let out = Command::new(args[0])
         .args(&args[1..])
@@ -71,9 +90,14 @@ pub struct Node {
     pub name: String,
     pub netns: String,
     pub hub: Arc<HandoffHub>,
+    /// The node agent's runtime: shutting it down ends the agent's
+    /// connections as its process's exit would.
+    agent: Option<tokio::runtime::Runtime>,
     pub handoff_socket: PathBuf,
     pub admin_socket: PathBuf,
     ztunnels: Vec<Child>,
+    /// Sent SIGTERM, not exited yet.
+    stopping: Vec<Child>,
     started: usize,
     log: PathBuf,
 }
@@ -122,7 +146,6 @@ pub struct Cluster {
     pub pods: Vec<Pod>,
     pub ca: TestCa,
     underlay: String,
-    runtime: tokio::runtime::Runtime,
     config: String,
     next_host: BTreeMap<usize, u8>,
 }
@@ -134,11 +157,6 @@ impl Cluster {
         let run = format!("{run}{}", rand::random::<u16>() % 100);
         let dir = std::env::temp_dir().join(format!("weft-ztunnel-test-{run}"));
         std::fs::create_dir_all(&dir).expect("test dir");
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
         let ca = TestCa::new();
         let ca_dir = dir.join("ca");
         std::fs::create_dir_all(&ca_dir).expect("ca dir");
@@ -152,7 +170,6 @@ impl Cluster {
             pods: Vec::new(),
             ca,
             underlay: underlay.clone(),
-            runtime,
             config: String::new(),
             next_host: BTreeMap::new(),
         };
@@ -226,29 +243,58 @@ impl Cluster {
         }
         let node_dir = self.dir.join(format!("node-{index}"));
         std::fs::create_dir_all(&node_dir).expect("node dir");
-        let hub = HandoffHub::new();
+        let handoff_socket = node_dir.join("ztunnel.sock");
+        let (hub, agent) = start_agent(&handoff_socket);
         // The test is the agent, and knows its pods from the start.
         hub.mark_synced();
-        let handoff_socket = node_dir.join("ztunnel.sock");
-        let server = {
-            let _guard = self.runtime.enter();
-            HandoffServer::bind(&handoff_socket, hub.clone(), Duration::from_secs(30))
-                .expect("handoff socket")
-        };
-        self.runtime.spawn(async move {
-            let _ = server.run().await;
-        });
         self.nodes.push(Node {
             index,
             name: format!("node-{index}"),
             netns,
             hub,
+            agent: Some(agent),
             handoff_socket,
             admin_socket: node_dir.join("admin.sock"),
             ztunnels: Vec::new(),
+            stopping: Vec::new(),
             started: 0,
             log: node_dir.join("ztunnel.log"),
         });
+    }
+
+    /// The node agent of `node` exits: its connections close and its
+    /// copies of the pods' listeners with them.
+    pub fn stop_agent(&mut self, node: usize) {
+        if let Some(agent) = self.nodes[node - 1].agent.take() {
+            agent.shutdown_background();
+        }
+        let placeholder = HandoffHub::new();
+        let old = std::mem::replace(&mut self.nodes[node - 1].hub, placeholder);
+        eventually(
+            "the stopped agent's hub to be dropped",
+            Duration::from_secs(5),
+            || Arc::strong_count(&old) == 1,
+        );
+    }
+
+    /// A new node agent on `node`, enrolling the node's meshed pods again
+    /// (it cannot bind listeners a running ztunnel still holds).
+    pub fn start_agent_again(&mut self, node: usize) {
+        let n = &mut self.nodes[node - 1];
+        let (hub, agent) = start_agent(&n.handoff_socket);
+        n.hub = hub;
+        n.agent = Some(agent);
+        let pods: Vec<(String, PodSpec, Ipv4Addr, String)> = self
+            .pods
+            .iter()
+            .filter(|p| p.spec.node == node && p.spec.meshed)
+            .map(|p| (p.uid.clone(), p.spec.clone(), p.ip, p.netns.clone()))
+            .collect();
+        for (uid, spec, ip, netns) in pods {
+            let ns = NetNs::open(format!("/var/run/netns/{netns}")).expect("pod netns");
+            self.hand_over(node, &uid, &spec, ip, ns);
+        }
+        self.nodes[node - 1].hub.mark_synced();
     }
 
     pub fn node(&self, index: usize) -> &Node {
@@ -370,6 +416,12 @@ impl Cluster {
 
     /// Starts a ztunnel on `node` and waits until it is ready.
     pub fn start_ztunnel(&mut self, node: usize) {
+        self.spawn_ztunnel(node);
+        self.wait_ready(node);
+    }
+
+    /// Starts a ztunnel on `node`.
+    pub fn spawn_ztunnel(&mut self, node: usize) {
         let config = self.config_path();
         let ca_dir = self.dir.join("ca");
         let n = &mut self.nodes[node - 1];
@@ -404,7 +456,11 @@ impl Cluster {
             .spawn()
             .expect("spawning ztunnel");
         n.ztunnels.push(child);
-        let socket = n.admin_socket.clone();
+    }
+
+    /// Waits until the newest ztunnel of `node` is ready.
+    pub fn wait_ready(&self, node: usize) {
+        let socket = self.nodes[node - 1].admin_socket.clone();
         eventually(
             &format!("ztunnel on node {node} to be ready"),
             Duration::from_secs(30),
@@ -417,13 +473,34 @@ impl Cluster {
 
     /// Sends SIGTERM to the oldest ztunnel of `node` and waits for it to exit.
     pub fn stop_oldest_ztunnel(&mut self, node: usize) {
+        self.terminate_oldest_ztunnel(node);
+        let mut child = self.nodes[node - 1].stopping.remove(0);
+        let status = child.wait().expect("ztunnel exit");
+        assert!(status.success(), "ztunnel exited with {status}");
+    }
+
+    /// Sends SIGTERM to the oldest ztunnel of `node`, which drains.
+    pub fn terminate_oldest_ztunnel(&mut self, node: usize) {
         let n = &mut self.nodes[node - 1];
-        let mut child = n.ztunnels.remove(0);
+        let child = n.ztunnels.remove(0);
         // `ip netns exec` execs ztunnel, so the child pid is ztunnel's.
         let pid = nix::unistd::Pid::from_raw(child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let status = child.wait().expect("ztunnel exit");
+        n.stopping.push(child);
+    }
+
+    /// Whether the ztunnel of `node` sent SIGTERM first has exited (it
+    /// must have exited cleanly).
+    pub fn terminated_ztunnel_exited(&mut self, node: usize) -> bool {
+        let n = &mut self.nodes[node - 1];
+        let status = n.stopping[0].try_wait().expect("ztunnel status");
+        let Some(status) = status else {
+            return false;
+        };
         assert!(status.success(), "ztunnel exited with {status}");
+        // Reaped by `try_wait` already; `wait` returns the same status.
+        let _ = n.stopping.remove(0).wait();
+        true
     }
 
     /// File descriptors the newest ztunnel of `node` holds open now.
@@ -621,7 +698,7 @@ impl Load {
 impl Drop for Cluster {
     fn drop(&mut self) {
         for node in &mut self.nodes {
-            for child in &mut node.ztunnels {
+            for child in node.ztunnels.iter_mut().chain(&mut node.stopping) {
                 let _ = child.kill();
                 let _ = child.wait();
             }
