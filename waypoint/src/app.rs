@@ -20,7 +20,7 @@ use weft_runtime::admin::socket::{AdminSocket, wait_for_signal};
 use weft_runtime::admin::{LogControl, serve_metrics, serve_readiness, spawn_admin};
 use weft_runtime::certs::{CaClient, CertManager};
 use weft_runtime::listen::listen_shared;
-use weft_runtime::startup::{Sources, install_metrics, start_sources};
+use weft_runtime::startup::{Sources, install_metrics, raise_open_files_limit, start_sources};
 use weft_runtime::store::WorkloadStore;
 use weft_runtime::trust::{TrustState, follow_trust_bundle};
 
@@ -193,6 +193,10 @@ impl Waypoint {
 /// The process: runs until SIGTERM/SIGINT and the drain that follows.
 pub async fn run(options: Options, log: LogControl) -> anyhow::Result<()> {
     let flags = &options.proxy;
+    match raise_open_files_limit() {
+        Ok((before, after)) => tracing::info!(before, after, "open files limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
+    }
     let recorder = install_metrics(
         flags,
         &[(

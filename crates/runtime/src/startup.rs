@@ -135,3 +135,36 @@ pub fn follow_config_file(
     tokio::spawn(local.watch(shutdown.clone()));
     Ok(format!("file {}", path.display()))
 }
+
+/// Raises the soft limit on open files to the hard one, returning both
+/// (before, after). Every tunnel holds a descriptor on each side, and a
+/// container inherits whatever soft limit its runtime sets (often 1024 or
+/// a few tens of thousands), far below what a node's proxy may hold.
+pub fn raise_open_files_limit() -> nix::Result<(u64, u64)> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    }
+    Ok((soft, hard.max(soft)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_open_files_limit_is_raised_to_the_hard_limit() {
+        use nix::sys::resource::{Resource, getrlimit, setrlimit};
+        let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+        // Lower the soft limit first, so there is something to raise.
+        setrlimit(Resource::RLIMIT_NOFILE, hard.min(512), hard).expect("lower");
+        let (before, after) = raise_open_files_limit().expect("raise");
+        assert_eq!(before, hard.min(512));
+        assert_eq!(after, hard);
+        assert_eq!(
+            getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit"),
+            (hard, hard)
+        );
+    }
+}
