@@ -190,11 +190,19 @@ impl LocalBypass {
             }
             None => None,
         };
-        let pods = HashMap::try_from(
+        let mut pods: HashMap<MapData, u64, u32> = HashMap::try_from(
             ebpf.take_map("pods")
                 .ok_or_else(|| missing("the pods map"))?,
         )
         .map_err(kernel("opening the pods map"))?;
+        // A pinned map holds the pods of the agent before this one, some of
+        // which may have left the mesh while no agent ran; the agent enrolls
+        // the pods it has again. Meanwhile new connections take TCP, which
+        // is always correct.
+        let stale: Vec<u64> = pods.keys().filter_map(Result::ok).collect();
+        for cookie in stale {
+            let _ = pods.remove(&cookie);
+        }
         let counters = PerCpuArray::try_from(
             ebpf.take_map("counters")
                 .ok_or_else(|| missing("the counters map"))?,
