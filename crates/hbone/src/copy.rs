@@ -2,16 +2,20 @@
 //! task, half-close carried across (TCP FIN <-> HTTP/2 END_STREAM), and byte
 //! counters that others can read while the copy runs (`/connections`).
 //!
-//! Reads go straight into a `BytesMut` whose filled part is frozen and handed
-//! to HTTP/2 without another copy; reads are large (up to [`MAX_READ`]) so
-//! a bulk transfer costs few syscalls and few DATA frames.
+//! Reads go straight into a `BytesMut` that is frozen and handed to HTTP/2
+//! without another copy; reads are large (up to [`MAX_READ`]) so a bulk
+//! transfer costs few syscalls and few DATA frames. The buffer is reused
+//! while data keeps coming and let go whenever the socket has nothing to
+//! read, so an idle tunnel holds no read buffer (thousands of idle tunnels
+//! are common on a node).
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::net::tcp::ReadHalf;
 
 use crate::stream::{H2Stream, RecvHalf, SendHalf};
 
@@ -50,10 +54,10 @@ pub async fn copy_bidirectional(
     tunnel: H2Stream,
     counters: &ByteCounters,
 ) -> io::Result<()> {
-    let (mut sock_rd, mut sock_wr) = socket.split();
+    let (sock_rd, mut sock_wr) = socket.split();
     let (mut send, mut recv) = tunnel.split();
     let result = tokio::try_join!(
-        socket_to_tunnel(&mut sock_rd, &mut send, &counters.sent),
+        socket_to_tunnel(&sock_rd, &mut send, &counters.sent),
         tunnel_to_socket(&mut recv, &mut sock_wr, &counters.received),
     );
     if result.is_err() {
@@ -62,18 +66,30 @@ pub async fn copy_bidirectional(
     result.map(|_| ())
 }
 
-async fn socket_to_tunnel<R: AsyncRead + Unpin>(
-    socket: &mut R,
+async fn socket_to_tunnel(
+    socket: &ReadHalf<'_>,
     tunnel: &mut SendHalf,
     counter: &AtomicU64,
 ) -> io::Result<()> {
     let mut want = FIRST_READ;
     let mut buf = BytesMut::new();
     loop {
+        // While data keeps coming, the buffer is reused (what the tunnel
+        // has sent is split off; the rest of the allocation stays).
         if buf.capacity() < want {
             buf.reserve(want);
         }
-        let n = socket.read_buf(&mut buf).await?;
+        let n = match socket.try_read_buf(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // Nothing to read: the buffer goes before the wait, which
+                // may last as long as the tunnel.
+                buf = BytesMut::new();
+                socket.readable().await?;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         if n == 0 {
             return tunnel.finish();
         }

@@ -83,20 +83,21 @@ pub async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, captured: Captured) {
                 },
             };
             let started = Instant::now();
-            let mut upstream = match proxy
-                .connect_from(&pod, dst, ConnectOptions::default())
-                .await
-            {
-                Ok(s) => s,
-                Err(e) => {
-                    if let Some(load) = &load {
-                        load.failed();
+            // Boxed, as every set-up step: the connection's task keeps the
+            // size of its largest state for its whole life, and the copy
+            // that follows is much smaller than a connect.
+            let mut upstream =
+                match Box::pin(proxy.connect_from(&pod, dst, ConnectOptions::default())).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        if let Some(load) = &load {
+                            load.failed();
+                        }
+                        debug!(%dst, error = %e, "passthrough connect failed");
+                        socket::reset_on_close(&client);
+                        return;
                     }
-                    debug!(%dst, error = %e, "passthrough connect failed");
-                    socket::reset_on_close(&client);
-                    return;
-                }
-            };
+                };
             if let Some(load) = &load {
                 load.connected(started.elapsed());
             }
@@ -201,7 +202,7 @@ async fn tunnel_out(
         Some(tracing) => tracing.outbound(&meta),
         None => ConnectionSpan::none(),
     };
-    let cert = match proxy.certs.get(&pod.identity).await {
+    let cert = match Box::pin(proxy.certs.get(&pod.identity)).await {
         Ok(cert) => cert,
         Err(e) => {
             let reason = e.to_string();
@@ -220,7 +221,8 @@ async fn tunnel_out(
         baggage: None,
     };
     let dialer = PodDialer { proxy, pod };
-    let (stream, latency) = match proxy.pool.connect_timed(&cert, &target, &dialer).await {
+    let (stream, latency) = match Box::pin(proxy.pool.connect_timed(&cert, &target, &dialer)).await
+    {
         Ok(connected) => connected,
         Err(e) => {
             if let Some(load) = &tunnel.load
