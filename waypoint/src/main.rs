@@ -10,6 +10,7 @@ fn main() -> anyhow::Result<()> {
     let options = Options::parse();
     let log = weft_runtime::logging::init(options.proxy.log_format, &options.proxy.log);
     tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(options.proxy.worker_threads())
         .enable_all()
         .build()?
         .block_on(weft_waypoint::app::run(options, log))

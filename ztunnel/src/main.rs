@@ -10,7 +10,7 @@ fn main() -> anyhow::Result<()> {
     let options = Options::parse();
     let log = weft_runtime::logging::init(options.proxy.log_format, &options.proxy.log);
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(options.worker_threads())
+        .worker_threads(options.proxy.worker_threads())
         .enable_all()
         .build()?
         .block_on(weft_ztunnel::app::run(options, log))

@@ -37,29 +37,9 @@ pub struct Options {
         default_value = "/var/run/weft/ztunnel-admin.sock"
     )]
     pub admin_socket: PathBuf,
-    /// Threads that run the proxy (default: half the CPUs ztunnel may run
-    /// on, at least one). ztunnel shares the node's cores with the workloads
-    /// it serves; each thread beyond what the load needs costs cross-thread
-    /// wake-ups on every connection (docs/benchmarks.md, `l4`).
-    #[arg(long, env = "WEFT_WORKER_THREADS")]
-    pub worker_threads: Option<std::num::NonZeroUsize>,
     /// How long a connection waits for its pod's first certificate, in seconds.
     #[arg(long, default_value_t = 10)]
     pub cert_wait_seconds: u64,
-}
-
-impl Options {
-    /// `--worker-threads`, or half the CPUs this process may run on (its
-    /// affinity mask and cgroup quota, as the standard library reads them),
-    /// at least one.
-    pub fn worker_threads(&self) -> usize {
-        self.worker_threads.map(|n| n.get()).unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get() / 2)
-                .unwrap_or(1)
-                .max(1)
-        })
-    }
 }
 
 #[cfg(test)]
@@ -83,10 +63,10 @@ mod tests {
 
     #[test]
     fn worker_threads_are_the_flag_or_half_the_cpus_and_never_zero() {
-        assert_eq!(parse(&["--worker-threads", "3"]).worker_threads(), 3);
+        assert_eq!(parse(&["--worker-threads", "3"]).proxy.worker_threads(), 3);
         if std::env::var_os("WEFT_WORKER_THREADS").is_none() {
             let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-            assert_eq!(parse(&[]).worker_threads(), (cpus / 2).max(1));
+            assert_eq!(parse(&[]).proxy.worker_threads(), (cpus / 2).max(1));
         }
         assert!(Options::try_parse_from(["ztunnel", "--worker-threads", "0"]).is_err());
     }

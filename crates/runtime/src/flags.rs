@@ -72,6 +72,13 @@ pub struct ProxyFlags {
     #[arg(long, env = "WEFT_CLUSTER_ID", default_value = crate::standard_metrics::DEFAULT_CLUSTER)]
     pub cluster_id: String,
 
+    /// Threads that run the proxy (default: half the CPUs it may run on, at
+    /// least one). Each thread beyond what the load needs costs cross-thread
+    /// wake-ups on every connection and request, which on a VM are
+    /// interrupts to halted vCPUs (docs/benchmarks.md, `l4` and `waypoint`).
+    #[arg(long, env = "WEFT_WORKER_THREADS")]
+    pub worker_threads: Option<std::num::NonZeroUsize>,
+
     /// On SIGTERM, how long open connections may take to finish, in seconds.
     #[arg(long, env = "WEFT_DRAIN_SECONDS", default_value_t = 30)]
     pub drain_seconds: u64,
@@ -92,6 +99,20 @@ pub struct ProxyFlags {
     /// unsampled `traceparent` decides for its own.
     #[arg(long, env = "WEFT_TRACE_SAMPLING", default_value_t = 1.0, value_parser = sampling_ratio)]
     pub trace_sampling: f64,
+}
+
+impl ProxyFlags {
+    /// `--worker-threads`, or half the CPUs this process may run on (its
+    /// affinity mask and cgroup quota, as the standard library reads them),
+    /// at least one.
+    pub fn worker_threads(&self) -> usize {
+        self.worker_threads.map(|n| n.get()).unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get() / 2)
+                .unwrap_or(1)
+                .max(1)
+        })
+    }
 }
 
 fn sampling_ratio(text: &str) -> Result<f64, String> {
