@@ -32,10 +32,7 @@ use crate::socket::Netns;
 /// Runs ztunnel until SIGTERM/SIGINT and the drain that follows.
 pub async fn run(options: Options, log: LogControl) -> anyhow::Result<()> {
     let flags = &options.proxy;
-    match raise_open_files_limit() {
-        Ok((before, after)) => tracing::info!(before, after, "open files limit"),
-        Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
-    }
+    raise_open_files_limit();
     let recorder = install_metrics(flags, &[])?;
     let shutdown = CancellationToken::new();
     let drain = CancellationToken::new();

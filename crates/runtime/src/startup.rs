@@ -136,11 +136,19 @@ pub fn follow_config_file(
     Ok(format!("file {}", path.display()))
 }
 
-/// Raises the soft limit on open files to the hard one, returning both
-/// (before, after). Every tunnel holds a descriptor on each side, and a
-/// container inherits whatever soft limit its runtime sets (often 1024 or
-/// a few tens of thousands), far below what a node's proxy may hold.
-pub fn raise_open_files_limit() -> nix::Result<(u64, u64)> {
+/// Raises the soft limit on open files to the hard one, and logs what it
+/// did (`open files limit`, before and after) or why not. Every tunnel
+/// holds a descriptor on each side, and a container inherits whatever soft
+/// limit its runtime sets (often 1024 or a few tens of thousands), far
+/// below what a node's proxy may hold.
+pub fn raise_open_files_limit() {
+    match raise_nofile() {
+        Ok((before, after)) => tracing::info!(before, after, "open files limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
+    }
+}
+
+fn raise_nofile() -> nix::Result<(u64, u64)> {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
     if soft < hard {
@@ -159,7 +167,7 @@ mod tests {
         let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
         // Lower the soft limit first, so there is something to raise.
         setrlimit(Resource::RLIMIT_NOFILE, hard.min(512), hard).expect("lower");
-        let (before, after) = raise_open_files_limit().expect("raise");
+        let (before, after) = raise_nofile().expect("raise");
         assert_eq!(before, hard.min(512));
         assert_eq!(after, hard);
         assert_eq!(

@@ -155,7 +155,7 @@ async fn open(
     let options = ConnectOptions {
         transparent_source: transparent_source(client_ip, pod),
     };
-    let app = match Box::pin(proxy.connect_from(pod, dst, options)).await {
+    let app = match proxy.connect_from(pod, dst, options).await {
         Ok(app) => app,
         Err(e) => {
             debug!(%dst, error = %e, "application refused the connection");

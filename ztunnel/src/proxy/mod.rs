@@ -119,20 +119,29 @@ impl Proxy {
     }
 
     /// Connects from inside `pod` to `dst`, within the connect timeout.
-    pub async fn connect_from(
-        &self,
-        pod: &Pod,
+    /// Boxed: a connection's task keeps the size of its largest state for
+    /// its whole life, and a connect needs far more than the copy that
+    /// follows it (docs/benchmarks.md, `idle-tunnels`).
+    pub fn connect_from<'a>(
+        &'a self,
+        pod: &'a Pod,
         dst: std::net::SocketAddr,
         options: ConnectOptions,
-    ) -> std::io::Result<TcpStream> {
-        tokio::time::timeout(
-            self.settings.connect_timeout,
-            pod.network.connect(dst, options),
-        )
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))?
+    ) -> Connecting<'a> {
+        Box::pin(async move {
+            tokio::time::timeout(
+                self.settings.connect_timeout,
+                pod.network.connect(dst, options),
+            )
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))?
+        })
     }
 }
+
+/// A connect in progress ([`Proxy::connect_from`]).
+pub type Connecting<'a> =
+    std::pin::Pin<Box<dyn Future<Output = std::io::Result<TcpStream>> + Send + 'a>>;
 
 /// Dials HBONE connections from inside a pod.
 pub struct PodDialer<'a> {
@@ -141,14 +150,9 @@ pub struct PodDialer<'a> {
 }
 
 impl Dialer for PodDialer<'_> {
-    fn dial(
-        &self,
-        addr: std::net::SocketAddr,
-    ) -> std::pin::Pin<Box<dyn Future<Output = std::io::Result<TcpStream>> + Send + '_>> {
-        Box::pin(
-            self.proxy
-                .connect_from(self.pod, addr, ConnectOptions::default()),
-        )
+    fn dial(&self, addr: std::net::SocketAddr) -> Connecting<'_> {
+        self.proxy
+            .connect_from(self.pod, addr, ConnectOptions::default())
     }
 }
 

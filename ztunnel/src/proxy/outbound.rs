@@ -83,21 +83,20 @@ pub async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, captured: Captured) {
                 },
             };
             let started = Instant::now();
-            // Boxed, as every set-up step: the connection's task keeps the
-            // size of its largest state for its whole life, and the copy
-            // that follows is much smaller than a connect.
-            let mut upstream =
-                match Box::pin(proxy.connect_from(&pod, dst, ConnectOptions::default())).await {
-                    Ok(s) => s,
-                    Err(e) => {
-                        if let Some(load) = &load {
-                            load.failed();
-                        }
-                        debug!(%dst, error = %e, "passthrough connect failed");
-                        socket::reset_on_close(&client);
-                        return;
+            let mut upstream = match proxy
+                .connect_from(&pod, dst, ConnectOptions::default())
+                .await
+            {
+                Ok(s) => s,
+                Err(e) => {
+                    if let Some(load) = &load {
+                        load.failed();
                     }
-                };
+                    debug!(%dst, error = %e, "passthrough connect failed");
+                    socket::reset_on_close(&client);
+                    return;
+                }
+            };
             if let Some(load) = &load {
                 load.connected(started.elapsed());
             }
@@ -202,6 +201,8 @@ async fn tunnel_out(
         Some(tracing) => tracing.outbound(&meta),
         None => ConnectionSpan::none(),
     };
+    // Boxed, as `connect_from` is: set-up state must not stay in the task
+    // for the life of the copy.
     let cert = match Box::pin(proxy.certs.get(&pod.identity)).await {
         Ok(cert) => cert,
         Err(e) => {

@@ -88,8 +88,7 @@ pub async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, captured: Captured) {
     let options = ConnectOptions {
         transparent_source: transparent_source(client_addr.ip(), &pod),
     };
-    // Boxed: the connection's task keeps its largest state for life.
-    let mut app = match Box::pin(proxy.connect_from(&pod, dst, options)).await {
+    let mut app = match proxy.connect_from(&pod, dst, options).await {
         Ok(app) => app,
         Err(e) => {
             debug!(%dst, error = %e, "application refused the connection");
