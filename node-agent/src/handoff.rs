@@ -26,6 +26,15 @@
 //! listeners are had: taken back from any ztunnel, or bound again once their
 //! last holder has gone. Without that, an agent and a ztunnel rolled
 //! together left the new ztunnel without the pod for good.
+//!
+//! An agent told to stop for a restart waits ([`HandoffHub::handed_over`])
+//! until a ztunnel that is not stopping itself holds every pod's listeners:
+//! its copies are otherwise the last ones whenever the old ztunnel has
+//! already exited (it did, trusting this agent to hold them) and the new one
+//! has not had its snapshot yet, and every connection to the pods would be
+//! refused until the next agent binds them again. A stopping ztunnel says so
+//! in its `Hello` (it reconnects to say it), so two peers stopping together
+//! cannot each count on the other.
 
 mod listeners;
 
@@ -53,6 +62,11 @@ pub use listeners::{ListenerError, PodListener, PodListeners};
 
 /// Default path of the handoff socket on the node.
 pub const DEFAULT_HANDOFF_SOCKET: &str = "/var/run/weft/ztunnel.sock";
+
+/// How long a stopping agent waits for a ztunnel to hold the pods'
+/// listeners: with the registry's exit decision (at most
+/// [`crate::on_exit::DECISION_BOUND`]), inside the default 30 s grace period.
+pub const HANDOVER_BOUND: Duration = Duration::from_secs(15);
 
 /// An enrolled pod as ztunnel needs it.
 #[derive(Debug)]
@@ -104,6 +118,9 @@ struct HubState {
     acks: HashMap<String, AckStatus>,
     /// Each pod's listening sockets, by uid, once made or taken back.
     listeners: HashMap<String, Arc<PodListeners>>,
+    /// The agent is exiting, handed over: a stopping ztunnel gets no more
+    /// snapshot (it would take that for this agent holding the listeners).
+    closing: bool,
 }
 
 /// The enrolled pods, their listeners, and the connected ztunnels.
@@ -117,6 +134,10 @@ pub struct HandoffHub {
     /// Bumped whenever the hub comes to hold a pod's listeners: connections
     /// with pods waiting for them try again at once.
     listeners_had: tokio::sync::watch::Sender<u64>,
+    /// The connections whose ztunnel holds every pod's listeners (snapshot
+    /// replayed, no pod waiting) and is not stopping, with that ztunnel's
+    /// instance. Changed only under `state`'s lock.
+    holders: tokio::sync::watch::Sender<BTreeMap<u64, Option<String>>>,
 }
 
 impl HandoffHub {
@@ -127,6 +148,7 @@ impl HandoffHub {
             binding: Mutex::new(()),
             synced: tokio::sync::watch::channel(false).0,
             listeners_had: tokio::sync::watch::channel(0).0,
+            holders: tokio::sync::watch::channel(BTreeMap::new()).0,
         })
     }
 
@@ -242,6 +264,58 @@ impl HandoffHub {
         self.state.lock().acks.get(uid).cloned()
     }
 
+    /// Whether the agent may exit without closing the last copy of a pod's
+    /// listeners: it holds none, or a ztunnel that is not stopping holds
+    /// them all.
+    pub fn is_handed_over(&self) -> bool {
+        Self::handed_over_in(&self.state.lock(), &self.holders)
+    }
+
+    fn handed_over_in(
+        st: &HubState,
+        holders: &tokio::sync::watch::Sender<BTreeMap<u64, Option<String>>>,
+    ) -> bool {
+        !holders.borrow().is_empty() || st.listeners.is_empty()
+    }
+
+    /// What a stopping agent waits for (bounded by [`HANDOVER_BOUND`])
+    /// while its server still serves: [`HandoffHub::is_handed_over`]. Then,
+    /// in the same step, the hub closes to stopping ztunnels, so none takes
+    /// this agent's copies for held after the check.
+    pub async fn hand_over(&self) {
+        let mut holders = self.holders.subscribe();
+        loop {
+            {
+                let mut st = self.state.lock();
+                if Self::handed_over_in(&st, &self.holders) {
+                    st.closing = true;
+                    return;
+                }
+            }
+            if holders.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// A ztunnel said it is stopping: its earlier connections stop counting
+    /// as holders at once (their disconnect is noticed later).
+    fn forget_holder(&self, instance: &Option<String>) {
+        let _st = self.state.lock();
+        if instance.is_some() {
+            self.holders.send_if_modified(|holders| {
+                let before = holders.len();
+                holders.retain(|_, i| i != instance);
+                holders.len() != before
+            });
+        }
+    }
+
+    /// Whether a stopping ztunnel may still be told the snapshot is sent.
+    fn closing(&self) -> bool {
+        self.state.lock().closing
+    }
+
     /// How many ztunnels are connected (past their `Hello`).
     pub fn connected(&self) -> usize {
         self.state
@@ -252,7 +326,7 @@ impl HandoffHub {
             .count()
     }
 
-    fn subscribe(&self) -> (Vec<Arc<HandoffPod>>, Subscription<'_>) {
+    fn subscribe(&self, instance: Option<String>) -> (Vec<Arc<HandoffPod>>, Subscription<'_>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let mut st = self.state.lock();
         let id = st.next_id;
@@ -260,7 +334,12 @@ impl HandoffHub {
         st.subscribers.push((id, tx));
         (
             st.pods.values().cloned().collect(),
-            Subscription { hub: self, id, rx },
+            Subscription {
+                hub: self,
+                id,
+                instance,
+                rx,
+            },
         )
     }
 
@@ -275,11 +354,30 @@ impl HandoffHub {
 struct Subscription<'a> {
     hub: &'a HandoffHub,
     id: u64,
+    /// The connected ztunnel's `Hello.instance`.
+    instance: Option<String>,
     rx: mpsc::UnboundedReceiver<Change>,
+}
+
+impl Subscription<'_> {
+    /// Records whether this connection's ztunnel holds every pod's
+    /// listeners and will go on holding them.
+    fn holds(&self, holds: bool) {
+        let id = self.id;
+        let _st = self.hub.state.lock();
+        self.hub.holders.send_if_modified(|holders| {
+            if holds {
+                holders.insert(id, self.instance.clone()).is_none()
+            } else {
+                holders.remove(&id).is_some()
+            }
+        });
+    }
 }
 
 impl Drop for Subscription<'_> {
     fn drop(&mut self) {
+        self.holds(false);
         self.hub
             .state
             .lock()
@@ -374,13 +472,19 @@ pub async fn serve_connection(
     tracing::info!(
         version = hello.version,
         known = hello.known_pod_uids.len(),
+        leaving = hello.leaving,
         "ztunnel connected"
     );
+    // Empty from a ztunnel that does not say (an older one).
+    let instance = Some(hello.instance.clone()).filter(|i| !i.is_empty());
+    if hello.leaving {
+        hub.forget_holder(&instance);
+    }
     let mut synced = hub.synced.subscribe();
     // Err: the hub is gone, and so is the agent.
     let _ = synced.wait_for(|synced| *synced).await;
     let mut listeners_had = hub.listeners_had.subscribe();
-    let (snapshot, mut sub) = hub.subscribe();
+    let (snapshot, mut sub) = hub.subscribe(instance);
     let mut waiting = Waiting::default();
     for pod in snapshot {
         let uid = pod.identity.uid.clone();
@@ -392,6 +496,12 @@ pub async fn serve_connection(
             conn.add(hub, &pod, &mut waiting).await?;
         }
     }
+    if hello.leaving && hub.closing() {
+        // It keeps the pods' sockets (and waits for the next agent) rather
+        // than exit trusting copies about to close.
+        tracing::info!("this agent is exiting: a stopping ztunnel is not told it holds the pods");
+        return Ok(());
+    }
     conn.exchange(
         &AgentMessage {
             kind: Some(agent_message::Kind::SnapshotSent(SnapshotSent {})),
@@ -400,6 +510,7 @@ pub async fn serve_connection(
     )
     .await?;
     loop {
+        sub.holds(!hello.leaving && waiting.pods.is_empty());
         tokio::select! {
             change = sub.rx.recv() => match change {
                 Some(Change::Add(pod)) => conn.add(hub, &pod, &mut waiting).await?,

@@ -14,7 +14,7 @@ use weft_cni::cni::{DEFAULT_AGENT_SOCKET, DEFAULT_ENROLLMENT_CACHE};
 use weft_cni::enrollment::{AgentRequest, AgentResponse, ask_agent};
 use weft_node_agent::agent::{AgentConfig, NetnsDiscovery, NodeAgent, serve_requests};
 use weft_node_agent::bypass::{Bypass, DEFAULT_CGROUP, DEFAULT_PIN_ROOT, LocalBypass};
-use weft_node_agent::handoff::{DEFAULT_HANDOFF_SOCKET, HandoffHub, HandoffServer};
+use weft_node_agent::handoff::{DEFAULT_HANDOFF_SOCKET, HANDOVER_BOUND, HandoffHub, HandoffServer};
 use weft_node_agent::install::{self, ConfInstaller};
 use weft_node_agent::on_exit::{self, OnExit, OwnPod};
 use weft_node_agent::probes::HostProbes;
@@ -285,7 +285,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let handoff = HandoffServer::bind(
         &args.handoff_socket,
-        hub,
+        hub.clone(),
         Duration::from_secs(args.ack_timeout_seconds),
     )
     .with_context(|| {
@@ -384,6 +384,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             tracing::info!(reason = %why, "weft is leaving this node: uninstalling")
         }
     }
+    if matches!(decision, OnExit::Keep(_)) {
+        hand_over(&hub).await;
+    }
     if matches!(decision, OnExit::Uninstall(_)) && !args.no_install {
         // The keeper would put the entry back within its interval.
         tasks.shutdown().await;
@@ -399,6 +402,23 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     // keep failing closed) until an agent is back to manage them.
     remove_if_present(&args.agent_socket);
     Ok(())
+}
+
+/// Before a restart's exit: waits, while the handoff server still serves,
+/// until a ztunnel that is not stopping holds the pods' listeners, so that
+/// exiting does not close their last copies (design.md §7).
+async fn hand_over(hub: &HandoffHub) {
+    if hub.is_handed_over() {
+        return;
+    }
+    tracing::info!("waiting for a ztunnel to hold the pods' listeners before exiting");
+    match tokio::time::timeout(HANDOVER_BOUND, hub.hand_over()).await {
+        Ok(()) => tracing::info!("a ztunnel holds the pods' listeners"),
+        Err(_) => tracing::warn!(
+            bound = ?HANDOVER_BOUND,
+            "no ztunnel took the pods' listeners; exiting closes them until the next agent binds them"
+        ),
+    }
 }
 
 async fn exit_decision(

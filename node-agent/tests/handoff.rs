@@ -211,6 +211,8 @@ fn protocol_violations_close_the_connection() {
         kind: Some(ztunnel_message::Kind::Hello(Hello {
             version: 1,
             known_pod_uids: vec![],
+            leaving: false,
+            instance: String::new(),
         })),
     };
     handoff_wire::send(sock.as_fd(), &old, &[]).expect("send");
@@ -441,4 +443,83 @@ fn a_ztunnel_waiting_for_a_pods_listeners_gets_new_ones_when_their_last_holder_e
     assert_ne!(now, original, "new sockets, the old ones are closed");
     assert_eq!(agent_inodes(&hub, "a"), now);
     assert_ports_held(&na, "after the agent bound them again");
+}
+
+/// A stopping agent waits for `hand_over` before it exits: a ztunnel that
+/// is itself stopping does not count (it would exit trusting the agent's
+/// copies, and the pods' connections would be refused until the next agent
+/// binds the ports again), even through a connection it made before it
+/// said so; one that is not, once it has every pod, does. After that, a
+/// stopping ztunnel is not told the agent holds the pods.
+#[test]
+fn a_stopping_agent_counts_only_on_a_ztunnel_that_is_not_stopping_to_hold_the_listeners() {
+    let (rt, dir) = setup();
+    let path = dir.path().join("ztunnel.sock");
+    let hub = HandoffHub::new();
+    // Holding no pod's listeners, the agent may go at once.
+    assert!(hub.is_handed_over());
+    let ns = NamedNetns::new("who");
+    hub.add(pod("a", &ns));
+    assert!(!hub.is_handed_over(), "the agent holds the only copies");
+    serve(&rt, &hub, &path);
+    let added = vec![
+        format!("add a {}", ns.open().inode()),
+        "snapshot_sent".into(),
+    ];
+
+    let old = FakeZtunnel::connect_as(&path, "old", false);
+    assert_eq!(old.wait_for(2), added);
+    eventually(
+        "the old ztunnel to count as a holder",
+        Duration::from_secs(5),
+        || hub.is_handed_over(),
+    );
+    // The same process, stopping, says so on a new connection: its first
+    // one, still open, no longer counts.
+    let old_leaving = FakeZtunnel::connect_as(&path, "old", true);
+    assert_eq!(
+        old_leaving.wait_for(2),
+        added,
+        "a stopping ztunnel still gets the pods"
+    );
+    assert!(
+        !hub.is_handed_over(),
+        "a stopping ztunnel's copies are counted on"
+    );
+    drop(old);
+
+    let waiting = rt.spawn({
+        let hub = hub.clone();
+        async move { hub.hand_over().await }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !waiting.is_finished(),
+        "the agent would exit holding the only copies"
+    );
+
+    let new = FakeZtunnel::connect_as(&path, "new", false);
+    assert_eq!(new.wait_for(2), added);
+    rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), waiting).await })
+        .expect("handed over once a ztunnel that stays has the pod")
+        .expect("task");
+    assert_eq!(held_inodes(&new.held, "a"), agent_inodes(&hub, "a"));
+
+    // Exiting now: a ztunnel stopping from here on gets the pods but not
+    // the word that this agent holds them, and is hung up on.
+    let late = FakeZtunnel::connect_as(&path, "late", true);
+    eventually(
+        "the agent to hang up on the late ztunnel",
+        Duration::from_secs(5),
+        || late.thread.as_ref().is_some_and(|t| t.is_finished()),
+    );
+    assert_eq!(late.entries(), added[..1].to_vec());
+
+    drop(new);
+    eventually(
+        "the staying ztunnel to disconnect",
+        Duration::from_secs(5),
+        || !hub.is_handed_over(),
+    );
+    drop(old_leaving);
 }

@@ -146,6 +146,7 @@ pub async fn run(options: Options, log: LogControl) -> anyhow::Result<()> {
         "draining"
     );
     drain.cancel();
+    pods.leave();
     proxy.tasks.close();
     let deadline = Duration::from_secs(flags.drain_seconds);
     let drained = async {

@@ -54,6 +54,12 @@ pub struct Pods {
     /// A node agent is connected and has replayed its snapshot, so it holds
     /// a copy of every listener this ztunnel serves.
     agent_holds: Arc<tokio::sync::watch::Sender<bool>>,
+    /// This ztunnel is stopping: the agent is told (a reconnect with
+    /// `Hello.leaving`), so it does not count on this ztunnel's copies.
+    leaving: Arc<tokio::sync::watch::Sender<bool>>,
+    /// This process in every `Hello` (random), so the agent knows a
+    /// leaving `Hello` comes from the ztunnel of an earlier connection.
+    instance: Arc<str>,
 }
 
 impl Pods {
@@ -71,6 +77,8 @@ impl Pods {
             drain,
             snapshot_done: Arc::new(tokio::sync::watch::channel(false).0),
             agent_holds: Arc::new(tokio::sync::watch::channel(false).0),
+            leaving: Arc::new(tokio::sync::watch::channel(false).0),
+            instance: format!("{:016x}", rand::random::<u64>()).into(),
         }
     }
 
@@ -222,6 +230,14 @@ impl Pods {
         !*self.agent_holds.borrow() && !self.enrolled.lock().is_empty()
     }
 
+    /// This ztunnel is stopping: tells the node agent, which then waits for
+    /// another ztunnel to hold the pods' listeners before it exits itself
+    /// (an agent restarted at the same moment would otherwise count on this
+    /// ztunnel's copies, while this one counts on the agent's).
+    pub fn leave(&self) {
+        self.leaving.send_replace(true);
+    }
+
     /// Resolves once exiting closes no pod's last listener. A node agent
     /// restarted together with this ztunnel's rolling update could not
     /// make the pods' sockets while this ztunnel held them; it takes them
@@ -248,6 +264,10 @@ pub async fn follow_agent(socket: PathBuf, pods: Pods, shutdown: CancellationTok
             r = session(&socket, &pods) => r,
         };
         pods.agent_holds.send_replace(false);
+        if let Ok(Ended::ToLeave) = result {
+            info!("reconnecting to the node agent to say this ztunnel is stopping");
+            continue;
+        }
         // A session that lasted was a success: the next failure starts over
         // from the shortest delay (it used to stay at the longest for ever).
         if started.elapsed() > Duration::from_secs(30) {
@@ -255,7 +275,7 @@ pub async fn follow_agent(socket: PathBuf, pods: Pods, shutdown: CancellationTok
         }
         let wait = backoff.next_delay();
         match result {
-            Ok(()) => info!(retry_in = ?wait, "node agent closed the handoff; reconnecting"),
+            Ok(_) => info!(retry_in = ?wait, "node agent closed the handoff; reconnecting"),
             Err(e) => {
                 warn!(socket = %socket.display(), error = %e, retry_in = ?wait, "node agent handoff failed; retrying")
             }
@@ -267,29 +287,43 @@ pub async fn follow_agent(socket: PathBuf, pods: Pods, shutdown: CancellationTok
     }
 }
 
-async fn session(socket: &std::path::Path, pods: &Pods) -> std::io::Result<()> {
+/// Why a session with the node agent ended without an error.
+enum Ended {
+    /// The agent closed it.
+    ByAgent,
+    /// This ztunnel started stopping; it reconnects to say so.
+    ToLeave,
+}
+
+async fn session(socket: &std::path::Path, pods: &Pods) -> std::io::Result<Ended> {
     let fd = handoff_wire::connect(socket)?;
     handoff_wire::set_nonblocking(&fd)?;
     let fd = weft_netns::fd::register(fd, Interest::READABLE | Interest::WRITABLE)?;
+    let mut leaving = pods.leaving.subscribe();
+    let left = *leaving.borrow_and_update();
     send(
         &fd,
         ztunnel_message::Kind::Hello(Hello {
             version: handoff_wire::PROTOCOL_VERSION,
             known_pod_uids: pods.uids(),
+            leaving: left,
+            instance: pods.instance.to_string(),
         }),
         &[],
     )
     .await?;
-    info!("connected to the node agent");
+    info!(leaving = left, "connected to the node agent");
     let mut in_snapshot = Some(HashSet::new());
     loop {
-        let received = fd
-            .async_io(Interest::READABLE, |fd| {
+        let received = tokio::select! {
+            r = fd.async_io(Interest::READABLE, |fd| {
                 handoff_wire::recv::<weft_api::nodeagent::AgentMessage>(fd.as_fd())
-            })
-            .await?;
+            }) => r?,
+            // Between messages, so no ack is cut off.
+            Ok(()) = leaving.changed(), if !left => return Ok(Ended::ToLeave),
+        };
         let Some((message, fds)) = received else {
-            return Ok(());
+            return Ok(Ended::ByAgent);
         };
         // What the ack carries back: the listeners of a kept pod.
         let mut returned = (Vec::new(), Vec::new());

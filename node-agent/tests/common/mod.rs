@@ -415,6 +415,22 @@ impl FakeZtunnel {
     /// Connects holding `held` already (a ztunnel that outlived its agent):
     /// its Hello names those pods.
     pub fn connect_holding(path: &Path, known: Vec<String>, held: HeldListeners) -> FakeZtunnel {
+        Self::start(path, known, held, "ztunnel", false)
+    }
+
+    /// Connects as the ztunnel process `instance`, stopping (a leaving
+    /// `Hello`) or not.
+    pub fn connect_as(path: &Path, instance: &str, leaving: bool) -> FakeZtunnel {
+        Self::start(path, vec![], HeldListeners::default(), instance, leaving)
+    }
+
+    fn start(
+        path: &Path,
+        known: Vec<String>,
+        held: HeldListeners,
+        instance: &str,
+        leaving: bool,
+    ) -> FakeZtunnel {
         use weft_api::handoff_wire;
         use weft_api::nodeagent::{Ack, Hello, ZtunnelMessage, agent_message, ztunnel_message};
         let sock = handoff_wire::connect(path).expect("connect handoff socket");
@@ -428,6 +444,8 @@ impl FakeZtunnel {
                 kind: Some(ztunnel_message::Kind::Hello(Hello {
                     version: handoff_wire::PROTOCOL_VERSION,
                     known_pod_uids: known,
+                    leaving,
+                    instance: instance.into(),
                 })),
             },
             &[],
