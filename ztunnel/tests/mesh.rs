@@ -387,6 +387,34 @@ fn a_ztunnel_stopped_while_the_agent_is_away_waits_to_hand_the_listeners_back() 
     });
 }
 
+#[test]
+fn an_agent_stopped_after_the_old_ztunnel_exited_waits_for_the_new_one_to_hold_the_listeners() {
+    // What CI's rollout of both DaemonSets did: the old ztunnel was stopped
+    // before the new one had started (the new pod's readiness probe had been
+    // answered by the old process on the shared port), and exited at once,
+    // the agent holding the pods' sockets; then the agent was stopped too.
+    // Had it exited then, the connections waiting in the sockets would have
+    // been reset and new ones refused until the next agent bound them.
+    restart_under_load(|c, node| {
+        c.terminate_oldest_ztunnel(node);
+        eventually(
+            "the old ztunnel to exit: the agent holds the sockets",
+            Duration::from_secs(10),
+            || c.terminated_ztunnel_exited(node),
+        );
+        let agent = c.begin_stop_agent(node);
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(
+            !agent.has_exited(),
+            "the agent exited holding the only copies of the pods' listeners"
+        );
+        c.spawn_ztunnel(node);
+        agent.exited();
+        c.wait_ready(node);
+        c.start_agent_again(node);
+    });
+}
+
 /// Restarts each node's ztunnel with `restart` while a client on node 1
 /// opens connections to a server on node 2; none may fail.
 fn restart_under_load(restart: impl Fn(&mut Cluster, usize)) {

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use weft_api::nodeagent::PodIdentity;
-use weft_node_agent::handoff::{HandoffHub, HandoffPod, HandoffServer};
+use weft_node_agent::handoff::{HANDOVER_BOUND, HandoffHub, HandoffPod, HandoffServer};
 use weft_node_agent::netns::NetNs;
 use weft_node_agent::redirect::{Backend, Redirector};
 use weft_testkit::{TestCa, eventually};
@@ -41,6 +41,32 @@ pub fn require_root() {
 
 /// A node agent's handoff server on `socket`, on a runtime of its own; it
 /// serves snapshots once marked synced.
+/// Waits until the agent's server has let go of `hub` (its connections are
+/// closed), then drops it.
+fn hub_dropped(hub: Arc<HandoffHub>) {
+    eventually(
+        "the stopped agent's hub to be dropped",
+        Duration::from_secs(5),
+        || Arc::strong_count(&hub) == 1,
+    );
+}
+
+/// A node agent between its stop signal and its exit.
+pub struct StoppingAgent {
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl StoppingAgent {
+    pub fn has_exited(&self) -> bool {
+        self.thread.is_finished()
+    }
+
+    /// Waits for the exit.
+    pub fn exited(self) {
+        self.thread.join().expect("the stopping agent");
+    }
+}
+
 fn start_agent(socket: &Path) -> (Arc<HandoffHub>, tokio::runtime::Runtime) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -270,11 +296,23 @@ impl Cluster {
         }
         let placeholder = HandoffHub::new();
         let old = std::mem::replace(&mut self.nodes[node - 1].hub, placeholder);
-        eventually(
-            "the stopped agent's hub to be dropped",
-            Duration::from_secs(5),
-            || Arc::strong_count(&old) == 1,
-        );
+        hub_dropped(old);
+    }
+
+    /// The node agent of `node` is told to stop for a restart: as its
+    /// process does, it serves on until a ztunnel that is not stopping
+    /// holds the pods' listeners (at most [`HANDOVER_BOUND`]), then exits.
+    pub fn begin_stop_agent(&mut self, node: usize) -> StoppingAgent {
+        let runtime = self.nodes[node - 1].agent.take().expect("an agent runs");
+        let hub = std::mem::replace(&mut self.nodes[node - 1].hub, HandoffHub::new());
+        let thread = std::thread::spawn(move || {
+            runtime.block_on(async {
+                let _ = tokio::time::timeout(HANDOVER_BOUND, hub.hand_over()).await;
+            });
+            runtime.shutdown_background();
+            hub_dropped(hub);
+        });
+        StoppingAgent { thread }
     }
 
     /// A new node agent on `node`, enrolling the node's meshed pods again
