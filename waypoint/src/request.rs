@@ -257,17 +257,14 @@ async fn exchange(
             backend_timeout: rule.as_deref().and_then(|r| r.backend_timeout),
         };
         let deadline = rule.as_deref().and_then(|r| r.timeout);
-        let upgrade = forward.upgrade(&target, switch, client, body, &mut attrs, trace);
-        let mut response = match deadline {
-            None => upgrade.await?,
-            Some(limit) => tokio::time::timeout(limit, upgrade).await.map_err(|_| {
-                Refusal::new(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "upstream request timeout\n",
-                    "route timeout",
-                )
-            })??,
-        };
+        let upgrade = Box::pin(forward.upgrade(&target, switch, client, body, &mut attrs, trace));
+        let mut response = within(deadline, upgrade).await.map_err(|_| {
+            Refusal::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream request timeout\n",
+                "route timeout",
+            )
+        })??;
         for op in response_ops() {
             op.apply(response.headers_mut());
         }
@@ -313,24 +310,47 @@ async fn exchange(
     // The deadline covers every attempt and backoff up to the response
     // head; the response body streams on after it.
     let deadline = retries.deadline;
-    let attempts = forward.with_retries(&target, &mut body, &mut attrs, retries, trace);
-    let response = match deadline {
-        None => attempts.await?,
-        Some(deadline) => tokio::time::timeout_at(deadline.into(), attempts)
-            .await
-            .map_err(|_| {
-                Refusal::new(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "upstream request timeout\n",
-                    "route timeout",
-                )
-            })??,
-    };
+    // Boxed where it is made: a named local keeps its room in this
+    // function's state even after it is moved.
+    let attempts = Box::pin(forward.with_retries(&target, &mut body, &mut attrs, retries, trace));
+    let response = within_deadline(deadline, attempts).await.map_err(|_| {
+        Refusal::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "upstream request timeout\n",
+            "route timeout",
+        )
+    })??;
     let mut response = respond(response);
     for op in response_ops() {
         op.apply(response.headers_mut());
     }
     Ok(response)
+}
+
+/// `fut`, within `limit` if there is one, as one future. Awaiting the two
+/// cases in two arms gave each its own room in the caller's state, and
+/// with the nesting a request's future was 49 KB, held for every request
+/// in flight (callers box the big ones, see the size test).
+fn within<F: Future>(
+    limit: Option<Duration>,
+    fut: F,
+) -> impl Future<Output = Result<F::Output, tokio::time::error::Elapsed>> {
+    use tokio_util::either::Either;
+    match limit {
+        None => Either::Left(async move { Ok(fut.await) }),
+        Some(limit) => Either::Right(tokio::time::timeout(limit, fut)),
+    }
+}
+
+/// [`within`], until an instant.
+fn within_deadline<F: Future>(
+    deadline: Option<Instant>,
+    fut: F,
+) -> impl Future<Output = Result<F::Output, tokio::time::error::Elapsed>> {
+    within(
+        deadline.map(|d| d.saturating_duration_since(Instant::now())),
+        fut,
+    )
 }
 
 /// A request this waypoint's own policies let through.
@@ -699,30 +719,30 @@ impl Forward<'_> {
                 .request(request_body)
                 .map_err(|why| Refusal::new(StatusCode::BAD_REQUEST, "bad request\n", why))?;
             let span = client_span(trace, &mut upstream, &endpoint);
-            let sent = match self.backend_timeout {
-                None => self.send(&endpoint, upstream).await,
-                Some(limit) => {
-                    match tokio::time::timeout(limit, self.send(&endpoint, upstream)).await {
-                        Ok(sent) => sent,
-                        Err(_) => {
-                            if let Some(span) = span {
-                                span.failed("timeout", "backend request timeout".into());
-                            }
-                            if let Some(load) = &endpoint.load {
-                                load.failed();
-                            }
-                            retries.record_failure(Refusal::new(
-                                StatusCode::GATEWAY_TIMEOUT,
-                                "upstream request timeout\n",
-                                "backend request timeout",
-                            ));
-                            if !retries.should_retry_failure(false, body) {
-                                return Err(retries.give_up());
-                            }
-                            retries.backoff().await;
-                            continue;
-                        }
+            let sent = match within(
+                self.backend_timeout,
+                Box::pin(self.send(&endpoint, upstream)),
+            )
+            .await
+            {
+                Ok(sent) => sent,
+                Err(_) => {
+                    if let Some(span) = span {
+                        span.failed("timeout", "backend request timeout".into());
                     }
+                    if let Some(load) = &endpoint.load {
+                        load.failed();
+                    }
+                    retries.record_failure(Refusal::new(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "upstream request timeout\n",
+                        "backend request timeout",
+                    ));
+                    if !retries.should_retry_failure(false, body) {
+                        return Err(retries.give_up());
+                    }
+                    retries.backoff().await;
+                    continue;
                 }
             };
             if let Some(span) = span {
@@ -1281,4 +1301,22 @@ async fn prepare_body(body: Incoming, retry_possible: bool, limit: usize) -> Pre
         };
     }
     PreparedBody::Streaming(Some(Either::Left(body)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of what `f` returns, without calling it.
+    fn returned_size<A, B, C, F>(_: impl FnOnce(A, B, C) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// Every request in flight holds this future (49 KB before the big
+    /// awaits were boxed): it must stay small.
+    #[test]
+    fn a_requests_future_stays_small() {
+        let size = returned_size(handle);
+        assert!(size <= 8 * 1024, "request::handle's future is {size} bytes");
+    }
 }
