@@ -27,7 +27,7 @@
 //! last holder has gone. Without that, an agent and a ztunnel rolled
 //! together left the new ztunnel without the pod for good.
 //!
-//! An agent told to stop for a restart waits ([`HandoffHub::handed_over`])
+//! An agent told to stop for a restart waits ([`HandoffHub::hand_over`])
 //! until a ztunnel that is not stopping itself holds every pod's listeners:
 //! its copies are otherwise the last ones whenever the old ztunnel has
 //! already exited (it did, trusting this agent to hold them) and the new one
@@ -38,7 +38,7 @@
 
 mod listeners;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
@@ -121,6 +121,9 @@ struct HubState {
     /// The agent is exiting, handed over: a stopping ztunnel gets no more
     /// snapshot (it would take that for this agent holding the listeners).
     closing: bool,
+    /// The `Hello.instance` of every ztunnel that said it is stopping: none
+    /// of its connections counts as a holder again.
+    leaving: HashSet<String>,
 }
 
 /// The enrolled pods, their listeners, and the connected ztunnels.
@@ -299,10 +302,11 @@ impl HandoffHub {
     }
 
     /// A ztunnel said it is stopping: its earlier connections stop counting
-    /// as holders at once (their disconnect is noticed later).
+    /// as holders at once (their disconnect is noticed later), and for good.
     fn forget_holder(&self, instance: &Option<String>) {
-        let _st = self.state.lock();
-        if instance.is_some() {
+        let mut st = self.state.lock();
+        if let Some(leaving) = instance {
+            st.leaving.insert(leaving.clone());
             self.holders.send_if_modified(|holders| {
                 let before = holders.len();
                 holders.retain(|_, i| i != instance);
@@ -364,7 +368,12 @@ impl Subscription<'_> {
     /// listeners and will go on holding them.
     fn holds(&self, holds: bool) {
         let id = self.id;
-        let _st = self.hub.state.lock();
+        let st = self.hub.state.lock();
+        let holds = holds
+            && !self
+                .instance
+                .as_ref()
+                .is_some_and(|i| st.leaving.contains(i));
         self.hub.holders.send_if_modified(|holders| {
             if holds {
                 holders.insert(id, self.instance.clone()).is_none()

@@ -408,12 +408,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 /// until a ztunnel that is not stopping holds the pods' listeners, so that
 /// exiting does not close their last copies (design.md §7).
 async fn hand_over(hub: &HandoffHub) {
-    if hub.is_handed_over() {
-        return;
+    // Always through `hand_over`, even when already handed over: it also
+    // closes the hub to stopping ztunnels.
+    let waits = !hub.is_handed_over();
+    if waits {
+        tracing::info!("waiting for a ztunnel to hold the pods' listeners before exiting");
     }
-    tracing::info!("waiting for a ztunnel to hold the pods' listeners before exiting");
     match tokio::time::timeout(HANDOVER_BOUND, hub.hand_over()).await {
-        Ok(()) => tracing::info!("a ztunnel holds the pods' listeners"),
+        Ok(()) if waits => tracing::info!("a ztunnel holds the pods' listeners"),
+        Ok(()) => {}
         Err(_) => tracing::warn!(
             bound = ?HANDOVER_BOUND,
             "no ztunnel took the pods' listeners; exiting closes them until the next agent binds them"
