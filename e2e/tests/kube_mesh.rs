@@ -704,6 +704,17 @@ fn enrolled_namespace(k: &weft_e2e::kube::Kubectl, name: &str) {
     .expect("label");
 }
 
+/// [`enrolled_client_and_server`], once an exchange between them crosses
+/// the mesh.
+fn carrying_traffic(cluster: &KubeCluster) -> (Pod, Pod) {
+    let (client, server) = enrolled_client_and_server(cluster);
+    wait_until("an exchange through the mesh", SETTLE, || {
+        client.tcp_echo(server.echo_tcp(), "warm").is_ok()
+    })
+    .expect("the mesh carries traffic");
+    (client, server)
+}
+
 /// In an enrolled `shop`: a client on node 1 and a server on node 2, each a
 /// Deployment, both Available.
 fn enrolled_client_and_server(cluster: &KubeCluster) -> (Pod, Pod) {
@@ -1043,11 +1054,7 @@ fn killing_the_leading_controller_pod_moves_the_lease_and_traffic_never_stops() 
     let _one = common::serial();
     let cluster = mesh();
     let k = cluster.kubectl();
-    let (client, server) = enrolled_client_and_server(&cluster);
-    wait_until("an exchange through the mesh", SETTLE, || {
-        client.tcp_echo(server.echo_tcp(), "warm").is_ok()
-    })
-    .expect("the mesh carries traffic");
+    let (client, server) = carrying_traffic(&cluster);
     wait_until("a leader", SETTLE, || lease_holder(&cluster).is_some()).expect("a leader");
     let leader = lease_holder(&cluster).expect("leader");
     let pods = k
@@ -1296,6 +1303,134 @@ fn a_rollout_restart_of_ztunnel_and_the_node_agent_under_load_fails_no_new_conne
     client
         .tcp_echo(server.echo_tcp(), "after")
         .expect("an exchange after the rollout");
+}
+
+/// Rolls the ztunnel DaemonSet back to its previous revision when dropped,
+/// so a test that broke it leaves the shared cluster as it found it.
+struct UndoZtunnelRollout<'a>(&'a weft_e2e::kube::Kubectl);
+
+impl Drop for UndoZtunnelRollout<'_> {
+    fn drop(&mut self) {
+        let ns = ["-n", "weft-system", "daemonset/ztunnel"];
+        let undo = self.0.run(&[&["rollout", "undo"][..], &ns[..]].concat());
+        let status = self
+            .0
+            .run(&[&["rollout", "status", "--timeout=90s"][..], &ns[..]].concat());
+        if let Err(e) = undo.and(status) {
+            eprintln!("rolling ztunnel back: {e}");
+        }
+    }
+}
+
+/// Issue 15: ztunnel is on the host network, where the old and the new pod
+/// of a rolling update share the readiness port, so an HTTP probe of the
+/// new pod could be answered by the old, ready process and the rollout
+/// would stop the old ztunnel before the new one serves. Its probes ask
+/// the container's own process (`ztunnel probe`, over a socket in its
+/// emptyDir): a new ztunnel that never becomes ready (its controller
+/// address leads nowhere) stays not ready, alive, and never replaces the
+/// running one, which keeps carrying the node's traffic.
+#[test]
+fn a_new_ztunnel_that_never_becomes_ready_does_not_replace_the_running_one() {
+    let _one = common::serial();
+    let cluster = mesh();
+    let k = cluster.kubectl();
+    let (client, server) = carrying_traffic(&cluster);
+    let before: Vec<String> = ["node-1", "node-2"]
+        .iter()
+        .map(|n| daemon_pod(&cluster, "ztunnel", n))
+        .collect();
+    let ztunnels = || {
+        k.get_json(&[
+            "pods",
+            "-n",
+            "weft-system",
+            "-l",
+            "app.kubernetes.io/name=ztunnel",
+        ])
+        .expect("ztunnel pods")["items"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+
+    let _undo = UndoZtunnelRollout(k);
+    k.run(&[
+        "set",
+        "env",
+        "-n",
+        "weft-system",
+        "daemonset/ztunnel",
+        "WEFT_CONTROLLER=https://127.0.0.1:9",
+    ])
+    .expect("a ztunnel spec that cannot get config");
+    let running = |pod: &serde_json::Value| {
+        pod["status"]["containerStatuses"][0]["state"]["running"].is_object()
+    };
+    let mut new = String::new();
+    wait_until("the new ztunnel pod running", SETTLE, || {
+        let pods = ztunnels();
+        let found = pods.iter().find(|p| {
+            let name = p["metadata"]["name"].as_str().unwrap_or_default();
+            !before.iter().any(|b| b == name) && running(p)
+        });
+        if let Some(pod) = found {
+            new = pod["metadata"]["name"].as_str().unwrap_or_default().into();
+        }
+        found.is_some()
+    })
+    .expect("the surge pod starts beside the old one");
+
+    // Its own probe says why it is not ready; alive is enough for liveness.
+    let probe = |extra: &[&str]| {
+        let args = [
+            &["exec", "-n", "weft-system", &new, "--"][..],
+            &["/usr/local/bin/ztunnel", "probe"][..],
+            extra,
+        ]
+        .concat();
+        k.output(&args).expect("kubectl exec")
+    };
+    let mut said = String::new();
+    wait_until("the new ztunnel's probe answers", SETTLE, || {
+        let out = probe(&[]);
+        said = String::from_utf8_lossy(&out.stdout).into_owned();
+        out.status.code() == Some(1) && said.contains("no config received yet")
+    })
+    .unwrap_or_else(|e| panic!("{e}: {said}"));
+    let live = probe(&["--live"]);
+    assert!(live.status.success(), "{live:?}");
+
+    // Ten readiness periods: with a probe the old process could answer,
+    // the new pod turned ready within the first and the old one went.
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_secs(2));
+        for pod in ztunnels() {
+            let name = pod["metadata"]["name"].as_str().unwrap_or_default();
+            let status = &pod["status"]["containerStatuses"][0];
+            if name == new {
+                assert_eq!(
+                    status["ready"], false,
+                    "the new ztunnel turned ready: {pod}"
+                );
+                assert_eq!(status["restartCount"], 0, "liveness restarted it: {pod}");
+            } else {
+                assert!(
+                    pod["metadata"]["deletionTimestamp"].is_null(),
+                    "a running ztunnel was stopped for one that is not ready: {pod}"
+                );
+            }
+        }
+        assert!(
+            before
+                .iter()
+                .all(|b| k.get_json(&["pod", "-n", "weft-system", b]).is_ok()),
+            "an old ztunnel went"
+        );
+        client
+            .tcp_echo(server.echo_tcp(), "still")
+            .expect("the old ztunnels keep carrying traffic");
+    }
 }
 
 /// Only `shop/client` may reach the server: config that must survive an

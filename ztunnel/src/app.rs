@@ -131,6 +131,22 @@ pub async fn run(options: Options, log: LogControl) -> anyhow::Result<()> {
     tokio::spawn(serve_metrics(recorder, metrics, shutdown.clone()));
     let readiness = listen_shared(flags.readiness_addr)
         .with_context(|| format!("readiness address {}", flags.readiness_addr))?;
+    // The exec probe's socket: a path only this container's process binds
+    // (module doc of `weft_runtime::admin::probe`).
+    let probe_socket = match &options.probe_socket {
+        Some(path) => {
+            let (socket, unix) = AdminSocket::bind(path)
+                .with_context(|| format!("probe socket {}", path.display()))?;
+            let ready = ready.clone();
+            tokio::spawn(serve_readiness(
+                move || ready.check(),
+                unix,
+                shutdown.clone(),
+            ));
+            Some(socket)
+        }
+        None => None,
+    };
     tokio::spawn(serve_readiness(
         move || ready.check(),
         readiness,
@@ -168,6 +184,9 @@ pub async fn run(options: Options, log: LogControl) -> anyhow::Result<()> {
     }
     shutdown.cancel();
     admin_socket.release();
+    if let Some(socket) = probe_socket {
+        socket.release();
+    }
     info!("ztunnel stopped");
     Ok(())
 }

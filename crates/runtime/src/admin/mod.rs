@@ -4,6 +4,7 @@
 //! readiness servers. Each proxy serves its own endpoints on top.
 
 pub mod http;
+pub mod probe;
 pub mod socket;
 
 use std::future::Future;
@@ -44,10 +45,11 @@ pub fn metrics_response(handle: &PrometheusHandle) -> Response<http::Body> {
 }
 
 /// `/healthz/ready` for the kubelet: 200, or 503 with why `check` says the
-/// proxy cannot take traffic.
+/// proxy cannot take traffic. On a TCP port, or on a unix socket for an
+/// exec probe ([`probe`]).
 pub async fn serve_readiness(
     check: impl Fn() -> Result<(), String> + Send + Sync + 'static,
-    listener: TcpListener,
+    listener: impl http::Listener,
     shutdown: CancellationToken,
 ) {
     let check = Arc::new(check);

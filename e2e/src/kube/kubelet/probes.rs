@@ -94,9 +94,10 @@ pub async fn run(
             }
         } else if let Some(exec) = &probe.exec {
             let argv = exec.command.clone().unwrap_or_default();
+            // As a real kubelet, the command's output is the reason.
             match runc.exec(container_id, &argv, timeout).await? {
-                true => Ok(()),
-                false => Err(format!("exec {argv:?}: non-zero exit")),
+                (true, _) => Ok(()),
+                (false, out) => Err(format!("exec {argv:?}: non-zero exit: {out}")),
             }
         } else {
             Err("a probe kind the harness' kubelet does not run (gRPC)".to_string())

@@ -79,19 +79,27 @@ impl Runc {
             .await;
     }
 
-    /// Runs `argv` inside container `id` (an exec probe); true on exit 0
-    /// within `timeout`.
-    pub async fn exec(&self, id: &str, argv: &[String], timeout: Duration) -> Result<bool, String> {
+    /// Runs `argv` inside container `id` (an exec probe): whether it exited
+    /// 0 within `timeout`, and what it printed.
+    pub async fn exec(
+        &self,
+        id: &str,
+        argv: &[String],
+        timeout: Duration,
+    ) -> Result<(bool, String), String> {
         let mut cmd = self.command();
         cmd.arg("exec")
             .arg(id)
             .args(argv)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .kill_on_drop(true);
-        match tokio::time::timeout(timeout, cmd.status()).await {
-            Ok(Ok(status)) => Ok(status.success()),
+        match tokio::time::timeout(timeout, cmd.output()).await {
+            Ok(Ok(out)) => Ok((
+                out.status.success(),
+                String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+            )),
             Ok(Err(e)) => Err(format!("runc exec: {e}")),
             Err(_) => Err(format!("timed out after {timeout:?}")),
         }
