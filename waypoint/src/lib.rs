@@ -39,5 +39,8 @@ pub mod tcp;
 pub mod tls;
 pub mod upstream;
 
+#[cfg(test)]
+mod test_support;
+
 pub use app::{Waypoint, WaypointSettings};
 pub use destination::WaypointName;

@@ -1306,11 +1306,7 @@ async fn prepare_body(body: Incoming, retry_possible: bool, limit: usize) -> Pre
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The size of what `f` returns, without calling it.
-    fn returned_size<A, B, C, F>(_: impl FnOnce(A, B, C) -> F) -> usize {
-        std::mem::size_of::<F>()
-    }
+    use crate::test_support::returned_size;
 
     /// Every request in flight holds this future (49 KB before the big
     /// awaits were boxed): it must stay small.
