@@ -62,6 +62,26 @@ fn echo_on_15001(netns: &NetNs, read: Arc<AtomicU64>) {
         .run(|| TcpListener::bind("0.0.0.0:15001"))
         .expect("enter")
         .expect("bind 15001");
+    echo_on(listener, read);
+}
+
+/// The same on `[::]:15001`, IPv6 only, as the node agent binds it beside
+/// the IPv4 one.
+fn echo_on_15001_v6(netns: &NetNs, read: Arc<AtomicU64>) {
+    let listener = netns
+        .run(|| {
+            let socket = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None)?;
+            socket.set_only_v6(true)?;
+            socket.bind(&SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 15001)).into())?;
+            socket.listen(128)?;
+            Ok::<_, std::io::Error>(TcpListener::from(socket))
+        })
+        .expect("enter")
+        .expect("bind [::]:15001");
+    echo_on(listener, read);
+}
+
+fn echo_on(listener: TcpListener, read: Arc<AtomicU64>) {
     std::thread::spawn(move || {
         for conn in listener.incoming() {
             let Ok(conn) = conn else { return };
@@ -150,7 +170,8 @@ fn connect_in(netns: &NetNs, to: &str, mark: Option<u32>) -> TcpStream {
     let to: SocketAddr = to.parse().expect("address");
     netns
         .run(|| {
-            let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+            let domain = socket2::Domain::for_address(to);
+            let socket = socket2::Socket::new(domain, socket2::Type::STREAM, None)?;
             if let Some(mark) = mark {
                 socket.set_mark(mark)?;
             }
@@ -188,6 +209,56 @@ fn captured_outbound_legs_go_socket_to_socket_with_every_byte_in_order() {
     // Both directions of every leg: the application's bytes and the echo.
     assert_eq!(counters.bypassed_bytes, 2 * total, "{counters:?}");
     assert_eq!(counters.first_send_over_tcp, 0, "{counters:?}");
+}
+
+/// The program reads IPv6 addresses from other fields than IPv4's: the
+/// same exchange from an IPv6 pod address to an IPv6 destination. An IPv6
+/// socket reaching an IPv4 destination (a v4-mapped address) is accepted
+/// on the IPv4 listener: its two sockets name the addresses differently,
+/// so it is not paired and every byte still arrives over TCP.
+#[test]
+fn captured_ipv6_legs_are_paired_too() {
+    let (ns, netns, bypass) = enrolled_pod();
+    let v6 = [
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        "fd78::2/64",
+        "dev",
+        "v0",
+        "nodad",
+    ];
+    ns.exec(&v6);
+    let read = Arc::new(AtomicU64::new(0));
+    echo_on_15001(&netns, read.clone());
+    echo_on_15001_v6(&netns, read.clone());
+
+    exchange(
+        connect_in(&netns, "[::ffff:10.78.0.9]:80", None),
+        9,
+        64 * 1024,
+    );
+    assert_eq!(read.load(Ordering::Relaxed), 64 * 1024);
+    let mixed = bypass.counters();
+    assert_eq!(mixed.paired_legs, 0, "a mixed pair was paired: {mixed:?}");
+    read.store(0, Ordering::Relaxed);
+
+    const CONNECTIONS: usize = 4;
+    const BYTES: usize = 256 * 1024;
+    for seed in 0..CONNECTIONS {
+        exchange(connect_in(&netns, "[fd78::9]:80", None), seed, BYTES);
+    }
+
+    let total = (CONNECTIONS * BYTES) as u64;
+    assert_eq!(read.load(Ordering::Relaxed), total);
+    let counters = bypass.counters();
+    assert_eq!(counters.paired_legs, CONNECTIONS as u64, "{counters:?}");
+    assert_eq!(
+        counters.bypassed_bytes - mixed.bypassed_bytes,
+        2 * total,
+        "{counters:?}"
+    );
 }
 
 #[test]
