@@ -33,6 +33,7 @@ use weft_controller::server::{self, ConfigServer, ConnectionLimits, ServerTls};
 use weft_hbone::CertificateAuthority;
 
 use crate::controller_load::unix_nanos;
+use crate::proc_status;
 use crate::stats::round2;
 
 /// Flags of `weft-bench controller`.
@@ -462,17 +463,7 @@ impl Drop for RemoveOnDrop {
 
 /// `field` (`VmRSS`, `VmHWM`) of `/proc/<pid>/status`, in MiB.
 fn status_mib(pid: &str, field: &str) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| {
-                    l.strip_prefix(field)
-                        .is_some_and(|rest| rest.starts_with(':'))
-                })
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map(|kb| (kb / 1024.0 * 10.0).round() / 10.0)
+    proc_status::status_mib(pid, field)
+        .map(|mib| (mib * 10.0).round() / 10.0)
         .unwrap_or(f64::NAN)
 }

@@ -80,14 +80,7 @@ fn ztunnel_pid(cluster: &Cluster, index: usize) -> anyhow::Result<u32> {
 
 /// `VmRSS` of `pid`, in MiB.
 fn rss_mib(pid: u32) -> anyhow::Result<f64> {
-    let path = format!("/proc/{pid}/status");
-    let status = std::fs::read_to_string(&path).with_context(|| path.clone())?;
-    let kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:")?.trim().strip_suffix(" kB"))
-        .and_then(|kib| kib.trim().parse::<f64>().ok())
-        .with_context(|| format!("no VmRSS in {path}"))?;
-    Ok(kib / 1024.0)
+    crate::proc_status::status_mib(pid, "VmRSS").with_context(|| format!("no VmRSS for {pid}"))
 }
 
 /// The descriptors `pid` has open.

@@ -112,23 +112,15 @@ fn run_client(client: &Pod, server: &Pod, mode: &str, args: &Args) -> anyhow::Re
     Ok(serde_json::from_str(last)?)
 }
 
-fn ztunnel_rss_mib(cluster: &Cluster) -> Vec<f64> {
+/// `field` of each ztunnel's `/proc/<pid>/status` (`VmRSS`, `RssAnon`), in
+/// MiB.
+fn ztunnel_status_mib(cluster: &Cluster, field: &str) -> Vec<f64> {
     cluster
         .state()
         .processes
         .iter()
         .filter(|p| p.name.ends_with("ztunnel"))
-        .filter_map(|p| {
-            let status = std::fs::read_to_string(format!("/proc/{}/status", p.pid)).ok()?;
-            let kb: f64 = status
-                .lines()
-                .find(|l| l.starts_with("VmRSS:"))?
-                .split_whitespace()
-                .nth(1)?
-                .parse()
-                .ok()?;
-            Some(kb / 1024.0)
-        })
+        .filter_map(|p| crate::proc_status::status_mib(p.pid, field))
         .collect()
 }
 
@@ -172,8 +164,9 @@ pub fn run(args: Args) -> anyhow::Result<Value> {
     };
     let plain_server = cluster.add_pod(PodSpec::new("plain", "server").on_node(2))?;
     let plain_client = cluster.add_pod(PodSpec::new("plain", "client").on_node(1))?;
-    let idle_rss = ztunnel_rss_mib(&cluster);
-    eprintln!("ztunnel RSS, idle with pods: {idle_rss:?} MiB");
+    let idle_rss = ztunnel_status_mib(&cluster, "VmRSS");
+    let idle_anon = ztunnel_status_mib(&cluster, "RssAnon");
+    eprintln!("ztunnel RSS, idle with pods: {idle_rss:?} MiB (anonymous {idle_anon:?})");
     let mut _servers = vec![start_server(&mesh_server)?, start_server(&plain_server)?];
     if let Some((_, server)) = &bypass {
         _servers.push(start_server(server)?);
@@ -223,7 +216,7 @@ pub fn run(args: Args) -> anyhow::Result<Value> {
     } else {
         None
     };
-    let loaded_rss = ztunnel_rss_mib(&cluster);
+    let loaded_rss = ztunnel_status_mib(&cluster, "VmRSS");
     let rss = loaded_rss.iter().copied().fold(0.0, f64::max);
     let mut report = json!({
         "bench": "l4",
@@ -242,6 +235,8 @@ pub fn run(args: Args) -> anyhow::Result<Value> {
         "p99_added_us": round2(med("rr_mesh", "p99_us") - med("rr_plain", "p99_us")),
         "rss_mib": round2(rss),
         "idle_rss_mib": round2(idle_rss.iter().copied().fold(0.0, f64::max)),
+        // Of it, the heap and stacks; the rest is mapped files (the binary).
+        "idle_rss_anon_mib": round2(idle_anon.iter().copied().fold(0.0, f64::max)),
         "rate": args.rate,
         "seconds": args.seconds,
         "rounds": args.rounds,

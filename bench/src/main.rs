@@ -11,6 +11,7 @@ mod l4;
 mod loadgen;
 mod plot;
 mod policy_lookup;
+mod proc_status;
 mod stats;
 mod store_memory;
 mod waypoint;

@@ -351,6 +351,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         });
     }
     tracing::info!(node = %args.node, "node agent running");
+    // Synced and installed, the agent is done starting; what start-up alone
+    // touched need not stay resident on every node.
+    weft_netns::startup_pages::give_back();
 
     let mut resync = tokio::time::interval(Duration::from_secs(args.resync_seconds.max(1)));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

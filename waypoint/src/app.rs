@@ -235,6 +235,14 @@ pub async fn run(options: Options, log: LogControl) -> anyhow::Result<()> {
         settings.tracing = Some(Tracing::new(&tracing)?);
         info!(endpoint = %tracing.endpoint, sampling = tracing.sampling, "tracing to OTLP");
     }
+    // Start-up ends with the first config; what it alone touched need not
+    // stay resident for the waypoint's life.
+    let mut versions = store.subscribe();
+    tokio::spawn(async move {
+        if versions.wait_for(|v| *v > 0).await.is_ok() {
+            weft_netns::startup_pages::give_back();
+        }
+    });
     let waypoint = Waypoint::new(settings, store, ca, trust);
     waypoint.spawn_upkeep(flags.trust_domain.clone(), shutdown.clone());
 

@@ -100,6 +100,9 @@ pub async fn run(options: Options, log: LogControl) -> anyhow::Result<()> {
             _ = agent_shutdown.cancelled() => return,
             first = versions.wait_for(|v| *v > 0) => if first.is_err() { return },
         }
+        // With its first config in hand ztunnel is done starting; what
+        // start-up alone touched need not stay resident on every node.
+        weft_netns::startup_pages::give_back();
         follow_agent(socket, agent_pods, agent_shutdown).await;
     });
 
