@@ -7,8 +7,8 @@
 //! - [`fd`]: the fds that carry namespaces between processes: receiving
 //!   them over a unix socket, accepting on one, and registering an owned fd
 //!   with tokio's reactor.
-//! - [`startup_pages`]: a proxy's own pages that only start-up needed, given
-//!   back once it serves.
+//! - [`startup_pages`]: a process's own pages that only its start-up
+//!   needed, given back once it serves.
 //!
 //! Each `unsafe` block here is the smallest wrapper around one system call
 //! or one API that cannot be safe in general, and is safe in how this crate

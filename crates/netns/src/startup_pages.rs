@@ -1,17 +1,18 @@
 //! Giving back the pages that only start-up needed.
 //!
-//! Right after start-up most of a proxy's resident memory is not its heap but
-//! its own binary: argument parsing, TLS and gRPC set-up, the first config's
-//! decoding and certificate requests each fault in code and read-only data,
-//! and the kernel maps 64 KiB around every page touched. An idle proxy runs
+//! Right after start-up most of a node component's resident memory (ztunnel,
+//! the waypoint, the node agent) is not its heap but its own binary:
+//! argument parsing, TLS and gRPC set-up, the first config's decoding and
+//! certificate requests each fault in code and read-only data, and the
+//! kernel maps 64 KiB around every page touched. An idle process runs
 //! little of it again, yet those pages stay mapped, and counted in its RSS,
 //! for the life of the process.
 //!
-//! Once the proxy is serving, [`release`] drops this process's mappings of
+//! Once the process is serving, [`release`] drops this process's mappings of
 //! pages that are read-only, backed by a file and hold no private copy
 //! (`MADV_DONTNEED`). The pages stay in the page cache, where the kernel can
-//! reclaim them under pressure instead of treating them as the proxy's; what
-//! the proxy runs next is mapped back with a minor fault. A mapping with a
+//! reclaim them under pressure instead of treating them as the process's;
+//! what it runs next is mapped back with a minor fault. A mapping with a
 //! private copy (relocated data, anything ever written) is never touched: for
 //! those, `MADV_DONTNEED` would throw the writes away.
 
