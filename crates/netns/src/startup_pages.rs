@@ -88,70 +88,69 @@ pub fn give_back() {
 /// readable, not writable, backed by a file and without anonymous pages.
 fn releasable(smaps: &str) -> Vec<Releasable> {
     let mut found = Vec::new();
-    // The mapping being read, if it qualifies so far, and its `Rss`.
-    let mut current: Option<(Releasable, bool)> = None;
-    let mut finish = |current: Option<(Releasable, bool)>| {
-        if let Some((mapping, true)) = current {
-            found.push(mapping);
+    let mut lines = smaps.lines().peekable();
+    while let Some(line) = lines.next() {
+        let Some(header) = Header::parse(line) else {
+            continue;
+        };
+        let (mut resident, mut anonymous) = (0, None);
+        while let Some(field) = lines.next_if(|l| Header::parse(l).is_none()) {
+            match kib_field(field) {
+                Some(("Rss", kib)) => resident = kib * 1024,
+                Some(("Anonymous", kib)) => anonymous = Some(kib),
+                _ => {}
+            }
         }
-    };
-    for line in smaps.lines() {
-        if let Some(header) = mapping_header(line) {
-            finish(current.take());
-            current = header.map(|(start, end)| {
-                let mapping = Releasable {
-                    start,
-                    end,
-                    resident: 0,
-                };
-                (mapping, false)
+        // Only a mapping whose `Anonymous` line says 0 qualifies; one
+        // without the line (an older kernel) is left alone.
+        if header.qualifies && anonymous == Some(0) {
+            found.push(Releasable {
+                start: header.start,
+                end: header.end,
+                resident,
             });
-            continue;
-        }
-        let Some((mapping, seen_anonymous)) = current.as_mut() else {
-            continue;
-        };
-        let Some((field, value)) = line.split_once(':') else {
-            continue;
-        };
-        let kib = || {
-            value
-                .trim()
-                .strip_suffix(" kB")
-                .and_then(|n| n.parse::<u64>().ok())
-        };
-        match field {
-            "Rss" => mapping.resident = kib().unwrap_or(0) * 1024,
-            // Only a mapping whose `Anonymous` line says 0 qualifies; one
-            // without the line (an older kernel) is left alone.
-            "Anonymous" if kib() == Some(0) => *seen_anonymous = true,
-            "Anonymous" => current = None,
-            _ => {}
         }
     }
-    finish(current);
     found
 }
 
-/// `None` if `line` is a field line; `Some(None)` for the header of a mapping
-/// that does not qualify; `Some(Some(range))` for one that may.
-fn mapping_header(line: &str) -> Option<Option<(usize, usize)>> {
-    let mut parts = line.split_whitespace();
-    let range = parts.next()?;
-    let (start, end) = range.split_once('-')?;
-    let start = usize::from_str_radix(start, 16).ok()?;
-    let end = usize::from_str_radix(end, 16).ok()?;
-    let perms = parts.next()?;
-    let (_offset, _device, inode) = (parts.next()?, parts.next()?, parts.next()?);
-    let path = parts.next().unwrap_or("");
-    let perms = perms.as_bytes();
-    let qualifies = perms.len() == 4
-        && perms[0] == b'r'
-        && perms[1] != b'w'
-        && inode != "0"
-        && path.starts_with('/')
-        && end > start;
-    Some(qualifies.then_some((start, end)))
+/// The first line of a mapping in `smaps`.
+struct Header {
+    start: usize,
+    end: usize,
+    /// Readable, not writable, backed by a file.
+    qualifies: bool,
+}
+
+impl Header {
+    /// `None` if `line` is not a mapping's first line (a field line).
+    fn parse(line: &str) -> Option<Header> {
+        let mut parts = line.split_whitespace();
+        let (start, end) = parts.next()?.split_once('-')?;
+        let start = usize::from_str_radix(start, 16).ok()?;
+        let end = usize::from_str_radix(end, 16).ok()?;
+        let perms = parts.next()?.as_bytes();
+        let (_offset, _device, inode) = (parts.next()?, parts.next()?, parts.next()?);
+        let path = parts.next().unwrap_or("");
+        let qualifies = perms.len() == 4
+            && perms[0] == b'r'
+            && perms[1] != b'w'
+            && inode != "0"
+            && path.starts_with('/')
+            && end > start;
+        Some(Header {
+            start,
+            end,
+            qualifies,
+        })
+    }
+}
+
+/// `("Rss", 1200)` from `Rss:  1200 kB`; `None` for a line of another shape.
+fn kib_field(line: &str) -> Option<(&str, u64)> {
+    let (field, value) = line.split_once(':')?;
+    let kib = value.trim().strip_suffix(" kB")?.parse().ok()?;
+    Some((field, kib))
 }
 
 #[cfg(test)]
