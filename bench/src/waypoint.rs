@@ -24,7 +24,9 @@
 //! same work the waypoint does (mTLS in, L7 policy, plaintext out); the
 //! plaintext HAProxy figures are reported next to them. Last line: JSON with
 //! `rps_ratio` (waypoint / HAProxy) and `p99_ratio` (waypoint p99 / HAProxy
-//! p99; ≤ 1 is no worse).
+//! p99; ≤ 1 is no worse). Beside each target's requests/s: the proxy's CPU
+//! time per request, and this process's (the load client and the backend),
+//! so a ratio below 1 can be split between the proxy and its client.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -472,24 +474,28 @@ struct Figures {
     p99: Vec<f64>,
     /// The proxy's CPU time per request, microseconds.
     cpu_us: Vec<f64>,
+    /// This process's (the load client's and the backend's), microseconds.
+    load_cpu_us: Vec<f64>,
 }
 
 impl Figures {
-    fn add(&mut self, rps: f64, mut lat: Latencies, cpu_us: f64) -> (f64, f64) {
+    fn add(&mut self, rps: f64, mut lat: Latencies, cpu_us: f64, load_cpu_us: f64) -> (f64, f64) {
         let (p50, p99) = (lat.quantile_us(0.50), lat.quantile_us(0.99));
         self.rps.push(rps);
         self.p50.push(p50);
         self.p99.push(p99);
         self.cpu_us.push(cpu_us);
+        self.load_cpu_us.push(load_cpu_us);
         (p50, p99)
     }
 
-    fn medians(&self) -> (f64, f64, f64, f64) {
+    fn medians(&self) -> (f64, f64, f64, f64, f64) {
         (
             median(self.rps.clone()),
             median(self.p50.clone()),
             median(self.p99.clone()),
             median(self.cpu_us.clone()),
+            median(self.load_cpu_us.clone()),
         )
     }
 }
@@ -572,15 +578,18 @@ async fn run_in(
             } else {
                 haproxy_pid
             };
+            let me = std::process::id();
             let cpu_before = cpu_seconds(pid).unwrap_or(f64::NAN);
+            let load_before = cpu_seconds(me).unwrap_or(f64::NAN);
             let (rps, lat) = measure(target, args.connections, duration)
                 .await
                 .with_context(|| format!("measuring {name}"))?;
-            let cpu = cpu_seconds(pid).unwrap_or(f64::NAN) - cpu_before;
-            let cpu_us = cpu * 1e6 / (rps * duration.as_secs_f64());
-            let (p50, p99) = fig.add(rps, lat, cpu_us);
+            let per_request = |seconds: f64| seconds * 1e6 / (rps * duration.as_secs_f64());
+            let cpu_us = per_request(cpu_seconds(pid).unwrap_or(f64::NAN) - cpu_before);
+            let load_cpu_us = per_request(cpu_seconds(me).unwrap_or(f64::NAN) - load_before);
+            let (p50, p99) = fig.add(rps, lat, cpu_us, load_cpu_us);
             eprintln!(
-                "round {}/{}: {name:<11} {rps:>9.0} req/s  p50 {p50:>7.1} us  p99 {p99:>7.1} us  proxy CPU {cpu_us:>5.1} us/req",
+                "round {}/{}: {name:<11} {rps:>9.0} req/s  p50 {p50:>7.1} us  p99 {p99:>7.1} us  proxy CPU {cpu_us:>5.1} us/req  load CPU {load_cpu_us:>5.1} us/req",
                 round + 1,
                 args.rounds
             );
@@ -597,10 +606,11 @@ async fn run_in(
     });
     let mut by_name = std::collections::HashMap::new();
     for ((name, _), fig) in targets.iter().zip(&figures) {
-        let (rps, p50, p99, cpu_us) = fig.medians();
+        let (rps, p50, p99, cpu_us, load_cpu_us) = fig.medians();
         let key = name.replace('-', "_");
         out[format!("{key}_rps")] = json!(rps.round());
         out[format!("{key}_cpu_us_per_request")] = json!(round2(cpu_us));
+        out[format!("{key}_load_cpu_us_per_request")] = json!(round2(load_cpu_us));
         out[format!("{key}_p50_us")] = json!(round2(p50));
         out[format!("{key}_p99_us")] = json!(round2(p99));
         by_name.insert(*name, (rps, p99));

@@ -38,7 +38,9 @@ async fn traced_mesh(tracing: Tracing) -> (Mesh, SocketAddr, Pod) {
     (mesh, vip, pod)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// The proxies run on the current-thread scheduler with one thread
+// (`ProxyFlags::runtime`): spans must reach the collector from it too.
+#[tokio::test(flavor = "current_thread")]
 async fn a_request_continues_the_clients_trace_through_the_waypoint() {
     let collector = Collector::start();
     let (mut mesh, vip, _pod) = traced_mesh(tracing(&collector)).await;

@@ -21,10 +21,9 @@ fn main() -> anyhow::Result<ExitCode> {
     }
     let options = Options::parse();
     let log = weft_runtime::logging::init(options.proxy.log_format, &options.proxy.log);
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(options.proxy.worker_threads())
-        .enable_all()
-        .build()?
+    options
+        .proxy
+        .runtime()?
         .block_on(weft_ztunnel::app::run(options, log))?;
     Ok(ExitCode::SUCCESS)
 }

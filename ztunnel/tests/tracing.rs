@@ -90,7 +90,9 @@ async fn traced_bed(
     (bed, client, server)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// The proxies run on the current-thread scheduler with one thread
+// (`ProxyFlags::runtime`): spans must reach the collector from it too.
+#[tokio::test(flavor = "current_thread")]
 async fn a_connect_with_a_traceparent_gets_a_server_span_under_it() {
     let collector = Collector::start();
     let (bed, client, server) = traced_bed(&collector, 1.0, &[], vec![]).await;
