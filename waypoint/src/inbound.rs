@@ -166,6 +166,7 @@ async fn handle(proxy: Arc<Proxy>, tunnel: InboundTunnel) {
             .open_tunnel(&client, destination_peer(&dest), None, Mode::Http, counters);
     let context = Arc::new(TunnelContext {
         id: guard.id,
+        connection: client.connection(authority),
         client,
         authority,
         metrics: Default::default(),

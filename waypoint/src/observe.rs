@@ -361,7 +361,9 @@ impl Observer {
             }
         }
 
-        let upstream = r.endpoint.map(|(_, a)| a.to_string());
+        // Formatted only for the log line or a watcher: most requests have
+        // neither.
+        let upstream = || r.endpoint.map(|(_, a)| a.to_string());
         if self.access_log {
             tracing::info!(
                 target: "access",
@@ -374,7 +376,7 @@ impl Observer {
                 authority = %r.authority,
                 service = r.service.map(service_key).as_deref().unwrap_or("-"),
                 route = %r.route.map(|(n, i)| format!("{n}#{i}")).unwrap_or_else(|| "-".into()),
-                upstream = upstream.as_deref().unwrap_or("-"),
+                upstream = upstream().as_deref().unwrap_or("-"),
                 dst_workload = %r.endpoint.map(|(w, _)| format!("{}/{}", w.namespace, w.name)).unwrap_or_else(|| "-".into()),
                 attempts = r.attempts,
                 verdict = r.verdict,
@@ -393,7 +395,7 @@ impl Observer {
                 transport: Transport::Hbone,
                 source: r.client.peer(),
                 destination: Peer {
-                    address: upstream.unwrap_or_else(|| r.authority.to_string()),
+                    address: upstream().unwrap_or_else(|| r.authority.to_string()),
                     workload: r
                         .endpoint
                         .map(|(w, _)| format!("{}/{}", w.namespace, w.name))

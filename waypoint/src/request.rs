@@ -14,6 +14,7 @@
 //!    the retry budget lasts and the request can be sent again; the rule's
 //!    timeout bounds the whole exchange up to the response head (504).
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,7 +27,7 @@ use http_body_util::{BodyExt, Either, Full};
 use hyper::body::{Body, Incoming};
 use hyper_util::rt::TokioIo;
 use tracing::debug;
-use weft_api::authz::RequestAttrs;
+use weft_api::authz::{ConnectionAttrs, RequestAttrs};
 use weft_api::config::{Service, Workload};
 
 use crate::destination::{self, Destination};
@@ -50,6 +51,9 @@ pub struct TunnelContext {
     pub client: Client,
     /// The tunnel's `:authority`.
     pub authority: SocketAddr,
+    /// What the waypoint's policies see of the connection (the client to
+    /// the authority): the same for every request of the tunnel.
+    pub connection: ConnectionAttrs,
     pub metrics: TunnelMetrics,
     /// The trace context the tunnel's CONNECT carried (a client ztunnel's
     /// connection span): the parent of requests that bring none of their
@@ -77,7 +81,9 @@ struct Trace {
     endpoint: Option<(Arc<Workload>, SocketAddr)>,
     route: Option<(String, usize)>,
     attempts: u32,
-    verdict: String,
+    /// "allow" unless a refusal says why not: no allocation on the usual
+    /// path.
+    verdict: Cow<'static, str>,
     /// The request's SERVER span, when tracing is on.
     span: Option<ServerSpan>,
 }
@@ -111,7 +117,7 @@ pub async fn handle(
     if let Some(span) = trace.span.take() {
         span.end(Outcome {
             status: response.status(),
-            verdict: &trace.verdict,
+            verdict: trace.verdict.as_ref(),
             route: trace.route.as_ref().map(|(r, i)| (r.as_str(), *i)),
             service: trace.service.as_deref().map(|s| s.hostname.as_str()),
             endpoint: trace
@@ -134,7 +140,7 @@ pub async fn handle(
         status: response.status(),
         duration: started.elapsed(),
         attempts: trace.attempts,
-        verdict: &trace.verdict,
+        verdict: trace.verdict.as_ref(),
     });
     response
 }
@@ -170,7 +176,7 @@ impl Refusal {
 }
 
 fn refuse(trace: &mut Trace, refusal: Refusal) -> Response<ResponseBody> {
-    trace.verdict = refusal.why;
+    trace.verdict = Cow::Owned(refusal.why);
     local(refusal.status, refusal.body)
 }
 
@@ -414,8 +420,7 @@ fn admit(
     let waypoint_policies = snapshot.waypoint_policies(dest.service());
     if !waypoint_policies.is_empty() {
         let attrs = attrs.get(&waypoint_policies, &parts, &path, &host);
-        let conn = tunnel.client.connection(tunnel.authority);
-        let decision = policy::authorize_request(&waypoint_policies, &conn, attrs);
+        let decision = policy::authorize_request(&waypoint_policies, &tunnel.connection, attrs);
         if !decision.allowed {
             return Err(Refusal::new(
                 StatusCode::FORBIDDEN,
@@ -1024,12 +1029,33 @@ impl Forward<'_> {
         }
     }
 
-    /// The request as it goes upstream.
-    fn request(&self, body: RequestBody) -> Result<Request<RequestBody>, String> {
-        let path_and_query = match self.parts.uri.query() {
+    /// The normalized path with the request's query.
+    fn path_and_query(&self) -> String {
+        match self.parts.uri.query() {
             Some(q) => format!("{}?{q}", self.path),
             None => self.path.to_owned(),
-        };
+        }
+    }
+
+    /// The HTTP/1.1 request target upstream: the request's own when it is
+    /// in origin form and normalizing left its path alone (the usual case,
+    /// then nothing is formatted or parsed again), else the normalized path
+    /// with the query.
+    fn origin_form(&self) -> Result<Uri, String> {
+        let original = &self.parts.uri;
+        if original.scheme().is_none()
+            && original.authority().is_none()
+            && original.path() == self.path
+        {
+            return Ok(original.clone());
+        }
+        self.path_and_query()
+            .parse()
+            .map_err(|e| format!("request target: {e}"))
+    }
+
+    /// The request as it goes upstream.
+    fn request(&self, body: RequestBody) -> Result<Request<RequestBody>, String> {
         let mut headers = self.parts.headers.clone();
         strip_hop_by_hop(&mut headers, self.http2);
         let (uri, version) = if self.http2 {
@@ -1037,7 +1063,7 @@ impl Forward<'_> {
             let uri = Uri::builder()
                 .scheme("http")
                 .authority(self.host)
-                .path_and_query(path_and_query)
+                .path_and_query(self.path_and_query())
                 .build()
                 .map_err(|e| format!("request target: {e}"))?;
             (uri, Version::HTTP_2)
@@ -1046,10 +1072,7 @@ impl Forward<'_> {
                 let host = HeaderValue::from_str(self.host).map_err(|e| format!("host: {e}"))?;
                 headers.insert(header::HOST, host);
             }
-            let uri: Uri = path_and_query
-                .parse()
-                .map_err(|e| format!("request target: {e}"))?;
-            (uri, Version::HTTP_11)
+            (self.origin_form()?, Version::HTTP_11)
         };
         let mut request = Request::new(body);
         *request.method_mut() = self.parts.method.clone();

@@ -153,6 +153,23 @@ async fn deny_by_path_sees_the_normalized_path() {
     );
 }
 
+#[tokio::test]
+async fn a_target_normalizing_leaves_alone_reaches_the_app_as_sent() {
+    let mut mesh = Mesh::new().await;
+    let pod = mesh.pod("reviews-1", "reviews").await;
+    let vip = mesh.service("reviews", &[&pod], true);
+    mesh.apply();
+    let web = mesh.client(NS, "web");
+    let reply = web.get(vip, "/public/page?a=1&b=%20x").await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.json()["path"], "/public/page");
+    assert_eq!(reply.json()["query"], "a=1&b=%20x");
+    // And one it changes keeps its query.
+    let reply = web.get(vip, "/public/./page?a=1").await;
+    assert_eq!(reply.json()["path"], "/public/page");
+    assert_eq!(reply.json()["query"], "a=1");
+}
+
 /// Two pods of `reviews`, `reviews-v1` and `reviews-v2`, behind the
 /// waypoint-bound Service `reviews` (its address returned) and a Service of
 /// each version's own.
